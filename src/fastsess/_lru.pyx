@@ -1,0 +1,891 @@
+# cython: language_level=3
+# cython: freethreading_compatible=True
+"""Compiled cache core: ``LRUCache``, ``TTLCache`` and ``LocalCache``.
+
+Layout (every operation O(1), per-entry TTLs O(log n)):
+
+* ``_map``: a dict from key to ``_Node``; it owns the nodes.
+* recency list: an intrusive circular doubly linked list through every node,
+  least recently used right after the sentinel ``_root``.
+* write-order list: a second intrusive list through the entries that use the
+  cache's single TTL; with one TTL, write order is expiry order, so expiry pops
+  from its head.
+* ``_heap``: a binary min-heap on ``expires`` for entries given their own TTL
+  (``LocalCache.set(..., ttl=...)``); each node knows its heap index.
+
+The links are borrowed ``PyObject*`` pointers (the dict holds the only strong
+reference to a node), so relinking never touches a reference count and can
+never run a destructor halfway through an update.
+
+Thread safety: each public method guards its O(1) updates with
+``cython.critical_section(self)``, which compiles to nothing on GIL builds and
+to a per-object lock on free-threaded builds.  User code never runs inside it:
+the clock is read and ``getsizeof`` called before entering, ``__missing__``
+after leaving, and nodes unlinked inside are parked in ``_dropped`` and
+released after leaving, so an evicted value's ``__del__`` sees a consistent
+cache.  (A key type whose ``__hash__``/``__eq__`` is Python code still runs
+inside the dict operations, as it would for a plain dict; the structure is
+updated only after those return, and unlinking is idempotent.)
+"""
+
+cimport cython
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem
+from cpython.object cimport PyObject
+
+import time as _time
+from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
+from types import GenericAlias
+
+from fastsess._cache_common import CacheStats, check_capacity, check_item_size, check_ttl, make_stats
+
+__all__ = ["CacheStats", "LRUCache", "LocalCache", "TTLCache"]
+
+cdef extern from *:
+    """
+    #include <time.h>
+    /* The default clock.  On Linux CLOCK_MONOTONIC_COARSE has the same epoch as
+       time.monotonic() (CLOCK_MONOTONIC) at jiffy resolution (1-4 ms), which is
+       plenty for TTLs in seconds and ~20 ns cheaper.  Elsewhere, Python 3.13+
+       exposes time.monotonic()'s own clock to C; older Pythons call
+       time.monotonic() through Python. */
+    #if defined(__linux__) && defined(CLOCK_MONOTONIC_COARSE)
+    #define FASTSESS_HAVE_C_CLOCK 1
+    static double fastsess_clock(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    #elif PY_VERSION_HEX >= 0x030D0000
+    #define FASTSESS_HAVE_C_CLOCK 1
+    static double fastsess_clock(void) {
+        PyTime_t t;
+        if (PyTime_MonotonicRaw(&t) < 0) { return 0.0; }
+        return PyTime_AsSecondsDouble(t);
+    }
+    #else
+    #define FASTSESS_HAVE_C_CLOCK 0
+    static double fastsess_clock(void) { return 0.0; }
+    #endif
+    """
+    const bint FASTSESS_HAVE_C_CLOCK
+    double fastsess_clock() noexcept nogil
+
+cdef double INF = float("inf")
+cdef object _MISSING = object()
+cdef object _monotonic = _time.monotonic
+
+
+@cython.final
+cdef class _Node:
+    cdef object key
+    cdef object value
+    cdef Py_ssize_t size
+    cdef double expires
+    cdef PyObject* prev        # recency list; NULL when unlinked
+    cdef PyObject* next
+    cdef PyObject* xprev       # write-order list; NULL when not in it
+    cdef PyObject* xnext
+    cdef Py_ssize_t heap_index  # position in _heap, -1 when not in it
+
+
+# -- intrusive list primitives (no reference counting, no Python calls) ----------
+
+cdef inline bint _unlink(_Node node) noexcept:
+    if node.prev is NULL:
+        return False
+    (<_Node>node.prev).next = node.next
+    (<_Node>node.next).prev = node.prev
+    node.prev = node.next = NULL
+    return True
+
+
+cdef inline void _append(_Node root, _Node node) noexcept:
+    node.next = <PyObject*>root
+    node.prev = root.prev
+    (<_Node>root.prev).next = <PyObject*>node
+    root.prev = <PyObject*>node
+
+
+cdef inline void _x_unlink(_Node node) noexcept:
+    if node.xprev is NULL:
+        return
+    (<_Node>node.xprev).xnext = node.xnext
+    (<_Node>node.xnext).xprev = node.xprev
+    node.xprev = node.xnext = NULL
+
+
+cdef inline void _x_append(_Node root, _Node node) noexcept:
+    node.xnext = <PyObject*>root
+    node.xprev = root.xprev
+    (<_Node>root.xprev).xnext = <PyObject*>node
+    root.xprev = <PyObject*>node
+
+
+cdef _Node _new_root():
+    cdef _Node root = _Node.__new__(_Node)
+    root.prev = root.next = <PyObject*>root
+    root.xprev = root.xnext = <PyObject*>root
+    root.heap_index = -1
+    return root
+
+
+# -- indexed binary min-heap on expires ------------------------------------------
+
+cdef void _heap_place(list heap, _Node node, Py_ssize_t i):
+    heap[i] = node
+    node.heap_index = i
+
+
+cdef void _heap_sift_up(list heap, Py_ssize_t i):
+    cdef _Node node = heap[i]
+    cdef _Node parent
+    cdef Py_ssize_t up
+    while i > 0:
+        up = (i - 1) >> 1
+        parent = heap[up]
+        if parent.expires <= node.expires:
+            break
+        _heap_place(heap, parent, i)
+        i = up
+    _heap_place(heap, node, i)
+
+
+cdef void _heap_sift_down(list heap, Py_ssize_t i):
+    cdef Py_ssize_t n = len(heap)
+    cdef _Node node = heap[i]
+    cdef _Node child
+    cdef Py_ssize_t c
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (<_Node>heap[c + 1]).expires < (<_Node>heap[c]).expires:
+            c += 1
+        child = heap[c]
+        if node.expires <= child.expires:
+            break
+        _heap_place(heap, child, i)
+        i = c
+    _heap_place(heap, node, i)
+
+
+cdef void _heap_push(list heap, _Node node):
+    heap.append(node)
+    node.heap_index = len(heap) - 1
+    _heap_sift_up(heap, node.heap_index)
+
+
+cdef void _heap_remove(list heap, _Node node):
+    cdef Py_ssize_t i = node.heap_index
+    cdef _Node last
+    if i < 0:
+        return
+    node.heap_index = -1
+    last = heap.pop()
+    if last is not node:
+        _heap_place(heap, last, i)
+        _heap_sift_up(heap, i)
+        _heap_sift_down(heap, last.heap_index)
+
+
+cdef class _Core:
+    """Hash map + recency list + expiry order + counters, shared by every cache."""
+
+    cdef dict _map
+    cdef _Node _root          # root.next: least recently used; root.prev: most recent
+    cdef _Node _xroot         # xroot.xnext: oldest write among default-TTL entries
+    cdef list _heap
+    cdef list _dropped        # nodes and values to release once the structure is consistent
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _currsize
+    cdef object _timer        # None: the C clock
+    cdef bint _timed          # False for LRUCache: entries never expire
+    cdef double _ttl
+    cdef unsigned long long _hits
+    cdef unsigned long long _misses
+    cdef unsigned long long _evictions
+    cdef unsigned long long _expirations
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._map = {}
+        self._root = _new_root()
+        self._xroot = _new_root()
+        self._heap = []
+        self._ttl = INF
+
+    @cython.final
+    cdef inline double _now(self) except? -1.0:
+        if self._timer is None:
+            if FASTSESS_HAVE_C_CLOCK:
+                return fastsess_clock()
+            return _monotonic()
+        return self._timer()
+
+    @cython.final
+    cdef inline void _park(self, object obj):
+        if self._dropped is None:
+            self._dropped = [obj]
+        else:
+            self._dropped.append(obj)
+
+    @cython.final
+    cdef inline list _take_dropped(self):
+        cdef list dropped = self._dropped
+        self._dropped = None
+        return dropped
+
+    @cython.final
+    cdef int _detach(self, _Node node) except -1:
+        # The dict first: deleting may run a key's Python __hash__, and the links
+        # are still consistent at that point.  Unlinking is idempotent, so a node
+        # detached twice (possible only through such re-entrant key code) is harmless.
+        try:
+            PyDict_DelItem(self._map, node.key)
+        except KeyError:
+            pass
+        if _unlink(node):
+            self._currsize -= node.size
+        _x_unlink(node)
+        _heap_remove(self._heap, node)
+        self._park(node)
+        return 0
+
+    @cython.final
+    cdef _Node _expired_head(self, double now):
+        cdef _Node node
+        if self._xroot.xnext != <PyObject*>self._xroot:
+            node = <_Node>self._xroot.xnext
+            if not now < node.expires:
+                return node
+        if self._heap:
+            node = self._heap[0]
+            if not now < node.expires:
+                return node
+        return None
+
+    @cython.final
+    cdef Py_ssize_t _purge(self, double now) except -1:
+        cdef _Node node
+        cdef Py_ssize_t count = 0
+        if not self._timed:
+            return 0
+        while True:
+            node = self._expired_head(now)
+            if node is None:
+                return count
+            self._detach(node)
+            self._expirations += 1
+            count += 1
+
+    @cython.final
+    cdef int _make_room(self, Py_ssize_t incoming) except -1:
+        cdef _Node victim
+        while self._currsize + incoming > self._cap and self._root.next != <PyObject*>self._root:
+            victim = <_Node>self._root.next
+            self._detach(victim)
+            self._evictions += 1
+        return 0
+
+    @cython.final
+    cdef _Node _find(self, object key, double now):
+        """The live node for ``key`` made most recent, or None (counts hit/miss)."""
+        cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
+        cdef _Node node
+        if p is NULL:
+            self._misses += 1
+            return None
+        node = <_Node>p
+        if self._timed and not now < node.expires:
+            self._detach(node)
+            self._expirations += 1
+            self._misses += 1
+            return None
+        if node.next != <PyObject*>self._root:
+            _unlink(node)
+            _append(self._root, node)
+        self._hits += 1
+        return node
+
+    @cython.final
+    cdef int _store(self, object key, object value, Py_ssize_t size, double expires, bint fifo, double now) except -1:
+        cdef PyObject* p = PyDict_GetItemWithError(self._map, key)  # TypeError before any change
+        cdef _Node node = None if p is NULL else <_Node>p
+        self._purge(now)
+        if node is not None and node.prev is not NULL:
+            # Update in place; the old value is released after the critical section.
+            self._park(node.value)
+            node.value = value
+            self._currsize += size - node.size
+            node.size = size
+            node.expires = expires
+            if node.next != <PyObject*>self._root:
+                _unlink(node)
+                _append(self._root, node)
+            if self._timed:
+                if fifo:
+                    _heap_remove(self._heap, node)
+                    _x_unlink(node)
+                    _x_append(self._xroot, node)
+                else:
+                    _x_unlink(node)
+                    if node.heap_index >= 0:
+                        _heap_sift_up(self._heap, node.heap_index)
+                        _heap_sift_down(self._heap, node.heap_index)
+                    else:
+                        _heap_push(self._heap, node)
+            # node is most recent, so eviction takes it last; it alone always fits
+            self._make_room(0)
+            return 0
+        self._make_room(size)
+        node = _Node.__new__(_Node)
+        node.key = key
+        node.value = value
+        node.size = size
+        node.expires = expires
+        node.heap_index = -1
+        PyDict_SetItem(self._map, key, node)
+        _append(self._root, node)
+        if self._timed:
+            if fifo:
+                _x_append(self._xroot, node)
+            else:
+                _heap_push(self._heap, node)
+        self._currsize += size
+        return 0
+
+    @cython.final
+    cdef list _clear_all(self):
+        """Empty the structure; returns the old map for release outside the critical section."""
+        cdef dict old = self._map
+        self._map = {}
+        self._root = _new_root()
+        self._xroot = _new_root()
+        self._heap = []
+        self._currsize = 0
+        return [old]
+
+    @cython.final
+    cdef list _live_nodes(self, double now):
+        """Live nodes, least recently used first. O(n); caller holds the critical section."""
+        cdef list out = []
+        cdef PyObject* p = self._root.next
+        cdef _Node node
+        while p != <PyObject*>self._root:
+            node = <_Node>p
+            if not self._timed or now < node.expires:
+                out.append(node)
+            p = node.next
+        return out
+
+    def _entries_state(self):
+        cdef _Node node
+        cdef list nodes
+        with cython.critical_section(self):
+            nodes = self._live_nodes(self._now() if self._timed else 0.0)
+            return [(node.key, node.value, node.size, node.expires, node.heap_index < 0) for node in nodes]
+
+    def _restore(self, list entries):
+        cdef PyObject* p
+        cdef list dropped
+        cdef double now = self._now() if self._timed else 0.0
+        with cython.critical_section(self):
+            # Replay oldest-expiring first so the write-order list stays sorted,
+            # then re-establish recency by touching in the saved LRU order.
+            for key, value, size, expires, fifo in sorted(entries, key=lambda e: e[3]):
+                self._store(key, value, size, expires, fifo, now)
+            for key, _, _, _, _ in entries:
+                p = PyDict_GetItemWithError(self._map, key)
+                if p is not NULL:
+                    _unlink(<_Node>p)
+                    _append(self._root, <_Node>p)
+            dropped = self._take_dropped()
+
+
+cdef class _MappingCache(_Core):
+    """The cachetools-compatible ``MutableMapping`` surface of LRUCache and TTLCache."""
+
+    cdef object _maxsize
+    cdef object _sizeof
+
+    def __init__(self, maxsize, getsizeof=None):
+        self._cap = check_capacity(maxsize)
+        if getsizeof is None and type(self).getsizeof is not _MappingCache.getsizeof:
+            getsizeof = self.getsizeof  # a subclass overriding getsizeof, as cachetools allows
+        self._maxsize = maxsize
+        self._sizeof = getsizeof
+
+    @classmethod
+    def __class_getitem__(cls, params):
+        return GenericAlias(cls, params)
+
+    @cython.final
+    cdef Py_ssize_t _size_of(self, object value) except -1:
+        if self._sizeof is None:
+            if self._cap < 1:
+                raise ValueError("value too large")
+            return 1
+        return check_item_size(self._sizeof(value), self._cap)
+
+    def __getitem__(self, key):
+        cdef double now = self._now() if self._timed else 0.0
+        cdef _Node node
+        cdef object value = _MISSING
+        cdef list dropped
+        with cython.critical_section(self):
+            node = self._find(key, now)
+            if node is not None:
+                value = node.value
+            dropped = self._take_dropped()
+        if value is _MISSING:
+            return self.__missing__(key)
+        return value
+
+    def __missing__(self, key):
+        """Called by ``cache[key]`` on a miss; the default raises ``KeyError``."""
+        raise KeyError(key)
+
+    def __setitem__(self, key, value):
+        cdef Py_ssize_t size = self._size_of(value)
+        cdef double now = self._now() if self._timed else 0.0
+        cdef list dropped
+        with cython.critical_section(self):
+            self._store(key, value, size, now + self._ttl, True, now)
+            dropped = self._take_dropped()
+
+    def __delitem__(self, key):
+        cdef double now = self._now() if self._timed else 0.0
+        cdef PyObject* p
+        cdef _Node node = None
+        cdef list dropped
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            if p is not NULL:
+                node = <_Node>p
+                self._detach(node)
+            dropped = self._take_dropped()
+        if node is None or (self._timed and not now < node.expires):
+            raise KeyError(key)
+
+    def __contains__(self, key):
+        cdef double now = self._now() if self._timed else 0.0
+        cdef PyObject* p
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            return p is not NULL and (not self._timed or now < (<_Node>p).expires)
+
+    def __len__(self):
+        cdef double now
+        cdef list dropped
+        if not self._timed:
+            return len(self._map)
+        now = self._now()
+        with cython.critical_section(self):
+            self._purge(now)
+            dropped = self._take_dropped()
+            return len(self._map)
+
+    def __iter__(self):
+        cdef double now = self._now() if self._timed else 0.0
+        cdef _Node node
+        with cython.critical_section(self):
+            keys = [node.key for node in self._live_nodes(now)]
+        return iter(keys)
+
+    def _items_snapshot(self):
+        cdef double now = self._now() if self._timed else 0.0
+        cdef _Node node
+        with cython.critical_section(self):
+            return [(node.key, node.value) for node in self._live_nodes(now)]
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({dict(self._items_snapshot())!r}, "
+            f"maxsize={self._maxsize!r}, currsize={self.currsize!r})"
+        )
+
+    def __eq__(self, other):
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self._items_snapshot()) == dict(other.items())
+
+    def keys(self):
+        """A live view of the keys (``collections.abc.KeysView``)."""
+        return KeysView(self)
+
+    def values(self):
+        """A live view of the values (``collections.abc.ValuesView``)."""
+        return ValuesView(self)
+
+    def items(self):
+        """A live view of the ``(key, value)`` pairs (``collections.abc.ItemsView``)."""
+        return ItemsView(self)
+
+    def get(self, key, default=None):
+        """Return the value for ``key`` (refreshing its recency) or ``default``. O(1).
+
+        Unlike ``cache[key]``, never calls ``__missing__``.
+
+        Raises:
+            TypeError: ``key`` is unhashable.
+        """
+        cdef double now = self._now() if self._timed else 0.0
+        cdef _Node node
+        cdef object value = default
+        cdef list dropped
+        with cython.critical_section(self):
+            node = self._find(key, now)
+            if node is not None:
+                value = node.value
+            dropped = self._take_dropped()
+        return value
+
+    def pop(self, key, default=_MISSING):
+        """Remove ``key`` and return its value, or ``default``. O(1).
+
+        Raises:
+            KeyError: ``key`` is absent (or expired) and no default was given.
+        """
+        cdef double now = self._now() if self._timed else 0.0
+        cdef PyObject* p
+        cdef _Node node = None
+        cdef list dropped
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            if p is not NULL:
+                node = <_Node>p
+                self._detach(node)
+            dropped = self._take_dropped()
+        if node is not None and (not self._timed or now < node.expires):
+            return node.value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def setdefault(self, key, default=None):
+        """Return ``cache[key]`` if present, else store ``default`` and return it. O(1)."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            self[key] = value = default
+        return value
+
+    def popitem(self):
+        """Remove and return the least recently used live ``(key, value)`` pair. O(1).
+
+        Raises:
+            KeyError: the cache is empty.
+        """
+        cdef double now = self._now() if self._timed else 0.0
+        cdef _Node node = None
+        cdef list dropped
+        with cython.critical_section(self):
+            self._purge(now)
+            if self._root.next != <PyObject*>self._root:
+                node = <_Node>self._root.next
+                self._detach(node)
+            dropped = self._take_dropped()
+        if node is None:
+            raise KeyError(f"{type(self).__name__} is empty")
+        return (node.key, node.value)
+
+    def update(self, other=(), /, **kwargs):
+        """Store every pair from a mapping or iterable of pairs, then ``kwargs``."""
+        if isinstance(other, Mapping):
+            for key in other:
+                self[key] = other[key]
+        elif hasattr(other, "keys"):
+            for key in other.keys():
+                self[key] = other[key]
+        else:
+            for key, value in other:
+                self[key] = value
+        for key, value in kwargs.items():
+            self[key] = value
+
+    def clear(self):
+        """Remove every item; values are released after the structure is reset."""
+        cdef list old
+        with cython.critical_section(self):
+            old = self._clear_all()
+
+    @property
+    def maxsize(self):
+        """The maximum size of the cache, as given to the constructor."""
+        return self._maxsize
+
+    @property
+    def currsize(self):
+        """The sum of the sizes of the live items."""
+        cdef double now
+        cdef list dropped
+        if self._timed:
+            now = self._now()
+            with cython.critical_section(self):
+                self._purge(now)
+                dropped = self._take_dropped()
+        return self._currsize
+
+    def getsizeof(self, value):
+        """Return the size of ``value`` (1 unless a ``getsizeof`` callable was given)."""
+        return 1 if self._sizeof is None else self._sizeof(value)
+
+    def __copy__(self):
+        cls, args, state = self.__reduce__()
+        new = cls(*args)
+        new.__setstate__(state)
+        return new
+
+    def __setstate__(self, state):
+        entries, attrs = state
+        if attrs:
+            self.__dict__.update(attrs)
+        self._restore(entries)
+
+
+cdef class LRUCache(_MappingCache):
+    """Least-recently-used cache; a drop-in replacement for ``cachetools.LRUCache``.
+
+    ``LRUCache(maxsize, getsizeof=None)``.  Every operation is O(1).  Each
+    item's size is ``getsizeof(value)`` (default 1); inserting evicts least
+    recently used items until the new one fits.
+
+    Raises:
+        ValueError: ``maxsize`` negative or not a number; on insert, a value
+            larger than ``maxsize`` (the cache is left unchanged).
+    """
+
+    def __reduce__(self):
+        return (type(self), (self._maxsize, self._sizeof), (self._entries_state(), getattr(self, "__dict__", None)))
+
+
+cdef class TTLCache(_MappingCache):
+    """LRU cache whose items expire ``ttl`` seconds after they were written.
+
+    ``TTLCache(maxsize, ttl, timer=time.monotonic, getsizeof=None)``: a
+    drop-in replacement for ``cachetools.TTLCache``.  Expiry follows write
+    time, not access time; expired items are invisible to ``len``, ``in``,
+    iteration and lookups, and are purged on writes.  Every operation is O(1)
+    (``expire`` is O(number expired)).  With the default timer the clock is read
+    in C (on Linux the coarse monotonic clock, 1-4 ms resolution).
+
+    Raises:
+        ValueError: ``maxsize`` or ``ttl`` negative or not a number, ``timer``
+            not callable; on insert, a value larger than ``maxsize``.
+    """
+
+    cdef object _user_timer
+
+    def __init__(self, maxsize, ttl, timer=_time.monotonic, getsizeof=None):
+        self._ttl = check_ttl(ttl)
+        if not callable(timer):
+            raise ValueError(f"timer must be callable, not {timer!r}")
+        self._user_timer = timer
+        self._timer = None if timer is _monotonic else timer
+        self._timed = True
+        _MappingCache.__init__(self, maxsize, getsizeof)
+
+    @property
+    def ttl(self):
+        """The time-to-live of the cache's items, in seconds."""
+        return self._ttl
+
+    @property
+    def timer(self):
+        """The clock the cache reads (``time.monotonic`` by default)."""
+        return self._user_timer
+
+    def expire(self, time=None):
+        """Remove expired items; return them as a list of ``(key, value)`` pairs. O(expired)."""
+        cdef double now = self._now() if time is None else time
+        cdef list dropped
+        with cython.critical_section(self):
+            self._purge(now)
+            dropped = self._take_dropped()
+        if dropped is None:
+            return []
+        return [((<_Node>node).key, (<_Node>node).value) for node in dropped]
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self._maxsize, self._ttl, self._user_timer, self._sizeof),
+            (self._entries_state(), getattr(self, "__dict__", None)),
+        )
+
+
+MutableMapping.register(LRUCache)
+MutableMapping.register(TTLCache)
+
+
+cdef class LocalCache(_Core):
+    """The session-facing cache: LRU with a default TTL and per-entry TTLs.
+
+    ``LocalCache(max_size=10_000, ttl=30.0, timer=None)``.  ``get``, ``set``
+    and ``delete`` are O(1) for entries with the default TTL and O(log n) for
+    entries given their own ``ttl``.  ``stats`` counts hits, misses, LRU
+    evictions and expirations (plain counters, always on).  ``timer=None``
+    reads the monotonic clock in C.
+
+    Raises:
+        ValueError: ``max_size`` < 1, ``ttl`` negative or not a number, or
+            ``timer`` not callable.
+    """
+
+    cdef Py_ssize_t _max_size
+
+    def __init__(self, max_size=10_000, ttl=30.0, timer=None):
+        self._max_size = check_capacity(max_size, "max_size", 1)
+        self._cap = self._max_size
+        self._ttl = check_ttl(ttl)
+        if timer is not None and not callable(timer):
+            raise ValueError(f"timer must be callable, not {timer!r}")
+        self._timer = None if timer is _monotonic else timer
+        self._timed = True
+
+    @classmethod
+    def __class_getitem__(cls, params):
+        return GenericAlias(cls, params)
+
+    @property
+    def max_size(self):
+        """The most entries the cache holds."""
+        return self._max_size
+
+    @property
+    def ttl(self):
+        """The default time-to-live, in seconds."""
+        return self._ttl
+
+    def get(self, key, default=None):
+        """Return the live value for ``key`` or ``default``; a hit refreshes recency. O(1).
+
+        Raises:
+            TypeError: ``key`` is unhashable.
+        """
+        cdef double now = self._now()
+        cdef _Node node
+        cdef object value = default
+        cdef list dropped
+        with cython.critical_section(self):
+            node = self._find(key, now)
+            if node is not None:
+                value = node.value
+            dropped = self._take_dropped()
+        return value
+
+    def set(self, key, value, ttl=None):
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
+
+        Evicts the least recently used entry when full.  O(1), or O(log n)
+        with a per-entry ``ttl``.
+
+        Raises:
+            TypeError: ``key`` is unhashable.
+            ValueError: ``ttl`` is negative or not a number.
+        """
+        cdef bint fifo = ttl is None
+        cdef double seconds = self._ttl if fifo else check_ttl(ttl)
+        cdef double now = self._now()
+        cdef list dropped
+        with cython.critical_section(self):
+            self._store(key, value, 1, now + seconds, fifo, now)
+            dropped = self._take_dropped()
+
+    def delete(self, key):
+        """Remove ``key``; return True if a live entry was removed. O(1) (O(log n) per-entry TTL)."""
+        cdef double now = self._now()
+        cdef PyObject* p
+        cdef _Node node = None
+        cdef list dropped
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            if p is not NULL:
+                node = <_Node>p
+                self._detach(node)
+            dropped = self._take_dropped()
+        return node is not None and now < node.expires
+
+    def pop(self, key, default=None):
+        """Remove ``key`` and return its live value, or ``default``. O(1)."""
+        cdef double now = self._now()
+        cdef PyObject* p
+        cdef _Node node = None
+        cdef list dropped
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            if p is not NULL:
+                node = <_Node>p
+                self._detach(node)
+            dropped = self._take_dropped()
+        if node is not None and now < node.expires:
+            return node.value
+        return default
+
+    def clear(self):
+        """Remove every entry (statistics are kept; see ``reset_stats``)."""
+        cdef list old
+        with cython.critical_section(self):
+            old = self._clear_all()
+
+    def expire(self):
+        """Remove the entries whose TTL has passed and return how many. O(expired)."""
+        cdef double now = self._now()
+        cdef Py_ssize_t count
+        cdef list dropped
+        with cython.critical_section(self):
+            count = self._purge(now)
+            dropped = self._take_dropped()
+        return count
+
+    def keys(self):
+        """The live keys, least recently used first. O(n)."""
+        cdef double now = self._now()
+        cdef _Node node
+        with cython.critical_section(self):
+            return [node.key for node in self._live_nodes(now)]
+
+    def __len__(self):
+        cdef double now = self._now()
+        cdef list dropped
+        with cython.critical_section(self):
+            self._purge(now)
+            dropped = self._take_dropped()
+            return len(self._map)
+
+    def __contains__(self, key):
+        cdef double now = self._now()
+        cdef PyObject* p
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            return p is not NULL and now < (<_Node>p).expires
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __repr__(self):
+        return f"LocalCache(max_size={self._max_size}, ttl={self._ttl}, size={len(self)})"
+
+    @property
+    def stats(self):
+        """A ``CacheStats`` snapshot: hits, misses, evictions, expirations, size, max_size, hit_rate."""
+        size = len(self)
+        with cython.critical_section(self):
+            return make_stats(self._hits, self._misses, self._evictions, self._expirations, size, self._max_size)
+
+    def reset_stats(self):
+        """Zero the hit, miss, eviction and expiration counters."""
+        with cython.critical_section(self):
+            self._hits = self._misses = self._evictions = self._expirations = 0
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self._max_size, self._ttl, None if self._timer is None else self._timer),
+            (self._entries_state(), getattr(self, "__dict__", None)),
+        )
+
+    def __setstate__(self, state):
+        entries, attrs = state
+        if attrs:
+            self.__dict__.update(attrs)
+        self._restore(entries)
