@@ -1,5 +1,6 @@
 # cython: language_level=3
 # cython: freethreading_compatible=True
+# cython: binding=False
 """Compiled cache core: ``LRUCache``, ``TTLCache`` and ``LocalCache``.
 
 Layout (every operation O(1), per-entry TTLs O(log n)):

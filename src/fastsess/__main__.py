@@ -1,0 +1,5 @@
+"""``python -m fastsess``: the same as the ``fastsess`` command."""
+
+from .cli import main
+
+main()
