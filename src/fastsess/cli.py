@@ -69,5 +69,20 @@ def bench(quick: bool, cache_only: bool, json_path: Path | None) -> None:
         click.echo(f"\nwrote {json_path}")
 
 
+@main.command()
+@click.option("--url", envvar="REDIS_URL", help="Redis URL to check (default: $REDIS_URL).")
+def doctor(url: str | None) -> None:
+    """Report the compiled extension, hiredis, and Redis reachability, version and pub/sub latency."""
+    from .doctor import diagnose
+
+    failed = False
+    for check in diagnose(url):
+        mark = {True: "ok  ", False: "FAIL", None: "    "}[check.ok]
+        click.echo(f"[{mark}] {check.name:<22} {check.value}")
+        failed = failed or check.ok is False
+    if failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
