@@ -40,6 +40,26 @@ def format_cache_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class _SizeList(click.ParamType):
+    """A comma-separated list of positive integers, e.g. ``1000,100000``."""
+
+    name = "sizes"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(part.replace("_", "")) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if not sizes or min(sizes) < 1:
+            self.fail(f"{value!r}: sizes must be positive integers", param, ctx)
+        return sizes
+
+
+SIZES = _SizeList()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastsess")
 def main() -> None:
@@ -49,24 +69,40 @@ def main() -> None:
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes and fewer repeats (under a minute).")
 @click.option("--cache-only", is_flag=True, help="Only the in-process cache comparison (no Redis).")
+@click.option("--sizes", type=SIZES, help="Cache sizes to measure, comma separated (default 1000,100000,1000000).")
+@click.option("--probes", type=click.IntRange(min=100), help="Operations per measurement (default 100000).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON.")
-def bench(quick: bool, cache_only: bool, json_path: Path | None) -> None:
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the results as a PNG chart.")
+def bench(
+    quick: bool,
+    cache_only: bool,
+    sizes: tuple[int, ...] | None,
+    probes: int | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+) -> None:
     """Compare fastsess against dict, cachetools, cachebox and lru-dict on this machine."""
-    from .benchmarks.cache import run_cache_benchmarks
+    from .benchmarks.cache import candidates, run_cache_benchmarks
     from .cache import IMPLEMENTATION, IMPORT_ERROR
 
     if IMPLEMENTATION != "c":
         click.echo(f"warning: compiled cache core not loaded ({IMPORT_ERROR}); measuring the pure-Python twin", err=True)
-    sizes = QUICK_SIZES if quick else FULL_SIZES
-    probes, repeat = (30_000, 3) if quick else (100_000, 5)
-    steps = len(sizes) * 12
-    with click.progressbar(length=steps, label="measuring", file=sys.stderr) as bar:
+    sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
+    repeat = 3 if quick else 5
+    probes = probes or (30_000 if quick else 100_000)
+    steps = len(sizes) * len(candidates())
+    with click.progressbar(length=steps, label="cache", file=sys.stderr) as bar:
         result = run_cache_benchmarks(sizes, probes=probes, repeat=repeat, progress=lambda _msg: bar.update(1))
     report: dict[str, Any] = {"version": __version__, "implementation": IMPLEMENTATION, "cache": result}
     click.echo(format_cache_table(result))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2))
         click.echo(f"\nwrote {json_path}")
+    if plot_path is not None:
+        from .benchmarks.plot import write_plot
+
+        write_plot(report, plot_path)
+        click.echo(f"wrote {plot_path}")
 
 
 @main.command()
