@@ -237,7 +237,7 @@ class _MappingCache(_Core, MutableMapping):
         return iter(self._live_keys(self._now()))
 
     def __len__(self) -> int:
-        self.expire()
+        self._expire()
         return len(self._data)
 
     def __repr__(self) -> str:
@@ -251,8 +251,7 @@ class _MappingCache(_Core, MutableMapping):
 
     __hash__ = None  # type: ignore[assignment]
 
-    def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
-        """Remove expired items and return them as ``(key, value)`` pairs. O(expired)."""
+    def _expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
         dropped: list[_Entry] = []
         with self._lock:
             self._purge(self._now() if time is None else time, dropped)
@@ -320,13 +319,12 @@ class _MappingCache(_Core, MutableMapping):
     @property
     def currsize(self) -> int:
         """The sum of the sizes of the live items."""
-        self.expire()
+        self._expire()
         return self._currsize
 
-    @staticmethod
-    def getsizeof(value: Any) -> int:
-        """Return the size of a cache item's value (1 unless ``getsizeof`` was given)."""
-        return 1
+    def getsizeof(self, value: Any) -> int:
+        """Return the size of ``value`` (1 unless a ``getsizeof`` callable was given)."""
+        return 1 if self._sizeof is None else self._sizeof(value)
 
     def __copy__(self) -> _MappingCache:
         cls, args, state = self.__reduce__()
@@ -389,6 +387,10 @@ class TTLCache(_MappingCache):
     def ttl(self) -> float:
         """The time-to-live of the cache's items, in seconds."""
         return self._ttl
+
+    def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
+        """Remove expired items; return them as a list of ``(key, value)`` pairs. O(expired)."""
+        return self._expire(time)
 
     @property
     def timer(self) -> Callable[[], float]:
@@ -520,7 +522,9 @@ class LocalCache(_Core):
     @property
     def stats(self) -> CacheStats:
         """A snapshot of hits, misses, evictions, expirations, size and hit rate."""
-        return make_stats(self._hits, self._misses, self._evictions, self._expirations, len(self), self._max_size)
+        size = len(self)  # purges first, so the expirations below include what it removed
+        with self._lock:
+            return make_stats(self._hits, self._misses, self._evictions, self._expirations, size, self._max_size)
 
     def reset_stats(self) -> None:
         """Zero the hit, miss, eviction and expiration counters."""
