@@ -1,0 +1,108 @@
+"""``MemoryStore``: sessions in this process only, on the compiled cache core.
+
+For tests, development and single-process apps.  Sessions are kept as Python
+objects (no serialization), each with its TTL, in a ``LocalCache``; when
+``max_sessions`` is reached the least recently used session is evicted (and
+so lost: size it for your traffic, or use Redis).  Thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..cache import LocalCache
+from ..session import Session
+from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, SessionStore, check_ttl, is_valid_session_id, new_session_id, now
+
+DEFAULT_MAX_SESSIONS = 100_000
+
+
+class MemoryStore(SessionStore):
+    """An in-process session store.  ``load`` costs well under a microsecond.
+
+    Raises:
+        ConfigError: invalid ``ttl``, ``refresh_fraction`` or ``prefix``.
+        ValueError: ``max_sessions`` < 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: int = DEFAULT_TTL,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        prefix: str = DEFAULT_PREFIX,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+    ) -> None:
+        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
+        self._sessions: LocalCache = LocalCache(max_size=max_sessions, ttl=float(self.ttl))
+
+    def load(self, session_id: str) -> Session | None:
+        """A copy of the stored session, or None. O(1), no serialization."""
+        if not is_valid_session_id(session_id):
+            return None
+        stored = self._sessions.get(session_id)
+        return None if stored is None else stored.copy()
+
+    def save(self, session: Session) -> bool:
+        """Store a snapshot (shallow copy) of ``session`` if it needs writing; True if it did."""
+        t = now()
+        if not self.needs_write(session, t):
+            return False
+        if session.new:
+            while session.id in self._sessions:  # SET NX: never overwrite another session
+                session.id = new_session_id()
+        elif session.id not in self._sessions:
+            return False  # deleted or expired meanwhile: never resurrect it
+        old = self.prepare_write(session, t)
+        try:
+            snapshot = session.copy()
+            snapshot.new = snapshot.modified = False
+            self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
+        except BaseException:
+            self.roll_back(session, old)
+            raise
+        self.mark_saved(session, t)
+        return True
+
+    def delete(self, session_id: str) -> bool:
+        """Remove the session; True if it existed."""
+        return is_valid_session_id(session_id) and self._sessions.delete(session_id)
+
+    def touch(self, session_id: str, ttl: int | None = None) -> bool:
+        """Restart the session's lifetime with ``ttl`` (default: the store's); True if it exists."""
+        if not is_valid_session_id(session_id):
+            return False
+        stored = self._sessions.get(session_id)
+        if stored is None:
+            return False
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
+        self._sessions.set(session_id, stored, ttl=float(seconds))
+        return True
+
+    def exists(self, session_id: str) -> bool:
+        """True if the session is stored and not expired."""
+        return is_valid_session_id(session_id) and session_id in self._sessions
+
+    def regenerate(self, session: Session) -> Session:
+        """Give ``session`` a new id, store it there and drop the old id."""
+        old_id, was_saved = session.id, not session.new
+        session.id = new_session_id()
+        if was_saved:
+            session.new = session.modified = True  # written like a first save: NX under the new id
+            self.save(session)
+            self._sessions.delete(old_id)
+        return session
+
+    def iter_ids(self) -> Iterator[str]:
+        """The ids of the live sessions (a snapshot)."""
+        return iter(self._sessions.keys())
+
+    def count(self) -> int:
+        """How many live sessions are stored. O(1) amortized."""
+        return len(self._sessions)
+
+    def clear(self) -> int:
+        """Drop every session; returns how many there were."""
+        n = len(self._sessions)
+        self._sessions.clear()
+        return n

@@ -1,0 +1,340 @@
+"""``RedisStore``: sessions in Redis (standalone, Sentinel-managed or Redis Cluster).
+
+Each session is one string key ``<prefix><id>`` holding the serializer's
+envelope, with the session's TTL as the key's expiry.  Every method is one
+round trip except ``regenerate`` on Redis Cluster (see there) and the SCAN
+walks of ``iter_ids``/``clear``.
+
+Protected hooks, for ``ClusteredRedisStore`` (which adds a PUBLISH to every
+write in the same round trip):
+
+* ``_write(session, payload, nx) -> bool``: the SET of ``save``.
+* ``_move(old_id, session, payload) -> bool``: the atomic write-new,
+  delete-old of ``regenerate``.
+* ``_delete_key(session_id) -> bool``: the DEL of ``delete``.
+* ``_decode(session_id, raw)``: bytes to ``Session`` (``SessionCorrupt`` on foreign data).
+* ``map_redis_error(op, exc)``: the one place Redis exceptions become fastsess errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from ..errors import ConfigError, FastsessError, SessionCorrupt, StoreUnavailable
+from ..serializers import Serializer, resolve_serializer
+from ..session import Session
+from .base import (
+    DEFAULT_PREFIX,
+    DEFAULT_REFRESH_FRACTION,
+    DEFAULT_TTL,
+    SessionStore,
+    check_ttl,
+    is_valid_session_id,
+    new_session_id,
+    now,
+)
+
+DEFAULT_SOCKET_TIMEOUT = 1.0  # seconds; a hung Redis delays a request by at most this much
+DEFAULT_RETRIES = 1  # reconnect once on a dropped connection (e.g. after a Redis restart)
+SCAN_BATCH = 1000
+MAX_ID_ATTEMPTS = 3
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+# SET new NX, and only if that succeeded DEL old: a collision never loses the old session.
+MOVE_SCRIPT = """
+if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def map_redis_error(op: str, exc: BaseException) -> FastsessError:
+    """The fastsess error for a redis-py (or socket) exception raised by ``op``."""
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
+        return SessionCorrupt(f"{op}: a non-string value is stored under the session key")
+    error = StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}", exc)
+    error.__cause__ = exc
+    return error
+
+
+def default_retry(retries: int = DEFAULT_RETRIES) -> Retry:
+    """redis-py retry policy: reconnect on dropped connections only, never re-wait a timeout."""
+    return Retry(ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,))
+
+
+def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, retries: int = DEFAULT_RETRIES) -> redis.Redis:
+    """A ``redis.Redis`` for ``url`` with fastsess's timeout and retry defaults.
+
+    Raises:
+        ConfigError: the URL is malformed.
+    """
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=default_retry(retries),
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL: {exc}") from exc
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with Redis glob metacharacters escaped (for SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def check_binary_client(client: Any) -> None:
+    """Reject a client that decodes responses: session payloads are bytes.
+
+    Raises:
+        ConfigError: ``decode_responses=True``.
+    """
+    kwargs_of = getattr(client, "get_connection_kwargs", None)
+    kwargs = kwargs_of() if callable(kwargs_of) else {}
+    if kwargs.get("decode_responses"):
+        raise ConfigError("the Redis client must not use decode_responses=True: sessions are stored as bytes")
+
+
+class RedisStore(SessionStore):
+    """Sessions in Redis.
+
+    Args:
+        client: an existing ``redis.Redis`` (also Sentinel's ``master_for(...)``)
+            or ``redis.cluster.RedisCluster``; not closed by ``close()``.
+        url: a ``redis://`` / ``rediss://`` / ``unix://`` URL instead of a client;
+            the store owns that client.
+        prefix, ttl, refresh_fraction: see ``stores.base``.
+        serializer: ``"msgpack"`` (default), ``"json"`` or a ``Serializer``.
+        socket_timeout, retries: used only for the client built from ``url``.
+
+    Raises:
+        ConfigError: neither or both of client/url, or an invalid setting.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster | None = None,
+        url: str | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = DEFAULT_TTL,
+        serializer: Serializer | str | None = None,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
+        if (client is None) == (url is None):
+            raise ConfigError("pass exactly one of client= or url=")
+        self._owns_client = client is None
+        self.client: Any = client_from_url(url, socket_timeout, retries) if client is None else client  # type: ignore[arg-type]
+        check_binary_client(self.client)
+        self.serializer = resolve_serializer(serializer)
+        self.is_cluster = isinstance(self.client, RedisCluster)
+        self._move_script = None if self.is_cluster else self.client.register_script(MOVE_SCRIPT)
+        self._match = glob_escape(prefix) + "*"
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def _decode(self, session_id: str, raw: bytes) -> Session:
+        return self.serializer.decode(session_id, raw)
+
+    def _write(self, session: Session, payload: bytes, nx: bool) -> bool:
+        return bool(self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=nx, xx=not nx))
+
+    def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
+        if self._move_script is not None:
+            return bool(self._move_script(keys=[self.prefix + old_id, self.prefix + session.id], args=[payload, session.ttl]))
+        # Redis Cluster: the two keys live in different slots, so no transaction can
+        # span them.  Write the new key first: if the DEL then fails, the old id
+        # still dies with its TTL and the caller sees StoreUnavailable.
+        if not self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True):
+            return False
+        self.client.delete(self.prefix + old_id)
+        return True
+
+    def _delete_key(self, session_id: str) -> bool:
+        return self.client.delete(self.prefix + session_id) == 1
+
+    # -- API --------------------------------------------------------------------------
+
+    def load(self, session_id: str) -> Session | None:
+        """The stored session, or None (absent, expired, malformed id: no Redis call). One GET.
+
+        Raises:
+            SessionCorrupt: the key holds something that is not a fastsess session.
+            StoreUnavailable: Redis failed or timed out.
+        """
+        if not is_valid_session_id(session_id):
+            return None
+        try:
+            raw = self.client.get(self.prefix + session_id)
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("GET", exc) from exc
+        if raw is None:
+            return None
+        return self._decode(session_id, raw)
+
+    def save(self, session: Session) -> bool:
+        """Write ``session`` if modified or its TTL refresh is due; True if it wrote. One SET.
+
+        A new session is written with SET NX (a collision takes a fresh id);
+        an existing one with SET XX, so a session deleted meanwhile is not
+        resurrected (returns False).
+
+        Raises:
+            StoreUnavailable: Redis failed; the session's state is unchanged.
+            TypeError: the session holds a value that cannot be stored.
+        """
+        t = now()
+        if not self.needs_write(session, t):
+            return False
+        for _ in range(MAX_ID_ATTEMPTS):
+            old = self.prepare_write(session, t)
+            try:
+                written = self._write(session, self.serializer.encode(session), session.new)
+            except REDIS_ERRORS as exc:
+                self.roll_back(session, old)
+                raise map_redis_error("SET", exc) from exc
+            except BaseException:
+                self.roll_back(session, old)
+                raise
+            if written:
+                self.mark_saved(session, t)
+                return True
+            self.roll_back(session, old)
+            if not session.new:
+                return False
+            session.id = new_session_id()
+        raise StoreUnavailable("could not allocate an unused session id")
+
+    def delete(self, session_id: str) -> bool:
+        """Remove the session; True if it existed. Malformed ids: False without a Redis call.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if not is_valid_session_id(session_id):
+            return False
+        try:
+            return self._delete_key(session_id)
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("DEL", exc) from exc
+
+    def touch(self, session_id: str, ttl: int | None = None) -> bool:
+        """Set the session's expiry to ``ttl`` seconds (default: the store's). One EXPIRE.
+
+        Raises:
+            ConfigError: ``ttl`` is not a positive int.
+            StoreUnavailable: Redis failed.
+        """
+        if not is_valid_session_id(session_id):
+            return False
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
+        try:
+            return bool(self.client.expire(self.prefix + session_id, seconds))
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("EXPIRE", exc) from exc
+
+    def exists(self, session_id: str) -> bool:
+        """True if the session is stored. One EXISTS; malformed ids: False without a call.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if not is_valid_session_id(session_id):
+            return False
+        try:
+            return self.client.exists(self.prefix + session_id) == 1
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("EXISTS", exc) from exc
+
+    def regenerate(self, session: Session) -> Session:
+        """Move ``session`` to a new id and delete the old key; returns ``session``.
+
+        Atomic on a single Redis (one Lua script: SET NX new, then DEL old).  On
+        Redis Cluster the keys sit in different slots: the new key is written
+        first, then the old one deleted (two round trips).  A session never
+        saved just gets a new id.
+
+        Raises:
+            StoreUnavailable: Redis failed; ``session`` keeps its old id and state.
+        """
+        old_id, was_saved = session.id, not session.new
+        t = now()
+        for _ in range(MAX_ID_ATTEMPTS):
+            session.id = new_session_id()
+            if not was_saved:
+                return session
+            old = self.prepare_write(session, t)
+            try:
+                moved = self._move(old_id, session, self.serializer.encode(session))
+            except BaseException as exc:
+                self.roll_back(session, old)
+                session.id = old_id
+                if isinstance(exc, REDIS_ERRORS):
+                    raise map_redis_error("regenerate", exc) from exc
+                raise
+            if moved:
+                self.mark_saved(session, t)
+                return session
+            self.roll_back(session, old)
+        session.id = old_id
+        raise StoreUnavailable("could not allocate an unused session id")
+
+    def iter_ids(self) -> Iterator[str]:
+        """Every session id under this prefix, by SCAN (never KEYS); on a cluster, every node.
+
+        Raises:
+            StoreUnavailable: Redis failed mid-scan.
+        """
+        start = len(self.prefix)
+        try:
+            for key in self.client.scan_iter(match=self._match, count=SCAN_BATCH):
+                session_id = key[start:].decode("ascii", "replace")
+                if is_valid_session_id(session_id):
+                    yield session_id
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("SCAN", exc) from exc
+
+    def clear(self) -> int:
+        """Delete every session under this prefix (SCAN + batched UNLINK); returns how many.
+
+        Raises:
+            StoreUnavailable: Redis failed (some sessions may already be gone).
+        """
+        deleted = 0
+        batch: list[str] = []
+        for session_id in self.iter_ids():
+            batch.append(self.prefix + session_id)
+            if len(batch) >= SCAN_BATCH:
+                deleted += self._unlink(batch)
+                batch = []
+        if batch:
+            deleted += self._unlink(batch)
+        return deleted
+
+    def _unlink(self, keys: list[str]) -> int:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.unlink(key)  # one key per command: cluster-safe
+            return sum(pipe.execute())
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("UNLINK", exc) from exc
+
+    def close(self) -> None:
+        """Close the client if this store created it (from ``url``)."""
+        if self._owns_client:
+            self.client.close()
