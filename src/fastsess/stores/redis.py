@@ -66,9 +66,12 @@ def map_redis_error(op: str, exc: BaseException) -> FastsessError:
     return error
 
 
-def default_retry(retries: int = DEFAULT_RETRIES) -> Retry:
-    """redis-py retry policy: reconnect on dropped connections only, never re-wait a timeout."""
-    return Retry(ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,))
+def default_retry(retries: int = DEFAULT_RETRIES, retry_class: Any = Retry) -> Any:
+    """redis-py retry policy: reconnect on dropped connections only, never re-wait a timeout.
+
+    ``retry_class`` is ``redis.retry.Retry`` or ``redis.asyncio.retry.Retry`` (same signature).
+    """
+    return retry_class(ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,))
 
 
 def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, retries: int = DEFAULT_RETRIES) -> redis.Redis:

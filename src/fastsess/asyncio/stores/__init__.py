@@ -1,0 +1,1 @@
+"""asyncio session stores (see ``fastsess.stores`` for the shared contract)."""

@@ -1,0 +1,270 @@
+"""asyncio ``RedisStore`` on ``redis.asyncio``: the twin of ``fastsess.stores.redis``.
+
+Same keys, envelope, round trips and errors as the sync store; every I/O
+method is a coroutine.  The protected hooks (``_write``, ``_move``,
+``_delete_key``, ``_decode``) are the extension points of the asyncio
+``ClusteredRedisStore``, as in the sync tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+
+from ...errors import ConfigError, StoreUnavailable
+from ...serializers import Serializer, resolve_serializer
+from ...session import Session
+from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, new_session_id, now
+from ...stores.redis import (
+    DEFAULT_RETRIES,
+    DEFAULT_SOCKET_TIMEOUT,
+    MAX_ID_ATTEMPTS,
+    MOVE_SCRIPT,
+    REDIS_ERRORS,
+    SCAN_BATCH,
+    check_binary_client,
+    default_retry,
+    glob_escape,
+    map_redis_error,
+)
+from .base import AsyncSessionStore
+
+
+def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, retries: int = DEFAULT_RETRIES) -> aredis.Redis:
+    """A ``redis.asyncio.Redis`` for ``url`` with fastsess's timeout and retry defaults.
+
+    Raises:
+        ConfigError: the URL is malformed.
+    """
+    try:
+        return aredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=default_retry(retries, Retry),
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL: {exc}") from exc
+
+
+class RedisStore(AsyncSessionStore):
+    """Sessions in Redis, asyncio API.  Arguments as ``fastsess.stores.redis.RedisStore``,
+    with ``redis.asyncio`` clients (``Redis``, ``RedisCluster`` or Sentinel's ``master_for``).
+
+    Raises:
+        ConfigError: neither or both of client/url, or an invalid setting.
+    """
+
+    def __init__(
+        self,
+        client: aredis.Redis | RedisCluster | None = None,
+        url: str | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = DEFAULT_TTL,
+        serializer: Serializer | str | None = None,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
+        if (client is None) == (url is None):
+            raise ConfigError("pass exactly one of client= or url=")
+        self._owns_client = client is None
+        self.client: Any = client_from_url(url, socket_timeout, retries) if client is None else client  # type: ignore[arg-type]
+        check_binary_client(self.client)
+        self.serializer = resolve_serializer(serializer)
+        self.is_cluster = isinstance(self.client, RedisCluster)
+        self._move_script = None if self.is_cluster else self.client.register_script(MOVE_SCRIPT)
+        self._match = glob_escape(prefix) + "*"
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def _decode(self, session_id: str, raw: bytes) -> Session:
+        return self.serializer.decode(session_id, raw)
+
+    async def _write(self, session: Session, payload: bytes, nx: bool) -> bool:
+        return bool(await self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=nx, xx=not nx))
+
+    async def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
+        if self._move_script is not None:
+            keys = [self.prefix + old_id, self.prefix + session.id]
+            return bool(await self._move_script(keys=keys, args=[payload, session.ttl]))
+        # Redis Cluster: see the sync store (new key first, then the old one).
+        if not await self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True):
+            return False
+        await self.client.delete(self.prefix + old_id)
+        return True
+
+    async def _delete_key(self, session_id: str) -> bool:
+        return await self.client.delete(self.prefix + session_id) == 1
+
+    # -- API --------------------------------------------------------------------------
+
+    async def load(self, session_id: str) -> Session | None:
+        """The stored session, or None (absent, expired, malformed id: no Redis call). One GET.
+
+        Raises:
+            SessionCorrupt: the key holds something that is not a fastsess session.
+            StoreUnavailable: Redis failed or timed out.
+        """
+        if not is_valid_session_id(session_id):
+            return None
+        try:
+            raw = await self.client.get(self.prefix + session_id)
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("GET", exc) from exc
+        if raw is None:
+            return None
+        return self._decode(session_id, raw)
+
+    async def save(self, session: Session) -> bool:
+        """Write ``session`` if modified or its TTL refresh is due; True if it wrote. One SET.
+
+        NX for a new session, XX for an existing one (no resurrection: False).
+
+        Raises:
+            StoreUnavailable: Redis failed; the session's state is unchanged.
+            TypeError: the session holds a value that cannot be stored.
+        """
+        t = now()
+        if not self.needs_write(session, t):
+            return False
+        for _ in range(MAX_ID_ATTEMPTS):
+            old = self.prepare_write(session, t)
+            try:
+                written = await self._write(session, self.serializer.encode(session), session.new)
+            except REDIS_ERRORS as exc:
+                self.roll_back(session, old)
+                raise map_redis_error("SET", exc) from exc
+            except BaseException:
+                self.roll_back(session, old)
+                raise
+            if written:
+                self.mark_saved(session, t)
+                return True
+            self.roll_back(session, old)
+            if not session.new:
+                return False
+            session.id = new_session_id()
+        raise StoreUnavailable("could not allocate an unused session id")
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove the session; True if it existed. Malformed ids: False without a Redis call.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if not is_valid_session_id(session_id):
+            return False
+        try:
+            return await self._delete_key(session_id)
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("DEL", exc) from exc
+
+    async def touch(self, session_id: str, ttl: int | None = None) -> bool:
+        """Set the session's expiry to ``ttl`` seconds (default: the store's). One EXPIRE.
+
+        Raises:
+            ConfigError: ``ttl`` is not a positive int.
+            StoreUnavailable: Redis failed.
+        """
+        if not is_valid_session_id(session_id):
+            return False
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
+        try:
+            return bool(await self.client.expire(self.prefix + session_id, seconds))
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("EXPIRE", exc) from exc
+
+    async def exists(self, session_id: str) -> bool:
+        """True if the session is stored. One EXISTS; malformed ids: False without a call.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if not is_valid_session_id(session_id):
+            return False
+        try:
+            return await self.client.exists(self.prefix + session_id) == 1
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("EXISTS", exc) from exc
+
+    async def regenerate(self, session: Session) -> Session:
+        """Move ``session`` to a new id and delete the old key (atomic on a single Redis).
+
+        Raises:
+            StoreUnavailable: Redis failed; ``session`` keeps its old id and state.
+        """
+        old_id, was_saved = session.id, not session.new
+        t = now()
+        for _ in range(MAX_ID_ATTEMPTS):
+            session.id = new_session_id()
+            if not was_saved:
+                return session
+            old = self.prepare_write(session, t)
+            try:
+                moved = await self._move(old_id, session, self.serializer.encode(session))
+            except BaseException as exc:
+                self.roll_back(session, old)
+                session.id = old_id
+                if isinstance(exc, REDIS_ERRORS):
+                    raise map_redis_error("regenerate", exc) from exc
+                raise
+            if moved:
+                self.mark_saved(session, t)
+                return session
+            self.roll_back(session, old)
+        session.id = old_id
+        raise StoreUnavailable("could not allocate an unused session id")
+
+    async def iter_ids(self) -> AsyncIterator[str]:
+        """Every session id under this prefix, by SCAN (never KEYS).
+
+        Raises:
+            StoreUnavailable: Redis failed mid-scan.
+        """
+        start = len(self.prefix)
+        try:
+            async for key in self.client.scan_iter(match=self._match, count=SCAN_BATCH):
+                session_id = key[start:].decode("ascii", "replace")
+                if is_valid_session_id(session_id):
+                    yield session_id
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("SCAN", exc) from exc
+
+    async def clear(self) -> int:
+        """Delete every session under this prefix (SCAN + batched UNLINK); returns how many.
+
+        Raises:
+            StoreUnavailable: Redis failed (some sessions may already be gone).
+        """
+        deleted = 0
+        batch: list[str] = []
+        async for session_id in self.iter_ids():
+            batch.append(self.prefix + session_id)
+            if len(batch) >= SCAN_BATCH:
+                deleted += await self._unlink(batch)
+                batch = []
+        if batch:
+            deleted += await self._unlink(batch)
+        return deleted
+
+    async def _unlink(self, keys: list[str]) -> int:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.unlink(key)
+            return sum(await pipe.execute())
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("UNLINK", exc) from exc
+
+    async def close(self) -> None:
+        """Close the client if this store created it (from ``url``)."""
+        if self._owns_client:
+            await self.client.aclose()
