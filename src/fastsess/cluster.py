@@ -1,0 +1,432 @@
+"""Keeping every node's local cache honest: ``ClusterCoordinator`` and ``CoherentCache``.
+
+Each node caches decoded sessions in a ``LocalCache``.  A write, delete or
+clear on one node publishes a small msgpack map ``{t, id, node, v}`` on the
+cluster channel (in the same round trip as the write: see
+``stores.clustered``); every other node's coordinator evicts that id.
+
+Pub/sub is at-most-once: a message published while a node is disconnected is
+lost for that node.  So the coordinator
+
+* flushes the whole local cache on every (re)subscribe, and
+* reports ``subscribed=False`` from the moment it sees the connection drop
+  until it has resubscribed and flushed; the store bypasses the cache
+  meanwhile (reads go to Redis and fail closed when Redis is down).
+
+A silent connection (no FIN, e.g. a partition) is detected by a PING after
+``subscribe_timeout`` seconds of silence: no PONG within the same time and the
+listener reconnects.
+
+**No stale re-fill.**  A node that misses its cache reads Redis and then fills
+the cache.  If an invalidation for that id arrives between the read and the
+fill, the value read may be older than the write that caused it, and caching
+it would serve stale data until the next invalidation or the local TTL.
+``CoherentCache`` prevents this with generation counters: a fill carries the
+(epoch, generation) it saw *before* the read, and is dropped if either moved.
+Generations live in a fixed array of slots indexed by the id's hash (a
+collision can only drop a harmless fill, never keep a stale one), so the
+bookkeeping is O(1) time and O(1) memory.  Fills and invalidations take one
+small lock; cache hits take none.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .cache import CacheStats, LocalCache
+from .config import ClusterConfig
+from .errors import ConfigError
+
+log = logging.getLogger("fastsess.cluster")
+
+INVALIDATED = "invalidated"
+DELETED = "deleted"
+CLEARED = "cleared"
+MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED})
+MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is not ours
+
+GENERATION_SLOTS = 4096  # power of two
+_SLOT_MASK = GENERATION_SLOTS - 1
+POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
+
+
+class CoordinatorStats(NamedTuple):
+    """A snapshot of a coordinator's counters."""
+
+    published: int  # messages this node published
+    received: int  # valid messages from other nodes, applied
+    ignored_own: int  # this node's own messages, echoed back and ignored
+    malformed: int  # messages that did not decode, counted and dropped
+    reconnects: int  # successful resubscriptions after a drop
+    subscribed: bool  # listening right now (the local cache is served only then)
+    last_error: str | None  # the last connection error, "Type: message"
+
+
+def encode_message(kind: str, session_id: str | None, node_id: str, version: int = 0) -> bytes:
+    """The wire form of one invalidation: msgpack ``{t, id, node, v}``.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind not in MESSAGE_TYPES:
+        raise ValueError(f"unknown message type {kind!r}")
+    return msgpack.packb({"t": kind, "id": session_id, "node": node_id, "v": version})
+
+
+def decode_message(data: Any) -> dict[str, Any] | None:
+    """The message map, or None if ``data`` is not a well-formed fastsess message. Never raises."""
+    if not isinstance(data, bytes) or len(data) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:  # any decoding failure is just "malformed"
+        return None
+    if not isinstance(msg, dict) or msg.get("t") not in MESSAGE_TYPES:
+        return None
+    node, session_id, version = msg.get("node"), msg.get("id"), msg.get("v", 0)
+    if not isinstance(node, str) or not isinstance(version, int) or isinstance(version, bool):
+        return None
+    if msg["t"] != CLEARED and not isinstance(session_id, str):
+        return None
+    return msg
+
+
+class CoherentCache:
+    """A ``LocalCache`` of sessions plus the generation bookkeeping that forbids stale fills.
+
+    Hot path: ``get`` (the bare cache lookup, no lock).  Miss path:
+    ``token = fill_token(id)`` before reading Redis, ``fill(id, value, token, ttl)``
+    after.  Local writes use ``put``; invalidations ``invalidate``/``flush``.
+    """
+
+    __slots__ = ("_epoch", "_generations", "_lock", "cache", "get")
+
+    def __init__(self, max_size: int, ttl: float) -> None:
+        self.cache = LocalCache(max_size=max_size, ttl=ttl)
+        self.get = self.cache.get  # bound once: the cached-load path is a single C call
+        self._lock = threading.Lock()
+        self._generations = [0] * GENERATION_SLOTS
+        self._epoch = 0
+
+    def fill_token(self, session_id: str) -> tuple[int, int]:
+        """The state to hand back to ``fill``; take it *before* reading Redis."""
+        return (self._epoch, self._generations[hash(session_id) & _SLOT_MASK])
+
+    def fill(self, session_id: str, value: Any, token: tuple[int, int], ttl: float) -> bool:
+        """Cache ``value`` read from Redis unless an invalidation came in since ``token``."""
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            if token != (self._epoch, self._generations[slot]):
+                return False
+            self.cache.set(session_id, value, ttl)
+            return True
+
+    def put(self, session_id: str, value: Any, ttl: float) -> None:
+        """Cache a value this node just wrote (concurrent fills of older data are voided)."""
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            self._generations[slot] += 1
+            self.cache.set(session_id, value, ttl)
+
+    def invalidate(self, session_id: str) -> bool:
+        """Evict ``session_id`` and void fills in flight for it; True if it was cached."""
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            self._generations[slot] += 1
+            return self.cache.delete(session_id)
+
+    def flush(self) -> None:
+        """Evict everything and void every fill in flight."""
+        with self._lock:
+            self._epoch += 1
+            self.cache.clear()
+
+    def stats(self) -> CacheStats:
+        """The cache's hit/miss/eviction/expiration counters."""
+        return self.cache.stats
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+
+# (channel, node_id) of every running coordinator in this process: two stores with the
+# same node id would ignore each other's messages, so that is refused.
+_running: weakref.WeakValueDictionary[tuple[str, str], CoordinatorBase] = weakref.WeakValueDictionary()
+_running_lock = threading.Lock()
+
+
+class CoordinatorBase:
+    """State, counters and message handling shared by the sync and asyncio coordinators."""
+
+    def __init__(self, config: ClusterConfig, cache: CoherentCache | None) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.channel = config.channel
+        self.cache = cache
+        self._published = 0
+        self._received = 0
+        self._ignored_own = 0
+        self._malformed = 0
+        self._reconnects = 0
+        self._last_error: str | None = None
+        self._subscribed = False
+        self._ever_subscribed = False
+        self._count_lock = threading.Lock()
+        self.on_message: Callable[[dict[str, Any]], None] | None = None  # for tests and the demo
+
+    @property
+    def subscribed(self) -> bool:
+        """True while listening: only then may the local cache be served."""
+        return self._subscribed
+
+    @property
+    def stats(self) -> CoordinatorStats:
+        """A snapshot of the counters (see ``CoordinatorStats``)."""
+        return CoordinatorStats(
+            self._published, self._received, self._ignored_own, self._malformed,
+            self._reconnects, self._subscribed, self._last_error,
+        )
+
+    def message(self, kind: str, session_id: str | None, version: int = 0) -> bytes:
+        """This node's wire message of type ``kind`` (for the store's write scripts)."""
+        return encode_message(kind, session_id, self.node_id, version)
+
+    def note_published(self, count: int = 1) -> None:
+        """Count messages the store published on this coordinator's behalf."""
+        with self._count_lock:
+            self._published += count
+
+    def handle_message(self, data: Any) -> None:
+        """Apply one raw pub/sub payload: evict, flush, or count it as own/malformed. Never raises."""
+        msg = decode_message(data)
+        if msg is None:
+            self._malformed += 1
+            log.debug("dropped a malformed message (%d so far)", self._malformed)
+            return
+        if msg["node"] == self.node_id:
+            self._ignored_own += 1
+            return
+        self._received += 1
+        if self.cache is not None:
+            if msg["t"] == CLEARED:
+                self.cache.flush()
+            else:
+                self.cache.invalidate(msg["id"])
+        log.debug("applied %s from node %s", msg["t"], msg["node"])
+        if self.on_message is not None:
+            self.on_message(msg)
+
+    def _register(self) -> None:
+        key = (self.channel, self.node_id)
+        with _running_lock:
+            other = _running.get(key)
+            if other is not None and other is not self:
+                raise ConfigError(
+                    f"another running store in this process already uses node_id {self.node_id!r} "
+                    f"on channel {self.channel!r}; give each store its own ClusterConfig(node_id=...)"
+                )
+            _running[key] = self
+
+    def _unregister(self) -> None:
+        with _running_lock:
+            if _running.get((self.channel, self.node_id)) is self:
+                del _running[(self.channel, self.node_id)]
+
+    def _on_subscribed(self) -> None:
+        # Messages published while we were away are lost: nothing cached may survive.
+        if self.cache is not None:
+            self.cache.flush()
+        if self._ever_subscribed:
+            self._reconnects += 1
+            log.warning("resubscribed to %s; local cache flushed", self.channel)
+        self._ever_subscribed = True
+        self._subscribed = True
+
+    def _on_dropped(self, exc: BaseException) -> None:
+        was_subscribed, self._subscribed = self._subscribed, False
+        # With stale_if_error the cached copies are kept as a fallback; they are
+        # not served while unsubscribed unless Redis fails, and flushed on resubscribe.
+        if self.cache is not None and not self.config.stale_if_error:
+            self.cache.flush()
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if was_subscribed:
+            log.warning("lost the invalidation channel (%s); bypassing the local cache until resubscribed", self._last_error)
+        else:
+            log.debug("reconnection failed: %s", self._last_error)
+
+    def _backoff(self, delay: float) -> float:
+        return min(delay * 2, self.config.reconnect_backoff[1])
+
+
+class Liveness:
+    """Detects a silent pub/sub connection: PING after ``idle`` seconds, fail without PONG."""
+
+    __slots__ = ("_idle", "_last_seen", "_ping_sent")
+
+    def __init__(self, idle: float) -> None:
+        self._idle = idle
+        self._last_seen = time.monotonic()
+        self._ping_sent: float | None = None
+
+    def seen(self) -> None:
+        """Something arrived: the connection is alive."""
+        self._last_seen = time.monotonic()
+        self._ping_sent = None
+
+    def due(self) -> bool:
+        """True if a PING should be sent now.
+
+        Raises:
+            ConnectionError: a PING went unanswered for ``idle`` seconds.
+        """
+        t = time.monotonic()
+        if self._ping_sent is not None:
+            if t - self._ping_sent > self._idle:
+                raise ConnectionError(f"no PONG within {self._idle:g} s on the invalidation channel")
+            return False
+        if t - self._last_seen >= self._idle:
+            self._ping_sent = t
+            return True
+        return False
+
+
+class ClusterCoordinator(CoordinatorBase):
+    """Publishes and listens for invalidations in one background thread.
+
+    Args:
+        client: a ``redis.Redis`` / ``RedisCluster`` / Sentinel-managed client;
+            the listener takes its own connection from it (``client.pubsub()``).
+        config: the cluster settings.
+        cache: the cache to keep coherent (None: count and publish only).
+
+    ``start()`` launches the daemon thread ``fastsess-listener-<node>`` and waits up
+    to ``subscribe_timeout`` for the first subscription; ``stop()`` ends it.
+    """
+
+    def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
+        super().__init__(config, cache)
+        self.client = client
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Start listening; True if subscribed within ``subscribe_timeout``.
+
+        Not subscribing in time is not an error: the store bypasses the cache
+        until the listener gets through.
+
+        Raises:
+            ConfigError: another running coordinator in this process has the same node id.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            return self._subscribed
+        self._register()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"fastsess-listener-{self.node_id[:12]}", daemon=True)
+        self._thread.start()
+        return self._ready.wait(self.config.subscribe_timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until subscribed (True) or ``timeout`` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while not self._subscribed:
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                return False
+            self._ready.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the listener and wait for its thread (at most ``timeout`` seconds)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._subscribed = False
+        self._unregister()
+
+    @property
+    def running(self) -> bool:
+        """True while the listener thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def publish(self, kind: str, session_id: str | None = None, version: int = 0) -> None:
+        """Publish one message on its own (the stores batch theirs with the write).
+
+        Raises:
+            redis.RedisError: the PUBLISH failed (the stores map it to ``StoreUnavailable``).
+        """
+        self.client.publish(self.channel, self.message(kind, session_id, version))
+        self.note_published()
+
+    # -- listener thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self.config.reconnect_backoff[0]
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.client.pubsub()
+                self._subscribe(pubsub)
+                delay = self.config.reconnect_backoff[0]
+                self._listen(pubsub)
+            except Exception as exc:  # noqa: BLE001 - the listener must survive anything
+                self._ready.clear()
+                self._on_dropped(exc)
+                self._stop.wait(delay)
+                delay = self._backoff(delay)
+            finally:
+                if pubsub is not None:
+                    _close_quietly(pubsub)
+        self._subscribed = False
+        self._ready.clear()
+
+    def _subscribe(self, pubsub: Any) -> None:
+        pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + self.config.subscribe_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.config.subscribe_timeout:g} s")
+            msg = pubsub.get_message(timeout=remaining)
+            if msg is None:
+                continue
+            if msg["type"] == "subscribe":
+                break
+            if msg["type"] == "message":
+                self.handle_message(msg["data"])
+        self._on_subscribed()
+        self._ready.set()
+
+    def _listen(self, pubsub: Any) -> None:
+        liveness = Liveness(self.config.subscribe_timeout)
+        poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
+        while not self._stop.is_set():
+            msg = pubsub.get_message(timeout=poll)
+            if msg is None:
+                if liveness.due():
+                    pubsub.ping()
+                continue
+            liveness.seen()
+            kind = msg["type"]
+            if kind == "message":
+                self.handle_message(msg["data"])
+            elif kind == "subscribe":
+                # redis-py reconnected and resubscribed under us: we may have missed messages.
+                self._on_subscribed()
+            elif kind == "unsubscribe":
+                raise ConnectionError("unsubscribed from the invalidation channel")
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to do
+        log.debug("closing the pub/sub connection failed", exc_info=True)

@@ -1,0 +1,143 @@
+"""``ClusterConfig``: the settings of a clustered store, defined once, loadable from the environment.
+
+Environment variables (``ClusterConfig.from_env()``), all optional:
+
+=================================== =============================== ==================
+variable                            field                           example
+=================================== =============================== ==================
+``FASTSESS_CLUSTER_ENABLED``        ``enabled``                     ``1`` / ``0``
+``FASTSESS_NODE_ID``                ``node_id``                     ``web-3``
+``FASTSESS_CHANNEL``                ``channel``                     ``myapp:invalidate``
+``FASTSESS_LOCAL_CACHE_ENABLED``    ``local_cache_enabled``         ``true``
+``FASTSESS_LOCAL_CACHE_TTL``        ``local_cache_ttl``             ``30``
+``FASTSESS_LOCAL_CACHE_MAX_SIZE``   ``local_cache_max_size``        ``10000``
+``FASTSESS_SUBSCRIBE_TIMEOUT``      ``subscribe_timeout``           ``1.0``
+``FASTSESS_RECONNECT_BACKOFF``      ``reconnect_backoff``           ``0.05,5``
+``FASTSESS_STALE_IF_ERROR``         ``stale_if_error``              ``false``
+=================================== =============================== ==================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "FASTSESS_"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _new_node_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """How a ``ClusteredRedisStore`` keeps its local cache coherent with the other nodes.
+
+    Attributes:
+        enabled: publish and listen for invalidations.  Off, the store is a plain
+            ``RedisStore`` without a local cache (never a silently incoherent cache).
+        node_id: this node's identity in messages; its own messages are ignored.
+            Unique per store instance (two live stores in one process may not share it).
+        channel: the pub/sub channel every node of the deployment uses.
+        local_cache_enabled: keep decoded sessions in this process.  Off, the store
+            still publishes, so the other nodes' caches stay coherent.
+        local_cache_ttl: seconds a cached session may be served without asking Redis,
+            an upper bound on staleness even if every invalidation were lost.
+        local_cache_max_size: sessions kept per process (LRU beyond that).
+        subscribe_timeout: seconds to wait for the subscription to be confirmed,
+            and the idle time after which the listener checks the connection with a PING.
+        reconnect_backoff: (first, max) delay in seconds between reconnection attempts.
+        stale_if_error: serve a cached session when Redis fails, instead of raising
+            ``StoreUnavailable`` (off by default: fail closed).
+
+    Raises:
+        ConfigError: a field out of range or of the wrong type.
+    """
+
+    enabled: bool = True
+    node_id: str = dataclasses.field(default_factory=_new_node_id)
+    channel: str = "fastsess:invalidate"
+    local_cache_enabled: bool = True
+    local_cache_ttl: float = 30.0
+    local_cache_max_size: int = 10_000
+    subscribe_timeout: float = 1.0
+    reconnect_backoff: tuple[float, float] = (0.05, 5.0)
+    stale_if_error: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "local_cache_enabled", "stale_if_error"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
+        for name in ("node_id", "channel"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or len(value) > 200:
+                raise ConfigError(f"{name} must be a non-empty str of at most 200 characters, not {value!r}")
+        _positive("local_cache_ttl", self.local_cache_ttl)
+        _positive("subscribe_timeout", self.subscribe_timeout)
+        size = self.local_cache_max_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"local_cache_max_size must be a positive int, not {size!r}")
+        backoff = self.reconnect_backoff
+        if not isinstance(backoff, tuple) or len(backoff) != 2:
+            raise ConfigError(f"reconnect_backoff must be a (first, max) tuple, not {backoff!r}")
+        _positive("reconnect_backoff[0]", backoff[0])
+        _positive("reconnect_backoff[1]", backoff[1])
+        if backoff[0] > backoff[1]:
+            raise ConfigError(f"reconnect_backoff: first delay {backoff[0]} exceeds the max {backoff[1]}")
+
+    def replace(self, **changes: Any) -> ClusterConfig:
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClusterConfig:
+        """A config from ``FASTSESS_*`` variables (see the module doc); ``overrides`` win.
+
+        Raises:
+            ConfigError: a variable that does not parse, or an invalid value.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = ENV_PREFIX + ("CLUSTER_ENABLED" if field.name == "enabled" else field.name.upper())
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[field.name] = _parse(name, field.name, raw.strip())
+        values.update(overrides)
+        return cls(**values)
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, not {value!r}")
+
+
+def _parse(variable: str, field: str, raw: str) -> Any:
+    try:
+        if field in ("enabled", "local_cache_enabled", "stale_if_error"):
+            lowered = raw.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+        if field == "local_cache_max_size":
+            return int(raw.replace("_", ""))
+        if field in ("local_cache_ttl", "subscribe_timeout"):
+            return float(raw)
+        if field == "reconnect_backoff":
+            first, _, last = raw.partition(",")
+            return (float(first), float(last))
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{variable}={raw!r}: {exc}") from exc

@@ -1,0 +1,315 @@
+"""``ClusteredRedisStore``: Redis plus a per-node local cache kept coherent by pub/sub.
+
+Reads answer from the local cache when they can (a dict-like lookup and a
+shallow copy: well under a microsecond), else from Redis, then fill the cache
+unless an invalidation for that id arrived meanwhile (``cluster.CoherentCache``).
+
+Every write carries its invalidation in the same round trip: small Lua
+scripts run ``SET``/``DEL``/``EXPIRE`` and ``PUBLISH`` together on the key's
+node.  A script (rather than a MULTI pipeline) also works on Redis Cluster,
+where redis-py's cluster pipeline refuses PUBLISH, and classic PUBLISH reaches
+every node of a cluster.  A first save (SET NX of a brand-new id) publishes
+nothing: no node can hold a copy of an id nobody has written.
+
+Cached sessions are handed out as shallow copies (``Session.copy()``): the
+top-level mapping is private to the caller, nested lists and dicts are shared
+with the cache.  Mutating a nested value in place and then *not* saving would
+change this node's cached copy only, so: after an in-place nested mutation,
+set ``session.modified = True`` and save (as Django and Flask require anyway),
+or replace the nested value instead of mutating it.
+
+While the coordinator is not subscribed (start-up, Redis down, reconnecting)
+the cache is bypassed: reads go to Redis, and fail with ``StoreUnavailable``
+when it is down, unless ``ClusterConfig(stale_if_error=True)`` allows a cached
+copy to be served instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from ..cache import CacheStats
+from ..cluster import CLEARED, DELETED, INVALIDATED, ClusterCoordinator, CoherentCache
+from ..config import ClusterConfig
+from ..serializers import Serializer
+from ..session import Session
+from .._cache_common import make_stats
+from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, now
+from .redis import DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, RedisStore, map_redis_error
+
+# KEYS[1]=key  ARGV: payload, ttl, channel, message.  SET XX: never resurrects a deleted session.
+SET_PUBLISH_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1]=key  ARGV: channel, message.  Published even if the key was gone: a node may
+# still cache a copy of a session that expired in Redis.
+DELETE_PUBLISH_SCRIPT = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return n
+"""
+
+# KEYS[1]=key  ARGV: ttl, channel, message.  Other nodes drop their copy, whose local
+# expiry was computed from the old TTL.
+TOUCH_PUBLISH_SCRIPT = """
+local n = redis.call('EXPIRE', KEYS[1], ARGV[1])
+if n == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return n
+"""
+
+# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, channel, message (deleted old id).
+MOVE_PUBLISH_SCRIPT = """
+if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+def local_ttl(session: Session, config: ClusterConfig, t: float) -> float:
+    """How long this node may cache ``session``: the local TTL, capped by its Redis expiry."""
+    return min(config.local_cache_ttl, session.refreshed_at + session.ttl - t)
+
+
+def cache_snapshot(session: Session) -> Session:
+    """The copy the cache keeps of a session just written (saved, unmodified)."""
+    snapshot = session.copy()
+    snapshot.new = snapshot.modified = False
+    return snapshot
+
+
+def empty_stats(max_size: int) -> CacheStats:
+    """Cache stats of a store running without a local cache."""
+    return make_stats(0, 0, 0, 0, 0, max_size)
+
+
+class ClusteredRedisStore(RedisStore):
+    """``RedisStore`` with a coherent per-node cache (see the module doc).
+
+    Args:
+        client, url, prefix, ttl, serializer, refresh_fraction, socket_timeout,
+            retries: as ``RedisStore``.
+        config: the cluster settings (default ``ClusterConfig()``: clustering on,
+            a fresh node id).  ``enabled=False`` gives a plain ``RedisStore``
+            (no cache, no messages, ``coordinator`` is None).
+
+    The listener thread starts here and waits up to ``config.subscribe_timeout``
+    for its subscription; ``close()`` stops it.
+
+    Raises:
+        ConfigError: invalid settings, or another running store in this process
+            has the same ``node_id``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster | None = None,
+        url: str | None = None,
+        *,
+        config: ClusterConfig | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = DEFAULT_TTL,
+        serializer: Serializer | str | None = None,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        super().__init__(
+            client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
+            socket_timeout=socket_timeout, retries=retries,
+        )
+        self.config = ClusterConfig() if config is None else config
+        cfg = self.config
+        self._cache = CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl) if cfg.enabled and cfg.local_cache_enabled else None
+        self.coordinator: ClusterCoordinator | None = ClusterCoordinator(self.client, cfg, self._cache) if cfg.enabled else None
+        register = self.client.register_script
+        self._set_publish = register(SET_PUBLISH_SCRIPT)
+        self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
+        self._touch_publish = register(TOUCH_PUBLISH_SCRIPT)
+        self._move_publish = None if self.is_cluster else register(MOVE_PUBLISH_SCRIPT)
+        if self.coordinator is not None:
+            try:
+                self.coordinator.start()
+            except BaseException:
+                super().close()
+                raise
+
+    # -- reads ------------------------------------------------------------------------
+
+    def load(self, session_id: str) -> Session | None:
+        """The session from the local cache (a shallow copy), else from Redis (one GET).
+
+        Cost: a cache hit is a hash lookup plus a shallow copy (well under 1 us);
+        a miss is one GET + decode, then a cache fill.
+
+        Raises:
+            SessionCorrupt: the key holds something that is not a fastsess session.
+            StoreUnavailable: Redis failed (also while the cache is bypassed,
+                unless ``stale_if_error``).
+        """
+        cache = self._cache
+        token = None
+        if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
+            # Only valid ids are ever cached, so a hit needs no id check (saves ~250 ns).
+            cached = cache.get(session_id)
+            if cached is not None:
+                return cached.copy()
+            if not is_valid_session_id(session_id):
+                return None
+            token = cache.fill_token(session_id)
+        elif not is_valid_session_id(session_id):
+            return None
+        try:
+            raw = self.client.get(self.prefix + session_id)
+        except REDIS_ERRORS as exc:
+            stale = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
+            if stale is not None:
+                return stale.copy()
+            raise map_redis_error("GET", exc) from exc
+        if raw is None:
+            return None
+        session = self._decode(session_id, raw)
+        if token is not None:
+            t = now()
+            ttl = local_ttl(session, self.config, t)
+            if ttl > 0:
+                cache.fill(session_id, session.copy(), token, ttl)  # type: ignore[union-attr]
+        return session
+
+    # -- write hooks (RedisStore calls them; errors are mapped there) --------------------
+
+    def _write(self, session: Session, payload: bytes, nx: bool) -> bool:
+        coordinator = self.coordinator
+        if coordinator is None:
+            return super()._write(session, payload, nx)
+        cache = self._cache
+        try:
+            if nx:
+                written = super()._write(session, payload, nx)
+            else:
+                message = coordinator.message(INVALIDATED, session.id, session.version)
+                written = bool(self._set_publish(keys=[self.prefix + session.id], args=[payload, session.ttl, coordinator.channel, message]))
+                if written:
+                    coordinator.note_published()
+        except BaseException:
+            if cache is not None:
+                cache.invalidate(session.id)  # the write may or may not have landed
+            raise
+        if cache is not None:
+            if written:
+                cache.put(session.id, cache_snapshot(session), local_ttl(session, self.config, session.refreshed_at))
+            else:
+                cache.invalidate(session.id)
+        return written
+
+    def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
+        coordinator = self.coordinator
+        if coordinator is None:
+            return super()._move(old_id, session, payload)
+        message = coordinator.message(DELETED, old_id)
+        try:
+            if self._move_publish is not None:
+                keys = [self.prefix + old_id, self.prefix + session.id]
+                moved = bool(self._move_publish(keys=keys, args=[payload, session.ttl, coordinator.channel, message]))
+            else:  # Redis Cluster: the two keys are in different slots (see RedisStore._move)
+                moved = bool(self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True))
+                if moved:
+                    self._delete_publish(keys=[self.prefix + old_id], args=[coordinator.channel, message])
+        finally:
+            if self._cache is not None:
+                self._cache.invalidate(old_id)
+        if moved:
+            coordinator.note_published()
+            if self._cache is not None:
+                self._cache.put(session.id, cache_snapshot(session), local_ttl(session, self.config, session.refreshed_at))
+        return moved
+
+    def _delete_key(self, session_id: str) -> bool:
+        coordinator = self.coordinator
+        if coordinator is None:
+            return super()._delete_key(session_id)
+        try:
+            message = coordinator.message(DELETED, session_id)
+            existed = self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
+            coordinator.note_published()
+        finally:
+            if self._cache is not None:
+                self._cache.invalidate(session_id)
+        return existed
+
+    def touch(self, session_id: str, ttl: int | None = None) -> bool:
+        """Set the session's expiry to ``ttl`` seconds (default: the store's) and drop
+        cached copies everywhere (their local expiry followed the old TTL). One round trip.
+
+        Raises:
+            ConfigError: ``ttl`` is not a positive int.
+            StoreUnavailable: Redis failed.
+        """
+        coordinator = self.coordinator
+        if coordinator is None or not is_valid_session_id(session_id):
+            return super().touch(session_id, ttl)
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
+        try:
+            message = coordinator.message(INVALIDATED, session_id)
+            touched = self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("EXPIRE", exc) from exc
+        finally:
+            if self._cache is not None:
+                self._cache.invalidate(session_id)
+        if touched:
+            coordinator.note_published()
+        return touched
+
+    def clear(self) -> int:
+        """Delete every session under this prefix, flush every node's cache; returns how many.
+
+        Raises:
+            StoreUnavailable: Redis failed (some sessions may already be gone).
+        """
+        try:
+            return super().clear()
+        finally:
+            if self._cache is not None:
+                self._cache.flush()
+            if self.coordinator is not None:
+                try:
+                    self.coordinator.publish(CLEARED)
+                except REDIS_ERRORS as exc:
+                    raise map_redis_error("PUBLISH", exc) from exc
+
+    # -- local cache --------------------------------------------------------------------
+
+    def cache_stats(self) -> CacheStats:
+        """This node's cache counters (hits, misses, evictions, expirations, size, hit_rate)."""
+        if self._cache is None:
+            return empty_stats(self.config.local_cache_max_size)
+        return self._cache.stats()
+
+    def evict_from_cache(self, session_id: str) -> bool:
+        """Drop ``session_id`` from this node's cache only; True if it was cached."""
+        return self._cache is not None and self._cache.invalidate(session_id)
+
+    def clear_local_cache(self) -> None:
+        """Empty this node's cache (other nodes and Redis are untouched)."""
+        if self._cache is not None:
+            self._cache.flush()
+
+    def close(self) -> None:
+        """Stop the listener thread, then close the client if this store created it."""
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        super().close()
+
