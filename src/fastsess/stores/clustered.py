@@ -26,7 +26,6 @@ copy to be served instead.
 
 from __future__ import annotations
 
-from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
@@ -90,12 +89,39 @@ def cache_snapshot(session: Session) -> Session:
     return snapshot
 
 
-def empty_stats(max_size: int) -> CacheStats:
-    """Cache stats of a store running without a local cache."""
-    return make_stats(0, 0, 0, 0, 0, max_size)
+class LocalCacheControl:
+    """The local-cache half of a clustered store, shared by the sync and asyncio twins."""
+
+    _cache: CoherentCache | None
+    config: ClusterConfig
+
+    def cache_stats(self) -> CacheStats:
+        """This node's cache counters (hits, misses, evictions, expirations, size, hit_rate)."""
+        if self._cache is None:
+            return make_stats(0, 0, 0, 0, 0, self.config.local_cache_max_size)
+        return self._cache.stats()
+
+    def evict_from_cache(self, session_id: str) -> bool:
+        """Drop ``session_id`` from this node's cache only; True if it was cached."""
+        return self._cache is not None and self._cache.invalidate(session_id)
+
+    def clear_local_cache(self) -> None:
+        """Empty this node's cache (other nodes and Redis are untouched)."""
+        if self._cache is not None:
+            self._cache.flush()
+
+    def _cache_written(self, session: Session, written: bool) -> None:
+        """After a write of ``session``: cache what was written, or drop what may be stale."""
+        cache = self._cache
+        if cache is None:
+            return
+        if written:
+            cache.put(session.id, cache_snapshot(session), local_ttl(session, self.config, session.refreshed_at))
+        else:
+            cache.invalidate(session.id)
 
 
-class ClusteredRedisStore(RedisStore):
+class ClusteredRedisStore(LocalCacheControl, RedisStore):
     """``RedisStore`` with a coherent per-node cache (see the module doc).
 
     Args:
@@ -207,11 +233,7 @@ class ClusteredRedisStore(RedisStore):
             if cache is not None:
                 cache.invalidate(session.id)  # the write may or may not have landed
             raise
-        if cache is not None:
-            if written:
-                cache.put(session.id, cache_snapshot(session), local_ttl(session, self.config, session.refreshed_at))
-            else:
-                cache.invalidate(session.id)
+        self._cache_written(session, written)
         return written
 
     def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
@@ -232,8 +254,7 @@ class ClusteredRedisStore(RedisStore):
                 self._cache.invalidate(old_id)
         if moved:
             coordinator.note_published()
-            if self._cache is not None:
-                self._cache.put(session.id, cache_snapshot(session), local_ttl(session, self.config, session.refreshed_at))
+            self._cache_written(session, True)
         return moved
 
     def _delete_key(self, session_id: str) -> bool:
@@ -289,23 +310,6 @@ class ClusteredRedisStore(RedisStore):
                     self.coordinator.publish(CLEARED)
                 except REDIS_ERRORS as exc:
                     raise map_redis_error("PUBLISH", exc) from exc
-
-    # -- local cache --------------------------------------------------------------------
-
-    def cache_stats(self) -> CacheStats:
-        """This node's cache counters (hits, misses, evictions, expirations, size, hit_rate)."""
-        if self._cache is None:
-            return empty_stats(self.config.local_cache_max_size)
-        return self._cache.stats()
-
-    def evict_from_cache(self, session_id: str) -> bool:
-        """Drop ``session_id`` from this node's cache only; True if it was cached."""
-        return self._cache is not None and self._cache.invalidate(session_id)
-
-    def clear_local_cache(self) -> None:
-        """Empty this node's cache (other nodes and Redis are untouched)."""
-        if self._cache is not None:
-            self._cache.flush()
 
     def close(self) -> None:
         """Stop the listener thread, then close the client if this store created it."""

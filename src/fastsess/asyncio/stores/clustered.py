@@ -1,0 +1,228 @@
+"""asyncio ``ClusteredRedisStore``: the twin of ``fastsess.stores.clustered``.
+
+Same cache, scripts, messages and guarantees; the listener is a task on the
+event loop.  It starts on first use of the store (or on ``async with store``),
+because a constructor cannot await; ``await store.close()`` stops it.
+"""
+
+from __future__ import annotations
+
+
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
+
+from ...cluster import CLEARED, DELETED, INVALIDATED, CoherentCache
+from ...config import ClusterConfig
+from ...serializers import Serializer
+from ...session import Session
+from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, now
+from ...stores.clustered import (
+    DELETE_PUBLISH_SCRIPT,
+    MOVE_PUBLISH_SCRIPT,
+    SET_PUBLISH_SCRIPT,
+    TOUCH_PUBLISH_SCRIPT,
+    LocalCacheControl,
+    local_ttl,
+)
+from ...stores.redis import DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, map_redis_error
+from ..cluster import ClusterCoordinator
+from .redis import RedisStore
+
+
+class ClusteredRedisStore(LocalCacheControl, RedisStore):
+    """``fastsess.asyncio.RedisStore`` with a coherent per-node cache.
+
+    Arguments as the sync ``fastsess.ClusteredRedisStore`` (with ``redis.asyncio``
+    clients).  ``coordinator`` is None when ``config.enabled`` is False.
+
+    Raises:
+        ConfigError: invalid settings; on first use, another running store in
+            this process with the same ``node_id``.
+    """
+
+    def __init__(
+        self,
+        client: aredis.Redis | RedisCluster | None = None,
+        url: str | None = None,
+        *,
+        config: ClusterConfig | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = DEFAULT_TTL,
+        serializer: Serializer | str | None = None,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        super().__init__(
+            client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
+            socket_timeout=socket_timeout, retries=retries,
+        )
+        self.config = ClusterConfig() if config is None else config
+        cfg = self.config
+        self._cache = CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl) if cfg.enabled and cfg.local_cache_enabled else None
+        self.coordinator: ClusterCoordinator | None = ClusterCoordinator(self.client, cfg, self._cache) if cfg.enabled else None
+        self._start_pending = self.coordinator is not None
+        register = self.client.register_script
+        self._set_publish = register(SET_PUBLISH_SCRIPT)
+        self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
+        self._touch_publish = register(TOUCH_PUBLISH_SCRIPT)
+        self._move_publish = None if self.is_cluster else register(MOVE_PUBLISH_SCRIPT)
+
+    async def start(self) -> bool:
+        """Start the listener now (otherwise the first operation does); True if subscribed.
+
+        Raises:
+            ConfigError: another running store in this process has the same ``node_id``.
+        """
+        self._start_pending = False
+        if self.coordinator is None:
+            return False
+        return await self.coordinator.start()
+
+    async def __aenter__(self) -> ClusteredRedisStore:
+        await self.start()
+        return self
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def load(self, session_id: str) -> Session | None:
+        """The session from the local cache (a shallow copy), else from Redis (one GET).
+
+        Raises:
+            SessionCorrupt: the key holds something that is not a fastsess session.
+            StoreUnavailable: Redis failed (also while the cache is bypassed,
+                unless ``stale_if_error``).
+        """
+        if self._start_pending:
+            await self.start()
+        cache = self._cache
+        token = None
+        if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
+            cached = cache.get(session_id)  # only valid ids are cached: no id check on a hit
+            if cached is not None:
+                return cached.copy()
+            if not is_valid_session_id(session_id):
+                return None
+            token = cache.fill_token(session_id)
+        elif not is_valid_session_id(session_id):
+            return None
+        try:
+            raw = await self.client.get(self.prefix + session_id)
+        except REDIS_ERRORS as exc:
+            stale = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
+            if stale is not None:
+                return stale.copy()
+            raise map_redis_error("GET", exc) from exc
+        if raw is None:
+            return None
+        session = self._decode(session_id, raw)
+        if token is not None:
+            ttl = local_ttl(session, self.config, now())
+            if ttl > 0:
+                cache.fill(session_id, session.copy(), token, ttl)  # type: ignore[union-attr]
+        return session
+
+    # -- write hooks -----------------------------------------------------------------------
+
+    async def _write(self, session: Session, payload: bytes, nx: bool) -> bool:
+        if self._start_pending:
+            await self.start()
+        coordinator = self.coordinator
+        if coordinator is None:
+            return await super()._write(session, payload, nx)
+        cache = self._cache
+        try:
+            if nx:
+                written = await super()._write(session, payload, nx)
+            else:
+                message = coordinator.message(INVALIDATED, session.id, session.version)
+                written = bool(await self._set_publish(keys=[self.prefix + session.id], args=[payload, session.ttl, coordinator.channel, message]))
+                if written:
+                    coordinator.note_published()
+        except BaseException:
+            if cache is not None:
+                cache.invalidate(session.id)
+            raise
+        self._cache_written(session, written)
+        return written
+
+    async def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
+        coordinator = self.coordinator
+        if coordinator is None:
+            return await super()._move(old_id, session, payload)
+        message = coordinator.message(DELETED, old_id)
+        try:
+            if self._move_publish is not None:
+                keys = [self.prefix + old_id, self.prefix + session.id]
+                moved = bool(await self._move_publish(keys=keys, args=[payload, session.ttl, coordinator.channel, message]))
+            else:  # Redis Cluster: different slots, see the sync store
+                moved = bool(await self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True))
+                if moved:
+                    await self._delete_publish(keys=[self.prefix + old_id], args=[coordinator.channel, message])
+        finally:
+            if self._cache is not None:
+                self._cache.invalidate(old_id)
+        if moved:
+            coordinator.note_published()
+            self._cache_written(session, True)
+        return moved
+
+    async def _delete_key(self, session_id: str) -> bool:
+        coordinator = self.coordinator
+        if coordinator is None:
+            return await super()._delete_key(session_id)
+        try:
+            message = coordinator.message(DELETED, session_id)
+            existed = await self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
+            coordinator.note_published()
+        finally:
+            if self._cache is not None:
+                self._cache.invalidate(session_id)
+        return existed
+
+    async def touch(self, session_id: str, ttl: int | None = None) -> bool:
+        """Set the session's expiry and drop cached copies everywhere. One round trip.
+
+        Raises:
+            ConfigError: ``ttl`` is not a positive int.
+            StoreUnavailable: Redis failed.
+        """
+        coordinator = self.coordinator
+        if coordinator is None or not is_valid_session_id(session_id):
+            return await super().touch(session_id, ttl)
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
+        try:
+            message = coordinator.message(INVALIDATED, session_id)
+            touched = await self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("EXPIRE", exc) from exc
+        finally:
+            if self._cache is not None:
+                self._cache.invalidate(session_id)
+        if touched:
+            coordinator.note_published()
+        return touched
+
+    async def clear(self) -> int:
+        """Delete every session under this prefix, flush every node's cache; returns how many.
+
+        Raises:
+            StoreUnavailable: Redis failed (some sessions may already be gone).
+        """
+        try:
+            return await super().clear()
+        finally:
+            if self._cache is not None:
+                self._cache.flush()
+            if self.coordinator is not None:
+                try:
+                    await self.coordinator.publish(CLEARED)
+                except REDIS_ERRORS as exc:
+                    raise map_redis_error("PUBLISH", exc) from exc
+
+    async def close(self) -> None:
+        """Stop the listener task, then close the client if this store created it."""
+        self._start_pending = False
+        if self.coordinator is not None:
+            await self.coordinator.stop()
+        await super().close()
