@@ -1,8 +1,18 @@
-"""The ``fastsess`` command line tool (also ``python -m fastsess``)."""
+"""The ``fastsess`` command line tool (also ``python -m fastsess``).
+
+    fastsess bench [--quick] [--cache-only] [--json FILE] [--plot FILE.png]
+    fastsess demo --nodes 3
+    fastsess doctor [--url URL]
+
+Errors (Redis unreachable, bad settings, missing extras) print one line and
+exit with status 1; bad arguments exit with status 2 (click's usage error).
+``--debug`` shows the traceback and turns on debug logging.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,34 +20,9 @@ from typing import Any
 import click
 
 from . import __version__
+from .errors import FastsessError
 
-QUICK_SIZES = (1_000, 100_000)
-FULL_SIZES = (1_000, 100_000, 1_000_000)
-
-
-def format_cache_table(result: dict[str, Any]) -> str:
-    """Render ``run_cache_benchmarks`` output as a plain-text table (ns/op, ratio to dict.get)."""
-    lines = []
-    for size in result["sizes"]:
-        rows = [r for r in result["rows"] if r["size"] == size]
-        floor = next((r["hit"] for r in rows if r["candidate"] == "dict"), None)
-        lines.append(f"\n{size:,} entries (ns per operation, loop overhead removed)")
-        lines.append(f"  {'cache':<28}{'hit':>9}{'x dict':>8}{'miss':>9}{'set+evict':>11}{'90/10 mix':>11}")
-        for r in rows:
-            ratio = f"{r['hit'] / floor:7.2f}x" if floor else "      -"
-            lines.append(
-                f"  {r['candidate']:<28}{r['hit']:>9.1f}{ratio:>8}{r['miss']:>9.1f}{r['set_evict']:>11.1f}{r['mixed']:>11.1f}"
-            )
-    threads = result["threads"]
-    lines.append(
-        f"\nLocalCache.get, {threads['ops']:,} hits: 1 thread {threads['one_thread_s'] * 1e3:.1f} ms, "
-        f"2 threads {threads['two_threads_s'] * 1e3:.1f} ms (ratio {threads['ratio']:.2f})"
-    )
-    lines.append("\nTargets (DESIGN.md section 5):")
-    for name, check in result["checks"].items():
-        mark = "ok  " if check["ok"] else "MISS"
-        lines.append(f"  [{mark}] {name}: {check['value']} (target {check['target']})")
-    return "\n".join(lines)
+EXIT_ERROR = 1
 
 
 class _SizeList(click.ParamType):
@@ -60,55 +45,121 @@ class _SizeList(click.ParamType):
 SIZES = _SizeList()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns expected failures into one line on stderr and exit status 1 (traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except (FastsessError, OSError) as exc:
+            if ctx.meta.get("fastsess.debug"):
+                raise
+            click.echo(f"fastsess: error: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except Exception as exc:  # redis errors and the like: still one line unless --debug
+            if ctx.meta.get("fastsess.debug"):
+                raise
+            click.echo(f"fastsess: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastsess")
-def main() -> None:
-    """fastsess: compiled in-process session cache in front of Redis."""
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """fastsess: a compiled in-process session cache in front of Redis, kept coherent by pub/sub."""
+    ctx.meta["fastsess.debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Smaller sizes and fewer repeats (under a minute).")
+@click.option("--quick", is_flag=True, help="Smaller sizes and fewer samples (under a minute).")
 @click.option("--cache-only", is_flag=True, help="Only the in-process cache comparison (no Redis).")
-@click.option("--sizes", type=SIZES, help="Cache sizes to measure, comma separated (default 1000,100000,1000000).")
-@click.option("--probes", type=click.IntRange(min=100), help="Operations per measurement (default 100000).")
+@click.option("--url", envvar="REDIS_URL", help="Redis to measure against (default: $REDIS_URL, else a private server).")
+@click.option("--sizes", type=SIZES, help="Cache sizes, comma separated (default 1000,100000,1000000; quick 1000,100000).")
+@click.option("--probes", type=click.IntRange(min=100), help="Cache operations per measurement (default 100000; quick 30000).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the results as a PNG chart.")
 def bench(
     quick: bool,
     cache_only: bool,
+    url: str | None,
     sizes: tuple[int, ...] | None,
     probes: int | None,
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    """Compare fastsess against dict, cachetools, cachebox and lru-dict on this machine."""
-    from .benchmarks.cache import candidates, run_cache_benchmarks
+    """Measure fastsess against dict, cachetools, cachebox, lru-dict, raw redis-py and the
+    pure-Python session stores installed; invalidation latency; Redis read load.
+
+    Uses $REDIS_URL when set (keys under a random prefix, deleted afterwards);
+    otherwise starts and stops a private redis-server on a free port.
+    """
+    from .benchmarks.cache import candidates
+    from .benchmarks.report import FULL, QUICK, format_report, plot_panels, run_bench, steps
     from .cache import IMPLEMENTATION, IMPORT_ERROR
 
+    if plot_path is not None:
+        from .benchmarks.plot import require_pyplot
+
+        require_pyplot()  # fail now, not after the run, if matplotlib is missing
     if IMPLEMENTATION != "c":
         click.echo(f"warning: compiled cache core not loaded ({IMPORT_ERROR}); measuring the pure-Python twin", err=True)
-    sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
-    repeat = 3 if quick else 5
-    probes = probes or (30_000 if quick else 100_000)
-    steps = len(sizes) * len(candidates())
-    with click.progressbar(length=steps, label="cache", file=sys.stderr) as bar:
-        result = run_cache_benchmarks(sizes, probes=probes, repeat=repeat, progress=lambda _msg: bar.update(1))
-    report: dict[str, Any] = {"version": __version__, "implementation": IMPLEMENTATION, "cache": result}
-    click.echo(format_cache_table(result))
+    plan = dict(QUICK if quick else FULL)
+    if sizes:
+        plan["sizes"] = sizes
+    if probes:
+        plan["probes"] = probes
+    total = steps(plan, cache_only, len(candidates()))
+    with click.progressbar(length=total, label="measuring", file=sys.stderr, show_pos=False) as bar:
+
+        def tick(_what: str) -> None:
+            if bar.pos < total - 1:
+                bar.update(1)
+
+        report = run_bench(plan, url=url, cache_only=cache_only, progress=tick)
+        bar.update(total - bar.pos)
+    report["quick"] = quick
+    click.echo(format_report(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2))
         click.echo(f"\nwrote {json_path}")
     if plot_path is not None:
         from .benchmarks.plot import write_plot
 
+        report["panels"] = plot_panels(report)
         write_plot(report, plot_path)
         click.echo(f"wrote {plot_path}")
 
 
 @main.command()
+@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True, help="Node processes to start.")
+@click.option("--duration", type=click.FloatRange(min=1.0, max=3600.0), default=10.0, show_default=True, help="Seconds to run.")
+@click.option("--sessions", type=click.IntRange(min=10, max=1_000_000), default=2_000, show_default=True, help="Sessions in the workload.")
+@click.option("--url", envvar="REDIS_URL", help="Redis to use (default: $REDIS_URL, else a private server).")
+def demo(nodes: int, duration: float, sessions: int, url: str | None) -> None:
+    """Run N node processes sharing one Redis under a read-heavy workload with writes
+    and deletes, with a live table per node (hit rate, invalidations, stale reads)."""
+    from .benchmarks.report import redis_for_bench
+    from .demo import run_demo
+
+    with redis_for_bench(url) as target:
+        click.echo(f"Redis {target['version']}: {target['source']}")
+        result = run_demo(target["url"], nodes=nodes, duration=duration, sessions=sessions, out=click.echo)
+    stale = sum(row["stale_reads"] for row in result["nodes"])
+    click.echo(f"\n{result['reads']:,} reads, {result['writes']:,} writes, {result['deletes']:,} deletes; stale reads observed: {stale}")
+    if stale:
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
 @click.option("--url", envvar="REDIS_URL", help="Redis URL to check (default: $REDIS_URL).")
 def doctor(url: str | None) -> None:
-    """Report the compiled extension, hiredis, and Redis reachability, version and pub/sub latency."""
+    """Report the compiled extension, hiredis, and Redis reachability, version, RESP,
+    cluster mode and pub/sub round trip.  Exit status 1 if a check failed."""
     from .doctor import diagnose
 
     failed = False
@@ -117,7 +168,7 @@ def doctor(url: str | None) -> None:
         click.echo(f"[{mark}] {check.name:<22} {check.value}")
         failed = failed or check.ok is False
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

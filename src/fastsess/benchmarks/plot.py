@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot() -> Any:
+def require_pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend.
+
+    Raises:
+        ConfigError: matplotlib is not installed.
+    """
     try:
         import matplotlib
 
@@ -68,7 +73,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
     Raises:
         ConfigError: matplotlib is not installed.
     """
-    plt = _pyplot()
+    plt = require_pyplot()
     panels: list[tuple[str, Any]] = []
     if "cache" in report:
         panels.append(("cache", report["cache"]))

@@ -101,6 +101,11 @@ class LocalCacheControl:
             return make_stats(0, 0, 0, 0, 0, self.config.local_cache_max_size)
         return self._cache.stats()
 
+    def reset_cache_stats(self) -> None:
+        """Zero this node's cache counters."""
+        if self._cache is not None:
+            self._cache.cache.reset_stats()
+
     def evict_from_cache(self, session_id: str) -> bool:
         """Drop ``session_id`` from this node's cache only; True if it was cached."""
         return self._cache is not None and self._cache.invalidate(session_id)

@@ -1,0 +1,165 @@
+"""What clustering buys: invalidation latency between processes, and Redis read load.
+
+* ``measure_invalidation_latency``: a second OS process runs a
+  ``ClusteredRedisStore`` and timestamps every invalidation its listener
+  applies; this process saves a session repeatedly.  Latency = from just
+  before ``save()`` starts here to the moment the other process has evicted
+  its copy (``time.monotonic_ns`` is one clock for every process of a Linux
+  machine).  Reported as p50/p99 in milliseconds.
+* ``measure_read_load``: a Zipf-like workload (90% reads, 10% writes) over
+  ``sessions`` sessions, served by one node and by two nodes taking requests
+  alternately (as behind a load balancer), counting the reads that reach
+  Redis.  Each local-cache miss is exactly one GET; without the cache every
+  read is one GET (1,000 per 1,000 reads).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ..config import ClusterConfig
+from ..stores.clustered import ClusteredRedisStore
+from .stores import SAMPLE_SESSION
+
+READY_TIMEOUT = 10.0
+DELIVERY_TIMEOUT = 2.0
+
+
+def _latency_listener(url: str, channel: str, prefix: str, conn: Any) -> None:
+    """Child process: apply invalidations and report (version, monotonic_ns) for each."""
+    config = ClusterConfig(node_id=f"bench-listener-{uuid.uuid4().hex[:6]}", channel=channel)
+    with ClusteredRedisStore(url=url, prefix=prefix, config=config) as store:
+        coordinator = store.coordinator
+        assert coordinator is not None
+        coordinator.on_message = lambda msg: conn.send((msg["v"], time.monotonic_ns()))
+        conn.send(("ready", coordinator.wait_subscribed(READY_TIMEOUT)))
+        conn.recv()  # blocks until the parent says stop (or closes the pipe)
+
+
+def receive(conn: Any, proc: Any, timeout: float) -> Any:
+    """The next object from ``conn``; fails fast if ``proc`` died.
+
+    Raises:
+        RuntimeError: nothing arrived within ``timeout`` seconds, or the process exited.
+    """
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.05):
+        if not proc.is_alive():
+            raise RuntimeError(f"the node process exited (code {proc.exitcode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer from the node process within {timeout:g} s")
+    return conn.recv()
+
+
+def measure_invalidation_latency(url: str, samples: int = 500, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """p50/p99/max milliseconds from a save on this process to eviction in another.
+
+    Raises:
+        RuntimeError: the listener process did not subscribe, or a message was lost.
+    """
+    tag = uuid.uuid4().hex[:8]
+    channel, prefix = f"fastsess-bench:{tag}:invalidate", f"fastsess-bench:{tag}:"
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_latency_listener, args=(url, channel, prefix, child), daemon=True)
+    proc.start()
+    config = ClusterConfig(node_id=f"bench-writer-{tag}", channel=channel)
+    latencies: list[float] = []
+    try:
+        if receive(parent, proc, READY_TIMEOUT * 2) != ("ready", True):
+            raise RuntimeError("the listener process did not subscribe in time")
+        with ClusteredRedisStore(url=url, prefix=prefix, config=config) as store:
+            session = store.create(SAMPLE_SESSION)
+            store.save(session)  # first save: SET NX, nothing to invalidate
+            for i in range(samples):
+                session["n"] = i
+                t0 = time.monotonic_ns()
+                store.save(session)
+                version, t1 = receive(parent, proc, DELIVERY_TIMEOUT)
+                if version != session.version:
+                    raise RuntimeError(f"expected version {session.version}, got {version}")
+                latencies.append((t1 - t0) / 1e6)
+                if progress and i % 100 == 99:
+                    progress("invalidation latency")
+            store.clear()
+    finally:
+        parent.send("stop")
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    ordered = sorted(latencies)
+    return {
+        "samples": len(ordered),
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "max_ms": ordered[-1],
+    }
+
+
+def zipf_sequence(n_items: int, length: int, rng: random.Random, exponent: float = 1.0) -> list[int]:
+    """``length`` item indexes drawn from a Zipf-like law (item k has weight 1/(k+1)^exponent)."""
+    weights = list(itertools.accumulate(1.0 / (k + 1) ** exponent for k in range(n_items)))
+    return rng.choices(range(n_items), cum_weights=weights, k=length)
+
+
+def measure_read_load(
+    url: str, sessions: int = 10_000, ops: int = 100_000, read_fraction: float = 0.9, seed: int = 7,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Reads reaching Redis per 1,000 reads, for 1 and 2 nodes, against 1,000 without a cache.
+
+    Raises:
+        redis.RedisError / StoreUnavailable: Redis unreachable.
+    """
+    rng = random.Random(seed)
+    sequence = zipf_sequence(sessions, ops, rng)
+    is_read = [rng.random() < read_fraction for _ in range(ops)]
+    results: dict[str, Any] = {"sessions": sessions, "ops": ops, "read_fraction": read_fraction, "without_cache_per_1000": 1000.0}
+    for n_nodes in (1, 2):
+        tag = uuid.uuid4().hex[:8]
+        channel, prefix = f"fastsess-bench:{tag}:invalidate", f"fastsess-bench:{tag}:"
+        nodes = [
+            ClusteredRedisStore(url=url, prefix=prefix, config=ClusterConfig(node_id=f"bench-{tag}-{k}", channel=channel, local_cache_max_size=max(sessions, 1)))
+            for k in range(n_nodes)
+        ]
+        try:
+            writer = nodes[0]
+            ids = []
+            for _ in range(sessions):
+                session = writer.create(SAMPLE_SESSION)
+                writer.save(session)
+                ids.append(session.id)
+            for node in nodes:  # start cold: every node fills its cache from Redis
+                node.clear_local_cache()
+                node.reset_cache_stats()
+            for i, (index, read) in enumerate(zip(sequence, is_read)):
+                node = nodes[i % n_nodes]
+                if read:
+                    node.load(ids[index])
+                else:  # a write is a read-modify-write, as in a request handler
+                    session = node.load(ids[index])
+                    if session is not None:
+                        session["n"] = i
+                        node.save(session)
+                if progress and i % 20_000 == 19_999:
+                    progress(f"read load, {n_nodes} node(s)")
+            misses = sum(node.cache_stats().misses for node in nodes)
+            total_reads = ops  # every operation starts with a load
+            results[f"nodes_{n_nodes}"] = {
+                "reads": total_reads,
+                "redis_gets": misses,
+                "redis_gets_per_1000": 1000.0 * misses / total_reads,
+                "served_locally": 1.0 - misses / total_reads,
+            }
+            writer.clear()
+        finally:
+            for node in nodes:
+                node.close()
+    return results

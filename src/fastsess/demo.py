@@ -1,0 +1,210 @@
+"""``fastsess demo``: N node processes share one Redis; watch their caches stay coherent.
+
+Each node process runs a ``ClusteredRedisStore`` with its own node id and
+serves a Zipf-like stream of requests: mostly reads, some writes, a few
+deletes.  Session ``i`` is written and deleted only by node ``i % N`` (its
+"owner"), so each session's versions only grow and every node can check what
+it reads against what the owner has committed.  Owners publish their commits
+in shared memory: ``committed[i]`` (version, or -1 once deleted) and the
+monotonic time of the commit.
+
+A **stale read** is a load that returned an older version (or a deleted
+session) although the newer commit happened more than ``GRACE`` seconds
+before the read started.  Within the grace window an old copy is allowed: it
+is the pub/sub delivery time, which DESIGN.md allows (p99 is a few ms).
+The demo passes when every node reports zero stale reads.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .benchmarks.cluster import receive, zipf_sequence
+from .config import ClusterConfig
+from .stores.clustered import ClusteredRedisStore
+
+GRACE = 0.1  # seconds an invalidation may take to arrive before an old read counts as stale
+REPORT_EVERY = 0.5
+ID_LENGTH = 43
+READ, WRITE, DELETE = 0, 1, 2
+
+
+def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: dict[str, Any], duration: float, conn: Any) -> None:
+    """One node process: serve requests, report counters every ``REPORT_EVERY`` seconds."""
+    ids, committed, committed_at = shared["ids"], shared["committed"], shared["committed_at"]
+    sessions = len(committed)
+    rng = random.Random(index)
+    sequence = zipf_sequence(sessions, 50_000, rng)
+    config = ClusterConfig(node_id=f"demo-node-{index}-{uuid.uuid4().hex[:6]}", channel=channel)
+    counts = {"reads": 0, "writes": 0, "deletes": 0, "stale_reads": 0, "errors": 0}
+
+    def session_id(i: int) -> str:
+        return bytes(ids[i * ID_LENGTH : (i + 1) * ID_LENGTH]).decode("ascii", "replace")
+
+    def commit(i: int, version: int, new_id: str | None = None) -> None:
+        if new_id is not None:
+            ids[i * ID_LENGTH : (i + 1) * ID_LENGTH] = new_id.encode("ascii")
+        committed_at[i] = time.monotonic()
+        committed[i] = version
+
+    with ClusteredRedisStore(url=url, prefix=prefix, config=config) as store:
+        coordinator = store.coordinator
+        assert coordinator is not None
+        if index == 0:  # node 0 creates every session once; owners take over from there
+            for i in range(sessions):
+                session = store.create({"i": i, "n": 0})
+                store.save(session)
+                commit(i, session.version, session.id)
+        conn.send(("ready", coordinator.wait_subscribed(5.0)))
+        conn.recv()  # "go": every node starts together
+        deadline = time.monotonic() + duration
+        next_report = time.monotonic() + REPORT_EVERY
+        step = 0
+        while time.monotonic() < deadline:
+            i = sequence[step % len(sequence)]
+            step += 1
+            roll = rng.random()
+            action = READ if i % nodes != index or roll < 0.90 else (WRITE if roll < 0.99 else DELETE)
+            started = time.monotonic()  # before reading the shared state: see _is_stale
+            sid = session_id(i)
+            want, want_at = committed[i], committed_at[i]
+            try:
+                session = store.load(sid)
+            except Exception:  # noqa: BLE001 - a demo node keeps going and counts errors
+                counts["errors"] += 1
+                continue
+            counts["reads"] += 1
+            unchanged = committed[i] == want and committed_at[i] == want_at
+            if unchanged and _is_stale(session, want, started - want_at):
+                counts["stale_reads"] += 1
+            if action == WRITE and session is not None:
+                session["n"] = step
+                store.save(session)
+                commit(i, session.version)
+                counts["writes"] += 1
+            elif action == DELETE and session is not None:
+                store.delete(session.id)
+                commit(i, -1)
+                fresh = store.create({"i": i, "n": 0})
+                store.save(fresh)
+                commit(i, fresh.version, fresh.id)
+                counts["deletes"] += 1
+            if started >= next_report:
+                next_report = started + REPORT_EVERY
+                conn.send(("stats", _row(index, store, counts)))
+        conn.send(("done", _row(index, store, counts)))
+        conn.recv()  # wait until the parent has read everything before closing
+        if index == 0:
+            store.clear()
+
+
+def _is_stale(session: Any, want: int, age: float) -> bool:
+    """Whether a read returned older data than a commit made ``age`` seconds before it began.
+
+    Only called when no commit happened while the read ran (the shared state
+    was the same before and after), so ``want`` is the state the read had to see.
+    """
+    if age <= GRACE:
+        return False
+    if want == -1:
+        return session is not None
+    return session is None or session.version < want
+
+
+def _row(index: int, store: ClusteredRedisStore, counts: dict[str, int]) -> dict[str, Any]:
+    cache = store.cache_stats()
+    received = store.coordinator.stats.received if store.coordinator is not None else 0
+    return {"node": index, "hits": cache.hits, "misses": cache.misses, "hit_rate": cache.hit_rate, "invalidations": received, **counts}
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The live table: one line per node."""
+    lines = [f"{'node':>4} {'reads':>9} {'hits':>9} {'misses':>8} {'hit rate':>9} {'writes':>7} {'deletes':>8} {'invalidations':>14} {'stale':>6}"]
+    for r in rows:
+        lines.append(
+            f"{r['node']:>4} {r['reads']:>9,} {r['hits']:>9,} {r['misses']:>8,} {r['hit_rate']:>9.1%} "
+            f"{r['writes']:>7,} {r['deletes']:>8,} {r['invalidations']:>14,} {r['stale_reads']:>6}"
+        )
+    return lines
+
+
+def run_demo(url: str, nodes: int = 3, duration: float = 10.0, sessions: int = 2_000, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start ``nodes`` processes against ``url`` for ``duration`` seconds; returns the final counters.
+
+    Raises:
+        RuntimeError: a node process failed to start or died.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    tag = uuid.uuid4().hex[:8]
+    channel, prefix = f"fastsess-demo:{tag}:invalidate", f"fastsess-demo:{tag}:"
+    shared = {
+        "ids": ctx.Array("c", sessions * ID_LENGTH, lock=False),
+        "committed": ctx.Array("q", sessions, lock=False),
+        "committed_at": ctx.Array("d", sessions, lock=False),
+    }
+    pipes, procs = [], []
+    try:
+        for index in range(nodes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_node, args=(index, nodes, url, channel, prefix, shared, duration, child), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+            if index == 0:  # node 0 seeds the sessions before the others look for them
+                _expect_ready(parent, proc)
+        for parent, proc in list(zip(pipes, procs))[1:]:
+            _expect_ready(parent, proc)
+        for parent in pipes:
+            parent.send("go")
+        rows: dict[int, dict[str, Any]] = {}
+        done: set[int] = set()
+        live = sys.stdout.isatty()
+        shown = 0
+        last_print = 0.0
+        while len(done) < nodes:
+            for index, (parent, proc) in enumerate(zip(pipes, procs)):
+                while parent.poll():
+                    kind, row = parent.recv()
+                    rows[index] = row
+                    if kind == "done":
+                        done.add(index)
+                if index not in done and not proc.is_alive():
+                    raise RuntimeError(f"demo node {index} exited (code {proc.exitcode})")
+            now = time.monotonic()
+            # a terminal gets the table redrawn in place; a log gets it every 2 s and at the end
+            if rows and (live or len(done) == nodes or now - last_print >= 2.0):
+                table = format_table([rows[k] for k in sorted(rows)])
+                if live and shown:
+                    table[0] = f"\x1b[{shown}F" + table[0]
+                else:
+                    out("")
+                for line in table:
+                    out(line)
+                shown, last_print = len(table), now
+            time.sleep(REPORT_EVERY)
+        for parent in pipes:
+            parent.send("exit")
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+    final = [rows[k] for k in sorted(rows)]
+    return {
+        "nodes": final,
+        "reads": sum(r["reads"] for r in final),
+        "writes": sum(r["writes"] for r in final),
+        "deletes": sum(r["deletes"] for r in final),
+    }
+
+
+def _expect_ready(parent: Any, proc: Any) -> None:
+    message = receive(parent, proc, 60.0)
+    if message != ("ready", True):
+        raise RuntimeError(f"a demo node could not subscribe to Redis: {message!r}")
