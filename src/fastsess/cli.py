@@ -81,6 +81,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--url", envvar="REDIS_URL", help="Redis to measure against (default: $REDIS_URL, else a private server).")
 @click.option("--sizes", type=SIZES, help="Cache sizes, comma separated (default 1000,100000,1000000; quick 1000,100000).")
 @click.option("--probes", type=click.IntRange(min=100), help="Cache operations per measurement (default 100000; quick 30000).")
+@click.option("--store-ops", type=click.IntRange(min=20), help="Redis operations per store measurement (default 4000; quick 1200).")
+@click.option("--latency-samples", type=click.IntRange(min=10), help="Saves timed for invalidation latency (default 1000; quick 300).")
+@click.option("--sessions", type=click.IntRange(min=10), help="Sessions in the read-load workload (default 10000).")
+@click.option("--requests", type=click.IntRange(min=100), help="Requests in the read-load workload (default 100000).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the results as a PNG chart.")
 def bench(
@@ -89,6 +93,10 @@ def bench(
     url: str | None,
     sizes: tuple[int, ...] | None,
     probes: int | None,
+    store_ops: int | None,
+    latency_samples: int | None,
+    sessions: int | None,
+    requests: int | None,
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
@@ -109,10 +117,9 @@ def bench(
     if IMPLEMENTATION != "c":
         click.echo(f"warning: compiled cache core not loaded ({IMPORT_ERROR}); measuring the pure-Python twin", err=True)
     plan = dict(QUICK if quick else FULL)
-    if sizes:
-        plan["sizes"] = sizes
-    if probes:
-        plan["probes"] = probes
+    overrides = {"sizes": sizes, "probes": probes, "store_ops": store_ops, "latency_samples": latency_samples,
+                 "sessions": sessions, "ops": requests}
+    plan.update({name: value for name, value in overrides.items() if value is not None})
     total = steps(plan, cache_only, len(candidates()))
     with click.progressbar(length=total, label="measuring", file=sys.stderr, show_pos=False) as bar:
 
@@ -140,15 +147,17 @@ def bench(
 @click.option("--duration", type=click.FloatRange(min=1.0, max=3600.0), default=10.0, show_default=True, help="Seconds to run.")
 @click.option("--sessions", type=click.IntRange(min=10, max=1_000_000), default=2_000, show_default=True, help="Sessions in the workload.")
 @click.option("--url", envvar="REDIS_URL", help="Redis to use (default: $REDIS_URL, else a private server).")
-def demo(nodes: int, duration: float, sessions: int, url: str | None) -> None:
+@click.option("--no-invalidation", is_flag=True, help="Give each node its own channel, to see the stale reads fastsess prevents.")
+def demo(nodes: int, duration: float, sessions: int, url: str | None, no_invalidation: bool) -> None:
     """Run N node processes sharing one Redis under a read-heavy workload with writes
-    and deletes, with a live table per node (hit rate, invalidations, stale reads)."""
+    and deletes, with a live table per node (hit rate, invalidations, stale reads).
+    Exit status 1 if any stale read was observed (expected with --no-invalidation)."""
     from .benchmarks.report import redis_for_bench
     from .demo import run_demo
 
     with redis_for_bench(url) as target:
         click.echo(f"Redis {target['version']}: {target['source']}")
-        result = run_demo(target["url"], nodes=nodes, duration=duration, sessions=sessions, out=click.echo)
+        result = run_demo(target["url"], nodes=nodes, duration=duration, sessions=sessions, out=click.echo, invalidation=not no_invalidation)
     stale = sum(row["stale_reads"] for row in result["nodes"])
     click.echo(f"\n{result['reads']:,} reads, {result['writes']:,} writes, {result['deletes']:,} deletes; stale reads observed: {stale}")
     if stale:

@@ -5,8 +5,10 @@ serves a Zipf-like stream of requests: mostly reads, some writes, a few
 deletes.  Session ``i`` is written and deleted only by node ``i % N`` (its
 "owner"), so each session's versions only grow and every node can check what
 it reads against what the owner has committed.  Owners publish their commits
-in shared memory: ``committed[i]`` (version, or -1 once deleted) and the
-monotonic time of the commit.
+in shared memory: ``committed[i]`` (version, or -1 once deleted) and
+``committed_at[i]``, the monotonic time the owner started its latest write
+(set before the write goes to Redis, so a read that overlaps a write sees the
+shared state change during the read and is not judged).
 
 A **stale read** is a load that returned an older version (or a deleted
 session) although the newer commit happened more than ``GRACE`` seconds
@@ -42,10 +44,15 @@ def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: d
     rng = random.Random(index)
     sequence = zipf_sequence(sessions, 50_000, rng)
     config = ClusterConfig(node_id=f"demo-node-{index}-{uuid.uuid4().hex[:6]}", channel=channel)
-    counts = {"reads": 0, "writes": 0, "deletes": 0, "stale_reads": 0, "errors": 0}
+    counts = {"reads": 0, "writes": 0, "deletes": 0, "stale_reads": 0, "worst_stale_ms": 0, "errors": 0}
 
     def session_id(i: int) -> str:
         return bytes(ids[i * ID_LENGTH : (i + 1) * ID_LENGTH]).decode("ascii", "replace")
+
+    def begin(i: int) -> None:
+        # Announce a write before it reaches Redis: a read overlapping it sees the shared
+        # state change and is not judged (it may legitimately see either side).
+        committed_at[i] = time.monotonic()
 
     def commit(i: int, version: int, new_id: str | None = None) -> None:
         if new_id is not None:
@@ -83,12 +90,15 @@ def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: d
             unchanged = committed[i] == want and committed_at[i] == want_at
             if unchanged and _is_stale(session, want, started - want_at):
                 counts["stale_reads"] += 1
+                counts["worst_stale_ms"] = max(counts["worst_stale_ms"], int((started - want_at) * 1000))
             if action == WRITE and session is not None:
                 session["n"] = step
+                begin(i)
                 store.save(session)
                 commit(i, session.version)
                 counts["writes"] += 1
             elif action == DELETE and session is not None:
+                begin(i)
                 store.delete(session.id)
                 commit(i, -1)
                 fresh = store.create({"i": i, "n": 0})
@@ -134,8 +144,14 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def run_demo(url: str, nodes: int = 3, duration: float = 10.0, sessions: int = 2_000, out: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    url: str, nodes: int = 3, duration: float = 10.0, sessions: int = 2_000, out: Callable[[str], None] = print,
+    invalidation: bool = True,
+) -> dict[str, Any]:
     """Start ``nodes`` processes against ``url`` for ``duration`` seconds; returns the final counters.
+
+    ``invalidation=False`` puts every node on a channel of its own, so no node
+    hears the others: the stale reads that fastsess exists to prevent show up.
 
     Raises:
         RuntimeError: a node process failed to start or died.
@@ -152,7 +168,8 @@ def run_demo(url: str, nodes: int = 3, duration: float = 10.0, sessions: int = 2
     try:
         for index in range(nodes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_node, args=(index, nodes, url, channel, prefix, shared, duration, child), daemon=True)
+            node_channel = channel if invalidation else f"{channel}:{index}"
+            proc = ctx.Process(target=_node, args=(index, nodes, url, node_channel, prefix, shared, duration, child), daemon=True)
             proc.start()
             pipes.append(parent)
             procs.append(proc)

@@ -76,6 +76,9 @@ class StoreCollector(Collector):  # type: ignore[misc]
             family = CounterMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
             family.add_metric(labels, getattr(cstats, attr))
             yield family
+        subscribed = GaugeMetricFamily(f"{ns}_subscribed", "1 while the invalidation listener is subscribed (cache served).", labels=["node"])
+        subscribed.add_metric(labels, 1.0 if cstats.subscribed else 0.0)
+        yield subscribed
 
 
 def register_metrics(store: Any, registry: Any = None, namespace: str = "fastsess") -> StoreCollector:

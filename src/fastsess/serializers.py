@@ -119,8 +119,10 @@ class Serializer(ABC):
             created_at, refreshed_at, ttl, ver, data = fields
             valid = (
                 isinstance(data, dict)
-                and isinstance(ttl, int)
-                and isinstance(ver, int)
+                and type(ttl) is int
+                and ttl >= 1
+                and type(ver) is int
+                and ver >= 0
                 and isinstance(created_at, (int, float))
                 and isinstance(refreshed_at, (int, float))
             )
@@ -147,7 +149,10 @@ class MsgpackSerializer(Serializer):
 
     def dumps(self, obj: Any) -> bytes:
         """msgpack-encode ``obj``. Raises TypeError for values msgpack cannot carry."""
-        return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+        try:
+            return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.fsdecode
+            raise TypeError(f"a session cannot store a str that is not valid Unicode: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         """msgpack-decode ``data`` into plain data; unknown extension types are an error."""
@@ -177,12 +182,27 @@ class JSONSerializer(Serializer):
     name = "json"
 
     def dumps(self, obj: Any) -> bytes:
-        """JSON-encode ``obj``. Raises TypeError for values JSON cannot carry."""
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+        """JSON-encode ``obj``. Raises TypeError for values JSON cannot carry.
+
+        Cost: one extra walk over the data, to escape user keys that start with ``$``
+        (``{"$dt": ...}`` is stored as ``{"$$dt": ...}`` so it can't pass for a tag).
+        """
+        try:
+            return json.dumps(_escape_keys(obj), separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+        except UnicodeEncodeError as exc:
+            raise TypeError(f"a session cannot store a str that is not valid Unicode: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         """JSON-decode ``data``, turning tagged objects back into datetimes, dates and bytes."""
         return json.loads(data, object_hook=_json_object)
+
+
+def _escape_keys(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {("$" + k if isinstance(k, str) and k[:1] == "$" else k): _escape_keys(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_escape_keys(v) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -203,6 +223,8 @@ def _json_object(obj: dict[str, Any]) -> Any:
             return _dt.date.fromisoformat(obj["$date"])
         if "$b64" in obj:
             return base64.b64decode(obj["$b64"], validate=True)
+    if any(k[:1] == "$" for k in obj):  # user keys escaped by _escape_keys
+        return {(k[1:] if k[:2] == "$$" else k): v for k, v in obj.items()}
     return obj
 
 

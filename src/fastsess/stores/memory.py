@@ -1,16 +1,23 @@
 """``MemoryStore``: sessions in this process only, on the compiled cache core.
 
-For tests, development and single-process apps.  Sessions are kept as Python
-objects (no serialization), each with its TTL, in a ``LocalCache``; when
-``max_sessions`` is reached the least recently used session is evicted (and
-so lost: size it for your traffic, or use Redis).  Thread-safe.
+For tests, development and single-process apps.  Sessions are kept as decoded
+Python objects, each with its TTL, in a ``LocalCache``; when ``max_sessions``
+is reached the least recently used session is evicted (and so lost: size it
+for your traffic, or use Redis).  Thread-safe.
+
+``save`` stores a msgpack round trip of the data, so the store accepts exactly
+what ``RedisStore`` accepts (a set or an arbitrary object raises ``TypeError``
+here too) and the stored copy shares nothing with the caller's session.
+``load`` hands back a shallow copy, as the Redis-backed stores' caches do.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from ..cache import LocalCache
+from ..serializers import MsgpackSerializer
 from ..session import Session
 from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, SessionStore, check_ttl, is_valid_session_id, new_session_id, now
 
@@ -35,6 +42,8 @@ class MemoryStore(SessionStore):
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
         self._sessions: LocalCache = LocalCache(max_size=max_sessions, ttl=float(self.ttl))
+        self._codec = MsgpackSerializer()
+        self._write_lock = threading.Lock()  # check-then-write of save/touch/regenerate; loads take none
 
     def load(self, session_id: str) -> Session | None:
         """A copy of the stored session, or None. O(1), no serialization."""
@@ -44,10 +53,18 @@ class MemoryStore(SessionStore):
         return None if stored is None else stored.copy()
 
     def save(self, session: Session) -> bool:
-        """Store a snapshot (shallow copy) of ``session`` if it needs writing; True if it did."""
+        """Store a detached copy of ``session`` if it needs writing; True if it did.
+
+        Raises:
+            TypeError: the session holds a value msgpack cannot store (the session is unchanged).
+        """
         t = now()
         if not self.needs_write(session, t):
             return False
+        with self._write_lock:
+            return self._save_locked(session, t)
+
+    def _save_locked(self, session: Session, t: float) -> bool:
         if session.new:
             while session.id in self._sessions:  # SET NX: never overwrite another session
                 session.id = new_session_id()
@@ -55,12 +72,12 @@ class MemoryStore(SessionStore):
             return False  # deleted or expired meanwhile: never resurrect it
         old = self.prepare_write(session, t)
         try:
-            snapshot = session.copy()
-            snapshot.new = snapshot.modified = False
-            self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
+            data = self._codec.loads(self._codec.dumps(session._data))  # validates and detaches
         except BaseException:
             self.roll_back(session, old)
             raise
+        snapshot = Session._restore(session.id, data, session.ttl, session.created_at, session.refreshed_at, session.version)
+        self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
         self.mark_saved(session, t)
         return True
 
@@ -69,14 +86,19 @@ class MemoryStore(SessionStore):
         return is_valid_session_id(session_id) and self._sessions.delete(session_id)
 
     def touch(self, session_id: str, ttl: int | None = None) -> bool:
-        """Restart the session's lifetime with ``ttl`` (default: the store's); True if it exists."""
+        """Restart the session's lifetime with ``ttl`` (default: the store's); True if it exists.
+
+        Raises:
+            ConfigError: ``ttl`` is not a positive int.
+        """
         if not is_valid_session_id(session_id):
             return False
-        stored = self._sessions.get(session_id)
-        if stored is None:
-            return False
         seconds = self.ttl if ttl is None else check_ttl(ttl)
-        self._sessions.set(session_id, stored, ttl=float(seconds))
+        with self._write_lock:
+            stored = self._sessions.get(session_id)
+            if stored is None:
+                return False
+            self._sessions.set(session_id, stored, ttl=float(seconds))
         return True
 
     def exists(self, session_id: str) -> bool:
@@ -84,13 +106,25 @@ class MemoryStore(SessionStore):
         return is_valid_session_id(session_id) and session_id in self._sessions
 
     def regenerate(self, session: Session) -> Session:
-        """Give ``session`` a new id, store it there and drop the old id."""
+        """Give ``session`` a new id, store it there and drop the old id.
+
+        Raises:
+            TypeError: the session holds a value that cannot be stored (id and state unchanged).
+        """
         old_id, was_saved = session.id, not session.new
+        state = (session.new, session.modified)
         session.id = new_session_id()
-        if was_saved:
-            session.new = session.modified = True  # written like a first save: NX under the new id
-            self.save(session)
-            self._sessions.delete(old_id)
+        if not was_saved:
+            return session
+        session.new = session.modified = True  # written like a first save: NX under the new id
+        try:
+            with self._write_lock:
+                self._save_locked(session, now())
+                self._sessions.delete(old_id)
+        except BaseException:
+            session.id = old_id
+            session.new, session.modified = state
+            raise
         return session
 
     def iter_ids(self) -> Iterator[str]:

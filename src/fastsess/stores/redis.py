@@ -302,7 +302,7 @@ class RedisStore(SessionStore):
         Raises:
             StoreUnavailable: Redis failed mid-scan.
         """
-        start = len(self.prefix)
+        start = len(self.prefix.encode())  # keys come back as UTF-8 bytes
         try:
             for key in self.client.scan_iter(match=self._match, count=SCAN_BATCH):
                 session_id = key[start:].decode("ascii", "replace")

@@ -229,7 +229,7 @@ class RedisStore(AsyncSessionStore):
         Raises:
             StoreUnavailable: Redis failed mid-scan.
         """
-        start = len(self.prefix)
+        start = len(self.prefix.encode())  # keys come back as UTF-8 bytes
         try:
             async for key in self.client.scan_iter(match=self._match, count=SCAN_BATCH):
                 session_id = key[start:].decode("ascii", "replace")

@@ -1,0 +1,91 @@
+"""Prometheus collector and the ``fastsess`` logger, against a real clustered store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from fastsess import ClusterConfig, ClusteredRedisStore, MemoryStore
+from fastsess.metrics import register_metrics
+from fastsess.server import RedisServer
+
+
+@pytest.fixture
+def store(redis_url: str, prefix: str) -> Iterator[ClusteredRedisStore]:
+    with ClusteredRedisStore(url=redis_url, prefix=prefix, config=ClusterConfig(channel=prefix + "ch")) as s:
+        yield s
+
+
+def sample(registry: CollectorRegistry, name: str) -> float:
+    value = registry.get_sample_value(name, {"node": registry_node[0]})
+    assert value is not None, name
+    return value
+
+
+registry_node: list[str] = [""]
+
+
+def test_collector_reports_live_counters(store: ClusteredRedisStore) -> None:
+    registry = CollectorRegistry()
+    register_metrics(store, registry)
+    registry_node[0] = store.config.node_id
+    session = store.create({"a": 1})
+    store.save(session)
+    store.evict_from_cache(session.id)
+    store.load(session.id)  # miss, fills
+    store.load(session.id)  # hit
+    assert sample(registry, "fastsess_cache_hits_total") == 1
+    assert sample(registry, "fastsess_cache_misses_total") == 1
+    assert sample(registry, "fastsess_cache_size") == 1
+    assert sample(registry, "fastsess_subscribed") == 1
+    session["a"] = 2
+    store.save(session)
+    assert sample(registry, "fastsess_invalidations_published_total") == 1
+    text = generate_latest(registry).decode()
+    assert session.id not in text  # never a session id in metrics
+
+
+def test_collector_for_a_store_without_coordinator() -> None:
+    registry = CollectorRegistry()
+
+    class Plain:
+        def cache_stats(self):  # noqa: ANN202 - minimal duck type
+            return MemoryStore()._sessions.stats
+
+    register_metrics(Plain(), registry)
+    assert registry.get_sample_value("fastsess_cache_hits_total", {"node": "local"}) == 0
+    assert registry.get_sample_value("fastsess_subscribed", {"node": "local"}) is None
+
+
+def test_logs_warn_on_reconnect_and_never_leak_ids(
+    redis_server_factory, caplog: pytest.LogCaptureFixture, prefix: str
+) -> None:
+    server: RedisServer = redis_server_factory()
+    config = ClusterConfig(channel=prefix + "ch", subscribe_timeout=0.5, reconnect_backoff=(0.02, 0.1))
+    other = ClusterConfig(channel=prefix + "ch")
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    with ClusteredRedisStore(url=server.url, prefix=prefix, config=config) as a, \
+            ClusteredRedisStore(url=server.url, prefix=prefix, config=other) as b:
+        session = b.create({"secret": "hunter2"})
+        b.save(session)
+        session["secret"] = "hunter3"
+        b.save(session)
+        deadline = time.monotonic() + 5
+        while a.coordinator.stats.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert any(r.levelno == logging.DEBUG and "invalidated" in r.getMessage() for r in caplog.records)
+        server.restart()
+        deadline = time.monotonic() + 10
+        while a.coordinator.stats.reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert a.coordinator.stats.reconnects >= 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "fastsess.cluster"]
+    assert any("lost the invalidation channel" in r.getMessage() for r in warnings)
+    assert any("resubscribed" in r.getMessage() for r in warnings)
+    for record in caplog.records:
+        text = record.getMessage()
+        assert session.id not in text and "hunter" not in text
