@@ -1,6 +1,6 @@
 """Keeping every node's local cache honest: ``ClusterCoordinator`` and ``CoherentCache``.
 
-Each node caches decoded sessions in a ``LocalCache``.  A write, delete or
+Each node caches decoded sessions in a ``LocalCache``.  A write, delete, touch or
 clear on one node publishes a small msgpack map ``{t, id, node, v}`` on the
 cluster channel (in the same round trip as the write: see
 ``stores.clustered``); every other node's coordinator evicts that id.
@@ -49,7 +49,8 @@ log = logging.getLogger("fastsess.cluster")
 INVALIDATED = "invalidated"
 DELETED = "deleted"
 CLEARED = "cleared"
-MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED})
+TOUCHED = "touched"  # carries "x": the new expiry in seconds
+MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED, TOUCHED})
 MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is not ours
 
 GENERATION_SLOTS = 4096  # power of two
@@ -69,15 +70,20 @@ class CoordinatorStats(NamedTuple):
     last_error: str | None  # the last connection error, "Type: message"
 
 
-def encode_message(kind: str, session_id: str | None, node_id: str, version: int = 0) -> bytes:
-    """The wire form of one invalidation: msgpack ``{t, id, node, v}``.
+def encode_message(kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None) -> bytes:
+    """The wire form of one invalidation: msgpack ``{t, id, node, v}`` (plus ``x`` for ``touched``).
 
     Raises:
-        ValueError: unknown ``kind``.
+        ValueError: unknown ``kind``, or ``touched`` without ``expires_in``.
     """
     if kind not in MESSAGE_TYPES:
         raise ValueError(f"unknown message type {kind!r}")
-    return msgpack.packb({"t": kind, "id": session_id, "node": node_id, "v": version})
+    msg: dict[str, Any] = {"t": kind, "id": session_id, "node": node_id, "v": version}
+    if kind == TOUCHED:
+        if expires_in is None:
+            raise ValueError("a touched message needs expires_in")
+        msg["x"] = expires_in
+    return msgpack.packb(msg)
 
 
 def decode_message(data: Any) -> dict[str, Any] | None:
@@ -88,8 +94,15 @@ def decode_message(data: Any) -> dict[str, Any] | None:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception:  # any decoding failure is just "malformed"
         return None
-    if not isinstance(msg, dict) or msg.get("t") not in MESSAGE_TYPES:
+    if not isinstance(msg, dict):
         return None
+    kind = msg.get("t")
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:  # an unhashable t must not raise
+        return None
+    if kind == TOUCHED:
+        expires_in = msg.get("x")
+        if type(expires_in) is not int or expires_in < 0:
+            return None
     node, session_id, version = msg.get("node"), msg.get("id"), msg.get("v", 0)
     if not isinstance(node, str) or not isinstance(version, int) or isinstance(version, bool):
         return None
@@ -106,7 +119,7 @@ class CoherentCache:
     after.  Local writes use ``put``; invalidations ``invalidate``/``flush``.
     """
 
-    __slots__ = ("_epoch", "_generations", "_lock", "cache", "get")
+    __slots__ = ("_deadlines", "_epoch", "_generations", "_lock", "cache", "get")
 
     def __init__(self, max_size: int, ttl: float) -> None:
         self.cache = LocalCache(max_size=max_size, ttl=ttl)
@@ -114,6 +127,10 @@ class CoherentCache:
         self._lock = threading.Lock()
         self._generations = [0] * GENERATION_SLOTS
         self._epoch = 0
+        # Expiries set by touch(): the stored session still carries its old TTL, so a
+        # fill would otherwise cache it past the key's real expiry.  Entries live as long
+        # as the key they describe, so this map stays small and bounds itself.
+        self._deadlines = LocalCache(max_size=max_size, ttl=ttl)
 
     def fill_token(self, session_id: str) -> tuple[int, int]:
         """The state to hand back to ``fill``; take it *before* reading Redis."""
@@ -122,18 +139,45 @@ class CoherentCache:
     def fill(self, session_id: str, value: Any, token: tuple[int, int], ttl: float) -> bool:
         """Cache ``value`` read from Redis unless an invalidation came in since ``token``."""
         slot = hash(session_id) & _SLOT_MASK
+        ttl = self._capped(session_id, ttl)
         with self._lock:
-            if token != (self._epoch, self._generations[slot]):
+            if token != (self._epoch, self._generations[slot]) or ttl <= 0:
                 return False
             self.cache.set(session_id, value, ttl)
             return True
 
     def put(self, session_id: str, value: Any, ttl: float) -> None:
-        """Cache a value this node just wrote (concurrent fills of older data are voided)."""
+        """Cache ``value`` unconditionally, voiding fills of older data still in flight."""
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
             self._generations[slot] += 1
             self.cache.set(session_id, value, ttl)
+
+    def put_if(self, session_id: str, value: Any, token: tuple[int, int], ttl: float) -> bool:
+        """Cache a value this node just wrote, unless an invalidation came in since ``token``
+        (taken before the write: another node may have written a newer value meanwhile).
+
+        Either way, fills of older data still in flight are voided.
+        """
+        slot = hash(session_id) & _SLOT_MASK
+        self._deadlines.delete(session_id)  # a write resets the key's expiry to the session's TTL
+        with self._lock:
+            unchanged = token == (self._epoch, self._generations[slot])
+            self._generations[slot] += 1
+            if unchanged and ttl > 0:
+                self.cache.set(session_id, value, ttl)
+                return True
+            self.cache.delete(session_id)
+            return False
+
+    def note_expiry(self, session_id: str, seconds: float) -> None:
+        """Record that the key of ``session_id`` now expires in ``seconds`` (a touch)."""
+        if seconds > 0:
+            self._deadlines.set(session_id, time.monotonic() + seconds, seconds)
+
+    def _capped(self, session_id: str, ttl: float) -> float:
+        deadline = self._deadlines.get(session_id)
+        return ttl if deadline is None else min(ttl, deadline - time.monotonic())
 
     def invalidate(self, session_id: str) -> bool:
         """Evict ``session_id`` and void fills in flight for it; True if it was cached."""
@@ -194,9 +238,9 @@ class CoordinatorBase:
             self._reconnects, self._subscribed, self._last_error,
         )
 
-    def message(self, kind: str, session_id: str | None, version: int = 0) -> bytes:
+    def message(self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None) -> bytes:
         """This node's wire message of type ``kind`` (for the store's write scripts)."""
-        return encode_message(kind, session_id, self.node_id, version)
+        return encode_message(kind, session_id, self.node_id, version, expires_in)
 
     def note_published(self, count: int = 1) -> None:
         """Count messages the store published on this coordinator's behalf."""
@@ -219,6 +263,8 @@ class CoordinatorBase:
                 self.cache.flush()
             else:
                 self.cache.invalidate(msg["id"])
+                if msg["t"] == TOUCHED:
+                    self.cache.note_expiry(msg["id"], msg["x"])
         log.debug("applied %s from node %s", msg["t"], msg["node"])
         if self.on_message is not None:
             self.on_message(msg)

@@ -108,18 +108,34 @@ class ClusterConfig:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            name = ENV_PREFIX + ("CLUSTER_ENABLED" if field.name == "enabled" else field.name.upper())
+            if field.name in overrides:  # an override wins: its variable is not even parsed
+                continue
+            name = env_variable(field.name)
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 continue
-            values[field.name] = _parse(name, field.name, raw.strip())
+            value = _parse(name, field.name, raw.strip())
+            try:
+                cls(**{field.name: value})  # validate alone, so the error can name the variable
+            except ConfigError as exc:
+                raise ConfigError(f"{name}={raw.strip()!r}: {exc}") from exc
+            values[field.name] = value
         values.update(overrides)
         return cls(**values)
 
 
+def env_variable(field: str) -> str:
+    """The environment variable of a ``ClusterConfig`` field (``node_id`` -> ``FASTSESS_NODE_ID``)."""
+    return ENV_PREFIX + ("CLUSTER_ENABLED" if field == "enabled" else field.upper())
+
+
 def _positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, not {value!r}")
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} must be a positive, finite number, not {value!r}")
 
 
 def _parse(variable: str, field: str, raw: str) -> Any:

@@ -73,9 +73,9 @@ def candidates() -> list[Candidate]:
 def random_keys(n: int, rng: random.Random, length: int = 16) -> list[str]:
     """``n`` distinct random ASCII keys of ``length`` characters (session-id-like)."""
     alphabet = string.ascii_letters + string.digits
-    keys: set[str] = set()
+    keys: dict[str, None] = {}  # a dict, not a set: the order must not depend on PYTHONHASHSEED
     while len(keys) < n:
-        keys.update("".join(rng.choices(alphabet, k=length)) for _ in range(n - len(keys)))
+        keys.update(dict.fromkeys("".join(rng.choices(alphabet, k=length)) for _ in range(n - len(keys))))
     return list(keys)
 
 

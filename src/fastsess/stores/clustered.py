@@ -31,7 +31,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..cache import CacheStats
-from ..cluster import CLEARED, DELETED, INVALIDATED, ClusterCoordinator, CoherentCache
+from ..cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache
 from ..config import ClusterConfig
 from ..serializers import Serializer
 from ..session import Session
@@ -115,13 +115,18 @@ class LocalCacheControl:
         if self._cache is not None:
             self._cache.flush()
 
-    def _cache_written(self, session: Session, written: bool) -> None:
-        """After a write of ``session``: cache what was written, or drop what may be stale."""
+    def _write_token(self, session_id: str) -> tuple[int, int] | None:
+        """Take before a write: ``_cache_written`` caches the result only if nothing came in since."""
+        return None if self._cache is None else self._cache.fill_token(session_id)
+
+    def _cache_written(self, session: Session, written: bool, token: tuple[int, int] | None) -> None:
+        """After a write of ``session``: cache what was written, unless another node's
+        invalidation arrived meanwhile (its write may be newer); else drop what may be stale."""
         cache = self._cache
         if cache is None:
             return
-        if written:
-            cache.put(session.id, cache_snapshot(session), local_ttl(session, self.config, session.refreshed_at))
+        if written and token is not None:
+            cache.put_if(session.id, cache_snapshot(session), token, local_ttl(session, self.config, session.refreshed_at))
         else:
             cache.invalidate(session.id)
 
@@ -226,6 +231,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         if coordinator is None:
             return super()._write(session, payload, nx)
         cache = self._cache
+        token = self._write_token(session.id)
         try:
             if nx:
                 written = super()._write(session, payload, nx)
@@ -238,7 +244,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             if cache is not None:
                 cache.invalidate(session.id)  # the write may or may not have landed
             raise
-        self._cache_written(session, written)
+        self._cache_written(session, written, token)
         return written
 
     def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
@@ -246,6 +252,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         if coordinator is None:
             return super()._move(old_id, session, payload)
         message = coordinator.message(DELETED, old_id)
+        token = self._write_token(session.id)
         try:
             if self._move_publish is not None:
                 keys = [self.prefix + old_id, self.prefix + session.id]
@@ -259,7 +266,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 self._cache.invalidate(old_id)
         if moved:
             coordinator.note_published()
-            self._cache_written(session, True)
+            self._cache_written(session, True, token)
         return moved
 
     def _delete_key(self, session_id: str) -> bool:
@@ -288,7 +295,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             return super().touch(session_id, ttl)
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         try:
-            message = coordinator.message(INVALIDATED, session_id)
+            message = coordinator.message(TOUCHED, session_id, expires_in=seconds)
             touched = self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
         except REDIS_ERRORS as exc:
             raise map_redis_error("EXPIRE", exc) from exc
@@ -297,6 +304,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 self._cache.invalidate(session_id)
         if touched:
             coordinator.note_published()
+            if self._cache is not None:
+                self._cache.note_expiry(session_id, seconds)
         return touched
 
     def clear(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
-from ...cluster import CLEARED, DELETED, INVALIDATED, CoherentCache
+from ...cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, CoherentCache
 from ...config import ClusterConfig
 from ...serializers import Serializer
 from ...session import Session
@@ -77,6 +77,13 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         self._start_pending = False
         if self.coordinator is None:
             return False
+        if self.is_cluster:
+            # A fresh asyncio RedisCluster has no slot map until its first command, and
+            # its pubsub() needs one: load it now (errors surface as an unsubscribed start).
+            try:
+                await self.client.initialize()
+            except REDIS_ERRORS as exc:
+                self.coordinator._on_dropped(exc)
         return await self.coordinator.start()
 
     async def __aenter__(self) -> ClusteredRedisStore:
@@ -131,6 +138,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         if coordinator is None:
             return await super()._write(session, payload, nx)
         cache = self._cache
+        token = self._write_token(session.id)
         try:
             if nx:
                 written = await super()._write(session, payload, nx)
@@ -143,7 +151,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             if cache is not None:
                 cache.invalidate(session.id)
             raise
-        self._cache_written(session, written)
+        self._cache_written(session, written, token)
         return written
 
     async def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
@@ -151,6 +159,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         if coordinator is None:
             return await super()._move(old_id, session, payload)
         message = coordinator.message(DELETED, old_id)
+        token = self._write_token(session.id)
         try:
             if self._move_publish is not None:
                 keys = [self.prefix + old_id, self.prefix + session.id]
@@ -164,7 +173,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 self._cache.invalidate(old_id)
         if moved:
             coordinator.note_published()
-            self._cache_written(session, True)
+            self._cache_written(session, True, token)
         return moved
 
     async def _delete_key(self, session_id: str) -> bool:
@@ -192,7 +201,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             return await super().touch(session_id, ttl)
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         try:
-            message = coordinator.message(INVALIDATED, session_id)
+            message = coordinator.message(TOUCHED, session_id, expires_in=seconds)
             touched = await self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
         except REDIS_ERRORS as exc:
             raise map_redis_error("EXPIRE", exc) from exc
@@ -201,6 +210,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 self._cache.invalidate(session_id)
         if touched:
             coordinator.note_published()
+            if self._cache is not None:
+                self._cache.note_expiry(session_id, seconds)
         return touched
 
     async def clear(self) -> int:

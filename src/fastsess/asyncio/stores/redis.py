@@ -259,7 +259,9 @@ class RedisStore(AsyncSessionStore):
         try:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                pipe.unlink(key)
+                # execute_command, not pipe.unlink(): on redis-py's asyncio ClusterPipeline
+                # the command methods return un-awaited coroutines and queue nothing.
+                pipe.execute_command("UNLINK", key)
             return sum(await pipe.execute())
         except REDIS_ERRORS as exc:
             raise map_redis_error("UNLINK", exc) from exc

@@ -1,0 +1,1 @@
+"""On-demand pytest-benchmark suite (``pytest bench/``); see ``bench/README.md``."""

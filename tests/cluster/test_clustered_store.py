@@ -1,0 +1,589 @@
+"""``ClusteredRedisStore`` in one process: two nodes A and B on the shared private Redis.
+
+Every node has its own node id and the test's private channel (``conftest.make_store``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+
+from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore, Session
+from fastsess.cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, decode_message, encode_message
+from fastsess.errors import ConfigError, SessionCorrupt
+from fastsess.stores.base import is_valid_session_id, new_session_id
+
+from .conftest import Pair, StoreFactory, listener_threads, received, subscribed_pair, wait_received, wait_until
+
+
+def saved(store: Any, data: dict[str, Any] | None = None, **kw: Any) -> Session:
+    s = store.create({"user": 1, "roles": ["a"]} if data is None else data, **kw)
+    assert store.save(s) is True
+    return s
+
+
+def rewrite(store: Any, sid: str, key: str, value: Any) -> Session:
+    """Load ``sid`` fresh from Redis through ``store`` (cache bypassed) and save ``key=value``."""
+    store.evict_from_cache(sid)
+    s = store.load(sid)
+    assert s is not None
+    s[key] = value
+    assert store.save(s) is True
+    return s
+
+
+def behind_the_back(store: Any, raw: redis.Redis, sid: str, data: dict[str, Any]) -> None:
+    """Overwrite the session in Redis without any invalidation (as a lost message would)."""
+    ghost = Session(sid, data, ttl=store.ttl, new=False, version=99)
+    raw.set(store.prefix + sid, store.serializer.encode(ghost), ex=store.ttl)
+
+
+# --- the RedisStore API ------------------------------------------------------------------
+
+
+def test_is_a_redis_store_with_the_same_api(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    assert isinstance(A, RedisStore)
+    s = A.create({"user": 7})
+    assert s.new and is_valid_session_id(s.id) and raw.dbsize() == 0  # create writes nothing
+    assert A.load(s.id) is None and not A.exists(s.id)
+    assert A.save(s) is True and s.new is False and s.version == 1
+    assert A.save(s) is False  # unmodified: nothing to write
+    for store in (A, B):
+        loaded = store.load(s.id)
+        assert loaded is not None and dict(loaded) == {"user": 7} and loaded.version == 1 and not loaded.new
+        assert store.exists(s.id)
+    assert 1700 <= raw.ttl(A.prefix + s.id) <= 1800
+    assert A.touch(s.id, ttl=500) is True and 490 <= raw.ttl(A.prefix + s.id) <= 500
+    assert B.touch(s.id) is True and 1790 <= raw.ttl(A.prefix + s.id) <= 1800
+    old = s.id
+    assert A.regenerate(s) is s and s.id != old
+    assert not A.exists(old) and A.exists(s.id) and A.load(old) is None
+    assert dict(B.load(s.id)) == {"user": 7}
+    before = received(B)
+    assert A.delete(s.id) is True and A.delete(s.id) is False
+    wait_received(B, before)  # B may serve its copy until the delete message arrives, not after
+    assert B.load(s.id) is None and not B.exists(s.id)
+    for bad in ("short", "x" * 43 + "!", "", None, 42):
+        assert A.load(bad) is None  # type: ignore[arg-type]
+        assert A.exists(bad) is False and A.delete(bad) is False and A.touch(bad) is False  # type: ignore[arg-type]
+
+
+def test_iter_ids_count_clear_only_touch_this_prefix(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    ids = {saved(A, {"i": i}).id for i in range(25)}
+    foreign = {"other:" + new_session_id(): b"x", A.prefix + "meta": b"y", new_session_id(): b"z"}
+    for k, v in foreign.items():
+        raw.set(k, v)
+    assert set(B.iter_ids()) == ids
+    assert A.count() == B.count() == 25
+    assert B.clear() == 25
+    assert A.count() == 0 and list(A.iter_ids()) == []
+    assert all(raw.get(k) == v for k, v in foreign.items())
+
+
+def test_context_manager_closes_listener_and_owned_client(make_store: StoreFactory, redis_url: str) -> None:
+    before = len(listener_threads())
+    cfg = ClusterConfig(node_id="ctx-node", channel=make_store.channel, subscribe_timeout=0.5)
+    with ClusteredRedisStore(url=redis_url, config=cfg, prefix=make_store.prefix) as store:
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5)
+        assert len(listener_threads()) == before + 1
+        s = saved(store)
+        assert store.load(s.id) == s
+    wait_until(lambda: len(listener_threads()) == before, 5, what="listener thread to end")
+    assert not store.coordinator.running and not store.coordinator.subscribed
+    # the node id is free again once closed
+    with ClusteredRedisStore(url=redis_url, config=cfg, prefix=make_store.prefix) as again:
+        assert again.load(s.id) == s
+    store.close()  # closing twice is harmless
+
+
+def test_external_client_is_not_closed(make_store: StoreFactory, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = make_store(client=client)
+    s = saved(store)
+    store.close()
+    assert client.exists(store.prefix + s.id) == 1  # still usable
+    client.close()
+
+
+def test_same_node_id_twice_is_refused(make_store: StoreFactory, redis_url: str) -> None:
+    a = make_store(redis_url, node_id="dup-node")
+    threads = len(listener_threads())
+    with pytest.raises(ConfigError, match="dup-node"):
+        make_store(redis_url, node_id="dup-node")
+    assert len(listener_threads()) == threads  # the refused store left no thread behind
+    # another channel is another namespace
+    other = make_store(redis_url, node_id="dup-node", channel=make_store.channel + ":2")
+    assert other.coordinator is not None
+    a.close()
+    make_store(redis_url, node_id="dup-node")  # allowed after close
+
+
+def test_corrupt_data_is_session_corrupt_and_not_cached(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    sid = new_session_id()
+    raw.set(A.prefix + sid, msgpack.packb({"user": 1}))
+    for _ in range(2):
+        with pytest.raises(SessionCorrupt):
+            B.load(sid)
+    assert B.cache_stats().size == 0
+
+
+# --- the local cache ---------------------------------------------------------------------
+
+
+def test_cached_load_returns_a_private_copy(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A, {"user": 1, "name": "x"})
+    first = B.load(s.id)  # miss: fills the cache
+    first["name"] = "mutated"
+    first["extra"] = True
+    del first["user"]
+    second = B.load(s.id)  # hit
+    assert dict(second) == {"user": 1, "name": "x"}
+    assert second is not first and not second.modified and not second.new
+    second["name"] = "again"
+    assert dict(B.load(s.id)) == {"user": 1, "name": "x"}
+    # the writer's own cache is a snapshot too: mutating the saved object changes nothing
+    s["name"] = "unsaved"
+    assert A.load(s.id)["name"] == "x"
+
+
+def test_cache_is_really_used_and_stats_count(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A, {"v": 1})
+    base = B.cache_stats()
+    assert B.load(s.id)["v"] == 1
+    after_miss = B.cache_stats()
+    assert after_miss.misses == base.misses + 1 and after_miss.hits == base.hits and after_miss.size == base.size + 1
+    behind_the_back(B, raw, s.id, {"v": "ghost"})  # no invalidation sent
+    for _ in range(5):
+        assert B.load(s.id)["v"] == 1  # served from the cache, not Redis
+    stats = B.cache_stats()
+    assert stats.hits == base.hits + 5 and stats.misses == base.misses + 1
+    assert 0 < stats.hit_rate <= 1 and stats.max_size == 10_000
+    assert B.load(new_session_id()) is None
+    assert B.cache_stats().misses == base.misses + 2
+
+
+def test_write_on_a_is_seen_on_b_once_the_invalidation_arrives(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A, {"v": 1})
+    assert B.load(s.id)["v"] == 1 and B.load(s.id)["v"] == 1  # cached on B
+    hits = B.cache_stats().hits
+    before, published = received(B), A.coordinator.stats.published
+    s["v"] = 2
+    assert A.save(s) is True
+    assert A.coordinator.stats.published == published + 1
+    wait_received(B, before)
+    got = B.load(s.id)
+    assert got["v"] == 2 and got.version == s.version
+    assert B.cache_stats().hits == hits  # that was a miss: the old copy was evicted
+    assert B.load(s.id)["v"] == 2 and B.cache_stats().hits == hits + 1  # and the new one is cached
+
+
+def test_b_never_serves_its_old_copy_after_the_invalidation(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A, {"v": 0})
+    for version in range(1, 21):
+        assert B.load(s.id)["v"] == version - 1  # caches the current value
+        before = received(B)
+        s["v"] = version
+        A.save(s)
+        deadline = time.monotonic() + 5
+        while received(B) == before:
+            assert B.load(s.id)["v"] in (version - 1, version)
+            assert time.monotonic() < deadline, "no invalidation"
+        assert B.load(s.id)["v"] == version
+
+
+def test_delete_propagates(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A)
+    assert B.load(s.id) is not None and B.load(s.id) is not None
+    before = received(B)
+    assert A.delete(s.id) is True
+    wait_received(B, before)
+    assert B.load(s.id) is None and A.load(s.id) is None
+    assert not B.exists(s.id)
+
+
+def test_delete_of_an_expired_key_still_evicts_cached_copies(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A)
+    assert B.load(s.id) is not None
+    raw.delete(A.prefix + s.id)  # gone from Redis behind everyone's back (expiry, eviction)
+    before = received(B)
+    assert A.delete(s.id) is False
+    wait_received(B, before)
+    assert B.load(s.id) is None
+
+
+def test_clear_propagates_and_flushes_every_cache(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    sessions = [saved(A, {"i": i}) for i in range(10)]
+    for s in sessions:
+        assert B.load(s.id) is not None
+    assert B.cache_stats().size == 10
+    before = received(B)
+    assert A.clear() == 10
+    wait_received(B, before)
+    assert B.cache_stats().size == 0 and A.cache_stats().size == 0
+    assert all(B.load(s.id) is None for s in sessions)
+    assert B.count() == 0
+
+
+def test_touch_propagates_an_invalidation(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A)
+    assert B.load(s.id) is not None
+    size = B.cache_stats().size
+    before = received(B)
+    assert A.touch(s.id, ttl=900) is True
+    wait_received(B, before)
+    assert B.cache_stats().size == size - 1
+    assert B.evict_from_cache(s.id) is False  # already gone
+    assert 890 <= raw.ttl(A.prefix + s.id) <= 900
+    assert A.touch(new_session_id()) is False  # unknown id: no message
+    time.sleep(0.05)
+    assert received(B) == before + 1
+
+
+def test_session_shortened_by_touch_is_not_served_after_it_expired(pair: Pair) -> None:
+    """touch(id, ttl=1) makes the key expire in 1 s; no node may serve it from cache after that."""
+    A, B, raw, _ = pair
+    s = saved(A, {"user": 1})
+    assert A.touch(s.id, ttl=1) is True
+    assert B.load(s.id) is not None and A.load(s.id) is not None  # both fill their caches now
+    wait_until(lambda: raw.exists(A.prefix + s.id) == 0, 5, what="the key to expire in Redis")
+    assert A.load(s.id) is None, "A serves a session that expired in Redis from its cache"
+    assert B.load(s.id) is None, "B serves a session that expired in Redis from its cache"
+
+
+def test_regenerate_removes_the_old_id_everywhere(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A, {"user": 5})
+    old = s.id
+    assert B.load(old) is not None and A.load(old) is not None
+    before = received(B)
+    A.regenerate(s)
+    assert s.id != old
+    wait_received(B, before)
+    assert B.load(old) is None and A.load(old) is None
+    assert raw.exists(A.prefix + old) == 0
+    assert dict(B.load(s.id)) == {"user": 5} and dict(A.load(s.id)) == {"user": 5}
+
+
+def test_save_after_delete_elsewhere_does_not_resurrect(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A)
+    on_b = B.load(s.id)
+    before = received(B)
+    A.delete(s.id)
+    wait_received(B, before)
+    on_b["x"] = 1
+    assert B.save(on_b) is False
+    assert raw.exists(A.prefix + s.id) == 0 and B.load(s.id) is None and A.load(s.id) is None
+
+
+def test_a_ignores_its_own_messages(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s = saved(A)
+    own, got_a, got_b = A.coordinator.stats.ignored_own, received(A), received(B)
+    s["x"] = 1
+    A.save(s)
+    A.touch(s.id)
+    A.delete(s.id)
+    A.clear()
+    wait_until(lambda: A.coordinator.stats.ignored_own >= own + 4, 5, what="own messages echoed back")
+    wait_until(lambda: received(B) >= got_b + 4, 5, what="B to receive 4 messages")
+    assert received(A) == got_a
+    assert A.coordinator.stats.ignored_own == own + 4
+    assert A.coordinator.stats.malformed == B.coordinator.stats.malformed == 0
+
+
+def test_first_save_publishes_nothing(pair: Pair, raw_subscriber: Any) -> None:
+    A, B, raw, channel = pair
+    sub = raw_subscriber(channel)
+    published = A.coordinator.stats.published
+    s = saved(A)
+    assert sub.drain() == []
+    assert A.coordinator.stats.published == published
+    s["x"] = 1
+    A.save(s)
+    msg = decode_message(sub.next())
+    assert msg == {"t": INVALIDATED, "id": s.id, "node": A.config.node_id, "v": s.version}
+
+
+def test_messages_on_the_wire(pair: Pair, raw_subscriber: Any) -> None:
+    A, B, raw, channel = pair
+    sub = raw_subscriber(channel)
+    s = saved(A)
+    s["x"] = 1
+    A.save(s)
+    A.touch(s.id)
+    old = s.id
+    A.regenerate(s)
+    A.delete(s.id)
+    A.clear()
+    msgs = [decode_message(m) for m in sub.drain()]
+    assert [(m["t"], m["id"]) for m in msgs] == [
+        (INVALIDATED, old), (TOUCHED, old), (DELETED, old), (DELETED, s.id), (CLEARED, None),
+    ]
+    assert all(m["node"] == A.config.node_id for m in msgs)
+
+
+def test_evict_from_cache_and_clear_local_cache_are_local(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    s1, s2 = saved(A, {"n": 1}), saved(A, {"n": 2})
+    for s in (s1, s2):
+        B.load(s.id)
+    assert B.cache_stats().size == 2 and A.cache_stats().size == 2
+    behind_the_back(B, raw, s1.id, {"n": "new1"})
+    behind_the_back(B, raw, s2.id, {"n": "new2"})
+    assert B.load(s1.id)["n"] == 1  # cached
+    assert B.evict_from_cache(s1.id) is True and B.evict_from_cache(s1.id) is False
+    assert B.evict_from_cache("not-an-id") is False
+    assert B.load(s1.id)["n"] == "new1"  # re-read from Redis
+    assert B.load(s2.id)["n"] == 2
+    got_a = received(A)
+    B.clear_local_cache()
+    assert B.cache_stats().size == 0
+    assert B.load(s2.id)["n"] == "new2"
+    assert A.cache_stats().size == 2 and A.load(s2.id)["n"] == 2  # A untouched
+    time.sleep(0.05)
+    assert received(A) == got_a  # nothing was published
+    assert raw.exists(A.prefix + s1.id) == 1
+
+
+def test_local_cache_is_capped(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis) -> None:
+    A, B, _, _ = subscribed_pair(make_store, redis_url, redis_client, local_cache_max_size=5)
+    ids = [saved(A, {"i": i}).id for i in range(12)]
+    for sid in ids:
+        B.load(sid)
+    stats = B.cache_stats()
+    assert stats.size == 5 and stats.max_size == 5 and stats.evictions >= 7
+
+
+# --- configurations ----------------------------------------------------------------------
+
+
+def test_disabled_is_a_plain_redis_store(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis, raw_subscriber: Any) -> None:
+    sub = raw_subscriber(make_store.channel)
+    threads = len(listener_threads())
+    store = make_store(redis_url, enabled=False)
+    other = make_store(redis_url, name="B")
+    assert store.coordinator is None
+    assert len(listener_threads()) == threads + 1  # only `other` listens
+    s = saved(store, {"v": 1})
+    s["v"] = 2
+    store.save(s)
+    assert other.load(s.id)["v"] == 2
+    store.touch(s.id)
+    behind_the_back(store, redis_client, s.id, {"v": "raw"})
+    assert store.load(s.id)["v"] == "raw"  # never cached
+    assert store.load(s.id)["v"] == "raw"
+    stats = store.cache_stats()
+    assert (stats.size, stats.hits, stats.misses) == (0, 0, 0)
+    assert store.evict_from_cache(s.id) is False
+    store.clear_local_cache()
+    store.regenerate(s)
+    store.delete(s.id)
+    saved(store)
+    store.clear()
+    assert sub.drain(0.3) == []  # nothing was ever published
+    assert received(other) == 0
+
+
+def test_local_cache_disabled_still_publishes_but_never_caches(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis, raw_subscriber: Any) -> None:
+    sub = raw_subscriber(make_store.channel)
+    A = make_store(redis_url, name="A", local_cache_enabled=False)
+    B = make_store(redis_url, name="B")
+    for st in (A, B):
+        assert st.coordinator.wait_subscribed(5)
+    s = saved(A, {"v": 1})
+    assert B.load(s.id)["v"] == 1  # B caches
+    before = received(B)
+    s["v"] = 2
+    A.save(s)
+    msg = decode_message(sub.next())
+    assert msg is not None and msg["t"] == INVALIDATED and msg["id"] == s.id and msg["node"] == A.config.node_id
+    wait_received(B, before)
+    assert B.load(s.id)["v"] == 2
+    for _ in range(3):
+        assert A.load(s.id)["v"] == 2
+    behind_the_back(A, redis_client, s.id, {"v": "raw"})
+    assert A.load(s.id)["v"] == "raw"  # A never caches
+    stats = A.cache_stats()
+    assert (stats.size, stats.hits) == (0, 0)
+    # A still receives and counts B's messages
+    got = received(A)
+    s2 = B.load(s.id)
+    s2["v"] = 3
+    B.save(s2)
+    wait_received(A, got)
+
+
+def test_default_channel(make_store: StoreFactory, redis_url: str, raw_subscriber: Any) -> None:
+    sub = raw_subscriber("fastsess:invalidate")
+    store = make_store(redis_url, channel="fastsess:invalidate")
+    assert store.coordinator.wait_subscribed(5)
+    s = saved(store)
+    store.delete(s.id)
+    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": store.config.node_id, "v": 0}
+
+
+# --- one round trip per write ------------------------------------------------------------
+
+
+class CountingConnection(redis.Connection):
+    """Records what a client sends: one ``send_packed_command`` is one round trip."""
+
+    log: list[tuple[int, bytes]] = []
+    pubsub_conns: set[int] = set()
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        data = command if isinstance(command, (bytes, bytearray)) else b"".join(bytes(c) for c in command)
+        if b"SUBSCRIBE" in data.upper()[:40]:
+            CountingConnection.pubsub_conns.add(id(self))
+        CountingConnection.log.append((id(self), bytes(data)))
+        super().send_packed_command(command, check_health)
+
+
+def sent_commands(since: int) -> list[bytes]:
+    """Commands sent on non-pub/sub connections since log index ``since`` (their name)."""
+    out = []
+    for conn, data in CountingConnection.log[since:]:
+        if conn in CountingConnection.pubsub_conns:
+            continue
+        # RESP array: *N\r\n$len\r\nNAME\r\n...
+        out.append(data.split(b"\r\n")[2].upper())
+    return out
+
+
+def test_each_write_is_one_round_trip_with_its_publish(make_store: StoreFactory, redis_server: Any, redis_url: str, redis_client: redis.Redis, raw_subscriber: Any) -> None:
+    pool = redis.ConnectionPool(connection_class=CountingConnection, host="127.0.0.1", port=redis_server.port)
+    client = redis.Redis(connection_pool=pool)
+    try:
+        sub = raw_subscriber(make_store.channel)
+        store = make_store(client=client)
+        assert store.coordinator.wait_subscribed(5)
+        warm = saved(store)
+        warm["w"] = 1
+        store.save(warm)  # first use of the script: EVALSHA may answer NOSCRIPT once
+        store.touch(warm.id)
+        store.delete(warm.id)
+        sub.drain()
+
+        def stats() -> dict[str, int]:
+            info = redis_client.info("commandstats")
+            return {c: info.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval", "publish", "set", "del", "expire")}
+
+        s = store.create({"a": 1})
+        mark, before = len(CountingConnection.log), stats()
+        store.save(s)  # first save: SET NX, nothing to publish
+        assert sent_commands(mark) == [b"SET"]
+        assert stats()["publish"] == before["publish"]
+
+        for op in ("save", "touch", "delete"):
+            if op == "save":
+                s["a"] += 1
+            mark, before = len(CountingConnection.log), stats()
+            getattr(store, op)(s if op == "save" else s.id)
+            assert sent_commands(mark) == [b"EVALSHA"], op  # one round trip ...
+            after = stats()
+            assert after["evalsha"] == before["evalsha"] + 1, op
+            assert after["publish"] == before["publish"] + 1, op  # ... that published inside the script
+            assert after["eval"] == before["eval"]
+            msg = decode_message(sub.next())
+            assert msg is not None and msg["id"] == s.id, op
+    finally:
+        client.close()
+
+
+# --- bad input on the channel -----------------------------------------------------------
+
+
+def _decodes(payload: bytes) -> bool:
+    try:
+        return decode_message(payload) is not None
+    except Exception:  # noqa: BLE001 - a crash is not a valid message either (tested in test_messages)
+        return False
+
+
+def malformed_payloads(n: int) -> list[bytes]:
+    rng = random.Random(1234)
+    shapes: list[Any] = [
+        [1, 2, 3], "invalidated", 42, None, {}, {"t": "invalidated"},
+        {"t": "evicted", "id": "x", "node": "n"}, {"t": "invalidated", "id": 5, "node": "n"},
+        {"t": "invalidated", "id": "x", "node": None}, {"t": "deleted", "node": "n"},
+        {"t": "invalidated", "id": "x", "node": "n", "v": "1"}, {"t": "cleared", "node": "n", "v": 1.5},
+        {"t": "invalidated", "id": "x", "node": "n", "v": True}, {b"t": b"cleared", b"node": b"n"},
+        {"t": ["invalidated"], "id": "x", "node": "n"}, {"t": {"cleared": 1}, "node": "n"},
+    ]
+    out: list[bytes] = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            out.append(os.urandom(rng.randrange(0, 200)))
+        elif kind == 1:
+            out.append(msgpack.packb(shapes[(i // 4) % len(shapes)]))
+        elif kind == 2:
+            out.append(encode_message(CLEARED, None, "x") + b"\x00" * rng.randrange(1, 30))  # trailing junk
+        else:
+            out.append(b"\xa0" + os.urandom(rng.randrange(1024, 200_000)))  # too big to be ours
+    out = [p for p in out if not _decodes(p)]
+    assert len(out) == n, "a random payload happened to be valid; change the seed"
+    return out
+
+
+def test_a_thousand_malformed_messages_leave_the_listener_working(pair: Pair) -> None:
+    A, B, raw, channel = pair
+    s = saved(A, {"v": 0})
+    assert B.load(s.id)["v"] == 0
+    pipe = raw.pipeline(transaction=False)
+    for payload in malformed_payloads(1000):
+        pipe.publish(channel, payload)
+    pipe.execute()
+    # a real invalidation after the garbage (repeated in case the garbage cost us messages)
+    deadline = time.monotonic() + 12
+    version = 0
+    while True:
+        before = received(B)
+        version += 1
+        s["v"] = version
+        A.save(s)
+        try:
+            wait_received(B, before, timeout=5.0)  # ~25 MB of garbage to wade through first
+            break
+        except pytest.fail.Exception:
+            assert time.monotonic() < deadline, "B never applied an invalidation after the garbage"
+    assert B.load(s.id)["v"] == version
+    stats = B.coordinator.stats
+    assert stats.malformed == 1000, stats
+    assert stats.reconnects == 0 and stats.subscribed and stats.last_error is None, stats
+    assert version == 1, "the first real invalidation after the garbage was lost"
+    # A hears the garbage too; its own echo (published after the garbage) marks the end of it
+    wait_until(lambda: A.coordinator.stats.ignored_own >= 1, what="A's own echo")
+    assert A.coordinator.stats.malformed == 1000
+    assert B.coordinator.running
+
+
+def test_on_message_hook_and_thread_name(pair: Pair) -> None:
+    A, B, raw, _ = pair
+    seen: list[dict[str, Any]] = []
+    B.coordinator.on_message = seen.append
+    s = saved(A)
+    A.delete(s.id)
+    wait_until(lambda: seen, 5)
+    assert seen[0]["t"] == DELETED and seen[0]["id"] == s.id
+    names = {t.name for t in threading.enumerate()}
+    assert f"fastsess-listener-{B.config.node_id[:12]}" in names
