@@ -16,11 +16,16 @@ import redis
 
 from fastsess import MemoryStore, RedisStore, Session
 from fastsess.errors import ConfigError, StoreUnavailable
-from fastsess.server import RedisServer
 from fastsess.serializers import JSONSerializer
-from fastsess.stores.base import DEFAULT_PREFIX, DEFAULT_TTL, is_valid_session_id, new_session_id
+from fastsess.server import RedisServer
+from fastsess.stores.base import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    is_valid_session_id,
+    new_session_id,
+)
 
-from .conftest import Backend, RedisBackend, redis_calls, redis_command_calls
+from .conftest import Backend, RedisBackend, redis_command_calls
 
 DATA: dict[str, Any] = {
     "user_id": 42,
