@@ -310,6 +310,34 @@ class CoordinatorBase:
     def _backoff(self, delay: float) -> float:
         return min(delay * 2, self.config.reconnect_backoff[1])
 
+    def _until(self, deadline: float) -> float:
+        """Seconds left to wait for the subscription confirmation.
+
+        Raises:
+            TimeoutError: none left.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.config.subscribe_timeout:g} s")
+        return remaining
+
+    def _dispatch(self, event: dict[str, Any], subscribing: bool) -> bool:
+        """Handle one pub/sub event; True if it confirms the subscription being waited for.
+
+        Raises:
+            ConnectionError: the server unsubscribed us.
+        """
+        kind = event["type"]
+        if kind == "message":
+            self.handle_message(event["data"])
+        elif kind == "subscribe":
+            if subscribing:
+                return True
+            self._on_subscribed()  # redis-py reconnected and resubscribed under us: flush
+        elif kind == "unsubscribe":
+            raise ConnectionError("unsubscribed from the invalidation channel")
+        return False  # "pong": only liveness.seen() cares
+
 
 class Liveness:
     """Detects a silent pub/sub connection: PING after ``idle`` seconds, fail without PONG."""
@@ -438,16 +466,9 @@ class ClusterCoordinator(CoordinatorBase):
         pubsub.subscribe(self.channel)
         deadline = time.monotonic() + self.config.subscribe_timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.config.subscribe_timeout:g} s")
-            msg = pubsub.get_message(timeout=remaining)
-            if msg is None:
-                continue
-            if msg["type"] == "subscribe":
+            event = pubsub.get_message(timeout=self._until(deadline))
+            if event is not None and self._dispatch(event, subscribing=True):
                 break
-            if msg["type"] == "message":
-                self.handle_message(msg["data"])
         self._on_subscribed()
         self._ready.set()
 
@@ -455,20 +476,13 @@ class ClusterCoordinator(CoordinatorBase):
         liveness = Liveness(self.config.subscribe_timeout)
         poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
         while not self._stop.is_set():
-            msg = pubsub.get_message(timeout=poll)
-            if msg is None:
+            event = pubsub.get_message(timeout=poll)
+            if event is None:
                 if liveness.due():
                     pubsub.ping()
                 continue
             liveness.seen()
-            kind = msg["type"]
-            if kind == "message":
-                self.handle_message(msg["data"])
-            elif kind == "subscribe":
-                # redis-py reconnected and resubscribed under us: we may have missed messages.
-                self._on_subscribed()
-            elif kind == "unsubscribe":
-                raise ConnectionError("unsubscribed from the invalidation channel")
+            self._dispatch(event, subscribing=False)
 
 
 def _close_quietly(pubsub: Any) -> None:

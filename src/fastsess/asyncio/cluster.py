@@ -111,16 +111,9 @@ class ClusterCoordinator(CoordinatorBase):
         await pubsub.subscribe(self.channel)
         deadline = time.monotonic() + self.config.subscribe_timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.config.subscribe_timeout:g} s")
-            msg = await pubsub.get_message(timeout=remaining)
-            if msg is None:
-                continue
-            if msg["type"] == "subscribe":
+            event = await pubsub.get_message(timeout=self._until(deadline))
+            if event is not None and self._dispatch(event, subscribing=True):
                 break
-            if msg["type"] == "message":
-                self.handle_message(msg["data"])
         self._on_subscribed()
         assert self._ready is not None
         self._ready.set()
@@ -129,19 +122,13 @@ class ClusterCoordinator(CoordinatorBase):
         liveness = Liveness(self.config.subscribe_timeout)
         poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
         while True:
-            msg = await pubsub.get_message(timeout=poll)
-            if msg is None:
+            event = await pubsub.get_message(timeout=poll)
+            if event is None:
                 if liveness.due():
                     await pubsub.ping()
                 continue
             liveness.seen()
-            kind = msg["type"]
-            if kind == "message":
-                self.handle_message(msg["data"])
-            elif kind == "subscribe":
-                self._on_subscribed()  # redis-py resubscribed under us: flush
-            elif kind == "unsubscribe":
-                raise ConnectionError("unsubscribed from the invalidation channel")
+            self._dispatch(event, subscribing=False)
 
 
 async def _close_quietly(pubsub: Any) -> None:

@@ -27,6 +27,8 @@ copy to be served instead.
 from __future__ import annotations
 
 
+from typing import Any
+
 import redis
 from redis.cluster import RedisCluster
 
@@ -94,6 +96,18 @@ class LocalCacheControl:
 
     _cache: CoherentCache | None
     config: ClusterConfig
+    client: Any
+
+    def _attach_cluster(self, config: ClusterConfig | None, coordinator_type: type) -> None:
+        """Build the cache, the coordinator (not started) and the write scripts."""
+        self.config = cfg = ClusterConfig() if config is None else config
+        self._cache = CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl) if cfg.enabled and cfg.local_cache_enabled else None
+        self.coordinator = coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
+        register = self.client.register_script
+        self._set_publish = register(SET_PUBLISH_SCRIPT)
+        self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
+        self._touch_publish = register(TOUCH_PUBLISH_SCRIPT)
+        self._move_publish = None if self.is_cluster else register(MOVE_PUBLISH_SCRIPT)
 
     def cache_stats(self) -> CacheStats:
         """This node's cache counters (hits, misses, evictions, expirations, size, hit_rate)."""
@@ -166,15 +180,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
             socket_timeout=socket_timeout, retries=retries,
         )
-        self.config = ClusterConfig() if config is None else config
-        cfg = self.config
-        self._cache = CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl) if cfg.enabled and cfg.local_cache_enabled else None
-        self.coordinator: ClusterCoordinator | None = ClusterCoordinator(self.client, cfg, self._cache) if cfg.enabled else None
-        register = self.client.register_script
-        self._set_publish = register(SET_PUBLISH_SCRIPT)
-        self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
-        self._touch_publish = register(TOUCH_PUBLISH_SCRIPT)
-        self._move_publish = None if self.is_cluster else register(MOVE_PUBLISH_SCRIPT)
+        self.coordinator: ClusterCoordinator | None
+        self._attach_cluster(config, ClusterCoordinator)
         if self.coordinator is not None:
             try:
                 self.coordinator.start()

@@ -18,7 +18,7 @@ write in the same round trip):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -109,6 +109,27 @@ def check_binary_client(client: Any) -> None:
         raise ConfigError("the Redis client must not use decode_responses=True: sessions are stored as bytes")
 
 
+def attach_client(
+    store: Any, client: Any, url: str | None, serializer: Serializer | str | None,
+    make_client: Callable[[str], Any], cluster_type: type,
+) -> None:
+    """Set up the Redis side of a store (sync or asyncio): client, serializer, scripts.
+
+    Raises:
+        ConfigError: neither or both of client/url, a malformed URL, or a client that
+            decodes responses.
+    """
+    if (client is None) == (url is None):
+        raise ConfigError("pass exactly one of client= or url=")
+    store._owns_client = client is None
+    store.client = make_client(url) if client is None else client  # type: ignore[arg-type]
+    check_binary_client(store.client)
+    store.serializer = resolve_serializer(serializer)
+    store.is_cluster = isinstance(store.client, cluster_type)
+    store._move_script = None if store.is_cluster else store.client.register_script(MOVE_SCRIPT)
+    store._match = glob_escape(store.prefix) + "*"
+
+
 class RedisStore(SessionStore):
     """Sessions in Redis.
 
@@ -138,15 +159,9 @@ class RedisStore(SessionStore):
         retries: int = DEFAULT_RETRIES,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
-        if (client is None) == (url is None):
-            raise ConfigError("pass exactly one of client= or url=")
-        self._owns_client = client is None
-        self.client: Any = client_from_url(url, socket_timeout, retries) if client is None else client  # type: ignore[arg-type]
-        check_binary_client(self.client)
-        self.serializer = resolve_serializer(serializer)
-        self.is_cluster = isinstance(self.client, RedisCluster)
-        self._move_script = None if self.is_cluster else self.client.register_script(MOVE_SCRIPT)
-        self._match = glob_escape(prefix) + "*"
+        self.client: Any
+        self.serializer: Serializer
+        attach_client(self, client, url, serializer, lambda u: client_from_url(u, socket_timeout, retries), RedisCluster)
 
     # -- hooks ----------------------------------------------------------------------
 

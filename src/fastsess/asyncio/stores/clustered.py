@@ -11,16 +11,12 @@ from __future__ import annotations
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
-from ...cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, CoherentCache
+from ...cluster import CLEARED, DELETED, INVALIDATED, TOUCHED
 from ...config import ClusterConfig
 from ...serializers import Serializer
 from ...session import Session
 from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, now
 from ...stores.clustered import (
-    DELETE_PUBLISH_SCRIPT,
-    MOVE_PUBLISH_SCRIPT,
-    SET_PUBLISH_SCRIPT,
-    TOUCH_PUBLISH_SCRIPT,
     LocalCacheControl,
     local_ttl,
 )
@@ -57,16 +53,9 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
             socket_timeout=socket_timeout, retries=retries,
         )
-        self.config = ClusterConfig() if config is None else config
-        cfg = self.config
-        self._cache = CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl) if cfg.enabled and cfg.local_cache_enabled else None
-        self.coordinator: ClusterCoordinator | None = ClusterCoordinator(self.client, cfg, self._cache) if cfg.enabled else None
+        self.coordinator: ClusterCoordinator | None
+        self._attach_cluster(config, ClusterCoordinator)
         self._start_pending = self.coordinator is not None
-        register = self.client.register_script
-        self._set_publish = register(SET_PUBLISH_SCRIPT)
-        self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
-        self._touch_publish = register(TOUCH_PUBLISH_SCRIPT)
-        self._move_publish = None if self.is_cluster else register(MOVE_PUBLISH_SCRIPT)
 
     async def start(self) -> bool:
         """Start the listener now (otherwise the first operation does); True if subscribed.

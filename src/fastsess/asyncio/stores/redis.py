@@ -16,19 +16,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 
 from ...errors import ConfigError, StoreUnavailable
-from ...serializers import Serializer, resolve_serializer
+from ...serializers import Serializer
 from ...session import Session
 from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, new_session_id, now
 from ...stores.redis import (
     DEFAULT_RETRIES,
     DEFAULT_SOCKET_TIMEOUT,
     MAX_ID_ATTEMPTS,
-    MOVE_SCRIPT,
     REDIS_ERRORS,
     SCAN_BATCH,
-    check_binary_client,
+    attach_client,
     default_retry,
-    glob_escape,
     map_redis_error,
 )
 from .base import AsyncSessionStore
@@ -73,15 +71,9 @@ class RedisStore(AsyncSessionStore):
         retries: int = DEFAULT_RETRIES,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
-        if (client is None) == (url is None):
-            raise ConfigError("pass exactly one of client= or url=")
-        self._owns_client = client is None
-        self.client: Any = client_from_url(url, socket_timeout, retries) if client is None else client  # type: ignore[arg-type]
-        check_binary_client(self.client)
-        self.serializer = resolve_serializer(serializer)
-        self.is_cluster = isinstance(self.client, RedisCluster)
-        self._move_script = None if self.is_cluster else self.client.register_script(MOVE_SCRIPT)
-        self._match = glob_escape(prefix) + "*"
+        self.client: Any
+        self.serializer: Serializer
+        attach_client(self, client, url, serializer, lambda u: client_from_url(u, socket_timeout, retries), RedisCluster)
 
     # -- hooks ----------------------------------------------------------------------
 
