@@ -587,3 +587,30 @@ def test_on_message_hook_and_thread_name(pair: Pair) -> None:
     assert seen[0]["t"] == DELETED and seen[0]["id"] == s.id
     names = {t.name for t in threading.enumerate()}
     assert f"fastsess-listener-{B.config.node_id[:12]}" in names
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_invalidations_arrive_over_resp2_and_resp3_clients(redis_url: str, prefix: str, protocol: int) -> None:
+    # RESP2 replies are read straight off the connection (cluster._raw_reader); RESP3 push
+    # frames go through redis-py's get_message.  Both must deliver, ignore echoes and PONG.
+    clients = [redis.Redis.from_url(redis_url, protocol=protocol) for _ in range(2)]
+    configs = [ClusterConfig(channel=prefix + "ch", subscribe_timeout=0.3) for _ in range(2)]
+    stores = [ClusteredRedisStore(client=c, prefix=prefix, config=cfg) for c, cfg in zip(clients, configs)]
+    try:
+        A, B = stores
+        s = saved(A, {"n": 0})
+        assert B.load(s.id)["n"] == 0
+        for n in range(1, 4):
+            before = received(B)
+            s["n"] = n
+            A.save(s)
+            wait_received(B, before)
+            assert B.load(s.id)["n"] == n
+        time.sleep(0.8)  # idle past subscribe_timeout: the liveness PING and its PONG
+        assert B.coordinator.stats.subscribed and B.coordinator.stats.reconnects == 0
+        assert A.coordinator.stats.ignored_own == 3
+    finally:
+        for store in stores:
+            store.close()
+        for c in clients:
+            c.close()

@@ -112,7 +112,7 @@ class ClusterCoordinator(CoordinatorBase):
         deadline = time.monotonic() + self.config.subscribe_timeout
         while True:
             event = await pubsub.get_message(timeout=self._until(deadline))
-            if event is not None and self._dispatch(event, subscribing=True):
+            if event is not None and self._dispatch(event["type"], event["data"], subscribing=True):
                 break
         self._on_subscribed()
         assert self._ready is not None
@@ -128,7 +128,7 @@ class ClusterCoordinator(CoordinatorBase):
                     await pubsub.ping()
                 continue
             liveness.seen()
-            self._dispatch(event, subscribing=False)
+            self._dispatch(event["type"], event["data"], subscribing=False)
 
 
 async def _close_quietly(pubsub: Any) -> None:

@@ -87,6 +87,7 @@ def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, re
             socket_connect_timeout=socket_timeout,
             retry=default_retry(retries),
             health_check_interval=30,
+            protocol=2,  # RESP2: pub/sub replies are plain lists the listener reads directly (cluster._raw_reader)
         )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL: {exc}") from exc
