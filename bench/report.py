@@ -141,6 +141,36 @@ def store_tables(cost: Costs) -> str:
     return "\n".join(out)
 
 
+def cluster_tables(cost: Costs, benches: list[dict[str, Any]]) -> str:
+    """ClusteredRedisStore: cached vs miss vs raw load, save with its publish, latency, read load."""
+    out = []
+    load = [(n, cost.get(("cluster-load", n, None))) for n in ("cached", "miss", "raw")]
+    save = [(n, cost.get(("cluster-save", n, None))) for n in ("fastsess (SET+PUBLISH)", "raw SET EX")]
+    raw_load, raw_save = dict(load).get("raw"), dict(save).get("raw SET EX")
+    rows = [[f"load, {n}", fmt(ns), f"{ns / raw_load:.3f}" if raw_load else "-"] for n, ns in load if ns]
+    rows += [[f"save, {n}", fmt(ns), f"{ns / raw_save:.3f}" if raw_save else "-"] for n, ns in save if ns]
+    if rows:
+        out.append("**ClusteredRedisStore** (ns per operation, median; ratio to the raw redis-py row)\n\n" + table(["operation", "ns", "/ raw"], rows))
+    for bench in benches:
+        info = bench.get("extra_info", {})
+        if "invalidation_p50_ms" in info:
+            out.append(
+                f"**Invalidation between two processes** ({info['invalidation_samples']} saves): "
+                f"p50 {info['invalidation_p50_ms']:.3f} ms, p99 {info['invalidation_p99_ms']:.3f} ms, "
+                f"max {info['invalidation_max_ms']:.3f} ms\n"
+            )
+        if "gets_per_1000_reads_1_nodes" in info:
+            out.append(
+                "**Redis read load**, 100,000 requests over 10,000 sessions, 90% reads, Zipf "
+                "(GETs reaching Redis per 1,000 reads; 1,000 without a local cache)\n\n"
+                + table(
+                    ["nodes", "GETs per 1,000 reads", "served locally"],
+                    [[str(n), f"{info[f'gets_per_1000_reads_{n}_nodes']:.1f}", f"{info[f'served_locally_{n}_nodes']:.1%}"] for n in (1, 2)],
+                )
+            )
+    return "\n".join(out)
+
+
 # -- targets ----------------------------------------------------------------------------------
 
 
@@ -215,6 +245,7 @@ def render(results: list[dict[str, Any]]) -> str:
         hit_ratio_table(median),
         threads_table(median),
         store_tables(median),
+        cluster_tables(median, benches),
         targets_table(median, fastest),
     ]
     return "\n".join(part for part in parts if part)

@@ -64,6 +64,8 @@ def check_ttl(ttl: Any, name: str = "ttl") -> float:
     Raises:
         ValueError: not a real number, NaN, or negative.
     """
+    if type(ttl) is float and ttl >= 0.0:  # the per-entry ``set(..., ttl=)`` fast path; NaN fails >=
+        return ttl
     if not _is_real(ttl) or math.isnan(ttl):
         raise ValueError(f"{name} must be a number of seconds, not {ttl!r}")
     if ttl < 0:

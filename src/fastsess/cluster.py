@@ -120,10 +120,11 @@ class CoherentCache:
     after.  Local writes use ``put``; invalidations ``invalidate``/``flush``.
     """
 
-    __slots__ = ("_deadlines", "_epoch", "_generations", "_lock", "cache", "get")
+    __slots__ = ("_deadlines", "_epoch", "_generations", "_lock", "_ttl", "cache", "get")
 
     def __init__(self, max_size: int, ttl: float) -> None:
         self.cache = LocalCache(max_size=max_size, ttl=ttl)
+        self._ttl = ttl
         self.get = self.cache.get  # bound once: the cached-load path is a single C call
         self._lock = threading.Lock()
         self._generations = [0] * GENERATION_SLOTS
@@ -144,15 +145,23 @@ class CoherentCache:
         with self._lock:
             if token != (self._epoch, self._generations[slot]) or ttl <= 0:
                 return False
-            self.cache.set(session_id, value, ttl)
+            self._set(session_id, value, ttl)
             return True
+
+    def _set(self, session_id: str, value: Any, ttl: float) -> None:
+        # The cache's own TTL keeps the entry in its O(1) write-order list; only a shorter
+        # one (a session about to expire) needs the per-entry heap.
+        if ttl >= self._ttl:
+            self.cache.set(session_id, value)
+        else:
+            self.cache.set(session_id, value, ttl)
 
     def put(self, session_id: str, value: Any, ttl: float) -> None:
         """Cache ``value`` unconditionally, voiding fills of older data still in flight."""
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
             self._generations[slot] += 1
-            self.cache.set(session_id, value, ttl)
+            self._set(session_id, value, ttl)
 
     def put_if(self, session_id: str, value: Any, token: tuple[int, int], ttl: float) -> bool:
         """Cache a value this node just wrote, unless an invalidation came in since ``token``
@@ -166,7 +175,7 @@ class CoherentCache:
             unchanged = token == (self._epoch, self._generations[slot])
             self._generations[slot] += 1
             if unchanged and ttl > 0:
-                self.cache.set(session_id, value, ttl)
+                self._set(session_id, value, ttl)
                 return True
             self.cache.delete(session_id)
             return False
