@@ -57,6 +57,10 @@ MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is no
 GENERATION_SLOTS = 4096  # power of two
 _SLOT_MASK = GENERATION_SLOTS - 1
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
+# A cached copy stops being served this long before its key expires in Redis: it covers
+# the round trip or message delivery between the EXPIRE and our clock reading, and the
+# cache's coarse clock (CLOCK_MONOTONIC_COARSE ticks every 1-4 ms).
+EXPIRY_MARGIN = 0.05
 
 
 class CoordinatorStats(NamedTuple):
@@ -183,7 +187,7 @@ class CoherentCache:
     def note_expiry(self, session_id: str, seconds: float) -> None:
         """Record that the key of ``session_id`` now expires in ``seconds`` (a touch)."""
         if seconds > 0:
-            self._deadlines.set(session_id, time.monotonic() + seconds, seconds)
+            self._deadlines.set(session_id, time.monotonic() + seconds - EXPIRY_MARGIN, seconds)
 
     def _capped(self, session_id: str, ttl: float) -> float:
         deadline = self._deadlines.get(session_id)

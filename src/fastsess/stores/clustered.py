@@ -33,7 +33,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..cache import CacheStats
-from ..cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache
+from ..cluster import CLEARED, DELETED, EXPIRY_MARGIN, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache
 from ..config import ClusterConfig
 from ..serializers import Serializer
 from ..session import Session
@@ -80,8 +80,9 @@ return 0
 
 
 def local_ttl(session: Session, config: ClusterConfig, t: float) -> float:
-    """How long this node may cache ``session``: the local TTL, capped by its Redis expiry."""
-    return min(config.local_cache_ttl, session.refreshed_at + session.ttl - t)
+    """How long this node may cache ``session``: the local TTL, capped by its Redis expiry
+    (``refreshed_at`` is taken before the write, so the key lives at least that long)."""
+    return min(config.local_cache_ttl, session.refreshed_at + session.ttl - t - EXPIRY_MARGIN)
 
 
 def cache_snapshot(session: Session) -> Session:
