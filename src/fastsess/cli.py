@@ -159,7 +159,11 @@ def demo(nodes: int, duration: float, sessions: int, url: str | None, no_invalid
         click.echo(f"Redis {target['version']}: {target['source']}")
         result = run_demo(target["url"], nodes=nodes, duration=duration, sessions=sessions, out=click.echo, invalidation=not no_invalidation)
     stale = sum(row["stale_reads"] for row in result["nodes"])
-    click.echo(f"\n{result['reads']:,} reads, {result['writes']:,} writes, {result['deletes']:,} deletes; stale reads observed: {stale}")
+    errors = sum(row["errors"] for row in result["nodes"])
+    click.echo(
+        f"\n{result['reads']:,} reads, {result['writes']:,} writes, {result['deletes']:,} deletes, "
+        f"{errors:,} Redis errors; stale reads observed: {stale}"
+    )
     if stale:
         sys.exit(EXIT_ERROR)
 

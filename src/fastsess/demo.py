@@ -91,20 +91,23 @@ def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: d
             if unchanged and _is_stale(session, want, started - want_at):
                 counts["stale_reads"] += 1
                 counts["worst_stale_ms"] = max(counts["worst_stale_ms"], int((started - want_at) * 1000))
-            if action == WRITE and session is not None:
-                session["n"] = step
-                begin(i)
-                store.save(session)
-                commit(i, session.version)
-                counts["writes"] += 1
-            elif action == DELETE and session is not None:
-                begin(i)
-                store.delete(session.id)
-                commit(i, -1)
-                fresh = store.create({"i": i, "n": 0})
-                store.save(fresh)
-                commit(i, fresh.version, fresh.id)
-                counts["deletes"] += 1
+            try:
+                if action == WRITE and session is not None:
+                    session["n"] = step
+                    begin(i)
+                    store.save(session)
+                    commit(i, session.version)
+                    counts["writes"] += 1
+                elif action == DELETE and session is not None:
+                    begin(i)
+                    store.delete(session.id)
+                    commit(i, -1)
+                    fresh = store.create({"i": i, "n": 0})
+                    store.save(fresh)
+                    commit(i, fresh.version, fresh.id)
+                    counts["deletes"] += 1
+            except Exception:  # noqa: BLE001 - Redis hiccup: count it, keep serving
+                counts["errors"] += 1
             if started >= next_report:
                 next_report = started + REPORT_EVERY
                 conn.send(("stats", _row(index, store, counts)))
