@@ -303,12 +303,15 @@ class _MappingCache(_Core, MutableMapping):
         self._clear()
 
     def keys(self) -> KeysView[Any]:
+        """A live view of the keys (least recently used first)."""
         return KeysView(self)
 
     def values(self) -> ValuesView[Any]:
+        """A live view of the values, in key order."""
         return ValuesView(self)
 
     def items(self) -> ItemsView[Any, Any]:
+        """A live view of the (key, value) pairs, in key order."""
         return ItemsView(self)
 
     @property

@@ -31,6 +31,7 @@ class _SizeList(click.ParamType):
     name = "sizes"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        """Parse ``"1000,100000"``; a usage error (exit 2) for anything else."""
         if isinstance(value, tuple):
             return value
         try:
@@ -49,6 +50,7 @@ class _Group(click.Group):
     """Turns expected failures into one line on stderr and exit status 1 (traceback with --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; expected failures become one line and exit status 1."""
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

@@ -109,6 +109,7 @@ class RedisServer:
 
     @property
     def host(self) -> str:
+        """Always ``127.0.0.1``: private servers never listen elsewhere."""
         return "127.0.0.1"
 
     @property

@@ -31,12 +31,15 @@ class Candidate:
     write: str  # "setitem" (c[k] = v) or "set_call" (c.set(k, v))
 
     def read_target(self, cache: Any) -> Any:
+        """What the timed read loop calls or subscripts."""
         return cache if self.read == "subscript" else cache.get
 
     def write_target(self, cache: Any) -> Any:
+        """What the timed write loop assigns into or calls."""
         return cache if self.write == "setitem" else cache.set
 
     def write_function(self, cache: Any) -> Callable[[Any, Any], Any]:
+        """``f(key, value)`` that stores into ``cache``."""
         return cache.__setitem__ if self.write == "setitem" else cache.set
 
 
