@@ -102,7 +102,22 @@ class MemoryBackend(Backend):
         return lambda: other.exists(s.id) and other.count() == 1
 
 
-class RedisBackend(Backend):
+class RedisInspection:
+    """Looks at the private Redis directly; shared by the sync and asyncio Redis backends."""
+
+    client: redis.Redis
+
+    def raw_count(self, store: Any) -> int:
+        return int(self.client.dbsize())
+
+    def write_marker(self, store: Any, sid: str) -> Any:
+        return redis_calls(self.client)
+
+    def wrote_since(self, store: Any, sid: str, marker: Any) -> bool:
+        return redis_calls(self.client) != marker
+
+
+class RedisBackend(RedisInspection, Backend):
     kind = "redis"
 
     def __init__(self, url: str, client: redis.Redis, prefix: str) -> None:
@@ -116,15 +131,6 @@ class RedisBackend(Backend):
         store = RedisStore(url=self.url, **kwargs)
         self.stores.append(store)
         return store
-
-    def raw_count(self, store: RedisStore) -> int:
-        return int(self.client.dbsize())
-
-    def write_marker(self, store: RedisStore, sid: str) -> Any:
-        return redis_calls(self.client)
-
-    def wrote_since(self, store: RedisStore, sid: str, marker: Any) -> bool:
-        return redis_calls(self.client) != marker
 
     def assert_ttl(self, store: RedisStore, sid: str, seconds: int) -> None:
         ttl = self.client.ttl(store.prefix + sid)

@@ -27,7 +27,7 @@ from fastsess.errors import ConfigError, SessionCorrupt, StoreUnavailable
 from fastsess.server import RedisServer
 from fastsess.stores.base import DEFAULT_PREFIX, DEFAULT_TTL, is_valid_session_id, new_session_id
 
-from .conftest import FakeClock, redis_calls
+from .conftest import FakeClock, RedisInspection
 
 DATA: dict[str, Any] = {
     "user_id": 42,
@@ -112,7 +112,7 @@ class AMemory(ABackend):
         return alive
 
 
-class ARedis(ABackend):
+class ARedis(RedisInspection, ABackend):
     kind = "redis"
 
     def __init__(self, url: str, client: redis.Redis, prefix: str) -> None:
@@ -124,15 +124,6 @@ class ARedis(ABackend):
         store = RedisStore(url=self.url, **kwargs)
         self.stores.append(store)
         return store
-
-    def raw_count(self, store: RedisStore) -> int:
-        return int(self.client.dbsize())
-
-    def write_marker(self, store: RedisStore, sid: str) -> Any:
-        return redis_calls(self.client)
-
-    def wrote_since(self, store: RedisStore, sid: str, marker: Any) -> bool:
-        return redis_calls(self.client) != marker
 
     async def assert_ttl(self, store: RedisStore, sid: str, seconds: int) -> None:
         ttl = self.client.ttl(store.prefix + sid)

@@ -26,7 +26,6 @@ copy to be served instead.
 
 from __future__ import annotations
 
-
 from typing import Any
 
 import redis
@@ -130,6 +129,33 @@ class LocalCacheControl:
         if self._cache is not None:
             self._cache.flush()
 
+    def _read_failed(self, session_id: str, exc: BaseException) -> Session:
+        """After a failed GET: the cached copy ``stale_if_error`` allows, else the mapped error.
+
+        Raises:
+            StoreUnavailable / SessionCorrupt: no stale copy may answer.
+        """
+        cache = self._cache
+        stale = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
+        if stale is None:
+            raise map_redis_error("GET", exc) from exc
+        return stale.copy()
+
+    def _read_done(self, session_id: str, raw: bytes | None, token: tuple[int, int] | None) -> Session | None:
+        """Decode what the GET returned and fill the cache, unless an invalidation since ``token`` forbids it.
+
+        Raises:
+            SessionCorrupt: ``raw`` is not a fastsess session.
+        """
+        if raw is None:
+            return None
+        session = self._decode(session_id, raw)  # type: ignore[attr-defined]
+        if token is not None:
+            ttl = local_ttl(session, self.config, now())
+            if ttl > 0:
+                self._cache.fill(session_id, session.copy(), token, ttl)  # type: ignore[union-attr]
+        return session
+
     def _write_token(self, session_id: str) -> tuple[int, int] | None:
         """Take before a write: ``_cache_written`` caches the result only if nothing came in since."""
         return None if self._cache is None else self._cache.fill_token(session_id)
@@ -218,19 +244,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         try:
             raw = self.client.get(self.prefix + session_id)
         except REDIS_ERRORS as exc:
-            stale = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
-            if stale is not None:
-                return stale.copy()
-            raise map_redis_error("GET", exc) from exc
-        if raw is None:
-            return None
-        session = self._decode(session_id, raw)
-        if token is not None:
-            t = now()
-            ttl = local_ttl(session, self.config, t)
-            if ttl > 0:
-                cache.fill(session_id, session.copy(), token, ttl)  # type: ignore[union-attr]
-        return session
+            return self._read_failed(session_id, exc)
+        return self._read_done(session_id, raw, token)
 
     # -- write hooks (RedisStore calls them; errors are mapped there) --------------------
 

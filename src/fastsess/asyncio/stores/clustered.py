@@ -7,7 +7,6 @@ because a constructor cannot await; ``await store.close()`` stops it.
 
 from __future__ import annotations
 
-
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -15,10 +14,9 @@ from ...cluster import CLEARED, DELETED, INVALIDATED, TOUCHED
 from ...config import ClusterConfig
 from ...serializers import Serializer
 from ...session import Session
-from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, now
+from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id
 from ...stores.clustered import (
     LocalCacheControl,
-    local_ttl,
 )
 from ...stores.redis import DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, map_redis_error
 from ..cluster import ClusterCoordinator
@@ -105,18 +103,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         try:
             raw = await self.client.get(self.prefix + session_id)
         except REDIS_ERRORS as exc:
-            stale = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
-            if stale is not None:
-                return stale.copy()
-            raise map_redis_error("GET", exc) from exc
-        if raw is None:
-            return None
-        session = self._decode(session_id, raw)
-        if token is not None:
-            ttl = local_ttl(session, self.config, now())
-            if ttl > 0:
-                cache.fill(session_id, session.copy(), token, ttl)  # type: ignore[union-attr]
-        return session
+            return self._read_failed(session_id, exc)
+        return self._read_done(session_id, raw, token)
 
     # -- write hooks -----------------------------------------------------------------------
 
