@@ -173,7 +173,7 @@ def demo(nodes: int, duration: float, sessions: int, url: str | None, no_invalid
 @main.command()
 @click.option("--url", envvar="REDIS_URL", help="Redis URL to check (default: $REDIS_URL).")
 def doctor(url: str | None) -> None:
-    """Report the compiled extension, hiredis, and Redis reachability, version, RESP,
+    """Report the cache implementation in use (and why), hiredis, and Redis reachability, version, RESP,
     cluster mode and pub/sub round trip.  Exit status 1 if a check failed."""
     from .doctor import diagnose
 

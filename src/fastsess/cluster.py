@@ -271,7 +271,6 @@ class CoordinatorBase:
         if msg["node"] == self.node_id:
             self._ignored_own += 1
             return
-        self._received += 1
         if self.cache is not None:
             if msg["t"] == CLEARED:
                 self.cache.flush()
@@ -279,6 +278,7 @@ class CoordinatorBase:
                 self.cache.invalidate(msg["id"])
                 if msg["t"] == TOUCHED:
                     self.cache.note_expiry(msg["id"], msg["x"])
+        self._received += 1  # after applying it: a reader that sees the count sees the eviction
         log.debug("applied %s from node %s", msg["t"], msg["node"])
         if self.on_message is not None:
             self.on_message(msg)

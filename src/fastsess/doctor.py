@@ -8,6 +8,7 @@ stores nothing), so they are safe against a production server.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import platform
 import secrets
 import sys
@@ -47,9 +48,8 @@ def _package_version(name: str) -> str | None:
 
 
 def environment_checks() -> list[Check]:
-    """Python, compiled extension and optional speedups. Cost: imports only."""
+    """fastsess and Python versions, the cache implementation in use, hiredis and redis-py. Cost: imports only."""
     from . import __version__
-    from .cache import IMPLEMENTATION, IMPORT_ERROR
 
     free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
     checks = [
@@ -57,16 +57,37 @@ def environment_checks() -> list[Check]:
         Check("python", f"{platform.python_implementation()} {platform.python_version()}"
               f"{' (free-threaded)' if free_threaded else ''} on {sys.platform}"),
     ]
-    if IMPLEMENTATION == "c":
-        from . import _lru
-
-        checks.append(Check("compiled cache core", f"loaded ({_lru.__file__})", True))
-    else:
-        checks.append(Check("compiled cache core", f"NOT loaded, using the pure-Python twin: {IMPORT_ERROR}", False))
+    checks.append(cache_core_check())
     hiredis = _package_version("hiredis")
     checks.append(Check("hiredis", f"installed ({hiredis})" if hiredis else "not installed (pip install 'fastsess[hiredis]')", None))
     checks.append(Check("redis-py", _package_version("redis") or "missing", None))
     return checks
+
+
+def cache_core_check() -> Check:
+    """Which cache implementation is loaded and why.
+
+    Compiled: ok.  Pure-Python twin because ``FASTSESS_NO_EXTENSIONS`` asked for
+    it: information only.  Pure-Python twin because the extension was not built
+    (installed without a C compiler) or does not import: a failed check.
+    """
+    from .cache import IMPLEMENTATION, IMPORT_ERROR, NO_EXTENSIONS
+
+    name = "cache core"
+    if IMPLEMENTATION == "c":
+        from . import _lru
+
+        return Check(name, f"compiled (fastsess._lru from {_lru.__file__})", True)
+    twin = "pure Python (fastsess._lru_py)"
+    if NO_EXTENSIONS:
+        return Check(name, f"{twin}: FASTSESS_NO_EXTENSIONS is set", None)
+    if importlib.util.find_spec("fastsess._lru") is None:
+        why = ("the compiled fastsess._lru was not built at install time (no working C compiler "
+               "or Cython then); reinstall with a compiler, or set FASTSESS_NO_EXTENSIONS=1 to "
+               "choose the twin on purpose")
+    else:
+        why = f"the compiled fastsess._lru is installed but does not import ({IMPORT_ERROR}); reinstall fastsess"
+    return Check(name, f"{twin}: {why}", False)
 
 
 def redis_checks(url: str, timeout: float = 2.0) -> list[Check]:

@@ -8,12 +8,13 @@ The ``c`` parameter fails, not skips, when the extension is missing, unless
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import pytest
 
-NO_EXTENSIONS = os.environ.get("FASTSESS_NO_EXTENSIONS", "") not in ("", "0")
+from fastsess._env import no_extensions
+
+NO_EXTENSIONS = no_extensions()  # the parser fastsess.cache and setup.py use
 IMPLEMENTATIONS = ["py"] if NO_EXTENSIONS else ["c", "py"]
 MODULES = {"c": "fastsess._lru", "py": "fastsess._lru_py"}
 
