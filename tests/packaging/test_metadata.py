@@ -1,0 +1,85 @@
+"""Packaging facts that are easy to break silently: license, version, metadata, extras, CI."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import fastsess
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+WORKFLOW: dict[str, Any] = yaml.safe_load((ROOT / ".github" / "workflows" / "wheels.yml").read_text(encoding="utf-8"))
+
+
+def test_license_file_is_mit() -> None:
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "fastsess developers" in text
+    assert PYPROJECT["project"]["license"] == "MIT" and PYPROJECT["project"]["license-files"] == ["LICENSE"]
+
+
+def test_version_is_defined_once() -> None:
+    project = PYPROJECT["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fastsess.__version__"}
+    assert importlib.metadata.version("fastsess") == fastsess.__version__
+
+
+def test_installed_metadata_has_urls_and_classifiers() -> None:
+    meta = importlib.metadata.metadata("fastsess")
+    classifiers = set(meta.get_all("Classifier") or [])
+    for minor in range(10, 15):
+        assert f"Programming Language :: Python :: 3.{minor}" in classifiers
+    assert {"Typing :: Typed", "Operating System :: Microsoft :: Windows", "Operating System :: MacOS"} <= classifiers
+    assert meta["License-Expression"] == "MIT"
+    urls = {entry.split(",", 1)[0] for entry in meta.get_all("Project-URL") or []}
+    assert {"Homepage", "Source", "Issues"} <= urls
+
+
+def test_test_extra_holds_no_framework_the_tests_do_not_use() -> None:
+    test_extra = " ".join(PYPROJECT["project"]["optional-dependencies"]["test"]).lower()
+    for name in ("django", "flask", "starsessions", "cachebox", "lru-dict", "fastsess[bench]", "pytest-benchmark"):
+        assert name not in test_extra, name
+
+
+def test_the_library_never_imports_click() -> None:
+    """click is a dependency for the `fastsess` command only (see the README's Installing section)."""
+    code = (
+        "import sys, fastsess, fastsess.asyncio, fastsess.stores.clustered, fastsess.asyncio.stores.clustered, "
+        "fastsess.stores.memory, fastsess.serializers, fastsess.metrics, fastsess.doctor; "
+        "print('click' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_cibuildwheel_config_is_accepted_by_current_cibuildwheel() -> None:
+    config = PYPROJECT["tool"]["cibuildwheel"]
+    assert "enable" not in config  # cibuildwheel 3 rejects "cpython-freethreading"; 3.14t builds by default
+    assert "cp314t-*" in config["build"]
+
+
+def test_workflow_runners_lint_and_publish() -> None:
+    jobs = WORKFLOW["jobs"]
+    runners = jobs["wheels"]["strategy"]["matrix"]["os"]
+    assert "macos-13" not in runners and "macos-15-intel" in runners  # macos-13 runners are gone
+    lint_steps = " ".join(step.get("run", "") for step in jobs["lint"]["steps"])
+    assert "ruff check" in lint_steps and "mypy" in lint_steps
+    publish = jobs["publish"]
+    assert publish["permissions"] == {"id-token": "write"}
+    assert "refs/tags/v" in publish["if"]
+    assert any(step.get("uses", "").startswith("pypa/gh-action-pypi-publish@") for step in publish["steps"])
+    assert set(publish["needs"]) >= {"wheels", "sdist", "tests", "lint"}
+    assert jobs["tests-no-extensions"]["env"] == {"FASTSESS_NO_EXTENSIONS": "1"}
+
