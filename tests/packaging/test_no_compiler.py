@@ -78,13 +78,16 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) ->
 def test_sdist_installs_without_a_compiler(tmp_path: Path) -> None:
     """``CC=/bin/false pip install <sdist>``: a warning naming the variable, then the pure twin."""
     env = {k: v for k, v in os.environ.items() if k not in ("FASTSESS_NO_EXTENSIONS", "PYTHONPATH", "REDIS_URL")}
-    built = run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path / "dist"), str(ROOT)], env, tmp_path)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    (sdist,) = (tmp_path / "dist").glob("fastsess-*.tar.gz")
-
     venv.create(tmp_path / "venv", with_pip=True)
     bindir = tmp_path / "venv" / ("Scripts" if sys.platform == "win32" else "bin")
     python = str(bindir / "python")
+    # `build` goes into the fresh venv, so the test needs nothing beyond the test extra
+    tool = run([python, "-m", "pip", "install", "-q", "build>=1.2"], env, tmp_path)
+    assert tool.returncode == 0, tool.stderr[-3000:]
+    built = run([python, "-m", "build", "--sdist", "--outdir", str(tmp_path / "dist"), str(ROOT)], env, tmp_path)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (sdist,) = (tmp_path / "dist").glob("fastsess-*.tar.gz")
+
     installed = run([python, "-m", "pip", "install", "-v", str(sdist)], {**env, "CC": "/bin/false"}, tmp_path)
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     log = installed.stdout + installed.stderr
