@@ -9,6 +9,8 @@ it (``testpaths = ["tests"]``).
   data, so every benchmark writes under ``redis_prefix`` only, and only the
   keys under that prefix are deleted at the end.
 * ``redis_prefix``: a key prefix unique to this run.
+* ``redis_is_private``: True when ``redis_url`` is the private server (the
+  read-load GET counts then include no other client's commands).
 * Sizes: every size-dependent benchmark carries a ``bench_size(n)`` mark
   (``support.sized``); ``--bench-sizes=1000,100000`` runs only those sizes.
   Under ``--benchmark-disable`` (a smoke run: each benchmark body runs once,
@@ -16,7 +18,7 @@ it (``testpaths = ["tests"]``).
   ``--bench-sizes`` asks for them: filling a million-entry cache for every
   candidate takes about half a minute, which a smoke run does not need.
 
-Key lists come from ``support.random_str_keys`` (seeded, cached per run).
+Workloads come from ``fastsess.benchmarks`` (seeded, built once per size).
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_is_private() -> bool:
+    """Whether ``redis_url`` is a server this run started (no ``REDIS_URL``)."""
+    return not os.environ.get("REDIS_URL")
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,16 @@
-"""Turn ``pytest bench/ --benchmark-json=FILE`` results into the Markdown tables of bench/README.md.
+"""Markdown tables (as in bench/README.md) from a ``fastsess bench --json`` file or a ``pytest bench/ --benchmark-json`` file.
 
-    python bench/report.py cache.json stores.json > results.md
+    fastsess bench --json results.json && python bench/report.py results.json > results.md
+    pytest bench/ --benchmark-json=bench.json && python bench/report.py bench.json
+    python bench/report.py --readme results.json     # the tables of the README's Performance section
 
-Several files (e.g. the cache run and the CPU-pinned store run) are merged.
-Every figure is the cost of one operation: a round's time divided by the
-operations in it (``extra_info["ops_per_round"]``, set by
-``support.record_per_op``).  Tables use the median round.
-
-The targets of DESIGN.md section 5 are evaluated on the median and on the
-fastest round (min): on a shared 2-core machine another process can slow
-some rounds down, and the min shows what a candidate costs undisturbed.
-Cache targets go through ``fastsess.benchmarks.cache.cache_checks`` (the
-code behind ``fastsess bench``), fed with hit costs *net* of the empty loop
-(``test_loop_overhead``: iterating over the keys, which every row pays), as
-the design's per-lookup figures mean; the as-measured ratio is shown too.
+Both files hold the output of the same functions (``fastsess.benchmarks``):
+the pytest-benchmark file keeps each function's result in ``extra_info``.
+Several pytest-benchmark files are merged.  Every cache figure is the median
+ns per operation over the rounds, loop included, with the interquartile range
+(IQR: the middle half of the rounds) beside it; the targets are evaluated by
+the same code as ``fastsess bench`` (``cache_checks``, ``store_checks``,
+``cluster_checks``).
 """
 
 from __future__ import annotations
@@ -23,243 +20,284 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from fastsess.benchmarks.cache import cache_checks
+from fastsess.benchmarks.cache import cache_checks, median, row
+from fastsess.benchmarks.checks import fmt
+from fastsess.benchmarks.report import cluster_checks
 
-CACHE_WORKLOADS = ("hit", "miss", "mixed", "set-evict")
-STORE_WORKLOADS = ("redis-load", "redis-save", "memory-load")
-EMPTY_LOOP = "empty loop"
-ASYNC_CANDIDATES = ("raw-async", "fastsess-async", "starsessions")
-STORE_ORDER = ("raw", "fastsess", "flask-session", "django", *ASYNC_CANDIDATES)
-
-# (workload, candidate, size or None) -> ns per operation
-Costs = dict[tuple[str, str, int | None], float]
-
-
-def costs(benches: list[dict[str, Any]], stat: str) -> tuple[Costs, list[str]]:
-    """Per-operation cost of every benchmark for ``stat`` ("median" or "min"), and candidates in run order."""
-    out: Costs = {}
-    order: list[str] = []
-    for bench in benches:
-        info = bench["extra_info"]
-        if "ops_per_round" not in info:
-            continue
-        out[(info["workload"], info["candidate"], info.get("size"))] = bench["stats"][stat] / info["ops_per_round"] * 1e9
-        if info["candidate"] not in order:
-            order.append(info["candidate"])
-    return out, order
+WORKLOADS = (
+    ("hit_subscript", "hit, `c[k]`"),
+    ("hit_get", "hit, `c.get(k)`"),
+    ("miss", "miss, `c.get(k)` of a never-stored key"),
+    ("mixed", "90/10 mix (`get` / overwrite; the same hits for every candidate)"),
+    ("set_evict", "set of a never-seen key into the full cache (evicts one; `dict` grows)"),
+)
 
 
-def fmt(ns: float) -> str:
-    return f"{ns:,.0f}" if ns >= 100 else f"{ns:.1f}"
+def from_pytest_benchmark(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``fastsess bench`` report shape, rebuilt from the ``extra_info`` of pytest-benchmark files."""
+    report: dict[str, Any] = {"cache": {"rows": [], "loop_overhead": [], "threads": [], "skipped": {}}}
+    for data in files:
+        for bench in data.get("benchmarks", []):
+            info = bench.get("extra_info", {})
+            section, result = info.get("section"), info.get("result")
+            if result is None:
+                continue
+            report.setdefault("environment", info.get("environment", {}))
+            if section == "cache":
+                report["cache"]["rows"].append(result)
+            elif section in ("loop_overhead", "threads"):
+                report["cache"][section].append(result)
+            elif section == "stores":
+                report["stores"] = result
+            elif section in ("invalidation", "read_load"):
+                report.setdefault("cluster", {})[section] = result
+    cache = report["cache"]
+    cache["sizes"] = sorted({r["size"] for r in cache["rows"]})
+    checks = cache_checks(cache["rows"], cache["threads"]) if cache["rows"] else {}
+    if "stores" in report:
+        checks.update(report["stores"]["checks"])
+    if len(report.get("cluster", {})) == 2:
+        checks.update(cluster_checks(report["cluster"]))
+    report["checks"] = checks
+    return report
+
+
+def num(value: float | None) -> str:
+    """A bare ns figure (``fmt``'s rules without the unit)."""
+    return "-" if value is None else fmt(value, "ns").removesuffix(" ns")
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:
+    """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
 
 
-def sizes_of(cost: Costs) -> list[int]:
-    return sorted({size for (workload, _, size) in cost if workload in CACHE_WORKLOADS and size is not None})
-
-
-# -- tables -----------------------------------------------------------------------------------
-
-
-def cache_tables(cost: Costs, order: list[str]) -> str:
-    sizes = sizes_of(cost)
-    out = []
-    for workload in CACHE_WORKLOADS:
-        names = [name for name in order if any((workload, name, s) in cost for s in sizes)]
-        if names:
-            rows = [[name] + [fmt(cost[(workload, name, s)]) if (workload, name, s) in cost else "-" for s in sizes] for name in names]
-            out.append(f"**{workload}** (ns per operation, median)\n\n" + table(["candidate"] + [f"{s:,}" for s in sizes], rows))
-    return "\n".join(out)
-
-
-def net_hits(cost: Costs) -> dict[tuple[str, int], float]:
-    """Hit cost minus the empty loop's at the same size (candidates measured at sizes with a loop figure)."""
-    loop = {size: ns for (workload, name, size), ns in cost.items() if workload == "hit" and name == EMPTY_LOOP}
-    return {
-        (name, size): ns - loop[size]
-        for (workload, name, size), ns in cost.items()
-        if workload == "hit" and name != EMPTY_LOOP and size in loop
-    }
-
-
-def hit_ratio_table(cost: Costs) -> str:
-    """Compiled fastsess hits against dict.get, cachebox and cachetools at every size, net of the loop."""
-    hit, sizes = net_hits(cost), sizes_of(cost)
-    rows = []
-    for ours in ("fastsess LocalCache (c)", "fastsess TTLCache (c)"):
-        for other, ours_first in (("dict", True), ("cachebox TTLCache", True), ("cachetools TTLCache", False)):
-            cells = []
-            for size in sizes:
-                a, b = hit.get((ours, size)), hit.get((other, size))
-                cells.append("-" if a is None or b is None else f"{(a / b if ours_first else b / a):.2f}")
-            rows.append([f"{ours} / {other}" if ours_first else f"{other} / {ours}"] + cells)
-    if not rows or not sizes:
-        return ""
-    header = ["hit ratio, net of loop (median)"] + [f"{s:,}" for s in sizes]
-    return "**hit ratios at every size** (the targets below are checked at 1,000 entries)\n\n" + table(header, rows)
-
-
-def threads_table(cost: Costs) -> str:
-    per = {name: ns for (workload, name, _), ns in cost.items() if workload == "threads"}
-    rows = []
-    for base in sorted({name.rsplit(" x", 1)[0] for name in per}):
-        one, two = per.get(f"{base} x1"), per.get(f"{base} x2")
-        if one and two:
-            rows.append([base, fmt(one), fmt(two), f"{two / one:.2f}"])
-    if not rows:
-        return ""
-    return "**threads** (the same hits; ns of wall time per hit, median)\n\n" + table(["candidate", "1 thread", "2 threads", "2 / 1"], rows)
-
-
-def baseline(name: str) -> str:
-    return "raw-async" if name in ASYNC_CANDIDATES else "raw"
-
-
-def store_tables(cost: Costs) -> str:
-    out = []
-    names = [n for n in STORE_ORDER if any((w, n, None) in cost for w in ("redis-load", "redis-save"))]
-    if names:
-        rows = []
-        for name in names:
-            row = [name]
-            for workload in ("redis-load", "redis-save"):
-                mine, ref = cost.get((workload, name, None)), cost.get((workload, baseline(name), None))
-                row += ["-", "-"] if mine is None else [f"{mine / 1000:.1f}", f"{mine / ref:.2f}" if ref else "-"]
-            rows.append(row)
-        out.append(
-            "**Redis stores** (us per operation, median; ratio to `raw`, or to `raw-async` for the asyncio candidates)\n\n"
-            + table(["candidate", "load", "load / raw", "save", "save / raw"], rows)
-        )
-    memory = [[name, fmt(ns)] for (workload, name, _), ns in cost.items() if workload == "memory-load"]
-    if memory:
-        out.append("**memory-load** (ns per load, median)\n\n" + table(["candidate", "ns"], memory))
-    return "\n".join(out)
-
-
-def cluster_tables(cost: Costs, benches: list[dict[str, Any]]) -> str:
-    """ClusteredRedisStore: cached vs miss vs raw load, save with its publish, latency, read load."""
-    out = []
-    load = [(n, cost.get(("cluster-load", n, None))) for n in ("cached", "miss", "raw")]
-    save = [(n, cost.get(("cluster-save", n, None))) for n in ("fastsess (SET+PUBLISH)", "raw SET EX")]
-    raw_load, raw_save = dict(load).get("raw"), dict(save).get("raw SET EX")
-    rows = [[f"load, {n}", fmt(ns), f"{ns / raw_load:.3f}" if raw_load else "-"] for n, ns in load if ns]
-    rows += [[f"save, {n}", fmt(ns), f"{ns / raw_save:.3f}" if raw_save else "-"] for n, ns in save if ns]
-    if rows:
-        out.append("**ClusteredRedisStore** (ns per operation, median; ratio to the raw redis-py row)\n\n" + table(["operation", "ns", "/ raw"], rows))
-    for bench in benches:
-        info = bench.get("extra_info", {})
-        if "invalidation_p50_ms" in info:
-            out.append(
-                f"**Invalidation between two processes** ({info['invalidation_samples']} saves): "
-                f"p50 {info['invalidation_p50_ms']:.3f} ms, p99 {info['invalidation_p99_ms']:.3f} ms, "
-                f"max {info['invalidation_max_ms']:.3f} ms\n"
-            )
-        if "gets_per_1000_reads_1_nodes" in info:
-            out.append(
-                "**Redis read load**, 100,000 requests over 10,000 sessions, 90% reads, Zipf "
-                "(GETs reaching Redis per 1,000 reads; 1,000 without a local cache)\n\n"
-                + table(
-                    ["nodes", "GETs per 1,000 reads", "served locally"],
-                    [[str(n), f"{info[f'gets_per_1000_reads_{n}_nodes']:.1f}", f"{info[f'served_locally_{n}_nodes']:.1%}"] for n in (1, 2)],
-                )
-            )
-    return "\n".join(out)
-
-
-# -- targets ----------------------------------------------------------------------------------
-
-
-def cache_targets(cost: Costs, net: bool) -> dict[str, dict[str, Any]]:
-    """``cache_checks`` on this run's hit costs (net of the empty loop when ``net``)."""
-    hits = net_hits(cost) if net else {(n, s): ns for (w, n, s), ns in cost.items() if w == "hit" and n != EMPTY_LOOP and s is not None}
-    threads = {name: ns for (w, name, _), ns in cost.items() if w == "threads"}
-    one, two = threads.get("fastsess LocalCache (c) x1"), threads.get("fastsess LocalCache (c) x2")
-    if not hits or not one or not two:
-        return {}
-    rows = [{"candidate": name, "size": size, "hit": ns} for (name, size), ns in hits.items()]
-    return cache_checks(rows, {"ratio": two / one})
-
-
-def store_targets(cost: Costs) -> dict[str, tuple[str, float, bool]]:
-    """name -> (target, value, met) for the store targets of DESIGN.md section 5."""
-    out: dict[str, tuple[str, float, bool]] = {}
-    for name, workload, mine, limit in (
-        ("RedisStore.load / raw GET + unpackb", "redis-load", "fastsess", 1.15),
-        ("RedisStore.save / raw SET EX + packb", "redis-save", "fastsess", 1.2),
-        ("asyncio RedisStore.load / raw async GET + unpackb", "redis-load", "fastsess-async", 1.15),
-        ("asyncio RedisStore.save / raw async SET EX + packb", "redis-save", "fastsess-async", 1.2),
-    ):
-        a, b = cost.get((workload, mine, None)), cost.get((workload, baseline(mine), None))
-        if a and b:
-            out[name] = (f"<= {limit}", a / b, a / b <= limit)
-    memory = cost.get(("memory-load", "MemoryStore.load", None))
-    if memory:
-        out["MemoryStore.load, ns per load"] = ("< 1000", memory, memory < 1000)
-    return out
-
-
-def targets_table(median: Costs, fastest: Costs) -> str:
-    rows = []
-    as_measured, med_net, min_net = cache_targets(median, False), cache_targets(median, True), cache_targets(fastest, True)
-    for name, check in med_net.items():
-        raw, low = as_measured.get(name), min_net.get(name)
-        rows.append(
-            [name, check["target"], "-" if raw is None else f"{raw['value']:.3f}", f"{check['value']:.3f}",
-             "-" if low is None else f"{low['value']:.3f}", "yes" if check["ok"] else "**no**"]
-        )
-    low_stores = store_targets(fastest)
-    for name, (target, value, ok) in store_targets(median).items():
-        low = low_stores.get(name)
-        shown = fmt if name.startswith("MemoryStore") else (lambda v: f"{v:.3f}")
-        rows.append([name, target, shown(value), "-", "-" if low is None else shown(low[1]), "yes" if ok else "**no**"])
-    if not rows:
-        return ""
-    header = ["target (DESIGN.md section 5)", "goal", "median", "median, net", "min, net", "met (median, net)"]
-    return "**Targets** (\"net\": the empty loop's cost taken out of each hit)\n\n" + table(header, rows)
-
-
-# -- entry point ------------------------------------------------------------------------------
-
-
-def describe(result: dict[str, Any]) -> str:
-    machine = result.get("machine_info", {})
-    cpu = machine.get("cpu", {})
+def describe(env: dict[str, Any]) -> str:
+    """One sentence: when, what, with which versions."""
+    libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
     return (
-        f"{result.get('datetime', '?')[:16]} UTC, {machine.get('python_implementation', 'Python')} "
-        f"{machine.get('python_version', '?')}, {cpu.get('count', '?')} cores ({cpu.get('brand_raw', 'unknown CPU')})"
+        f"Run: {env.get('date', '?')}, {env.get('mode', '?')}; fastsess {env.get('fastsess', '?')} "
+        f"({env.get('cache_implementation', '?')} cache core), {env.get('python_implementation', 'Python')} {env.get('python', '?')}, "
+        f"redis-py {env.get('redis_py', '?')}, Redis server {env.get('redis_server') or '-'}, {env.get('cpu_count', '?')} CPUs, "
+        f"{env.get('platform', '?')}. Libraries: {libs}.\n"
     )
 
 
-def render(results: list[dict[str, Any]]) -> str:
-    benches = [bench for result in results for bench in result["benchmarks"]]
-    median, order = costs(benches, "median")
-    fastest, _ = costs(benches, "min")
-    parts = [
-        "Runs: " + "; ".join(describe(result) for result in results) + ".\n",
-        cache_tables(median, order),
-        hit_ratio_table(median),
-        threads_table(median),
-        store_tables(median),
-        cluster_tables(median, benches),
-        targets_table(median, fastest),
-    ]
-    return "\n".join(part for part in parts if part)
+def cache_tables(cache: dict[str, Any]) -> str:
+    """One table per workload: median ns per operation (IQR) per size."""
+    sizes = cache["sizes"]
+    names = list(dict.fromkeys(r["candidate"] for r in cache["rows"]))
+    out = []
+    for field, title in WORKLOADS:
+        body = []
+        for name in names:
+            cells = []
+            for size in sizes:
+                r = row(cache["rows"], name, size)
+                s = None if r is None else r.get(field)
+                cells.append("-" if s is None else f"{num(s['median'])} ({num(s['q1'])}-{num(s['q3'])})")
+            if any(cell != "-" for cell in cells):
+                body.append([name, *cells])
+        if field == "hit_get" and cache.get("loop_overhead"):
+            loop = {o["size"]: o for o in cache["loop_overhead"]}
+            cells = [f"{num(loop[s]['median'])} ({num(loop[s]['q1'])}-{num(loop[s]['q3'])})" if s in loop else "-" for s in sizes]
+            body.append(["empty loop (same keys)", *cells])
+        header = ["candidate", *[f"{s:,}" for s in sizes]]
+        out.append(f"**{title}**: ns per operation, median (IQR) of the rounds, loop included\n\n" + table(header, body))
+    rates = {round(r["mixed_read_hit_rate"], 4) for r in cache["rows"]}
+    out.append(f"Reads that hit in the 90/10 mix: {', '.join(fmt(x, '%') for x in sorted(rates))} for every candidate.\n")
+    return "\n".join(out)
+
+
+def ratio_table(cache: dict[str, Any]) -> str:
+    """fastsess hits against ``dict`` in the same access style, at every size."""
+    rows = cache["rows"]
+    sizes = cache["sizes"]
+    body = []
+    for impl in ("c", "py"):
+        pairs = (
+            (f"fastsess LocalCache ({impl})", "hit_get", "dict.get"),
+            (f"fastsess TTLCache ({impl})", "hit_subscript", "dict[k]"),
+            (f"fastsess TTLCache ({impl})", "hit_get", "dict.get"),
+        )
+        for name, field, floor_label in pairs:
+            cells = []
+            for size in sizes:
+                a, b = median(row(rows, name, size), field), median(row(rows, "dict", size), field)
+                cells.append(fmt(a / b, "x") if a and b else "-")
+            if any(c != "-" for c in cells):
+                access = ".get" if field == "hit_get" else "[k]"
+                body.append([f"{name}{access} / {floor_label}", *cells])
+    return "**hit, fastsess / dict in the same access style** (medians, loop included)\n\n" + table(["ratio", *[f"{s:,}" for s in sizes]], body)
+
+
+def threads_table(cache: dict[str, Any]) -> str:
+    """1 thread vs 2 threads doing the same hits."""
+    body = []
+    for t in cache["threads"]:
+        r = t["ratio"]
+        body.append([
+            f"{t['candidate']} `get`", f"{t['hits']:,}", str(t["runs"]),
+            f"{t['one_thread_s']['median'] * 1e3:.0f}", f"{t['two_threads_s']['median'] * 1e3:.0f}",
+            fmt(r["median"], "x"), f"{fmt(r['q1'], 'x')}-{fmt(r['q3'], 'x')}", f"{fmt(r['min'], 'x')}-{fmt(r['max'], 'x')}",
+        ])
+    header = ["candidate", "hits per run", "runs", "1 thread, ms", "2 threads, ms", "2/1 median", "2/1 IQR", "2/1 range"]
+    return "**1 thread vs 2 threads, the same hits** (runs alternate the order; medians)\n\n" + table(header, body)
+
+
+def stores_table(stores: dict[str, Any]) -> str:
+    """p50/p99 per candidate operation, ratio to the raw client of the same kind."""
+    p50 = {(r["candidate"], r["op"]): r["p50_us"] for r in stores["rows"]}
+    body = []
+    for r in stores["rows"]:
+        kind = "save" if r["op"].startswith("save") else "load"
+        is_async = "asyncio" in r["candidate"] or r["candidate"].startswith("starsessions")
+        floor = p50.get((f"redis{'.asyncio' if is_async else '-py'} {'GET' if kind == 'load' else 'SET EX'} + msgpack", kind))
+        body.append([r["candidate"], r["op"], f"{r['p50_us']:,.2f}", f"{r['p99_us']:,.2f}", fmt(r["p50_us"] / floor, "x") if floor else "-"])
+    skipped = "".join(f"\nSkipped: {name} ({why})." for name, why in stores.get("skipped", {}).items())
+    title = "**session stores** (microseconds; ratio of p50s to the raw client, sync or asyncio)\n\n"
+    return title + table(["candidate", "operation", "p50", "p99", "/ raw"], body) + skipped
+
+
+def cluster_text(cluster: dict[str, Any]) -> str:
+    """Invalidation latency and the server-counted read load."""
+    out = []
+    inv = cluster.get("invalidation")
+    if inv:
+        out.append(
+            f"**Invalidation between two processes** ({inv['samples']:,} saves): "
+            f"p50 {fmt(inv['p50_ms'], 'ms')}, p99 {fmt(inv['p99_ms'], 'ms')}, max {fmt(inv['max_ms'], 'ms')}.\n"
+        )
+    load = cluster.get("read_load")
+    if load:
+        where = "a private server" if load.get("private_server") else "the REDIS_URL server (other clients' GETs included)"
+        labels = {"without_cache": "RedisStore, no local cache", "nodes_1": "ClusteredRedisStore, 1 node", "nodes_2": "ClusteredRedisStore, 2 nodes"}
+        body = [
+            [label, f"{load[key]['redis_gets']:,}", f"{load[key]['redis_gets_per_1000']:.1f}", fmt(load[key]["served_locally"], "%")]
+            for key, label in labels.items()
+        ]
+        out.append(
+            f"**Redis read load**: {load['ops']:,} requests over {load['sessions']:,} sessions, {load['read_fraction']:.0%} reads, Zipf; "
+            f"GETs counted on the server (INFO commandstats) on {where}\n\n" + table(["setup", "GETs", "per 1,000 reads", "served locally"], body)
+        )
+    return "\n".join(out)
+
+
+def targets_table(checks: dict[str, Any]) -> str:
+    """Every target with its value and verdict."""
+    body = []
+    for name, c in checks.items():
+        band = f" (runs {fmt(c['band'][0], c['unit'])}-{fmt(c['band'][1], c['unit'])})" if c.get("band") else ""
+        goal = f"{c['op']} {fmt(c['target'], c['unit'])}"
+        body.append([name, goal, fmt(c["value"], c["unit"]) + band, "yes" if c["ok"] else "**no**"])
+    return "**targets**\n\n" + table(["target", "goal", "measured", "met"], body)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole Markdown report."""
+    parts = [describe(report.get("environment", {}))]
+    cache = report.get("cache")
+    if cache and cache.get("rows"):
+        parts += [cache_tables(cache), ratio_table(cache)]
+        if cache.get("threads"):
+            parts.append(threads_table(cache))
+        if cache.get("skipped"):
+            parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in cache["skipped"].items()) + ".\n")
+    if "stores" in report:
+        parts.append(stores_table(report["stores"]))
+    if "cluster" in report:
+        parts.append(cluster_text(report["cluster"]))
+    if report.get("checks"):
+        parts.append(targets_table(report["checks"]))
+    return "\n".join(parts)
+
+
+def readme_tables(report: dict[str, Any]) -> str:
+    """The tables of the README's Performance section, from one full ``fastsess bench`` report."""
+    cache, rows = report["cache"], report["cache"]["rows"]
+    small = min(cache["sizes"])
+    out = []
+
+    def cell(name: str, field: str, size: int) -> tuple[str, str]:
+        r = row(rows, name, size)
+        s = None if r is None else r.get(field)
+        if s is None:
+            return "-", "-"
+        floor = median(row(rows, "dict", size), field)
+        return f"{num(s['median'])} ({num(s['q1'])}-{num(s['q3'])})", fmt(s["median"] / floor, "x") if floor else "-"
+
+    body = []
+    for label, name, field in (
+        ("`dict[k]`", "dict", "hit_subscript"),
+        ("fastsess `TTLCache[k]`", "fastsess TTLCache (c)", "hit_subscript"),
+        ("cachebox `TTLCache[k]`", "cachebox TTLCache", "hit_subscript"),
+        ("cachetools `TTLCache[k]`", "cachetools TTLCache", "hit_subscript"),
+        ("`dict.get(k)`", "dict", "hit_get"),
+        ("fastsess `LocalCache.get(k)`", "fastsess LocalCache (c)", "hit_get"),
+        ("cachebox `TTLCache.get(k)`", "cachebox TTLCache", "hit_get"),
+        ("cachetools `TTLCache.get(k)`", "cachetools TTLCache", "hit_get"),
+    ):
+        value, ratio = cell(name, field, small)
+        if value != "-":
+            body.append([label, value, ratio])
+    out.append(table([f"cache hit, {small:,} entries", "ns/op, median (IQR)", "vs dict, same access"], body))
+    sizes = cache["sizes"]
+    body = []
+    for label, name, field in (
+        ("fastsess `LocalCache.get` / `dict.get`", "fastsess LocalCache (c)", "hit_get"),
+        ("fastsess `TTLCache[k]` / `dict[k]`", "fastsess TTLCache (c)", "hit_subscript"),
+    ):
+        body.append([label, *[cell(name, field, size)[1] for size in sizes]])
+    out.append(table(["hit, ratio of medians", *[f"{s:,} entries" for s in sizes]], body))
+    if "stores" in report:
+        p50 = {(r["candidate"], r["op"]): r for r in report["stores"]["rows"]}
+        raw_load, raw_save = p50[("redis-py GET + msgpack", "load")]["p50_us"], p50[("redis-py SET EX + msgpack", "save")]["p50_us"]
+        body = []
+        for label, key, floor in (
+            ("raw `GET` + `msgpack.unpackb`", ("redis-py GET + msgpack", "load"), raw_load),
+            ("`RedisStore.load`", ("fastsess RedisStore", "load"), raw_load),
+            ("`ClusteredRedisStore.load`, cache miss", ("fastsess ClusteredRedisStore", "load (miss)"), raw_load),
+            ("`ClusteredRedisStore.load`, cached", ("fastsess ClusteredRedisStore", "load (cached)"), raw_load),
+            ("`MemoryStore.load`", ("fastsess MemoryStore", "load"), None),
+            ("raw `SET ... EX` + `msgpack.packb`", ("redis-py SET EX + msgpack", "save"), raw_save),
+            ("`RedisStore.save`", ("fastsess RedisStore", "save"), raw_save),
+            ("`ClusteredRedisStore.save` (SET + PUBLISH)", ("fastsess ClusteredRedisStore", "save (+publish)"), raw_save),
+        ):
+            r = p50.get(key)
+            if r is not None:
+                body.append([label, f"{r['p50_us']:,.2f}", fmt(r["p50_us"] / floor, "x") if floor else ""])
+        for label, name, floor_name in (
+            ("Flask-Session load / save", "Flask-Session (redis)", "redis-py"),
+            ("Django cache backend (django-redis) load / save", "Django cache backend (django-redis)", "redis-py"),
+            ("starsessions load / save (vs `redis.asyncio`)", "starsessions RedisStore", "redis.asyncio"),
+        ):
+            load, save = p50.get((name, "load")), p50.get((name, "save"))
+            fl, fs = p50.get((f"{floor_name} GET + msgpack", "load")), p50.get((f"{floor_name} SET EX + msgpack", "save"))
+            if load and save and fl and fs:
+                body.append([
+                    label, f"{load['p50_us']:,.2f} / {save['p50_us']:,.2f}",
+                    f"{fmt(load['p50_us'] / fl['p50_us'], 'x')} / {fmt(save['p50_us'] / fs['p50_us'], 'x')}",
+                ])
+        out.append(table(["session operation (p50)", "microseconds", "vs raw redis-py"], body))
+    return "\n".join(out)
 
 
 def main(argv: list[str]) -> int:
+    """``python bench/report.py [--readme] FILE...``: print the Markdown report (or the README's tables)."""
+    readme = "--readme" in argv
+    argv = [a for a in argv if a != "--readme"]
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    results = []
+    files = []
     for path in argv[1:]:
         with open(path, encoding="utf-8") as f:
-            results.append(json.load(f))
-    print(render(results))
+            files.append(json.load(f))
+    plain = [f for f in files if "benchmarks" not in f]
+    report = plain[0] if plain else from_pytest_benchmark(files)
+    print(readme_tables(report) if readme else render(report))
     return 0
 
 

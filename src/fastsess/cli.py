@@ -78,15 +78,17 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Smaller sizes and fewer samples (under a minute).")
+@click.option("--quick", is_flag=True, help="Smaller sizes and fewer samples (about half a minute).")
 @click.option("--cache-only", is_flag=True, help="Only the in-process cache comparison (no Redis).")
 @click.option("--url", envvar="REDIS_URL", help="Redis to measure against (default: $REDIS_URL, else a private server).")
 @click.option("--sizes", type=SIZES, help="Cache sizes, comma separated (default 1000,100000,1000000; quick 1000,100000).")
-@click.option("--probes", type=click.IntRange(min=100), help="Cache operations per measurement (default 100000; quick 30000).")
+@click.option("--probes", type=click.IntRange(min=100), help="Cache operations per measurement, in rounds of 1,000 (default 100000; quick 30000).")
+@click.option("--thread-hits", type=click.IntRange(min=10_000), help="Hits per run of the 1-vs-2-thread measurement (default 2000000; quick 1000000).")
+@click.option("--thread-runs", type=click.IntRange(min=5), help="Runs of the 1-vs-2-thread measurement, median reported (default 7; quick 5).")
 @click.option("--store-ops", type=click.IntRange(min=20), help="Redis operations per store measurement (default 4000; quick 1200).")
 @click.option("--latency-samples", type=click.IntRange(min=10), help="Saves timed for invalidation latency (default 1000; quick 300).")
-@click.option("--sessions", type=click.IntRange(min=10), help="Sessions in the read-load workload (default 10000).")
-@click.option("--requests", type=click.IntRange(min=100), help="Requests in the read-load workload (default 100000).")
+@click.option("--sessions", type=click.IntRange(min=10), help="Sessions in the read-load workload (default 10000; quick 3000).")
+@click.option("--requests", type=click.IntRange(min=100), help="Requests in the read-load workload (default 100000; quick 30000).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the results as a PNG chart.")
 def bench(
@@ -95,6 +97,8 @@ def bench(
     url: str | None,
     sizes: tuple[int, ...] | None,
     probes: int | None,
+    thread_hits: int | None,
+    thread_runs: int | None,
     store_ops: int | None,
     latency_samples: int | None,
     sessions: int | None,
@@ -106,32 +110,35 @@ def bench(
     pure-Python session stores installed; invalidation latency; Redis read load.
 
     Uses $REDIS_URL when set (keys under a random prefix, deleted afterwards);
-    otherwise starts and stops a private redis-server on a free port.
+    otherwise starts and stops a private redis-server on a free port.  Checks
+    that Redis and the output paths are usable before measuring anything.
     """
-    from .benchmarks.cache import candidates
-    from .benchmarks.report import FULL, QUICK, format_report, plot_panels, run_bench, steps
+    from .benchmarks.cache import find_candidates
+    from .benchmarks.report import FULL, QUICK, format_report, plot_panels, preflight, run_bench, steps
+    from .benchmarks.timing import BATCH
     from .cache import IMPLEMENTATION, IMPORT_ERROR
 
     if plot_path is not None:
         from .benchmarks.plot import require_pyplot
 
         require_pyplot()  # fail now, not after the run, if matplotlib is missing
+    preflight(url, cache_only, (json_path, plot_path))
     if IMPLEMENTATION != "c":
         click.echo(f"warning: compiled cache core not loaded ({IMPORT_ERROR}); measuring the pure-Python twin", err=True)
     plan = dict(QUICK if quick else FULL)
-    overrides = {"sizes": sizes, "probes": probes, "store_ops": store_ops, "latency_samples": latency_samples,
-                 "sessions": sessions, "ops": requests}
+    overrides = {"sizes": sizes, "store_ops": store_ops, "latency_samples": latency_samples, "sessions": sessions, "ops": requests,
+                 "thread_hits": thread_hits, "thread_runs": thread_runs,
+                 "rounds": None if probes is None else max(1, -(-probes // BATCH))}
     plan.update({name: value for name, value in overrides.items() if value is not None})
-    total = steps(plan, cache_only, len(candidates()))
+    total = steps(plan, cache_only, len(find_candidates()[0]))
     with click.progressbar(length=total, label="measuring", file=sys.stderr, show_pos=False) as bar:
 
         def tick(_what: str) -> None:
             if bar.pos < total - 1:
                 bar.update(1)
 
-        report = run_bench(plan, url=url, cache_only=cache_only, progress=tick)
+        report = run_bench(plan, url=url, cache_only=cache_only, mode="quick" if quick else "full", progress=tick)
         bar.update(total - bar.pos)
-    report["quick"] = quick
     click.echo(format_report(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2))

@@ -13,7 +13,7 @@ shared state change during the read and is not judged).
 A **stale read** is a load that returned an older version (or a deleted
 session) although the newer commit happened more than ``GRACE`` seconds
 before the read started.  Within the grace window an old copy is allowed: it
-is the pub/sub delivery time, which DESIGN.md allows (p99 is a few ms).
+is the pub/sub delivery time, which the README allows for (p99 is a few ms).
 The demo passes when every node reports zero stale reads.
 """
 

@@ -1,4 +1,4 @@
-"""Fixtures for the clustering tests (DESIGN.md sections 3 and 6).
+"""Fixtures for the clustering tests.
 
 * ``make_store(url=..., client=..., **config_changes)``: a ``ClusteredRedisStore``
   with its own node id, a channel private to the test and short failure

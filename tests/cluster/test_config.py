@@ -1,4 +1,4 @@
-"""``ClusterConfig``: defaults (DESIGN.md section 3), validation, ``from_env``."""
+"""``ClusterConfig``: defaults (as documented in the README), validation, ``from_env``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastsess.config import ENV_PREFIX
 from fastsess.errors import ConfigError
 
 
-def test_defaults_match_the_design() -> None:
+def test_defaults_match_the_documented_ones() -> None:
     c = ClusterConfig()
     assert c.enabled is True
     assert c.channel == "fastsess:invalidate"

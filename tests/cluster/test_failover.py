@@ -1,6 +1,6 @@
 """Redis going away and coming back (each test has its own server: ``redis_server_factory``).
 
-DESIGN.md sections 3 and 6: while unsubscribed the cache is bypassed and reads fail
+While unsubscribed the cache is bypassed and reads fail
 closed with ``StoreUnavailable`` (unless ``stale_if_error``); every resubscribe flushes
 the cache; ``close()`` stops the listener thread.
 """

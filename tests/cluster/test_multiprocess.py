@@ -19,7 +19,7 @@ import pytest
 from fastsess.server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-BOUND = 2.0  # seconds: a generous bound on write-to-visible-elsewhere (DESIGN asks p99 < 5 ms)
+BOUND = 2.0  # seconds: a generous bound on write-to-visible-elsewhere (the project's target is p99 < 5 ms)
 
 
 class NodeError(Exception):

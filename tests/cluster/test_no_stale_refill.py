@@ -1,4 +1,4 @@
-"""No stale re-fill (DESIGN.md section 3): a value read from Redis before an invalidation
+"""No stale re-fill: a value read from Redis before an invalidation
 arrived must never land in the cache.  The interleavings are forced, not hoped for."""
 
 from __future__ import annotations

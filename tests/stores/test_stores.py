@@ -1,4 +1,4 @@
-"""The store contract (DESIGN.md sections 2 and 6), identical for MemoryStore and RedisStore.
+"""The store contract, identical for MemoryStore and RedisStore.
 
 Every test taking ``backend`` runs once per store kind; see ``conftest.py`` for the
 helpers that look at the storage behind the store's back.
@@ -703,8 +703,8 @@ def test_unserializable_value_raises_type_error_and_keeps_version(backend: Backe
     BUG (stores/memory.py ``MemoryStore.save``, and so asyncio ``MemoryStore``): it stores
     Python objects without encoding them, so a set or an arbitrary object is accepted.
     Code developed and tested against MemoryStore then fails with TypeError in production
-    on RedisStore ("every store behaves the same", DESIGN.md section 6; "Values are what
-    msgpack or JSON can carry", section 2).  Fix: in ``MemoryStore.save`` validate the
+    on RedisStore (every store behaves the same; values are what
+    msgpack or JSON can carry).  Fix: in ``MemoryStore.save`` validate the
     snapshot (e.g. ``MsgpackSerializer().dumps(session._data)`` or a cheap recursive type
     check) inside the ``try`` that rolls back, before ``self._sessions.set``.
     """

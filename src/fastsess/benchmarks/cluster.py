@@ -7,10 +7,13 @@
   its copy (``time.monotonic_ns`` is one clock for every process of a Linux
   machine).  Reported as p50/p99 in milliseconds.
 * ``measure_read_load``: a Zipf-like workload (90% reads, 10% writes) over
-  ``sessions`` sessions, served by one node and by two nodes taking requests
-  alternately (as behind a load balancer), counting the reads that reach
-  Redis.  Each local-cache miss is exactly one GET; without the cache every
-  read is one GET (1,000 per 1,000 reads).
+  ``sessions`` sessions, served by a ``RedisStore`` (no local cache), by one
+  ``ClusteredRedisStore`` node and by two nodes taking requests alternately
+  (as behind a load balancer).  The GETs are counted *on the server*, from the
+  deltas of ``INFO commandstats`` around each run, for every row alike.  On a
+  private server nothing else runs commands; on a server given by
+  ``REDIS_URL`` other clients' GETs during the run are counted too (the report
+  says which kind of server it was).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from ..config import ClusterConfig
 from ..stores.clustered import ClusteredRedisStore
+from ..stores.redis import RedisStore
 from .stores import SAMPLE_SESSION
 
 READY_TIMEOUT = 10.0
@@ -109,57 +113,114 @@ def zipf_sequence(n_items: int, length: int, rng: random.Random, exponent: float
     return rng.choices(range(n_items), cum_weights=weights, k=length)
 
 
+READ_COMMANDS = ("get", "getex", "mget")  # what a session load can send
+
+
+def server_command_calls(client: Any) -> dict[str, int]:
+    """Calls per command (lower-case name) since the server's stats were last reset, from ``INFO commandstats``.
+
+    Raises:
+        redis.RedisError: the server is unreachable.
+    """
+    info = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(stats.get("calls", 0)) for name, stats in info.items() if isinstance(stats, dict)}
+
+
+def command_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Per-command call counts between two ``server_command_calls`` snapshots (only the commands that ran)."""
+    return {name: after[name] - before.get(name, 0) for name in after if after[name] - before.get(name, 0) > 0}
+
+
+def _run_workload(stores: list[Any], ids: list[str], sequence: list[int], is_read: list[bool], progress: Callable[[str], None] | None, label: str) -> None:
+    n = len(stores)
+    for i, (index, read) in enumerate(zip(sequence, is_read, strict=True)):
+        store = stores[i % n]
+        session = store.load(ids[index])
+        if not read and session is not None:  # a write is a read-modify-write, as in a request handler
+            session["n"] = i
+            store.save(session)
+        if progress and i % 20_000 == 19_999:
+            progress(f"read load, {label}")
+
+
 def measure_read_load(
-    url: str, sessions: int = 10_000, ops: int = 100_000, read_fraction: float = 0.9, seed: int = 7,
+    url: str,
+    sessions: int = 10_000,
+    ops: int = 100_000,
+    read_fraction: float = 0.9,
+    seed: int = 7,
     progress: Callable[[str], None] | None = None,
+    private_server: bool = False,
 ) -> dict[str, Any]:
-    """Reads reaching Redis per 1,000 reads, for 1 and 2 nodes, against 1,000 without a cache.
+    """GETs reaching Redis per 1,000 requests, counted on the server, without a local cache and with 1 and 2 nodes.
+
+    Every request loads its session (10% then save it back), so requests and
+    reads are the same number.  Each row: ``{"reads", "redis_gets" (server
+    count), "redis_gets_per_1000", "served_locally", "commands" (every command
+    the server ran during the row, by name)}``, plus ``"store_misses"`` (the
+    nodes' own miss counters) for the clustered rows.
 
     Raises:
         redis.RedisError / StoreUnavailable: Redis unreachable.
     """
+    import redis
+
     rng = random.Random(seed)
     sequence = zipf_sequence(sessions, ops, rng)
     is_read = [rng.random() < read_fraction for _ in range(ops)]
-    results: dict[str, Any] = {"sessions": sessions, "ops": ops, "read_fraction": read_fraction, "without_cache_per_1000": 1000.0}
-    for n_nodes in (1, 2):
-        tag = uuid.uuid4().hex[:8]
-        channel, prefix = f"fastsess-bench:{tag}:invalidate", f"fastsess-bench:{tag}:"
-        nodes = [
-            ClusteredRedisStore(url=url, prefix=prefix, config=ClusterConfig(node_id=f"bench-{tag}-{k}", channel=channel, local_cache_max_size=max(sessions, 1)))
-            for k in range(n_nodes)
-        ]
-        try:
-            writer = nodes[0]
-            ids = []
-            for _ in range(sessions):
-                session = writer.create(SAMPLE_SESSION)
-                writer.save(session)
-                ids.append(session.id)
-            for node in nodes:  # start cold: every node fills its cache from Redis
-                node.clear_local_cache()
-                node.reset_cache_stats()
-            for i, (index, read) in enumerate(zip(sequence, is_read)):
-                node = nodes[i % n_nodes]
-                if read:
-                    node.load(ids[index])
-                else:  # a write is a read-modify-write, as in a request handler
-                    session = node.load(ids[index])
-                    if session is not None:
-                        session["n"] = i
-                        node.save(session)
-                if progress and i % 20_000 == 19_999:
-                    progress(f"read load, {n_nodes} node(s)")
-            misses = sum(node.cache_stats().misses for node in nodes)
-            total_reads = ops  # every operation starts with a load
-            results[f"nodes_{n_nodes}"] = {
-                "reads": total_reads,
-                "redis_gets": misses,
-                "redis_gets_per_1000": 1000.0 * misses / total_reads,
-                "served_locally": 1.0 - misses / total_reads,
-            }
-            writer.clear()
-        finally:
-            for node in nodes:
-                node.close()
+    results: dict[str, Any] = {
+        "sessions": sessions,
+        "ops": ops,
+        "read_fraction": read_fraction,
+        "counted_by": "INFO commandstats deltas on the server",
+        "private_server": private_server,
+    }
+    client = redis.Redis.from_url(url)
+    try:
+        for label, n_nodes in (("without_cache", 0), ("nodes_1", 1), ("nodes_2", 2)):
+            tag = uuid.uuid4().hex[:8]
+            channel, prefix = f"fastsess-bench:{tag}:invalidate", f"fastsess-bench:{tag}:"
+            stores: list[Any]
+            if n_nodes == 0:
+                stores = [RedisStore(url=url, prefix=prefix)]
+            else:
+                stores = [
+                    ClusteredRedisStore(
+                        url=url, prefix=prefix,
+                        config=ClusterConfig(node_id=f"bench-{tag}-{k}", channel=channel, local_cache_max_size=max(sessions, 1)),
+                    )
+                    for k in range(n_nodes)
+                ]
+            try:
+                writer = stores[0]
+                ids = []
+                for _ in range(sessions):
+                    session = writer.create(SAMPLE_SESSION)
+                    writer.save(session)
+                    ids.append(session.id)
+                if n_nodes:  # start cold: every node fills its cache from Redis
+                    for store in stores:
+                        store.clear_local_cache()
+                        store.reset_cache_stats()
+                before = server_command_calls(client)
+                _run_workload(stores, ids, sequence, is_read, progress, label)
+                deltas = command_deltas(before, server_command_calls(client))
+                deltas.pop("info", None)  # the snapshots themselves
+                gets = sum(deltas.get(name, 0) for name in READ_COMMANDS)
+                entry: dict[str, Any] = {
+                    "reads": ops,
+                    "redis_gets": gets,
+                    "redis_gets_per_1000": 1000.0 * gets / ops,
+                    "served_locally": 1.0 - gets / ops,
+                    "commands": deltas,
+                }
+                if n_nodes:
+                    entry["store_misses"] = sum(store.cache_stats().misses for store in stores)
+                results[label] = entry
+                writer.clear()
+            finally:
+                for store in stores:
+                    store.close()
+    finally:
+        client.close()
     return results

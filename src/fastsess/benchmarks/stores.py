@@ -37,6 +37,7 @@ from ..config import ClusterConfig
 from ..stores.clustered import ClusteredRedisStore
 from ..stores.memory import MemoryStore
 from ..stores.redis import RedisStore
+from .checks import check
 
 BATCH = 1_000
 TTL = 1800
@@ -356,26 +357,26 @@ def _p50(rows: list[dict[str, Any]], candidate: str, op: str) -> float | None:
 
 
 def store_checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The DESIGN.md section 5 targets for stores, evaluated on ``rows`` (p50 ratios)."""
+    """The project's store targets, evaluated on ``rows`` (p50 ratios; see ``checks.check``)."""
     checks: dict[str, Any] = {}
 
     def ratio(name: str, ours: tuple[str, str], floor: tuple[str, str], target: float) -> None:
         a, b = _p50(rows, *ours), _p50(rows, *floor)
         if a is not None and b:
-            checks[name] = {"value": f"{a / b:.2f}x", "target": f"<= {target}x", "ok": a / b <= target}
+            checks[name] = check(a / b, "<=", target, "x")
 
     raw_load, raw_save = ("redis-py GET + msgpack", "load"), ("redis-py SET EX + msgpack", "save")
-    ratio("RedisStore.load vs raw GET+unpackb", ("fastsess RedisStore", "load"), raw_load, 1.15)
-    ratio("ClusteredRedisStore.load (miss) vs raw GET+unpackb", ("fastsess ClusteredRedisStore", "load (miss)"), raw_load, 1.15)
-    ratio("RedisStore.save vs raw SET EX", ("fastsess RedisStore", "save"), raw_save, 1.2)
-    ratio("ClusteredRedisStore.save (+publish) vs raw SET EX", ("fastsess ClusteredRedisStore", "save (+publish)"), raw_save, 1.2)
+    ratio("RedisStore.load / raw GET + unpackb (p50)", ("fastsess RedisStore", "load"), raw_load, 1.15)
+    ratio("ClusteredRedisStore.load (miss) / raw GET + unpackb (p50)", ("fastsess ClusteredRedisStore", "load (miss)"), raw_load, 1.15)
+    ratio("RedisStore.save / raw SET EX + packb (p50)", ("fastsess RedisStore", "save"), raw_save, 1.2)
+    ratio("ClusteredRedisStore.save (+publish) / raw SET EX + packb (p50)", ("fastsess ClusteredRedisStore", "save (+publish)"), raw_save, 1.2)
     cached = _p50(rows, "fastsess ClusteredRedisStore", "load (cached)")
     if cached is not None:
-        checks["ClusteredRedisStore.load (cached) p50"] = {"value": f"{cached * 1e3:.0f} ns", "target": "< 1000 ns", "ok": cached < 1.0}
+        checks["ClusteredRedisStore.load (cached), p50"] = check(cached * 1e3, "<", 1000, "ns")
         get = _p50(rows, *raw_load)
         if get:
-            checks["cached load vs raw GET"] = {"value": f"{get / cached:.0f}x faster", "target": ">= 80x", "ok": get / cached >= 80}
+            checks["ClusteredRedisStore.load (cached) / raw GET + unpackb (p50)"] = check(cached / get, "<=", 1 / 80, "x")
     memory = _p50(rows, "fastsess MemoryStore", "load")
     if memory is not None:
-        checks["MemoryStore.load p50"] = {"value": f"{memory * 1e3:.0f} ns", "target": "< 1000 ns", "ok": memory < 1.0}
+        checks["MemoryStore.load, p50"] = check(memory * 1e3, "<", 1000, "ns")
     return checks

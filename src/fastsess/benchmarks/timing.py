@@ -1,70 +1,116 @@
-"""Timing helpers: best-of-N loops measured with ``perf_counter_ns``.
+"""Timing primitives shared by ``fastsess bench`` and the pytest-benchmark suite in ``bench/``.
 
-The loops are compiled from source text so that every candidate is measured
-with the same loop shape (``c[k]`` or ``g(k)``), and the cost of an empty
-loop over the same keys is subtracted: what remains is the operation itself.
+A measurement is a number of *rounds*.  Each round runs one loop function
+(``subscript_loop``, ``call_loop``, ...) over one batch of ``BATCH`` inputs and
+is timed as a whole with ``time.perf_counter_ns``; the cost of one operation is
+the round's time divided by the operations in it.  ``summarize`` reduces the
+rounds to the figures every report shows: the median (the headline number) and
+the noise band around it (quartiles, min, max).
+
+Loop overhead is *not* removed: a figure is what ``for k in keys: c[k]`` costs
+per key, iteration included, for every candidate alike.  The cost of the same
+loop with an empty body is measured (``empty_loop``) and shown as its own row,
+so a reader can subtract it; no report subtracts it for them.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-_LOOPS: dict[str, Callable[..., int]] = {}
+BATCH = 1_000  # operations per timed round
+VALUE = object()  # what every cache stores; identity tells a hit from a miss
 
 
-def _compile(body: str) -> Callable[..., int]:
-    fn = _LOOPS.get(body)
-    if fn is None:
-        src = (
-            "def run(target, keys, value, _now=_now):\n"
-            "    t0 = _now()\n"
-            "    for k in keys:\n"
-            f"        {body}\n"
-            "    return _now() - t0\n"
-        )
-        namespace: dict[str, Any] = {"_now": time.perf_counter_ns}
-        exec(compile(src, f"<fastsess loop: {body}>", "exec"), namespace)  # noqa: S102 - fixed templates only
-        fn = _LOOPS[body] = namespace["run"]
-    return fn
+# -- the timed loops: one shape per access style, identical for every candidate ---------------
 
 
-# loop bodies; ``target`` is the cache (subscript forms) or a bound method
-BODIES = {
-    "subscript": "target[k]",
-    "call": "target(k)",
-    "setitem": "target[k] = value",
-    "set_call": "target(k, value)",
-    "pass": "pass",
-}
+def subscript_loop(cache: Any, keys: Sequence[Any]) -> None:
+    """``cache[k]`` for every key."""
+    for k in keys:
+        cache[k]
 
 
-def per_op_ns(body: str, target: Any, keys: Sequence[Any], repeat: int = 5, value: Any = 1) -> float:
-    """Best-of-``repeat`` cost of one ``body`` operation in nanoseconds, loop overhead removed.
+def call_loop(read: Callable[[Any], Any], keys: Sequence[Any]) -> None:
+    """``read(k)`` for every key (``read`` is a bound ``get``)."""
+    for k in keys:
+        read(k)
+
+
+def setitem_loop(cache: Any, keys: Sequence[Any]) -> None:
+    """``cache[k] = VALUE`` for every key."""
+    for k in keys:
+        cache[k] = VALUE
+
+
+def set_call_loop(write: Callable[[Any, Any], Any], keys: Sequence[Any]) -> None:
+    """``write(k, VALUE)`` for every key (``write`` is a bound ``set``)."""
+    for k in keys:
+        write(k, VALUE)
+
+
+def mixed_loop(target: tuple[Callable[[Any], Any], Callable[[Any, Any], Any]], ops: Sequence[tuple[Any, bool]]) -> None:
+    """``write(k, VALUE)`` where the op is a write, else ``read(k)``."""
+    read, write = target
+    for k, is_write in ops:
+        if is_write:
+            write(k, VALUE)
+        else:
+            read(k)
+
+
+def empty_loop(_target: object, keys: Sequence[Any]) -> None:
+    """The loop of ``call_loop`` with an empty body: the part of a figure that is not the operation."""
+    for _k in keys:
+        pass
+
+
+# -- rounds and their statistics -----------------------------------------------------------------
+
+
+def time_rounds(loop: Callable[[Any, Any], Any], target: Any, batches: Sequence[Sequence[Any]], warmup: Sequence[Any] | None = None) -> list[float]:
+    """Run ``loop(target, batch)`` once per batch; nanoseconds per operation of each round.
+
+    ``warmup`` (default: the first batch) runs once, untimed, before the rounds.
 
     Raises:
-        KeyError: ``body`` is not one of ``BODIES``.
+        ValueError: ``batches`` is empty or holds an empty batch.
     """
-    loop = _compile(BODIES[body])
-    empty = _compile(BODIES["pass"])
-    n = len(keys)
-    best = min(loop(target, keys, value) for _ in range(repeat)) / n
-    overhead = min(empty(None, keys, value) for _ in range(repeat)) / n
-    return max(best - overhead, 0.0)
+    if not batches or not all(batches):
+        raise ValueError("time_rounds needs at least one non-empty batch")
+    loop(target, batches[0] if warmup is None else warmup)
+    clock = time.perf_counter_ns
+    out: list[float] = []
+    for batch in batches:
+        t0 = clock()
+        loop(target, batch)
+        out.append((clock() - t0) / len(batch))
+    return out
 
 
-def threaded_seconds(work: Callable[[Sequence[Any]], Any], keys: Sequence[Any], threads: int, repeat: int = 3) -> float:
-    """Best wall time for ``threads`` threads to share ``keys`` (each takes every n-th key)."""
+def summarize(values: Iterable[float]) -> dict[str, float]:
+    """``{"median", "q1", "q3", "min", "max", "n"}`` of ``values`` (quartiles: inclusive method).
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    data = sorted(float(v) for v in values)
+    if not data:
+        raise ValueError("summarize needs at least one value")
+    q1, _, q3 = statistics.quantiles(data, n=4, method="inclusive") if len(data) > 1 else (data[0], data[0], data[0])
+    return {"median": statistics.median(data), "q1": q1, "q3": q3, "min": data[0], "max": data[-1], "n": len(data)}
+
+
+def threaded_seconds(work: Callable[[Sequence[Any]], Any], keys: Sequence[Any], threads: int) -> float:
+    """Wall time for ``threads`` threads to share ``keys`` (thread i takes every n-th key from i)."""
     parts = [keys[i::threads] for i in range(threads)]
-    best = float("inf")
-    for _ in range(repeat):
-        workers = [threading.Thread(target=work, args=(part,)) for part in parts]
-        t0 = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    workers = [threading.Thread(target=work, args=(part,)) for part in parts]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0

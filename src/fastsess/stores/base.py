@@ -1,6 +1,6 @@
 """The contract every store fulfils, and the defaults they share (defined here, once).
 
-Decisions (DESIGN.md section 6), identical for every store:
+Decisions, identical for every store:
 
 * ``create()`` returns a new, unsaved session and writes nothing; the first
   ``save()`` writes it with SET NX (an id collision gets a fresh id, never an
