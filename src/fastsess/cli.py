@@ -83,7 +83,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--url", envvar="REDIS_URL", help="Redis to measure against (default: $REDIS_URL, else a private server).")
 @click.option("--sizes", type=SIZES, help="Cache sizes, comma separated (default 1000,100000,1000000; quick 1000,100000).")
 @click.option("--probes", type=click.IntRange(min=100), help="Cache operations per measurement, in rounds of 1,000 (default 100000; quick 30000).")
-@click.option("--thread-hits", type=click.IntRange(min=10_000), help="Hits per run of the 1-vs-2-thread measurement (default 2000000; quick 1000000).")
+@click.option(
+    "--thread-hits", type=click.IntRange(min=10_000), help="Hits per run of the 1-vs-2-thread measurement (default 2000000; quick 1000000)."
+)
 @click.option("--thread-runs", type=click.IntRange(min=5), help="Runs of the 1-vs-2-thread measurement, median reported (default 7; quick 5).")
 @click.option("--store-ops", type=click.IntRange(min=20), help="Redis operations per store measurement (default 4000; quick 1200).")
 @click.option("--latency-samples", type=click.IntRange(min=10), help="Saves timed for invalidation latency (default 1000; quick 300).")

@@ -39,7 +39,8 @@ DELIVERY_TIMEOUT = 2.0
 def _latency_listener(url: str, channel: str, prefix: str, conn: Any) -> None:
     """Child process: apply invalidations and report (version, monotonic_ns) for each."""
     config = ClusterConfig(node_id=f"bench-listener-{uuid.uuid4().hex[:6]}", channel=channel)
-    with ClusteredRedisStore(url=url, prefix=prefix, config=config) as store:
+    store = ClusteredRedisStore(url=url, prefix=prefix, config=config)
+    with store:
         coordinator = store.coordinator
         assert coordinator is not None
         coordinator.on_message = lambda msg: conn.send((msg["v"], time.monotonic_ns()))
@@ -131,7 +132,9 @@ def command_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, i
     return {name: after[name] - before.get(name, 0) for name in after if after[name] - before.get(name, 0) > 0}
 
 
-def _run_workload(stores: list[Any], ids: list[str], sequence: list[int], is_read: list[bool], progress: Callable[[str], None] | None, label: str) -> None:
+def _run_workload(
+    stores: list[Any], ids: list[str], sequence: list[int], is_read: list[bool], progress: Callable[[str], None] | None, label: str
+) -> None:
     n = len(stores)
     for i, (index, read) in enumerate(zip(sequence, is_read, strict=True)):
         store = stores[i % n]

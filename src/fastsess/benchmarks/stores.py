@@ -281,10 +281,11 @@ async def _async_candidates(url: str, prefix: str, closer: _Closer) -> list[Meas
 
 def _optional_candidates(client: redis.Redis, url: str, prefix: str, skipped: dict[str, str]) -> list[Measurement]:
     found: list[Measurement] = []
-    for name, build in (
+    builders: tuple[tuple[str, Callable[[], list[Measurement]]], ...] = (
         ("Flask-Session", lambda: _flask_session(client, prefix)),
         ("Django cache backend", lambda: _django(url, prefix)),
-    ):
+    )
+    for name, build in builders:
         try:
             found += build()
         except ImportError as exc:
