@@ -1,0 +1,419 @@
+"""Django session engine on fastsess: ``SESSION_ENGINE = "fastsess.contrib.django"``.
+
+Settings (``django.conf.settings``):
+
+* ``FASTSESS_REDIS_URL``: ``redis://...`` URL of the session Redis, or
+  ``FASTSESS_REDIS_CLIENT``: an existing binary ``redis.Redis`` /
+  ``RedisCluster`` client (sync methods only; the async methods need the URL).
+* ``FASTSESS_CLUSTER``: optional dict of ``ClusterConfig`` fields
+  (``{"enabled": False}`` for a plain Redis store without local cache).
+* ``FASTSESS_KEY_PREFIX`` (default ``"fastsess:"``), ``FASTSESS_SERIALIZER``
+  (``"msgpack"`` default, or ``"json"``; Django's ``SESSION_SERIALIZER`` is not used).
+* ``SESSION_COOKIE_AGE``, ``SESSION_EXPIRE_AT_BROWSER_CLOSE``,
+  ``SESSION_SAVE_EVERY_REQUEST`` and the ``SESSION_COOKIE_*`` keys work as with
+  Django's other backends: Django's ``SessionMiddleware`` sets the cookie, which
+  holds the session key.
+
+Session keys are fastsess ids (43 characters, 256 bits); any other key, e.g. one
+written by Django's own backends, is treated as unknown and gets a new session.
+Each session is stored with a Redis TTL of ``get_expiry_age()``, so expired
+sessions vanish by themselves (``clear_expired`` does nothing).
+
+The sync methods use one ``fastsess.ClusteredRedisStore`` per process; the async
+methods (``aload``, ``asave``, ``acreate``, ``aexists``, ``adelete``,
+``acycle_key``, ...) use one ``fastsess.asyncio.ClusteredRedisStore`` per event
+loop, with its own node id, never the sync store in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+import weakref
+from typing import Any
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.core.exceptions import ImproperlyConfigured
+
+from ..asyncio.stores.clustered import ClusteredRedisStore as AsyncClusteredRedisStore
+from ..config import ClusterConfig
+from ..errors import SessionCorrupt
+from ..session import Session
+from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
+from ..stores.clustered import ClusteredRedisStore
+from ._common import plain_copy
+
+__all__ = ["SessionStore", "aclose_async_store", "close_stores", "get_async_store", "get_store"]
+
+logger = logging.getLogger("django.security.SuspiciousSession")
+
+_lock = threading.Lock()
+_sync_stores: dict[tuple[Any, ...], ClusteredRedisStore] = {}
+_async_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], AsyncClusteredRedisStore]] = (
+    weakref.WeakKeyDictionary()
+)
+_async_count = 0
+_CREATE_ATTEMPTS = 10
+
+
+def _options() -> tuple[Any, ...]:
+    """The store-relevant settings, as a hashable key."""
+    url = getattr(settings, "FASTSESS_REDIS_URL", None)
+    client = getattr(settings, "FASTSESS_REDIS_CLIENT", None)
+    if (url is None) == (client is None):
+        raise ImproperlyConfigured("fastsess.contrib.django needs exactly one of FASTSESS_REDIS_URL or FASTSESS_REDIS_CLIENT")
+    cluster = getattr(settings, "FASTSESS_CLUSTER", None) or {}
+    if not isinstance(cluster, dict):
+        raise ImproperlyConfigured("FASTSESS_CLUSTER must be a dict of ClusterConfig fields")
+    prefix = getattr(settings, "FASTSESS_KEY_PREFIX", DEFAULT_PREFIX)
+    serializer = getattr(settings, "FASTSESS_SERIALIZER", "msgpack")
+    return (url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE))
+
+
+def _config(cluster: tuple[tuple[str, Any], ...], node_suffix: str | None) -> ClusterConfig:
+    fields = dict(cluster)
+    if node_suffix is not None:
+        # every store in the process needs its own node id (a running pair sharing one is refused)
+        fields["node_id"] = f"{fields['node_id']}.{node_suffix}" if "node_id" in fields else uuid.uuid4().hex
+    try:
+        return ClusterConfig(**fields)
+    except TypeError as exc:
+        raise ImproperlyConfigured(f"FASTSESS_CLUSTER: {exc}") from exc
+
+
+def get_store() -> ClusteredRedisStore:
+    """The process's sync store for the current settings (created on first use).
+
+    Raises:
+        ImproperlyConfigured: missing or contradictory ``FASTSESS_*`` settings.
+        ConfigError: an invalid store or cluster setting.
+    """
+    key = _options()
+    store = _sync_stores.get(key)
+    if store is not None:
+        return store
+    with _lock:
+        store = _sync_stores.get(key)
+        if store is None:
+            url, _, prefix, serializer, cluster, age = key
+            client = None if url is not None else settings.FASTSESS_REDIS_CLIENT
+            store = ClusteredRedisStore(
+                client, url, config=_config(cluster, None), prefix=prefix, ttl=age, serializer=serializer
+            )
+            _sync_stores[key] = store
+    return store
+
+
+def get_async_store() -> AsyncClusteredRedisStore:
+    """This event loop's asyncio store for the current settings (created on first use).
+
+    Must be called from a coroutine.  Each event loop gets its own store (asyncio
+    Redis connections belong to one loop), with a node id of its own.
+
+    Raises:
+        ImproperlyConfigured: missing settings, or only ``FASTSESS_REDIS_CLIENT``
+            (a sync client) is set: the async methods need ``FASTSESS_REDIS_URL``.
+        RuntimeError: no running event loop.
+    """
+    global _async_count
+    key = _options()
+    loop = asyncio.get_running_loop()
+    stores = _async_stores.get(loop)
+    if stores is None:
+        stores = _async_stores[loop] = {}
+    store = stores.get(key)
+    if store is None:
+        url, _, prefix, serializer, cluster, age = key
+        if url is None:
+            raise ImproperlyConfigured("the async session methods need FASTSESS_REDIS_URL (FASTSESS_REDIS_CLIENT is a sync client)")
+        with _lock:
+            _async_count += 1
+            suffix = f"aio{_async_count}"
+        store = AsyncClusteredRedisStore(url=url, config=_config(cluster, suffix), prefix=prefix, ttl=age, serializer=serializer)
+        stores[key] = store
+    return store
+
+
+def close_stores() -> None:
+    """Close every sync store this module created (tests, or a clean shutdown)."""
+    with _lock:
+        stores = list(_sync_stores.values())
+        _sync_stores.clear()
+    for store in stores:
+        store.close()
+
+
+async def aclose_async_store() -> None:
+    """Close the asyncio stores of the running event loop (call before the loop closes)."""
+    stores = _async_stores.pop(asyncio.get_running_loop(), {})
+    for store in stores.values():
+        await store.close()
+
+
+class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type information
+    """A Django session backed by a fastsess ``ClusteredRedisStore`` (see the module doc).
+
+    Semantics as Django's own backends: ``save(must_create=True)`` raises
+    ``CreateError`` when the key is taken; ``save()`` of a session deleted
+    meanwhile raises ``UpdateError`` (the middleware turns it into
+    ``SessionInterrupted``); ``cycle_key`` keeps the data under a new key and
+    deletes the old one; an unknown key is dropped on load, never adopted.
+    Redis failures raise ``fastsess.StoreUnavailable``; data under a key that is
+    not a fastsess session is logged and treated as no session.
+    """
+
+    _session_key: Any  # SessionBase's validating property
+    _session_cache: dict[str, Any]
+
+    def __init__(self, session_key: str | None = None) -> None:
+        self._stored: Session | None = None  # what load() found / save() wrote, for its metadata
+        super().__init__(session_key)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _validate_session_key(self, key: Any) -> bool:
+        """Only ids of the form fastsess issues are kept; anything else becomes None."""
+        return is_valid_session_id(key)
+
+    def _get_new_session_key(self) -> str:
+        """A fresh 256-bit id (no existence check: the write is SET NX, a collision raises CreateError)."""
+        return new_session_id()
+
+    async def _aget_new_session_key(self) -> str:
+        """Async twin of ``_get_new_session_key`` (no I/O)."""
+        return new_session_id()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _expiry_ttl(self) -> int:
+        return int(self.get_expiry_age())
+
+    async def _aexpiry_ttl(self) -> int:
+        return int(await self.aget_expiry_age())
+
+    def _loaded(self, found: Session | None) -> dict[str, Any]:
+        if found is None:
+            self._session_key = None
+            self._stored = None
+            return {}
+        self._stored = found
+        return plain_copy(found.data)  # type: ignore[no-any-return]
+
+    def _to_write(self, data: dict[str, Any], ttl: int, must_create: bool) -> Session:
+        key = self.session_key
+        assert key is not None
+        prev = self._stored if self._stored is not None and self._stored.id == key else None
+        session = Session(
+            key,
+            plain_copy(data),
+            ttl=ttl,
+            new=must_create,
+            created_at=None if prev is None or must_create else prev.created_at,
+            version=0 if prev is None or must_create else prev.version,
+        )
+        session.modified = True
+        return session
+
+    @staticmethod
+    def _corrupt(exc: SessionCorrupt) -> None:
+        logger.warning("Session data corrupted: %s", exc)
+
+    # -- sync API ----------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        """The session's data from Redis (or this node's cache); ``{}`` and no key if absent.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        try:
+            found = get_store().load(self.session_key) if self.session_key else None
+        except SessionCorrupt as exc:
+            self._corrupt(exc)
+            found = None
+        return self._loaded(found)
+
+    def exists(self, session_key: str | None) -> bool:
+        """True if a session is stored under ``session_key`` (False for None or a malformed key).
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        return bool(session_key) and get_store().exists(session_key)  # type: ignore[arg-type]
+
+    def create(self) -> None:
+        """Store the current data under a new key (SET NX) and mark the session modified.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+            RuntimeError: no unused key after several attempts (never expected).
+        """
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = self._get_new_session_key()
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError("could not create a session with an unused key")
+
+    def save(self, must_create: bool = False) -> None:
+        """Write the session with a Redis TTL of ``get_expiry_age()``.
+
+        ``must_create``: only if the key is unused (SET NX), else ``CreateError``.
+        Otherwise only if it still exists (SET XX), else ``UpdateError``.  A
+        session whose expiry is already past is deleted instead of written.
+
+        Raises:
+            CreateError, UpdateError: see above.
+            StoreUnavailable: Redis failed.
+            TypeError: a value fastsess cannot store (see the serializer).
+        """
+        if self.session_key is None:
+            return self.create()
+        data = self._get_session(no_load=must_create)
+        ttl = self._expiry_ttl()
+        store = get_store()
+        if ttl <= 0:
+            if not must_create:
+                store.delete(self.session_key)
+            self._stored = None
+            return None
+        session = self._to_write(data, ttl, must_create)
+        if must_create:
+            store.save(session)
+            if session.id != self.session_key:  # the store moved a colliding new id: undo, report
+                store.delete(session.id)
+                raise CreateError
+        elif not store.save(session):
+            raise UpdateError
+        self._stored = session
+        return None
+
+    def delete(self, session_key: str | None = None) -> None:
+        """Delete ``session_key`` (default: this session's key) from Redis and every node's cache.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        get_store().delete(session_key)
+        if self._stored is not None and self._stored.id == session_key:
+            self._stored = None
+
+    def cycle_key(self) -> None:
+        """Move the data to a new key and delete the old one (one atomic script on one Redis).
+
+        Raises:
+            StoreUnavailable: Redis failed; the session keeps its old key.
+        """
+        data = self._session
+        key = self.session_key
+        if key is None or self._stored is None or self._stored.id != key:
+            super().cycle_key()  # nothing stored under this key: create() + delete
+            return
+        ttl = self._expiry_ttl()
+        if ttl <= 0:
+            super().cycle_key()
+            return
+        session = self._to_write(data, ttl, must_create=False)
+        get_store().regenerate(session)
+        self._session_key = session.id
+        self._session_cache = data
+        self._stored = session
+        self.modified = True
+        return None
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        """Nothing to do: Redis expires sessions by their TTL."""
+
+    # -- async API (on the asyncio store, never the sync one in a thread) ---------------------
+
+    async def aload(self) -> dict[str, Any]:
+        """Async ``load``."""
+        try:
+            found = await get_async_store().load(self.session_key) if self.session_key else None
+        except SessionCorrupt as exc:
+            self._corrupt(exc)
+            found = None
+        return self._loaded(found)
+
+    async def aexists(self, session_key: str | None) -> bool:
+        """Async ``exists``."""
+        return bool(session_key) and await get_async_store().exists(session_key)  # type: ignore[arg-type]
+
+    async def acreate(self) -> None:
+        """Async ``create``."""
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = await self._aget_new_session_key()
+            try:
+                await self.asave(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError("could not create a session with an unused key")
+
+    async def asave(self, must_create: bool = False) -> None:
+        """Async ``save`` (same CreateError/UpdateError semantics)."""
+        if self.session_key is None:
+            return await self.acreate()
+        data = await self._aget_session(no_load=must_create)
+        ttl = await self._aexpiry_ttl()
+        store = get_async_store()
+        if ttl <= 0:
+            if not must_create:
+                await store.delete(self.session_key)
+            self._stored = None
+            return None
+        session = self._to_write(data, ttl, must_create)
+        if must_create:
+            await store.save(session)
+            if session.id != self.session_key:
+                await store.delete(session.id)
+                raise CreateError
+        elif not await store.save(session):
+            raise UpdateError
+        self._stored = session
+        return None
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        """Async ``delete``."""
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        await get_async_store().delete(session_key)
+        if self._stored is not None and self._stored.id == session_key:
+            self._stored = None
+
+    async def acycle_key(self) -> None:
+        """Async ``cycle_key``."""
+        data = await self._aget_session()
+        key = self.session_key
+        if key is None or self._stored is None or self._stored.id != key:
+            await super().acycle_key()
+            return
+        ttl = await self._aexpiry_ttl()
+        if ttl <= 0:
+            await super().acycle_key()
+            return
+        session = self._to_write(data, ttl, must_create=False)
+        await get_async_store().regenerate(session)
+        self._session_key = session.id
+        self._session_cache = data
+        self._stored = session
+        self.modified = True
+        return None
+
+    @classmethod
+    async def aclear_expired(cls) -> None:
+        """Nothing to do: Redis expires sessions by their TTL."""

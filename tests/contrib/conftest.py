@@ -1,0 +1,57 @@
+"""Fixtures for the framework drop-ins: Django settings pointed at the suite's private Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+DJANGO_SETTINGS = {
+    "SECRET_KEY": "tests-only-secret-key-0123456789abcdef",
+    "ALLOWED_HOSTS": ["*"],
+    "SESSION_ENGINE": "fastsess.contrib.django",
+    "MIDDLEWARE": ["django.contrib.sessions.middleware.SessionMiddleware"],
+    "ROOT_URLCONF": "tests.contrib.django_app",
+    "SESSION_COOKIE_AGE": 600,
+}
+
+
+def _django_configured() -> None:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(INSTALLED_APPS=["django.contrib.sessions"], DATABASES={}, USE_TZ=True, **DJANGO_SETTINGS)
+        django.setup()
+
+
+@pytest.fixture
+def django_settings(redis_url: str, prefix: str) -> Iterator[object]:
+    """Django configured for ``fastsess.contrib.django`` on the private Redis, a fresh prefix per test."""
+    _django_configured()
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    from fastsess.contrib import django as engine
+
+    override = override_settings(FASTSESS_REDIS_URL=redis_url, FASTSESS_KEY_PREFIX=prefix, **DJANGO_SETTINGS)
+    override.enable()
+    try:
+        yield settings
+    finally:
+        override.disable()
+        engine.close_stores()
+
+
+WRITE_COMMANDS = ("set", "setex", "setnx", "getex", "del", "unlink", "expire", "pexpire", "eval", "evalsha", "publish")
+
+
+def redis_writes(client: object) -> int:
+    """How many write-type commands the server has executed so far (INFO commandstats)."""
+    stats = client.info("commandstats")  # type: ignore[attr-defined]
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in WRITE_COMMANDS)
+
+
+def session_keys(client: object, prefix: str) -> list[bytes]:
+    """The keys under ``prefix`` (SCAN)."""
+    return sorted(client.scan_iter(match=prefix + "*"))  # type: ignore[attr-defined]
