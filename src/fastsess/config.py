@@ -15,6 +15,9 @@ variable                            field                           example
 ``FASTSESS_RECONNECT_BACKOFF``      ``reconnect_backoff``           ``0.05,5``
 ``FASTSESS_STALE_IF_ERROR``         ``stale_if_error``              ``false``
 =================================== =============================== ==================
+
+and ``FASTSESS_LOCAL_CACHE_MAX_BYTES`` / ``FASTSESS_LOCAL_CACHE_MAX_ITEM_BYTES``
+(``local_cache_max_bytes`` / ``local_cache_max_item_bytes``, e.g. ``67108864`` / ``262144``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from .errors import ConfigError
 
 ENV_PREFIX = "FASTSESS_"
+DEFAULT_LOCAL_CACHE_MAX_BYTES = 64 * 1024 * 1024  # serialized bytes of all cached sessions of a process
+DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES = 256 * 1024  # larger sessions are not cached locally
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -53,6 +58,10 @@ class ClusterConfig:
         local_cache_ttl: seconds a cached session may be served without asking Redis,
             an upper bound on staleness even if every invalidation were lost.
         local_cache_max_size: sessions kept per process (LRU beyond that).
+        local_cache_max_bytes: serialized bytes of all sessions cached per process
+            (64 MiB; the oldest writes are dropped first to stay under it).
+        local_cache_max_item_bytes: a session larger than this, serialized, is not
+            cached locally (256 KiB; capped at ``local_cache_max_bytes``).
         subscribe_timeout: seconds to wait for the subscription to be confirmed,
             and the idle time after which the listener checks the connection with a PING.
         reconnect_backoff: (first, max) delay in seconds between reconnection attempts.
@@ -69,6 +78,8 @@ class ClusterConfig:
     local_cache_enabled: bool = True
     local_cache_ttl: float = 30.0
     local_cache_max_size: int = 10_000
+    local_cache_max_bytes: int = DEFAULT_LOCAL_CACHE_MAX_BYTES
+    local_cache_max_item_bytes: int = DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES
     subscribe_timeout: float = 1.0
     reconnect_backoff: tuple[float, float] = (0.05, 5.0)
     stale_if_error: bool = False
@@ -83,9 +94,10 @@ class ClusterConfig:
                 raise ConfigError(f"{name} must be a non-empty str of at most 200 characters, not {value!r}")
         _positive("local_cache_ttl", self.local_cache_ttl)
         _positive("subscribe_timeout", self.subscribe_timeout)
-        size = self.local_cache_max_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"local_cache_max_size must be a positive int, not {size!r}")
+        for name in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes"):
+            size = getattr(self, name)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ConfigError(f"{name} must be a positive int, not {size!r}")
         backoff = self.reconnect_backoff
         if not isinstance(backoff, tuple) or len(backoff) != 2:
             raise ConfigError(f"reconnect_backoff must be a (first, max) tuple, not {backoff!r}")
@@ -147,7 +159,7 @@ def _parse(variable: str, field: str, raw: str) -> Any:
             if lowered in _FALSE:
                 return False
             raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-        if field == "local_cache_max_size":
+        if field in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes"):
             return int(raw.replace("_", ""))
         if field in ("local_cache_ttl", "subscribe_timeout"):
             return float(raw)

@@ -323,17 +323,18 @@ async def test_malformed_messages_leave_the_listener_working(apair: Any, redis_c
 
 
 def intercept_get(store: Any, during: Callable[[], Awaitable[None]]) -> None:
-    real_get = store.client.get
+    """Make the next miss read of ``store`` (its GET + PTTL script) run ``during()`` before returning."""
+    real_read = store._get_pttl
     done: list[bool] = []
 
-    async def get(name: Any, *args: Any, **kwargs: Any) -> Any:
-        raw = await real_get(name, *args, **kwargs)
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        reply = await real_read(*args, **kwargs)
         if not done:
             done.append(True)
             await during()
-        return raw
+        return reply
 
-    store.client.get = get
+    store._get_pttl = read
 
 
 @pytest.mark.parametrize("action", ["save", "delete", "clear"])

@@ -101,6 +101,8 @@ FULL_ENV = {
     "FASTSESS_LOCAL_CACHE_ENABLED": "false",
     "FASTSESS_LOCAL_CACHE_TTL": "12.5",
     "FASTSESS_LOCAL_CACHE_MAX_SIZE": "10_000",
+    "FASTSESS_LOCAL_CACHE_MAX_BYTES": "8_388_608",
+    "FASTSESS_LOCAL_CACHE_MAX_ITEM_BYTES": "65536",
     "FASTSESS_SUBSCRIBE_TIMEOUT": "0.25",
     "FASTSESS_RECONNECT_BACKOFF": "0.01, 2",
     "FASTSESS_STALE_IF_ERROR": "yes",
@@ -120,8 +122,8 @@ def test_from_env_parses_every_variable() -> None:
     c = ClusterConfig.from_env(FULL_ENV)
     assert c == ClusterConfig(
         enabled=False, node_id="web-3", channel="myapp:invalidate", local_cache_enabled=False,
-        local_cache_ttl=12.5, local_cache_max_size=10_000, subscribe_timeout=0.25,
-        reconnect_backoff=(0.01, 2.0), stale_if_error=True,
+        local_cache_ttl=12.5, local_cache_max_size=10_000, local_cache_max_bytes=8 * 1024 * 1024,
+        local_cache_max_item_bytes=65536, subscribe_timeout=0.25, reconnect_backoff=(0.01, 2.0), stale_if_error=True,
     )
 
 

@@ -22,18 +22,19 @@ def saved(store: Any, data: dict[str, Any]) -> Session:
 
 
 def intercept_get(store: ClusteredRedisStore, during: Callable[[], None]) -> list[bytes | None]:
-    """Make the next ``store.client.get`` read Redis, run ``during()``, then return what it read."""
-    real_get = store.client.get
+    """Make the next miss read of ``store`` (its GET + PTTL script) read Redis, run
+    ``during()``, then return what it read."""
+    real_read = store._get_pttl
     returned: list[bytes | None] = []
 
-    def get(name: Any, *args: Any, **kwargs: Any) -> Any:
-        raw = real_get(name, *args, **kwargs)
+    def read(*args: Any, **kwargs: Any) -> Any:
+        reply = real_read(*args, **kwargs)
         if not returned:  # only the first call is held up
-            returned.append(raw)
+            returned.append(reply[0])
             during()
-        return raw
+        return reply
 
-    store.client.get = get  # instance attribute shadows the method
+    store._get_pttl = read  # type: ignore[method-assign]
     return returned
 
 

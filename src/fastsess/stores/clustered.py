@@ -18,6 +18,14 @@ change this node's cached copy only, so: after an in-place nested mutation,
 set ``session.modified = True`` and save (as Django and Flask require anyway),
 or replace the nested value instead of mutating it.
 
+A miss reads the value and its remaining TTL in one round trip (``GET`` + ``PTTL``
+in a small Lua script: atomic, and one slot on Redis Cluster) and caches the
+session until just before the key expires, timed on this process's monotonic
+clock: wall clocks (and their skew between nodes) play no part.  A write of
+unknown outcome (timeout, dropped connection, cancellation) marks its id
+uncertain (``CoherentCache.mark_uncertain``): evicted now, and this node's own
+echo of that write, should it land later, invalidates it like another node's.
+
 While the coordinator is not subscribed (start-up, Redis down, reconnecting)
 the cache is bypassed: reads go to Redis, and fail with ``StoreUnavailable``
 when it is down, unless ``ClusterConfig(stale_if_error=True)`` allows a cached
@@ -26,6 +34,7 @@ copy to be served instead.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -37,7 +46,7 @@ from ..config import ClusterConfig
 from ..serializers import Serializer
 from ..session import Session
 from .._cache_common import make_stats
-from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, now
+from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id
 from .redis import DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, RedisStore, map_redis_error
 
 # KEYS[1]=key  ARGV: payload, ttl, channel, message.  SET XX: never resurrects a deleted session.
@@ -68,20 +77,39 @@ return n
 """
 
 # KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, channel, message (deleted old id).
+# Idempotent, like stores.redis.MOVE_SCRIPT: 2 if this very move already happened.
 MOVE_PUBLISH_SCRIPT = """
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[3], ARGV[4])
   return 1
 end
+if redis.pcall('GET', KEYS[2]) == ARGV[1] then
+  return 2
+end
 return 0
 """
 
+# KEYS[1]=key.  The value and its remaining TTL in ms (-2: no key, -1: no expiry), read
+# atomically in one round trip: a miss caches the session until the key's real expiry.
+GET_PTTL_SCRIPT = """
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
 
-def local_ttl(session: Session, config: ClusterConfig, t: float) -> float:
-    """How long this node may cache ``session``: the local TTL, capped by its Redis expiry
-    (``refreshed_at`` is taken before the write, so the key lives at least that long)."""
-    return min(config.local_cache_ttl, session.refreshed_at + session.ttl - t - EXPIRY_MARGIN)
+
+def local_ttl(config: ClusterConfig, started: float, key_ttl: float) -> float:
+    """Seconds this node may cache what a request sent at ``started`` (``time.monotonic()``)
+    learned about a key that then had ``key_ttl`` seconds to live: the local TTL, capped
+    by the key's expiry.  The key expires no earlier than ``started + key_ttl``, since the
+    server ran the command after it was sent; ``EXPIRY_MARGIN`` covers the coarse cache clock."""
+    return min(config.local_cache_ttl, started + key_ttl - EXPIRY_MARGIN - time.monotonic())
+
+
+def fill_ttl(config: ClusterConfig, started: float, pttl: int) -> float:
+    """``local_ttl`` for a ``PTTL`` reply (milliseconds; -1: no expiry, -2: no key)."""
+    if pttl == -1:
+        return config.local_cache_ttl
+    return local_ttl(config, started, pttl / 1000.0) if pttl >= 0 else 0.0
 
 
 def cache_snapshot(session: Session) -> Session:
@@ -101,13 +129,18 @@ class LocalCacheControl:
     def _attach_cluster(self, config: ClusterConfig | None, coordinator_type: type) -> None:
         """Build the cache, the coordinator (not started) and the write scripts."""
         self.config = cfg = ClusterConfig() if config is None else config
-        self._cache = CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl) if cfg.enabled and cfg.local_cache_enabled else None
+        self._cache = (
+            CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl, cfg.local_cache_max_bytes, cfg.local_cache_max_item_bytes)
+            if cfg.enabled and cfg.local_cache_enabled
+            else None
+        )
         self.coordinator = coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
         register = self.client.register_script
         self._set_publish = register(SET_PUBLISH_SCRIPT)
         self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
         self._touch_publish = register(TOUCH_PUBLISH_SCRIPT)
         self._move_publish = None if self.is_cluster else register(MOVE_PUBLISH_SCRIPT)
+        self._get_pttl = register(GET_PTTL_SCRIPT)
 
     def cache_stats(self) -> CacheStats:
         """This node's cache counters (hits, misses, evictions, expirations, size, hit_rate)."""
@@ -129,6 +162,16 @@ class LocalCacheControl:
         if self._cache is not None:
             self._cache.flush()
 
+    def cache_bytes(self) -> int:
+        """Serialized bytes of the sessions this node caches (an upper bound; 0 without a cache)."""
+        return 0 if self._cache is None else self._cache.cached_bytes
+
+    def _write_failed(self, *session_ids: str) -> None:
+        """After a write with an unknown outcome: nothing cached for these ids until it is known."""
+        if self._cache is not None:
+            for session_id in session_ids:
+                self._cache.mark_uncertain(session_id)
+
     def _read_failed(self, session_id: str, exc: BaseException) -> Session:
         """After a failed GET: the cached copy ``stale_if_error`` allows, else the mapped error.
 
@@ -141,8 +184,11 @@ class LocalCacheControl:
             raise map_redis_error("GET", exc) from exc
         return stale.copy()
 
-    def _read_done(self, session_id: str, raw: bytes | None, token: tuple[int, int] | None) -> Session | None:
-        """Decode what the GET returned and fill the cache, unless an invalidation since ``token`` forbids it.
+    def _read_done(
+        self, session_id: str, raw: bytes | None, token: tuple[int, int] | None, pttl: int = -2, started: float = 0.0,
+    ) -> Session | None:
+        """Decode what the GET returned and fill the cache until the key's expiry (``pttl``
+        ms from ``started``), unless an invalidation since ``token`` forbids it.
 
         Raises:
             SessionCorrupt: ``raw`` is not a fastsess session.
@@ -151,23 +197,24 @@ class LocalCacheControl:
             return None
         session = self._decode(session_id, raw)  # type: ignore[attr-defined]
         if token is not None:
-            ttl = local_ttl(session, self.config, now())
-            if ttl > 0:
-                self._cache.fill(session_id, session.copy(), token, ttl)  # type: ignore[union-attr]
+            ttl = fill_ttl(self.config, started, pttl)
+            if ttl > 0 and len(raw) <= self._cache.max_item_bytes:  # type: ignore[union-attr]
+                self._cache.fill(session_id, session.copy(), token, ttl, len(raw))  # type: ignore[union-attr]
         return session
 
     def _write_token(self, session_id: str) -> tuple[int, int] | None:
         """Take before a write: ``_cache_written`` caches the result only if nothing came in since."""
         return None if self._cache is None else self._cache.fill_token(session_id)
 
-    def _cache_written(self, session: Session, written: bool, token: tuple[int, int] | None) -> None:
-        """After a write of ``session``: cache what was written, unless another node's
-        invalidation arrived meanwhile (its write may be newer); else drop what may be stale."""
+    def _cache_written(self, session: Session, written: bool, token: tuple[int, int] | None, started: float, size: int) -> None:
+        """After a write of ``session`` (``size`` bytes, sent at ``started``, monotonic): cache
+        what was written, unless another node's invalidation arrived meanwhile (its write may
+        be newer); else drop what may be stale."""
         cache = self._cache
         if cache is None:
             return
-        if written and token is not None:
-            cache.put_if(session.id, cache_snapshot(session), token, local_ttl(session, self.config, session.refreshed_at))
+        if written and token is not None and size <= cache.max_item_bytes:
+            cache.put_if(session.id, cache_snapshot(session), token, local_ttl(self.config, started, session.ttl), size)
         else:
             cache.invalidate(session.id)
 
@@ -222,7 +269,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         """The session from the local cache (a shallow copy), else from Redis (one GET).
 
         Cost: a cache hit is a hash lookup plus a shallow copy (well under 1 us);
-        a miss is one GET + decode, then a cache fill.
+        a miss is one round trip (GET + PTTL in a script) + decode, then a cache fill.
 
         Raises:
             SessionCorrupt: the key holds something that is not a fastsess session.
@@ -241,11 +288,16 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             token = cache.fill_token(session_id)
         elif not is_valid_session_id(session_id):
             return None
+        started, pttl = 0.0, -2
         try:
-            raw = self.client.get(self.prefix + session_id)
+            if token is None:  # the cache is bypassed: a plain GET
+                raw = self.client.get(self.prefix + session_id)
+            else:
+                started = time.monotonic()
+                raw, pttl = self._get_pttl(keys=[self.prefix + session_id])
         except REDIS_ERRORS as exc:
             return self._read_failed(session_id, exc)
-        return self._read_done(session_id, raw, token)
+        return self._read_done(session_id, raw, token, pttl, started)
 
     # -- write hooks (RedisStore calls them; errors are mapped there) --------------------
 
@@ -253,8 +305,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         coordinator = self.coordinator
         if coordinator is None:
             return super()._write(session, payload, nx)
-        cache = self._cache
         token = self._write_token(session.id)
+        started = time.monotonic()
         try:
             if nx:
                 written = super()._write(session, payload, nx)
@@ -264,10 +316,9 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 if written:
                     coordinator.note_published()
         except BaseException:
-            if cache is not None:
-                cache.invalidate(session.id)  # the write may or may not have landed
+            self._write_failed(session.id)  # the write may have landed, or may land later
             raise
-        self._cache_written(session, written, token)
+        self._cache_written(session, written, token, started, len(payload))
         return written
 
     def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
@@ -276,20 +327,24 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             return super()._move(old_id, session, payload)
         message = coordinator.message(DELETED, old_id)
         token = self._write_token(session.id)
+        started = time.monotonic()
         try:
             if self._move_publish is not None:
                 keys = [self.prefix + old_id, self.prefix + session.id]
                 moved = bool(self._move_publish(keys=keys, args=[payload, session.ttl, coordinator.channel, message]))
             else:  # Redis Cluster: the two keys are in different slots (see RedisStore._move)
-                moved = bool(self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True))
+                new_key = self.prefix + session.id
+                moved = bool(self.client.set(new_key, payload, ex=session.ttl, nx=True)) or self.client.get(new_key) == payload
                 if moved:
                     self._delete_publish(keys=[self.prefix + old_id], args=[coordinator.channel, message])
-        finally:
-            if self._cache is not None:
-                self._cache.invalidate(old_id)
+        except BaseException:
+            self._write_failed(old_id, session.id)
+            raise
+        if self._cache is not None:
+            self._cache.invalidate(old_id)
         if moved:
             coordinator.note_published()
-            self._cache_written(session, True, token)
+            self._cache_written(session, True, token, started, len(payload))
         return moved
 
     def _delete_key(self, session_id: str) -> bool:
@@ -299,15 +354,18 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         try:
             message = coordinator.message(DELETED, session_id)
             existed = self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
-            coordinator.note_published()
-        finally:
-            if self._cache is not None:
-                self._cache.invalidate(session_id)
+        except BaseException:
+            self._write_failed(session_id)  # the DEL may have landed, or may land later
+            raise
+        coordinator.note_published()
+        if self._cache is not None:
+            self._cache.invalidate(session_id)
         return existed
 
     def touch(self, session_id: str, ttl: int | None = None) -> bool:
         """Set the session's expiry to ``ttl`` seconds (default: the store's) and drop
-        cached copies everywhere (their local expiry followed the old TTL). One round trip.
+        cached copies everywhere (their local expiry followed the old TTL; the next fill
+        reads the new one). One round trip.
 
         Raises:
             ConfigError: ``ttl`` is not a positive int.
@@ -320,15 +378,15 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         try:
             message = coordinator.message(TOUCHED, session_id, expires_in=seconds)
             touched = self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("EXPIRE", exc) from exc
-        finally:
-            if self._cache is not None:
-                self._cache.invalidate(session_id)
+        except BaseException as exc:
+            self._write_failed(session_id)  # the EXPIRE may have landed, or may land later
+            if isinstance(exc, REDIS_ERRORS):
+                raise map_redis_error("EXPIRE", exc) from exc
+            raise
+        if self._cache is not None:
+            self._cache.invalidate(session_id)  # the next fill reads the new expiry (PTTL)
         if touched:
             coordinator.note_published()
-            if self._cache is not None:
-                self._cache.note_expiry(session_id, seconds)
         return touched
 
     def clear(self) -> int:

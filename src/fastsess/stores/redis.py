@@ -48,10 +48,15 @@ MAX_ID_ATTEMPTS = 3
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 # SET new NX, and only if that succeeded DEL old: a collision never loses the old session.
+# Idempotent: if the new key already holds exactly this payload, this very move already
+# ran (a retry after an unknown outcome, or the first attempt landing late): 2, no effect.
 MOVE_SCRIPT = """
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
   return 1
+end
+if redis.pcall('GET', KEYS[2]) == ARGV[1] then
+  return 2
 end
 return 0
 """
@@ -177,8 +182,10 @@ class RedisStore(SessionStore):
             return bool(self._move_script(keys=[self.prefix + old_id, self.prefix + session.id], args=[payload, session.ttl]))
         # Redis Cluster: the two keys live in different slots, so no transaction can
         # span them.  Write the new key first: if the DEL then fails, the old id
-        # still dies with its TTL and the caller sees StoreUnavailable.
-        if not self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True):
+        # still dies with its TTL and the caller sees StoreUnavailable.  Idempotent
+        # like MOVE_SCRIPT: a new key that already holds this payload counts as moved.
+        new_key = self.prefix + session.id
+        if not self.client.set(new_key, payload, ex=session.ttl, nx=True) and self.client.get(new_key) != payload:
             return False
         self.client.delete(self.prefix + old_id)
         return True
@@ -287,8 +294,13 @@ class RedisStore(SessionStore):
         first, then the old one deleted (two round trips).  A session never
         saved just gets a new id.
 
+        A move whose outcome is unknown (a timeout: it may have run, or may still
+        run) is run once more: the move is idempotent (same new id, same payload),
+        so the second run either moves the session or finds it already moved, and
+        ``session.id`` ends up naming the key that holds the data.
+
         Raises:
-            StoreUnavailable: Redis failed; ``session`` keeps its old id and state.
+            StoreUnavailable: Redis failed twice; ``session`` keeps its old id and state.
         """
         old_id, was_saved = session.id, not session.new
         t = now()
@@ -298,7 +310,11 @@ class RedisStore(SessionStore):
                 return session
             old = self.prepare_write(session, t)
             try:
-                moved = self._move(old_id, session, self.serializer.encode(session))
+                payload = self.serializer.encode(session)
+                try:
+                    moved = self._move(old_id, session, payload)
+                except REDIS_ERRORS:
+                    moved = self._move(old_id, session, payload)  # settle the unknown outcome
             except BaseException as exc:
                 self.roll_back(session, old)
                 session.id = old_id

@@ -7,6 +7,8 @@ because a constructor cannot await; ``await store.close()`` stops it.
 
 from __future__ import annotations
 
+import time
+
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -100,11 +102,16 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             token = cache.fill_token(session_id)
         elif not is_valid_session_id(session_id):
             return None
+        started, pttl = 0.0, -2
         try:
-            raw = await self.client.get(self.prefix + session_id)
+            if token is None:  # the cache is bypassed: a plain GET
+                raw = await self.client.get(self.prefix + session_id)
+            else:
+                started = time.monotonic()
+                raw, pttl = await self._get_pttl(keys=[self.prefix + session_id])
         except REDIS_ERRORS as exc:
             return self._read_failed(session_id, exc)
-        return self._read_done(session_id, raw, token)
+        return self._read_done(session_id, raw, token, pttl, started)
 
     # -- write hooks -----------------------------------------------------------------------
 
@@ -114,8 +121,8 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         coordinator = self.coordinator
         if coordinator is None:
             return await super()._write(session, payload, nx)
-        cache = self._cache
         token = self._write_token(session.id)
+        started = time.monotonic()
         try:
             if nx:
                 written = await super()._write(session, payload, nx)
@@ -124,11 +131,10 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 written = bool(await self._set_publish(keys=[self.prefix + session.id], args=[payload, session.ttl, coordinator.channel, message]))
                 if written:
                     coordinator.note_published()
-        except BaseException:
-            if cache is not None:
-                cache.invalidate(session.id)
+        except BaseException:  # incl. cancellation after the script was sent
+            self._write_failed(session.id)
             raise
-        self._cache_written(session, written, token)
+        self._cache_written(session, written, token, started, len(payload))
         return written
 
     async def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
@@ -137,20 +143,24 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             return await super()._move(old_id, session, payload)
         message = coordinator.message(DELETED, old_id)
         token = self._write_token(session.id)
+        started = time.monotonic()
         try:
             if self._move_publish is not None:
                 keys = [self.prefix + old_id, self.prefix + session.id]
                 moved = bool(await self._move_publish(keys=keys, args=[payload, session.ttl, coordinator.channel, message]))
             else:  # Redis Cluster: different slots, see the sync store
-                moved = bool(await self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True))
+                new_key = self.prefix + session.id
+                moved = bool(await self.client.set(new_key, payload, ex=session.ttl, nx=True)) or await self.client.get(new_key) == payload
                 if moved:
                     await self._delete_publish(keys=[self.prefix + old_id], args=[coordinator.channel, message])
-        finally:
-            if self._cache is not None:
-                self._cache.invalidate(old_id)
+        except BaseException:
+            self._write_failed(old_id, session.id)
+            raise
+        if self._cache is not None:
+            self._cache.invalidate(old_id)
         if moved:
             coordinator.note_published()
-            self._cache_written(session, True, token)
+            self._cache_written(session, True, token, started, len(payload))
         return moved
 
     async def _delete_key(self, session_id: str) -> bool:
@@ -160,10 +170,12 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         try:
             message = coordinator.message(DELETED, session_id)
             existed = await self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
-            coordinator.note_published()
-        finally:
-            if self._cache is not None:
-                self._cache.invalidate(session_id)
+        except BaseException:
+            self._write_failed(session_id)
+            raise
+        coordinator.note_published()
+        if self._cache is not None:
+            self._cache.invalidate(session_id)
         return existed
 
     async def touch(self, session_id: str, ttl: int | None = None) -> bool:
@@ -180,15 +192,15 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         try:
             message = coordinator.message(TOUCHED, session_id, expires_in=seconds)
             touched = await self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("EXPIRE", exc) from exc
-        finally:
-            if self._cache is not None:
-                self._cache.invalidate(session_id)
+        except BaseException as exc:
+            self._write_failed(session_id)
+            if isinstance(exc, REDIS_ERRORS):
+                raise map_redis_error("EXPIRE", exc) from exc
+            raise
+        if self._cache is not None:
+            self._cache.invalidate(session_id)
         if touched:
             coordinator.note_published()
-            if self._cache is not None:
-                self._cache.note_expiry(session_id, seconds)
         return touched
 
     async def clear(self) -> int:

@@ -8,6 +8,7 @@ method is a coroutine.  The protected hooks (``_write``, ``_move``,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -88,8 +89,9 @@ class RedisStore(AsyncSessionStore):
         if self._move_script is not None:
             keys = [self.prefix + old_id, self.prefix + session.id]
             return bool(await self._move_script(keys=keys, args=[payload, session.ttl]))
-        # Redis Cluster: see the sync store (new key first, then the old one).
-        if not await self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=True):
+        # Redis Cluster: see the sync store (new key first, then the old one; idempotent).
+        new_key = self.prefix + session.id
+        if not await self.client.set(new_key, payload, ex=session.ttl, nx=True) and await self.client.get(new_key) != payload:
             return False
         await self.client.delete(self.prefix + old_id)
         return True
@@ -191,8 +193,15 @@ class RedisStore(AsyncSessionStore):
     async def regenerate(self, session: Session) -> Session:
         """Move ``session`` to a new id and delete the old key (atomic on a single Redis).
 
+        A move whose outcome is unknown (a timeout, or a cancellation after the script
+        was sent) is run once more, as in the sync store: it is idempotent, so
+        ``session.id`` ends up naming the key that holds the data.  A cancellation is
+        re-raised after that, with ``session`` already updated if the move happened.
+
         Raises:
-            StoreUnavailable: Redis failed; ``session`` keeps its old id and state.
+            StoreUnavailable: Redis failed twice; ``session`` keeps its old id and state.
+            asyncio.CancelledError: the task was cancelled (``session.id`` is the new
+                id if the move happened, else the old one).
         """
         old_id, was_saved = session.id, not session.new
         t = now()
@@ -201,14 +210,30 @@ class RedisStore(AsyncSessionStore):
             if not was_saved:
                 return session
             old = self.prepare_write(session, t)
+            cancelled: asyncio.CancelledError | None = None
             try:
-                moved = await self._move(old_id, session, self.serializer.encode(session))
+                payload = self.serializer.encode(session)
+                try:
+                    moved = await self._move(old_id, session, payload)
+                except (*REDIS_ERRORS, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        cancelled = exc
+                    moved = await self._move(old_id, session, payload)  # settle the unknown outcome
             except BaseException as exc:
                 self.roll_back(session, old)
                 session.id = old_id
+                if cancelled is not None:
+                    raise cancelled from None
                 if isinstance(exc, REDIS_ERRORS):
                     raise map_redis_error("regenerate", exc) from exc
                 raise
+            if cancelled is not None:
+                if moved:
+                    self.mark_saved(session, t)
+                else:
+                    self.roll_back(session, old)
+                    session.id = old_id
+                raise cancelled
             if moved:
                 self.mark_saved(session, t)
                 return session
