@@ -19,7 +19,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
 
 CHUNK = 65536
 
@@ -158,12 +157,6 @@ class TcpProxy:
             for sock in (link.client, link.server):
                 _shutdown(sock, socket.SHUT_RDWR)
                 _close(sock)
-
-    def __enter__(self) -> TcpProxy:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
