@@ -315,7 +315,9 @@ class CoherentCache:
             if t < self._uncertain_all:
                 self.invalidate(session_id)
                 return True
-            self._uncertain_all = 0.0
+            with self._lock:  # a mark_uncertain may have extended it meanwhile
+                if t >= self._uncertain_all:
+                    self._uncertain_all = 0.0
         until = self._uncertain.get(session_id)
         if until is None:
             return False
