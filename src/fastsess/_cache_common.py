@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 import operator
 import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from numbers import Real
 from typing import Any, NamedTuple
 
@@ -57,15 +60,17 @@ def check_capacity(maxsize: Any, name: str = "maxsize", minimum: int = 0) -> int
 
 
 def check_ttl(ttl: Any, name: str = "ttl") -> float:
-    """Validate a time-to-live in seconds and return it as a float.
+    """Validate a time-to-live in seconds (or a ``timedelta``) and return it as a float.
 
     ``0`` is allowed (entries expire at once) and so is ``math.inf`` (never).
 
     Raises:
-        ValueError: not a real number, NaN, or negative.
+        ValueError: not a real number or ``timedelta``, NaN, or negative.
     """
     if type(ttl) is float and ttl >= 0.0:  # the per-entry ``set(..., ttl=)`` fast path; NaN fails >=
         return ttl
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
     if not _is_real(ttl) or math.isnan(ttl):
         raise ValueError(f"{name} must be a number of seconds, not {ttl!r}")
     if ttl < 0:
@@ -73,16 +78,84 @@ def check_ttl(ttl: Any, name: str = "ttl") -> float:
     return float(ttl)
 
 
-def check_item_size(size: Any, maxsize: int) -> int:
+def check_item_size(size: Any, maxsize: float) -> int | float:
     """Validate what a ``getsizeof`` callable returned for one value.
 
+    Integers (anything with ``__index__``) come back as an exact ``int``, other
+    real numbers as a ``float``, so that the caches' size arithmetic never runs
+    user code and never overflows.
+
     Raises:
-        TypeError: the size is not an integer.
-        ValueError: the size is negative or larger than ``maxsize`` ("value too large").
+        TypeError: the size is not a real number.
+        ValueError: the size is NaN, negative or larger than ``maxsize`` ("value too large").
     """
-    size = operator.index(size)
+    if type(size) is not int:
+        try:
+            size = int(operator.index(size))
+        except TypeError:
+            if not _is_real(size):
+                raise TypeError(f"getsizeof must return a number, not {size!r}") from None
+            size = float(size)
+            if math.isnan(size):
+                raise ValueError("value size must be a number, not NaN") from None
     if size < 0:
         raise ValueError("value size must be non-negative")
     if size > maxsize:
         raise ValueError("value too large")
-    return size
+    return size  # type: ignore[no-any-return]
+
+
+def timer_seconds(value: Any) -> float:
+    """Convert what a cache's timer returned to seconds: numbers as they are, datetimes by ``timestamp()``.
+
+    Raises:
+        TypeError: the timer returned something else.
+    """
+    if type(value) is float:
+        return value
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, Real):
+        return float(value)
+    raise TypeError(f"timer must return a number or a datetime, not {type(value).__name__}")
+
+
+# Hooks a cachetools subclass may override; the caches take their fast paths only
+# while none of the relevant ones is overridden (decided once per class).
+HOOK_GETITEM = 1
+HOOK_CONTAINS = 2
+HOOK_DELITEM = 4
+HOOK_POPITEM = 8
+HOOK_EXPIRE = 16
+_HOOKS = (
+    ("__getitem__", HOOK_GETITEM),
+    ("__contains__", HOOK_CONTAINS),
+    ("__delitem__", HOOK_DELITEM),
+    ("popitem", HOOK_POPITEM),
+    ("expire", HOOK_EXPIRE),
+)
+
+
+def overridden_hooks(cls: type, bases: tuple[type, ...]) -> int:
+    """Bit set of the ``HOOK_*`` methods ``cls`` overrides relative to the first of ``bases`` it derives from."""
+    base = next(klass for klass in cls.__mro__ if klass in bases)
+    flags = 0
+    for name, bit in _HOOKS:
+        if getattr(cls, name, None) is not getattr(base, name, None):
+            flags |= bit
+    return flags
+
+
+_repr_running: set[tuple[int, int]] = set()
+
+
+def mapping_repr(cache: Any, items: Callable[[], dict[Any, Any]]) -> str:
+    """``Name({...}, maxsize=..., currsize=...)`` like cachetools; a cache inside itself shows as ``...``."""
+    key = (id(cache), threading.get_ident())
+    if key in _repr_running:
+        return "..."
+    _repr_running.add(key)
+    try:
+        return f"{type(cache).__name__}({items()!r}, maxsize={cache.maxsize!r}, currsize={cache.currsize!r})"
+    finally:
+        _repr_running.discard(key)

@@ -33,11 +33,27 @@ cimport cython
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem
 from cpython.object cimport PyObject
 
+import copy as _copy
+import copyreg as _copyreg
 import time as _time
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from types import GenericAlias
 
-from fastsess._cache_common import CacheStats, check_capacity, check_item_size, check_ttl, make_stats
+from fastsess._cache_common import (
+    HOOK_CONTAINS,
+    HOOK_DELITEM,
+    HOOK_EXPIRE,
+    HOOK_GETITEM,
+    HOOK_POPITEM,
+    CacheStats,
+    check_capacity,
+    check_item_size,
+    check_ttl,
+    make_stats,
+    mapping_repr,
+    overridden_hooks,
+    timer_seconds,
+)
 
 __all__ = ["CacheStats", "LRUCache", "LocalCache", "TTLCache"]
 
@@ -80,7 +96,7 @@ cdef object _monotonic = _time.monotonic
 cdef class _Node:
     cdef object key
     cdef object value
-    cdef Py_ssize_t size
+    cdef object size          # 1, or what getsizeof gave (an int or a float)
     cdef double expires
     cdef PyObject* prev        # recency list; NULL when unlinked
     cdef PyObject* next
@@ -189,6 +205,70 @@ cdef void _heap_remove(list heap, _Node node):
         _heap_sift_down(heap, last.heap_index)
 
 
+@cython.final
+cdef class _Timer:
+    """A ``TTLCache``'s clock, like cachetools' timer wrapper.
+
+    Call it for the current time; ``with cache.timer as now:`` freezes the
+    cache's time at ``now`` for the block (nested blocks see the same time).
+    Other attributes are those of the wrapped timer.
+    """
+
+    cdef object func           # the user's timer; None: the C clock (time.monotonic)
+    cdef object raw            # the frozen time, as the timer returned it
+    cdef double frozen         # the frozen time in seconds
+    cdef Py_ssize_t nesting
+
+    def __init__(self, timer=_time.monotonic):
+        if not callable(timer):
+            raise ValueError(f"timer must be callable, not {timer!r}")
+        self.func = None if timer is _monotonic else timer
+
+    cdef object _read(self):
+        if self.func is None:
+            if FASTSESS_HAVE_C_CLOCK:
+                return fastsess_clock()
+            return _monotonic()
+        return self.func()
+
+    @property
+    def wrapped(self):
+        """The timer callable this wraps (``time.monotonic`` by default)."""
+        return _monotonic if self.func is None else self.func
+
+    def __call__(self):
+        if self.nesting:
+            return self.raw
+        return self._read()
+
+    def __enter__(self):
+        if self.nesting == 0:
+            raw = self._read()
+            self.frozen = timer_seconds(raw)
+            self.raw = raw
+        self.nesting += 1
+        return self.raw
+
+    def __exit__(self, *exc_info):
+        if self.nesting > 0:
+            self.nesting -= 1
+            if self.nesting == 0:
+                self.raw = None
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
+
+    def __reduce__(self):
+        return (_Timer, (self.wrapped,))
+
+    def __copy__(self):
+        return _Timer(self.wrapped)
+
+    def __deepcopy__(self, memo):
+        return _Timer(_copy.deepcopy(self.wrapped, memo))
+
+
 cdef class _Core:
     """Hash map + recency list + expiry order + counters, shared by every cache."""
 
@@ -198,8 +278,12 @@ cdef class _Core:
     cdef list _heap
     cdef list _dropped        # nodes and values to release once the structure is consistent
     cdef Py_ssize_t _cap
-    cdef Py_ssize_t _currsize
+    cdef Py_ssize_t _currsize  # number of linked nodes, when every size is 1
+    cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
+    cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
+    cdef object _omax         # maxsize as given
     cdef object _timer        # None: the C clock
+    cdef _Timer _clock        # TTLCache: its timer, which may be frozen
     cdef bint _timed          # False for LRUCache: entries never expire
     cdef double _ttl
     cdef unsigned long long _hits
@@ -214,14 +298,21 @@ cdef class _Core:
         self._xroot = _new_root()
         self._heap = []
         self._ttl = INF
+        self._osum = 0
 
     @cython.final
     cdef inline double _now(self) except? -1.0:
+        cdef object t
+        if self._clock is not None and self._clock.nesting:
+            return self._clock.frozen
         if self._timer is None:
             if FASTSESS_HAVE_C_CLOCK:
                 return fastsess_clock()
             return _monotonic()
-        return self._timer()
+        t = self._timer()
+        if type(t) is float:
+            return <double>t
+        return timer_seconds(t)
 
     @cython.final
     cdef inline void _park(self, object obj):
@@ -246,7 +337,9 @@ cdef class _Core:
         except KeyError:
             pass
         if _unlink(node):
-            self._currsize -= node.size
+            self._currsize -= 1
+            if self._sized:
+                self._osum = self._osum - node.size
         _x_unlink(node)
         _heap_remove(self._heap, node)
         self._park(node)
@@ -280,9 +373,19 @@ cdef class _Core:
             count += 1
 
     @cython.final
-    cdef int _make_room(self, Py_ssize_t incoming) except -1:
+    cdef int _make_room(self, object incoming) except -1:
+        # incoming: the size about to be added (0 after an in-place update).  With
+        # getsizeof the sums are Python numbers (int or float), so they never overflow.
         cdef _Node victim
-        while self._currsize + incoming > self._cap and self._root.next != <PyObject*>self._root:
+        cdef Py_ssize_t adding = 0
+        if not self._sized and incoming:
+            adding = 1
+        while self._root.next != <PyObject*>self._root:
+            if self._sized:
+                if not self._osum + incoming > self._omax:
+                    break
+            elif not self._currsize + adding > self._cap:
+                break
             victim = <_Node>self._root.next
             self._detach(victim)
             self._evictions += 1
@@ -309,7 +412,7 @@ cdef class _Core:
         return node
 
     @cython.final
-    cdef int _store(self, object key, object value, Py_ssize_t size, double expires, bint fifo, double now) except -1:
+    cdef int _store(self, object key, object value, object size, double expires, bint fifo, double now) except -1:
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)  # TypeError before any change
         cdef _Node node = None if p is NULL else <_Node>p
         self._purge(now)
@@ -317,7 +420,8 @@ cdef class _Core:
             # Update in place; the old value is released after the critical section.
             self._park(node.value)
             node.value = value
-            self._currsize += size - node.size
+            if self._sized:
+                self._osum = self._osum + size - node.size
             node.size = size
             node.expires = expires
             if node.next != <PyObject*>self._root:
@@ -352,7 +456,9 @@ cdef class _Core:
                 _x_append(self._xroot, node)
             else:
                 _heap_push(self._heap, node)
-        self._currsize += size
+        self._currsize += 1
+        if self._sized:
+            self._osum = self._osum + size
         return 0
 
     @cython.final
@@ -364,6 +470,7 @@ cdef class _Core:
         self._xroot = _new_root()
         self._heap = []
         self._currsize = 0
+        self._osum = 0
         return [old]
 
     @cython.final
@@ -379,54 +486,196 @@ cdef class _Core:
             p = node.next
         return out
 
-    def _entries_state(self):
+    def _dump(self):
+        """The live entries in the map's (insertion) order, and their recency order.
+
+        Returns ``(entries, lru)``: ``entries`` are ``(key, value, size, expires,
+        fifo)`` tuples, ``lru`` the indexes into ``entries``, least recently used first.
+        """
         cdef _Node node
         cdef list nodes
-        with cython.critical_section(self):
-            nodes = self._live_nodes(self._now() if self._timed else 0.0)
-            return [(node.key, node.value, node.size, node.expires, node.heap_index < 0) for node in nodes]
-
-    def _restore(self, list entries):
-        cdef PyObject* p
-        cdef list dropped
+        cdef list lru
         cdef double now = self._now() if self._timed else 0.0
         with cython.critical_section(self):
-            # Replay oldest-expiring first so the write-order list stays sorted,
-            # then re-establish recency by touching in the saved LRU order.
-            for key, value, size, expires, fifo in sorted(entries, key=lambda e: e[3]):
+            nodes = [node for node in self._map.values() if not self._timed or now < node.expires]
+            index = {id(node): i for i, node in enumerate(nodes)}
+            lru = [index[id(node)] for node in self._live_nodes(now)]
+        return [(node.key, node.value, node.size, node.expires, node.heap_index < 0) for node in nodes], lru
+
+    def _load(self, list entries, lru=None):
+        """Insert ``_dump()``'s entries into this empty cache, keeping both orders.
+
+        ``lru=None``: the entries are in recency order (the pickle format of fastsess 0.1).
+        """
+        cdef PyObject* p
+        cdef list dropped
+        cdef dict ordered
+        cdef double now = self._now() if self._timed else 0.0
+        # Store oldest-expiring first, so the write-order list stays sorted ...
+        by_expiry = sorted(entries, key=lambda e: e[3])
+        with cython.critical_section(self):
+            for key, value, size, expires, fifo in by_expiry:
                 self._store(key, value, size, expires, fifo, now)
-            for key, _, _, _, _ in entries:
-                p = PyDict_GetItemWithError(self._map, key)
+            # ... then put the map back in insertion order ...
+            ordered = {}
+            for entry in entries:
+                p = PyDict_GetItemWithError(self._map, entry[0])
+                if p is not NULL:
+                    ordered[entry[0]] = <object>p
+            self._map = ordered
+            # ... and re-establish recency by touching in the saved order.
+            for i in (range(len(entries)) if lru is None else lru):
+                p = PyDict_GetItemWithError(self._map, entries[i][0])
                 if p is not NULL:
                     _unlink(<_Node>p)
                     _append(self._root, <_Node>p)
             dropped = self._take_dropped()
 
 
+class _CacheValuesView(ValuesView):
+    """``cache.values()``: skips an entry that expires or goes away during the loop."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self._mapping._iter_entries(False)
+
+    def __contains__(self, value):
+        for v in self:
+            if v is value or v == value:
+                return True
+        return False
+
+
+class _CacheItemsView(ItemsView):
+    """``cache.items()``: skips an entry that expires or goes away during the loop."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self._mapping._iter_entries(True)
+
+
 cdef class _MappingCache(_Core):
     """The cachetools-compatible ``MutableMapping`` surface of LRUCache and TTLCache."""
 
     cdef object _maxsize
-    cdef object _sizeof
+    cdef object _sizeof       # what sizes come from: the getsizeof argument or an overriding method
+    cdef object _sizeof_arg   # the getsizeof argument as given
+    cdef int _hooks           # HOOK_* bits: cachetools hooks a subclass overrides
+
+    def __cinit__(self, *args, **kwargs):
+        # Which cachetools hooks a subclass overrides is decided once per class (on
+        # its first instance; extension types get no __init_subclass__): the exact
+        # classes and subclasses that override none of them keep the fast paths.
+        cls = type(self)
+        if cls is not LRUCache and cls is not TTLCache:
+            hooks = cls.__dict__.get("_fastsess_hooks")
+            if hooks is None:
+                hooks = overridden_hooks(cls, (TTLCache, LRUCache))
+                cls._fastsess_hooks = hooks
+            self._hooks = hooks
 
     def __init__(self, maxsize, getsizeof=None):
         self._cap = check_capacity(maxsize)
+        self._maxsize = self._omax = maxsize
+        self._sizeof_arg = getsizeof
         if getsizeof is None and type(self).getsizeof is not _MappingCache.getsizeof:
             getsizeof = self.getsizeof  # a subclass overriding getsizeof, as cachetools allows
-        self._maxsize = maxsize
         self._sizeof = getsizeof
+        self._sized = getsizeof is not None
 
     @classmethod
     def __class_getitem__(cls, params):
         return GenericAlias(cls, params)
 
     @cython.final
-    cdef Py_ssize_t _size_of(self, object value) except -1:
+    cdef object _size_of(self, object value):
         if self._sizeof is None:
             if self._cap < 1:
                 raise ValueError("value too large")
             return 1
-        return check_item_size(self._sizeof(value), self._cap)
+        return check_item_size(self._sizeof(value), self._maxsize)
+
+    # -- cachetools hooks: used only when a subclass overrides one of them -------------
+
+    @cython.final
+    cdef object _freeze(self):
+        """Freeze a TTLCache's time (like ``with self.timer:``); returns the time or None."""
+        if self._clock is None:
+            return None
+        return self._clock.__enter__()
+
+    @cython.final
+    cdef void _thaw(self):
+        if self._clock is not None:
+            self._clock.__exit__(None, None, None)
+
+    @cython.final
+    cdef bint _over(self, object key, object size) except -1:
+        """Does storing ``size`` under ``key`` need an eviction first?"""
+        cdef double now = self._now() if self._timed else 0.0
+        cdef PyObject* p
+        cdef list dropped
+        cdef bint live
+        with cython.critical_section(self):
+            self._purge(now)
+            p = PyDict_GetItemWithError(self._map, key)
+            live = p is not NULL and (<_Node>p).prev is not NULL
+            if self._currsize - live <= 0:
+                over = False  # nothing else to evict; size <= maxsize was checked
+            elif self._sized:
+                over = self._osum - ((<_Node>p).size if live else 0) + size > self._omax
+            else:
+                over = self._currsize - live + 1 > self._cap
+            dropped = self._take_dropped()
+        return over
+
+    def _setitem_hooked(self, key, value):
+        # cachetools' order: expire(), then popitem() until the item fits, then store.
+        size = self._size_of(value)
+        time = self._freeze()
+        try:
+            if self._hooks & HOOK_EXPIRE:
+                self.expire(time)
+            if self._hooks & (HOOK_POPITEM | HOOK_DELITEM):
+                while self._over(key, size):
+                    self.popitem()
+            self._store_now(key, value, size)
+        finally:
+            self._thaw()
+
+    def _popitem_hooked(self):
+        cdef double now
+        cdef _Node node = None
+        cdef list dropped
+        time = self._freeze()
+        try:
+            if self._hooks & HOOK_EXPIRE:
+                self.expire(time)
+            now = self._now() if self._timed else 0.0
+            with cython.critical_section(self):
+                self._purge(now)
+                if self._root.next != <PyObject*>self._root:
+                    node = <_Node>self._root.next
+                dropped = self._take_dropped()
+            if node is None:
+                raise KeyError(f"{type(self).__name__} is empty") from None
+            key, value = node.key, node.value
+            del self[key]  # an overridden __delitem__ sees the eviction, as in cachetools
+            return (key, value)
+        finally:
+            self._thaw()
+
+    def _expire_hook(self):
+        # cachetools calls expire() from len(), currsize and repr(); so do we when it is overridden
+        time = self._freeze()
+        try:
+            self.expire(time)
+        finally:
+            self._thaw()
+
+    # -- the mapping --------------------------------------------------------------------
 
     def __getitem__(self, key):
         cdef double now = self._now() if self._timed else 0.0
@@ -446,13 +695,20 @@ cdef class _MappingCache(_Core):
         """Called by ``cache[key]`` on a miss; the default raises ``KeyError``."""
         raise KeyError(key)
 
-    def __setitem__(self, key, value):
-        cdef Py_ssize_t size = self._size_of(value)
+    @cython.final
+    cdef int _store_now(self, object key, object value, object size) except -1:
         cdef double now = self._now() if self._timed else 0.0
         cdef list dropped
         with cython.critical_section(self):
             self._store(key, value, size, now + self._ttl, True, now)
             dropped = self._take_dropped()
+        return 0
+
+    def __setitem__(self, key, value):
+        if self._hooks & (HOOK_POPITEM | HOOK_DELITEM | HOOK_EXPIRE):
+            self._setitem_hooked(key, value)
+            return
+        self._store_now(key, value, self._size_of(value))
 
     def __delitem__(self, key):
         cdef double now = self._now() if self._timed else 0.0
@@ -478,6 +734,8 @@ cdef class _MappingCache(_Core):
     def __len__(self):
         cdef double now
         cdef list dropped
+        if self._hooks & HOOK_EXPIRE:
+            self._expire_hook()
         if not self._timed:
             return len(self._map)
         now = self._now()
@@ -487,53 +745,108 @@ cdef class _MappingCache(_Core):
             return len(self._map)
 
     def __iter__(self):
-        cdef double now = self._now() if self._timed else 0.0
-        cdef _Node node
+        # Insertion order, like cachetools (the map is a dict; overwriting keeps a
+        # key's place).  LRUCache iterates the map itself, so adding or removing a key
+        # during the loop raises RuntimeError like a dict; TTLCache iterates a
+        # snapshot of the keys and skips those expired or removed since, as cachetools does.
+        cdef list keys
+        if not self._timed:
+            return iter(self._map)
         with cython.critical_section(self):
-            keys = [node.key for node in self._live_nodes(now)]
-        return iter(keys)
+            keys = list(self._map)
+        return self._iter_live(keys)
 
-    def _items_snapshot(self):
+    def _iter_live(self, list keys):
+        cdef PyObject* p
+        cdef double now
+        cdef bint live
+        for key in keys:
+            now = self._now()
+            with cython.critical_section(self):
+                p = PyDict_GetItemWithError(self._map, key)
+                live = p is not NULL and now < (<_Node>p).expires
+            if live:
+                yield key
+
+    def _iter_entries(self, bint pairs):
+        """Values or items in iteration order; each read refreshes recency, like ``cache[key]``."""
+        cdef double now
+        cdef _Node node
+        cdef object value
+        cdef list dropped
+        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS):
+            # cachetools reads through the subclass's __getitem__, with time frozen
+            for key in self:
+                self._freeze()
+                try:
+                    if key not in self:
+                        continue
+                    value = self[key]
+                finally:
+                    self._thaw()
+                yield (key, value) if pairs else value
+            return
+        for key in self:
+            now = self._now() if self._timed else 0.0
+            value = _MISSING
+            with cython.critical_section(self):
+                node = self._find(key, now)
+                if node is not None:
+                    value = node.value
+                dropped = self._take_dropped()
+            if value is not _MISSING:
+                yield (key, value) if pairs else value
+
+    def _items_in_order(self):
         cdef double now = self._now() if self._timed else 0.0
         cdef _Node node
         with cython.critical_section(self):
-            return [(node.key, node.value) for node in self._live_nodes(now)]
+            pairs = [(node.key, node.value) for node in self._map.values() if not self._timed or now < node.expires]
+        return dict(pairs)
 
     def __repr__(self):
-        return (
-            f"{type(self).__name__}({dict(self._items_snapshot())!r}, "
-            f"maxsize={self._maxsize!r}, currsize={self.currsize!r})"
-        )
+        if self._hooks & HOOK_EXPIRE:
+            self._expire_hook()
+        return mapping_repr(self, self._items_in_order)
 
     def __eq__(self, other):
         if not isinstance(other, Mapping):
             return NotImplemented
-        return dict(self._items_snapshot()) == dict(other.items())
+        return self._items_in_order() == dict(other.items())
 
     def keys(self):
-        """A live view of the keys (``collections.abc.KeysView``)."""
+        """A live view of the keys (``collections.abc.KeysView``), in insertion order."""
         return KeysView(self)
 
     def values(self):
-        """A live view of the values (``collections.abc.ValuesView``)."""
-        return ValuesView(self)
+        """A live view of the values, in key order; an entry that expires mid-loop is skipped."""
+        return _CacheValuesView(self)
 
     def items(self):
-        """A live view of the ``(key, value)`` pairs (``collections.abc.ItemsView``)."""
-        return ItemsView(self)
+        """A live view of the ``(key, value)`` pairs, in key order; expired entries are skipped."""
+        return _CacheItemsView(self)
 
     def get(self, key, default=None):
         """Return the value for ``key`` (refreshing its recency) or ``default``. O(1).
 
-        Unlike ``cache[key]``, never calls ``__missing__``.
+        Unlike ``cache[key]``, never calls ``__missing__``.  A subclass that
+        overrides ``__getitem__`` or ``__contains__`` gets cachetools' ``get``
+        (``self[key] if key in self else default``).
 
         Raises:
             TypeError: ``key`` is unhashable.
         """
-        cdef double now = self._now() if self._timed else 0.0
+        cdef double now
         cdef _Node node
         cdef object value = default
         cdef list dropped
+        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS):
+            self._freeze()
+            try:
+                return self[key] if key in self else default
+            finally:
+                self._thaw()
+        now = self._now() if self._timed else 0.0
         with cython.critical_section(self):
             node = self._find(key, now)
             if node is not None:
@@ -544,27 +857,50 @@ cdef class _MappingCache(_Core):
     def pop(self, key, default=_MISSING):
         """Remove ``key`` and return its value, or ``default``. O(1).
 
+        A subclass overriding ``__getitem__``, ``__contains__`` or ``__delitem__``
+        gets cachetools' ``pop`` (through those methods).
+
         Raises:
             KeyError: ``key`` is absent (or expired) and no default was given.
         """
-        cdef double now = self._now() if self._timed else 0.0
+        cdef double now
         cdef PyObject* p
         cdef _Node node = None
         cdef list dropped
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            if p is not NULL:
-                node = <_Node>p
-                self._detach(node)
-            dropped = self._take_dropped()
-        if node is not None and (not self._timed or now < node.expires):
-            return node.value
+        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS | HOOK_DELITEM):
+            self._freeze()
+            try:
+                if key in self:
+                    value = self[key]
+                    del self[key]
+                    return value
+            finally:
+                self._thaw()
+        else:
+            now = self._now() if self._timed else 0.0
+            with cython.critical_section(self):
+                p = PyDict_GetItemWithError(self._map, key)
+                if p is not NULL:
+                    node = <_Node>p
+                    self._detach(node)
+                dropped = self._take_dropped()
+            if node is not None and (not self._timed or now < node.expires):
+                return node.value
         if default is _MISSING:
             raise KeyError(key)
         return default
 
     def setdefault(self, key, default=None):
         """Return ``cache[key]`` if present, else store ``default`` and return it. O(1)."""
+        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS):
+            self._freeze()
+            try:
+                if key in self:
+                    return self[key]
+                self[key] = default
+                return default
+            finally:
+                self._thaw()
         value = self.get(key, _MISSING)
         if value is _MISSING:
             self[key] = value = default
@@ -574,11 +910,14 @@ cdef class _MappingCache(_Core):
         """Remove and return the least recently used live ``(key, value)`` pair. O(1).
 
         Raises:
-            KeyError: the cache is empty.
+            KeyError: the cache is empty (raised ``from None``, like cachetools).
         """
-        cdef double now = self._now() if self._timed else 0.0
+        cdef double now
         cdef _Node node = None
         cdef list dropped
+        if self._hooks & (HOOK_DELITEM | HOOK_EXPIRE):
+            return self._popitem_hooked()
+        now = self._now() if self._timed else 0.0
         with cython.critical_section(self):
             self._purge(now)
             if self._root.next != <PyObject*>self._root:
@@ -586,7 +925,7 @@ cdef class _MappingCache(_Core):
                 self._detach(node)
             dropped = self._take_dropped()
         if node is None:
-            raise KeyError(f"{type(self).__name__} is empty")
+            raise KeyError(f"{type(self).__name__} is empty") from None
         return (node.key, node.value)
 
     def update(self, other=(), /, **kwargs):
@@ -608,6 +947,10 @@ cdef class _MappingCache(_Core):
         cdef list old
         with cython.critical_section(self):
             old = self._clear_all()
+        # a loop over the old map (LRUCache iteration) now raises RuntimeError, as with dict.clear()
+        for obj in old:
+            if type(obj) is dict:
+                (<dict>obj).clear()
 
     @property
     def maxsize(self):
@@ -616,88 +959,109 @@ cdef class _MappingCache(_Core):
 
     @property
     def currsize(self):
-        """The sum of the sizes of the live items."""
+        """The sum of the sizes of the live items (an exact int, or a float if ``getsizeof`` gave floats)."""
         cdef double now
         cdef list dropped
+        if self._hooks & HOOK_EXPIRE:
+            self._expire_hook()
         if self._timed:
             now = self._now()
             with cython.critical_section(self):
                 self._purge(now)
                 dropped = self._take_dropped()
-        return self._currsize
+        return self._osum if self._sized else self._currsize
 
     def getsizeof(self, value):
         """Return the size of ``value`` (1 unless a ``getsizeof`` callable was given)."""
         return 1 if self._sizeof is None else self._sizeof(value)
 
+    # -- copy and pickle: no __init__ call, so subclasses with their own __init__ work ----
+
+    def _config(self):
+        return (self._maxsize, self._sizeof_arg)
+
+    def _configure(self, maxsize, getsizeof):
+        _MappingCache.__init__(self, maxsize, getsizeof)
+
+    def __reduce__(self):
+        entries, lru = self._dump()
+        return (_copyreg.__newobj__, (type(self),), (self._config(), entries, lru, getattr(self, "__dict__", None)))
+
     def __copy__(self):
-        cls, args, state = self.__reduce__()
-        new = cls(*args)
-        new.__setstate__(state)
+        cls = type(self)
+        new = cls.__new__(cls)
+        new.__setstate__(self.__reduce__()[2])
         return new
 
     def __setstate__(self, state):
-        entries, attrs = state
+        if len(state) == 2:  # fastsess 0.1 pickles: built by __init__, entries in recency order
+            entries, attrs = state
+            lru = None
+        else:
+            config, entries, lru, attrs = state
+            self._configure(*config)
         if attrs:
             self.__dict__.update(attrs)
-        self._restore(entries)
+        self._load(entries, lru)
 
 
 cdef class LRUCache(_MappingCache):
     """Least-recently-used cache; a drop-in replacement for ``cachetools.LRUCache``.
 
     ``LRUCache(maxsize, getsizeof=None)``.  Every operation is O(1).  Each
-    item's size is ``getsizeof(value)`` (default 1); inserting evicts least
-    recently used items until the new one fits.
+    item's size is ``getsizeof(value)`` (default 1; ints or floats);
+    inserting evicts least recently used items until the new one fits.
 
     Raises:
         ValueError: ``maxsize`` negative or not a number; on insert, a value
             larger than ``maxsize`` (the cache is left unchanged).
     """
 
-    def __reduce__(self):
-        return (type(self), (self._maxsize, self._sizeof), (self._entries_state(), getattr(self, "__dict__", None)))
-
 
 cdef class TTLCache(_MappingCache):
     """LRU cache whose items expire ``ttl`` seconds after they were written.
 
     ``TTLCache(maxsize, ttl, timer=time.monotonic, getsizeof=None)``: a
-    drop-in replacement for ``cachetools.TTLCache``.  Expiry follows write
-    time, not access time; expired items are invisible to ``len``, ``in``,
-    iteration and lookups, and are purged on writes.  Every operation is O(1)
-    (``expire`` is O(number expired)).  With the default timer the clock is read
-    in C (on Linux the coarse monotonic clock, 1-4 ms resolution).
+    drop-in replacement for ``cachetools.TTLCache``.  ``ttl`` may be a number
+    of seconds or a ``timedelta``, and ``timer`` may return seconds or a
+    ``datetime`` (e.g. ``timer=datetime.now``).  Expiry follows write time,
+    not access time; expired items are invisible to ``len``, ``in``, iteration
+    and lookups, and are purged on writes.  Every operation is O(1)
+    (``expire`` is O(number expired)).  With the default timer the clock is
+    read in C (on Linux the coarse monotonic clock, 1-4 ms resolution).
 
     Raises:
         ValueError: ``maxsize`` or ``ttl`` negative or not a number, ``timer``
             not callable; on insert, a value larger than ``maxsize``.
     """
 
-    cdef object _user_timer
+    cdef object _ttl_arg
 
     def __init__(self, maxsize, ttl, timer=_time.monotonic, getsizeof=None):
         self._ttl = check_ttl(ttl)
-        if not callable(timer):
-            raise ValueError(f"timer must be callable, not {timer!r}")
-        self._user_timer = timer
-        self._timer = None if timer is _monotonic else timer
+        self._ttl_arg = ttl
+        self._clock = _Timer(timer)
+        self._timer = self._clock.func
         self._timed = True
         _MappingCache.__init__(self, maxsize, getsizeof)
 
     @property
     def ttl(self):
-        """The time-to-live of the cache's items, in seconds."""
-        return self._ttl
+        """The time-to-live of the cache's items, as given (seconds or a ``timedelta``)."""
+        return self._ttl_arg
 
     @property
     def timer(self):
-        """The clock the cache reads (``time.monotonic`` by default)."""
-        return self._user_timer
+        """The cache's clock: call it for the time; ``with cache.timer as now:`` freezes it."""
+        return self._clock
 
     def expire(self, time=None):
-        """Remove expired items; return them as a list of ``(key, value)`` pairs. O(expired)."""
-        cdef double now = self._now() if time is None else time
+        """Remove items expired at ``time`` (default: now); return them as ``(key, value)`` pairs. O(expired).
+
+        Raises:
+            TypeError: ``time`` is neither a number nor a ``datetime``.
+        """
+        cdef double now = self._now() if time is None else timer_seconds(time)
         cdef list dropped
         with cython.critical_section(self):
             self._purge(now)
@@ -706,12 +1070,11 @@ cdef class TTLCache(_MappingCache):
             return []
         return [((<_Node>node).key, (<_Node>node).value) for node in dropped]
 
-    def __reduce__(self):
-        return (
-            type(self),
-            (self._maxsize, self._ttl, self._user_timer, self._sizeof),
-            (self._entries_state(), getattr(self, "__dict__", None)),
-        )
+    def _config(self):
+        return (self._maxsize, self._sizeof_arg, self._ttl_arg, self._clock.wrapped)
+
+    def _configure(self, maxsize, getsizeof, ttl, timer):
+        TTLCache.__init__(self, maxsize, ttl, timer, getsizeof)
 
 
 MutableMapping.register(LRUCache)
@@ -879,14 +1242,19 @@ cdef class LocalCache(_Core):
             self._hits = self._misses = self._evictions = self._expirations = 0
 
     def __reduce__(self):
+        entries, lru = self._dump()
         return (
             type(self),
             (self._max_size, self._ttl, None if self._timer is None else self._timer),
-            (self._entries_state(), getattr(self, "__dict__", None)),
+            (entries, lru, getattr(self, "__dict__", None)),
         )
 
     def __setstate__(self, state):
-        entries, attrs = state
+        if len(state) == 2:  # fastsess 0.1 pickles: entries in recency order
+            entries, attrs = state
+            lru = None
+        else:
+            entries, lru, attrs = state
         if attrs:
             self.__dict__.update(attrs)
-        self._restore(entries)
+        self._load(entries, lru)

@@ -61,7 +61,10 @@ def test_getsizeof_must_return_a_sane_size(impl: Any) -> None:
     negative = impl.LRUCache(10, getsizeof=lambda v: -1)
     with pytest.raises(ValueError):
         negative["a"] = 1
-    fractional = impl.LRUCache(10, getsizeof=lambda v: 1.5)
+    wordy = impl.LRUCache(10, getsizeof=lambda v: "1")
     with pytest.raises(TypeError):
-        fractional["a"] = 1
-    assert len(negative) == 0 and len(fractional) == 0
+        wordy["a"] = 1
+    nan = impl.LRUCache(10, getsizeof=lambda v: float("nan"))
+    with pytest.raises(ValueError):
+        nan["a"] = 1
+    assert len(negative) == 0 and len(wordy) == 0 and len(nan) == 0

@@ -1,6 +1,7 @@
 """Property-based tests: random operation sequences against a simple reference model.
 
-The model is an ``OrderedDict`` in recency order holding ``(value, expires)``;
+The model is an ``OrderedDict`` in recency order holding ``(value, expires)``,
+plus the keys in insertion order (what TTLCache, like cachetools, iterates in);
 it is obviously correct and obviously slow.  Hypothesis drives both with the
 same operations (including clock jumps) and compares every observable result,
 the eviction order and, for LocalCache, the statistics.
@@ -31,6 +32,7 @@ class Model:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.data: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        self.inserted: dict[int, None] = {}  # may hold removed keys; see inserted_live_keys
         self.hits = self.misses = self.evictions = self.expirations = 0
 
     def purge(self) -> list[tuple[int, int]]:
@@ -43,10 +45,13 @@ class Model:
     def set(self, key: int, value: int, ttl: float) -> None:
         self.purge()
         if key in self.data:
-            self.data.move_to_end(key)
-        elif len(self.data) >= MAXSIZE:
-            self.data.popitem(last=False)
-            self.evictions += 1
+            self.data.move_to_end(key)  # an overwrite keeps its insertion position
+        else:
+            if len(self.data) >= MAXSIZE:
+                self.data.popitem(last=False)
+                self.evictions += 1
+            self.inserted.pop(key, None)  # (re-)inserted: goes last
+            self.inserted[key] = None
         self.data[key] = (value, self.clock.now + ttl)
 
     def get(self, key: int) -> Any:
@@ -71,6 +76,9 @@ class Model:
 
     def live_keys(self) -> list[int]:
         return [k for k, (_, exp) in self.data.items() if self.clock.now < exp]
+
+    def inserted_live_keys(self) -> list[int]:
+        return [k for k in self.inserted if k in self.data and self.clock.now < self.data[k][1]]
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -149,7 +157,7 @@ class CacheMachine(RuleBasedStateMachine):
         if not hasattr(self, "model"):
             return
         assert self.local.keys() == self.model.live_keys()
-        assert list(self.ttl_cache) == self.ttl_model.live_keys()
+        assert list(self.ttl_cache) == self.ttl_model.inserted_live_keys()
         assert len(self.ttl_cache) == len(self.ttl_model.live_keys())
         self.ttl_model.purge()  # len() purged the cache
         stats = self.local.stats  # purges too
