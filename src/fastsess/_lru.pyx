@@ -39,12 +39,8 @@ import time as _time
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from types import GenericAlias
 
+from fastsess import _cache_common
 from fastsess._cache_common import (
-    HOOK_CONTAINS,
-    HOOK_DELITEM,
-    HOOK_EXPIRE,
-    HOOK_GETITEM,
-    HOOK_POPITEM,
     CacheStats,
     check_capacity,
     check_item_size,
@@ -86,6 +82,23 @@ cdef extern from *:
     """
     const bint FASTSESS_HAVE_C_CLOCK
     double fastsess_clock() noexcept nogil
+
+# The cachetools hooks a subclass may override (bits of _MappingCache._hooks), as C
+# constants so that the fast paths test them without a Python lookup.
+cdef enum:
+    H_GETITEM = 1
+    H_CONTAINS = 2
+    H_DELITEM = 4
+    H_POPITEM = 8
+    H_EXPIRE = 16
+
+assert (H_GETITEM, H_CONTAINS, H_DELITEM, H_POPITEM, H_EXPIRE) == (
+    _cache_common.HOOK_GETITEM,
+    _cache_common.HOOK_CONTAINS,
+    _cache_common.HOOK_DELITEM,
+    _cache_common.HOOK_POPITEM,
+    _cache_common.HOOK_EXPIRE,
+)
 
 cdef double INF = float("inf")
 cdef object _MISSING = object()
@@ -636,9 +649,9 @@ cdef class _MappingCache(_Core):
         size = self._size_of(value)
         time = self._freeze()
         try:
-            if self._hooks & HOOK_EXPIRE:
+            if self._hooks & H_EXPIRE:
                 self.expire(time)
-            if self._hooks & (HOOK_POPITEM | HOOK_DELITEM):
+            if self._hooks & (H_POPITEM | H_DELITEM):
                 while self._over(key, size):
                     self.popitem()
             self._store_now(key, value, size)
@@ -651,7 +664,7 @@ cdef class _MappingCache(_Core):
         cdef list dropped
         time = self._freeze()
         try:
-            if self._hooks & HOOK_EXPIRE:
+            if self._hooks & H_EXPIRE:
                 self.expire(time)
             now = self._now() if self._timed else 0.0
             with cython.critical_section(self):
@@ -664,6 +677,36 @@ cdef class _MappingCache(_Core):
             key, value = node.key, node.value
             del self[key]  # an overridden __delitem__ sees the eviction, as in cachetools
             return (key, value)
+        finally:
+            self._thaw()
+
+    def _get_hooked(self, key, default):
+        self._freeze()
+        try:
+            return self[key] if key in self else default
+        finally:
+            self._thaw()
+
+    def _pop_hooked(self, key, default):
+        self._freeze()
+        try:
+            if key in self:
+                value = self[key]
+                del self[key]
+                return value
+        finally:
+            self._thaw()
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def _setdefault_hooked(self, key, default):
+        self._freeze()
+        try:
+            if key in self:
+                return self[key]
+            self[key] = default
+            return default
         finally:
             self._thaw()
 
@@ -705,10 +748,17 @@ cdef class _MappingCache(_Core):
         return 0
 
     def __setitem__(self, key, value):
-        if self._hooks & (HOOK_POPITEM | HOOK_DELITEM | HOOK_EXPIRE):
+        cdef object size
+        cdef double now
+        cdef list dropped
+        if self._hooks & (H_POPITEM | H_DELITEM | H_EXPIRE):
             self._setitem_hooked(key, value)
             return
-        self._store_now(key, value, self._size_of(value))
+        size = self._size_of(value)
+        now = self._now() if self._timed else 0.0
+        with cython.critical_section(self):
+            self._store(key, value, size, now + self._ttl, True, now)
+            dropped = self._take_dropped()
 
     def __delitem__(self, key):
         cdef double now = self._now() if self._timed else 0.0
@@ -734,7 +784,7 @@ cdef class _MappingCache(_Core):
     def __len__(self):
         cdef double now
         cdef list dropped
-        if self._hooks & HOOK_EXPIRE:
+        if self._hooks & H_EXPIRE:
             self._expire_hook()
         if not self._timed:
             return len(self._map)
@@ -774,7 +824,7 @@ cdef class _MappingCache(_Core):
         cdef _Node node
         cdef object value
         cdef list dropped
-        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS):
+        if self._hooks & (H_GETITEM | H_CONTAINS):
             # cachetools reads through the subclass's __getitem__, with time frozen
             for key in self:
                 self._freeze()
@@ -805,7 +855,7 @@ cdef class _MappingCache(_Core):
         return dict(pairs)
 
     def __repr__(self):
-        if self._hooks & HOOK_EXPIRE:
+        if self._hooks & H_EXPIRE:
             self._expire_hook()
         return mapping_repr(self, self._items_in_order)
 
@@ -840,12 +890,8 @@ cdef class _MappingCache(_Core):
         cdef _Node node
         cdef object value = default
         cdef list dropped
-        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS):
-            self._freeze()
-            try:
-                return self[key] if key in self else default
-            finally:
-                self._thaw()
+        if self._hooks & (H_GETITEM | H_CONTAINS):
+            return self._get_hooked(key, default)
         now = self._now() if self._timed else 0.0
         with cython.critical_section(self):
             node = self._find(key, now)
@@ -867,40 +913,25 @@ cdef class _MappingCache(_Core):
         cdef PyObject* p
         cdef _Node node = None
         cdef list dropped
-        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS | HOOK_DELITEM):
-            self._freeze()
-            try:
-                if key in self:
-                    value = self[key]
-                    del self[key]
-                    return value
-            finally:
-                self._thaw()
-        else:
-            now = self._now() if self._timed else 0.0
-            with cython.critical_section(self):
-                p = PyDict_GetItemWithError(self._map, key)
-                if p is not NULL:
-                    node = <_Node>p
-                    self._detach(node)
-                dropped = self._take_dropped()
-            if node is not None and (not self._timed or now < node.expires):
-                return node.value
+        if self._hooks & (H_GETITEM | H_CONTAINS | H_DELITEM):
+            return self._pop_hooked(key, default)
+        now = self._now() if self._timed else 0.0
+        with cython.critical_section(self):
+            p = PyDict_GetItemWithError(self._map, key)
+            if p is not NULL:
+                node = <_Node>p
+                self._detach(node)
+            dropped = self._take_dropped()
+        if node is not None and (not self._timed or now < node.expires):
+            return node.value
         if default is _MISSING:
             raise KeyError(key)
         return default
 
     def setdefault(self, key, default=None):
         """Return ``cache[key]`` if present, else store ``default`` and return it. O(1)."""
-        if self._hooks & (HOOK_GETITEM | HOOK_CONTAINS):
-            self._freeze()
-            try:
-                if key in self:
-                    return self[key]
-                self[key] = default
-                return default
-            finally:
-                self._thaw()
+        if self._hooks & (H_GETITEM | H_CONTAINS):
+            return self._setdefault_hooked(key, default)
         value = self.get(key, _MISSING)
         if value is _MISSING:
             self[key] = value = default
@@ -915,7 +946,7 @@ cdef class _MappingCache(_Core):
         cdef double now
         cdef _Node node = None
         cdef list dropped
-        if self._hooks & (HOOK_DELITEM | HOOK_EXPIRE):
+        if self._hooks & (H_DELITEM | H_EXPIRE):
             return self._popitem_hooked()
         now = self._now() if self._timed else 0.0
         with cython.critical_section(self):
@@ -962,7 +993,7 @@ cdef class _MappingCache(_Core):
         """The sum of the sizes of the live items (an exact int, or a float if ``getsizeof`` gave floats)."""
         cdef double now
         cdef list dropped
-        if self._hooks & HOOK_EXPIRE:
+        if self._hooks & H_EXPIRE:
             self._expire_hook()
         if self._timed:
             now = self._now()

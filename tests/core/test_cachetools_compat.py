@@ -202,6 +202,14 @@ def test_expire_override_sees_expirations(ttl_cls: Any, clock: FakeClock) -> Non
     assert expired == [("a", 1)]
     clock.advance(10)
     assert len(cache) == 0 and sorted(expired) == [("a", 1), ("b", 2), ("c", 3)]
+    cache["d"] = 4
+    clock.advance(10)
+    assert cache.currsize == 0 and expired[-1] == ("d", 4)
+    cache["e"] = 5
+    clock.advance(10)
+    with pytest.raises(KeyError):
+        cache.popitem()
+    assert expired[-1] == ("e", 5)
 
 
 def test_get_pop_setdefault_go_through_overridden_getitem(make: Maker) -> None:
@@ -440,3 +448,82 @@ def test_repr_of_a_cache_containing_itself(impl: Any, clock: FakeClock) -> None:
         other["inner"] = cache
         cache["other"] = other
         assert "LRUCache({'inner': ...}" in repr(cache)
+
+
+# -- the differences the README lists, shown on both sides ------------------------------------
+
+
+def test_lookup_removes_the_expired_entry_it_finds(ttl_cls: Any, clock: FakeClock) -> None:
+    cache = ttl_cls(5, ttl=10, timer=clock)
+    cache["a"] = 1
+    clock.advance(10)
+    assert cache.get("a") is None
+    if ttl_cls is cachetools.TTLCache:
+        assert cache.expire() == [("a", 1)]  # cachetools kept it until expire()
+    else:
+        assert cache.expire() == []  # already gone
+    assert len(cache) == 0
+
+
+def test_growing_the_least_recently_used_item(make: Maker) -> None:
+    cache = make(10, getsizeof=lambda value: value)
+    cache["a"] = 4
+    cache["b"] = 2
+    cache["c"] = 2
+    cache["a"] = 7  # a is least recently used and grows: 11 > 10
+    assert cache.currsize == 9 and "b" not in cache
+    if make.source == "cachetools":
+        assert list(cache) == ["c", "a"]  # evicted a itself first, then b, and re-added a last
+    else:
+        assert list(cache) == ["a", "c"]  # updated a in place (keeping its place), evicted b
+
+
+def test_time_is_not_frozen_inside_a_loop_over_the_views(ttl_cls: Any, clock: FakeClock) -> None:
+    cache = ttl_cls(5, ttl=100, timer=clock)
+    cache["a"] = 1
+    cache["b"] = 2
+    for _ in cache.values():
+        clock.advance(1)
+        if ttl_cls is cachetools.TTLCache:
+            assert cache.timer() != clock.now  # cachetools' iterator holds the timer frozen
+        else:
+            assert cache.timer() == clock.now
+
+
+def test_timer_must_return_a_number_or_a_datetime(impl: Any) -> None:
+    cache = impl.TTLCache(5, ttl=10, timer=lambda: "noon")
+    with pytest.raises(TypeError, match="timer must return"):
+        cache["a"] = 1
+    assert len(impl.TTLCache(5, ttl=10, timer=lambda: 5)) == 0  # ints are fine
+
+
+def test_growing_the_least_recently_used_item_with_popitem_overridden(make: Maker) -> None:
+    class Overriding(make.cls):  # type: ignore[misc,name-defined]
+        def popitem(self) -> tuple[Any, Any]:
+            return super().popitem()
+
+    cache = make(10, getsizeof=lambda value: value, cls=Overriding)
+    cache["a"] = 4
+    cache["b"] = 2
+    cache["c"] = 2
+    cache["a"] = 7
+    assert list(cache) == ["c", "a"] and cache.currsize == 9  # cachetools' way, everywhere
+
+
+def test_reading_through_the_views_refreshes_recency(make: Maker) -> None:
+    cache = make(3)
+    for key in "abc":
+        cache[key] = key
+    cache["a"]  # recency: b, c, a
+    assert list(cache.values()) == ["a", "b", "c"]  # reads a, b, c in that order
+    cache["d"] = "d"  # so a is now the least recently used
+    assert list(cache) == ["b", "c", "d"]
+
+
+def test_timer_attributes_come_from_the_wrapped_timer(ttl_cls: Any, clock: FakeClock) -> None:
+    cache = ttl_cls(5, ttl=10, timer=clock)
+    clock.advance(3)
+    assert cache.timer.now == clock.now and cache.timer.advance == clock.advance
+    if ttl_cls is not cachetools.TTLCache:  # cachetools has no public name for it
+        assert cache.timer.wrapped is clock
+    assert ttl_cls(5, ttl=10).timer.__name__ == "monotonic"
