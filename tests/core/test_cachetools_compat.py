@@ -254,6 +254,14 @@ def test_subclass_overriding_nothing_behaves_like_the_class(make: Maker) -> None
     cache["c"] = 3
     assert list(cache) == ["a", "c"] and cache.get("a") == 1 and cache.pop("c") == 3
     assert cache.popitem() == ("a", 1) and len(cache) == 0
+    if make.source != "cachetools":  # the decision, made once per class: no hook, so the fast paths
+
+        class Overriding(Plain):
+            def popitem(self) -> tuple[Any, Any]:
+                return super().popitem()
+
+        Overriding(1) if make.kind == "LRUCache" else Overriding(1, 10)
+        assert Plain._fastsess_hooks == 0 and Overriding._fastsess_hooks != 0
 
 
 # -- timers ---------------------------------------------------------------------------------
