@@ -27,6 +27,8 @@ _LAZY = {
     "SessionCorrupt": ".errors",
     "InvalidSessionId": ".errors",
     "ConfigError": ".errors",
+    "PoolExhausted": ".errors",
+    "SessionTooLarge": ".errors",
     "MsgpackSerializer": ".serializers",
     "JSONSerializer": ".serializers",
 }
@@ -54,7 +56,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ConfigError,
         FastsessError,
         InvalidSessionId,
+        PoolExhausted,
         SessionCorrupt,
+        SessionTooLarge,
         StoreUnavailable,
     )
     from .serializers import JSONSerializer, MsgpackSerializer

@@ -2,9 +2,16 @@
 
     FastsessError
     ├── StoreUnavailable   Redis down, timed out or refusing commands (cause kept)
+    │   └── PoolExhausted  Redis is fine, but no pooled connection freed up within
+    │                      ``pool_timeout`` (more concurrent requests than ``pool_size``)
     ├── SessionCorrupt     bytes under a session key that are not a fastsess session
+    ├── SessionTooLarge    (also ValueError) ``save`` refused a session over the size
+    │                      limits, because no store could load it back
     ├── InvalidSessionId   (also ValueError) an id not of the form fastsess issues
-    └── ConfigError        (also ValueError) bad settings or a missing optional extra
+    │                      (raised by ``save``/``regenerate`` for a session whose
+    │                      ``id`` was set by hand; ``load`` & co. just return None/False)
+    └── ConfigError        (also ValueError) bad settings, an invalid TTL, or a
+                           missing optional extra
 """
 
 from __future__ import annotations
@@ -27,6 +34,16 @@ class StoreUnavailable(FastsessError):
         self.cause = cause
 
 
+class PoolExhausted(StoreUnavailable):
+    """Every connection of the store's pool stayed busy for ``pool_timeout`` seconds.
+
+    Redis itself answered fine: this process ran more concurrent operations than
+    its pool has connections (``pool_size``).  Still a ``StoreUnavailable`` (the
+    request should fail with HTTP 503), but the fix is a larger ``pool_size`` or
+    fewer concurrent requests per process, not a look at Redis.
+    """
+
+
 class SessionCorrupt(FastsessError):
     """The data stored under a session key is not a valid fastsess session.
 
@@ -36,8 +53,22 @@ class SessionCorrupt(FastsessError):
     """
 
 
+class SessionTooLarge(FastsessError, ValueError):
+    """``save`` refused a session that exceeds the serializer's limits.
+
+    ``max_size`` (16 MiB of encoded body, before compression) or ``max_items``
+    (1,000,000 values): a larger session could be written but never loaded back,
+    so nothing is written and the session is left unsaved.
+    """
+
+
 class InvalidSessionId(FastsessError, ValueError):
-    """A session id that fastsess could not have issued (wrong length or alphabet)."""
+    """A session id that fastsess could not have issued (wrong length or alphabet).
+
+    Raised by ``save``/``regenerate`` when ``session.id`` is not a fastsess id
+    (e.g. set by hand, or None); ``load``/``exists``/``delete``/``touch`` instead
+    answer None/False for such ids without any I/O.
+    """
 
 
 class ConfigError(FastsessError, ValueError):

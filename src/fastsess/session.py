@@ -9,6 +9,10 @@ Any mutation through the mapping API sets ``modified``, including replacing a
 nested container (``session["cart"] = [...]``).  Mutating a nested container
 in place (``session["cart"].append(x)``) cannot be seen: set
 ``session.modified = True`` yourself, as with Django and Flask sessions.
+
+``ttl`` is validated wherever it is set (constructor or ``session.ttl = ...``):
+a whole number of seconds from 1 to ``MAX_TTL`` (2**31 - 1, about 68 years),
+else ``ConfigError`` (a ``ValueError``) -- never a Redis error at ``save``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,22 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+from .errors import ConfigError
+
 _MISSING: Any = object()
+
+MAX_TTL = 2**31 - 1  # seconds (about 68 years); far below what Redis EXPIRE accepts
+
+
+def check_ttl(ttl: Any, name: str = "ttl") -> int:
+    """A session TTL in whole seconds (Redis EXPIRE granularity), 1 to ``MAX_TTL``.
+
+    Raises:
+        ConfigError: not an int (bools and floats included) or out of range.
+    """
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
+        raise ConfigError(f"{name} must be a whole number of seconds from 1 to {MAX_TTL}, not {ttl!r}")
+    return int(ttl)
 
 
 class Session(MutableMapping[str, Any]):
@@ -26,9 +45,12 @@ class Session(MutableMapping[str, Any]):
     Construct sessions through a store (``store.create()``/``store.load()``);
     the constructor is public for tests and custom stores.  Copying is cheap
     and shallow (``copy()``, about 0.2 us for a small session).
+
+    Raises:
+        ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL`` (also on ``session.ttl = ...``).
     """
 
-    __slots__ = ("_data", "accessed", "created_at", "id", "modified", "new", "refreshed_at", "ttl", "version")
+    __slots__ = ("_data", "_ttl", "accessed", "created_at", "id", "modified", "new", "refreshed_at", "version")
 
     def __init__(
         self,
@@ -60,7 +82,7 @@ class Session(MutableMapping[str, Any]):
         self = object.__new__(cls)
         self.id = id
         self._data = data
-        self.ttl = ttl
+        self._ttl = ttl
         self.created_at = created_at
         self.refreshed_at = refreshed_at
         self.version = version
@@ -72,7 +94,7 @@ class Session(MutableMapping[str, Any]):
         other = object.__new__(Session)
         other.id = self.id
         other._data = self._data.copy()
-        other.ttl = self.ttl
+        other._ttl = self._ttl
         other.created_at = self.created_at
         other.refreshed_at = self.refreshed_at
         other.version = self.version
@@ -80,6 +102,16 @@ class Session(MutableMapping[str, Any]):
         other.modified = self.modified
         other.accessed = False
         return other
+
+    @property
+    def ttl(self) -> int:
+        """Lifetime in seconds, applied at the next write (and by ``touch``)."""
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, value: int) -> None:
+        """Set the lifetime. Raises ConfigError (a ValueError) unless 1 <= value <= MAX_TTL (an int)."""
+        self._ttl = check_ttl(value)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -150,4 +182,5 @@ class Session(MutableMapping[str, Any]):
 
     def __repr__(self) -> str:
         # never print the data or the full id: both are secrets in a log
-        return f"<Session {self.id[:6]}... keys={len(self._data)} new={self.new} modified={self.modified} v{self.version}>"
+        shown = self.id[:6] if isinstance(self.id, str) else repr(self.id)
+        return f"<Session {shown}... keys={len(self._data)} new={self.new} modified={self.modified} v{self.version}>"

@@ -39,6 +39,13 @@ class FakeClock:
         self.now += seconds
 
 
+def pool_connections(pool: Any) -> list[Any]:
+    """Every connection a redis-py pool created (plain or blocking, sync or asyncio)."""
+    if hasattr(pool, "_available_connections"):
+        return list(pool._available_connections) + list(pool._in_use_connections)
+    return list(pool._connections)  # sync BlockingConnectionPool
+
+
 def redis_calls(client: redis.Redis) -> int:
     """Commands the server has executed so far, INFO itself excluded."""
     stats = client.info("commandstats")

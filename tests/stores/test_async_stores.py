@@ -27,7 +27,7 @@ from fastsess.errors import ConfigError, SessionCorrupt, StoreUnavailable
 from fastsess.server import RedisServer
 from fastsess.stores.base import DEFAULT_PREFIX, DEFAULT_TTL, is_valid_session_id, new_session_id
 
-from .conftest import FakeClock, RedisInspection
+from .conftest import FakeClock, RedisInspection, pool_connections
 
 DATA: dict[str, Any] = {
     "user_id": 42,
@@ -54,7 +54,7 @@ async def ids_of(store: AsyncSessionStore) -> list[str]:
 
 def is_connected(client: aredis.Redis) -> bool:
     pool = client.connection_pool
-    return any(c.is_connected for c in list(pool._available_connections) + list(pool._in_use_connections))
+    return any(c.is_connected for c in pool_connections(pool))
 
 
 # --- backends ---------------------------------------------------------------------------------

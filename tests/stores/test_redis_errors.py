@@ -23,6 +23,8 @@ from fastsess.errors import FastsessError, SessionCorrupt, StoreUnavailable
 from fastsess.server import RedisServer
 from fastsess.stores.base import new_session_id
 
+from .conftest import pool_connections
+
 FAST = 3.0  # seconds: every failure must surface faster than this with socket_timeout=1.0
 
 
@@ -249,7 +251,7 @@ def test_regenerate_works_after_a_restart_flushed_the_script_cache(redis_server_
 
 def connected(client: redis.Redis) -> bool:
     pool = client.connection_pool
-    return any(c.is_connected for c in list(pool._available_connections) + list(pool._in_use_connections))
+    return any(c.is_connected for c in pool_connections(pool))
 
 
 def test_accepts_a_client_and_does_not_close_it(redis_url: str, prefix: str) -> None:

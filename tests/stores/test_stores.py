@@ -25,7 +25,7 @@ from fastsess.stores.base import (
     new_session_id,
 )
 
-from .conftest import Backend, RedisBackend, redis_command_calls
+from .conftest import Backend, RedisBackend, pool_connections, redis_command_calls
 
 DATA: dict[str, Any] = {
     "user_id": 42,
@@ -520,7 +520,7 @@ def test_context_manager_returns_the_store_and_closes(backend: Backend) -> None:
         saved(store)
     if isinstance(store, RedisStore):
         pool = store.client.connection_pool
-        conns = list(pool._available_connections) + list(pool._in_use_connections)
+        conns = pool_connections(pool)
         assert conns and not any(c.is_connected for c in conns), "the owned client was not closed"
 
 

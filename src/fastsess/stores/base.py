@@ -7,7 +7,14 @@ Decisions, identical for every store:
   overwrite of someone else's session).
 * Session ids are ``secrets.token_urlsafe(32)``: 43 characters of
   ``[A-Za-z0-9_-]``.  Anything else given to ``load``/``exists``/``delete``/
-  ``touch`` returns None/False before any I/O.
+  ``touch`` returns None/False before any I/O; a session whose ``id`` is not
+  such an id (set by hand, or None) makes ``save``/``regenerate`` raise
+  ``InvalidSessionId`` before any I/O.
+* TTLs are whole seconds from 1 to ``MAX_TTL`` (about 68 years), checked where
+  they are set (store ``ttl``, ``create(ttl=)``, ``session.ttl = ...``,
+  ``touch(ttl=)``): ``ConfigError``, a ``ValueError``.
+* The key prefix must be a non-empty str that encodes to UTF-8 (``ConfigError``):
+  an empty prefix would make every 43-character key look like a session.
 * ``save()`` writes only when the session was modified (a new session
   created with data counts as modified) or its TTL refresh is due (``refresh_fraction`` of its TTL has passed since the last
   write), in one round trip.  It never resurrects a session that was deleted
@@ -26,8 +33,14 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from ..errors import ConfigError
-from ..session import Session
+from ..errors import ConfigError, InvalidSessionId
+from ..session import MAX_TTL, Session, check_ttl
+
+__all__ = [
+    "DEFAULT_PREFIX", "DEFAULT_REFRESH_FRACTION", "DEFAULT_TTL", "MAX_TTL", "SessionStore", "StoreBase",
+    "check_prefix", "check_refresh_fraction", "check_session_id", "check_ttl", "is_valid_session_id",
+    "new_session_id", "now",
+]
 
 DEFAULT_TTL = 1800  # seconds: 30 minutes, like most frameworks' session defaults
 DEFAULT_PREFIX = "fastsess:"
@@ -46,15 +59,37 @@ def is_valid_session_id(session_id: object) -> bool:
     return type(session_id) is str and _ID.match(session_id) is not None
 
 
-def check_ttl(ttl: Any, name: str = "ttl") -> int:
-    """A session TTL in whole seconds (Redis EXPIRE granularity).
+def check_session_id(session: Session) -> None:
+    """Refuse to write ``session`` under an id fastsess could not have issued.
 
     Raises:
-        ConfigError: not a positive integer.
+        InvalidSessionId: ``session.id`` is not a 43-character URL-safe id (e.g. None,
+            or ``"../x*"``, which would dodge ``iter_ids``/``clear``).
     """
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
-        raise ConfigError(f"{name} must be a positive number of seconds (int), not {ttl!r}")
-    return ttl
+    session_id = session.id
+    if not is_valid_session_id(session_id):
+        shown = f"a str of length {len(session_id)}" if isinstance(session_id, str) else type(session_id).__name__
+        raise InvalidSessionId(
+            f"session.id is not a fastsess session id ({shown}; expected 43 URL-safe characters): "
+            "take ids from store.create() or store.regenerate()"
+        )
+
+
+def check_prefix(prefix: Any) -> str:
+    """Validate a key prefix: a non-empty str that encodes to UTF-8.
+
+    Raises:
+        ConfigError: empty, not a str, or not encodable (e.g. a lone surrogate).
+    """
+    if not isinstance(prefix, str):
+        raise ConfigError(f"prefix must be a str, not {prefix!r}")
+    if not prefix:
+        raise ConfigError("prefix must not be empty: clear()/iter_ids() could not tell sessions from other keys")
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"prefix must be valid Unicode (it is sent to Redis as UTF-8): {exc}") from None
+    return prefix
 
 
 def check_refresh_fraction(fraction: Any) -> float:
@@ -72,9 +107,7 @@ class StoreBase:
     """State and helpers shared by the sync and asyncio stores (no I/O here)."""
 
     def __init__(self, *, prefix: str, ttl: int, refresh_fraction: float) -> None:
-        if not isinstance(prefix, str):
-            raise ConfigError(f"prefix must be a str, not {prefix!r}")
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self.ttl = check_ttl(ttl)
         self.refresh_fraction = check_refresh_fraction(refresh_fraction)
 
@@ -82,7 +115,7 @@ class StoreBase:
         """A new, unsaved session (``new=True``); nothing is written until ``save``.
 
         Raises:
-            ConfigError: ``ttl`` is not a positive int.
+            ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
         """
         session = Session(new_session_id(), data, ttl=self.ttl if ttl is None else check_ttl(ttl))
         session.modified = bool(data)
@@ -140,7 +173,9 @@ class SessionStore(StoreBase, ABC):
 
         Raises:
             StoreUnavailable: the backend failed (the session is left unsaved).
-            TypeError: the session holds a value that cannot be stored.
+            TypeError: the session holds a value that cannot be stored or read back.
+            SessionTooLarge: the session exceeds the serializer's size limits.
+            InvalidSessionId: ``session.id`` is not a fastsess id.
         """
 
     @abstractmethod
@@ -149,7 +184,11 @@ class SessionStore(StoreBase, ABC):
 
     @abstractmethod
     def touch(self, session_id: str, ttl: int | None = None) -> bool:
-        """Reset the session's expiry to ``ttl`` (default: the store's); True if it exists."""
+        """Reset the session's expiry to ``ttl`` (default: the store's); True if it exists.
+
+        Raises:
+            ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
+        """
 
     @abstractmethod
     def exists(self, session_id: str) -> bool:
@@ -160,6 +199,10 @@ class SessionStore(StoreBase, ABC):
         """Move ``session`` to a new id (same data), deleting the old one; returns ``session``.
 
         Call it after login (session-fixation defence).
+
+        Raises:
+            InvalidSessionId: a saved session whose ``id`` is not a fastsess id.
+            TypeError, SessionTooLarge: as ``save``.
         """
 
     @abstractmethod

@@ -47,7 +47,15 @@ from ..serializers import Serializer
 from ..session import Session
 from .._cache_common import make_stats
 from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id
-from .redis import DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, RedisStore, map_redis_error
+from .redis import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_SOCKET_TIMEOUT,
+    REDIS_ERRORS,
+    RedisStore,
+    map_redis_error,
+)
 
 # KEYS[1]=key  ARGV: payload, ttl, channel, message.  SET XX: never resurrects a deleted session.
 SET_PUBLISH_SCRIPT = """
@@ -224,7 +232,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
 
     Args:
         client, url, prefix, ttl, serializer, refresh_fraction, socket_timeout,
-            retries: as ``RedisStore``.
+            retries, pool_size, pool_timeout: as ``RedisStore``.
         config: the cluster settings (default ``ClusterConfig()``: clustering on,
             a fresh node id).  ``enabled=False`` gives a plain ``RedisStore``
             (no cache, no messages, ``coordinator`` is None).
@@ -249,10 +257,12 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         super().__init__(
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
-            socket_timeout=socket_timeout, retries=retries,
+            socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout,
         )
         self.coordinator: ClusterCoordinator | None
         self._attach_cluster(config, ClusterCoordinator)

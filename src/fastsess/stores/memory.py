@@ -5,9 +5,12 @@ Python objects, each with its TTL, in a ``LocalCache``; when ``max_sessions``
 is reached the least recently used session is evicted (and so lost: size it
 for your traffic, or use Redis).  Thread-safe.
 
-``save`` stores a msgpack round trip of the data, so the store accepts exactly
-what ``RedisStore`` accepts (a set or an arbitrary object raises ``TypeError``
-here too) and the stored copy shares nothing with the caller's session.
+``save`` stores the data as ``RedisStore`` would load it back: it encodes the
+session with the default msgpack serializer, with the same checks and limits
+(``TypeError`` for a set, an object, a tuple dict key or a raw ExtType;
+``SessionTooLarge`` over 16 MiB or 1,000,000 values; ``InvalidSessionId`` for a
+hand-set id), and keeps the decoded copy, which shares nothing with the
+caller's session.
 ``load`` hands back a shallow copy, as the Redis-backed stores' caches do.
 """
 
@@ -19,7 +22,17 @@ from collections.abc import Iterator
 from ..cache import LocalCache
 from ..serializers import MsgpackSerializer
 from ..session import Session
-from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, SessionStore, check_ttl, is_valid_session_id, new_session_id, now
+from .base import (
+    DEFAULT_PREFIX,
+    DEFAULT_REFRESH_FRACTION,
+    DEFAULT_TTL,
+    SessionStore,
+    check_session_id,
+    check_ttl,
+    is_valid_session_id,
+    new_session_id,
+    now,
+)
 
 DEFAULT_MAX_SESSIONS = 100_000
 
@@ -56,8 +69,12 @@ class MemoryStore(SessionStore):
         """Store a detached copy of ``session`` if it needs writing; True if it did.
 
         Raises:
-            TypeError: the session holds a value msgpack cannot store (the session is unchanged).
+            TypeError: the session holds a value msgpack cannot store or read back
+                (the session is unchanged).
+            SessionTooLarge: over the serializer's limits (the session is unchanged).
+            InvalidSessionId: ``session.id`` is not a fastsess id.
         """
+        check_session_id(session)
         t = now()
         if not self.needs_write(session, t):
             return False
@@ -72,7 +89,7 @@ class MemoryStore(SessionStore):
             return False  # deleted or expired meanwhile: never resurrect it
         old = self.prepare_write(session, t)
         try:
-            data = self._codec.loads(self._codec.dumps(session._data))  # validates and detaches
+            data = self._codec.encode_checked(session)[1]  # validates and detaches, as Redis would
         except BaseException:
             self.roll_back(session, old)
             raise
@@ -89,10 +106,10 @@ class MemoryStore(SessionStore):
         """Restart the session's lifetime with ``ttl`` (default: the store's); True if it exists.
 
         Raises:
-            ConfigError: ``ttl`` is not a positive int.
+            ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
         """
         if not is_valid_session_id(session_id):
-            return False
+            return False  # a malformed id is answered before anything else, bad ttl included
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         with self._write_lock:
             stored = self._sessions.get(session_id)
@@ -109,9 +126,12 @@ class MemoryStore(SessionStore):
         """Give ``session`` a new id, store it there and drop the old id.
 
         Raises:
-            TypeError: the session holds a value that cannot be stored (id and state unchanged).
+            TypeError, SessionTooLarge: as ``save`` (id and state unchanged).
+            InvalidSessionId: a saved session whose ``id`` is not a fastsess id.
         """
         old_id, was_saved = session.id, not session.new
+        if was_saved:
+            check_session_id(session)
         state = (session.new, session.modified)
         session.id = new_session_id()
         if not was_saved:

@@ -18,6 +18,8 @@ write in the same round trip):
 
 from __future__ import annotations
 
+import asyncio
+import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from ..errors import ConfigError, FastsessError, SessionCorrupt, StoreUnavailable
+from ..errors import ConfigError, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
 from ..serializers import Serializer, resolve_serializer
 from ..session import Session
 from .base import (
@@ -34,6 +36,7 @@ from .base import (
     DEFAULT_REFRESH_FRACTION,
     DEFAULT_TTL,
     SessionStore,
+    check_session_id,
     check_ttl,
     is_valid_session_id,
     new_session_id,
@@ -42,6 +45,8 @@ from .base import (
 
 DEFAULT_SOCKET_TIMEOUT = 1.0  # seconds; a hung Redis delays a request by at most this much
 DEFAULT_RETRIES = 1  # reconnect once on a dropped connection (e.g. after a Redis restart)
+DEFAULT_POOL_SIZE = 100  # connections per store built from a URL (redis-py's own default size)
+DEFAULT_POOL_TIMEOUT = 10.0  # seconds an operation waits for a free pooled connection (then PoolExhausted)
 SCAN_BATCH = 1000
 MAX_ID_ATTEMPTS = 3
 
@@ -62,10 +67,47 @@ return 0
 """
 
 
+_MAX_CONNECTIONS_ERROR: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(redis.exceptions, "MaxConnectionsError", None),) if t is not None
+)
+
+
+def is_pool_exhausted(exc: BaseException) -> bool:
+    """True if ``exc`` is redis-py saying its connection pool had no free connection.
+
+    That is a ``BlockingConnectionPool`` timing out (sync: raised while handling
+    ``queue.Empty``; asyncio: from an ``asyncio.TimeoutError``, both with the message
+    "No connection available."), or a plain pool at ``max_connections``
+    (``MaxConnectionsError``, or "Too many connections" in older redis-py).
+    """
+    if _MAX_CONNECTIONS_ERROR and isinstance(exc, _MAX_CONNECTIONS_ERROR):
+        return True
+    if not isinstance(exc, redis.ConnectionError):
+        return False
+    message = str(exc)
+    if message == "Too many connections":
+        return True
+    return message == "No connection available." and isinstance(
+        exc.__cause__ or exc.__context__, (queue.Empty, asyncio.TimeoutError, TimeoutError)
+    )
+
+
 def map_redis_error(op: str, exc: BaseException) -> FastsessError:
-    """The fastsess error for a redis-py (or socket) exception raised by ``op``."""
+    """The fastsess error for a redis-py (or socket) exception raised by ``op``.
+
+    ``PoolExhausted`` when the store's connection pool had no free connection
+    (Redis itself is fine), ``SessionCorrupt`` for WRONGTYPE, else ``StoreUnavailable``.
+    """
     if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
         return SessionCorrupt(f"{op}: a non-string value is stored under the session key")
+    if is_pool_exhausted(exc):
+        error: FastsessError = PoolExhausted(
+            f"redis {op}: no free connection in the pool in time (every pooled connection stayed busy; "
+            f"raise pool_size / pool_timeout or lower the concurrency): {type(exc).__name__}: {exc}",
+            exc,
+        )
+        error.__cause__ = exc
+        return error
     error = StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}", exc)
     error.__cause__ = exc
     return error
@@ -79,15 +121,41 @@ def default_retry(retries: int = DEFAULT_RETRIES, retry_class: Any = Retry) -> A
     return retry_class(ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,))
 
 
-def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, retries: int = DEFAULT_RETRIES) -> redis.Redis:
-    """A ``redis.Redis`` for ``url`` with fastsess's timeout and retry defaults.
+def check_pool(pool_size: Any, pool_timeout: Any) -> tuple[int, float]:
+    """Validate the pool settings of a store built from a URL.
 
     Raises:
-        ConfigError: the URL is malformed.
+        ConfigError: ``pool_size`` not a positive int, or ``pool_timeout`` not a positive number.
     """
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigError(f"pool_size must be a positive int, not {pool_size!r}")
+    if isinstance(pool_timeout, bool) or not isinstance(pool_timeout, (int, float)) or not 0 < pool_timeout < float("inf"):
+        raise ConfigError(f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}")
+    return pool_size, float(pool_timeout)
+
+
+def client_from_url(
+    url: str,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+) -> redis.Redis:
+    """A ``redis.Redis`` for ``url`` with fastsess's timeout and retry defaults.
+
+    Its pool is a ``BlockingConnectionPool`` of ``pool_size`` connections: an
+    operation that finds them all busy waits up to ``pool_timeout`` seconds for
+    one (then ``PoolExhausted``), instead of failing at once.
+
+    Raises:
+        ConfigError: the URL or a pool setting is malformed.
+    """
+    pool_size, pool_timeout = check_pool(pool_size, pool_timeout)
     try:
-        return redis.Redis.from_url(
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=pool_size,
+            timeout=pool_timeout,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             retry=default_retry(retries),
@@ -96,6 +164,12 @@ def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, re
         )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL: {exc}") from exc
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # close() of the client also closes the pool it owns
+    return client
+
+
+ID_GLOB = "[A-Za-z0-9_\\-]" * 43  # SCAN MATCH for exactly one session id after the prefix
 
 
 def glob_escape(text: str) -> str:
@@ -133,7 +207,7 @@ def attach_client(
     store.serializer = resolve_serializer(serializer)
     store.is_cluster = isinstance(store.client, cluster_type)
     store._move_script = None if store.is_cluster else store.client.register_script(MOVE_SCRIPT)
-    store._match = glob_escape(store.prefix) + "*"
+    store._match = glob_escape(store.prefix) + ID_GLOB
 
 
 class RedisStore(SessionStore):
@@ -147,6 +221,11 @@ class RedisStore(SessionStore):
         prefix, ttl, refresh_fraction: see ``stores.base``.
         serializer: ``"msgpack"`` (default), ``"json"`` or a ``Serializer``.
         socket_timeout, retries: used only for the client built from ``url``.
+        pool_size, pool_timeout: the client built from ``url`` uses a blocking pool
+            of ``pool_size`` connections (default 100); an operation that finds them
+            all busy waits up to ``pool_timeout`` seconds (default 10) for one, then
+            raises ``PoolExhausted``.  Size it to the threads (or asyncio tasks) that
+            use the store at once.
 
     Raises:
         ConfigError: neither or both of client/url, or an invalid setting.
@@ -163,11 +242,17 @@ class RedisStore(SessionStore):
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
         self.client: Any
         self.serializer: Serializer
-        attach_client(self, client, url, serializer, lambda u: client_from_url(u, socket_timeout, retries), RedisCluster)
+        check_pool(pool_size, pool_timeout)
+        attach_client(
+            self, client, url, serializer,
+            lambda u: client_from_url(u, socket_timeout, retries, pool_size, pool_timeout), RedisCluster,
+        )
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -221,8 +306,12 @@ class RedisStore(SessionStore):
 
         Raises:
             StoreUnavailable: Redis failed; the session's state is unchanged.
-            TypeError: the session holds a value that cannot be stored.
+            PoolExhausted: no pooled connection freed up in time (a StoreUnavailable).
+            TypeError: the session holds a value that cannot be stored or read back.
+            SessionTooLarge: the session is over the serializer's limits (nothing written).
+            InvalidSessionId: ``session.id`` is not a fastsess id (nothing written).
         """
+        check_session_id(session)
         t = now()
         if not self.needs_write(session, t):
             return False
@@ -262,11 +351,11 @@ class RedisStore(SessionStore):
         """Set the session's expiry to ``ttl`` seconds (default: the store's). One EXPIRE.
 
         Raises:
-            ConfigError: ``ttl`` is not a positive int.
+            ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
             StoreUnavailable: Redis failed.
         """
         if not is_valid_session_id(session_id):
-            return False
+            return False  # a malformed id is answered before anything else, bad ttl included
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         try:
             return bool(self.client.expire(self.prefix + session_id, seconds))
@@ -301,8 +390,12 @@ class RedisStore(SessionStore):
 
         Raises:
             StoreUnavailable: Redis failed twice; ``session`` keeps its old id and state.
+            InvalidSessionId: a saved session whose ``id`` is not a fastsess id.
+            TypeError, SessionTooLarge: as ``save`` (nothing written).
         """
         old_id, was_saved = session.id, not session.new
+        if was_saved:
+            check_session_id(session)
         t = now()
         for _ in range(MAX_ID_ATTEMPTS):
             session.id = new_session_id()
@@ -330,6 +423,10 @@ class RedisStore(SessionStore):
 
     def iter_ids(self) -> Iterator[str]:
         """Every session id under this prefix, by SCAN (never KEYS); on a cluster, every node.
+
+        Only keys that are the prefix followed by exactly one 43-character session
+        id match (the prefix is glob-escaped): other keys under the prefix, or
+        longer prefixes starting with it, are never returned (nor cleared, nor counted).
 
         Raises:
             StoreUnavailable: Redis failed mid-scan.

@@ -20,7 +20,7 @@ from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL
 from ...stores.clustered import (
     LocalCacheControl,
 )
-from ...stores.redis import DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, map_redis_error
+from ...stores.redis import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, map_redis_error
 from ..cluster import ClusterCoordinator
 from .redis import RedisStore
 
@@ -48,10 +48,12 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         super().__init__(
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
-            socket_timeout=socket_timeout, retries=retries,
+            socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout,
         )
         self.coordinator: ClusterCoordinator | None
         self._attach_cluster(config, ClusterCoordinator)

@@ -19,29 +19,51 @@ from redis.asyncio.retry import Retry
 from ...errors import ConfigError, StoreUnavailable
 from ...serializers import Serializer
 from ...session import Session
-from ...stores.base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id, new_session_id, now
+from ...stores.base import (
+    DEFAULT_PREFIX,
+    DEFAULT_REFRESH_FRACTION,
+    DEFAULT_TTL,
+    check_session_id,
+    check_ttl,
+    is_valid_session_id,
+    new_session_id,
+    now,
+)
 from ...stores.redis import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
     DEFAULT_RETRIES,
     DEFAULT_SOCKET_TIMEOUT,
     MAX_ID_ATTEMPTS,
     REDIS_ERRORS,
     SCAN_BATCH,
     attach_client,
+    check_pool,
     default_retry,
     map_redis_error,
 )
 from .base import AsyncSessionStore
 
 
-def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, retries: int = DEFAULT_RETRIES) -> aredis.Redis:
-    """A ``redis.asyncio.Redis`` for ``url`` with fastsess's timeout and retry defaults.
+def client_from_url(
+    url: str,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+) -> aredis.Redis:
+    """A ``redis.asyncio.Redis`` for ``url`` with fastsess's timeout and retry defaults,
+    on a blocking pool of ``pool_size`` connections (waits ``pool_timeout`` s for one).
 
     Raises:
-        ConfigError: the URL is malformed.
+        ConfigError: the URL or a pool setting is malformed.
     """
+    pool_size, pool_timeout = check_pool(pool_size, pool_timeout)
     try:
-        return aredis.Redis.from_url(
+        pool = aredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=pool_size,
+            timeout=pool_timeout,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             retry=default_retry(retries, Retry),
@@ -50,11 +72,16 @@ def client_from_url(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, re
         )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL: {exc}") from exc
+    client = aredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() of the client also closes the pool it owns
+    return client
 
 
 class RedisStore(AsyncSessionStore):
     """Sessions in Redis, asyncio API.  Arguments as ``fastsess.stores.redis.RedisStore``,
     with ``redis.asyncio`` clients (``Redis``, ``RedisCluster`` or Sentinel's ``master_for``).
+    ``pool_size``/``pool_timeout`` size the blocking pool of a client built from ``url``
+    (tasks wait for a free connection, then ``PoolExhausted``).
 
     Raises:
         ConfigError: neither or both of client/url, or an invalid setting.
@@ -71,11 +98,17 @@ class RedisStore(AsyncSessionStore):
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
         self.client: Any
         self.serializer: Serializer
-        attach_client(self, client, url, serializer, lambda u: client_from_url(u, socket_timeout, retries), RedisCluster)
+        check_pool(pool_size, pool_timeout)
+        attach_client(
+            self, client, url, serializer,
+            lambda u: client_from_url(u, socket_timeout, retries, pool_size, pool_timeout), RedisCluster,
+        )
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -125,8 +158,12 @@ class RedisStore(AsyncSessionStore):
 
         Raises:
             StoreUnavailable: Redis failed; the session's state is unchanged.
-            TypeError: the session holds a value that cannot be stored.
+            PoolExhausted: no pooled connection freed up in time (a StoreUnavailable).
+            TypeError: the session holds a value that cannot be stored or read back.
+            SessionTooLarge: the session is over the serializer's limits (nothing written).
+            InvalidSessionId: ``session.id`` is not a fastsess id (nothing written).
         """
+        check_session_id(session)
         t = now()
         if not self.needs_write(session, t):
             return False
@@ -166,11 +203,11 @@ class RedisStore(AsyncSessionStore):
         """Set the session's expiry to ``ttl`` seconds (default: the store's). One EXPIRE.
 
         Raises:
-            ConfigError: ``ttl`` is not a positive int.
+            ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
             StoreUnavailable: Redis failed.
         """
         if not is_valid_session_id(session_id):
-            return False
+            return False  # a malformed id is answered before anything else, bad ttl included
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         try:
             return bool(await self.client.expire(self.prefix + session_id, seconds))
@@ -202,8 +239,12 @@ class RedisStore(AsyncSessionStore):
             StoreUnavailable: Redis failed twice; ``session`` keeps its old id and state.
             asyncio.CancelledError: the task was cancelled (``session.id`` is the new
                 id if the move happened, else the old one).
+            InvalidSessionId: a saved session whose ``id`` is not a fastsess id.
+            TypeError, SessionTooLarge: as ``save`` (nothing written).
         """
         old_id, was_saved = session.id, not session.new
+        if was_saved:
+            check_session_id(session)
         t = now()
         for _ in range(MAX_ID_ATTEMPTS):
             session.id = new_session_id()
@@ -242,7 +283,8 @@ class RedisStore(AsyncSessionStore):
         raise StoreUnavailable("could not allocate an unused session id")
 
     async def iter_ids(self) -> AsyncIterator[str]:
-        """Every session id under this prefix, by SCAN (never KEYS).
+        """Every session id under this prefix, by SCAN (never KEYS); only keys that are
+        the prefix followed by exactly one session id (see the sync store).
 
         Raises:
             StoreUnavailable: Redis failed mid-scan.
