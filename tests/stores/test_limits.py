@@ -532,6 +532,10 @@ async def test_pool_exhaustion_is_pool_exhausted_not_redis_unavailable(rmake: Ma
             await call(op())
         assert isinstance(info.value, StoreUnavailable) and "pool" in str(info.value)
         assert "pool_size" in str(info.value)
+    old_id = s.id
+    with pytest.raises(PoolExhausted):
+        await call(store.regenerate(s))
+    assert s.id == old_id
     for conn in held:
         await call(pool.release(conn))
     assert await call(store.save(s)) is True

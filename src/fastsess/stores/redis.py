@@ -406,7 +406,9 @@ class RedisStore(SessionStore):
                 payload = self.serializer.encode(session)
                 try:
                     moved = self._move(old_id, session, payload)
-                except REDIS_ERRORS:
+                except REDIS_ERRORS as exc:
+                    if is_pool_exhausted(exc):
+                        raise  # never sent: the outcome is known, and a second wait would double it
                     moved = self._move(old_id, session, payload)  # settle the unknown outcome
             except BaseException as exc:
                 self.roll_back(session, old)

@@ -40,6 +40,7 @@ from ...stores.redis import (
     attach_client,
     check_pool,
     default_retry,
+    is_pool_exhausted,
     map_redis_error,
 )
 from .base import AsyncSessionStore
@@ -259,6 +260,8 @@ class RedisStore(AsyncSessionStore):
                 except (*REDIS_ERRORS, asyncio.CancelledError) as exc:
                     if isinstance(exc, asyncio.CancelledError):
                         cancelled = exc
+                    elif is_pool_exhausted(exc):
+                        raise  # never sent: the outcome is known, and a second wait would double it
                     moved = await self._move(old_id, session, payload)  # settle the unknown outcome
             except BaseException as exc:
                 self.roll_back(session, old)
