@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ import redis
 
 import fastsess.asyncio as fa
 from fastsess import ClusterConfig, ClusteredRedisStore, MemoryStore, RedisStore, Session
-from fastsess.errors import ConfigError, InvalidSessionId, PoolExhausted, SessionTooLarge, StoreUnavailable
+from fastsess.errors import ConfigError, InvalidSessionId, PoolExhausted, SessionCorrupt, SessionTooLarge, StoreUnavailable
 from fastsess.serializers import MAX_DECODED_SIZE, MAX_DEPTH, MsgpackSerializer
 from fastsess.server import RedisServer
 from fastsess.session import MAX_TTL
@@ -603,3 +604,34 @@ async def test_a_passed_in_asyncio_client_reports_its_pool_exhaustion_as_pool_ex
             await store.close()
             await client.aclose()
             await pool.disconnect()
+
+
+def _envelope(fields: Any, codec: str) -> bytes:
+    body = msgpack.packb(fields, use_bin_type=True) if codec == "msgpack" else json.dumps(fields).encode()
+    return b"FS" + bytes((1, 1 if codec == "msgpack" else 2, 0)) + body
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+async def test_planted_values_over_the_limits_are_session_corrupt_on_load(rmake: Maker, codec: str) -> None:
+    """What ``save`` refuses, ``load`` refuses too: a planted body nested deeper than
+    ``max_depth`` or holding more than ``max_items`` values is not a fastsess session."""
+    store = rmake(serializer=codec)
+    client = rmake.client
+    assert client is not None
+    head = [1_700_000_000.0, 1_700_000_000.0, 60, 1]
+    ok, deep, many = new_session_id(), new_session_id(), new_session_id()
+    client.set(store.prefix + ok, _envelope([*head, {"v": nested(MAX_DEPTH)}], codec))
+    client.set(store.prefix + deep, _envelope([*head, {"v": nested(MAX_DEPTH + 1)}], codec))
+    client.set(store.prefix + many, _envelope([*head, {"v": [0] * 1_000_000}], codec))
+    assert (await call(store.load(ok)))["v"] == nested(MAX_DEPTH)
+    for sid in (deep, many):
+        with pytest.raises(SessionCorrupt):
+            await call(store.load(sid))
+
+
+async def test_json_separators_inside_strings_do_not_count_as_values(rmake: Maker) -> None:
+    """JSON counts values by commas and brackets; those inside strings are not values."""
+    store = rmake(serializer="json")
+    s = await saved(store, {"csv": ",[{" * 600_000, "n": list(range(1000))})
+    reader = rmake(prefix=store.prefix, serializer="json")
+    assert (await call(reader.load(s.id)))["csv"] == ",[{" * 600_000
