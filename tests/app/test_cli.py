@@ -126,6 +126,7 @@ def test_bench_unreachable_redis_is_one_line_exit_1(runner: CliRunner) -> None:
     result = runner.invoke(main, ["bench", *SMALL, "--url", dead_url()])
     assert result.exit_code == 1
     assert "fastsess: error:" in result.output and "not reachable" in result.output
+    assert "Cache," not in result.output  # checked before the cache section, not after it
     assert "Traceback" not in result.output
 
 
