@@ -311,8 +311,9 @@ def run_cache_benchmarks(
                 progress(f"cache {cand.name} @ {size:,}")
             rows.append(measure_candidate(cand, workload))
     by_name = {cand.name: cand for cand in cands}
+    impl = "c" if "fastsess LocalCache (c)" in by_name else "py"  # the targets are checked on the core installed
     threads = []
-    for name in ("dict", "fastsess LocalCache (c)" if "fastsess LocalCache (c)" in by_name else "fastsess LocalCache (py)"):
+    for name in ("dict", f"fastsess LocalCache ({impl})"):
         if progress:
             progress(f"threads {name}")
         threads.append(measure_threads(by_name[name], thread_hits, thread_runs, seed))
@@ -324,7 +325,7 @@ def run_cache_benchmarks(
         "loop_overhead": overhead,
         "threads": threads,
         "skipped": skipped,
-        "checks": cache_checks(rows, threads),
+        "checks": cache_checks(rows, threads, impl),
     }
 
 

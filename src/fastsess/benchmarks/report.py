@@ -337,7 +337,7 @@ def plot_panels(report: dict[str, Any]) -> dict[str, Any]:
         }
         load = report["cluster"]["read_load"]
         panels["read_load"] = {
-            "title": "GETs reaching Redis per 1,000 reads (lower is better)",
+            "title": "GETs reaching Redis per 1,000 reads, counted by the server (lower is better)",
             "labels": ["no local cache", "ClusteredRedisStore, 1 node", "ClusteredRedisStore, 2 nodes"],
             "values": [load[k]["redis_gets_per_1000"] for k in ("without_cache", "nodes_1", "nodes_2")],
             "xlabel": "GETs per 1,000 reads",
