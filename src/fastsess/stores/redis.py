@@ -88,7 +88,7 @@ def is_pool_exhausted(exc: BaseException) -> bool:
     if message == "Too many connections":
         return True
     return message == "No connection available." and isinstance(
-        exc.__cause__ or exc.__context__, (queue.Empty, asyncio.TimeoutError, TimeoutError)
+        exc.__cause__ or exc.__context__, (queue.Empty, asyncio.QueueEmpty, asyncio.TimeoutError, TimeoutError)
     )
 
 
@@ -469,6 +469,7 @@ class RedisStore(SessionStore):
             raise map_redis_error("UNLINK", exc) from exc
 
     def close(self) -> None:
-        """Close the client if this store created it (from ``url``)."""
+        """Close the client and its pool if this store created them (from ``url``)."""
         if self._owns_client:
             self.client.close()
+            self.client.connection_pool.disconnect()  # also where Redis.close() leaves the pool open

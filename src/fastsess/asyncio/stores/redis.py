@@ -330,6 +330,7 @@ class RedisStore(AsyncSessionStore):
             raise map_redis_error("UNLINK", exc) from exc
 
     async def close(self) -> None:
-        """Close the client if this store created it (from ``url``)."""
+        """Close the client and its pool if this store created them (from ``url``)."""
         if self._owns_client:
             await self.client.aclose()
+            await self.client.connection_pool.disconnect()  # also where aclose() leaves the pool open
