@@ -53,7 +53,14 @@ async def alogin(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"user": request.GET["user"]})
 
 
+def stats(request: HttpRequest) -> JsonResponse:
+    from fastsess.contrib.django import get_store
+
+    return JsonResponse(get_store().cache_stats()._asdict())
+
+
 urlpatterns = [
+    path("stats", stats),
     path("anon", anon),
     path("read", read),
     path("incr", incr),

@@ -1,0 +1,273 @@
+"""Flask sessions on fastsess: ``FastSession(app)`` installs a ``SessionInterface``.
+
+Config (``app.config``):
+
+* ``FASTSESS_REDIS_URL`` (a URL) or ``SESSION_REDIS`` (an existing binary
+  ``redis.Redis``/``RedisCluster`` client, as with Flask-Session); or pass
+  ``store=`` (any sync fastsess store) to ``FastSession``.
+* ``FASTSESS_CLUSTER``: optional dict of ``ClusterConfig`` fields.
+* ``SESSION_KEY_PREFIX`` (default ``"fastsess:"``), ``SESSION_PERMANENT`` (default
+  True), ``PERMANENT_SESSION_LIFETIME`` (the Redis TTL, and the cookie's lifetime
+  when permanent), ``SESSION_REFRESH_EACH_REQUEST`` and Flask's ``SESSION_COOKIE_*``
+  keys (name ``session`` by default).  The cookie is always HttpOnly.
+
+The cookie holds the session id signed with HMAC-SHA256 under a key derived from
+``SECRET_KEY`` (see ``_common.CookieSigner``).  A missing, forged or unknown id
+gives a fresh anonymous session; a client-chosen id is never adopted.  When
+Redis fails, the request fails with ``fastsess.StoreUnavailable``.
+
+``app.session_interface.regenerate(flask.session)`` moves the session to a new id
+(call it at login); the response carries the new cookie.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+from werkzeug.datastructures import CallbackDict
+
+from ..config import ClusterConfig
+from ..errors import ConfigError, SessionCorrupt
+from ..session import Session
+from ..stores.base import DEFAULT_PREFIX, SessionStore, new_session_id
+from ..stores.clustered import ClusteredRedisStore
+from ._common import CookieSigner, plain_copy
+
+__all__ = ["FastSession", "FastSessionInterface", "FlaskSession"]
+
+
+class FlaskSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
+    """``flask.session`` for a fastsess-backed app: a dict that tracks reads and writes.
+
+    ``sid`` is the session id (None until first stored); ``stored`` the fastsess
+    ``Session`` loaded for this request (None for a new session).
+    """
+
+    def __init__(self, initial: dict[str, Any] | None = None, sid: str | None = None,
+                 stored: Session | None = None, permanent: bool | None = None) -> None:
+        def on_update(self: FlaskSession) -> None:
+            self.modified = True
+            self.accessed = True
+
+        super().__init__(initial, on_update)
+        self.sid = sid
+        self.stored = stored
+        self.rotated = False
+        if permanent:
+            self.permanent = permanent
+        self.modified = False
+        self.accessed = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.accessed = True
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``session[key]`` or ``default`` (marks the session accessed)."""
+        self.accessed = True
+        return super().get(key, default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``session[key]``, storing ``default`` first if absent."""
+        self.accessed = True
+        return super().setdefault(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.accessed = True
+        return super().__contains__(key)
+
+
+def _seconds(lifetime: Any) -> int:
+    if isinstance(lifetime, timedelta):
+        return int(lifetime.total_seconds())
+    return int(lifetime)
+
+
+def _payload(session: FlaskSession) -> dict[str, Any]:
+    return {k: plain_copy(v) for k, v in session.items()}
+
+
+def _has_data(session: FlaskSession) -> bool:
+    """Whether the session holds anything besides Flask's ``_permanent`` flag."""
+    return any(key != "_permanent" for key in dict.keys(session))
+
+
+class FastSessionInterface(SessionInterface):
+    """The ``SessionInterface`` ``FastSession`` installs (see the module doc).
+
+    Raises:
+        ConfigError: neither ``FASTSESS_REDIS_URL`` nor ``SESSION_REDIS`` (nor a store).
+    """
+
+    def __init__(self, app: Flask, store: SessionStore | None = None) -> None:
+        config = app.config
+        self.owns_store = store is None
+        if store is None:
+            url = config.get("FASTSESS_REDIS_URL")
+            client = config.get("SESSION_REDIS")
+            if (url is None) == (client is None):
+                raise ConfigError("FastSession needs exactly one of FASTSESS_REDIS_URL or SESSION_REDIS (or store=)")
+            cluster = config.get("FASTSESS_CLUSTER") or {}
+            store = ClusteredRedisStore(
+                client, url, config=ClusterConfig(**cluster),
+                prefix=config.get("SESSION_KEY_PREFIX", DEFAULT_PREFIX),
+                ttl=_seconds(config["PERMANENT_SESSION_LIFETIME"]),
+            )
+        self.store = store
+        self._signer: CookieSigner | None = None
+        self._signer_secret: Any = None
+
+    def _sign(self, app: Flask) -> CookieSigner:
+        secret = app.secret_key
+        if not secret:
+            raise RuntimeError("fastsess.contrib.flask needs app.secret_key to sign session cookies")
+        if self._signer is None or self._signer_secret != secret:
+            self._signer = CookieSigner(secret)
+            self._signer_secret = secret
+        return self._signer
+
+    def _ttl(self, app: Flask) -> int:
+        return _seconds(app.permanent_session_lifetime)
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        """The request's session: the stored one if the cookie is valid and live, else a new one.
+
+        Raises:
+            StoreUnavailable: Redis failed while loading a validly signed id.
+            RuntimeError: no ``app.secret_key``.
+        """
+        signer = self._sign(app)
+        cookie = request.cookies.get(self.get_cookie_name(app))
+        sid = signer.unsign(cookie) if cookie else None
+        if sid is not None:
+            try:
+                stored = self.store.load(sid)
+            except SessionCorrupt:
+                stored = None
+            if stored is not None:
+                return FlaskSession(plain_copy(stored.data), sid=sid, stored=stored)
+        return FlaskSession(sid=None, permanent=app.config.get("SESSION_PERMANENT", True))
+
+    def regenerate(self, session: FlaskSession) -> None:
+        """Give ``session`` a new id now (same data, old id deleted); the response sets the cookie.
+
+        Raises:
+            StoreUnavailable: Redis failed; the session keeps its old id.
+        """
+        if session.sid is None or session.stored is None:
+            return  # never stored: its first save takes a fresh id anyway
+        moved = self._record(session, session.stored.ttl)
+        self.store.regenerate(moved)
+        session.sid = moved.id
+        session.stored = moved
+        session.rotated = True
+        session.modified = False
+
+    def _record(self, session: FlaskSession, ttl: int) -> Session:
+        """A fastsess ``Session`` holding ``session``'s current data, ready for ``save``."""
+        prev = session.stored
+        record = Session(
+            session.sid or new_session_id(), _payload(session), ttl=ttl, new=prev is None,
+            created_at=None if prev is None else prev.created_at,
+            version=0 if prev is None else prev.version,
+        )
+        if prev is not None:
+            record.refreshed_at = prev.refreshed_at
+        record.modified = True
+        return record
+
+    def _set_cookie(self, app: Flask, session: FlaskSession, response: Response) -> None:
+        kwargs: dict[str, Any] = {}
+        partitioned = getattr(self, "get_cookie_partitioned", None)
+        if partitioned is not None:
+            kwargs["partitioned"] = partitioned(app)
+        assert session.sid is not None
+        response.set_cookie(
+            self.get_cookie_name(app),
+            self._sign(app).sign(session.sid),
+            expires=self.get_expiration_time(app, session),
+            httponly=True,
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            **kwargs,
+        )
+
+    def _delete_cookie(self, app: Flask, response: Response) -> None:
+        response.delete_cookie(
+            self.get_cookie_name(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            httponly=True,
+        )
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        """Write what changed and set or delete the cookie.
+
+        Untouched new sessions and emptied ones store nothing; a read-only request
+        writes only when the TTL refresh is due (``refresh_fraction`` of the lifetime).
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if not isinstance(session, FlaskSession):
+            return  # Flask's null session after open_session failed: nothing to save
+        if session.accessed:
+            response.vary.add("Cookie")
+        if session.sid is None:
+            if session.modified and _has_data(session):
+                record = self._record(session, self._ttl(app))
+                self.store.save(record)  # SET NX; a (never expected) collision takes another id
+                session.sid, session.stored = record.id, record
+                self._set_cookie(app, session, response)
+            return
+        if session.modified:
+            if not _has_data(session):
+                self.store.delete(session.sid)
+                self._delete_cookie(app, response)
+                return
+            record = self._record(session, self._ttl(app))
+            if not self.store.save(record):
+                # deleted meanwhile (logged out elsewhere): never resurrect it
+                self._delete_cookie(app, response)
+                return
+            session.stored = record
+            self._set_cookie(app, session, response)
+            return
+        if session.stored is not None:
+            self.store.save(session.stored)  # writes only when the TTL refresh is due
+        if session.rotated or self.should_set_cookie(app, session):
+            self._set_cookie(app, session, response)
+
+
+class FastSession:
+    """Install fastsess sessions on a Flask app: ``FastSession(app)`` or ``FastSession().init_app(app)``.
+
+    Args:
+        app: the Flask app (or call ``init_app`` later).
+        store: a sync fastsess store to use instead of one built from the config.
+
+    Raises:
+        ConfigError: missing or invalid configuration (see the module doc).
+    """
+
+    def __init__(self, app: Flask | None = None, store: SessionStore | None = None) -> None:
+        self.store = store
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> FastSessionInterface:
+        """Set ``app.session_interface``; returns it.
+
+        Raises:
+            ConfigError: missing or invalid configuration.
+        """
+        interface = FastSessionInterface(app, self.store)
+        app.session_interface = interface
+        return interface

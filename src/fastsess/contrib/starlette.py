@@ -1,0 +1,240 @@
+"""Starlette / FastAPI sessions on a ``fastsess.asyncio`` store.
+
+``SessionMiddleware(app, secret_key=..., store=None, session_cookie="session",
+max_age=14 days, path="/", same_site="lax", https_only=False, domain=None)``:
+Starlette's own ``SessionMiddleware`` signature plus ``store``, any
+``fastsess.asyncio`` store (default: a ``fastsess.asyncio.ClusteredRedisStore``
+on ``$REDIS_URL`` with a TTL of ``max_age``).  It gives ``request.session``, a
+dict; every Redis call is awaited on the asyncio store, never a blocking one.
+
+The cookie holds the session id signed with HMAC-SHA256 under a key derived from
+``secret_key`` (``_common.CookieSigner``), and is always HttpOnly.  A missing,
+forged or unknown id gives a fresh anonymous session; a client-chosen id is never
+adopted.  When Redis fails, the request fails with ``fastsess.StoreUnavailable``.
+Untouched anonymous sessions write nothing and set no cookie; read-only requests
+write nothing unless the TTL refresh is due (``refresh_fraction`` of the lifetime).
+
+``regenerate(request)`` (plain call or ``await``) gives the session a new id at
+response time and deletes the old key: call it at login.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Generator
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..asyncio.stores.base import AsyncSessionStore
+from ..asyncio.stores.clustered import ClusteredRedisStore
+from ..errors import ConfigError, SessionCorrupt
+from ..session import Session
+from ..stores.base import DEFAULT_TTL, new_session_id
+from ._common import CookieSigner, plain_copy
+
+__all__ = ["SessionDict", "SessionMiddleware", "regenerate"]
+
+_MISSING: Any = object()
+
+
+class SessionDict(dict):  # type: ignore[type-arg]
+    """``request.session``: a dict that records whether it was changed.
+
+    ``modified`` is set by every mutating dict method; after mutating a nested value
+    in place, set it yourself.  ``regenerate`` asks for a new id at response time.
+    """
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        super().__init__(data or {})
+        self.modified = False
+        self.regenerate = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.modified = True
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        """``dict.pop``; marks the session modified when a key was removed."""
+        if key in self:
+            self.modified = True
+            return super().pop(key)
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def popitem(self) -> tuple[str, Any]:
+        """``dict.popitem``; marks the session modified."""
+        item = super().popitem()
+        self.modified = True
+        return item
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``dict.setdefault``; marks the session modified when it inserted."""
+        if key not in self:
+            self[key] = default
+        return super().__getitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``; marks the session modified."""
+        super().update(*args, **kwargs)
+        self.modified = True
+
+    def clear(self) -> None:
+        """``dict.clear``; marks the session modified when it held anything."""
+        if self:
+            self.modified = True
+        super().clear()
+
+
+class _Done:
+    """What ``regenerate`` returns: awaiting it does nothing (so both call styles work)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+def regenerate(request: HTTPConnection) -> Awaitable[None]:
+    """Give the session a new id when the response starts (old key deleted, same data).
+
+    Works as ``regenerate(request)`` and as ``await regenerate(request)``.
+
+    Raises:
+        RuntimeError: the request did not pass through ``SessionMiddleware``.
+    """
+    session = request.scope.get("session")
+    if not isinstance(session, SessionDict):
+        raise RuntimeError("regenerate() needs fastsess.contrib.starlette.SessionMiddleware")
+    session.regenerate = True
+    return _Done()
+
+
+class SessionMiddleware:
+    """ASGI middleware giving ``request.session`` on a fastsess asyncio store (see the module doc).
+
+    Raises:
+        ConfigError: ``store`` is not a ``fastsess.asyncio`` store, or no store and
+            no ``REDIS_URL``; ValueError: an empty ``secret_key``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret_key: str | bytes,
+        store: AsyncSessionStore | None = None,
+        session_cookie: str = "session",
+        max_age: int | None = 14 * 24 * 60 * 60,
+        path: str = "/",
+        same_site: str = "lax",
+        https_only: bool = False,
+        domain: str | None = None,
+    ) -> None:
+        self.app = app
+        self.signer = CookieSigner(secret_key)
+        self.owns_store = store is None
+        if store is None:
+            url = os.environ.get("REDIS_URL")
+            if not url:
+                raise ConfigError("SessionMiddleware needs store= or the REDIS_URL environment variable")
+            store = ClusteredRedisStore(url=url, ttl=max_age or DEFAULT_TTL)
+        elif not isinstance(store, AsyncSessionStore):
+            raise ConfigError("SessionMiddleware needs a fastsess.asyncio store (a sync store would block the event loop)")
+        self.store = store
+        self.ttl = max_age or store.ttl
+        self.session_cookie = session_cookie
+        self.max_age = max_age
+        flags = f"path={path}; httponly; samesite={same_site}"
+        if https_only:
+            flags += "; secure"
+        if domain:
+            flags += f"; domain={domain}"
+        self.flags = flags
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Load the session, run the app, then save and set the cookie as the response starts."""
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        cookie = connection.cookies.get(self.session_cookie)
+        sid = self.signer.unsign(cookie) if cookie else None
+        stored: Session | None = None
+        if sid is not None:
+            try:
+                stored = await self.store.load(sid)
+            except SessionCorrupt:
+                stored = None
+        session = SessionDict(None if stored is None else plain_copy(stored.data))
+        scope["session"] = session
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                cookie_value = await self._commit(session, stored)
+                if cookie_value is not None:
+                    headers = MutableHeaders(scope=message)
+                    headers.append("Set-Cookie", cookie_value)
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete" and self.owns_store:
+                await self.store.close()
+            await send(message)
+
+        return lifespan_send
+
+    def _cookie(self, session_id: str) -> str:
+        age = f"; Max-Age={self.max_age}" if self.max_age else ""
+        return f"{self.session_cookie}={self.signer.sign(session_id)}{age}; {self.flags}"
+
+    def _expired_cookie(self) -> str:
+        return f"{self.session_cookie}=null; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; {self.flags}"
+
+    def _record(self, session: SessionDict, stored: Session | None) -> Session:
+        record = Session(
+            new_session_id() if stored is None else stored.id, plain_copy(dict(session)), ttl=self.ttl,
+            new=stored is None,
+            created_at=None if stored is None else stored.created_at,
+            version=0 if stored is None else stored.version,
+        )
+        if stored is not None:
+            record.refreshed_at = stored.refreshed_at
+        record.modified = True
+        return record
+
+    async def _commit(self, session: SessionDict, stored: Session | None) -> str | None:
+        """Write what the request changed; the Set-Cookie value to send, if any."""
+        store = self.store
+        if not session:
+            if stored is not None and (session.modified or session.regenerate):
+                await store.delete(stored.id)  # emptied (logout): delete, expire the cookie
+                return self._expired_cookie()
+            return None
+        if stored is None:
+            if not session.modified:
+                return None
+            record = self._record(session, None)
+            await store.save(record)  # SET NX (a collision, never expected, takes another id)
+            return self._cookie(record.id)
+        if session.regenerate:
+            record = self._record(session, stored)
+            await store.regenerate(record)
+            return self._cookie(record.id)
+        if session.modified:
+            if not await store.save(self._record(session, stored)):
+                return self._expired_cookie()  # deleted meanwhile (logged out elsewhere): never resurrected
+            return self._cookie(stored.id)
+        if await store.save(stored):  # only when the TTL refresh is due
+            return self._cookie(stored.id)
+        return None
