@@ -47,9 +47,14 @@ another node's would.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -60,7 +65,6 @@ import redis
 
 from .cache import CacheStats, LocalCache
 from .config import DEFAULT_LOCAL_CACHE_MAX_BYTES, DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES, ClusterConfig
-from .errors import ConfigError
 
 log = logging.getLogger("fastsess.cluster")
 
@@ -95,6 +99,7 @@ class CoordinatorStats(NamedTuple):
     reconnects: int  # successful resubscriptions after a drop
     subscribed: bool  # listening right now (the local cache is served only then)
     last_error: str | None  # the last connection error, "Type: message"
+    foreign_own_id: int = 0  # messages with our instance id that we did not send (applied)
 
 
 def encode_message(kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None) -> bytes:
@@ -349,30 +354,51 @@ class CoherentCache:
         return len(self.cache)
 
 
-# (channel, node_id) of every running coordinator in this process: two stores with the
-# same node id would ignore each other's messages, so that is refused.
-_running: weakref.WeakValueDictionary[tuple[str, str], CoordinatorBase] = weakref.WeakValueDictionary()
-_running_lock = threading.Lock()
+# Every live coordinator of this process, for the fork hook below.
+_live: weakref.WeakSet[ThreadedCoordinator] = weakref.WeakSet()
+
+
+def new_instance_id(label: str) -> str:
+    """A fresh identity for one coordinator: ``<label>/<64 random bits>``.
+
+    ``label`` (``ClusterConfig.node_id``) is only there for logs; the random part makes
+    the id unique per store instance and per process, whatever the configuration says.
+    """
+    return f"{label}/{secrets.token_hex(8)}"
 
 
 class CoordinatorBase:
-    """State, counters and message handling shared by the sync and asyncio coordinators."""
+    """State, counters and message handling shared by the sync and asyncio coordinators.
+
+    Identity: ``node_id`` is the configured label (``ClusterConfig.node_id``, for logs
+    and metrics).  Messages carry ``instance_id``, random per store instance and renewed
+    in a forked child, so two processes (or two stores) with the same label still
+    receive each other's invalidations.
+    """
 
     def __init__(self, config: ClusterConfig, cache: CoherentCache | None) -> None:
         self.config = config
         self.node_id = config.node_id
         self.channel = config.channel
         self.cache = cache
+        self._count_lock = threading.Lock()
+        self._reset_state()
+        self.on_message: Callable[[dict[str, Any]], None] | None = None  # for tests and the demo
+
+    def _reset_state(self) -> None:
+        """A new identity and zeroed counters (construction, and a forked child)."""
+        self.instance_id = new_instance_id(self.node_id)
+        self._pid = os.getpid()
         self._published = 0
+        self._issued = 0  # messages built by message(): an upper bound on our own echoes
         self._received = 0
         self._ignored_own = 0
+        self._foreign_own_id = 0
         self._malformed = 0
         self._reconnects = 0
         self._last_error: str | None = None
         self._subscribed = False
         self._ever_subscribed = False
-        self._count_lock = threading.Lock()
-        self.on_message: Callable[[dict[str, Any]], None] | None = None  # for tests and the demo
 
     @property
     def subscribed(self) -> bool:
@@ -384,12 +410,14 @@ class CoordinatorBase:
         """A snapshot of the counters (see ``CoordinatorStats``)."""
         return CoordinatorStats(
             self._published, self._received, self._ignored_own, self._malformed,
-            self._reconnects, self._subscribed, self._last_error,
+            self._reconnects, self._subscribed, self._last_error, self._foreign_own_id,
         )
 
     def message(self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None) -> bytes:
         """This node's wire message of type ``kind`` (for the store's write scripts)."""
-        return encode_message(kind, session_id, self.node_id, version, expires_in)
+        with self._count_lock:
+            self._issued += 1
+        return encode_message(kind, session_id, self.instance_id, version, expires_in)
 
     def note_published(self, count: int = 1) -> None:
         """Count messages the store published on this coordinator's behalf."""
@@ -397,17 +425,27 @@ class CoordinatorBase:
             self._published += count
 
     def handle_message(self, data: Any) -> None:
-        """Apply one raw pub/sub payload: evict, flush, or count it as own/malformed. Never raises."""
+        """Apply one raw pub/sub payload: evict, flush, or count it as own/malformed. Never raises.
+
+        A message carrying our ``instance_id`` is our own echo, unless we already saw
+        as many echoes as we built messages: then another process uses our id (a
+        forged or replayed message, or a copy of this process); it is counted in
+        ``foreign_own_id`` and applied like any other node's message.
+        """
         msg = decode_message(data)
         if msg is None:
             self._malformed += 1
             log.debug("dropped a malformed message (%d so far)", self._malformed)
             return
-        if msg["node"] == self.node_id:
-            self._ignored_own += 1
-            if self.cache is not None:
-                self.cache.own_message(msg["t"], msg["id"])  # an invalidation after an unknown write outcome
-            return
+        if msg["node"] == self.instance_id:
+            if self._ignored_own < self._issued:
+                self._ignored_own += 1
+                if self.cache is not None:
+                    self.cache.own_message(msg["t"], msg["id"])  # an invalidation after an unknown write outcome
+                return
+            self._foreign_own_id += 1
+            log.warning("a message on %s carries this store's instance id %s but was not sent by it (%d so far)",
+                        self.channel, self.instance_id, self._foreign_own_id)
         if self.cache is not None:
             if msg["t"] == CLEARED:
                 self.cache.flush()
@@ -417,22 +455,6 @@ class CoordinatorBase:
         log.debug("applied %s from node %s", msg["t"], msg["node"])
         if self.on_message is not None:
             self.on_message(msg)
-
-    def _register(self) -> None:
-        key = (self.channel, self.node_id)
-        with _running_lock:
-            other = _running.get(key)
-            if other is not None and other is not self:
-                raise ConfigError(
-                    f"another running store in this process already uses node_id {self.node_id!r} "
-                    f"on channel {self.channel!r}; give each store its own ClusterConfig(node_id=...)"
-                )
-            _running[key] = self
-
-    def _unregister(self) -> None:
-        with _running_lock:
-            if _running.get((self.channel, self.node_id)) is self:
-                del _running[(self.channel, self.node_id)]
 
     def _on_subscribed(self) -> None:
         # Messages published while we were away are lost: nothing cached may survive.
@@ -519,17 +541,14 @@ class Liveness:
         return False
 
 
-class ClusterCoordinator(CoordinatorBase):
-    """Publishes and listens for invalidations in one background thread.
+class ThreadedCoordinator(CoordinatorBase):
+    """The listener thread of both coordinators (sync and asyncio): everything but the
+    public start/stop/publish, which differ only in being coroutines or not.
 
-    Args:
-        client: a ``redis.Redis`` / ``RedisCluster`` / Sentinel-managed client;
-            the listener takes its own connection from it (``client.pubsub()``).
-        config: the cluster settings.
-        cache: the cache to keep coherent (None: count and publish only).
-
-    ``start()`` launches the daemon thread ``fastsess-listener-<node>`` and waits up
-    to ``subscribe_timeout`` for the first subscription; ``stop()`` ends it.
+    The thread reads a pub/sub connection of its own, made by ``listener_client`` from
+    the store's client settings (RESP2, no redis-py retries: every drop reaches us, so
+    every reconnect flushes the cache and is counted).  It feeds the thread-safe
+    ``CoherentCache``, so invalidations apply even while an event loop is busy.
     """
 
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
@@ -538,98 +557,116 @@ class ClusterCoordinator(CoordinatorBase):
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def start(self) -> bool:
-        """Start listening; True if subscribed within ``subscribe_timeout``.
-
-        Not subscribing in time is not an error: the store bypasses the cache
-        until the listener gets through.
-
-        Raises:
-            ConfigError: another running coordinator in this process has the same node id.
-        """
-        if self._thread is not None and self._thread.is_alive():
-            return self._subscribed
-        self._register()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"fastsess-listener-{self.node_id[:12]}", daemon=True)
-        self._thread.start()
-        return self._ready.wait(self.config.subscribe_timeout)
-
-    def wait_subscribed(self, timeout: float) -> bool:
-        """Block until subscribed (True) or ``timeout`` seconds passed (False)."""
-        deadline = time.monotonic() + timeout
-        while not self._subscribed:
-            if self._stop.is_set() or time.monotonic() >= deadline:
-                return False
-            self._ready.wait(min(0.01, max(0.0, deadline - time.monotonic())))
-        return True
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the listener and wait for its thread (at most ``timeout`` seconds)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        self._subscribed = False
-        self._unregister()
+        self._pubsub: Any = None  # the listener's current PubSub, for stop() to wake it
+        _live.add(self)
 
     @property
     def running(self) -> bool:
         """True while the listener thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def publish(self, kind: str, session_id: str | None = None, version: int = 0) -> None:
-        """Publish one message on its own (the stores batch theirs with the write).
+    def _launch(self) -> None:
+        """Start the listener thread (no wait); nothing if it already runs."""
+        if self.running:
+            return
+        self._stop = threading.Event()
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=f"fastsess-listener-{self.node_id[:12]}", daemon=True)
+        self._thread.start()
 
-        Raises:
-            redis.RedisError: the PUBLISH failed (the stores map it to ``StoreUnavailable``).
-        """
-        self.client.publish(self.channel, self.message(kind, session_id, version))
-        self.note_published()
+    def _signal_stop(self) -> threading.Thread | None:
+        """Tell the listener to end and wake it from its blocking read; returns its thread."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        self._subscribed = False
+        self._wake()
+        return thread
+
+    def _wake(self) -> None:
+        # Shut the listener's socket down (not close: the fd stays valid for the thread
+        # still reading it): its blocking read returns at once instead of after its poll.
+        # Only in the process that opened it: a forked child must not touch the parent's.
+        pubsub = self._pubsub
+        connection = getattr(pubsub, "connection", None)
+        sock = getattr(connection, "_sock", None)
+        if sock is None or os.getpid() != self._pid:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's thread, connection, cache and identity;
+        start a listener of our own if the parent had one running."""
+        was_running = self._thread is not None and not self._stop.is_set()
+        self._thread = None
+        self._pubsub = None  # the parent's socket: never read, shut or closed here
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._count_lock = threading.Lock()
+        self._reset_state()
+        cache = self.cache
+        if cache is not None:
+            cache._lock = threading.Lock()  # a parent thread may have held it at fork()
+            cache.flush()
+        reset_pool = getattr(getattr(self.client, "connection_pool", None), "reset", None)
+        if _is_asyncio_client(self.client) and callable(reset_pool):
+            reset_pool()  # the parent's asyncio connections belong to the parent's event loop
+        if was_running:
+            self._launch()
 
     # -- listener thread -------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         delay = self.config.reconnect_backoff[0]
-        while not self._stop.is_set():
-            pubsub = None
+        while not stop.is_set():
+            pubsub = made = None
             try:
-                pubsub = self.client.pubsub()
-                self._subscribe(pubsub)
+                listener, made = listener_client(self.client)
+                pubsub = self._pubsub = listener.pubsub()
+                if stop.is_set():
+                    break
+                self._subscribe(pubsub, stop)
                 delay = self.config.reconnect_backoff[0]
-                self._listen(pubsub)
+                self._listen(pubsub, stop)
             except Exception as exc:  # noqa: BLE001 - the listener must survive anything
+                if stop.is_set():
+                    break  # woken by stop(): not a connection problem
                 self._ready.clear()
                 self._on_dropped(exc)
-                self._stop.wait(delay)
+                stop.wait(delay)
                 delay = self._backoff(delay)
             finally:
+                if self._pubsub is pubsub:
+                    self._pubsub = None
                 if pubsub is not None:
                     _close_quietly(pubsub)
-        self._subscribed = False
-        self._ready.clear()
+                if made is not None:
+                    _close_quietly(made)
+        if self._thread is None or self._thread is threading.current_thread():
+            self._subscribed = False
+            self._ready.clear()
 
-    def _subscribe(self, pubsub: Any) -> None:
+    def _subscribe(self, pubsub: Any, stop: threading.Event) -> None:
         pubsub.subscribe(self.channel)
         deadline = time.monotonic() + self.config.subscribe_timeout
         while True:
             event = pubsub.get_message(timeout=self._until(deadline))
             if event is not None and self._dispatch(event["type"], event["data"], subscribing=True):
                 break
+        if stop.is_set():
+            return
         self._on_subscribed()
         self._ready.set()
 
-    def _listen(self, pubsub: Any) -> None:
+    def _listen(self, pubsub: Any, stop: threading.Event) -> None:
         liveness = Liveness(self.config.subscribe_timeout)
         poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
         read = _raw_reader(pubsub)
-        while not self._stop.is_set():
+        while not stop.is_set():
             if read is not None:
-                try:
-                    reply = read(timeout=poll, disconnect_on_error=False)
-                except redis.TimeoutError:
-                    reply = None
+                reply = read(poll)
                 event = None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
             else:
                 message = pubsub.get_message(timeout=poll)
@@ -642,24 +679,228 @@ class ClusterCoordinator(CoordinatorBase):
             self._dispatch(*event, subscribing=False)
 
 
-def _raw_reader(pubsub: Any) -> Callable[..., Any] | None:
-    """The subscribed connection's ``read_response``, when replies are plain RESP2 lists.
+class ClusterCoordinator(ThreadedCoordinator):
+    """Publishes and listens for invalidations in one background thread.
+
+    Args:
+        client: a ``redis.Redis`` / ``RedisCluster`` / Sentinel-managed client;
+            the listener takes its own connection with the same settings
+            (see ``listener_client``).
+        config: the cluster settings.
+        cache: the cache to keep coherent (None: count and publish only).
+
+    ``start()`` launches the daemon thread ``fastsess-listener-<node>`` and waits up
+    to ``subscribe_timeout`` for the first subscription; ``stop()`` ends it.
+    """
+
+    def start(self) -> bool:
+        """Start listening; True if subscribed within ``subscribe_timeout``.
+
+        Not subscribing in time is not an error: the store bypasses the cache
+        until the listener gets through.
+        """
+        if self.running:
+            return self._subscribed
+        self._launch()
+        return self._ready.wait(self.config.subscribe_timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until subscribed (True) or ``timeout`` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while not self._subscribed:
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                return False
+            self._ready.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the listener and wait for its thread (at most ``timeout`` seconds).
+
+        The listener is woken at once (its socket is shut down), so this returns in
+        about a millisecond unless the thread is inside a connect attempt.
+        """
+        thread = self._signal_stop()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def publish(self, kind: str, session_id: str | None = None, version: int = 0) -> None:
+        """Publish one message on its own (the stores batch theirs with the write).
+
+        Raises:
+            redis.RedisError: the PUBLISH failed (the stores map it to ``StoreUnavailable``).
+        """
+        self.client.publish(self.channel, self.message(kind, session_id, version))
+        self.note_published()
+
+
+def _after_fork_in_child() -> None:
+    for coordinator in list(_live):
+        try:
+            coordinator._after_fork_in_child()
+        except Exception:  # noqa: BLE001 - a failed reset must not break the child
+            log.exception("resetting a coordinator after fork() failed")
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def release_unclosed(kind: str, coordinator: ThreadedCoordinator | None, client: Any) -> None:
+    """The finalizer of a clustered store that was never closed: warn like an unclosed
+    file (``ResourceWarning``), stop its listener and close the sync client it owns
+    (an owned asyncio client's connections close when it is collected).  Never raises."""
+    warnings.warn(f"unclosed {kind}: call close() (or use it as a context manager)", ResourceWarning, stacklevel=2)
+    try:
+        if coordinator is not None:
+            thread = coordinator._signal_stop()
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(1.0)
+        if client is not None and not _is_asyncio_client(client):
+            client.close()
+    except Exception:  # noqa: BLE001 - a finalizer must not raise
+        log.debug("releasing an unclosed store failed", exc_info=True)
+
+
+# -- the listener's own connection ----------------------------------------------------------
+
+# Settings that are redis-py objects of the sync *or* asyncio flavour, or that the
+# listener sets itself: not copied from the store's client.
+_NOT_COPIED = frozenset({
+    "retry", "retry_on_error", "retry_on_timeout", "parser_class", "redis_connect_func", "event_dispatcher",
+    "encoder_class", "health_check_interval", "protocol", "decode_responses", "connection_pool",
+    "single_connection_client", "maint_notifications_config", "maint_notifications_pool_handler",
+    "oss_cluster_maint_notifications_handler", "cache", "cache_config",
+})
+_CONNECTION_CLASSES = ("Connection", "SSLConnection", "UnixDomainSocketConnection")
+
+
+def _is_asyncio_client(client: Any) -> bool:
+    return type(client).__module__.startswith("redis.asyncio")
+
+
+def _accepted(cls: type) -> set[str]:
+    """Keyword arguments ``cls`` (a redis-py connection or client class) takes, along its MRO."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            names.update(p.name for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD)
+        except (TypeError, ValueError):
+            continue
+    names.discard("self")
+    return names
+
+
+def _listener_kwargs(kwargs: dict[str, Any], cls: type) -> dict[str, Any]:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    accepted = _accepted(cls)
+    out = {k: v for k, v in kwargs.items() if k in accepted and k not in _NOT_COPIED}
+    out.update(protocol=2, retry=Retry(NoBackoff(), 0))
+    return out
+
+
+def listener_client(client: Any) -> tuple[Any, Any]:
+    """A sync client whose ``pubsub()`` the listener reads, and the client to close
+    after (None when it is ``client`` itself).
+
+    A standalone ``redis.Redis`` (sync or asyncio) gets a private one-connection
+    client with the same address, credentials and TLS settings, speaking RESP2 (its
+    pub/sub replies are plain lists: ``_raw_reader``) and without redis-py retries
+    (a drop must reach the listener, never be hidden by a silent reconnect).
+    An asyncio ``RedisCluster`` or Sentinel-managed client gets a sync twin of it;
+    a sync ``RedisCluster`` or Sentinel-managed client is used as it is.
+
+    Raises:
+        redis.RedisError: the twin could not be built (e.g. the cluster is down):
+            the listener retries with backoff.
+    """
+    is_async = _is_asyncio_client(client)
+    if is_async and hasattr(client, "nodes_manager"):  # redis.asyncio.cluster.RedisCluster
+        from redis.cluster import ClusterNode, RedisCluster
+
+        manager = client.nodes_manager
+        nodes = {**getattr(manager, "startup_nodes", {}), **getattr(manager, "nodes_cache", {})}
+        startup = [ClusterNode(node.host, node.port) for node in nodes.values()]
+        kwargs = _listener_kwargs(dict(client.connection_kwargs), redis.connection.Connection)
+        for key in ("host", "port"):
+            kwargs.pop(key, None)
+        if getattr(client.connection_kwargs.get("connection_class"), "__name__", "") == "SSLConnection":
+            kwargs["ssl"] = True
+        twin = RedisCluster(startup_nodes=startup, **kwargs)
+        return twin, twin
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a sync RedisCluster: its ClusterPubSub picks a node
+        return client, None
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is not None:
+        if not is_async:
+            return client, None
+        from redis.sentinel import Sentinel
+
+        sentinels = [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"]) for s in manager.sentinels]
+        sentinel_kwargs = _listener_kwargs(dict(manager.sentinels[0].connection_pool.connection_kwargs), redis.connection.Connection) if manager.sentinels else {}
+        for key in ("host", "port"):
+            sentinel_kwargs.pop(key, None)
+        kwargs = _listener_kwargs(dict(pool.connection_kwargs), redis.connection.Connection)
+        twin = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(pool.service_name, redis_class=redis.Redis)
+        return twin, twin
+    name = pool.connection_class.__name__
+    if name not in _CONNECTION_CLASSES:
+        if is_async:
+            raise redis.RedisError(f"cannot listen through a {pool.connection_class.__qualname__} connection")
+        return client, None  # a custom sync connection class: use the client's own pool
+    sync_class = pool.connection_class if not is_async else getattr(redis.connection, name)
+    kwargs = _listener_kwargs(dict(pool.connection_kwargs), sync_class)
+    own = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=sync_class, **kwargs))
+    return own, own
+
+
+def _raw_reader(pubsub: Any) -> Callable[[float], Any] | None:
+    """A function reading one reply off the subscribed connection (None: no reply within
+    the timeout), when replies are plain RESP2 lists; else None (use ``get_message``).
 
     Reading replies straight off the connection skips ``PubSub.get_message``'s
     per-message select, timeout juggling and dict building.  That matters more than
     it looks: this node's own invalidations echo back to this thread during every
     save, and get_message's extra GIL round trips made a save about 40 us slower
-    here; ``read_response`` costs nothing measurable.  RESP3 clients deliver
+    here; ``read_response`` costs nothing measurable.  RESP3 connections deliver
     messages as push frames, so they keep ``get_message``.
+
+    redis-py 8 reads with a timeout in one call (``read_response(timeout=...)``);
+    5.x-7.x wait with ``can_read(timeout)`` first (what their ``get_message`` does).
     """
     connection = getattr(pubsub, "connection", None)
     if connection is None or str(getattr(connection, "protocol", 2)) not in ("2", "None"):
         return None
-    return connection.read_response
-
-
-def _close_quietly(pubsub: Any) -> None:
+    read_response = connection.read_response
     try:
-        pubsub.close()
+        params = inspect.signature(read_response).parameters
+    except (TypeError, ValueError):
+        return None
+    if "disconnect_on_error" not in params:
+        return None
+    if "timeout" in params:
+        def read(timeout: float) -> Any:
+            try:
+                return read_response(timeout=timeout, disconnect_on_error=False)
+            except redis.TimeoutError:
+                return None
+    else:
+        can_read = connection.can_read
+
+        def read(timeout: float) -> Any:
+            if not can_read(timeout=timeout):
+                return None
+            return read_response(disconnect_on_error=False)
+    return read
+
+
+def _close_quietly(thing: Any) -> None:
+    try:
+        thing.close()
     except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to do
         log.debug("closing the pub/sub connection failed", exc_info=True)

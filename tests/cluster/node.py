@@ -37,6 +37,35 @@ def op_init(url: str, node_id: str, channel: str, prefix: str) -> Any:
     return store.coordinator.wait_subscribed(5.0)
 
 
+def op_init_env(url: str, channel: str, prefix: str) -> Any:
+    """Like ``init``, with the node id from ``FASTSESS_NODE_ID`` (``ClusterConfig.from_env``)."""
+    global store
+    config = ClusterConfig.from_env(channel=channel, subscribe_timeout=0.5, reconnect_backoff=(0.02, 0.2))
+    store = ClusteredRedisStore(url=url, config=config, prefix=prefix)
+    assert store.coordinator is not None
+    return {"subscribed": store.coordinator.wait_subscribed(5.0), "node_id": store.coordinator.node_id, "instance_id": store.coordinator.instance_id}
+
+
+def op_write_series(sid: str, key: str, count: int, interval: float) -> Any:
+    """Save ``sid`` ``count`` times, ``key`` = 1, 2, ..., one save every ``interval`` seconds.
+
+    Returns ``[[value, t_committed], ...]``: ``t_committed`` is when the save returned
+    (the write is in Redis by then), in ``time.monotonic()`` (system-wide on Linux)."""
+    assert store is not None
+    s = sessions.get(sid) or store.load(sid)
+    assert s is not None, "no such session"
+    committed = []
+    next_at = time.monotonic()
+    for value in range(1, count + 1):
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        s[key] = value
+        assert store.save(s)
+        committed.append([value, time.monotonic()])
+        next_at += interval
+    sessions[sid] = s
+    return committed
+
+
 def op_create(data: dict[str, Any]) -> Any:
     assert store is not None
     s = store.create(data)

@@ -24,7 +24,7 @@ from fastsess.errors import ConfigError, SessionCorrupt, StoreUnavailable
 from fastsess.server import RedisServer
 from fastsess.stores.base import is_valid_session_id, new_session_id
 
-from .conftest import FAST, RawSubscriber
+from .conftest import FAST, RawSubscriber, listener_threads
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
@@ -52,8 +52,9 @@ async def saved(store: Any, data: dict[str, Any] | None = None) -> Session:
     return s
 
 
-def listener_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("fastsess-listener") and not t.done()]
+def listener_tasks() -> list[Any]:
+    """The live listener threads (the asyncio store listens in a thread, like the sync one)."""
+    return listener_threads()
 
 
 class AFactory:
@@ -138,19 +139,27 @@ async def test_async_with_starts_and_stops(amake: AFactory, redis_url: str) -> N
         assert store.coordinator.running
         assert await store.coordinator.wait_subscribed(5)
         name = f"fastsess-listener-{cfg.node_id[:12]}"
-        assert name in {t.get_name() for t in listener_tasks()}
+        assert name in {t.name for t in listener_tasks()}
     assert not store.coordinator.running
-    assert not [t for t in listener_tasks() if t.get_name() == name]
+    assert not [t for t in listener_tasks() if t.name == name]
 
 
-async def test_same_node_id_twice_is_refused(amake: AFactory, redis_url: str) -> None:
+async def test_same_node_id_is_a_label_not_the_identity(amake: AFactory, redis_url: str) -> None:
+    """Two stores configured with the same node_id still invalidate each other: messages
+    carry a random per-instance id."""
     a = await amake.started(redis_url, node_id="adup")
-    b = amake(redis_url, node_id="adup")
-    with pytest.raises(ConfigError, match="adup"):
-        await b.start()
-    await a.close()
-    c = await amake.started(redis_url, node_id="adup")
-    assert c.coordinator.subscribed
+    b = await amake.started(redis_url, node_id="adup")
+    assert a.coordinator.node_id == b.coordinator.node_id == "adup"
+    assert a.coordinator.instance_id != b.coordinator.instance_id
+    assert a.coordinator.instance_id.startswith("adup/")
+    s = await saved(a)
+    assert (await b.load(s.id))["v"] == 1 and (await b.load(s.id))["v"] == 1  # cached on b
+    before = received(b)
+    s["v"] = 2
+    assert await a.save(s)
+    await wait_received(b, before)
+    assert (await b.load(s.id))["v"] == 2
+    assert a.coordinator.stats.foreign_own_id == b.coordinator.stats.foreign_own_id == 0
 
 
 async def test_corrupt_is_session_corrupt(apair: Any, redis_client: redis.Redis) -> None:
@@ -245,7 +254,7 @@ async def test_disabled_and_cacheless(amake: AFactory, redis_url: str, redis_cli
         await off.delete(s.id)
         await off.clear()
         assert sub.drain(0.2) == []  # nothing published
-        assert not [t for t in listener_tasks() if off.config.node_id[:12] in t.get_name()]
+        assert not [t for t in listener_tasks() if off.config.node_id[:12] in t.name]
 
         nocache = await amake.started(redis_url, local_cache_enabled=False)
         s = await saved(nocache, {"v": 1})
@@ -446,7 +455,7 @@ async def test_kill_fails_closed_and_recovers(amake: AFactory, redis_server_fact
     assert (await B.load(s2.id))["v"] == "b"
     await B.close()
     await A.close()
-    assert not [t for t in listener_tasks() if t.get_name().endswith((A.config.node_id[:12], B.config.node_id[:12]))]
+    assert not [t for t in listener_tasks() if t.name.endswith((A.config.node_id[:12], B.config.node_id[:12]))]
 
 
 async def test_stale_if_error(amake: AFactory, redis_server_factory: Any) -> None:

@@ -114,17 +114,23 @@ def test_external_client_is_not_closed(make_store: StoreFactory, redis_url: str)
     client.close()
 
 
-def test_same_node_id_twice_is_refused(make_store: StoreFactory, redis_url: str) -> None:
+def test_same_node_id_is_a_label_not_the_identity(make_store: StoreFactory, redis_url: str) -> None:
+    """Two stores configured with the same node_id (one ClusterConfig shared, or the same
+    FASTSESS_NODE_ID) still invalidate each other: messages carry a random instance id."""
     a = make_store(redis_url, node_id="dup-node")
-    threads = len(listener_threads())
-    with pytest.raises(ConfigError, match="dup-node"):
-        make_store(redis_url, node_id="dup-node")
-    assert len(listener_threads()) == threads  # the refused store left no thread behind
-    # another channel is another namespace
-    other = make_store(redis_url, node_id="dup-node", channel=make_store.channel + ":2")
-    assert other.coordinator is not None
-    a.close()
-    make_store(redis_url, node_id="dup-node")  # allowed after close
+    b = make_store(redis_url, node_id="dup-node")
+    for store in (a, b):
+        assert store.coordinator.wait_subscribed(5.0)
+    assert a.coordinator.node_id == b.coordinator.node_id == "dup-node"
+    assert a.coordinator.instance_id != b.coordinator.instance_id and a.coordinator.instance_id.startswith("dup-node/")
+    s = saved(a)
+    assert b.load(s.id)["user"] == 1 and b.load(s.id)["user"] == 1  # cached on b
+    before = received(b)
+    s["user"] = 2
+    assert a.save(s)
+    wait_received(b, before)
+    assert b.load(s.id)["user"] == 2
+    assert a.coordinator.stats.foreign_own_id == b.coordinator.stats.foreign_own_id == 0
 
 
 def test_corrupt_data_is_session_corrupt_and_not_cached(pair: Pair) -> None:
@@ -320,7 +326,7 @@ def test_first_save_publishes_nothing(pair: Pair, raw_subscriber: Any) -> None:
     s["x"] = 1
     A.save(s)
     msg = decode_message(sub.next())
-    assert msg == {"t": INVALIDATED, "id": s.id, "node": A.config.node_id, "v": s.version}
+    assert msg == {"t": INVALIDATED, "id": s.id, "node": A.coordinator.instance_id, "v": s.version}
 
 
 def test_messages_on_the_wire(pair: Pair, raw_subscriber: Any) -> None:
@@ -338,7 +344,7 @@ def test_messages_on_the_wire(pair: Pair, raw_subscriber: Any) -> None:
     assert [(m["t"], m["id"]) for m in msgs] == [
         (INVALIDATED, old), (TOUCHED, old), (DELETED, old), (DELETED, s.id), (CLEARED, None),
     ]
-    assert all(m["node"] == A.config.node_id for m in msgs)
+    assert all(m["node"] == A.coordinator.instance_id for m in msgs)
 
 
 def test_evict_from_cache_and_clear_local_cache_are_local(pair: Pair) -> None:
@@ -415,7 +421,7 @@ def test_local_cache_disabled_still_publishes_but_never_caches(make_store: Store
     s["v"] = 2
     A.save(s)
     msg = decode_message(sub.next())
-    assert msg is not None and msg["t"] == INVALIDATED and msg["id"] == s.id and msg["node"] == A.config.node_id
+    assert msg is not None and msg["t"] == INVALIDATED and msg["id"] == s.id and msg["node"] == A.coordinator.instance_id
     wait_received(B, before)
     assert B.load(s.id)["v"] == 2
     for _ in range(3):
@@ -438,7 +444,7 @@ def test_default_channel(make_store: StoreFactory, redis_url: str, raw_subscribe
     assert store.coordinator.wait_subscribed(5)
     s = saved(store)
     store.delete(s.id)
-    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": store.config.node_id, "v": 0}
+    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": store.coordinator.instance_id, "v": 0}
 
 
 # --- one round trip per write ------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_handle_message_counts_and_applies() -> None:
     for sid in (a, b, d):
         cache.put(sid, {"sid": sid}, 60.0)
 
-    c.handle_message(encode_message(INVALIDATED, a, "me"))  # own: ignored, nothing evicted
+    c.handle_message(c.message(INVALIDATED, a))  # own: ignored, nothing evicted
     assert c.stats.ignored_own == 1 and c.stats.received == 0 and cache.get(a) is not None
     c.handle_message(encode_message(INVALIDATED, a, "other", 3))
     assert cache.get(a) is None and cache.get(b) is not None and c.stats.received == 1
@@ -188,6 +188,24 @@ def test_handle_message_counts_and_applies() -> None:
     assert (s.received, s.ignored_own, s.malformed, s.published, s.reconnects, s.subscribed) == (3, 1, 2, 0, 0, False)
     assert [m["t"] for m in seen] == [INVALIDATED, DELETED, CLEARED]
     assert seen[0] == {"t": INVALIDATED, "id": a, "node": "other", "v": 3}
+
+
+def test_node_id_is_a_label_and_a_foreign_message_with_our_instance_id_is_counted_and_applied() -> None:
+    cache = CoherentCache(100, 60.0)
+    c, twin = coordinator(cache), coordinator(None)
+    assert c.node_id == twin.node_id == "me" and c.instance_id != twin.instance_id
+    a = new_session_id()
+    cache.put(a, {"x": 1}, 60.0)
+    c.handle_message(encode_message(INVALIDATED, a, "me"))  # the bare label: another process's message
+    assert cache.get(a) is None and c.stats.received == 1 and c.stats.ignored_own == 0
+    c.handle_message(twin.message(INVALIDATED, a))  # same label, other instance: applied
+    assert c.stats.received == 2 and c.stats.foreign_own_id == 0
+    own = c.message(INVALIDATED, a)
+    cache.put(a, {"x": 2}, 60.0)
+    c.handle_message(own)  # our echo: ignored
+    assert cache.get(a) is not None and c.stats.ignored_own == 1
+    c.handle_message(own)  # the same bytes again: more echoes than we sent, so not ours
+    assert cache.get(a) is None and c.stats.foreign_own_id == 1 and c.stats.received == 3 and c.stats.ignored_own == 1
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -31,9 +31,9 @@ class NodeError(Exception):
 class Node:
     """A child process running ``python -m tests.cluster.node``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cluster.node"], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,

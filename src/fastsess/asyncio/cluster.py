@@ -1,26 +1,28 @@
 """asyncio ``ClusterCoordinator``: the twin of ``fastsess.cluster.ClusterCoordinator``.
 
-The listener is one task on the running event loop instead of a thread; the
-message format, counters, cache flushing and liveness check are shared with
-the sync coordinator (``fastsess.cluster.CoordinatorBase``).
+The listener is the same background thread as the sync coordinator's, reading a
+sync pub/sub connection made with the asyncio client's settings
+(``fastsess.cluster.listener_client``) and feeding the thread-safe local cache.
+So invalidations apply even while the event loop is busy (a coroutine that only
+serves cache hits never yields to it), and a dropped connection is always seen
+(redis-py's asyncio ``PubSub`` reconnects silently inside ``get_message``).
+Only ``start``/``wait_subscribed``/``stop``/``publish`` are coroutines here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from typing import Any
 
-from ..cluster import POLL_INTERVAL, CoherentCache, CoordinatorBase, Liveness
+from ..cluster import CoherentCache, ThreadedCoordinator
 from ..config import ClusterConfig
 
-log = logging.getLogger("fastsess.cluster")
+_POLL = 0.002  # seconds between checks while awaiting the thread (never blocks the loop)
 
 
-class ClusterCoordinator(CoordinatorBase):
-    """Publishes and listens for invalidations in one asyncio task.
+class ClusterCoordinator(ThreadedCoordinator):
+    """Publishes (on the asyncio client) and listens (in a thread) for invalidations.
 
     Args:
         client: a ``redis.asyncio.Redis`` / ``RedisCluster`` / Sentinel-managed client.
@@ -29,50 +31,34 @@ class ClusterCoordinator(CoordinatorBase):
     """
 
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
-        super().__init__(config, cache)
-        self.client = client
-        self._task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Event | None = None
+        super().__init__(client, config, cache)
 
     async def start(self) -> bool:
-        """Start the listener task; True if subscribed within ``subscribe_timeout``.
-
-        Raises:
-            ConfigError: another running coordinator in this process has the same node id.
-        """
-        if self._task is not None and not self._task.done():
+        """Start the listener thread; True if subscribed within ``subscribe_timeout``."""
+        if self.running:
             return self._subscribed
-        self._register()
-        self._ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fastsess-listener-{self.node_id[:12]}")
+        self._launch()
         return await self.wait_subscribed(self.config.subscribe_timeout)
 
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until subscribed (True) or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + timeout
         while not self._subscribed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._task is None or self._task.done():
+            if not self.running or time.monotonic() >= deadline:
                 return False
-            assert self._ready is not None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), min(remaining, 0.05))
+            await asyncio.sleep(_POLL)
         return True
 
-    async def stop(self) -> None:
-        """Cancel the listener task and wait for it to finish."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._subscribed = False
-        self._unregister()
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the listener thread and wait (without blocking the loop) until it ended.
 
-    @property
-    def running(self) -> bool:
-        """True while the listener task is alive."""
-        return self._task is not None and not self._task.done()
+        The thread is woken at once (its socket is shut down), so this takes about
+        a millisecond unless it is inside a connect attempt.
+        """
+        thread = self._signal_stop()
+        deadline = time.monotonic() + timeout
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL)
 
     async def publish(self, kind: str, session_id: str | None = None, version: int = 0) -> None:
         """Publish one message on its own (the stores batch theirs with the write).
@@ -80,59 +66,6 @@ class ClusterCoordinator(CoordinatorBase):
         Raises:
             redis.RedisError: the PUBLISH failed.
         """
-        await self.client.publish(self.channel, self.message(kind, session_id, version))
+        # execute_command: redis-py 5.0's asyncio RedisCluster has no publish() method
+        await self.client.execute_command("PUBLISH", self.channel, self.message(kind, session_id, version))
         self.note_published()
-
-    # -- listener task -------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        delay = self.config.reconnect_backoff[0]
-        try:
-            while True:
-                pubsub = self.client.pubsub()
-                try:
-                    await self._subscribe(pubsub)
-                    delay = self.config.reconnect_backoff[0]
-                    await self._listen(pubsub)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the listener must survive anything
-                    assert self._ready is not None
-                    self._ready.clear()
-                    self._on_dropped(exc)
-                    await asyncio.sleep(delay)
-                    delay = self._backoff(delay)
-                finally:
-                    await _close_quietly(pubsub)
-        finally:
-            self._subscribed = False
-
-    async def _subscribe(self, pubsub: Any) -> None:
-        await pubsub.subscribe(self.channel)
-        deadline = time.monotonic() + self.config.subscribe_timeout
-        while True:
-            event = await pubsub.get_message(timeout=self._until(deadline))
-            if event is not None and self._dispatch(event["type"], event["data"], subscribing=True):
-                break
-        self._on_subscribed()
-        assert self._ready is not None
-        self._ready.set()
-
-    async def _listen(self, pubsub: Any) -> None:
-        liveness = Liveness(self.config.subscribe_timeout)
-        poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
-        while True:
-            event = await pubsub.get_message(timeout=poll)
-            if event is None:
-                if liveness.due():
-                    await pubsub.ping()
-                continue
-            liveness.seen()
-            self._dispatch(event["type"], event["data"], subscribing=False)
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    try:
-        await pubsub.aclose()
-    except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to do
-        log.debug("closing the pub/sub connection failed", exc_info=True)

@@ -35,13 +35,14 @@ copy to be served instead.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from ..cache import CacheStats
-from ..cluster import CLEARED, DELETED, EXPIRY_MARGIN, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache
+from ..cluster import CLEARED, DELETED, EXPIRY_MARGIN, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache, release_unclosed
 from ..config import ClusterConfig
 from ..serializers import Serializer
 from ..session import Session
@@ -143,6 +144,12 @@ class LocalCacheControl:
             else None
         )
         self.coordinator = coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
+        # A store dropped without close() still releases its listener and connections
+        # (with a ResourceWarning, like an unclosed file); close() detaches this.
+        self._finalizer = weakref.finalize(
+            self, release_unclosed, type(self).__name__, self.coordinator, self.client if self._owns_client else None,  # type: ignore[attr-defined]
+        )
+        self._finalizer.atexit = False
         register = self.client.register_script
         self._set_publish = register(SET_PUBLISH_SCRIPT)
         self._delete_publish = register(DELETE_PUBLISH_SCRIPT)
@@ -240,9 +247,13 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
     The listener thread starts here and waits up to ``config.subscribe_timeout``
     for its subscription; ``close()`` stops it.
 
+    A store that is garbage-collected without ``close()`` stops its listener and
+    closes the client it owns, with a ``ResourceWarning``.  In a child made by
+    ``os.fork()`` the store starts clean: empty cache, new instance id, its own
+    listener and connections.
+
     Raises:
-        ConfigError: invalid settings, or another running store in this process
-            has the same ``node_id``.
+        ConfigError: invalid settings.
     """
 
     def __init__(
@@ -418,6 +429,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
 
     def close(self) -> None:
         """Stop the listener thread, then close the client if this store created it."""
+        self._finalizer.detach()
         if self.coordinator is not None:
             self.coordinator.stop()
         super().close()

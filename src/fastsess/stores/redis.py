@@ -160,7 +160,7 @@ def client_from_url(
             socket_connect_timeout=socket_timeout,
             retry=default_retry(retries),
             health_check_interval=30,
-            protocol=2,  # RESP2: pub/sub replies are plain lists the listener reads directly (cluster._raw_reader)
+            retry_on_error=[redis.ConnectionError],  # redis-py < 6 retries only the errors listed here
         )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL: {exc}") from exc

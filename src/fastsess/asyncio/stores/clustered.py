@@ -1,8 +1,9 @@
 """asyncio ``ClusteredRedisStore``: the twin of ``fastsess.stores.clustered``.
 
-Same cache, scripts, messages and guarantees; the listener is a task on the
-event loop.  It starts on first use of the store (or on ``async with store``),
-because a constructor cannot await; ``await store.close()`` stops it.
+Same cache, scripts, messages and guarantees, and the same listener: a thread
+with its own pub/sub connection (``fastsess.asyncio.cluster``), so invalidations
+never wait for the event loop.  It starts on first use of the store (or on
+``async with store``); ``await store.close()`` stops it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
     clients).  ``coordinator`` is None when ``config.enabled`` is False.
 
     Raises:
-        ConfigError: invalid settings; on first use, another running store in
-            this process with the same ``node_id``.
+        ConfigError: invalid settings.
     """
 
     def __init__(
@@ -60,11 +60,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         self._start_pending = self.coordinator is not None
 
     async def start(self) -> bool:
-        """Start the listener now (otherwise the first operation does); True if subscribed.
-
-        Raises:
-            ConfigError: another running store in this process has the same ``node_id``.
-        """
+        """Start the listener now (otherwise the first operation does); True if subscribed."""
         self._start_pending = False
         if self.coordinator is None:
             return False
@@ -225,6 +221,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
     async def close(self) -> None:
         """Stop the listener task, then close the client if this store created it."""
         self._start_pending = False
+        self._finalizer.detach()
         if self.coordinator is not None:
             await self.coordinator.stop()
         await super().close()
