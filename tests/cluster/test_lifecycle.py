@@ -267,12 +267,12 @@ def test_fork_child_of_an_asyncio_store(make_store: StoreFactory, redis_url: str
     async def warm() -> None:
         assert await store.start()
         assert (await store.load(s.id))["v"] == 0 and (await store.load(s.id))["v"] == 0
-        # this loop ends here: let the parent's close() below open its own connection
-        await store.client.connection_pool.disconnect()
 
-    asyncio.run(warm())
+    asyncio.run(warm())  # the pool now holds a connection of this (closed) loop
     _behind_the_back(store, redis_client, s, 1)
     _fork_and_check(store, _async_child, writer, redis_client, s)
+    # the parent's connections belong to its closed loop: drop them, then close
+    store.client.connection_pool.reset()
     asyncio.run(store.close())
 
 
