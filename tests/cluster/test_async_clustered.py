@@ -106,9 +106,12 @@ async def test_same_api_as_the_async_redis_store(apair: Any, redis_client: redis
     for store in (A, B):
         got = await store.load(s.id)
         assert dict(got) == {"user": 7} and got.version == 1
+    before = received(B)
     assert await A.touch(s.id, ttl=500) and 490 <= redis_client.ttl(A.prefix + s.id) <= 500
-    old = s.id
+    await wait_received(B, before)  # the listener is a thread: wait for it, don't count on scheduling
+    old, before = s.id, received(B)
     assert await A.regenerate(s) is s and s.id != old
+    await wait_received(B, before)
     assert not await B.exists(old) and await B.load(old) is None and dict(await B.load(s.id)) == {"user": 7}
     ids = {s.id} | {(await saved(A, {"i": i})).id for i in range(5)}
     assert {i async for i in B.iter_ids()} == ids and await B.count() == 6
