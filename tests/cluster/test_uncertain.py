@@ -54,10 +54,10 @@ def test_the_coordinator_hands_its_own_echo_to_the_cache() -> None:
     cache = CoherentCache(100, 60.0)
     coordinator = CoordinatorBase(ClusterConfig(node_id="me"), cache)
     cached(cache, "a")
-    coordinator.handle_message(cluster.encode_message(INVALIDATED, "a", "me"))
+    coordinator.handle_message(coordinator.message(INVALIDATED, "a"))  # messages carry the instance id
     assert cache.get("a") == "v"  # an own echo after a successful write changes nothing
     cache.mark_uncertain("a")
     cached(cache, "a")
-    coordinator.handle_message(cluster.encode_message(INVALIDATED, "a", "me"))
+    coordinator.handle_message(coordinator.message(INVALIDATED, "a"))
     assert cache.get("a") is None
     assert coordinator.stats.ignored_own == 2 and coordinator.stats.received == 0
