@@ -179,6 +179,33 @@ def test_clear_on_a_cluster_flushes_the_other_node(stores: Any) -> None:
     assert all(B.load(s.id) is None for s in sessions)
 
 
+def test_fills_take_the_expiry_from_the_owning_master(cluster: list[RedisServer], stores: Any) -> None:
+    """A store started after a ``touch`` shortened the sessions (it never heard of it) reads
+    each key's PTTL with its GET, in one script on the key's master, and stops serving
+    the cached copy by the key's real expiry."""
+    A, B, raw = stores
+    sessions = sessions_on_every_master(A, raw, n=9)
+    for s in sessions:
+        assert A.touch(s.id, ttl=2)
+    config = ClusterConfig(node_id=f"C-{uuid.uuid4().hex[:6]}", channel=B.coordinator.channel, **FAST)
+    client = RedisCluster(host="127.0.0.1", port=cluster[1].port)
+    C = ClusteredRedisStore(client=client, config=config, prefix=A.prefix)
+    try:
+        assert C.coordinator is not None and C.coordinator.wait_subscribed(5)
+        for s in sessions:
+            assert C.load(s.id) is not None
+        hits = C.cache_stats().hits
+        assert all(C.load(s.id) is not None for s in sessions) and C.cache_stats().hits == hits + len(sessions)
+        deadline = time.monotonic() + 10
+        while any(raw.exists(A.prefix + s.id) for s in sessions):  # every key expired on its master
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert [C.load(s.id) for s in sessions] == [None] * len(sessions)
+    finally:
+        C.close()
+        client.close()
+
+
 # --- the asyncio store on the same cluster -------------------------------------------------
 
 

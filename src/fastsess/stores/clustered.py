@@ -182,7 +182,8 @@ class LocalCacheControl:
         return 0 if self._cache is None else self._cache.cached_bytes
 
     def _write_failed(self, *session_ids: str) -> None:
-        """After a write with an unknown outcome: nothing cached for these ids until it is known."""
+        """After a write with an unknown outcome: evict these ids now, and let this node's own
+        echo of them count as an invalidation should the write land later (``mark_uncertain``)."""
         if self._cache is not None:
             for session_id in session_ids:
                 self._cache.mark_uncertain(session_id)
