@@ -336,7 +336,7 @@ async def test_malformed_messages_leave_the_listener_working(apair: Any, redis_c
 
 def intercept_get(store: Any, during: Callable[[], Awaitable[None]]) -> None:
     """Make the next miss read of ``store`` (its GET + PTTL script) run ``during()`` before returning."""
-    real_read = store._get_pttl
+    real_read = store._get_with_pttl
     done: list[bool] = []
 
     async def read(*args: Any, **kwargs: Any) -> Any:
@@ -346,7 +346,7 @@ def intercept_get(store: Any, during: Callable[[], Awaitable[None]]) -> None:
             await during()
         return reply
 
-    store._get_pttl = read
+    store._get_with_pttl = read
 
 
 @pytest.mark.parametrize("action", ["save", "delete", "clear"])

@@ -24,7 +24,7 @@ def saved(store: Any, data: dict[str, Any]) -> Session:
 def intercept_get(store: ClusteredRedisStore, during: Callable[[], None]) -> list[bytes | None]:
     """Make the next miss read of ``store`` (its GET + PTTL script) read Redis, run
     ``during()``, then return what it read."""
-    real_read = store._get_pttl
+    real_read = store._get_with_pttl
     returned: list[bytes | None] = []
 
     def read(*args: Any, **kwargs: Any) -> Any:
@@ -34,7 +34,7 @@ def intercept_get(store: ClusteredRedisStore, during: Callable[[], None]) -> lis
             during()
         return reply
 
-    store._get_pttl = read  # type: ignore[method-assign]
+    store._get_with_pttl = read  # type: ignore[method-assign]
     return returned
 
 

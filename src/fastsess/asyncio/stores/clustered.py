@@ -12,6 +12,7 @@ import time
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from ...cluster import CLEARED, DELETED, INVALIDATED, TOUCHED
 from ...config import ClusterConfig
@@ -106,10 +107,22 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 raw = await self.client.get(self.prefix + session_id)
             else:
                 started = time.monotonic()
-                raw, pttl = await self._get_pttl(keys=[self.prefix + session_id])
+                raw, pttl = await self._get_with_pttl(self.prefix + session_id)
         except REDIS_ERRORS as exc:
             return self._read_failed(session_id, exc)
         return self._read_done(session_id, raw, token, pttl, started)
+
+    async def _get_with_pttl(self, key: str) -> tuple[bytes | None, int]:
+        """The key's value and remaining TTL in ms, in one round trip (see the sync store).
+
+        Raises:
+            redis.RedisError: the call failed.
+        """
+        try:
+            reply = await self.client.execute_command("EVALSHA", self._get_pttl.sha, 1, key)
+        except NoScriptError:
+            reply = await self._get_pttl(keys=[key])
+        return reply[0], reply[1]
 
     # -- write hooks -----------------------------------------------------------------------
 
