@@ -141,7 +141,8 @@ def overridden_hooks(cls: type, bases: tuple[type, ...]) -> int:
     base = next(klass for klass in cls.__mro__ if klass in bases)
     flags = 0
     for name, bit in _HOOKS:
-        if getattr(cls, name, None) is not getattr(base, name, None):
+        ours = getattr(base, name, None)
+        if ours is not None and getattr(cls, name, None) is not ours:  # (LRUCache has no expire to override)
             flags |= bit
     return flags
 

@@ -212,6 +212,20 @@ def test_expire_override_sees_expirations(ttl_cls: Any, clock: FakeClock) -> Non
     assert expired[-1] == ("e", 5)
 
 
+def test_an_lru_subclass_method_named_expire_is_not_a_hook(lru_cls: Any) -> None:
+    calls: list[Any] = []
+
+    class WithExpire(lru_cls):  # type: ignore[misc,valid-type]
+        def expire(self, time: Any = None) -> None:
+            calls.append(time)
+
+    cache = WithExpire(2)
+    cache["a"] = 1
+    cache["b"] = 2
+    cache["c"] = 3
+    assert len(cache) == 2 and cache.currsize == 2 and calls == []  # LRUCache never calls expire()
+
+
 def test_get_pop_setdefault_go_through_overridden_getitem(make: Maker) -> None:
     calls: list[Any] = []
 
