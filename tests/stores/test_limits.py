@@ -635,3 +635,22 @@ async def test_json_separators_inside_strings_do_not_count_as_values(rmake: Make
     s = await saved(store, {"csv": ",[{" * 600_000, "n": list(range(1000))})
     reader = rmake(prefix=store.prefix, serializer="json")
     assert (await call(reader.load(s.id)))["csv"] == ",[{" * 600_000
+
+
+def test_serializer_limits_are_validated_and_documented_defaults() -> None:
+    from fastsess.serializers import MAX_ITEMS
+
+    assert (MAX_DECODED_SIZE, MAX_ITEMS, MAX_DEPTH) == (16 * 1024 * 1024, 1_000_000, 100)
+    for bad in ({"max_size": 0}, {"max_items": 0}, {"max_depth": 0}, {"max_items": 1.5}, {"max_depth": True}):
+        with pytest.raises(ConfigError):
+            MsgpackSerializer(**bad)
+    small = MsgpackSerializer(max_items=50, max_depth=3, max_size=1000)
+    ok = Session(new_session_id(), {"v": [[["x"]]], "n": list(range(30))}, ttl=60)
+    assert small.decode(ok.id, small.encode(ok)).data == ok.data
+    for data, error in (
+        ({"v": [[[["x"]]]]}, TypeError),
+        ({"n": list(range(60))}, SessionTooLarge),
+        ({"s": "x" * 1000}, SessionTooLarge),
+    ):
+        with pytest.raises(error):
+            small.encode(Session(new_session_id(), data, ttl=60))
