@@ -549,3 +549,18 @@ def test_timer_attributes_come_from_the_wrapped_timer(ttl_cls: Any, clock: FakeC
     if ttl_cls is not cachetools.TTLCache:  # cachetools has no public name for it
         assert cache.timer.wrapped is clock
     assert ttl_cls(5, ttl=10).timer.__name__ == "monotonic"
+
+
+def test_state_pickled_by_fastsess_0_1_still_loads(impl: Any, clock: FakeClock) -> None:
+    """0.1 pickled (cls, args, (entries in recency order, attrs)); such pickles keep loading."""
+    class Tagged(impl.TTLCache):  # type: ignore[misc,name-defined]
+        pass
+
+    cache = Tagged(3, 100, clock)
+    cache.__setstate__(([("a", 1, 1, clock.now + 50, True), ("b", 2, 1, clock.now + 40, True)], {"tag": "x"}))
+    assert dict(cache.items()) == {"a": 1, "b": 2} and cache.tag == "x"
+    cache["c"] = 3
+    cache["d"] = 4  # a was least recently used in the saved order
+    assert "a" not in cache and set(cache) == {"b", "c", "d"}
+    clock.advance(45)  # b expires at +40
+    assert set(cache) == {"c", "d"}
