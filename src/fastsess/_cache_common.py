@@ -151,12 +151,18 @@ _repr_running: set[tuple[int, int]] = set()
 
 
 def mapping_repr(cache: Any, items: Callable[[], dict[Any, Any]]) -> str:
-    """``Name({...}, maxsize=..., currsize=...)`` like cachetools; a cache inside itself shows as ``...``."""
+    """``Name({key: value, ...}, maxsize=..., currsize=...)``, exactly as cachetools prints it.
+
+    A cache met again inside its own repr prints its items as ``{...}`` (cachetools
+    gets that from its dict's own recursion guard; ours builds a new dict each time).
+    """
     key = (id(cache), threading.get_ident())
     if key in _repr_running:
-        return "..."
-    _repr_running.add(key)
-    try:
-        return f"{type(cache).__name__}({items()!r}, maxsize={cache.maxsize!r}, currsize={cache.currsize!r})"
-    finally:
-        _repr_running.discard(key)
+        shown = "{...}"
+    else:
+        _repr_running.add(key)
+        try:
+            shown = repr(items())
+        finally:
+            _repr_running.discard(key)
+    return f"{type(cache).__name__}({shown}, maxsize={cache.maxsize!r}, currsize={cache.currsize!r})"
