@@ -25,7 +25,7 @@ from .errors import FastsessError
 EXIT_ERROR = 1
 
 
-class _SizeList(click.ParamType):
+class _SizeList(click.ParamType):  # type: ignore[type-arg,unused-ignore]  # generic in recent click only
     """A comma-separated list of positive integers, e.g. ``1000,100000``."""
 
     name = "sizes"

@@ -26,7 +26,7 @@ try:
     from prometheus_client.registry import REGISTRY, Collector
 except ImportError:  # pragma: no cover - exercised only without the extra
     Collector = object  # type: ignore[assignment,misc]
-    REGISTRY = None
+    REGISTRY = None  # type: ignore[assignment]
     CounterMetricFamily = GaugeMetricFamily = None  # type: ignore[assignment,misc]
 
 # (metric suffix, stats attribute, help text)
@@ -45,7 +45,7 @@ _CLUSTER_COUNTERS = (
 )
 
 
-class StoreCollector(Collector):  # type: ignore[misc]
+class StoreCollector(Collector):
     """A Prometheus collector reading one store's counters at scrape time."""
 
     def __init__(self, store: Any, namespace: str = "fastsess", node_id: str | None = None) -> None:

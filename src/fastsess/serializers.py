@@ -293,7 +293,8 @@ class MsgpackSerializer(Serializer):
     def dumps(self, obj: Any) -> bytes:
         """msgpack-encode ``obj``. Raises TypeError for values msgpack cannot carry."""
         try:
-            return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+            packed: bytes = msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+            return packed
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.fsdecode
             raise TypeError(f"a session cannot store a str that is not valid Unicode: {exc}") from exc
 

@@ -31,7 +31,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, InvalidSessionId
 from ..session import MAX_TTL, Session, check_ttl
@@ -41,6 +41,9 @@ __all__ = [
     "check_prefix", "check_refresh_fraction", "check_session_id", "check_ttl", "is_valid_session_id",
     "new_session_id", "now",
 ]
+
+if TYPE_CHECKING:  # typing.Self needs Python 3.11; type checkers know typing_extensions
+    from typing_extensions import Self
 
 DEFAULT_TTL = 1800  # seconds: 30 minutes, like most frameworks' session defaults
 DEFAULT_PREFIX = "fastsess:"
@@ -220,7 +223,7 @@ class SessionStore(StoreBase, ABC):
     def close(self) -> None:
         """Release resources the store owns (a client it created from a URL)."""
 
-    def __enter__(self) -> SessionStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

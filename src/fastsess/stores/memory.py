@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from ..cache import LocalCache
 from ..serializers import MsgpackSerializer
@@ -54,7 +55,7 @@ class MemoryStore(SessionStore):
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
-        self._sessions: LocalCache = LocalCache(max_size=max_sessions, ttl=float(self.ttl))
+        self._sessions: LocalCache[str, Any] = LocalCache(max_size=max_sessions, ttl=float(self.ttl))
         self._codec = MsgpackSerializer()
         self._write_lock = threading.Lock()  # check-then-write of save/touch/regenerate; loads take none
 

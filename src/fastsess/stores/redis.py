@@ -248,6 +248,10 @@ class RedisStore(SessionStore):
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
         self.client: Any
         self.serializer: Serializer
+        self.is_cluster: bool
+        self._owns_client: bool
+        self._move_script: Any  # a registered Lua script; None on Redis Cluster
+        self._match: str
         check_pool(pool_size, pool_timeout)
         attach_client(
             self, client, url, serializer,
@@ -276,7 +280,7 @@ class RedisStore(SessionStore):
         return True
 
     def _delete_key(self, session_id: str) -> bool:
-        return self.client.delete(self.prefix + session_id) == 1
+        return bool(self.client.delete(self.prefix + session_id) == 1)
 
     # -- API --------------------------------------------------------------------------
 
@@ -371,7 +375,7 @@ class RedisStore(SessionStore):
         if not is_valid_session_id(session_id):
             return False
         try:
-            return self.client.exists(self.prefix + session_id) == 1
+            return bool(self.client.exists(self.prefix + session_id) == 1)
         except REDIS_ERRORS as exc:
             raise map_redis_error("EXISTS", exc) from exc
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ...session import Session
 from ...stores.base import StoreBase
+
+if TYPE_CHECKING:  # typing.Self needs Python 3.11; type checkers know typing_extensions
+    from typing_extensions import Self
 
 
 class AsyncSessionStore(StoreBase, ABC):
@@ -58,7 +62,7 @@ class AsyncSessionStore(StoreBase, ABC):
     async def close(self) -> None:
         """Release resources the store owns."""
 
-    async def __aenter__(self) -> AsyncSessionStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

@@ -105,6 +105,10 @@ class RedisStore(AsyncSessionStore):
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
         self.client: Any
         self.serializer: Serializer
+        self.is_cluster: bool
+        self._owns_client: bool
+        self._move_script: Any  # a registered Lua script; None on Redis Cluster
+        self._match: str
         check_pool(pool_size, pool_timeout)
         attach_client(
             self, client, url, serializer,
@@ -131,7 +135,7 @@ class RedisStore(AsyncSessionStore):
         return True
 
     async def _delete_key(self, session_id: str) -> bool:
-        return await self.client.delete(self.prefix + session_id) == 1
+        return bool(await self.client.delete(self.prefix + session_id) == 1)
 
     # -- API --------------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class RedisStore(AsyncSessionStore):
         if not is_valid_session_id(session_id):
             return False
         try:
-            return await self.client.exists(self.prefix + session_id) == 1
+            return bool(await self.client.exists(self.prefix + session_id) == 1)
         except REDIS_ERRORS as exc:
             raise map_redis_error("EXISTS", exc) from exc
 
