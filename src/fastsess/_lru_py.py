@@ -32,7 +32,7 @@ from collections.abc import (
 )
 from datetime import timedelta
 from types import GenericAlias
-from typing import Any
+from typing import Any, ClassVar
 
 from ._cache_common import (
     HOOK_CONTAINS,
@@ -298,7 +298,7 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
 
     __slots__ = ("_maxsize", "_sizeof_arg")
 
-    __class_getitem__ = classmethod(GenericAlias)
+    __class_getitem__: ClassVar[Any] = classmethod(GenericAlias)
 
     # HOOK_* bits of the cachetools hooks a subclass overrides (decided at class creation):
     # the exact classes and subclasses overriding none of them keep the fast paths.
@@ -713,7 +713,7 @@ class LocalCache(_Core):
 
     __slots__ = ("_max_size", "_timer", "_ttl")
 
-    __class_getitem__ = classmethod(GenericAlias)
+    __class_getitem__: ClassVar[Any] = classmethod(GenericAlias)
 
     def __init__(self, max_size: int = 10_000, ttl: float = 30.0, timer: Callable[[], float] | None = None) -> None:
         self._max_size = check_capacity(max_size, "max_size", minimum=1)

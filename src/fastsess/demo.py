@@ -65,9 +65,9 @@ def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: d
         assert coordinator is not None
         if index == 0:  # node 0 creates every session once; owners take over from there
             for i in range(sessions):
-                session = store.create({"i": i, "n": 0})
-                store.save(session)
-                commit(i, session.version, session.id)
+                created = store.create({"i": i, "n": 0})
+                store.save(created)
+                commit(i, created.version, created.id)
         conn.send(("ready", coordinator.wait_subscribed(5.0)))
         conn.recv()  # "go": every node starts together
         deadline = time.monotonic() + duration

@@ -42,12 +42,12 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from .._cache_common import make_stats
 from ..cache import CacheStats
 from ..cluster import CLEARED, DELETED, EXPIRY_MARGIN, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache, release_unclosed
 from ..config import ClusterConfig
 from ..serializers import Serializer
 from ..session import Session
-from .._cache_common import make_stats
 from .base import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, check_ttl, is_valid_session_id
 from .redis import (
     DEFAULT_POOL_SIZE,
@@ -135,6 +135,7 @@ class LocalCacheControl:
     _cache: CoherentCache | None
     config: ClusterConfig
     client: Any
+    is_cluster: bool
 
     def _attach_cluster(self, config: ClusterConfig | None, coordinator_type: type) -> None:
         """Build the cache, the coordinator (not started) and the write scripts."""
@@ -196,7 +197,7 @@ class LocalCacheControl:
             StoreUnavailable / SessionCorrupt: no stale copy may answer.
         """
         cache = self._cache
-        stale = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
+        stale: Session | None = cache.get(session_id) if cache is not None and self.config.stale_if_error else None
         if stale is None:
             raise map_redis_error("GET", exc) from exc
         return stale.copy()
@@ -212,7 +213,7 @@ class LocalCacheControl:
         """
         if raw is None:
             return None
-        session = self._decode(session_id, raw)  # type: ignore[attr-defined]
+        session: Session = self._decode(session_id, raw)  # type: ignore[attr-defined]
         if token is not None:
             ttl = fill_ttl(self.config, started, pttl)
             if ttl > 0 and len(raw) <= self._cache.max_item_bytes:  # type: ignore[union-attr]
@@ -303,7 +304,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         token = None
         if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
             # Only valid ids are ever cached, so a hit needs no id check (saves ~250 ns).
-            cached = cache.get(session_id)
+            cached: Session | None = cache.get(session_id)
             if cached is not None:
                 return cached.copy()
             if not is_valid_session_id(session_id):
@@ -391,7 +392,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             return super()._delete_key(session_id)
         try:
             message = coordinator.message(DELETED, session_id)
-            existed = self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
+            existed: bool = self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
         except BaseException:
             self._write_failed(session_id)  # the DEL may have landed, or may land later
             raise
@@ -415,7 +416,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         try:
             message = coordinator.message(TOUCHED, session_id, expires_in=seconds)
-            touched = self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
+            touched: bool = self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
         except BaseException as exc:
             self._write_failed(session_id)  # the EXPIRE may have landed, or may land later
             if isinstance(exc, REDIS_ERRORS):

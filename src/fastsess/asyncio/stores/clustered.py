@@ -9,6 +9,7 @@ never wait for the event loop.  It starts on first use of the store (or on
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
@@ -25,6 +26,9 @@ from ...stores.clustered import (
 from ...stores.redis import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, DEFAULT_RETRIES, DEFAULT_SOCKET_TIMEOUT, REDIS_ERRORS, map_redis_error
 from ..cluster import ClusterCoordinator
 from .redis import RedisStore
+
+if TYPE_CHECKING:  # typing.Self needs Python 3.11; type checkers know typing_extensions
+    from typing_extensions import Self
 
 
 class ClusteredRedisStore(LocalCacheControl, RedisStore):
@@ -74,7 +78,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
                 self.coordinator._on_dropped(exc)
         return await self.coordinator.start()
 
-    async def __aenter__(self) -> ClusteredRedisStore:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -93,7 +97,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         cache = self._cache
         token = None
         if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
-            cached = cache.get(session_id)  # only valid ids are cached: no id check on a hit
+            cached: Session | None = cache.get(session_id)  # only valid ids are cached: no id check on a hit
             if cached is not None:
                 return cached.copy()
             if not is_valid_session_id(session_id):
@@ -180,7 +184,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             return await super()._delete_key(session_id)
         try:
             message = coordinator.message(DELETED, session_id)
-            existed = await self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
+            existed: bool = await self._delete_publish(keys=[self.prefix + session_id], args=[coordinator.channel, message]) == 1
         except BaseException:
             self._write_failed(session_id)
             raise
@@ -202,7 +206,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         try:
             message = coordinator.message(TOUCHED, session_id, expires_in=seconds)
-            touched = await self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
+            touched: bool = await self._touch_publish(keys=[self.prefix + session_id], args=[seconds, coordinator.channel, message]) == 1
         except BaseException as exc:
             self._write_failed(session_id)
             if isinstance(exc, REDIS_ERRORS):

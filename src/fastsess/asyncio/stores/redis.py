@@ -261,7 +261,7 @@ class RedisStore(AsyncSessionStore):
                 payload = self.serializer.encode(session)
                 try:
                     moved = await self._move(old_id, session, payload)
-                except (*REDIS_ERRORS, asyncio.CancelledError) as exc:
+                except REDIS_ERRORS + (asyncio.CancelledError,) as exc:
                     if isinstance(exc, asyncio.CancelledError):
                         cancelled = exc
                     elif is_pool_exhausted(exc):
