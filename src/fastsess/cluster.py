@@ -115,7 +115,8 @@ def encode_message(kind: str, session_id: str | None, node_id: str, version: int
         if expires_in is None:
             raise ValueError("a touched message needs expires_in")
         msg["x"] = expires_in
-    return msgpack.packb(msg)
+    packed: bytes = msgpack.packb(msg)
+    return packed
 
 
 def decode_message(data: Any) -> dict[str, Any] | None:
@@ -174,7 +175,7 @@ class CoherentCache:
         self, max_size: int, ttl: float, max_bytes: int = DEFAULT_LOCAL_CACHE_MAX_BYTES,
         max_item_bytes: int = DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES,
     ) -> None:
-        self.cache = LocalCache(max_size=max_size, ttl=ttl)
+        self.cache: LocalCache[str, Any] = LocalCache(max_size=max_size, ttl=ttl)
         self._ttl = ttl
         self.get = self.cache.get  # bound once: the cached-load path is a single C call
         self._lock = threading.Lock()
