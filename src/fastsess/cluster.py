@@ -825,7 +825,7 @@ def listener_client(client: Any) -> tuple[Any, Any]:
 
         manager = client.nodes_manager
         nodes = {**getattr(manager, "startup_nodes", {}), **getattr(manager, "nodes_cache", {})}
-        startup = [ClusterNode(node.host, node.port) for node in nodes.values()]
+        startup = [ClusterNode(node.host, node.port) for node in nodes.values()]  # type: ignore[no-untyped-call]
         kwargs = _listener_kwargs(dict(client.connection_kwargs), redis.connection.Connection)
         for key in ("host", "port"):
             kwargs.pop(key, None)
@@ -842,12 +842,14 @@ def listener_client(client: Any) -> tuple[Any, Any]:
             return client, None
         from redis.sentinel import Sentinel
 
-        sentinels = [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"]) for s in manager.sentinels]
-        sentinel_kwargs = _listener_kwargs(dict(manager.sentinels[0].connection_pool.connection_kwargs), redis.connection.Connection) if manager.sentinels else {}
+        addresses = [s.connection_pool.connection_kwargs for s in manager.sentinels]
+        sentinels = [(a["host"], a["port"]) for a in addresses]
+        sentinel_kwargs = _listener_kwargs(dict(addresses[0]), redis.Redis) if addresses else {}
         for key in ("host", "port"):
             sentinel_kwargs.pop(key, None)
         kwargs = _listener_kwargs(dict(pool.connection_kwargs), redis.connection.Connection)
-        twin = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(pool.service_name, redis_class=redis.Redis)
+        sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+        twin = sentinel.master_for(pool.service_name, redis_class=redis.Redis)  # type: ignore[no-untyped-call]
         return twin, twin
     name = pool.connection_class.__name__
     if name not in _CONNECTION_CLASSES:

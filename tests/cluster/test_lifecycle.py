@@ -14,7 +14,6 @@ import asyncio
 import bisect
 import gc
 import multiprocessing
-import os
 import select
 import statistics
 import time
@@ -379,7 +378,9 @@ def run_sync_reader(store: ClusteredRedisStore, sid: str, writer: Node, kill: Ca
     return reads, committed
 
 
-async def run_async_reader(store: AsyncClusteredRedisStore, sid: str, writer: Node, kill: Callable[[], None] | None = None, yield_to_loop: bool = False) -> tuple[Reads, list[list[float]]]:
+async def run_async_reader(
+    store: AsyncClusteredRedisStore, sid: str, writer: Node, kill: Callable[[], None] | None = None, yield_to_loop: bool = False,
+) -> tuple[Reads, list[list[float]]]:
     reads = Reads()
     writer.send("write_series", sid=sid, key="v", **SERIES)
     t_end = time.monotonic() + 20.0

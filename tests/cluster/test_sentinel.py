@@ -98,3 +98,36 @@ def test_clustered_stores_through_sentinel_invalidate_each_other(sentinel: Senti
             store.close()
         for c in clients:
             c.close()
+
+
+async def test_async_clustered_stores_through_sentinel_invalidate_each_other(sentinel: Sentinel, prefix: str) -> None:
+    """The asyncio listener is a thread on a sync twin of the asyncio Sentinel client."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    from fastsess.asyncio import ClusteredRedisStore as AsyncClusteredRedisStore
+
+    address = sentinel.sentinels[0].connection_pool.connection_kwargs
+    asentinel = AsyncSentinel([(address["host"], address["port"])], socket_timeout=1.0)
+    stores = [
+        AsyncClusteredRedisStore(client=asentinel.master_for(MASTER, socket_timeout=1.0), prefix=prefix,
+                                 config=ClusterConfig(channel=prefix + "ach", node_id=f"{prefix}a{i}"))
+        for i in range(2)
+    ]
+    try:
+        A, B = stores
+        assert await A.start() and await B.start()
+        session = A.create({"n": 0})
+        assert await A.save(session)
+        assert (await B.load(session.id))["n"] == 0
+        assert (await B.load(session.id))["n"] == 0 and B.cache_stats().hits == 1  # cached on B
+        before = received(B)
+        session["n"] = 1
+        assert await A.save(session)
+        wait_received(B, before)
+        assert (await B.load(session.id))["n"] == 1
+    finally:
+        for store in stores:
+            await store.close()
+            await store.client.aclose()
+        for s in asentinel.sentinels:
+            await s.aclose()
