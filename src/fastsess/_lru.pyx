@@ -11,30 +11,46 @@ Layout (every operation O(1), per-entry TTLs O(log n)):
 * write-order list: a second intrusive list through the entries that use the
   cache's single TTL; with one TTL, write order is expiry order, so expiry pops
   from its head.
-* ``_heap``: a binary min-heap on ``expires`` for entries given their own TTL
-  (``LocalCache.set(..., ttl=...)``); each node knows its heap index.
+* heap: a binary min-heap (a C array) on ``expires`` for entries given their own
+  TTL (``LocalCache.set(..., ttl=...)``); each node knows its heap index.
 
-The links are borrowed ``PyObject*`` pointers (the dict holds the only strong
-reference to a node), so relinking never touches a reference count and can
-never run a destructor halfway through an update.
+The links and the heap hold borrowed ``PyObject*`` pointers (the dict holds the
+only strong reference to a node), so relinking never touches a reference count.
 
-Thread safety: each public method guards its O(1) updates with
-``cython.critical_section(self)``, which compiles to nothing on GIL builds and
-to a per-object lock on free-threaded builds.  User code never runs inside it:
-the clock is read and ``getsizeof`` called before entering, ``__missing__``
-after leaving, and nodes unlinked inside are parked in ``_dropped`` and
-released after leaving, so an evicted value's ``__del__`` sees a consistent
-cache.  (A key type whose ``__hash__``/``__eq__`` is Python code still runs
-inside the dict operations, as it would for a plain dict; the structure is
-updated only after those return, and unlinking is idempotent.)
+Never a crash, whatever the keys and callbacks do:
+
+* Python code (a key's ``__hash__``/``__eq__``, ``getsizeof``, a ``timer``, a
+  finalizer run by an allocation or a release) never runs between two steps of a
+  structure update.  ``getsizeof`` and the timer are called, the key hashed and the
+  new node allocated before the structure is touched; evicted nodes and replaced
+  values are released after it is consistent again; ``__missing__`` runs after.
+* An entry is removed from the dict first (deleting can run ``__eq__`` of a
+  colliding key), and unlinked only once that succeeded, so an exception leaves
+  the entry fully in place.  A new entry is inserted with ``PyDict_SetDefault``,
+  so a key whose ``__eq__`` changes its mind can never replace (and free) a
+  linked node.
+* Operations whose dict calls may run Python code -- a key that is not an exact
+  ``str``, ``int`` or ``bytes``, or a cache holding such a key -- hold a real lock
+  (``cython.pymutex``; the GIL is released while waiting).  Re-entering the same
+  cache from that code in the same thread raises ``RuntimeError`` instead of
+  deadlocking or corrupting.  With only such exact keys, nothing in an operation
+  can run Python code, so on GIL builds it runs lock-free (the GIL makes it
+  atomic); free-threaded builds always take the lock.
+* ``no_gc_clear``: the collector never clears a cache's fields or a node's.  If it
+  clears the internal dict while a finalizer still holds the cache, the next call
+  notices (the dict's size no longer matches the node count) and starts empty.
 """
 
 cimport cython
-from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem
-from cpython.object cimport PyObject
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject, PyObject_Hash
+from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.ref cimport Py_DECREF, Py_INCREF
 
 import copy as _copy
 import copyreg as _copyreg
+import sys as _sys
 import time as _time
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from types import GenericAlias
@@ -79,9 +95,32 @@ cdef extern from *:
     #define FASTSESS_HAVE_C_CLOCK 0
     static double fastsess_clock(void) { return 0.0; }
     #endif
+
+    /* GIL builds: an operation that runs no Python code is atomic. */
+    #ifdef Py_GIL_DISABLED
+    #define FASTSESS_GIL 0
+    #else
+    #define FASTSESS_GIL 1
+    #endif
+
+    /* Dict calls with the hash computed beforehand (before the lock is taken, and
+       never again for a stored key).  The known-hash variants are not public from
+       3.13 on; there the key is hashed again, under the lock. */
+    #if PY_VERSION_HEX < 0x030D0000 && !defined(PYPY_VERSION)
+    #define fastsess_dict_get(d, k, h) _PyDict_GetItem_KnownHash(d, k, h)
+    #define fastsess_dict_del(d, k, h) _PyDict_DelItem_KnownHash(d, k, h)
+    #else
+    #define fastsess_dict_get(d, k, h) PyDict_GetItemWithError(d, k)
+    #define fastsess_dict_del(d, k, h) PyDict_DelItem(d, k)
+    #endif
     """
     const bint FASTSESS_HAVE_C_CLOCK
+    const bint FASTSESS_GIL
     double fastsess_clock() noexcept nogil
+    PyObject* fastsess_dict_get(object d, object k, Py_hash_t h) except? NULL
+    int fastsess_dict_del(object d, object k, Py_hash_t h) except -1
+    PyObject* PyDict_SetDefault(object d, object k, object v) except NULL
+    Py_ssize_t PyDict_GET_SIZE(object d)
 
 # The cachetools hooks a subclass may override (bits of _MappingCache._hooks), as C
 # constants so that the fast paths test them without a Python lookup.
@@ -103,30 +142,42 @@ assert (H_GETITEM, H_CONTAINS, H_DELITEM, H_POPITEM, H_EXPIRE) == (
 cdef double INF = float("inf")
 cdef object _MISSING = object()
 cdef object _monotonic = _time.monotonic
+# With -b, comparing bytes to str warns (Python code: the warnings machinery).
+cdef bint _BYTES_SAFE = not _sys.flags.bytes_warning
+
+
+cdef inline bint _safe_key(object key) noexcept:
+    """Exact str/int/bytes: hashing and comparing it with any such key runs no Python code."""
+    cdef type t = type(key)
+    return t is str or t is int or (t is bytes and _BYTES_SAFE)
 
 
 @cython.final
+@cython.no_gc_clear
+@cython.freelist(32)
 cdef class _Node:
     cdef object key
     cdef object value
+    cdef Py_hash_t hash
     cdef object size          # 1, or what getsizeof gave (an int or a float)
     cdef double expires
     cdef PyObject* prev        # recency list; NULL when unlinked
     cdef PyObject* next
     cdef PyObject* xprev       # write-order list; NULL when not in it
     cdef PyObject* xnext
-    cdef Py_ssize_t heap_index  # position in _heap, -1 when not in it
+    cdef PyObject* dnext       # chain of detached nodes awaiting release
+    cdef Py_ssize_t heap_index  # position in the heap, -1 when not in it
+    cdef bint safe             # _safe_key(key)
 
 
 # -- intrusive list primitives (no reference counting, no Python calls) ----------
 
-cdef inline bint _unlink(_Node node) noexcept:
+cdef inline void _unlink(_Node node) noexcept:
     if node.prev is NULL:
-        return False
+        return
     (<_Node>node.prev).next = node.next
     (<_Node>node.next).prev = node.prev
     node.prev = node.next = NULL
-    return True
 
 
 cdef inline void _append(_Node root, _Node node) noexcept:
@@ -145,77 +196,37 @@ cdef inline void _x_unlink(_Node node) noexcept:
 
 
 cdef inline void _x_append(_Node root, _Node node) noexcept:
+    # Keep the list sorted by expiry, so expiry can pop from its head: a writer that
+    # read the clock a moment before another but stored after it gets the later
+    # deadline (the difference is the time between the two clock reads).
+    if root.xprev != <PyObject*>root and (<_Node>root.xprev).expires > node.expires:
+        node.expires = (<_Node>root.xprev).expires
     node.xnext = <PyObject*>root
     node.xprev = root.xprev
     (<_Node>root.xprev).xnext = <PyObject*>node
     root.xprev = <PyObject*>node
 
 
-cdef _Node _new_root():
-    cdef _Node root = _Node.__new__(_Node)
+cdef inline void _reset_root(_Node root) noexcept:
     root.prev = root.next = <PyObject*>root
     root.xprev = root.xnext = <PyObject*>root
+
+
+cdef _Node _new_root():
+    cdef _Node root = _Node.__new__(_Node)
+    _reset_root(root)
     root.heap_index = -1
     return root
 
 
-# -- indexed binary min-heap on expires ------------------------------------------
-
-cdef void _heap_place(list heap, _Node node, Py_ssize_t i):
-    heap[i] = node
-    node.heap_index = i
-
-
-cdef void _heap_sift_up(list heap, Py_ssize_t i):
-    cdef _Node node = heap[i]
-    cdef _Node parent
-    cdef Py_ssize_t up
-    while i > 0:
-        up = (i - 1) >> 1
-        parent = heap[up]
-        if parent.expires <= node.expires:
-            break
-        _heap_place(heap, parent, i)
-        i = up
-    _heap_place(heap, node, i)
-
-
-cdef void _heap_sift_down(list heap, Py_ssize_t i):
-    cdef Py_ssize_t n = len(heap)
-    cdef _Node node = heap[i]
-    cdef _Node child
-    cdef Py_ssize_t c
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and (<_Node>heap[c + 1]).expires < (<_Node>heap[c]).expires:
-            c += 1
-        child = heap[c]
-        if node.expires <= child.expires:
-            break
-        _heap_place(heap, child, i)
-        i = c
-    _heap_place(heap, node, i)
-
-
-cdef void _heap_push(list heap, _Node node):
-    heap.append(node)
-    node.heap_index = len(heap) - 1
-    _heap_sift_up(heap, node.heap_index)
-
-
-cdef void _heap_remove(list heap, _Node node):
-    cdef Py_ssize_t i = node.heap_index
-    cdef _Node last
-    if i < 0:
-        return
-    node.heap_index = -1
-    last = heap.pop()
-    if last is not node:
-        _heap_place(heap, last, i)
-        _heap_sift_up(heap, i)
-        _heap_sift_down(heap, last.heap_index)
+cdef void _release_chain(PyObject* chain) noexcept:
+    """Drop the references held by a chain of detached nodes (may run finalizers)."""
+    cdef PyObject* p
+    while chain is not NULL:
+        p = chain
+        chain = (<_Node>p).dnext
+        (<_Node>p).dnext = NULL
+        Py_DECREF(<object>p)
 
 
 @cython.final
@@ -282,16 +293,19 @@ cdef class _Timer:
         return _Timer(_copy.deepcopy(self.wrapped, memo))
 
 
+@cython.no_gc_clear
 cdef class _Core:
-    """Hash map + recency list + expiry order + counters, shared by every cache."""
+    """Hash map + recency list + expiry order + counters + guard, shared by every cache."""
 
     cdef dict _map
     cdef _Node _root          # root.next: least recently used; root.prev: most recent
     cdef _Node _xroot         # xroot.xnext: oldest write among default-TTL entries
-    cdef list _heap
-    cdef list _dropped        # nodes and values to release once the structure is consistent
+    cdef PyObject** _heap     # borrowed node pointers, min-heap on expires
+    cdef Py_ssize_t _heap_len
+    cdef Py_ssize_t _heap_cap
+    cdef Py_ssize_t _count    # linked nodes; always len(_map) when consistent
+    cdef Py_ssize_t _unsafe   # linked nodes whose key is not _safe_key
     cdef Py_ssize_t _cap
-    cdef Py_ssize_t _currsize  # number of linked nodes, when every size is 1
     cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
     cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
     cdef object _omax         # maxsize as given
@@ -303,14 +317,74 @@ cdef class _Core:
     cdef unsigned long long _misses
     cdef unsigned long long _evictions
     cdef unsigned long long _expirations
+    cdef cython.pymutex _lock
+    cdef unsigned long _owner  # thread holding _lock, 0 when free
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self._map = {}
         self._root = _new_root()
         self._xroot = _new_root()
-        self._heap = []
         self._ttl = INF
+        self._osum = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self._heap)
+        self._heap = NULL
+
+    # -- guard -------------------------------------------------------------------------
+
+    @cython.final
+    cdef inline bint _lock_free(self, object key) noexcept:
+        """Can this operation run without the lock (GIL build, no Python code possible)?"""
+        return FASTSESS_GIL and self._owner == 0 and self._unsafe == 0 and (key is None or _safe_key(key))
+
+    @cython.final
+    cdef int _acquire(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if self._owner == me:
+            raise RuntimeError(
+                f"{type(self).__name__} re-entered while it was being updated (from a key's "
+                "__hash__/__eq__ or a finalizer running in the middle of one of its operations)"
+            )
+        self._lock.acquire()  # waits with the GIL released
+        self._owner = me
+        return 0
+
+    @cython.final
+    cdef inline void _release(self) noexcept:
+        self._owner = 0
+        self._lock.release()
+
+    @cython.final
+    cdef inline int _enter(self, object key) except -1:
+        """Start an operation: 1 if the lock was taken (pass it to ``_leave``), else 0."""
+        if self._lock_free(key):
+            self._check_torn()
+            return 0
+        self._acquire()
+        self._check_torn()
+        return 1
+
+    @cython.final
+    cdef inline void _leave(self, int locked) noexcept:
+        if locked:
+            self._release()
+
+    @cython.final
+    cdef inline void _check_torn(self) noexcept:
+        # The collector cleared the dict (the cache was garbage, a finalizer still
+        # used it): the nodes it owned are gone, so start empty.
+        if PyDict_GET_SIZE(self._map) != self._count:
+            self._reset_links()
+
+    @cython.final
+    cdef void _reset_links(self) noexcept:
+        _reset_root(self._root)
+        _reset_root(self._xroot)
+        self._heap_len = 0
+        self._count = PyDict_GET_SIZE(self._map)
+        self._unsafe = self._count  # unknown keys: take the lock until the cache is cleared
         self._osum = 0
 
     @cython.final
@@ -327,35 +401,115 @@ cdef class _Core:
             return <double>t
         return timer_seconds(t)
 
-    @cython.final
-    cdef inline void _park(self, object obj):
-        if self._dropped is None:
-            self._dropped = [obj]
-        else:
-            self._dropped.append(obj)
+    # -- heap on a C array of borrowed pointers ------------------------------------------
 
     @cython.final
-    cdef inline list _take_dropped(self):
-        cdef list dropped = self._dropped
-        self._dropped = None
-        return dropped
+    cdef int _heap_reserve(self) except -1:
+        cdef Py_ssize_t cap
+        cdef PyObject** grown
+        if self._heap_len < self._heap_cap:
+            return 0
+        cap = 16 if self._heap_cap == 0 else self._heap_cap * 2
+        grown = <PyObject**>PyMem_Realloc(self._heap, cap * sizeof(PyObject*))
+        if grown is NULL:
+            raise MemoryError()
+        self._heap = grown
+        self._heap_cap = cap
+        return 0
 
     @cython.final
-    cdef int _detach(self, _Node node) except -1:
-        # The dict first: deleting may run a key's Python __hash__, and the links
-        # are still consistent at that point.  Unlinking is idempotent, so a node
-        # detached twice (possible only through such re-entrant key code) is harmless.
+    cdef inline void _heap_place(self, _Node node, Py_ssize_t i) noexcept:
+        self._heap[i] = <PyObject*>node
+        node.heap_index = i
+
+    @cython.final
+    cdef void _heap_sift_up(self, Py_ssize_t i) noexcept:
+        cdef _Node node = <_Node>self._heap[i]
+        cdef _Node parent
+        cdef Py_ssize_t up
+        while i > 0:
+            up = (i - 1) >> 1
+            parent = <_Node>self._heap[up]
+            if parent.expires <= node.expires:
+                break
+            self._heap_place(parent, i)
+            i = up
+        self._heap_place(node, i)
+
+    @cython.final
+    cdef void _heap_sift_down(self, Py_ssize_t i) noexcept:
+        cdef Py_ssize_t n = self._heap_len
+        cdef _Node node = <_Node>self._heap[i]
+        cdef Py_ssize_t c
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and (<_Node>self._heap[c + 1]).expires < (<_Node>self._heap[c]).expires:
+                c += 1
+            if node.expires <= (<_Node>self._heap[c]).expires:
+                break
+            self._heap_place(<_Node>self._heap[c], i)
+            i = c
+        self._heap_place(node, i)
+
+    @cython.final
+    cdef void _heap_push(self, _Node node) noexcept:
+        # the caller reserved the slot
+        self._heap[self._heap_len] = <PyObject*>node
+        node.heap_index = self._heap_len
+        self._heap_len += 1
+        self._heap_sift_up(node.heap_index)
+
+    @cython.final
+    cdef void _heap_remove(self, _Node node) noexcept:
+        cdef Py_ssize_t i = node.heap_index
+        cdef _Node last
+        if i < 0:
+            return
+        node.heap_index = -1
+        self._heap_len -= 1
+        last = <_Node>self._heap[self._heap_len]
+        if last is not node:
+            self._heap_place(last, i)
+            self._heap_sift_up(i)
+            self._heap_sift_down(last.heap_index)
+
+    # -- structure updates; the caller is inside _enter/_leave ----------------------------
+
+    @cython.final
+    cdef inline void _link(self, _Node node, bint fifo) noexcept:
+        _append(self._root, node)
+        if self._timed:
+            if fifo:
+                _x_append(self._xroot, node)
+            else:
+                self._heap_push(node)
+        self._count += 1
+        if self._sized:
+            self._osum = self._osum + node.size  # exact int or float: no user code, no overflow
+        if not node.safe:
+            self._unsafe += 1
+
+    @cython.final
+    cdef int _detach(self, _Node node, PyObject** chain) except -1:
+        """Remove ``node`` from the dict, then from the lists; on error nothing changed."""
+        Py_INCREF(node)  # the dict's reference goes away; the chain keeps this one
         try:
-            PyDict_DelItem(self._map, node.key)
-        except KeyError:
-            pass
-        if _unlink(node):
-            self._currsize -= 1
-            if self._sized:
-                self._osum = self._osum - node.size
+            fastsess_dict_del(self._map, node.key, node.hash)  # may run a colliding key's __eq__
+        except BaseException:
+            Py_DECREF(node)
+            raise
+        _unlink(node)
         _x_unlink(node)
-        _heap_remove(self._heap, node)
-        self._park(node)
+        self._heap_remove(node)
+        self._count -= 1
+        if self._sized:
+            self._osum = self._osum - node.size
+        if not node.safe:
+            self._unsafe -= 1
+        node.dnext = chain[0]
+        chain[0] = <PyObject*>node
         return 0
 
     @cython.final
@@ -365,14 +519,14 @@ cdef class _Core:
             node = <_Node>self._xroot.xnext
             if not now < node.expires:
                 return node
-        if self._heap:
-            node = self._heap[0]
+        if self._heap_len:
+            node = <_Node>self._heap[0]
             if not now < node.expires:
                 return node
         return None
 
     @cython.final
-    cdef Py_ssize_t _purge(self, double now) except -1:
+    cdef Py_ssize_t _purge(self, double now, PyObject** chain) except -1:
         cdef _Node node
         cdef Py_ssize_t count = 0
         if not self._timed:
@@ -381,40 +535,47 @@ cdef class _Core:
             node = self._expired_head(now)
             if node is None:
                 return count
-            self._detach(node)
+            self._detach(node, chain)
             self._expirations += 1
             count += 1
 
     @cython.final
-    cdef int _make_room(self, object incoming) except -1:
-        # incoming: the size about to be added (0 after an in-place update).  With
-        # getsizeof the sums are Python numbers (int or float), so they never overflow.
+    cdef int _evict_for(self, object size, _Node keep, PyObject** chain) except -1:
+        """Evict least recently used entries (never ``keep``) until ``size`` fits.
+
+        ``keep``: the node an update replaces (its old size is freed), or None for a new entry.
+        """
         cdef _Node victim
-        cdef Py_ssize_t adding = 0
-        if not self._sized and incoming:
-            adding = 1
         while self._root.next != <PyObject*>self._root:
-            if self._sized:
-                if not self._osum + incoming > self._omax:
-                    break
-            elif not self._currsize + adding > self._cap:
-                break
             victim = <_Node>self._root.next
-            self._detach(victim)
+            if victim is keep:
+                break
+            if self._sized:
+                if not self._osum - (0 if keep is None else keep.size) + size > self._omax:
+                    break
+            elif not self._count + (1 if keep is None else 0) > self._cap:
+                break
+            self._detach(victim, chain)
             self._evictions += 1
         return 0
 
     @cython.final
-    cdef _Node _find(self, object key, double now):
+    cdef PyObject* _lookup(self, object key, Py_hash_t h) except? NULL:
+        if h == -1:
+            return PyDict_GetItemWithError(self._map, key)
+        return fastsess_dict_get(self._map, key, h)
+
+    @cython.final
+    cdef _Node _find(self, object key, Py_hash_t h, double now, PyObject** chain):
         """The live node for ``key`` made most recent, or None (counts hit/miss)."""
-        cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
+        cdef PyObject* p = self._lookup(key, h)
         cdef _Node node
         if p is NULL:
             self._misses += 1
             return None
         node = <_Node>p
         if self._timed and not now < node.expires:
-            self._detach(node)
+            self._detach(node, chain)
             self._expirations += 1
             self._misses += 1
             return None
@@ -425,79 +586,229 @@ cdef class _Core:
         return node
 
     @cython.final
-    cdef int _store(self, object key, object value, object size, double expires, bint fifo, double now) except -1:
-        cdef PyObject* p = PyDict_GetItemWithError(self._map, key)  # TypeError before any change
-        cdef _Node node = None if p is NULL else <_Node>p
-        self._purge(now)
-        if node is not None and node.prev is not NULL:
-            # Update in place; the old value is released after the critical section.
-            self._park(node.value)
-            node.value = value
-            if self._sized:
-                self._osum = self._osum + size - node.size
-            node.size = size
-            node.expires = expires
-            if node.next != <PyObject*>self._root:
-                _unlink(node)
-                _append(self._root, node)
-            if self._timed:
-                if fifo:
-                    _heap_remove(self._heap, node)
-                    _x_unlink(node)
-                    _x_append(self._xroot, node)
+    cdef object _store(self, _Node fresh, double now, PyObject** chain):
+        """Store ``fresh`` (key, hash, value, size, expires set; fifo: heap_index == -2).
+
+        Returns the replaced value (to release after leaving), or _MISSING.
+        """
+        cdef bint fifo = fresh.heap_index == -2
+        cdef PyObject* p
+        cdef _Node node
+        cdef object old
+        fresh.heap_index = -1
+        self._purge(now, chain)
+        p = self._lookup(fresh.key, fresh.hash)
+        if p is NULL:
+            self._evict_for(fresh.size, None, chain)
+            if self._timed and not fifo:
+                self._heap_reserve()
+            # SetDefault, not SetItem: a key whose __eq__ changed its mind since the
+            # lookup finds the existing node here instead of replacing (freeing) it.
+            p = PyDict_SetDefault(self._map, fresh.key, fresh)
+            if p == <PyObject*>fresh:
+                self._link(fresh, fifo)
+                return _MISSING
+        node = <_Node>p
+        # Update in place: make room first (never evicting the node itself), so a
+        # failure leaves the old value and currsize <= maxsize.
+        if node.next != <PyObject*>self._root:
+            _unlink(node)
+            _append(self._root, node)
+        self._evict_for(fresh.size, node, chain)
+        if self._timed and not fifo and node.heap_index < 0:
+            self._heap_reserve()
+        old = node.value
+        node.value = fresh.value
+        if self._sized:
+            self._osum = self._osum - node.size + fresh.size
+        node.size = fresh.size
+        node.expires = fresh.expires
+        if self._timed:
+            if fifo:
+                self._heap_remove(node)
+                _x_unlink(node)
+                _x_append(self._xroot, node)
+            else:
+                _x_unlink(node)
+                if node.heap_index >= 0:
+                    self._heap_sift_up(node.heap_index)
+                    self._heap_sift_down(node.heap_index)
                 else:
-                    _x_unlink(node)
-                    if node.heap_index >= 0:
-                        _heap_sift_up(self._heap, node.heap_index)
-                        _heap_sift_down(self._heap, node.heap_index)
-                    else:
-                        _heap_push(self._heap, node)
-            # node is most recent, so eviction takes it last; it alone always fits
-            self._make_room(0)
-            return 0
-        self._make_room(size)
-        node = _Node.__new__(_Node)
+                    self._heap_push(node)
+        return old
+
+    @cython.final
+    cdef _Node _new_node(self, object key, object value, object size, double expires, bint fifo):
+        """Allocate (may run the GC and so any Python code: before the structure is touched)."""
+        cdef _Node node = _Node.__new__(_Node)
         node.key = key
         node.value = value
         node.size = size
         node.expires = expires
-        node.heap_index = -1
-        PyDict_SetItem(self._map, key, node)
-        _append(self._root, node)
-        if self._timed:
-            if fifo:
-                _x_append(self._xroot, node)
-            else:
-                _heap_push(self._heap, node)
-        self._currsize += 1
-        if self._sized:
-            self._osum = self._osum + size
+        node.heap_index = -2 if fifo else -1
+        node.safe = _safe_key(key)
+        node.hash = PyObject_Hash(key)
+        return node
+
+    @cython.final
+    cdef int _put(self, object key, object value, object size, double expires, bint fifo, double now) except -1:
+        cdef _Node fresh = self._new_node(key, value, size, expires, fifo)
+        cdef PyObject* chain = NULL
+        cdef object old = None
+        cdef int locked = self._enter(key)
+        try:
+            old = self._store(fresh, now, &chain)
+        finally:
+            self._leave(locked)
+            _release_chain(chain)
         return 0
 
     @cython.final
-    cdef list _clear_all(self):
-        """Empty the structure; returns the old map for release outside the critical section."""
-        cdef dict old = self._map
-        self._map = {}
-        self._root = _new_root()
-        self._xroot = _new_root()
-        self._heap = []
-        self._currsize = 0
-        self._osum = 0
-        return [old]
+    cdef object _get(self, object key, object default, double now):
+        cdef PyObject* chain = NULL
+        cdef _Node node
+        cdef object value = default
+        cdef Py_hash_t h = -1
+        cdef int locked
+        if self._lock_free(key):
+            self._check_torn()
+            node = self._find(key, -1, now, &chain)
+            if node is not None:
+                value = node.value
+            if chain is not NULL:
+                _release_chain(chain)
+            return value
+        h = PyObject_Hash(key)
+        locked = self._enter(key)
+        try:
+            node = self._find(key, h, now, &chain)
+            if node is not None:
+                value = node.value
+        finally:
+            self._leave(locked)
+            _release_chain(chain)
+        return value
 
     @cython.final
-    cdef list _live_nodes(self, double now):
-        """Live nodes, least recently used first. O(n); caller holds the critical section."""
-        cdef list out = []
-        cdef PyObject* p = self._root.next
+    cdef _Node _remove(self, object key):
+        """Detach ``key``'s node (live or not) and return it, or None."""
+        cdef PyObject* chain = NULL
+        cdef PyObject* p
+        cdef _Node node = None
+        cdef Py_hash_t h = PyObject_Hash(key)
+        cdef int locked = self._enter(key)
+        try:
+            p = self._lookup(key, h)
+            if p is not NULL:
+                node = <_Node>p
+                self._detach(node, &chain)
+        finally:
+            self._leave(locked)
+            _release_chain(chain)
+        return node
+
+    @cython.final
+    cdef bint _has(self, object key, double now) except -1:
+        cdef PyObject* p
+        cdef bint found
+        cdef Py_hash_t h = PyObject_Hash(key)
+        cdef int locked = self._enter(key)
+        try:
+            p = self._lookup(key, h)
+            found = p is not NULL and (not self._timed or now < (<_Node>p).expires)
+        finally:
+            self._leave(locked)
+        return found
+
+    @cython.final
+    cdef Py_ssize_t _expire_count(self, double now) except -1:
+        cdef PyObject* chain = NULL
+        cdef Py_ssize_t count = 0
+        cdef int locked
+        if not self._timed:
+            return 0
+        locked = self._enter(None)
+        try:
+            count = self._purge(now, &chain)
+        finally:
+            self._leave(locked)
+            _release_chain(chain)
+        return count
+
+    @cython.final
+    cdef Py_ssize_t _live_count(self, double now) except -1:
+        cdef Py_ssize_t count
+        cdef int locked
+        if self._timed:
+            self._expire_count(now)
+        locked = self._enter(None)
+        count = self._count
+        self._leave(locked)
+        return count
+
+    @cython.final
+    cdef _Node _pop_lru(self, double now):
+        cdef PyObject* chain = NULL
+        cdef _Node node = None
+        cdef int locked = self._enter(None)
+        try:
+            self._purge(now, &chain)
+            if self._root.next != <PyObject*>self._root:
+                node = <_Node>self._root.next
+                self._detach(node, &chain)
+        finally:
+            self._leave(locked)
+            _release_chain(chain)
+        return node
+
+    @cython.final
+    cdef dict _clear_all(self):
+        """Empty the cache; returns the old map, whose nodes the caller releases."""
+        cdef dict fresh = {}
+        cdef dict old
+        cdef int locked = self._enter(None)
+        old = self._map
+        self._map = fresh
+        self._reset_links()
+        self._leave(locked)
+        return old
+
+    @cython.final
+    cdef list _collect(self, double now, int width):
+        """Live entries, least recently used first, flattened: width 1 keys; 2 key, value; 3 node, key, value.
+
+        The list is allocated before the walk (an allocation can run the GC and its
+        finalizers), so the walk itself runs no Python code.
+        """
+        cdef list out
+        cdef Py_ssize_t n, i
+        cdef PyObject* p
         cdef _Node node
-        while p != <PyObject*>self._root:
-            node = <_Node>p
-            if not self._timed or now < node.expires:
-                out.append(node)
-            p = node.next
-        return out
+        cdef int locked
+        while True:
+            n = self._count
+            out = [None] * (n * width)
+            locked = self._enter(None)
+            if self._count != n:
+                self._leave(locked)
+                continue
+            i = 0
+            p = self._root.next
+            while p != <PyObject*>self._root:
+                node = <_Node>p
+                if not self._timed or now < node.expires:
+                    if width == 3:
+                        out[i] = node
+                        i += 1
+                    out[i] = node.key
+                    i += 1
+                    if width >= 2:
+                        out[i] = node.value
+                        i += 1
+                p = node.next
+            self._leave(locked)
+            del out[i:]
+            return out
 
     def _dump(self):
         """The live entries in the map's (insertion) order, and their recency order.
@@ -505,14 +816,29 @@ cdef class _Core:
         Returns ``(entries, lru)``: ``entries`` are ``(key, value, size, expires,
         fifo)`` tuples, ``lru`` the indexes into ``entries``, least recently used first.
         """
-        cdef _Node node
-        cdef list nodes
-        cdef list lru
         cdef double now = self._now() if self._timed else 0.0
-        with cython.critical_section(self):
-            nodes = [node for node in self._map.values() if not self._timed or now < node.expires]
-            index = {id(node): i for i, node in enumerate(nodes)}
-            lru = [index[id(node)] for node in self._live_nodes(now)]
+        cdef list flat = self._collect(now, 3)  # recency order: node, key, value
+        cdef list nodes
+        cdef _Node node
+        cdef int locked
+        while True:
+            n = self._count
+            nodes = [None] * n
+            locked = self._enter(None)
+            if self._count != n:
+                self._leave(locked)
+                continue
+            try:
+                i = 0
+                for obj in self._map.values():  # no Python code: only fills the list
+                    nodes[i] = obj
+                    i += 1
+            finally:
+                self._leave(locked)
+            break
+        nodes = [node for node in nodes if not self._timed or now < node.expires]
+        index = {id(node): i for i, node in enumerate(nodes)}
+        lru = [index[id(flat[i])] for i in range(0, len(flat), 3) if id(flat[i]) in index]
         return [(node.key, node.value, node.size, node.expires, node.heap_index < 0) for node in nodes], lru
 
     def _load(self, list entries, lru=None):
@@ -521,28 +847,30 @@ cdef class _Core:
         ``lru=None``: the entries are in recency order (the pickle format of fastsess 0.1).
         """
         cdef PyObject* p
-        cdef list dropped
-        cdef dict ordered
+        cdef dict ordered = {}
+        cdef Py_hash_t h
+        cdef int locked
         cdef double now = self._now() if self._timed else 0.0
         # Store oldest-expiring first, so the write-order list stays sorted ...
-        by_expiry = sorted(entries, key=lambda e: e[3])
-        with cython.critical_section(self):
-            for key, value, size, expires, fifo in by_expiry:
-                self._store(key, value, size, expires, fifo, now)
+        for key, value, size, expires, fifo in sorted(entries, key=lambda e: e[3]):
+            self._put(key, value, size, expires, fifo, now)
+        locked = self._enter(None)
+        try:
             # ... then put the map back in insertion order ...
-            ordered = {}
             for entry in entries:
-                p = PyDict_GetItemWithError(self._map, entry[0])
+                p = self._lookup(entry[0], -1)
                 if p is not NULL:
                     ordered[entry[0]] = <object>p
-            self._map = ordered
+            if len(ordered) == self._count:
+                self._map = ordered
             # ... and re-establish recency by touching in the saved order.
             for i in (range(len(entries)) if lru is None else lru):
-                p = PyDict_GetItemWithError(self._map, entries[i][0])
+                p = self._lookup(entries[i][0], -1)
                 if p is not NULL:
                     _unlink(<_Node>p)
                     _append(self._root, <_Node>p)
-            dropped = self._take_dropped()
+        finally:
+            self._leave(locked)
 
 
 class _CacheValuesView(ValuesView):
@@ -569,6 +897,7 @@ class _CacheItemsView(ItemsView):
         return self._mapping._iter_entries(True)
 
 
+@cython.no_gc_clear
 cdef class _MappingCache(_Core):
     """The cachetools-compatible ``MutableMapping`` surface of LRUCache and TTLCache."""
 
@@ -629,19 +958,23 @@ cdef class _MappingCache(_Core):
         """Does storing ``size`` under ``key`` need an eviction first?"""
         cdef double now = self._now() if self._timed else 0.0
         cdef PyObject* p
-        cdef list dropped
+        cdef PyObject* chain = NULL
         cdef bint live
-        with cython.critical_section(self):
-            self._purge(now)
-            p = PyDict_GetItemWithError(self._map, key)
-            live = p is not NULL and (<_Node>p).prev is not NULL
-            if self._currsize - live <= 0:
+        cdef Py_hash_t h = PyObject_Hash(key)
+        cdef int locked = self._enter(key)
+        try:
+            self._purge(now, &chain)
+            p = self._lookup(key, h)
+            live = p is not NULL
+            if self._count - live <= 0:
                 over = False  # nothing else to evict; size <= maxsize was checked
             elif self._sized:
                 over = self._osum - ((<_Node>p).size if live else 0) + size > self._omax
             else:
-                over = self._currsize - live + 1 > self._cap
-            dropped = self._take_dropped()
+                over = self._count - live + 1 > self._cap
+        finally:
+            self._leave(locked)
+            _release_chain(chain)
         return over
 
     def _setitem_hooked(self, key, value):
@@ -661,17 +994,21 @@ cdef class _MappingCache(_Core):
     def _popitem_hooked(self):
         cdef double now
         cdef _Node node = None
-        cdef list dropped
+        cdef PyObject* chain = NULL
+        cdef int locked
         time = self._freeze()
         try:
             if self._hooks & H_EXPIRE:
                 self.expire(time)
             now = self._now() if self._timed else 0.0
-            with cython.critical_section(self):
-                self._purge(now)
+            locked = self._enter(None)
+            try:
+                self._purge(now, &chain)
                 if self._root.next != <PyObject*>self._root:
                     node = <_Node>self._root.next
-                dropped = self._take_dropped()
+            finally:
+                self._leave(locked)
+                _release_chain(chain)
             if node is None:
                 raise KeyError(f"{type(self).__name__} is empty") from None
             key, value = node.key, node.value
@@ -721,15 +1058,7 @@ cdef class _MappingCache(_Core):
     # -- the mapping --------------------------------------------------------------------
 
     def __getitem__(self, key):
-        cdef double now = self._now() if self._timed else 0.0
-        cdef _Node node
-        cdef object value = _MISSING
-        cdef list dropped
-        with cython.critical_section(self):
-            node = self._find(key, now)
-            if node is not None:
-                value = node.value
-            dropped = self._take_dropped()
+        cdef object value = self._get(key, _MISSING, self._now() if self._timed else 0.0)
         if value is _MISSING:
             return self.__missing__(key)
         return value
@@ -741,58 +1070,32 @@ cdef class _MappingCache(_Core):
     @cython.final
     cdef int _store_now(self, object key, object value, object size) except -1:
         cdef double now = self._now() if self._timed else 0.0
-        cdef list dropped
-        with cython.critical_section(self):
-            self._store(key, value, size, now + self._ttl, True, now)
-            dropped = self._take_dropped()
+        self._put(key, value, size, now + self._ttl, True, now)
         return 0
 
     def __setitem__(self, key, value):
         cdef object size
         cdef double now
-        cdef list dropped
         if self._hooks & (H_POPITEM | H_DELITEM | H_EXPIRE):
             self._setitem_hooked(key, value)
             return
         size = self._size_of(value)
         now = self._now() if self._timed else 0.0
-        with cython.critical_section(self):
-            self._store(key, value, size, now + self._ttl, True, now)
-            dropped = self._take_dropped()
+        self._put(key, value, size, now + self._ttl, True, now)
 
     def __delitem__(self, key):
         cdef double now = self._now() if self._timed else 0.0
-        cdef PyObject* p
-        cdef _Node node = None
-        cdef list dropped
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            if p is not NULL:
-                node = <_Node>p
-                self._detach(node)
-            dropped = self._take_dropped()
+        cdef _Node node = self._remove(key)
         if node is None or (self._timed and not now < node.expires):
             raise KeyError(key)
 
     def __contains__(self, key):
-        cdef double now = self._now() if self._timed else 0.0
-        cdef PyObject* p
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            return p is not NULL and (not self._timed or now < (<_Node>p).expires)
+        return self._has(key, self._now() if self._timed else 0.0)
 
     def __len__(self):
-        cdef double now
-        cdef list dropped
         if self._hooks & H_EXPIRE:
             self._expire_hook()
-        if not self._timed:
-            return len(self._map)
-        now = self._now()
-        with cython.critical_section(self):
-            self._purge(now)
-            dropped = self._take_dropped()
-            return len(self._map)
+        return self._live_count(self._now() if self._timed else 0.0)
 
     def __iter__(self):
         # Insertion order, like cachetools (the map is a dict; overwriting keeps a
@@ -800,22 +1103,21 @@ cdef class _MappingCache(_Core):
         # during the loop raises RuntimeError like a dict; TTLCache iterates a
         # snapshot of the keys and skips those expired or removed since, as cachetools does.
         cdef list keys
+        cdef int locked
         if not self._timed:
+            locked = self._enter(None)
+            self._leave(locked)  # (notices a map the collector cleared)
             return iter(self._map)
-        with cython.critical_section(self):
+        locked = self._enter(None)
+        try:
             keys = list(self._map)
+        finally:
+            self._leave(locked)
         return self._iter_live(keys)
 
     def _iter_live(self, list keys):
-        cdef PyObject* p
-        cdef double now
-        cdef bint live
         for key in keys:
-            now = self._now()
-            with cython.critical_section(self):
-                p = PyDict_GetItemWithError(self._map, key)
-                live = p is not NULL and now < (<_Node>p).expires
-            if live:
+            if self._has(key, self._now()):
                 yield key
 
     def _iter_entries(self, bint pairs):
@@ -837,22 +1139,19 @@ cdef class _MappingCache(_Core):
                 yield (key, value) if pairs else value
             return
         for key in self:
-            now = self._now() if self._timed else 0.0
-            value = _MISSING
-            with cython.critical_section(self):
-                node = self._find(key, now)
-                if node is not None:
-                    value = node.value
-                dropped = self._take_dropped()
+            value = self._get(key, _MISSING, self._now() if self._timed else 0.0)
             if value is not _MISSING:
                 yield (key, value) if pairs else value
 
     def _items_in_order(self):
         cdef double now = self._now() if self._timed else 0.0
         cdef _Node node
-        with cython.critical_section(self):
-            pairs = [(node.key, node.value) for node in self._map.values() if not self._timed or now < node.expires]
-        return dict(pairs)
+        cdef int locked = self._enter(None)
+        try:
+            nodes = list(self._map.values())
+        finally:
+            self._leave(locked)
+        return {node.key: node.value for node in nodes if not self._timed or now < node.expires}
 
     def __repr__(self):
         if self._hooks & H_EXPIRE:
@@ -886,19 +1185,9 @@ cdef class _MappingCache(_Core):
         Raises:
             TypeError: ``key`` is unhashable.
         """
-        cdef double now
-        cdef _Node node
-        cdef object value = default
-        cdef list dropped
         if self._hooks & (H_GETITEM | H_CONTAINS):
             return self._get_hooked(key, default)
-        now = self._now() if self._timed else 0.0
-        with cython.critical_section(self):
-            node = self._find(key, now)
-            if node is not None:
-                value = node.value
-            dropped = self._take_dropped()
-        return value
+        return self._get(key, default, self._now() if self._timed else 0.0)
 
     def pop(self, key, default=_MISSING):
         """Remove ``key`` and return its value, or ``default``. O(1).
@@ -910,18 +1199,11 @@ cdef class _MappingCache(_Core):
             KeyError: ``key`` is absent (or expired) and no default was given.
         """
         cdef double now
-        cdef PyObject* p
-        cdef _Node node = None
-        cdef list dropped
+        cdef _Node node
         if self._hooks & (H_GETITEM | H_CONTAINS | H_DELITEM):
             return self._pop_hooked(key, default)
         now = self._now() if self._timed else 0.0
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            if p is not NULL:
-                node = <_Node>p
-                self._detach(node)
-            dropped = self._take_dropped()
+        node = self._remove(key)
         if node is not None and (not self._timed or now < node.expires):
             return node.value
         if default is _MISSING:
@@ -943,18 +1225,10 @@ cdef class _MappingCache(_Core):
         Raises:
             KeyError: the cache is empty (raised ``from None``, like cachetools).
         """
-        cdef double now
-        cdef _Node node = None
-        cdef list dropped
+        cdef _Node node
         if self._hooks & (H_DELITEM | H_EXPIRE):
             return self._popitem_hooked()
-        now = self._now() if self._timed else 0.0
-        with cython.critical_section(self):
-            self._purge(now)
-            if self._root.next != <PyObject*>self._root:
-                node = <_Node>self._root.next
-                self._detach(node)
-            dropped = self._take_dropped()
+        node = self._pop_lru(self._now() if self._timed else 0.0)
         if node is None:
             raise KeyError(f"{type(self).__name__} is empty") from None
         return (node.key, node.value)
@@ -975,13 +1249,9 @@ cdef class _MappingCache(_Core):
 
     def clear(self):
         """Remove every item; values are released after the structure is reset."""
-        cdef list old
-        with cython.critical_section(self):
-            old = self._clear_all()
+        cdef dict old = self._clear_all()
         # a loop over the old map (LRUCache iteration) now raises RuntimeError, as with dict.clear()
-        for obj in old:
-            if type(obj) is dict:
-                (<dict>obj).clear()
+        old.clear()
 
     @property
     def maxsize(self):
@@ -991,16 +1261,15 @@ cdef class _MappingCache(_Core):
     @property
     def currsize(self):
         """The sum of the sizes of the live items (an exact int, or a float if ``getsizeof`` gave floats)."""
-        cdef double now
-        cdef list dropped
+        cdef int locked
         if self._hooks & H_EXPIRE:
             self._expire_hook()
         if self._timed:
-            now = self._now()
-            with cython.critical_section(self):
-                self._purge(now)
-                dropped = self._take_dropped()
-        return self._osum if self._sized else self._currsize
+            self._expire_count(self._now())
+        locked = self._enter(None)
+        size = self._osum if self._sized else self._count
+        self._leave(locked)
+        return size
 
     def getsizeof(self, value):
         """Return the size of ``value`` (1 unless a ``getsizeof`` callable was given)."""
@@ -1036,6 +1305,7 @@ cdef class _MappingCache(_Core):
         self._load(entries, lru)
 
 
+@cython.no_gc_clear
 cdef class LRUCache(_MappingCache):
     """Least-recently-used cache; a drop-in replacement for ``cachetools.LRUCache``.
 
@@ -1049,6 +1319,7 @@ cdef class LRUCache(_MappingCache):
     """
 
 
+@cython.no_gc_clear
 cdef class TTLCache(_MappingCache):
     """LRU cache whose items expire ``ttl`` seconds after they were written.
 
@@ -1093,13 +1364,22 @@ cdef class TTLCache(_MappingCache):
             TypeError: ``time`` is neither a number nor a ``datetime``.
         """
         cdef double now = self._now() if time is None else timer_seconds(time)
-        cdef list dropped
-        with cython.critical_section(self):
-            self._purge(now)
-            dropped = self._take_dropped()
-        if dropped is None:
-            return []
-        return [((<_Node>node).key, (<_Node>node).value) for node in dropped]
+        cdef PyObject* chain = NULL
+        cdef PyObject* p
+        cdef list out = []
+        cdef int locked = self._enter(None)
+        try:
+            self._purge(now, &chain)
+        finally:
+            self._leave(locked)
+        try:
+            p = chain
+            while p is not NULL:
+                out.append(((<_Node>p).key, (<_Node>p).value))
+                p = (<_Node>p).dnext
+        finally:
+            _release_chain(chain)
+        return out
 
     def _config(self):
         return (self._maxsize, self._sizeof_arg, self._ttl_arg, self._clock.wrapped)
@@ -1112,6 +1392,7 @@ MutableMapping.register(LRUCache)
 MutableMapping.register(TTLCache)
 
 
+@cython.no_gc_clear
 cdef class LocalCache(_Core):
     """The session-facing cache: LRU with a default TTL and per-entry TTLs.
 
@@ -1157,16 +1438,7 @@ cdef class LocalCache(_Core):
         Raises:
             TypeError: ``key`` is unhashable.
         """
-        cdef double now = self._now()
-        cdef _Node node
-        cdef object value = default
-        cdef list dropped
-        with cython.critical_section(self):
-            node = self._find(key, now)
-            if node is not None:
-                value = node.value
-            dropped = self._take_dropped()
-        return value
+        return self._get(key, default, self._now())
 
     def set(self, key, value, ttl=None):
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
@@ -1181,78 +1453,39 @@ cdef class LocalCache(_Core):
         cdef bint fifo = ttl is None
         cdef double seconds = self._ttl if fifo else check_ttl(ttl)
         cdef double now = self._now()
-        cdef list dropped
-        with cython.critical_section(self):
-            self._store(key, value, 1, now + seconds, fifo, now)
-            dropped = self._take_dropped()
+        self._put(key, value, 1, now + seconds, fifo, now)
 
     def delete(self, key):
         """Remove ``key``; return True if a live entry was removed. O(1) (O(log n) per-entry TTL)."""
         cdef double now = self._now()
-        cdef PyObject* p
-        cdef _Node node = None
-        cdef list dropped
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            if p is not NULL:
-                node = <_Node>p
-                self._detach(node)
-            dropped = self._take_dropped()
+        cdef _Node node = self._remove(key)
         return node is not None and now < node.expires
 
     def pop(self, key, default=None):
         """Remove ``key`` and return its live value, or ``default``. O(1)."""
         cdef double now = self._now()
-        cdef PyObject* p
-        cdef _Node node = None
-        cdef list dropped
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            if p is not NULL:
-                node = <_Node>p
-                self._detach(node)
-            dropped = self._take_dropped()
+        cdef _Node node = self._remove(key)
         if node is not None and now < node.expires:
             return node.value
         return default
 
     def clear(self):
         """Remove every entry (statistics are kept; see ``reset_stats``)."""
-        cdef list old
-        with cython.critical_section(self):
-            old = self._clear_all()
+        self._clear_all()
 
     def expire(self):
         """Remove the entries whose TTL has passed and return how many. O(expired)."""
-        cdef double now = self._now()
-        cdef Py_ssize_t count
-        cdef list dropped
-        with cython.critical_section(self):
-            count = self._purge(now)
-            dropped = self._take_dropped()
-        return count
+        return self._expire_count(self._now())
 
     def keys(self):
         """The live keys, least recently used first. O(n)."""
-        cdef double now = self._now()
-        cdef _Node node
-        with cython.critical_section(self):
-            return [node.key for node in self._live_nodes(now)]
+        return self._collect(self._now(), 1)
 
     def __len__(self):
-        cdef double now = self._now()
-        cdef list dropped
-        with cython.critical_section(self):
-            self._purge(now)
-            dropped = self._take_dropped()
-            return len(self._map)
+        return self._live_count(self._now())
 
     def __contains__(self, key):
-        cdef double now = self._now()
-        cdef PyObject* p
-        with cython.critical_section(self):
-            p = PyDict_GetItemWithError(self._map, key)
-            return p is not NULL and now < (<_Node>p).expires
+        return self._has(key, self._now())
 
     def __iter__(self):
         return iter(self.keys())
@@ -1264,13 +1497,13 @@ cdef class LocalCache(_Core):
     def stats(self):
         """A ``CacheStats`` snapshot: hits, misses, evictions, expirations, size, max_size, hit_rate."""
         size = len(self)
-        with cython.critical_section(self):
-            return make_stats(self._hits, self._misses, self._evictions, self._expirations, size, self._max_size)
+        return make_stats(self._hits, self._misses, self._evictions, self._expirations, size, self._max_size)
 
     def reset_stats(self):
         """Zero the hit, miss, eviction and expiration counters."""
-        with cython.critical_section(self):
-            self._hits = self._misses = self._evictions = self._expirations = 0
+        cdef int locked = self._enter(None)
+        self._hits = self._misses = self._evictions = self._expirations = 0
+        self._leave(locked)
 
     def __reduce__(self):
         entries, lru = self._dump()

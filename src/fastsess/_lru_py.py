@@ -1,15 +1,17 @@
 """Pure-Python twin of the compiled cache core (``fastsess._lru``).
 
 Same classes, same behaviour, same tests; used when the extension is missing or
-``FASTSESS_NO_EXTENSIONS=1`` is set.  Recency order lives in an ``OrderedDict``
-(its ``move_to_end`` is O(1)); expiry order in a second ``OrderedDict`` for
-entries with the default TTL (write order is expiry order when every entry has
-the same TTL) and a lazily-pruned heap for per-entry TTLs.
+``FASTSESS_NO_EXTENSIONS=1`` is set.  A plain ``dict`` maps keys to entries;
+recency order is a linked list through the entries, expiry order a second one
+for entries with the default TTL (write order is expiry order when every entry
+has the same TTL) and a lazily-pruned heap for per-entry TTLs.  (Not an
+``OrderedDict``: re-entering one from a key's ``__hash__``/``__eq__`` can crash
+CPython, and an ``__eq__`` raising halfway through its update leaves it torn.)
 
-Thread safety comes from one ``RLock`` per cache.  That is acceptable here and
-only here: the compiled core is the fast path and uses a per-object critical
-section instead.  User code (``getsizeof``, ``__missing__``, the destructor of
-an evicted value) never runs while the lock is held.
+Thread safety comes from one ``threading.Lock`` per cache, held for the O(1)
+update only: the timer and ``getsizeof`` run before it, ``__missing__`` and the
+release of evicted values after.  A key's ``__hash__``/``__eq__`` (or a
+finalizer) that calls the same cache while it is held raises ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import copyreg
 import heapq
 import threading
 import time as _time
-from collections import OrderedDict
 from collections.abc import (
     Callable,
     Hashable,
@@ -57,19 +58,36 @@ _INF = float("inf")
 
 
 class _Entry:
-    __slots__ = ("expires", "fifo", "key", "live", "size", "value")
+    __slots__ = ("expires", "fifo", "key", "live", "newer", "older", "size", "value", "xnewer", "xolder")
 
     def __init__(self, key: Any, value: Any, size: float, expires: float, fifo: bool) -> None:
         self.key = key
         self.value = value
         self.size = size
         self.expires = expires
-        self.fifo = fifo  # True: tracked by the write-order list, False: by the heap
+        self.fifo = fifo  # True: in the write-order list, False: in the heap
         self.live = True
+        # recency list (older: towards the least recently used) and write-order list
+        self.older: _Entry = self
+        self.newer: _Entry = self
+        self.xolder: _Entry = self
+        self.xnewer: _Entry = self
+
+
+def _root() -> _Entry:
+    root = _Entry(None, None, 0, _INF, True)
+    root.live = False
+    return root
 
 
 class _Core:
-    """Hash map + recency order + expiry order shared by every cache class."""
+    """Hash map + recency order + expiry order + guard shared by every cache class.
+
+    The map is a plain ``dict`` (key -> entry); both orders are linked lists through
+    the entries, which never call user code.  A dict call either happens or raises,
+    so an entry is removed from the dict first and unlinked only after that worked:
+    whatever a key's ``__hash__``/``__eq__`` raise, the structure stays whole.
+    """
 
     __slots__ = (
         "__weakref__",
@@ -78,49 +96,100 @@ class _Core:
         "_data",
         "_evictions",
         "_expirations",
-        "_fifo",
         "_heap",
         "_hits",
-        "_index",
         "_lock",
         "_misses",
+        "_owner",
+        "_root",
         "_seq",
         "_sizeof",
+        "_xroot",
     )
 
     def _init_core(self, cap: float, sizeof: Callable[[Any], float] | None) -> None:
         self._cap = cap  # with getsizeof: maxsize as given (Python numbers never overflow)
         self._sizeof = sizeof
-        self._data: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
-        self._index: dict[Hashable, _Entry] = {}  # insertion order: what iteration follows
-        self._fifo: OrderedDict[Hashable, _Entry] = OrderedDict()  # oldest write first
+        self._data: dict[Hashable, _Entry] = {}  # insertion order: what iteration follows
+        self._root = _root()  # root.newer: least recently used
+        self._xroot = _root()  # xroot.xnewer: oldest write among default-TTL entries
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
         self._currsize: float = 0  # an exact int unless getsizeof returns floats
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._owner: int | None = None
         self._hits = self._misses = self._evictions = self._expirations = 0
+
+    # -- guard: one lock; re-entering from the same thread is an error ----------------
+
+    def _acquire(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError(
+                f"{type(self).__name__} re-entered while it was being updated (from a key's "
+                "__hash__/__eq__ or a finalizer running in the middle of one of its operations)"
+            )
+        self._lock.acquire()
+        self._owner = me
+
+    def _release(self) -> None:
+        self._owner = None
+        self._lock.release()
 
     # -- structure updates; callers hold the lock ---------------------------------
 
-    def _unlink(self, entry: _Entry, keep_index: bool = False) -> None:
-        del self._data[entry.key]
-        if not keep_index:
-            del self._index[entry.key]
+    def _link(self, entry: _Entry) -> None:
+        root = self._root
+        entry.older = root.older
+        entry.newer = root
+        root.older.newer = entry
+        root.older = entry
         if entry.fifo:
-            del self._fifo[entry.key]
+            xroot = self._xroot
+            if xroot.xolder is not xroot and xroot.xolder.expires > entry.expires:
+                entry.expires = xroot.xolder.expires  # keep the list in expiry order (see _lru.pyx)
+            entry.xolder = xroot.xolder
+            entry.xnewer = xroot
+            xroot.xolder.xnewer = entry
+            xroot.xolder = entry
+        else:
+            self._seq += 1
+            heapq.heappush(self._heap, (entry.expires, self._seq, entry))
+            if len(self._heap) > 2 * len(self._data) + 64:
+                self._heap = [item for item in self._heap if item[2].live and item[2].expires == item[0]]
+                heapq.heapify(self._heap)
+        self._currsize += entry.size
+
+    def _touch(self, entry: _Entry) -> None:
+        root = self._root
+        if root.older is entry:
+            return
+        entry.older.newer = entry.newer
+        entry.newer.older = entry.older
+        entry.older = root.older
+        entry.newer = root
+        root.older.newer = entry
+        root.older = entry
+
+    def _unlink(self, entry: _Entry) -> None:
+        """Remove ``entry``: from the dict first (that may raise), then from the lists."""
+        del self._data[entry.key]
+        entry.older.newer = entry.newer
+        entry.newer.older = entry.older
+        if entry.fifo:
+            entry.xolder.xnewer = entry.xnewer
+            entry.xnewer.xolder = entry.xolder
         entry.live = False
         self._currsize -= entry.size
 
     def _expired_head(self, now: float) -> _Entry | None:
-        fifo = self._fifo
-        if fifo:
-            head = next(iter(fifo.values()))
-            if not now < head.expires:
-                return head
+        head = self._xroot.xnewer
+        if head is not self._xroot and not now < head.expires:
+            return head
         heap = self._heap
         while heap:
             expires, _, entry = heap[0]
-            if not entry.live or entry.expires != expires:
+            if not entry.live or entry.expires != expires or entry.fifo:
                 heapq.heappop(heap)  # superseded: the entry was removed or rewritten
             elif not now < expires:
                 return entry
@@ -134,31 +203,46 @@ class _Core:
             self._expirations += 1
             dropped.append(entry)
 
-    def _insert(self, key: Any, value: Any, size: float, expires: float, fifo: bool, dropped: list[_Entry]) -> None:
-        entry = _Entry(key, value, size, expires, fifo)
-        old = self._data.get(key)
-        if old is not None:
-            self._unlink(old, keep_index=True)
-            self._index[key] = entry  # an overwrite keeps its place in iteration order, as in a dict
-            dropped.append(old)
-        data = self._data
-        while data and self._currsize + size > self._cap:
-            victim = next(iter(data.values()))
+    def _evict_for(self, incoming: float, keep: _Entry | None, dropped: list[_Entry]) -> None:
+        root = self._root
+        while incoming > self._cap - self._currsize and root.newer is not root and root.newer is not keep:
+            victim = root.newer
             self._unlink(victim)
             self._evictions += 1
             dropped.append(victim)
-        data[key] = entry
+
+    def _insert(self, key: Any, value: Any, size: float, expires: float, fifo: bool, dropped: list[_Entry]) -> None:
+        old = self._data.get(key)
         if old is None:
-            self._index[key] = entry
+            self._evict_for(size, None, dropped)
+            entry = _Entry(key, value, size, expires, fifo)
+            old = self._data.setdefault(key, entry)  # never replaces a linked entry
+            if old is entry:
+                self._link(entry)
+                return
+        # an update: make room first, so a failure leaves the old value (and currsize <= maxsize)
+        self._touch(old)
+        self._evict_for(size - old.size, old, dropped)
+        dropped.append(_Entry(None, old.value, 0, 0.0, True))  # the old value, released after the lock
+        old.value = value
+        self._currsize += size - old.size
+        old.size = size
+        if old.fifo:
+            old.xolder.xnewer = old.xnewer
+            old.xnewer.xolder = old.xolder
+        old.expires = expires
+        old.fifo = fifo
         if fifo:
-            self._fifo[key] = entry
+            xroot = self._xroot
+            if xroot.xolder is not xroot and xroot.xolder.expires > expires:
+                old.expires = xroot.xolder.expires
+            old.xolder = xroot.xolder
+            old.xnewer = xroot
+            xroot.xolder.xnewer = old
+            xroot.xolder = old
         else:
             self._seq += 1
-            heapq.heappush(self._heap, (expires, self._seq, entry))
-            if len(self._heap) > 2 * len(data) + 64:
-                self._heap = [item for item in self._heap if item[2].live and item[2].expires == item[0]]
-                heapq.heapify(self._heap)
-        self._currsize += size
+            heapq.heappush(self._heap, (expires, self._seq, old))
 
     def _lookup(self, key: Any, now: float, dropped: list[_Entry]) -> _Entry | None:
         entry = self._data.get(key)
@@ -171,47 +255,125 @@ class _Core:
             self._misses += 1
             dropped.append(entry)
             return None
-        self._data.move_to_end(key)
+        self._touch(entry)
         self._hits += 1
         return entry
 
+    def _live_entries(self, now: float) -> list[_Entry]:
+        self._acquire()
+        try:
+            out = []
+            root = self._root
+            entry = root.newer
+            while entry is not root:
+                if now < entry.expires:
+                    out.append(entry)
+                entry = entry.newer
+            return out
+        finally:
+            self._release()
+
     def _live_keys(self, now: float) -> list[Any]:
-        with self._lock:
-            return [k for k, e in self._data.items() if now < e.expires]
+        return [e.key for e in self._live_entries(now)]
 
     def _clear(self) -> list[_Entry]:
-        with self._lock:
-            dropped = list(self._data.values())
-            for entry in dropped:
-                entry.live = False
-            old_index = self._index
-            self._data = OrderedDict()
-            self._index = {}
-            self._fifo = OrderedDict()
+        self._acquire()
+        try:
+            old = self._data
+            self._data = {}
+            self._root = _root()
+            self._xroot = _root()
             self._heap = []
             self._currsize = 0
-        old_index.clear()  # a loop over it (LRUCache iteration) raises RuntimeError, as with dict.clear()
+            dropped = list(old.values())
+            for entry in dropped:
+                entry.live = False
+        finally:
+            self._release()
+        old.clear()  # a loop over it (LRUCache iteration) raises RuntimeError, as with dict.clear()
         return dropped
+
+    def _count(self, now: float) -> int:
+        dropped: list[_Entry] = []
+        self._acquire()
+        try:
+            self._purge(now, dropped)
+            return len(self._data)
+        finally:
+            self._release()
+
+    def _pop_key(self, key: Any) -> _Entry | None:
+        hash(key)
+        self._acquire()
+        try:
+            entry = self._data.get(key)
+            if entry is not None:
+                self._unlink(entry)
+            return entry
+        finally:
+            self._release()
+
+    def _has(self, key: Any, now: float) -> bool:
+        hash(key)
+        self._acquire()
+        try:
+            entry = self._data.get(key)
+            return entry is not None and now < entry.expires
+        finally:
+            self._release()
+
+    def _get(self, key: Any, default: Any, now: float) -> Any:
+        hash(key)
+        dropped: list[_Entry] = []
+        self._acquire()
+        try:
+            entry = self._lookup(key, now, dropped)
+            return default if entry is None else entry.value
+        finally:
+            self._release()
+
+    def _put(self, key: Any, value: Any, size: float, expires: float, fifo: bool, now: float) -> None:
+        hash(key)  # TypeError for unhashable keys before anything else
+        dropped: list[_Entry] = []
+        self._acquire()
+        try:
+            self._purge(now, dropped)
+            self._insert(key, value, size, expires, fifo, dropped)
+        finally:
+            self._release()
+
+    def _now(self) -> float:
+        return 0.0
 
     def _dump(self, now: float) -> tuple[list[tuple[Any, Any, float, float, bool]], list[int]]:
         """Live entries in insertion order, and their recency order as indexes into them."""
-        with self._lock:
-            entries = [e for e in self._index.values() if now < e.expires]
-            position = {id(e): i for i, e in enumerate(entries)}
-            lru = [position[id(e)] for e in self._data.values() if id(e) in position]
+        self._acquire()
+        try:
+            entries = [e for e in self._data.values() if now < e.expires]
+        finally:
+            self._release()
+        position = {id(e): i for i, e in enumerate(entries)}
+        lru = [position[id(e)] for e in self._live_entries(now) if id(e) in position]
         return [(e.key, e.value, e.size, e.expires, e.fifo) for e in entries], lru
 
     def _load(self, entries: list[tuple[Any, Any, float, float, bool]], lru: list[int] | None = None) -> None:
         """Insert ``_dump()``'s entries, keeping both orders (``lru=None``: entries are in recency order)."""
-        dropped: list[_Entry] = []
-        with self._lock:
-            for key, value, size, expires, fifo in entries:
-                self._insert(key, value, size, expires, fifo, dropped)
+        now = self._now()
+        # oldest-expiring first, so the write-order list stays in expiry order ...
+        for key, value, size, expires, fifo in sorted(entries, key=lambda e: e[3]):
+            self._put(key, value, size, expires, fifo, now)
+        self._acquire()
+        try:
+            # ... then the map back in insertion order, and recency as saved
+            ordered = {e[0]: self._data[e[0]] for e in entries if e[0] in self._data}
+            if len(ordered) == len(self._data):
+                self._data = ordered
             for i in range(len(entries)) if lru is None else lru:
-                if entries[i][0] in self._data:
-                    self._data.move_to_end(entries[i][0])
-            # write order must be expiry order for the default-TTL list
-            self._fifo = OrderedDict(sorted(self._fifo.items(), key=lambda kv: kv[1].expires))
+                entry = self._data.get(entries[i][0])
+                if entry is not None:
+                    self._touch(entry)
+        finally:
+            self._release()
 
 
 class _Timer:
@@ -338,14 +500,19 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
 
     def _over(self, key: Any, size: float) -> bool:
         """Does storing ``size`` under ``key`` need an eviction first?"""
+        hash(key)
+        now = self._now()
         dropped: list[_Entry] = []
-        with self._lock:
-            self._purge(self._now(), dropped)
+        self._acquire()
+        try:
+            self._purge(now, dropped)
             entry = self._data.get(key)
             others = len(self._data) - (entry is not None)
             if others <= 0:
                 return False  # nothing else to evict; size <= maxsize was checked
             return self._currsize - (0 if entry is None else entry.size) + size > self._cap
+        finally:
+            self._release()
 
     def _setitem_hooked(self, key: Any, value: Any) -> None:
         # cachetools' order: expire(), then popitem() until the item fits, then store.
@@ -362,10 +529,14 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
         with self._frozen() as time:
             if self._fastsess_hooks & HOOK_EXPIRE:
                 self.expire(time)  # type: ignore[attr-defined]
+            now = self._now()
             dropped: list[_Entry] = []
-            with self._lock:
-                self._purge(self._now(), dropped)
-                entry = next(iter(self._data.values()), None)
+            self._acquire()
+            try:
+                self._purge(now, dropped)
+                entry = self._root.newer if self._root.newer is not self._root else None
+            finally:
+                self._release()
             if entry is None:
                 raise KeyError(f"{type(self).__name__} is empty") from None
             del self[entry.key]  # an overridden __delitem__ sees the eviction, as in cachetools
@@ -379,24 +550,18 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
     # -- the mapping --------------------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        dropped: list[_Entry] = []
-        with self._lock:
-            entry = self._lookup(key, self._now(), dropped)
-            if entry is not None:
-                return entry.value
-        del dropped  # an expired value's destructor runs here, outside the lock
-        return self.__missing__(key)
+        value = self._get(key, _MISSING, self._now())
+        if value is _MISSING:
+            return self.__missing__(key)
+        return value
 
     def __missing__(self, key: Any) -> Any:
         """Called by ``cache[key]`` on a miss; the default raises ``KeyError``."""
         raise KeyError(key)
 
     def _store_now(self, key: Any, value: Any, size: float) -> None:
-        dropped: list[_Entry] = []
-        with self._lock:
-            now = self._now()
-            self._purge(now, dropped)
-            self._insert(key, value, size, self._expires_for(now), True, dropped)
+        now = self._now()
+        self._put(key, value, size, self._expires_for(now), True, now)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         hash(key)  # TypeError for unhashable keys before anything else
@@ -406,17 +571,13 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
         self._store_now(key, value, self._size_of(value))  # getsizeof (user code) runs outside the lock
 
     def __delitem__(self, key: Any) -> None:
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                raise KeyError(key)
-            self._unlink(entry)
-            if not self._now() < entry.expires:
-                raise KeyError(key)
+        now = self._now()
+        entry = self._pop_key(key)
+        if entry is None or not now < entry.expires:
+            raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        entry = self._data.get(key)
-        return entry is not None and self._now() < entry.expires
+        return self._has(key, self._now())
 
     def __iter__(self) -> Iterator[Any]:
         # Insertion order, like cachetools (overwriting keeps a key's place).  LRUCache
@@ -424,15 +585,17 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
         # RuntimeError like a dict; TTLCache iterates a snapshot of the keys and skips
         # those expired or removed since, as cachetools does.
         if isinstance(self, TTLCache):
-            with self._lock:
-                keys = list(self._index)
+            self._acquire()
+            try:
+                keys = list(self._data)
+            finally:
+                self._release()
             return self._iter_live(keys)
-        return iter(self._index)
+        return iter(self._data)
 
     def _iter_live(self, keys: list[Any]) -> Iterator[Any]:
         for key in keys:
-            entry = self._index.get(key)
-            if entry is not None and entry.live and self._now() < entry.expires:
+            if self._has(key, self._now()):
                 yield key
 
     def _iter_entries(self, pairs: bool) -> Iterator[Any]:
@@ -447,23 +610,23 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
                 yield (key, value) if pairs else value
             return
         for key in self:
-            dropped: list[_Entry] = []
-            with self._lock:
-                entry = self._lookup(key, self._now(), dropped)
-            if entry is not None:
-                yield (key, entry.value) if pairs else entry.value
+            value = self._get(key, _MISSING, self._now())
+            if value is not _MISSING:
+                yield (key, value) if pairs else value
 
     def __len__(self) -> int:
         if self._fastsess_hooks & HOOK_EXPIRE:
             self._expire_hook()
-        self._expire()
-        return len(self._data)
+        return self._count(self._now())
 
     def _items_in_order(self) -> dict[Any, Any]:
         now = self._now()
-        with self._lock:
-            pairs = [(e.key, e.value) for e in self._index.values() if now < e.expires]
-        return dict(pairs)
+        self._acquire()
+        try:
+            entries = list(self._data.values())
+        finally:
+            self._release()
+        return {e.key: e.value for e in entries if now < e.expires}
 
     def __repr__(self) -> str:
         if self._fastsess_hooks & HOOK_EXPIRE:
@@ -478,9 +641,13 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
     __hash__ = None  # type: ignore[assignment]
 
     def _expire(self, time: Any = None) -> list[tuple[Any, Any]]:
+        now = self._now() if time is None else timer_seconds(time)
         dropped: list[_Entry] = []
-        with self._lock:
-            self._purge(self._now() if time is None else timer_seconds(time), dropped)
+        self._acquire()
+        try:
+            self._purge(now, dropped)
+        finally:
+            self._release()
         return [(e.key, e.value) for e in dropped]
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -492,10 +659,7 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
         if self._fastsess_hooks & (HOOK_GETITEM | HOOK_CONTAINS):
             with self._frozen():
                 return self[key] if key in self else default  # noqa: SIM401 (cachetools' get, through the overrides)
-        dropped: list[_Entry] = []
-        with self._lock:
-            entry = self._lookup(key, self._now(), dropped)
-            return default if entry is None else entry.value
+        return self._get(key, default, self._now())
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value, or ``default``; ``KeyError`` without one. O(1).
@@ -510,12 +674,10 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
                     del self[key]
                     return value
         else:
-            with self._lock:
-                entry = self._data.get(key)
-                if entry is not None:
-                    self._unlink(entry)
-                    if self._now() < entry.expires:
-                        return entry.value
+            now = self._now()
+            entry = self._pop_key(key)
+            if entry is not None and now < entry.expires:
+                return entry.value
         if default is _MISSING:
             raise KeyError(key)
         return default
@@ -541,12 +703,16 @@ class _MappingCache(_Core, MutableMapping):  # type: ignore[type-arg]
         """
         if self._fastsess_hooks & (HOOK_DELITEM | HOOK_EXPIRE):
             return self._popitem_hooked()
+        now = self._now()
         dropped: list[_Entry] = []
-        with self._lock:
-            self._purge(self._now(), dropped)
-            entry = next(iter(self._data.values()), None)
+        self._acquire()
+        try:
+            self._purge(now, dropped)
+            entry = self._root.newer if self._root.newer is not self._root else None
             if entry is not None:
                 self._unlink(entry)
+        finally:
+            self._release()
         if entry is None:
             raise KeyError(f"{type(self).__name__} is empty") from None
         return entry.key, entry.value
@@ -743,10 +909,7 @@ class LocalCache(_Core):
         Raises:
             TypeError: ``key`` is unhashable.
         """
-        dropped: list[_Entry] = []
-        with self._lock:
-            entry = self._lookup(key, self._now(), dropped)
-            return default if entry is None else entry.value
+        return self._get(key, default, self._now())
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
@@ -761,29 +924,20 @@ class LocalCache(_Core):
         hash(key)
         fifo = ttl is None
         seconds = self._ttl if fifo else check_ttl(ttl)
-        dropped: list[_Entry] = []
-        with self._lock:
-            now = self._now()
-            self._purge(now, dropped)
-            self._insert(key, value, 1, now + seconds, fifo, dropped)
+        now = self._now()
+        self._put(key, value, 1, now + seconds, fifo, now)
 
     def delete(self, key: Any) -> bool:
         """Remove ``key``; return whether a live entry was removed. O(1) (O(log n) heap upkeep is lazy)."""
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return False
-            self._unlink(entry)
-            return self._now() < entry.expires
+        now = self._now()
+        entry = self._pop_key(key)
+        return entry is not None and now < entry.expires
 
     def pop(self, key: Any, default: Any = None) -> Any:
         """Remove ``key`` and return its live value, or ``default``. O(1)."""
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return default
-            self._unlink(entry)
-            return entry.value if self._now() < entry.expires else default
+        now = self._now()
+        entry = self._pop_key(key)
+        return entry.value if entry is not None and now < entry.expires else default
 
     def clear(self) -> None:
         """Remove every entry (statistics are kept; see ``reset_stats``)."""
@@ -791,9 +945,13 @@ class LocalCache(_Core):
 
     def expire(self) -> int:
         """Remove the entries whose TTL has passed and return how many. O(expired)."""
+        now = self._now()
         dropped: list[_Entry] = []
-        with self._lock:
-            self._purge(self._now(), dropped)
+        self._acquire()
+        try:
+            self._purge(now, dropped)
+        finally:
+            self._release()
         return len(dropped)
 
     def keys(self) -> list[Any]:
@@ -801,12 +959,10 @@ class LocalCache(_Core):
         return self._live_keys(self._now())
 
     def __len__(self) -> int:
-        self.expire()
-        return len(self._data)
+        return self._count(self._now())
 
     def __contains__(self, key: object) -> bool:
-        entry = self._data.get(key)
-        return entry is not None and self._now() < entry.expires
+        return self._has(key, self._now())
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.keys())
@@ -818,13 +974,19 @@ class LocalCache(_Core):
     def stats(self) -> CacheStats:
         """A snapshot of hits, misses, evictions, expirations, size and hit rate."""
         size = len(self)  # purges first, so the expirations below include what it removed
-        with self._lock:
+        self._acquire()
+        try:
             return make_stats(self._hits, self._misses, self._evictions, self._expirations, size, self._max_size)
+        finally:
+            self._release()
 
     def reset_stats(self) -> None:
         """Zero the hit, miss, eviction and expiration counters."""
-        with self._lock:
+        self._acquire()
+        try:
             self._hits = self._misses = self._evictions = self._expirations = 0
+        finally:
+            self._release()
 
     def __reduce__(self) -> tuple[Any, ...]:
         entries, lru = self._dump(self._now())
