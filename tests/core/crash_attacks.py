@@ -8,6 +8,9 @@ signal) or a broken invariant is not: the first kills the process, the second
 exits with status 1 and a message on stderr.
 """
 
+# The lambdas below are called at once by attempt(), inside the loop that binds their names.
+# ruff: noqa: B023
+
 from __future__ import annotations
 
 import gc
@@ -429,7 +432,7 @@ def _tp_clear() -> Callable[[Any], bool]:
 
     ptr = ctypes.sizeof(ctypes.c_void_p)
     flags_at = 21 * ptr  # ob_refcnt, ob_type, ob_size, tp_name, 2 sizes, 15 slots up to tp_as_buffer
-    clear_at = flags_at + ctypes.sizeof(ctypes.c_ulong) + 2 * ptr  # tp_flags, tp_doc, tp_traverse
+    clear_at = flags_at + 3 * ptr  # tp_flags (padded to a pointer), tp_doc, tp_traverse
 
     def clear(obj: Any) -> bool:
         tp = type(obj)
