@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from .errors import SessionCorrupt, SessionTooLarge
-from .session import Session
+from .session import MAX_TTL, Session
 
 MAGIC = b"FS"
 ENVELOPE_VERSION = 1
@@ -236,7 +236,7 @@ class Serializer(ABC):
             valid = (
                 isinstance(data, dict)
                 and type(ttl) is int
-                and ttl >= 1
+                and 1 <= ttl <= MAX_TTL
                 and type(ver) is int
                 and ver >= 0
                 and isinstance(created_at, (int, float))

@@ -654,3 +654,15 @@ def test_serializer_limits_are_validated_and_documented_defaults() -> None:
     ):
         with pytest.raises(error):
             small.encode(Session(new_session_id(), data, ttl=60))
+
+
+async def test_a_planted_ttl_fastsess_never_writes_is_session_corrupt(rmake: Maker) -> None:
+    """A TTL over ``MAX_TTL`` loaded fine and made the next save fail inside Redis
+    (reported as StoreUnavailable); fastsess never writes one, so it is not a session."""
+    store = rmake()
+    client = rmake.client
+    assert client is not None
+    sid = new_session_id()
+    client.set(store.prefix + sid, _envelope([1_700_000_000.0, 1_700_000_000.0, 2**62, 1, {"a": 1}], "msgpack"))
+    with pytest.raises(SessionCorrupt):
+        await call(store.load(sid))
