@@ -330,6 +330,10 @@ def bomb(kind: str) -> bytes:
     if kind == "msgpack-empty-arrays":
         body = FIELDS_HEAD + b"\x81\xa1x\xdd" + BOMB_ARRAYS.to_bytes(4, "big") + b"\x90" * BOMB_ARRAYS
         codec = 1
+    elif kind == "msgpack-chunked-arrays":  # each list within max_array_len, 16M values in all
+        chunk = b"\xdd" + (1_000_000).to_bytes(4, "big") + b"\x90" * 1_000_000
+        body = FIELDS_HEAD + b"\x81\xa1x\xdc\x00\x10" + chunk * 16
+        codec = 1
     elif kind == "msgpack-nested-headers":  # each level announces a million entries
         body = FIELDS_HEAD + b"\x81\xa1x" + (b"\xdd" + (1_000_000).to_bytes(4, "big")) * 3_000_000
         codec = 1
@@ -382,7 +386,7 @@ LOAD_BOMB = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("payload", ["msgpack-empty-arrays", "msgpack-nested-headers", "json-empty-arrays"])
+@pytest.mark.parametrize("payload", ["msgpack-empty-arrays", "msgpack-chunked-arrays", "msgpack-nested-headers", "json-empty-arrays"])
 def test_a_decompression_bomb_is_session_corrupt_with_bounded_memory(
     redis_url: str, redis_client: redis.Redis, prefix: str, payload: str
 ) -> None:

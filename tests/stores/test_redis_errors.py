@@ -251,7 +251,8 @@ def test_regenerate_works_after_a_restart_flushed_the_script_cache(redis_server_
 
 def connected(client: redis.Redis) -> bool:
     pool = client.connection_pool
-    return any((c.is_connected if hasattr(c, "is_connected") else c._sock is not None) for c in pool_connections(pool))  # redis-py < 6: no is_connected
+    # redis-py < 6: no is_connected
+    return any((c.is_connected if hasattr(c, "is_connected") else c._sock is not None) for c in pool_connections(pool))
 
 
 def test_accepts_a_client_and_does_not_close_it(redis_url: str, prefix: str) -> None:

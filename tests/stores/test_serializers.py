@@ -124,7 +124,10 @@ def test_bytes_stay_bytes(ser: Serializer) -> None:
 
 @pytest.mark.parametrize(
     "offset",
-    [dt.timedelta(0), dt.timedelta(hours=5, minutes=30), dt.timedelta(hours=-8), dt.timedelta(hours=-3, minutes=-30), dt.timedelta(hours=13, minutes=45)],
+    [
+        dt.timedelta(0), dt.timedelta(hours=5, minutes=30), dt.timedelta(hours=-8),
+        dt.timedelta(hours=-3, minutes=-30), dt.timedelta(hours=13, minutes=45),
+    ],
     ids=["utc", "+05:30", "-08:00", "-03:30", "+13:45"],
 )
 def test_aware_datetimes_keep_their_offset(ser: Serializer, offset: dt.timedelta) -> None:

@@ -521,7 +521,8 @@ def test_context_manager_returns_the_store_and_closes(backend: Backend) -> None:
     if isinstance(store, RedisStore):
         pool = store.client.connection_pool
         conns = pool_connections(pool)
-        assert conns and not any((c.is_connected if hasattr(c, "is_connected") else c._sock is not None) for c in conns), "the owned client was not closed"
+        still_open = [c for c in conns if (c.is_connected if hasattr(c, "is_connected") else c._sock is not None)]
+        assert conns and not still_open, "the owned client was not closed"
 
 
 def test_close_is_idempotent(backend: Backend) -> None:
