@@ -20,7 +20,7 @@ from fastsess import ClusterConfig, Session
 from fastsess import ClusteredRedisStore as SyncClusteredRedisStore
 from fastsess.asyncio import ClusteredRedisStore, RedisStore
 from fastsess.cluster import CLEARED, INVALIDATED, decode_message, encode_message
-from fastsess.errors import ConfigError, SessionCorrupt, StoreUnavailable
+from fastsess.errors import SessionCorrupt, StoreUnavailable
 from fastsess.server import RedisServer
 from fastsess.stores.base import is_valid_session_id, new_session_id
 

@@ -17,7 +17,7 @@ import redis
 
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore, Session
 from fastsess.cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, decode_message, encode_message
-from fastsess.errors import ConfigError, SessionCorrupt
+from fastsess.errors import SessionCorrupt
 from fastsess.stores.base import is_valid_session_id, new_session_id
 
 from .conftest import Pair, StoreFactory, listener_threads, received, subscribed_pair, wait_received, wait_until

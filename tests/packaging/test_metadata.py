@@ -88,3 +88,10 @@ def test_workflow_runners_lint_and_publish() -> None:
     assert "uses: pypa/gh-action-pypi-publish@" in publish
     assert re.search(r"needs: \[lint, wheels, sdist, tests, tests-no-extensions\]", publish)
     assert 'FASTSESS_NO_EXTENSIONS: "1"' in job("tests-no-extensions")
+
+
+def test_ci_script_runs_the_linters_and_both_implementations() -> None:
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "\nruff check .\n" in script and "\nmypy\n" in script
+    assert "compiled module fastsess._lru was not built" in script  # the normal path must compile
+    assert "export FASTSESS_NO_EXTENSIONS=1" in script
