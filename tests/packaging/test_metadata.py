@@ -86,8 +86,8 @@ def test_workflow_runners_lint_and_publish() -> None:
     assert "permissions:\n      id-token: write" in publish
     assert "startsWith(github.ref, 'refs/tags/v')" in publish
     assert "uses: pypa/gh-action-pypi-publish@" in publish
-    assert re.search(r"needs: \[lint, wheels, sdist, tests, tests-no-extensions\]", publish)
-    assert 'FASTSESS_NO_EXTENSIONS: "1"' in job("tests-no-extensions")
+    assert re.search(r"needs: \[lint, wheels, sdist, tests\]", publish)
+    assert "run: bash .ci/run" in job("tests")
 
 
 def test_ci_script_runs_the_linters_and_both_implementations() -> None:
