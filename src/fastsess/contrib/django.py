@@ -15,7 +15,12 @@ Settings (``django.conf.settings``):
   holds the session key.
 
 Session keys are fastsess ids (43 characters, 256 bits); any other key, e.g. one
-written by Django's own backends, is treated as unknown and gets a new session.
+written by Django's own backends, is treated as unknown and gets a new session --
+unless ``FASTSESS_MIGRATE_FROM`` names the engine the app used before (e.g.
+``"django.contrib.sessions.backends.cache"``): then a key fastsess does not know is
+looked up there (by that engine's own code and settings), and a session found is
+stored in fastsess under a new key (the response carries the new cookie) and
+deleted from the old backend.  Nobody is logged out by the switch.
 Each session is stored with a Redis TTL of ``get_expiry_age()``, so expired
 sessions vanish by themselves (``clear_expired`` does nothing).
 
@@ -32,6 +37,7 @@ import logging
 import threading
 import uuid
 import weakref
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
@@ -45,6 +51,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
 from ..stores.clustered import ClusteredRedisStore
 from ._common import plain_copy
+from ._legacy import LegacyDataError, to_storable
 
 __all__ = ["SessionStore", "aclose_async_store", "close_stores", "get_async_store", "get_store"]
 
@@ -82,6 +89,14 @@ def _config(cluster: tuple[tuple[str, Any], ...], node_suffix: str | None) -> Cl
         return ClusterConfig(**fields)
     except TypeError as exc:
         raise ImproperlyConfigured(f"FASTSESS_CLUSTER: {exc}") from exc
+
+
+def _legacy_engine() -> str | None:
+    """``FASTSESS_MIGRATE_FROM``: the session engine to read unknown keys from, or None."""
+    engine = getattr(settings, "FASTSESS_MIGRATE_FROM", None)
+    if engine is not None and (not isinstance(engine, str) or engine == __name__):
+        raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM must name another session engine module")
+    return engine
 
 
 def get_store() -> ClusteredRedisStore:
@@ -170,13 +185,17 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
 
     def __init__(self, session_key: str | None = None) -> None:
         self._stored: Session | None = None  # what load() found / save() wrote, for its metadata
+        self._migrating: Any = None  # the legacy engine's session being moved into fastsess
         super().__init__(session_key)
 
     # -- keys ----------------------------------------------------------------------------
 
     def _validate_session_key(self, key: Any) -> bool:
-        """Only ids of the form fastsess issues are kept; anything else becomes None."""
-        return is_valid_session_id(key)
+        """Only ids of the form fastsess issues are kept (with ``FASTSESS_MIGRATE_FROM``, also
+        keys Django's rule accepts, to be looked up in the old backend); anything else becomes None."""
+        if is_valid_session_id(key):
+            return True
+        return bool(_legacy_engine() and isinstance(key, str) and len(key) >= 8)
 
     def _get_new_session_key(self) -> str:
         """A fresh 256-bit id (no existence check: the write is SET NX, a collision raises CreateError)."""
@@ -201,6 +220,30 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             return {}
         self._stored = found
         return plain_copy(found.data)  # type: ignore[no-any-return]
+
+    def _legacy_candidate(self) -> Any:
+        """The old engine's session for this key, when migrating and the key is not a fastsess id."""
+        engine = _legacy_engine()
+        key = self.session_key
+        if not engine or key is None or is_valid_session_id(key):
+            return None
+        return import_module(engine).SessionStore(key)
+
+    def _adopt_legacy(self, legacy: Any, data: dict[str, Any]) -> dict[str, Any]:
+        """Serve ``data`` found in the old backend; the next save stores it under a new key."""
+        try:
+            storable = to_storable(data)
+        except LegacyDataError as exc:
+            logger.warning("Legacy session not migrated: %s", exc)
+            return {}
+        self._session_key = None  # save() creates a fresh fastsess key ...
+        self._migrating = legacy  # ... and then deletes the old one
+        self.modified = bool(storable)
+        return storable  # type: ignore[no-any-return]
+
+    def _migrated(self) -> Any:
+        legacy, self._migrating = self._migrating, None
+        return legacy
 
     def _to_write(self, data: dict[str, Any], ttl: int, must_create: bool) -> Session:
         key = self.session_key
@@ -234,6 +277,11 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         except SessionCorrupt as exc:
             self._corrupt(exc)
             found = None
+        legacy = self._legacy_candidate() if found is None else None
+        if legacy is not None:
+            data = legacy.load()
+            if data:
+                return self._adopt_legacy(legacy, data)
         return self._loaded(found)
 
     def exists(self, session_key: str | None) -> bool:
@@ -258,6 +306,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             except CreateError:
                 continue
             self.modified = True
+            legacy = self._migrated()
+            if legacy is not None:
+                legacy.delete()  # moved: the old backend forgets it
             return
         raise RuntimeError("could not create a session with an unused key")
 
@@ -344,6 +395,11 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         except SessionCorrupt as exc:
             self._corrupt(exc)
             found = None
+        legacy = self._legacy_candidate() if found is None else None
+        if legacy is not None:
+            data = await legacy.aload()
+            if data:
+                return self._adopt_legacy(legacy, data)
         return self._loaded(found)
 
     async def aexists(self, session_key: str | None) -> bool:
@@ -359,6 +415,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             except CreateError:
                 continue
             self.modified = True
+            legacy = self._migrated()
+            if legacy is not None:
+                await legacy.adelete()
             return
         raise RuntimeError("could not create a session with an unused key")
 

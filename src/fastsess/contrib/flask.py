@@ -18,10 +18,19 @@ Redis fails, the request fails with ``fastsess.StoreUnavailable``.
 
 ``app.session_interface.regenerate(flask.session)`` moves the session to a new id
 (call it at login); the response carries the new cookie.
+
+Zero-logout migration from Flask-Session's Redis backend: set
+``FASTSESS_MIGRATE_PREFIX`` to the prefix Flask-Session used (its default is
+``"session:"``; same Redis as the store).  A cookie fastsess did not sign is then
+read as a Flask-Session id (bare, or signed by Flask-Session's ``SESSION_USE_SIGNER``);
+a session found under it is decoded (msgpack or JSON; pickle only with
+``FASTSESS_MIGRATE_PICKLE = True``, through an allow-list unpickler), stored in
+fastsess under a new id with a new cookie, and deleted from the old key.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -34,7 +43,11 @@ from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, SessionStore, new_session_id
 from ..stores.clustered import ClusteredRedisStore
+from ..stores.redis import REDIS_ERRORS, map_redis_error
 from ._common import CookieSigner, plain_copy
+from ._legacy import LegacyDataError, decode_legacy
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FastSession", "FastSessionInterface", "FlaskSession"]
 
@@ -56,6 +69,7 @@ class FlaskSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
         self.sid = sid
         self.stored = stored
         self.rotated = False
+        self.legacy_key: str | None = None  # Flask-Session key this session is being moved from
         if permanent:
             self.permanent = permanent
         self.modified = False
@@ -149,7 +163,44 @@ class FastSessionInterface(SessionInterface):
                 stored = None
             if stored is not None:
                 return FlaskSession(plain_copy(stored.data), sid=sid, stored=stored)
+        elif cookie and app.config.get("FASTSESS_MIGRATE_PREFIX"):
+            migrated = self._from_flask_session(app, cookie)
+            if migrated is not None:
+                return migrated
         return FlaskSession(sid=None, permanent=app.config.get("SESSION_PERMANENT", True))
+
+    def _from_flask_session(self, app: Flask, cookie: str) -> FlaskSession | None:
+        """The session Flask-Session stored for ``cookie``, as a new (unsaved, modified) session.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        legacy_id = cookie
+        if "." in cookie:  # Flask-Session's SESSION_USE_SIGNER: itsdangerous, its own salt
+            from itsdangerous import BadSignature, Signer
+
+            try:
+                legacy_id = Signer(app.secret_key or "", salt="flask-session", key_derivation="hmac").unsign(cookie).decode()
+            except (BadSignature, UnicodeDecodeError):
+                return None
+        if not legacy_id or len(legacy_id) > 256:
+            return None
+        key = app.config["FASTSESS_MIGRATE_PREFIX"] + legacy_id
+        try:
+            raw = self.store.client.get(key)  # type: ignore[attr-defined]
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("GET", exc) from exc
+        if raw is None:
+            return None
+        try:
+            data = decode_legacy(raw, allow_pickle=bool(app.config.get("FASTSESS_MIGRATE_PICKLE", False)))
+        except LegacyDataError as exc:
+            logger.warning("Flask-Session session not migrated: %s", exc)
+            return None
+        session = FlaskSession(data, sid=None)
+        session.modified = True
+        session.legacy_key = key
+        return session
 
     def regenerate(self, session: FlaskSession) -> None:
         """Give ``session`` a new id now (same data, old id deleted); the response sets the cookie.
@@ -226,6 +277,11 @@ class FastSessionInterface(SessionInterface):
                 self.store.save(record)  # SET NX; a (never expected) collision takes another id
                 session.sid, session.stored = record.id, record
                 self._set_cookie(app, session, response)
+            if session.legacy_key is not None:  # moved into fastsess (or emptied): drop the old key
+                try:
+                    self.store.client.delete(session.legacy_key)  # type: ignore[attr-defined]
+                except REDIS_ERRORS as exc:
+                    raise map_redis_error("DEL", exc) from exc
             return
         if session.modified:
             if not _has_data(session):

@@ -1,0 +1,210 @@
+"""Zero-logout migration: sessions written by the real legacy backend are served, moved into
+fastsess under a new id, and deleted from the old backend; pickles only through the allow-list."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import pickle
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from fastsess.contrib._legacy import LegacyDataError, decode_legacy, safe_unpickle
+from fastsess.stores.base import is_valid_session_id
+
+from .conftest import redis_writes, session_keys
+
+# -- the allow-list unpickler ---------------------------------------------------------------------
+
+EXECUTED: list[str] = []
+
+
+class Gadget:
+    def __reduce__(self) -> Any:
+        return (EXECUTED.append, ("pwned",))
+
+
+def test_allow_list_unpickler_reads_plain_types() -> None:
+    value = {
+        "s": "x", "b": b"y", "i": 1, "f": 1.5, "t": (1, 2), "set": {3}, "none": None, "ok": True,
+        "dt": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "d": dt.date(2024, 1, 2),
+        "time": dt.time(3, 4), "td": dt.timedelta(seconds=90), "dec": decimal.Decimal("1.10"),
+        "u": uuid.UUID(int=7),
+    }
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        assert safe_unpickle(pickle.dumps(value, protocol=protocol)) == value
+
+
+@pytest.mark.parametrize("evil", [Gadget(), Path("/etc"), print])
+def test_allow_list_unpickler_refuses_everything_else(evil: object) -> None:
+    with pytest.raises(LegacyDataError):
+        safe_unpickle(pickle.dumps({"x": evil}))
+    assert EXECUTED == []
+
+
+def test_pickle_only_when_opted_in_and_stored_as_plain_data() -> None:
+    raw = pickle.dumps({"cart": (1, 2), "price": decimal.Decimal("9.99"), "id": uuid.UUID(int=1), "ttl": dt.timedelta(minutes=1)})
+    with pytest.raises(LegacyDataError):
+        decode_legacy(raw)
+    assert decode_legacy(raw, allow_pickle=True) == {
+        "cart": [1, 2], "price": "9.99", "id": str(uuid.UUID(int=1)), "ttl": 60.0,
+    }
+    with pytest.raises(LegacyDataError):
+        decode_legacy(pickle.dumps({"x": Gadget()}), allow_pickle=True)
+    assert EXECUTED == []
+
+
+def test_msgpack_and_json_need_no_opt_in() -> None:
+    import msgpack
+
+    assert decode_legacy(msgpack.packb({"a": [1, "b"]})) == {"a": [1, "b"]}
+    assert decode_legacy(b'{"a": {"b": null}}') == {"a": {"b": None}}
+    for garbage in (b"", b"\x00\x01", b"[1, 2]", b"not json"):
+        with pytest.raises(LegacyDataError):
+            decode_legacy(garbage)
+
+
+# -- Django: from the cache and file backends ------------------------------------------------------
+
+
+@pytest.fixture
+def legacy_cache(django_settings: Any, redis_url: str) -> Any:
+    from django.test.utils import override_settings
+
+    caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url, "KEY_PREFIX": "legacy"}}
+    with override_settings(CACHES=caches):
+        yield
+
+
+def _legacy_django_session(engine: str, **data: Any) -> str:
+    from importlib import import_module
+
+    old = import_module(engine).SessionStore()
+    for key, value in data.items():
+        old[key] = value
+    old.save()
+    return str(old.session_key)
+
+
+@pytest.mark.parametrize("engine", ["django.contrib.sessions.backends.cache", "django.contrib.sessions.backends.file"])
+def test_django_session_from_the_old_engine_is_moved(engine: str, legacy_cache: Any, tmp_path: Path,
+                                                     redis_client: redis.Redis, prefix: str) -> None:
+    from importlib import import_module
+
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    with override_settings(SESSION_FILE_PATH=str(tmp_path)):
+        old_key = _legacy_django_session(engine, user="ada", count=3)  # written by the real old backend
+        assert import_module(engine).SessionStore().exists(old_key)
+        with override_settings(FASTSESS_MIGRATE_FROM=engine):
+            client = Client()
+            client.cookies["sessionid"] = old_key
+            response = client.get("/read")
+            assert response.json() == {"user": "ada", "count": 3}  # still logged in
+            new_key = response.cookies["sessionid"].value
+            assert is_valid_session_id(new_key) and new_key != old_key
+            assert session_keys(redis_client, prefix) == [(prefix + new_key).encode()]
+            assert not import_module(engine).SessionStore().exists(old_key)  # deleted from the old backend
+            before = redis_writes(redis_client)
+            assert client.get("/read").json() == {"user": "ada", "count": 3}
+            assert redis_writes(redis_client) == before  # from now on a plain fastsess session
+            # an old key the old backend does not know: a fresh session, as without migration
+            client = Client()
+            client.cookies["sessionid"] = old_key
+            assert client.get("/read").json() == {"user": None, "count": 0}
+
+
+def test_django_without_the_setting_nobody_is_migrated(legacy_cache: Any) -> None:
+    from django.test import Client
+
+    old_key = _legacy_django_session("django.contrib.sessions.backends.cache", user="ada")
+    client = Client()
+    client.cookies["sessionid"] = old_key
+    assert client.get("/read").json() == {"user": None, "count": 0}
+
+
+async def test_django_async_migration(legacy_cache: Any, redis_client: redis.Redis, prefix: str) -> None:
+    from django.test import AsyncClient
+    from django.test.utils import override_settings
+
+    from fastsess.contrib import django as engine
+
+    old_key = _legacy_django_session("django.contrib.sessions.backends.cache", user="ada", count=1)
+    try:
+        with override_settings(FASTSESS_MIGRATE_FROM="django.contrib.sessions.backends.cache"):
+            client = AsyncClient()
+            client.cookies["sessionid"] = old_key
+            response = await client.get("/aincr")
+            assert response.json() == {"count": 2}
+            new_key = response.cookies["sessionid"].value
+            assert is_valid_session_id(new_key)
+            assert session_keys(redis_client, prefix) == [(prefix + new_key).encode()]
+            assert (await client.get("/aread")).json() == {"user": "ada", "count": 2}
+    finally:
+        await engine.aclose_async_store()
+
+
+# -- Flask: from Flask-Session's Redis backend ---------------------------------------------------
+
+
+def _flask_session_app(client: redis.Redis, **config: Any) -> Any:
+    from flask import Flask, session
+    from flask_session import Session
+
+    app = Flask("legacy")
+    app.secret_key = "flask-tests-secret"
+    app.config.update(SESSION_TYPE="redis", SESSION_REDIS=client, **config)
+
+    @app.get("/login/<user>")
+    def login(user: str) -> str:
+        session["user"] = user
+        session["count"] = 5
+        return "ok"
+
+    Session(app)
+    return app
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_flask_session_sessions_are_moved(signed: bool, redis_url: str, redis_client: redis.Redis, prefix: str) -> None:
+    from .test_flask import make_app, sid_of
+
+    legacy = _flask_session_app(redis_client, SESSION_USE_SIGNER=signed)
+    old_client = legacy.test_client()
+    old_client.get("/login/ada")  # written by the real Flask-Session
+    old_cookie = old_client.get_cookie("session").value
+    old_keys = session_keys(redis_client, "session:")
+    assert len(old_keys) == 1
+
+    app = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_MIGRATE_PREFIX="session:")
+    try:
+        client = app.test_client()
+        client.set_cookie("session", old_cookie)
+        assert client.get("/read").json == {"user": "ada", "count": 5}  # still logged in
+        new_sid = sid_of(client)
+        assert session_keys(redis_client, prefix) == [(prefix + new_sid).encode()]
+        assert session_keys(redis_client, "session:") == []  # the old key is gone
+        assert client.get("/incr").json == {"count": 6}
+    finally:
+        app.session_interface.store.close()
+
+
+def test_flask_pickled_sessions_need_the_opt_in(redis_url: str, redis_client: redis.Redis, prefix: str) -> None:
+    from .test_flask import make_app
+
+    redis_client.set("session:old-pickled-id", pickle.dumps({"user": "ada", "since": dt.date(2024, 1, 1)}))
+    for opt_in, expected in ((False, None), (True, "ada")):
+        app = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_MIGRATE_PREFIX="session:",
+                       FASTSESS_MIGRATE_PICKLE=opt_in)
+        try:
+            client = app.test_client()
+            client.set_cookie("session", "old-pickled-id")
+            assert client.get("/read").json["user"] == expected
+        finally:
+            app.session_interface.store.close()
+    assert redis_client.exists("session:old-pickled-id") == 0  # moved by the opted-in app
