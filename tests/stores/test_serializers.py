@@ -499,9 +499,16 @@ UNSAFE = re.compile(
 def test_no_pickle_anywhere_in_the_package() -> None:
     sources = [p for p in SRC.rglob("*") if p.suffix in (".py", ".pyx", ".pxd", ".pyi")]
     assert len(sources) > 10, "the package source was not found"
-    offenders = {str(p.relative_to(SRC)): UNSAFE.findall(p.read_text(encoding="utf-8")) for p in sources}
+    # the one exception: the opt-in reader of legacy sessions (contrib migration), whose
+    # only unpickler is its allow-list subclass (checked below)
+    legacy = Path("contrib") / "_legacy.py"
+    offenders = {str(p.relative_to(SRC)): UNSAFE.findall(p.read_text(encoding="utf-8")) for p in sources if p.relative_to(SRC) != legacy}
     offenders = {k: v for k, v in offenders.items() if v}
     assert offenders == {}
+    legacy_source = (SRC / legacy).read_text(encoding="utf-8")
+    assert re.findall(r"\bpickle\.(\w+)", legacy_source) and set(re.findall(r"\bpickle\.(\w+)", legacy_source)) <= {
+        "Unpickler", "UnpicklingError",  # the allow-list subclass and its error: no pickle.load(s)
+    }
 
 
 def test_the_no_pickle_grep_would_catch_an_import() -> None:
