@@ -746,20 +746,46 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_closing: set[Any] = set()  # aclose() tasks of unclosed asyncio stores' clients, until done
+
+
 def release_unclosed(kind: str, coordinator: ThreadedCoordinator | None, client: Any) -> None:
     """The finalizer of a clustered store that was never closed: warn like an unclosed
-    file (``ResourceWarning``), stop its listener and close the sync client it owns
-    (an owned asyncio client's connections close when it is collected).  Never raises."""
+    file (``ResourceWarning``), stop its listener and close the client it owns (an
+    asyncio client: by a task on the event loop running here, if any; else its
+    connections close when it is collected).  Never raises."""
     warnings.warn(f"unclosed {kind}: call close() (or use it as a context manager)", ResourceWarning, stacklevel=2)
     try:
         if coordinator is not None:
             thread = coordinator._signal_stop()
             if thread is not None and thread is not threading.current_thread():
                 thread.join(1.0)
-        if client is not None and not _is_asyncio_client(client):
+        if client is None:
+            return
+        if not _is_asyncio_client(client):
             client.close()
+            return
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(_aclose_quietly(client))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
     except Exception:  # noqa: BLE001 - a finalizer must not raise
         log.debug("releasing an unclosed store failed", exc_info=True)
+
+
+async def _aclose_quietly(client: Any) -> None:
+    try:
+        await client.aclose()
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            await pool.disconnect()  # redis-py 5.0's aclose() leaves the pool connected
+    except Exception:  # noqa: BLE001 - best effort, from a finalizer
+        log.debug("closing an unclosed store's client failed", exc_info=True)
 
 
 # -- the listener's own connection ----------------------------------------------------------
