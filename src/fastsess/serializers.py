@@ -61,6 +61,9 @@ MAX_ITEMS = 1_000_000  # values per session (see the module doc): bounds decode 
 MAX_DEPTH = 100  # lists/dicts nested in one session value
 _MAX_EXT_LEN = 64  # our datetime/date extensions are ISO strings of at most 32 bytes
 
+# every byte that cannot start a msgpack array or map (fixmap, fixarray, array16/32, map16/32)
+_NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
 _EXT_DATETIME = 1
 _EXT_DATE = 2
 
@@ -313,6 +316,16 @@ class MsgpackSerializer(Serializer):
         return self._unpack(data, max_items, max_depth, _msgpack_ext)
 
     def _unpack(self, data: bytes, max_items: int, max_depth: int, ext_hook: Any) -> Any:
+        # str/bin/ext lengths are bounded by len(data) (unpackb's default), lists and maps
+        # by max_items, checked on their headers before anything is allocated.
+        # Fast path, no Python hooks (most sessions): every value takes at least one byte
+        # and every list/dict starts with a header byte in 0x80-0x9f or 0xdc-0xdf, so a
+        # body this short cannot hold more values, nor nest deeper, than the limits.
+        if len(data) <= max_items and len(data.translate(None, _NOT_CONTAINER_HEADERS)) <= max_depth:
+            return msgpack.unpackb(
+                data, raw=False, ext_hook=ext_hook, strict_map_key=False, timestamp=3,
+                max_array_len=max_items, max_map_len=max_items, max_ext_len=_MAX_EXT_LEN,
+            )
         budget = [max_items, 0]  # values left, containers seen
 
         def count(container: Any) -> Any:
@@ -324,8 +337,8 @@ class MsgpackSerializer(Serializer):
 
         fields = msgpack.unpackb(
             data, raw=False, ext_hook=ext_hook, strict_map_key=False, timestamp=3,
-            list_hook=count, object_hook=count, max_str_len=len(data), max_bin_len=len(data),
             max_array_len=max_items, max_map_len=max_items, max_ext_len=_MAX_EXT_LEN,
+            list_hook=count, object_hook=count,
         )
         if budget[1] > max_depth:  # fewer containers than that cannot nest deeper
             _check_depth(fields, max_depth)
