@@ -820,22 +820,11 @@ cdef class _Core:
         cdef list flat = self._collect(now, 3)  # recency order: node, key, value
         cdef list nodes
         cdef _Node node
-        cdef int locked
-        while True:
-            n = self._count
-            nodes = [None] * n
-            locked = self._enter(None)
-            if self._count != n:
-                self._leave(locked)
-                continue
-            try:
-                i = 0
-                for obj in self._map.values():  # no Python code: only fills the list
-                    nodes[i] = obj
-                    i += 1
-            finally:
-                self._leave(locked)
-            break
+        cdef int locked = self._enter(None)
+        try:
+            nodes = list(self._map.values())  # the map's order is insertion order
+        finally:
+            self._leave(locked)
         nodes = [node for node in nodes if not self._timed or now < node.expires]
         index = {id(node): i for i, node in enumerate(nodes)}
         lru = [index[id(flat[i])] for i in range(0, len(flat), 3) if id(flat[i]) in index]
