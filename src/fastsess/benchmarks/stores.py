@@ -196,6 +196,7 @@ def _flask_session(client: redis.Redis, prefix: str) -> list[Measurement]:
 
 def _django(url: str, prefix: str) -> list[Measurement]:
     import django
+    import django_redis  # noqa: F401 - the backend measured: Django alone (the contrib extra) is skipped
     from django.conf import settings
 
     if settings.configured:  # another Django configuration owns this process: leave it alone
