@@ -568,3 +568,12 @@ def test_state_pickled_by_fastsess_0_1_still_loads(impl: Any, clock: FakeClock) 
     assert "a" not in cache and set(cache) == {"b", "c", "d"}
     clock.advance(45)  # b expires at +40
     assert set(cache) == {"c", "d"}
+
+
+def test_getsizeof_is_a_method_not_a_staticmethod(lru_cls: Any) -> None:
+    assert lru_cls(3).getsizeof("abc") == 1 and lru_cls(3, getsizeof=len).getsizeof("abc") == 3
+    if lru_cls is cachetools.LRUCache:
+        assert lru_cls.getsizeof("abc") == 1  # cachetools: a staticmethod, callable on the class
+    else:
+        with pytest.raises(TypeError):
+            lru_cls.getsizeof("abc")  # ours needs an instance (it answers for that cache)
