@@ -16,6 +16,10 @@ write nothing unless the TTL refresh is due (``refresh_fraction`` of the lifetim
 
 ``regenerate(request)`` (plain call or ``await``) gives the session a new id at
 response time and deletes the old key: call it at login.
+
+``StarsessionsStore(store)`` is starsessions' ``SessionStore`` (``read``, ``write``,
+``remove``, ``exists``) on a ``fastsess.asyncio`` store, for apps that keep
+starsessions' middleware and cookies.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
 from ._common import CookieSigner, plain_copy
 
-__all__ = ["SessionDict", "SessionMiddleware", "regenerate"]
+__all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "regenerate"]
 
 _MISSING: Any = object()
 
@@ -238,3 +242,81 @@ class SessionMiddleware:
         if await store.save(stored):  # only when the TTL refresh is due
             return self._cookie(stored.id)
         return None
+
+
+class StarsessionsStore:
+    """starsessions' ``SessionStore`` interface on a ``fastsess.asyncio`` store.
+
+    ``starsessions.SessionMiddleware(app, store=StarsessionsStore(fastsess_store))``.
+    starsessions' serialized payload is kept as bytes in a fastsess session.  A
+    write under an id the store does not hold (a new session, or an id the client
+    chose) creates a session under a fresh fastsess id and returns it: a client's id
+    is never adopted.
+
+    Raises:
+        ConfigError: ``store`` is not a ``fastsess.asyncio`` store.
+    """
+
+    def __init__(self, store: AsyncSessionStore) -> None:
+        if not isinstance(store, AsyncSessionStore):
+            raise ConfigError("StarsessionsStore needs a fastsess.asyncio store")
+        self.store = store
+
+    async def read(self, session_id: str, lifetime: int) -> bytes:
+        """The stored payload, or ``b""`` (starsessions' empty session) if absent.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        try:
+            session = await self.store.load(session_id)
+        except SessionCorrupt:
+            return b""
+        if session is None:
+            return b""
+        data = session.get("data", b"")
+        return data if isinstance(data, bytes) else b""
+
+    async def write(self, session_id: str, data: bytes, lifetime: int, ttl: int) -> str:
+        """Store ``data`` for ``ttl`` seconds (``lifetime``, else the store's TTL, when 0); returns the id.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        seconds = ttl if ttl > 0 else lifetime if lifetime > 0 else self.store.ttl
+        try:
+            session = await self.store.load(session_id)
+        except SessionCorrupt:
+            session = None
+        if session is not None:
+            session["data"] = bytes(data)
+            session.ttl = seconds
+            if await self.store.save(session):
+                return session.id
+        fresh = self.store.create({"data": bytes(data)}, ttl=seconds)
+        await self.store.save(fresh)
+        return fresh.id
+
+    async def remove(self, session_id: str) -> None:
+        """Delete the session (from every node's cache too).
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        await self.store.delete(session_id)
+
+    async def exists(self, session_id: str) -> bool:
+        """True if the store holds ``session_id``.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        return await self.store.exists(session_id)
+
+
+try:  # a virtual subclass of starsessions' ABC when starsessions is installed
+    from starsessions.stores.base import SessionStore as _StarsessionsStoreABC
+except ImportError:  # pragma: no cover - starsessions is optional
+    pass
+else:
+    _StarsessionsStoreABC.register(StarsessionsStore)
