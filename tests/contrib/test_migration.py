@@ -208,3 +208,49 @@ def test_flask_pickled_sessions_need_the_opt_in(redis_url: str, redis_client: re
         finally:
             app.session_interface.store.close()
     assert redis_client.exists("session:old-pickled-id") == 0  # moved by the opted-in app
+
+
+# -- Starlette: from starsessions' RedisStore -------------------------------------------------------
+
+
+def test_starsessions_sessions_are_moved(redis_url: str, redis_client: redis.Redis, prefix: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+    from starsessions import SessionAutoloadMiddleware
+    from starsessions import SessionMiddleware as StarsessionsMiddleware
+    from starsessions.stores.redis import RedisStore
+
+    from fastsess.asyncio import ClusteredRedisStore
+
+    from .test_starlette import make_app, sid_of
+
+    async def login(request: Request) -> JSONResponse:
+        request.session["user"] = "ada"
+        request.session["count"] = 4
+        return JSONResponse({})
+
+    legacy = Starlette(routes=[Route("/login", login)], middleware=[
+        Middleware(StarsessionsMiddleware, store=RedisStore(url=redis_url), cookie_https_only=False),
+        Middleware(SessionAutoloadMiddleware),
+    ])
+    with TestClient(legacy) as old_client:
+        old_client.get("/login")  # written by the real starsessions
+        old_cookie = old_client.cookies.get("session")
+    assert old_cookie and session_keys(redis_client, "starsessions.") == [f"starsessions.{old_cookie}".encode()]
+
+    store = ClusteredRedisStore(url=redis_url, prefix=prefix)
+    app = make_app(store=store, migrate_prefix="starsessions.")
+    with TestClient(app) as client:
+        raw = [(b"cookie", f"session={old_cookie}".encode())]
+        response = client.get("/read", headers=raw)
+        assert response.json() == {"user": "ada", "count": 4}  # still logged in
+        client.cookies.set("session", response.headers["set-cookie"].split(";")[0].removeprefix("session="), domain="testserver.local")
+        sid = sid_of(client)
+        assert session_keys(redis_client, prefix) == [(prefix + sid).encode()]
+        assert session_keys(redis_client, "starsessions.") == []  # the old key is gone
+        assert client.get("/incr").json() == {"count": 5}
+        client.portal.call(store.close)

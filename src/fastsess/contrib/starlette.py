@@ -17,6 +17,12 @@ write nothing unless the TTL refresh is due (``refresh_fraction`` of the lifetim
 ``regenerate(request)`` (plain call or ``await``) gives the session a new id at
 response time and deletes the old key: call it at login.
 
+Zero-logout migration from starsessions' ``RedisStore``: ``migrate_prefix=
+"starsessions."`` (its default prefix; same Redis as ``store``).  A cookie this
+middleware did not sign is then read as a starsessions id; a session found under
+it (JSON, as starsessions writes it) is served, stored under a new fastsess id with
+a new cookie, and its old key deleted.
+
 ``StarsessionsStore(store)`` is starsessions' ``SessionStore`` (``read``, ``write``,
 ``remove``, ``exists``) on a ``fastsess.asyncio`` store, for apps that keep
 starsessions' middleware and cookies.
@@ -37,7 +43,9 @@ from ..asyncio.stores.clustered import ClusteredRedisStore
 from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
+from ..stores.redis import REDIS_ERRORS, map_redis_error
 from ._common import CookieSigner, plain_copy
+from ._legacy import LegacyDataError, decode_legacy
 
 __all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "regenerate"]
 
@@ -138,8 +146,10 @@ class SessionMiddleware:
         same_site: str = "lax",
         https_only: bool = False,
         domain: str | None = None,
+        migrate_prefix: str | None = None,
     ) -> None:
         self.app = app
+        self.migrate_prefix = migrate_prefix
         self.signer = CookieSigner(secret_key)
         self.owns_store = store is None
         if store is None:
@@ -149,6 +159,8 @@ class SessionMiddleware:
             store = ClusteredRedisStore(url=url, ttl=max_age or DEFAULT_TTL)
         elif not isinstance(store, AsyncSessionStore):
             raise ConfigError("SessionMiddleware needs a fastsess.asyncio store (a sync store would block the event loop)")
+        if migrate_prefix is not None and not hasattr(store, "client"):
+            raise ConfigError("migrate_prefix needs a Redis store (the old sessions are read from its Redis)")
         self.store = store
         self.ttl = max_age or store.ttl
         self.session_cookie = session_cookie
@@ -177,18 +189,55 @@ class SessionMiddleware:
                 stored = await self.store.load(sid)
             except SessionCorrupt:
                 stored = None
-        session = SessionDict(None if stored is None else plain_copy(stored.data))
+        legacy_key: str | None = None
+        if stored is None and sid is None and cookie and self.migrate_prefix is not None:
+            legacy_key, legacy_data = await self._from_starsessions(cookie)
+        if legacy_key is not None:
+            session = SessionDict(legacy_data)
+            session.modified = bool(legacy_data)  # stored under a new id at response time
+        else:
+            session = SessionDict(None if stored is None else plain_copy(stored.data))
         scope["session"] = session
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 cookie_value = await self._commit(session, stored)
+                if legacy_key is not None:
+                    await self._drop_legacy(legacy_key)
                 if cookie_value is not None:
                     headers = MutableHeaders(scope=message)
                     headers.append("Set-Cookie", cookie_value)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+    async def _from_starsessions(self, cookie: str) -> tuple[str | None, dict[str, Any]]:
+        """(key, data) of the starsessions session ``cookie`` names, or (None, {}).
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if len(cookie) > 256:
+            return None, {}
+        key = f"{self.migrate_prefix}{cookie}"
+        try:
+            raw = await self.store.client.get(key)  # type: ignore[attr-defined]
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("GET", exc) from exc
+        if raw is None:
+            return None, {}
+        try:
+            data = decode_legacy(raw)
+        except LegacyDataError:
+            return None, {}
+        data.pop("__metadata__", None)  # starsessions' own bookkeeping
+        return key, data
+
+    async def _drop_legacy(self, key: str) -> None:
+        try:
+            await self.store.client.delete(key)  # type: ignore[attr-defined]
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("DEL", exc) from exc
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
