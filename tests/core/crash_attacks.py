@@ -435,20 +435,22 @@ def eq_raises_on_collisions(m: Any) -> None:
 def _tp_clear() -> Callable[[Any], bool]:
     """Call ``type(obj)->tp_clear(obj)``, as the cyclic GC does to break a garbage cycle.
 
-    Returns False when the type has no ``tp_clear``.  The slot is found in the
-    ``PyTypeObject`` layout (stable since 3.8), which is checked against ``__flags__``.
+    Returns False when the type has no ``tp_clear``.  ``tp_flags`` is found in the
+    ``PyTypeObject`` (its offset depends on the build: free-threaded objects have a
+    larger header) as the one offset holding ``__flags__`` for several types;
+    ``tp_clear`` follows ``tp_doc`` and ``tp_traverse``.
     """
     import ctypes
 
     ptr = ctypes.sizeof(ctypes.c_void_p)
-    flags_at = 21 * ptr  # ob_refcnt, ob_type, ob_size, tp_name, 2 sizes, 15 slots up to tp_as_buffer
-    clear_at = flags_at + 3 * ptr  # tp_flags (padded to a pointer), tp_doc, tp_traverse
+    probes = (dict, list, set, type, Point)
+    offsets = [at for at in range(ptr, 40 * ptr, ptr) if all(ctypes.c_ulong.from_address(id(tp) + at).value == tp.__flags__ for tp in probes)]
+    if len(offsets) != 1:
+        raise RuntimeError(f"tp_flags not found in the PyTypeObject layout: {offsets}")
+    clear_at = offsets[0] + 3 * ptr  # tp_flags (padded to a pointer), tp_doc, tp_traverse
 
     def clear(obj: Any) -> bool:
-        tp = type(obj)
-        if ctypes.c_ulong.from_address(id(tp) + flags_at).value != tp.__flags__:
-            raise RuntimeError("unexpected PyTypeObject layout")
-        slot = ctypes.c_void_p.from_address(id(tp) + clear_at).value
+        slot = ctypes.c_void_p.from_address(id(type(obj)) + clear_at).value
         if not slot:
             return False
         ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object)(slot)(obj)
