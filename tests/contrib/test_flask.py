@@ -326,3 +326,15 @@ def test_init_app_and_a_custom_store() -> None:
     client.get("/incr")
     assert client.get("/incr").json == {"count": 2}
     assert store.count() == 1
+
+
+def test_cluster_config_setting(apps: list[Flask], redis_url: str, prefix: str) -> None:
+    plain = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_CLUSTER={"enabled": False})
+    apps.append(plain)
+    assert plain.session_interface.store.coordinator is None  # type: ignore[attr-defined]
+    named = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_CLUSTER={"channel": "flask:inv"})
+    apps.append(named)
+    assert named.session_interface.store.config.channel == "flask:inv"  # type: ignore[attr-defined]
+    client = plain.test_client()
+    client.get("/incr")
+    assert client.get("/incr").json == {"count": 2}
