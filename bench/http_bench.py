@@ -1,0 +1,308 @@
+"""HTTP benchmark of the framework drop-ins: ``python bench/http_bench.py``.
+
+Serves the small apps in ``bench/http/`` through real servers over loopback
+(gunicorn for Django and Flask, uvicorn for Starlette) and drives them with
+``wrk``, for three session layers side by side: fastsess, the framework's usual
+Redis store, and no session at all.  Each cell is measured ``--reps`` times after a
+warmup, the reported figure is the median, and the spread (min..max of the
+repetitions) is printed beside it.  The session's own cost per request is
+``p50(with session) - p50(no session)``; the script prints the ratio
+fastsess / usual of that cost for the reading endpoint (goal: <= 0.2).
+
+Needs ``wrk`` on PATH (Debian: ``apt-get install wrk``), gunicorn, uvicorn and the
+usual stores (``pip install -e '.[bench,test]'``); exits 0 with a message naming
+what is missing otherwise.  Redis is a private ``redis-server`` on a free port
+(fastsess.server.RedisServer), never the one on 6379.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+APPS = HERE / "http"
+FRAMEWORKS = ("django", "flask", "starlette")
+MODES = ("none", "usual", "fastsess")
+USUAL = {
+    "django": "django-redis cache backend",
+    "flask": "Flask-Session (redis)",
+    "starlette": "starsessions RedisStore",
+}
+NEEDS = {
+    "django": ["gunicorn", "django", "django_redis"],
+    "flask": ["gunicorn", "flask", "flask_session"],
+    "starlette": ["uvicorn", "starlette", "starsessions"],
+}
+
+
+def missing_requirements(frameworks: list[str]) -> list[str]:
+    """Names of what the run needs and this machine lacks (``wrk`` and Python modules)."""
+    missing = [] if shutil.which("wrk") else ["wrk"]
+    for fw in frameworks:
+        for mod in NEEDS[fw]:
+            if importlib.util.find_spec(mod) is None and mod not in missing:
+                missing.append(mod)
+    return missing
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at the time of the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(framework: str, mode: str, port: int, redis_url: str, threads: int) -> subprocess.Popen[bytes]:
+    """Start one app server (one worker process) for ``framework`` with session layer ``mode``."""
+    env = dict(os.environ, BENCH_SESSION=mode, REDIS_URL=redis_url, PYTHONPATH=str(APPS))
+    bind = f"127.0.0.1:{port}"
+    if framework == "starlette":
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "starlette_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            f"{framework}_app:{'application' if framework == 'django' else 'app'}",
+            "-b",
+            bind,
+            "-w",
+            "1",
+            "-k",
+            "gthread",
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+        ]
+    return subprocess.Popen(cmd, env=env, cwd=APPS, start_new_session=True)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until the server answers ``/read``; raise RuntimeError if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/read", timeout=2).read()
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} not ready after {timeout}s")
+
+
+def session_cookie(port: int) -> str:
+    """Log in once and return the ``Cookie`` header value to send back ('' without session)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as resp:
+        cookies = resp.headers.get_all("Set-Cookie") or []
+    return "; ".join(c.split(";", 1)[0] for c in cookies)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(f"unparsable wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(url: str, cookie: str, seconds: int, connections: int) -> dict[str, float]:
+    """One ``wrk -t1`` run; returns requests/s, p50 and p99 (ms) and the count of non-2xx/errors."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if cookie:
+        cmd[1:1] = ["-H", f"Cookie: {cookie}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    bad = 0
+    for pat in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
+        m = re.search(pat, out)
+        bad += int(m.group(1)) if m else 0
+    return {"rps": rps, "p50": p50, "p99": p99, "bad": bad}
+
+
+def bench_framework(fw: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """All cells of one framework: its three servers run at once, repetitions interleaved."""
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for mode in MODES:
+            port = free_port()
+            servers[mode] = (start_server(fw, mode, port, redis_url, args.threads), port)
+        for proc, port in servers.values():
+            wait_ready(port, proc)
+        cookies = {mode: session_cookie(port) for mode, (_, port) in servers.items()}
+        for mode in MODES:
+            if mode != "none" and not cookies[mode]:
+                raise RuntimeError(f"{fw}/{mode}: /login set no cookie")
+        runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for mode, (_, port) in servers.items():  # warmup: imports, connection pools, caches
+            for ep in ("read", "write"):
+                run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.warmup, args.connections)
+        for rep in range(args.reps):
+            order = MODES if rep % 2 == 0 else tuple(reversed(MODES))  # spread slow drift over all
+            for mode in order:
+                port = servers[mode][1]
+                for ep in ("read", "write"):
+                    r = run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.duration, args.connections)
+                    runs.setdefault((mode, ep), []).append(r)
+                    print(
+                        f"  {fw:9} {mode:8} {ep:5} rep {rep + 1}: {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms", flush=True
+                    )
+        return {f"{m}/{e}": v for (m, e), v in runs.items()}
+    finally:
+        for proc, _ in servers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _ in servers.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each metric over the repetitions, plus the relative spread of req/s."""
+    out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+    rps = [r["rps"] for r in runs]
+    out["rps_spread"] = (max(rps) - min(rps)) / out["rps"] if out["rps"] else 0.0
+    out["p50_min"] = min(r["p50"] for r in runs)
+    out["p50_max"] = max(r["p50"] for r in runs)
+    out["bad"] = sum(r["bad"] for r in runs)
+    return out
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    """The Markdown tables (cells, then session cost and the fastsess/usual ratio)."""
+    lines = [
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node() or 'host'}: {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, 1 worker process per server"
+        f" (gunicorn gthread x{args.threads} / uvicorn), wrk -t1 -c{args.connections} -d{args.duration}s,"
+        f" {args.warmup}s warmup, median of {args.reps}.",
+        "",
+        "| framework | session | endpoint | req/s | p50 ms (min..max) | p99 ms | req/s spread |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for fw, cells in results.items():
+        for mode in MODES:
+            for ep in ("read", "write"):
+                s = summarize(cells[f"{mode}/{ep}"])
+                name = USUAL[fw] if mode == "usual" else mode
+                bad = f" ({int(s['bad'])} errors)" if s["bad"] else ""
+                lines.append(
+                    f"| {fw} | {name} | {ep} | {s['rps']:.0f}{bad} | {s['p50']:.2f} ({s['p50_min']:.2f}..{s['p50_max']:.2f})"
+                    f" | {s['p99']:.2f} | {s['rps_spread']:.0%} |"
+                )
+    lines += [
+        "",
+        "Session cost per request = p50(with session) - p50(no session), in ms:",
+        "",
+        "| framework | endpoint | fastsess | usual | fastsess / usual | goal (reads) <= 0.20 |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for fw, cells in results.items():
+        for ep in ("read", "write"):
+            base = summarize(cells[f"none/{ep}"])["p50"]
+            fast = summarize(cells[f"fastsess/{ep}"])["p50"] - base
+            usual = summarize(cells[f"usual/{ep}"])["p50"] - base
+            ratio = fast / usual if usual > 0 else float("nan")
+            goal = ("met" if ratio <= 0.2 else "NOT met") if ep == "read" else "-"
+            lines.append(f"| {fw} | {ep} | {fast:.2f} | {usual:.2f} | {ratio:.2f} | {goal} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the Markdown report; 0 also when skipped for missing tools."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list of django,flask,starlette")
+    p.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of warmup per cell (default 2)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per cell; the median is reported (default 3)")
+    p.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    p.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads (default 8)")
+    p.add_argument("--json", help="also write the raw runs to this file")
+    p.add_argument("--plot", help="also draw a chart of the session cost (PNG; needs matplotlib)")
+    args = p.parse_args(argv)
+    frameworks = [f for f in args.frameworks.split(",") if f]
+    unknown = set(frameworks) - set(FRAMEWORKS)
+    if unknown:
+        p.error(f"unknown frameworks: {', '.join(sorted(unknown))}")
+    missing = missing_requirements(frameworks)
+    if missing:
+        print(f"http_bench: skipped, missing: {', '.join(missing)}. It needs wrk on PATH (apt-get install wrk) and pip install -e '.[bench,test]'.")
+        return 0
+
+    from fastsess.server import RedisServer
+
+    results: dict[str, dict[str, Any]] = {}
+    with RedisServer() as server:
+        print(f"private Redis: {server.url}", flush=True)
+        for fw in frameworks:
+            results[fw] = bench_framework(fw, server.url, args)
+    text = report(results, args)
+    print()
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+def plot(results: dict[str, dict[str, Any]], path: str) -> None:
+    """Bar chart of the session's own p50 cost per request, fastsess vs usual, per framework."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for ax, ep in zip(axes, ("read", "write")):
+        fws = list(results)
+        base = [summarize(results[f][f"none/{ep}"])["p50"] for f in fws]
+        for i, mode in enumerate(("usual", "fastsess")):
+            cost = [summarize(results[f][f"{mode}/{ep}"])["p50"] - b for f, b in zip(fws, base)]
+            ax.bar([x + i * 0.4 for x in range(len(fws))], cost, width=0.4, label=mode)
+        ax.set_xticks([x + 0.2 for x in range(len(fws))], fws)
+        ax.set_title(f"session cost per request, {ep} (p50 ms)")
+        ax.axhline(0, color="black", linewidth=0.5)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
