@@ -51,6 +51,7 @@ import inspect
 import logging
 import os
 import secrets
+import select
 import socket
 import threading
 import time
@@ -78,6 +79,10 @@ MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is no
 GENERATION_SLOTS = 4096  # power of two
 _SLOT_MASK = GENERATION_SLOTS - 1
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
+# A cache hit checks every HITS_PER_CHECK hits whether the listener thread needs the GIL
+# (see ThreadedCoordinator.yield_to_listener) and, if so, sleeps LISTENER_YIELD seconds.
+HITS_PER_CHECK = 256
+LISTENER_YIELD = 0.0002
 # A cached copy stops being served this long before its key expires in Redis: it covers
 # the round trip or message delivery between the EXPIRE and our clock reading, and the
 # cache's coarse clock (CLOCK_MONOTONIC_COARSE ticks every 1-4 ms).
@@ -559,6 +564,10 @@ class ThreadedCoordinator(CoordinatorBase):
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None  # the listener's current PubSub, for stop() to wake it
+        # The listener's socket while it waits for input (-1: none), and whether it is
+        # waiting there (False from the moment it has input until it waits again).
+        self._fd = -1
+        self._waiting = True
         _live.add(self)
 
     @property
@@ -665,19 +674,67 @@ class ThreadedCoordinator(CoordinatorBase):
         liveness = Liveness(self.config.subscribe_timeout)
         poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
         read = _raw_reader(pubsub)
-        while not stop.is_set():
-            if read is not None:
-                reply = read(poll)
-                event = None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
-            else:
-                message = pubsub.get_message(timeout=poll)
-                event = None if message is None else (message["type"], message["data"])
-            if event is None:
-                if liveness.due():
+        sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
+        fd = sock.fileno() if sock is not None else -1
+        try:
+            while not stop.is_set():
+                # Take what is already there without blocking; wait for more with select,
+                # which leaves it unread in the socket: yield_to_listener sees it there.
+                if read is not None:
+                    reply = read(0)
+                    event = None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
+                else:
+                    message = pubsub.get_message(timeout=0)
+                    event = None if message is None else (message["type"], message["data"])
+                if event is not None:
+                    liveness.seen()
+                    self._dispatch(*event, subscribing=False)
+                    continue
+                if fd >= 0:
+                    self._fd, self._waiting = fd, True
+                    ready = select.select([fd], [], [], poll)[0]
+                    self._waiting = False
+                elif read is not None:
+                    ready = read(poll)
+                    if ready is not None:
+                        liveness.seen()
+                        self._dispatch(ready[0].decode("ascii", "replace"), ready[-1], subscribing=False)
+                        continue
+                else:
+                    ready = pubsub.get_message(timeout=poll)
+                    if ready is not None:
+                        liveness.seen()
+                        self._dispatch(ready["type"], ready["data"], subscribing=False)
+                        continue
+                if not ready and liveness.due():
                     pubsub.ping()
-                continue
-            liveness.seen()
-            self._dispatch(*event, subscribing=False)
+        finally:
+            self._fd, self._waiting = -1, True
+
+    def yield_to_listener(self) -> None:
+        """Let the listener thread run if it has input to apply; cache hits call this
+        every ``HITS_PER_CHECK`` hits.
+
+        A thread that does nothing but cache hits and short system calls (an event loop
+        polling with a zero timeout, a request loop checking a pipe) can keep the GIL
+        from the listener for as long as it runs: CPython forces a hand-over after the
+        switch interval only if the holder did not release the GIL meanwhile, and every
+        short system call counts as a release.  Invalidations would then wait for
+        the busy thread.  So: if the listener has left its wait (it has input and needs
+        the GIL) or input is waiting on its socket, sleep ``LISTENER_YIELD`` seconds.
+        """
+        if self._waiting:
+            fd = self._fd
+            if fd < 0:
+                return
+            try:
+                if not select.select([fd], [], [], 0)[0]:
+                    return
+            except (OSError, ValueError):  # closed under us: the listener reconnects
+                return
+        elif self._thread is None:
+            return
+        time.sleep(LISTENER_YIELD)
 
 
 class ClusterCoordinator(ThreadedCoordinator):

@@ -44,7 +44,7 @@ from redis.exceptions import NoScriptError
 
 from .._cache_common import make_stats
 from ..cache import CacheStats
-from ..cluster import CLEARED, DELETED, EXPIRY_MARGIN, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache, release_unclosed
+from ..cluster import CLEARED, DELETED, EXPIRY_MARGIN, HITS_PER_CHECK, INVALIDATED, TOUCHED, ClusterCoordinator, CoherentCache, release_unclosed
 from ..config import ClusterConfig
 from ..serializers import Serializer
 from ..session import Session
@@ -133,6 +133,7 @@ class LocalCacheControl:
     """The local-cache half of a clustered store, shared by the sync and asyncio twins."""
 
     _cache: CoherentCache | None
+    _hits_unchecked: int  # cache hits since the last yield_to_listener check
     config: ClusterConfig
     client: Any
     is_cluster: bool
@@ -146,6 +147,7 @@ class LocalCacheControl:
             else None
         )
         self.coordinator = coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
+        self._hits_unchecked = 0
         # A store dropped without close() still releases its listener and connections
         # (with a ResourceWarning, like an unclosed file); close() detaches this.
         self._finalizer = weakref.finalize(
@@ -306,6 +308,11 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             # Only valid ids are ever cached, so a hit needs no id check (saves ~250 ns).
             cached: Session | None = cache.get(session_id)
             if cached is not None:
+                checked = self._hits_unchecked + 1
+                if checked >= HITS_PER_CHECK:  # let a GIL-starved listener apply what it has
+                    checked = 0
+                    self.coordinator.yield_to_listener()  # type: ignore[union-attr]
+                self._hits_unchecked = checked
                 return cached.copy()
             if not is_valid_session_id(session_id):
                 return None

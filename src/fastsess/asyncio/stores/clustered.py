@@ -15,7 +15,7 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from ...cluster import CLEARED, DELETED, INVALIDATED, TOUCHED
+from ...cluster import CLEARED, DELETED, HITS_PER_CHECK, INVALIDATED, TOUCHED
 from ...config import ClusterConfig
 from ...serializers import Serializer
 from ...session import Session
@@ -99,6 +99,11 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
             cached: Session | None = cache.get(session_id)  # only valid ids are cached: no id check on a hit
             if cached is not None:
+                checked = self._hits_unchecked + 1
+                if checked >= HITS_PER_CHECK:  # let a GIL-starved listener apply what it has
+                    checked = 0
+                    self.coordinator.yield_to_listener()  # type: ignore[union-attr]
+                self._hits_unchecked = checked
                 return cached.copy()
             if not is_valid_session_id(session_id):
                 return None
