@@ -676,38 +676,33 @@ class ThreadedCoordinator(CoordinatorBase):
         read = _raw_reader(pubsub)
         sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
         fd = sock.fileno() if sock is not None else -1
+        def next_event(timeout: float) -> tuple[str, Any] | None:
+            if read is not None:
+                reply = read(timeout)
+                return None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
+            message = pubsub.get_message(timeout=timeout)
+            return None if message is None else (message["type"], message["data"])
+
         try:
             while not stop.is_set():
-                # Take what is already there without blocking; wait for more with select,
-                # which leaves it unread in the socket: yield_to_listener sees it there.
-                if read is not None:
-                    reply = read(0)
-                    event = None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
-                else:
-                    message = pubsub.get_message(timeout=0)
-                    event = None if message is None else (message["type"], message["data"])
-                if event is not None:
-                    liveness.seen()
-                    self._dispatch(*event, subscribing=False)
-                    continue
                 if fd >= 0:
-                    self._fd, self._waiting = fd, True
-                    ready = select.select([fd], [], [], poll)[0]
-                    self._waiting = False
-                elif read is not None:
-                    ready = read(poll)
-                    if ready is not None:
-                        liveness.seen()
-                        self._dispatch(ready[0].decode("ascii", "replace"), ready[-1], subscribing=False)
-                        continue
+                    # Take what is already there without blocking; wait for more with select,
+                    # which leaves it unread in the socket: yield_to_listener sees it there.
+                    event = next_event(0)
+                    if event is None:
+                        self._fd, self._waiting = fd, True
+                        ready = select.select([fd], [], [], poll)[0]
+                        self._waiting = False
+                        if ready:
+                            continue
                 else:
-                    ready = pubsub.get_message(timeout=poll)
-                    if ready is not None:
-                        liveness.seen()
-                        self._dispatch(ready["type"], ready["data"], subscribing=False)
-                        continue
-                if not ready and liveness.due():
-                    pubsub.ping()
+                    event = next_event(poll)
+                if event is None:
+                    if liveness.due():
+                        pubsub.ping()
+                    continue
+                liveness.seen()
+                self._dispatch(*event, subscribing=False)
         finally:
             self._fd, self._waiting = -1, True
 
