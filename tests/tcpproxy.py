@@ -1,7 +1,9 @@
-"""A threaded TCP proxy on 127.0.0.1 for fault tests: it can hold up or blackhole one direction.
+"""A threaded TCP proxy on 127.0.0.1 for fault tests: delay, drop, reset, stall or blackhole.
 
 ``TcpProxy(target_port)`` listens on a free port of 127.0.0.1 and relays every
-connection to ``127.0.0.1:target_port`` (two threads per connection).  Faults:
+connection to ``127.0.0.1:target_port`` (two threads per connection).  Faults, for
+every connection at once (attributes of the proxy) or for one (attributes of a
+``Link``, from ``links()`` / ``find(pattern)``):
 
 * ``hold_next(pattern, seconds)``: the next chunk a client sends that contains
   ``pattern`` is held for ``seconds``, then delivered to the server even if the
@@ -9,7 +11,22 @@ connection to ``127.0.0.1:target_port`` (two threads per connection).  Faults:
 * ``hold_next(pattern, seconds, reply=True)``: that chunk goes through at once and
   the server's next reply on the same connection is held instead -- the command
   ran, the client does not learn it in time.
-* ``blackhole_up`` / ``blackhole_down``: while True, chunks in that direction are dropped.
+* ``blackhole_up`` / ``blackhole_down``: while True, chunks in that direction are
+  dropped (no FIN, no RST: a partition).  Per connection: ``link.blackhole_up`` /
+  ``link.blackhole_down``.
+* ``delay_up`` / ``delay_down``: seconds added before each chunk in that direction is
+  passed on (order is kept).  Per connection: ``link.delay_up`` / ``link.delay_down``.
+* ``link.stall_down``: while True, the proxy stops *reading* the server's side of that
+  connection, so the server's output piles up in its own buffers (a client that does
+  not read: what ``client-output-buffer-limit`` is for).  Nothing is lost; it flows
+  again when set back to False.
+* ``link.drop()``: close both sides cleanly (FIN); ``link.reset()``: abort both sides
+  (RST, as a crashed peer or a middlebox would).
+* ``find(pattern)``: the connections whose client sent ``pattern`` at some point
+  (``b"SUBSCRIBE"``: the pub/sub connections).
+
+``small_buffers=True`` shrinks the proxy's receive buffer on the server side of every
+connection, so that a stalled connection pushes back on the server after a few KB.
 
 Only 127.0.0.1, daemon threads, everything closed by ``close()``.
 """
@@ -17,10 +34,12 @@ Only 127.0.0.1, daemon threads, everything closed by ``close()``.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
 CHUNK = 65536
+STALL_POLL = 0.002
 
 
 class Hold:
@@ -44,20 +63,49 @@ class Hold:
             self.released.set()
 
 
-class _Link:
-    __slots__ = ("client", "held_reply", "server")
+class Link:
+    """One relayed connection: its sockets, what its client sent first, and its own faults."""
 
     def __init__(self, client: socket.socket, server: socket.socket) -> None:
         self.client = client
         self.server = server
         self.held_reply: Hold | None = None
+        self.seen = b""  # the client's traffic, first 4 KB plus every chunk's first 256 bytes
+        self.blackhole_up = False
+        self.blackhole_down = False
+        self.delay_up = 0.0
+        self.delay_down = 0.0
+        self.stall_down = False
+        self.closed = threading.Event()
+
+    def drop(self) -> None:
+        """Close both sides cleanly: each peer reads EOF."""
+        for sock in (self.client, self.server):
+            _shutdown(sock, socket.SHUT_RDWR)
+            _close(sock)
+        self.closed.set()
+
+    def reset(self) -> None:
+        """Abort both sides: each peer gets a connection reset (RST)."""
+        for sock in (self.client, self.server):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            _close(sock)
+        self.closed.set()
+
+    def _note(self, data: bytes) -> None:
+        if len(self.seen) < 4096:
+            self.seen += data[:256]
 
 
 class TcpProxy:
     """Relay ``127.0.0.1:<port>`` to ``127.0.0.1:target_port``; see the module doc."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", small_buffers: bool = False) -> None:
         self.target = (target_host, target_port)
+        self.small_buffers = small_buffers
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -65,9 +113,11 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self.blackhole_up = False
         self.blackhole_down = False
+        self.delay_up = 0.0
+        self.delay_down = 0.0
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
-        self._links: list[_Link] = []
+        self._links: list[Link] = []
         self._closed = False
         threading.Thread(target=self._accept, name="tcpproxy-accept", daemon=True).start()
 
@@ -83,6 +133,16 @@ class TcpProxy:
             self._holds.append(hold)
         return hold
 
+    def links(self) -> list[Link]:
+        """The connections relayed now (closed ones are forgotten)."""
+        with self._lock:
+            self._links = [link for link in self._links if not link.closed.is_set()]
+            return list(self._links)
+
+    def find(self, pattern: bytes) -> list[Link]:
+        """The open connections whose client sent ``pattern``."""
+        return [link for link in self.links() if pattern in link.seen]
+
     def _take(self, data: bytes) -> Hold | None:
         with self._lock:
             for hold in self._holds:
@@ -92,6 +152,19 @@ class TcpProxy:
                     return hold
         return None
 
+    def _connect(self) -> socket.socket:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.small_buffers:  # before connect: the window is negotiated then
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        server.settimeout(5)
+        try:
+            server.connect(self.target)
+        except OSError:
+            server.close()
+            raise
+        server.settimeout(None)
+        return server
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -99,39 +172,44 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                server = socket.create_connection(self.target, timeout=5)
-                server.settimeout(None)
+                server = self._connect()
             except OSError:
                 client.close()
                 continue
-            link = _Link(client, server)
+            link = Link(client, server)
             with self._lock:
                 self._links.append(link)
             threading.Thread(target=self._up, args=(link,), name="tcpproxy-up", daemon=True).start()
             threading.Thread(target=self._down, args=(link,), name="tcpproxy-down", daemon=True).start()
 
-    def _up(self, link: _Link) -> None:
+    def _up(self, link: Link) -> None:
         try:
             while True:
                 data = link.client.recv(CHUNK)
                 if not data:
                     break
+                link._note(data)
                 hold = self._take(data)
                 if hold is not None and not hold.reply:
                     hold._pass_on(link.server, data)  # blocks this direction of this connection only
                     continue
                 if hold is not None:
                     link.held_reply = hold  # before the request leaves: the reply cannot overtake it
-                if not self.blackhole_up:
+                delay = link.delay_up or self.delay_up
+                if delay:
+                    time.sleep(delay)
+                if not (self.blackhole_up or link.blackhole_up):
                     link.server.sendall(data)
         except OSError:
             pass
         # The client is gone: let the server finish what it received, then see EOF.
         _shutdown(link.server, socket.SHUT_WR)
 
-    def _down(self, link: _Link) -> None:
+    def _down(self, link: Link) -> None:
         try:
             while True:
+                while link.stall_down and not link.closed.is_set():
+                    time.sleep(STALL_POLL)
                 data = link.server.recv(CHUNK)
                 if not data:
                     break
@@ -139,13 +217,17 @@ class TcpProxy:
                 if hold is not None:
                     hold._pass_on(link.client, data)
                     continue
-                if not self.blackhole_down:
+                delay = link.delay_down or self.delay_down
+                if delay:
+                    time.sleep(delay)
+                if not (self.blackhole_down or link.blackhole_down):
                     link.client.sendall(data)
         except OSError:
             pass
         finally:
-            for sock in (link.client, link.server):
-                _close(sock)
+            # shutdown first: a plain close() sends no FIN while the other thread of this
+            # link is still blocked in recv() on the same socket
+            link.drop()
 
     def close(self) -> None:
         """Stop accepting and close every relayed connection."""
@@ -154,9 +236,7 @@ class TcpProxy:
         with self._lock:
             links, self._links = self._links, []
         for link in links:
-            for sock in (link.client, link.server):
-                _shutdown(sock, socket.SHUT_RDWR)
-                _close(sock)
+            link.drop()
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
