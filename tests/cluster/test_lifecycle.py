@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-import fastsess.cluster
+import fastsess.cluster.thread
 from fastsess import ClusterConfig, ClusteredRedisStore, Session
 from fastsess.asyncio import ClusteredRedisStore as AsyncClusteredRedisStore
 from fastsess.server import RedisServer
@@ -53,7 +53,7 @@ def config(channel: str, **changes: Any) -> ClusterConfig:
 def test_close_wakes_the_listener_instead_of_waiting_for_its_poll(make_store: StoreFactory, redis_url: str, monkeypatch: Any) -> None:
     """With a 60 s poll, a close() that waited for the poll would time out its 5 s join
     and leave the thread running; a woken listener ends at once."""
-    monkeypatch.setattr(fastsess.cluster, "POLL_INTERVAL", 60.0)
+    monkeypatch.setattr(fastsess.cluster.thread, "POLL_INTERVAL", 60.0)
     store = make_store(redis_url, subscribe_timeout=60.0)
     assert store.coordinator.wait_subscribed(5.0)
     thread = store.coordinator._thread
@@ -65,7 +65,7 @@ def test_close_wakes_the_listener_instead_of_waiting_for_its_poll(make_store: St
 
 
 async def test_async_close_wakes_the_listener(redis_url: str, prefix: str, monkeypatch: Any) -> None:
-    monkeypatch.setattr(fastsess.cluster, "POLL_INTERVAL", 60.0)
+    monkeypatch.setattr(fastsess.cluster.thread, "POLL_INTERVAL", 60.0)
     store = AsyncClusteredRedisStore(url=redis_url, config=config(f"lc:{uuid.uuid4().hex[:8]}", subscribe_timeout=60.0), prefix=prefix)
     assert await store.start()
     thread = store.coordinator._thread

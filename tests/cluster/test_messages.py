@@ -172,7 +172,7 @@ def test_handle_message_counts_and_applies() -> None:
     c.on_message = seen.append
     a, b, d = new_session_id(), new_session_id(), new_session_id()
     for sid in (a, b, d):
-        cache.put(sid, {"sid": sid}, 60.0)
+        cache.put_if(sid, {"sid": sid}, cache.fill_token(sid), 60.0)
 
     c.handle_message(c.message(INVALIDATED, a))  # own: ignored, nothing evicted
     assert c.stats.ignored_own == 1 and c.stats.received == 0 and cache.get(a) is not None
@@ -195,13 +195,13 @@ def test_node_id_is_a_label_and_a_foreign_message_with_our_instance_id_is_counte
     c, twin = coordinator(cache), coordinator(None)
     assert c.node_id == twin.node_id == "me" and c.instance_id != twin.instance_id
     a = new_session_id()
-    cache.put(a, {"x": 1}, 60.0)
+    cache.put_if(a, {"x": 1}, cache.fill_token(a), 60.0)
     c.handle_message(encode_message(INVALIDATED, a, "me"))  # the bare label: another process's message
     assert cache.get(a) is None and c.stats.received == 1 and c.stats.ignored_own == 0
     c.handle_message(twin.message(INVALIDATED, a))  # same label, other instance: applied
     assert c.stats.received == 2 and c.stats.foreign_own_id == 0
     own = c.message(INVALIDATED, a)
-    cache.put(a, {"x": 2}, 60.0)
+    cache.put_if(a, {"x": 2}, cache.fill_token(a), 60.0)
     c.handle_message(own)  # our echo: ignored
     assert cache.get(a) is not None and c.stats.ignored_own == 1
     c.handle_message(own)  # the same bytes again: more echoes than we sent, so not ours
@@ -254,19 +254,19 @@ def test_fill_with_a_fresh_token_is_accepted() -> None:
     assert len(cache) == 1 and cache.stats().size == 1
 
 
-@pytest.mark.parametrize("event", ["invalidate", "put", "flush", "invalidate-uncached"])
+@pytest.mark.parametrize("event", ["invalidate", "local-write", "flush", "invalidate-uncached"])
 def test_fill_with_a_stale_token_is_refused(event: str) -> None:
     cache = CoherentCache(10, 60.0)
     sid = new_session_id()
     if event != "invalidate-uncached":
-        cache.put(sid, "v0", 60.0)
+        cache.put_if(sid, "v0", cache.fill_token(sid), 60.0)
         cache.invalidate(sid)  # the miss that starts a read
     token = cache.fill_token(sid)  # taken before reading Redis
     if event.startswith("invalidate"):
         assert cache.invalidate(sid) is False  # nothing cached, but the fill is voided anyway
         expected = None
-    elif event == "put":
-        cache.put(sid, "v2-local-write", 60.0)
+    elif event == "local-write":
+        cache.put_if(sid, "v2-local-write", cache.fill_token(sid), 60.0)
         expected = "v2-local-write"
     else:
         cache.flush()
@@ -282,7 +282,7 @@ def test_invalidate_of_another_slot_does_not_void_a_fill() -> None:
     cache = CoherentCache(10, 60.0)
     a, b = two_ids_in_different_slots()
     token = cache.fill_token(a)
-    cache.put(b, "b", 60.0)
+    cache.put_if(b, "b", cache.fill_token(b), 60.0)
     cache.invalidate(b)
     assert cache.fill(a, "a", token, 60.0) is True
     assert cache.get(a) == "a"
@@ -292,13 +292,13 @@ def test_invalidate_reports_whether_cached() -> None:
     cache = CoherentCache(10, 60.0)
     sid = new_session_id()
     assert cache.invalidate(sid) is False
-    cache.put(sid, 1, 60.0)
+    cache.put_if(sid, 1, cache.fill_token(sid), 60.0)
     assert cache.invalidate(sid) is True
     assert cache.get(sid) is None
 
 
 @settings(max_examples=300)
-@given(st.lists(st.tuples(st.sampled_from(["token", "fill", "invalidate", "put", "flush"]), st.integers(0, 2)), max_size=40))
+@given(st.lists(st.tuples(st.sampled_from(["token", "fill", "invalidate", "put_if", "flush"]), st.integers(0, 2)), max_size=40))
 def test_coherent_cache_model(ops: list[tuple[str, int]]) -> None:
     """Against a model: a fill lands iff nothing touched its id (or everything) since its token."""
     ids = [new_session_id() for _ in range(3)]
@@ -323,10 +323,15 @@ def test_coherent_cache_model(ops: list[tuple[str, int]]) -> None:
             cache.invalidate(sid)
             gen[i] += 1
             expected.pop(i, None)
-        elif op == "put":
-            cache.put(sid, n, 60.0)
+        elif op == "put_if" and i in tokens:  # a local write, its token taken before it
+            token, seen = tokens[i]
+            ok = cache.put_if(sid, n, token, 60.0)
+            assert ok == (seen == (epoch, gen[i]))
             gen[i] += 1
-            expected[i] = n
+            if ok:
+                expected[i] = n
+            else:
+                expected.pop(i, None)
         elif op == "flush":
             cache.flush()
             epoch += 1
@@ -338,7 +343,7 @@ def test_coherent_cache_model(ops: list[tuple[str, int]]) -> None:
 def test_cache_hit_is_lock_free_and_ttl_bounded() -> None:
     cache = CoherentCache(10, 60.0)
     sid = new_session_id()
-    cache.put(sid, "v", 0.05)
+    cache.put_if(sid, "v", cache.fill_token(sid), 0.05)
     assert cache.get(sid) == "v"
     deadline = time.monotonic() + 3
     while cache.get(sid) is not None and time.monotonic() < deadline:

@@ -40,7 +40,7 @@ def test_received_is_counted_after_the_message_is_applied(kind: str) -> None:
     coordinator = CoordinatorBase(ClusterConfig(node_id="me"), cache)
     cache.coordinator = coordinator
     sid = new_session_id()
-    cache.put(sid, {"v": 1}, 60.0)
+    cache.put_if(sid, {"v": 1}, cache.fill_token(sid), 60.0)
     extra: dict[str, Any] = {"expires_in": 10_000} if kind == TOUCHED else {}
     coordinator.handle_message(encode_message(kind, None if kind == CLEARED else sid, "other", 2, **extra))
     assert cache.counts_seen == [0]  # applied while the count still said 0

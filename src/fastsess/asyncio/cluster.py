@@ -2,7 +2,7 @@
 
 The listener is the same background thread as the sync coordinator's, reading a
 sync pub/sub connection made with the asyncio client's settings
-(``fastsess.cluster.listener_client``) and feeding the thread-safe local cache.
+(``fastsess.cluster.redis_adapter.listener_client``) and feeding the thread-safe local cache.
 So invalidations apply even while the event loop is busy (a coroutine that only
 serves cache hits never yields to it), and a dropped connection is always seen
 (redis-py's asyncio ``PubSub`` reconnects silently inside ``get_message``).
@@ -15,7 +15,8 @@ import asyncio
 import time
 from typing import Any
 
-from ..cluster import CoherentCache, ThreadedCoordinator
+from .._core.coherence import CoherentCache
+from ..cluster.thread import ThreadedCoordinator
 from ..config import ClusterConfig
 
 _POLL = 0.002  # seconds between checks while awaiting the thread (never blocks the loop)
@@ -55,7 +56,7 @@ class ClusterCoordinator(ThreadedCoordinator):
         The thread is woken at once (its socket is shut down), so this takes about
         a millisecond unless it is inside a connect attempt.
         """
-        thread = self._signal_stop()
+        thread = self.request_stop()
         deadline = time.monotonic() + timeout
         while thread is not None and thread.is_alive() and time.monotonic() < deadline:
             await asyncio.sleep(_POLL)

@@ -75,7 +75,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             try:
                 await self.client.initialize()
             except REDIS_ERRORS as exc:
-                self.coordinator._on_dropped(exc)
+                self.coordinator.report_error(exc)
         return await self.coordinator.start()
 
     async def __aenter__(self) -> Self:
