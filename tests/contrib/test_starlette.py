@@ -252,3 +252,38 @@ def test_a_read_refreshes_the_ttl_once_the_refresh_is_due(redis_url: str, redis_
         assert "Max-Age=4" in response.headers["set-cookie"]  # the cookie slides with the TTL
         assert redis_writes(redis_client) > before
         assert redis_client.ttl(PREFIX + sid_of(test_client)) >= 3
+
+
+async def mutate_nested_quietly(request: Request) -> JSONResponse:
+    items = request.session.get("items", [])
+    items.append("leak")  # in place, without modified = True: must not reach any other request
+    return JSONResponse({"items": items})
+
+
+def test_in_place_change_without_modified_stays_in_its_request(client: TestClient) -> None:
+    client.app.router.routes.append(Route("/mutate", mutate_nested_quietly))  # type: ignore[attr-defined]
+    client.get("/append/a")
+    assert client.get("/mutate").json() == {"items": ["a", "leak"]}
+    assert client.get("/mutate").json() == {"items": ["a", "leak"]}  # the cached copy is untouched
+    assert client.get("/append/b").json() == {"items": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "session=abc", "a=1; session=abc; b=2", "session=abc; session=def", " session = abc ",
+        "xsession=abc", "session", "session=", 'session="quoted\\"x"', "a=1;;session=abc=def", "s=1",
+        "session=abc; xsession=zzz", "=session=abc",
+    ],
+)
+def test_session_cookie_is_read_as_starlette_reads_cookies(header: str) -> None:
+    from starlette.requests import HTTPConnection
+
+    middleware = SessionMiddleware(make_app(), secret_key=SECRET, store=MemoryStore())
+    scope: dict[str, Any] = {"type": "http", "headers": [(b"host", b"x"), (b"cookie", header.encode("latin-1"))]}
+    assert middleware._read_cookie(scope) == HTTPConnection(scope).cookies.get("session")
+    # several cookie headers (HTTP/2 may split them): read in order, the last pair named "session" wins
+    scope["headers"].append((b"cookie", b"other=1"))
+    assert middleware._read_cookie(scope) == HTTPConnection({"type": "http", "headers": scope["headers"][:2]}).cookies.get("session")
+    scope["headers"].append((b"cookie", b"session=last"))
+    assert middleware._read_cookie(scope) == "last"

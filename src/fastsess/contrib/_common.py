@@ -8,15 +8,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from typing import Any
-
-from ..stores.base import is_valid_session_id
 
 #: Purpose string mixed into the cookie-signing key, so the key signing session
 #: ids is never the application's ``SECRET_KEY`` itself nor any other derived key.
 COOKIE_PURPOSE = b"fastsess.contrib session-id cookie v1"
 
 _SIG_LEN = 43  # unpadded urlsafe base64 of a 32-byte HMAC-SHA256
+# a session id (the form fastsess issues), a dot, a signature: ASCII only, so compare_digest takes str
+_COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\Z")
 
 
 def plain_copy(value: Any) -> Any:
@@ -37,6 +38,16 @@ def plain_copy(value: Any) -> Any:
     return value
 
 
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def copy_into(target: dict[str, Any], data: dict[str, Any]) -> None:
+    """Put a ``plain_copy`` of each value of ``data`` into ``target`` (``dict`` methods, so a
+    subclass that tracks changes does not count these as changes)."""
+    for key, value in data.items():
+        dict.__setitem__(target, key, value if type(value) in _IMMUTABLE else plain_copy(value))
+
+
 class CookieSigner:
     """Signs session ids for a cookie with HMAC-SHA256 and checks them in constant time.
 
@@ -48,18 +59,26 @@ class CookieSigner:
         ValueError: an empty secret.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, secret: str | bytes, purpose: bytes = COOKIE_PURPOSE) -> None:
         if isinstance(secret, str):
             secret = secret.encode()
         if not secret:
             raise ValueError("a non-empty secret key is required to sign session cookies")
-        self._key = hmac.new(secret, purpose, hashlib.sha256).digest()
+        key = hmac.digest(secret, purpose, "sha256").ljust(64, b"\0")  # 32 bytes, padded to SHA-256's block
+        # HMAC (RFC 2104) with the two padded-key hash states computed once: a signature is then
+        # two copies and updates, about 3x cheaper than hmac.digest/hmac.new under OpenSSL 3,
+        # which looks the algorithm up again on every call.
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def _signature(self, session_id: str) -> str:
-        mac = hmac.new(self._key, session_id.encode("ascii"), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+        inner = self._inner.copy()
+        inner.update(session_id.encode("ascii"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return base64.urlsafe_b64encode(outer.digest())[:_SIG_LEN].decode("ascii")
 
     def sign(self, session_id: str) -> str:
         """The cookie value for ``session_id``."""
@@ -70,15 +89,9 @@ class CookieSigner:
 
         The signature comparison takes constant time (``hmac.compare_digest``).
         """
-        if not isinstance(value, str) or len(value) != 43 + 1 + _SIG_LEN:
+        if type(value) is not str or _COOKIE.match(value) is None:
             return None
-        session_id, dot, signature = value[:43], value[43], value[44:]
-        if dot != "." or not is_valid_session_id(session_id):
-            return None
-        try:
-            signature_bytes = signature.encode("ascii")
-        except UnicodeEncodeError:
-            return None
-        if not hmac.compare_digest(self._signature(session_id).encode("ascii"), signature_bytes):
+        session_id = value[:43]
+        if not hmac.compare_digest(self._signature(session_id), value[44:]):
             return None
         return session_id

@@ -43,6 +43,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 from ..asyncio.stores.clustered import ClusteredRedisStore as AsyncClusteredRedisStore
 from ..config import ClusterConfig
@@ -66,18 +67,58 @@ _async_count = 0
 _CREATE_ATTEMPTS = 10
 
 
+#: Settings this module reads; a change of any (``override_settings``) drops the resolved copy.
+_SETTINGS = frozenset({
+    "FASTSESS_REDIS_URL", "FASTSESS_REDIS_CLIENT", "FASTSESS_CLUSTER", "FASTSESS_KEY_PREFIX",
+    "FASTSESS_SERIALIZER", "FASTSESS_MIGRATE_FROM", "FASTSESS_MIGRATE_PICKLE", "SESSION_COOKIE_AGE",
+})
+# (store options, migrate engine, migrate pickle, sync store or None): resolved once, since
+# django.conf.settings answers each attribute through a lazy object (a missing one raises
+# AttributeError inside getattr), which cost more than the whole cached session read.
+_resolved: tuple[tuple[Any, ...], str | None, bool] | None = None
+_sync_store: ClusteredRedisStore | None = None
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver: forget the resolved settings (and which store they chose)."""
+    global _resolved, _sync_store
+    if setting in _SETTINGS:
+        _resolved = None
+        _sync_store = None
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="fastsess.contrib.django")
+
+
+def _resolve() -> tuple[tuple[Any, ...], str | None, bool]:
+    """The store options, ``FASTSESS_MIGRATE_FROM`` and ``FASTSESS_MIGRATE_PICKLE``, resolved once.
+
+    Raises:
+        ImproperlyConfigured: missing, contradictory or malformed settings.
+    """
+    global _resolved
+    resolved = _resolved
+    if resolved is None:
+        url = getattr(settings, "FASTSESS_REDIS_URL", None)
+        client = getattr(settings, "FASTSESS_REDIS_CLIENT", None)
+        if (url is None) == (client is None):
+            raise ImproperlyConfigured("fastsess.contrib.django needs exactly one of FASTSESS_REDIS_URL or FASTSESS_REDIS_CLIENT")
+        cluster = getattr(settings, "FASTSESS_CLUSTER", None) or {}
+        if not isinstance(cluster, dict):
+            raise ImproperlyConfigured("FASTSESS_CLUSTER must be a dict of ClusterConfig fields")
+        prefix = getattr(settings, "FASTSESS_KEY_PREFIX", DEFAULT_PREFIX)
+        serializer = getattr(settings, "FASTSESS_SERIALIZER", "msgpack")
+        options = (url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE))
+        engine = getattr(settings, "FASTSESS_MIGRATE_FROM", None)
+        if engine is not None and (not isinstance(engine, str) or engine == __name__):
+            raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM must name another session engine module")
+        resolved = _resolved = (options, engine, bool(getattr(settings, "FASTSESS_MIGRATE_PICKLE", False)))
+    return resolved
+
+
 def _options() -> tuple[Any, ...]:
     """The store-relevant settings, as a hashable key."""
-    url = getattr(settings, "FASTSESS_REDIS_URL", None)
-    client = getattr(settings, "FASTSESS_REDIS_CLIENT", None)
-    if (url is None) == (client is None):
-        raise ImproperlyConfigured("fastsess.contrib.django needs exactly one of FASTSESS_REDIS_URL or FASTSESS_REDIS_CLIENT")
-    cluster = getattr(settings, "FASTSESS_CLUSTER", None) or {}
-    if not isinstance(cluster, dict):
-        raise ImproperlyConfigured("FASTSESS_CLUSTER must be a dict of ClusterConfig fields")
-    prefix = getattr(settings, "FASTSESS_KEY_PREFIX", DEFAULT_PREFIX)
-    serializer = getattr(settings, "FASTSESS_SERIALIZER", "msgpack")
-    return (url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE))
+    return _resolve()[0]
 
 
 def _config(cluster: tuple[tuple[str, Any], ...], node_suffix: str | None) -> ClusterConfig:
@@ -93,10 +134,7 @@ def _config(cluster: tuple[tuple[str, Any], ...], node_suffix: str | None) -> Cl
 
 def _legacy_engine() -> str | None:
     """``FASTSESS_MIGRATE_FROM``: the session engine to read unknown keys from, or None."""
-    engine = getattr(settings, "FASTSESS_MIGRATE_FROM", None)
-    if engine is not None and (not isinstance(engine, str) or engine == __name__):
-        raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM must name another session engine module")
-    return engine
+    return _resolve()[1]
 
 
 def get_store() -> ClusteredRedisStore:
@@ -106,10 +144,11 @@ def get_store() -> ClusteredRedisStore:
         ImproperlyConfigured: missing or contradictory ``FASTSESS_*`` settings.
         ConfigError: an invalid store or cluster setting.
     """
-    key = _options()
-    store = _sync_stores.get(key)
+    global _sync_store
+    store = _sync_store
     if store is not None:
         return store
+    key = _options()
     with _lock:
         store = _sync_stores.get(key)
         if store is None:
@@ -119,6 +158,7 @@ def get_store() -> ClusteredRedisStore:
                 client, url, config=_config(cluster, None), prefix=prefix, ttl=age, serializer=serializer
             )
             _sync_stores[key] = store
+        _sync_store = store
     return store
 
 
@@ -154,9 +194,11 @@ def get_async_store() -> AsyncClusteredRedisStore:
 
 def close_stores() -> None:
     """Close every sync store this module created (tests, or a clean shutdown)."""
+    global _sync_store
     with _lock:
         stores = list(_sync_stores.values())
         _sync_stores.clear()
+        _sync_store = None
     for store in stores:
         store.close()
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Generator
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..asyncio.stores.base import AsyncSessionStore
@@ -44,7 +44,7 @@ from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
 from ..stores.redis import REDIS_ERRORS, map_redis_error
-from ._common import CookieSigner, plain_copy
+from ._common import CookieSigner, copy_into, plain_copy
 from ._legacy import LegacyDataError, decode_legacy
 
 __all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "regenerate"]
@@ -60,7 +60,9 @@ class SessionDict(dict):  # type: ignore[type-arg]
     """
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
-        super().__init__(data or {})
+        super().__init__()
+        if data:
+            dict.update(self, data)
         self.modified = False
         self.regenerate = False
 
@@ -174,14 +176,11 @@ class SessionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Load the session, run the app, then save and set the cookie as the response starts."""
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._lifespan_send(send))
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, self._lifespan_send(send) if kind == "lifespan" else send)
             return
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        connection = HTTPConnection(scope)
-        cookie = connection.cookies.get(self.session_cookie)
+        cookie = self._read_cookie(scope)
         sid = self.signer.unsign(cookie) if cookie else None
         stored: Session | None = None
         if sid is not None:
@@ -190,13 +189,14 @@ class SessionMiddleware:
             except SessionCorrupt:
                 stored = None
         legacy_key: str | None = None
-        if stored is None and sid is None and cookie and self.migrate_prefix is not None:
+        session = SessionDict()
+        if stored is not None:
+            copy_into(session, stored.data)
+        elif sid is None and cookie and self.migrate_prefix is not None:
             legacy_key, legacy_data = await self._from_starsessions(cookie)
-        if legacy_key is not None:
-            session = SessionDict(legacy_data)
-            session.modified = bool(legacy_data)  # stored under a new id at response time
-        else:
-            session = SessionDict(None if stored is None else plain_copy(stored.data))
+            if legacy_key is not None:
+                dict.update(session, legacy_data)
+                session.modified = bool(legacy_data)  # stored under a new id at response time
         scope["session"] = session
 
         async def send_wrapper(message: Message) -> None:
@@ -210,6 +210,29 @@ class SessionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+    def _read_cookie(self, scope: Scope) -> str | None:
+        """The session cookie's value, as Starlette's ``HTTPConnection(scope).cookies`` gives it.
+
+        Every ``cookie`` header is read in order (HTTP/2 may split them) and the last pair
+        with our name wins.  Parsed here without building a connection and a dict of every
+        cookie.
+        """
+        found: str | None = None
+        name = self.session_cookie
+        for header_name, raw in scope["headers"]:
+            if header_name != b"cookie":
+                continue
+            header = raw.decode("latin-1")
+            if name not in header:
+                continue
+            for chunk in header.split(";"):
+                key, eq, val = chunk.partition("=")
+                if eq and key.strip() == name:
+                    found = val.strip()
+                    if found[:1] == '"':  # a quoted value: Starlette's own unquoting
+                        found = cookie_parser(chunk).get(name)
+        return found
 
     async def _from_starsessions(self, cookie: str) -> tuple[str | None, dict[str, Any]]:
         """(key, data) of the starsessions session ``cookie`` names, or (None, {}).
