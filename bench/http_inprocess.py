@@ -1,0 +1,210 @@
+"""In-process cost of the framework drop-ins' request path: ``python bench/http_inprocess.py``.
+
+Calls the apps of ``bench/http/`` directly (WSGI ``application(environ,
+start_response)`` for Django and Flask, the ASGI ``app(scope, receive, send)``
+for Starlette), without a server or sockets, so the session layer's own CPU
+cost per request shows without queueing and network noise:
+``cost = time per request(with session) - time per request(no session)``.
+Each (framework, mode) runs in its own process (Django settings are per
+process); modes alternate over ``--reps`` repetitions and the median is kept.
+
+``--profile FRAMEWORK:MODE:ENDPOINT`` prints a cProfile of that cell instead.
+Redis is a private ``redis-server`` on a free port (fastsess.server.RedisServer).
+This is a diagnostic, not the benchmark of record: ``bench/http_bench.py`` is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+APPS = HERE / "http"
+FRAMEWORKS = ("django", "flask", "starlette")
+MODES = ("none", "usual", "fastsess")
+
+
+def _wsgi_caller(app: Any, path: str, cookie: str) -> Any:
+    base = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1", "wsgi.url_scheme": "http", "wsgi.multithread": True,
+        "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+    }
+    if cookie:
+        base["HTTP_COOKIE"] = cookie
+
+    def call() -> list[tuple[str, str]]:
+        environ = dict(base, **{"wsgi.input": io.BytesIO()})
+        headers: list[tuple[str, str]] = []
+
+        def sr(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.extend(hdrs)
+            return None
+
+        result = app(environ, sr)
+        for _ in result:
+            pass
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        return headers
+
+    return call
+
+
+def _asgi_caller(app: Any, path: str, cookie: str) -> Any:
+    headers = [(b"host", b"127.0.0.1")]
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def call() -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                out.extend((k.decode(), v.decode()) for k, v in message["headers"])
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
+        }
+        await app(scope, receive, send)
+        return out
+
+    return call
+
+
+def _cookie_of(headers: list[tuple[str, str]]) -> str:
+    return "; ".join(v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie")
+
+
+def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile: str | None) -> None:
+    """Run in the child process: time ``n`` requests per endpoint, ``reps`` times; print JSON."""
+    os.environ["BENCH_SESSION"] = mode
+    os.environ["REDIS_URL"] = redis_url
+    sys.path.insert(0, str(APPS))
+    module = __import__(f"{framework}_app")
+    results: dict[str, list[float]] = {}
+    if framework == "starlette":
+        app = module.app
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        # lifespan is not run: the middleware builds its store at construction (no startup needed)
+        login = _asgi_caller(app, "/login", "")
+        cookie = _cookie_of(loop.run_until_complete(login()))
+        for ep in ("read", "write"):
+            call = _asgi_caller(app, f"/{ep}", cookie)
+
+            async def many(call: Any = call) -> None:
+                for _ in range(n):
+                    await call()
+
+            loop.run_until_complete(many())  # warmup
+            if profile == ep:
+                _profile(lambda: loop.run_until_complete(many()))
+                return
+            for _ in range(reps):
+                t = time.perf_counter()
+                loop.run_until_complete(many())
+                results.setdefault(ep, []).append((time.perf_counter() - t) / n * 1e6)
+    else:
+        app = module.application if framework == "django" else module.app
+        cookie = _cookie_of(_wsgi_caller(app, "/login", "")())
+        for ep in ("read", "write"):
+            call = _wsgi_caller(app, f"/{ep}", cookie)
+
+            def many(call: Any = call) -> None:
+                for _ in range(n):
+                    call()
+
+            many()  # warmup
+            if profile == ep:
+                _profile(many)
+                return
+            for _ in range(reps):
+                t = time.perf_counter()
+                many()
+                results.setdefault(ep, []).append((time.perf_counter() - t) / n * 1e6)
+    if mode != "none" and not cookie:
+        raise SystemExit(f"{framework}/{mode}: /login set no cookie")
+    print(json.dumps(results))
+
+
+def _profile(fn: Any) -> None:
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parent: start Redis, run each (framework, mode) in a child, print per-request costs."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("-n", type=int, default=2000, help="requests per timed batch (default 2000)")
+    p.add_argument("--reps", type=int, default=5, help="timed batches per cell; median kept (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="child processes per cell, modes interleaved (default 3)")
+    p.add_argument("--profile", help="FRAMEWORK:MODE:ENDPOINT: print a cProfile of that cell")
+    p.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "MODE", "URL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        fw, mode, url = args.child
+        child(fw, mode, url, args.n, args.reps, os.environ.get("HTTP_INPROCESS_PROFILE"))
+        return 0
+
+    from fastsess.server import RedisServer
+
+    def run(fw: str, mode: str, url: str, profile: str | None = None) -> str:
+        env = dict(os.environ)
+        if profile:
+            env["HTTP_INPROCESS_PROFILE"] = profile
+        cmd = [sys.executable, __file__, "--child", fw, mode, url, "-n", str(args.n), "--reps", str(args.reps)]
+        return subprocess.run(cmd, env=env, capture_output=not profile, text=True, check=True).stdout
+
+    with RedisServer() as server:
+        if args.profile:
+            fw, mode, ep = args.profile.split(":")
+            run(fw, mode, server.url, ep)
+            return 0
+        frameworks = [f for f in args.frameworks.split(",") if f]
+        times: dict[tuple[str, str, str], list[float]] = {}
+        for rnd in range(args.rounds):
+            for fw in frameworks:
+                for mode in (MODES if rnd % 2 == 0 else tuple(reversed(MODES))):
+                    out = json.loads(run(fw, mode, server.url).strip().splitlines()[-1])
+                    for ep, values in out.items():
+                        times.setdefault((fw, mode, ep), []).extend(values)
+    print(f"us per request, in process (median of {args.rounds} x {args.reps} batches of {args.n}); cost = mode - none")
+    print(f"{'framework':10} {'endpoint':8} {'none':>8} {'usual':>8} {'fastsess':>8} {'cost usual':>10} {'cost fast':>10} {'ratio':>6}")
+    for fw in frameworks:
+        for ep in ("read", "write"):
+            med = {m: statistics.median(times[(fw, m, ep)]) for m in MODES}
+            cu, cf = med["usual"] - med["none"], med["fastsess"] - med["none"]
+            print(
+                f"{fw:10} {ep:8} {med['none']:8.1f} {med['usual']:8.1f} {med['fastsess']:8.1f} {cu:10.1f} {cf:10.1f}"
+                f" {cf / cu if cu > 0 else float('nan'):6.2f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
