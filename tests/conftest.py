@@ -8,6 +8,9 @@
 * ``redis_url`` / ``redis_client``: the shared server, with the database flushed
   before each test that asks for them (it is ours: nobody else writes to it).
 * ``prefix``: a key prefix unique to the test.
+
+The launchers and the fault helpers (``kill``, ``restart``, ``pause``) are in
+``tests/support``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from fastsess.server import RedisServer
+from .support import RedisServer
 
 
 @pytest.fixture(scope="session")

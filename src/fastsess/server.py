@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -90,9 +89,9 @@ def free_port() -> int:
 class RedisServer:
     """One private Redis server process on 127.0.0.1.
 
-    ``start()`` picks a free port the first time and keeps it, so ``restart()``
-    and ``kill()`` + ``start()`` bring the server back where clients expect it
-    (with an empty dataset: persistence is off).
+    ``start()`` picks a free port the first time and keeps it, so ``stop()`` +
+    ``start()`` brings the server back where clients expect it (with an empty
+    dataset: persistence is off).
 
     Raises:
         ConfigError: no server binary (see ``find_server_binary``).
@@ -120,6 +119,11 @@ class RedisServer:
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def directory(self) -> str:
@@ -174,18 +178,6 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    def kill(self) -> None:
-        """Kill the server abruptly (SIGKILL), as a crash would."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-
-    def restart(self) -> RedisServer:
-        """Stop and start again on the same port (the dataset is lost)."""
-        self.stop()
-        return self.start()
 
     def close(self) -> None:
         """Stop the server and remove its directory."""

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from fastsess import ClusterConfig, ClusteredRedisStore, MemoryStore
 from fastsess.metrics import register_metrics
-from fastsess.server import RedisServer
+
+from ..support import RedisServer, restart
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_logs_warn_on_reconnect_and_never_leak_ids(
         while a.coordinator.stats.received < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert any(r.levelno == logging.DEBUG and "invalidated" in r.getMessage() for r in caplog.records)
-        server.restart()
+        restart(server)
         deadline = time.monotonic() + 10
         while a.coordinator.stats.reconnects < 1 and time.monotonic() < deadline:
             time.sleep(0.02)

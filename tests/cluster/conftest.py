@@ -6,6 +6,9 @@
 * ``pair``: two stores ``A`` and ``B`` on the shared private Redis, both subscribed.
 * ``wait_until(predicate, timeout)``: poll with a deadline (no fixed sleeps).
 * ``wait_received(store, before)``: until ``store.coordinator.stats.received > before``.
+* ``cluster`` (module-scoped): a 3-master Redis Cluster; ``sentinel``: a Sentinel
+  client for a Sentinel monitoring a private master named ``SENTINEL_MASTER``
+  (launchers in ``tests/support``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import redis
+from redis.sentinel import Sentinel
 
 from fastsess import ClusterConfig, ClusteredRedisStore
 
+from ..support import RedisClusterNodes, RedisServer, SentinelProcess
+
+SENTINEL_MASTER = "fastsess-test"
 FAST = {"subscribe_timeout": 0.5, "reconnect_backoff": (0.02, 0.2)}
 
 
@@ -155,3 +163,20 @@ def listener_threads() -> list[Any]:
     import threading
 
     return [t for t in threading.enumerate() if t.name.startswith("fastsess-listener") and t.is_alive()]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[RedisServer]]:
+    with RedisClusterNodes(masters=3) as nodes:
+        yield nodes.servers
+
+
+@pytest.fixture
+def sentinel(redis_server_factory: Callable[..., RedisServer], tmp_path: Path) -> Iterator[Sentinel]:
+    with SentinelProcess(redis_server_factory(), tmp_path, SENTINEL_MASTER) as process:
+        client = Sentinel([process.address], socket_timeout=1.0)
+        try:
+            yield client
+        finally:
+            for conn in client.sentinels:
+                conn.close()

@@ -21,9 +21,9 @@ from fastsess import ClusteredRedisStore as SyncClusteredRedisStore
 from fastsess.asyncio import ClusteredRedisStore, RedisStore
 from fastsess.cluster import CLEARED, INVALIDATED, decode_message, encode_message
 from fastsess.errors import SessionCorrupt, StoreUnavailable
-from fastsess.server import RedisServer
 from fastsess.stores.base import is_valid_session_id, new_session_id
 
+from ..support import RedisServer, kill
 from .conftest import FAST, RawSubscriber, listener_threads
 
 
@@ -434,7 +434,7 @@ async def test_kill_fails_closed_and_recovers(amake: AFactory, redis_server_fact
     A, B = await amake.started(server.url, "A"), await amake.started(server.url, "B")
     s = await saved(A, {"v": 1})
     assert (await B.load(s.id))["v"] == 1 and (await B.load(s.id))["v"] == 1
-    server.kill()
+    kill(server)
     await until(lambda: not B.coordinator.subscribed, 5, what="the drop")
     with pytest.raises(StoreUnavailable):
         await B.load(s.id)  # cached, but fail closed
@@ -468,7 +468,7 @@ async def test_stale_if_error(amake: AFactory, redis_server_factory: Any) -> Non
     s = await saved(A, {"v": 1})
     other = await saved(A, {"v": 2})
     assert (await B.load(s.id))["v"] == 1
-    server.kill()
+    kill(server)
     await until(lambda: not B.coordinator.subscribed, 5)
     assert (await B.load(s.id))["v"] == 1  # opted in: served stale
     with pytest.raises(StoreUnavailable):
@@ -481,7 +481,7 @@ async def test_stale_if_error(amake: AFactory, redis_server_factory: Any) -> Non
 async def test_close_while_redis_is_down_is_prompt(amake: AFactory, redis_server_factory: Any) -> None:
     server: RedisServer = redis_server_factory()
     store = await amake.started(server.url)
-    server.kill()
+    kill(server)
     await until(lambda: not store.coordinator.subscribed, 5)
     t0 = time.monotonic()
     await store.close()

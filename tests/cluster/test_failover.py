@@ -7,7 +7,6 @@ the cache; ``close()`` stops the listener thread.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -16,8 +15,8 @@ import redis
 
 from fastsess import ClusteredRedisStore, Session
 from fastsess.errors import StoreUnavailable
-from fastsess.server import RedisServer
 
+from ..support import RedisServer, kill, pause
 from .conftest import Pair, StoreFactory, listener_threads, received, subscribed_pair, wait_received, wait_until
 
 
@@ -65,7 +64,7 @@ def test_kill_fails_closed_then_recovers_with_a_flushed_cache(nodes: Pair, serve
     assert B.load(s.id)["v"] == 1 and B.load(s.id)["v"] == 1  # cached on B
     assert B.cache_stats().size == 1
 
-    server.kill()
+    kill(server)
     t0 = time.monotonic()
     wait_until(lambda: not B.coordinator.subscribed and not A.coordinator.subscribed, 5, what="the drop to be noticed")
     assert time.monotonic() - t0 < 3
@@ -99,7 +98,7 @@ def test_stale_if_error_serves_the_cached_copy_while_redis_is_down(make_store: S
         s = saved(A, {"v": 1})
         assert B.load(s.id)["v"] == 1  # cached
         other = saved(A, {"v": "not cached on B"})
-        server.kill()
+        kill(server)
         wait_until(lambda: not B.coordinator.subscribed, 5, what="the drop")
         got = B.load(s.id)
         assert got is not None and got["v"] == 1  # served stale, by explicit opt-in
@@ -122,19 +121,13 @@ def test_frozen_redis_is_detected_by_ping(nodes: Pair, server: RedisServer) -> N
     A, B, raw, _ = nodes
     s = saved(A, {"v": 1})
     assert B.load(s.id) is not None
-    pid = server._proc.pid  # type: ignore[union-attr]
-    import os
-
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with pause(server):
         t0 = time.monotonic()
         # idle 0.5 s, then PING, then 0.5 s without PONG
         wait_until(lambda: not B.coordinator.subscribed, 5, what="the silent link to be declared dead")
         assert time.monotonic() - t0 < 3
         with pytest.raises(StoreUnavailable):
             B.load(s.id)  # cache bypassed: the GET times out (socket_timeout 1 s)
-    finally:
-        os.kill(pid, signal.SIGCONT)
     wait_until(lambda: B.coordinator.subscribed, 8, what="resubscription after SIGCONT")
     assert B.coordinator.stats.reconnects >= 1
     assert B.load(s.id)["v"] == 1  # the data survived a freeze
@@ -146,7 +139,7 @@ def test_frozen_redis_is_detected_by_ping(nodes: Pair, server: RedisServer) -> N
 
 
 def test_store_started_while_redis_is_down(make_store: StoreFactory, server: RedisServer) -> None:
-    server.kill()
+    kill(server)
     t0 = time.monotonic()
     store = make_store(server.url)  # not an error: the listener keeps trying
     assert time.monotonic() - t0 < 3
@@ -169,7 +162,7 @@ def test_close_leaves_no_listener_thread(make_store: StoreFactory, server: Redis
     mine = [t for t in listener_threads() if t.ident not in before]
     assert len(mine) == 2
     a.close()
-    server.kill()  # b's listener is now in its reconnect loop
+    kill(server)  # b's listener is now in its reconnect loop
     wait_until(lambda: not b.coordinator.subscribed, 5)
     t0 = time.monotonic()
     b.close()

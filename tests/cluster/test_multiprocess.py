@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fastsess.server import RedisServer
+from ..support import RedisServer, kill
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 2.0  # seconds: a generous bound on write-to-visible-elsewhere (the project's target is p99 < 5 ms)
@@ -169,7 +169,7 @@ def test_redis_killed_and_restarted(nodes: tuple[Node, Node, Node], server: Redi
     sid = A.call("create", data={"v": "before"})["id"]
     for reader in (B, C):
         cache_on(reader, sid, "before")
-    server.kill()
+    kill(server)
     for node in (A, B, C):
         assert node.call("wait_subscribed", value=False, timeout=5.0) is True
     for reader in (B, C):

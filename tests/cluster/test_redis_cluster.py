@@ -6,67 +6,18 @@ master owning the session's key reaches a subscriber connected to any master.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from fastsess import ClusterConfig, ClusteredRedisStore, Session
-from fastsess.server import RedisServer, find_cli_binary, free_port
 
+from ..support import RedisServer
 from .conftest import FAST, received, wait_received
-
-CLUSTER_ARGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is valid and free too."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[list[RedisServer]]:
-    ports: set[int] = set()
-    while len(ports) < 3:
-        ports.add(cluster_port())
-    servers = [RedisServer(port=port, extra_args=CLUSTER_ARGS) for port in sorted(ports)]
-    try:
-        for server in servers:
-            server.start()
-        subprocess.run(
-            [find_cli_binary(), "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        for server in servers:
-            client = redis.Redis(host="127.0.0.1", port=server.port)
-            try:
-                while client.cluster("info").get("cluster_state") != "ok":
-                    assert time.monotonic() < deadline, f"cluster not ok on {server.port}"
-                    time.sleep(0.05)
-            finally:
-                client.close()
-        yield servers
-    finally:
-        for server in servers:
-            server.close()
 
 
 @pytest.fixture

@@ -2,61 +2,19 @@
 
 The Sentinel is ``redis-server <conf> --sentinel`` (the same binary; Debian's
 ``redis-sentinel`` is only a link to it) on a free port, monitoring a master
-started by ``redis_server_factory``.  Stores get their clients from
+started by ``redis_server_factory`` (the launchers are in ``tests/support``).  Stores get their clients from
 ``redis.sentinel.Sentinel(...).master_for(...)``, as a deployment behind
 Sentinel would.
 """
 
 from __future__ import annotations
 
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-import redis
 from redis.sentinel import Sentinel
 
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
-from fastsess.server import find_server_binary, free_port
 
+from .conftest import SENTINEL_MASTER as MASTER
 from .conftest import received, wait_received
-
-MASTER = "fastsess-test"
-
-
-@pytest.fixture
-def sentinel(redis_server_factory, tmp_path: Path) -> Iterator[Sentinel]:
-    master = redis_server_factory()
-    port = free_port()
-    conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its config file: it must be writable
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} 2000\n"
-    )
-    log = open(tmp_path / "sentinel.log", "wb")  # noqa: SIM115 - closed in the finalizer
-    proc = subprocess.Popen([find_server_binary(), str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT)
-    client = Sentinel([("127.0.0.1", port)], socket_timeout=1.0)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.discover_master(MASTER) == ("127.0.0.1", master.port):
-                    break
-            except (redis.RedisError, OSError):
-                pass
-            assert proc.poll() is None, (tmp_path / "sentinel.log").read_text()
-            assert time.monotonic() < deadline, "the Sentinel never reported the master"
-            time.sleep(0.05)
-        yield client
-    finally:
-        for conn in client.sentinels:
-            conn.close()
-        proc.terminate()
-        proc.wait(5)
-        log.close()
 
 
 def test_redis_store_through_sentinel(sentinel: Sentinel, prefix: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +19,10 @@ import redis
 
 from fastsess import RedisStore, Session
 from fastsess.errors import FastsessError, SessionCorrupt, StoreUnavailable
-from fastsess.server import RedisServer
 from fastsess.stores.base import new_session_id
 
-from .conftest import pool_connections
+from ..support import RedisServer, kill, pause, restart
+from ..support.clients import open_connections
 
 FAST = 3.0  # seconds: every failure must surface faster than this with socket_timeout=1.0
 
@@ -189,17 +188,13 @@ def test_hung_redis_times_out_as_store_unavailable(redis_server_factory: Callabl
     server = redis_server_factory()
     with RedisStore(url=server.url, socket_timeout=0.5) as store:
         s = saved(store)
-        pid = server._proc.pid  # type: ignore[union-attr]
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with pause(server):
             t0 = time.monotonic()
             with pytest.raises(StoreUnavailable) as info:
                 store.load(s.id)
             elapsed = time.monotonic() - t0
             assert isinstance(info.value.__cause__, redis.TimeoutError)
             assert elapsed < 1.4, f"a timeout was waited more than once: {elapsed:.2f} s"
-        finally:
-            os.kill(pid, signal.SIGCONT)
         assert store.load(s.id).data == {"user": 1}  # healthy again, same store
 
 
@@ -225,10 +220,10 @@ def test_pooled_connection_survives_a_restart_without_an_error(redis_server_fact
     server = redis_server_factory()
     with RedisStore(url=server.url, socket_timeout=1.0) as store:
         s = saved(store)
-        server.restart()
+        restart(server)
         assert store.exists(s.id) is False  # no StoreUnavailable: reconnected transparently
         s2 = saved(store)
-        server.kill()
+        kill(server)
         server.start()
         assert store.load(s2.id) is None
         assert saved(store, {"after": "kill"}).version == 1
@@ -239,7 +234,7 @@ def test_regenerate_works_after_a_restart_flushed_the_script_cache(redis_server_
     with RedisStore(url=server.url) as store:
         s = saved(store)
         store.regenerate(s)  # loads the Lua script
-        server.restart()  # SCRIPT cache is gone with the process
+        restart(server)  # SCRIPT cache is gone with the process
         t = saved(store)
         old = t.id
         store.regenerate(t)
@@ -250,9 +245,7 @@ def test_regenerate_works_after_a_restart_flushed_the_script_cache(redis_server_
 
 
 def connected(client: redis.Redis) -> bool:
-    pool = client.connection_pool
-    # redis-py < 6: no is_connected
-    return any((c.is_connected if hasattr(c, "is_connected") else c._sock is not None) for c in pool_connections(pool))
+    return any(open_connections(client))
 
 
 def test_accepts_a_client_and_does_not_close_it(redis_url: str, prefix: str) -> None:
