@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from fastsess.server import RedisServer
-
+from ..support import RedisServer
 from ..tcpproxy import TcpProxy
 from .nodes import Node, caught, make_node
 

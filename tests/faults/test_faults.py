@@ -24,6 +24,7 @@ import time
 import pytest
 import redis
 
+from ..support import kill
 from .conftest import Rig, report, wait_for_value, wait_until
 from .nodes import Node, caught
 
@@ -51,7 +52,7 @@ def test_kill_9_and_restart(rig: Rig, b_kind: str) -> None:
     assert wait_for_value(B, ids[0], 10, 5)
     cache_on(B, ids[0], 10)
 
-    rig.server.kill()  # SIGKILL
+    kill(rig.server)  # SIGKILL
     t_kill = time.monotonic()
     wait_until(lambda: not A.state()["subscribed"] and not B.state()["subscribed"], 5, what="both listeners to see the crash")
     noticed = time.monotonic() - t_kill
@@ -80,7 +81,7 @@ def test_kill_9_without_persistence_serves_no_cached_copy_of_lost_data(rig: Rig)
     L = rig.ledger
     sid = L.create(A, 1)
     cache_on(B, sid, 1)
-    rig.server.kill()
+    kill(rig.server)
     wait_until(lambda: not B.state()["subscribed"], 5, what="B to see the crash")
     rig.server.extra_args = ("--enable-debug-command", "yes")  # restarts without its append-only file: empty
     rig.server.start()
