@@ -1,0 +1,100 @@
+"""Coverage-guided fuzzing of the decoders of untrusted bytes with atheris (on demand, not in CI).
+
+    pip install atheris        # builds/installs on Linux x86_64 with CPython 3.8-3.11+
+    python -m tests.fuzz.atheris_targets envelope -max_total_time=60
+    python -m tests.fuzz.atheris_targets message  -atheris_runs=200000
+    python -m tests.fuzz.atheris_targets cookie   -max_total_time=60
+    python -m tests.fuzz.atheris_targets legacy   -max_total_time=60
+
+(run from the repository root; the arguments after the target name go to libFuzzer).
+Each target checks the same contract as the hypothesis properties in ``test_fuzz.py``:
+the documented result or the documented error, anything else is a crash that libFuzzer
+reports with the input that caused it.  A run that stops on its own (-max_total_time,
+-atheris_runs) without a report found nothing.  libFuzzer's -rss_limit_mb (2048 by
+default) turns unbounded memory into a reported crash, and -timeout (seconds per
+input) a hang.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+TARGETS: dict[str, Callable[[bytes], None]] = {}
+
+
+def target(fn: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    TARGETS[fn.__name__] = fn
+    return fn
+
+
+@target
+def envelope(data: bytes) -> None:
+    """Stored session bytes: a Session or SessionCorrupt, under both codecs, compressed or not."""
+    from fastsess.errors import SessionCorrupt
+    from fastsess.serializers import JSONSerializer, MsgpackSerializer
+
+    from .targets import SID
+
+    for serializer in (MsgpackSerializer(max_size=1 << 20), JSONSerializer(max_size=1 << 20)):
+        # the first byte picks a framing: raw bytes, or a valid header for either codec (zlib flag or not)
+        choice = data[:1]
+        body = data[1:]
+        headers = [b"", b"FS\x01\x01\x00", b"FS\x01\x02\x00", b"FS\x01\x01\x01", b"FS\x01\x02\x01"]
+        raw = headers[choice[0] % len(headers)] + body if choice else body
+        try:
+            session = serializer.decode(SID, raw)
+        except SessionCorrupt:
+            continue
+        assert isinstance(dict(session), dict) and type(session.ttl) is int and session.ttl >= 1
+
+
+@target
+def message(data: bytes) -> None:
+    """Pub/sub payloads: a well-formed message map or None."""
+    from .targets import check_message, decode_message
+
+    check_message(data, decode_message(data))
+
+
+@target
+def cookie(data: bytes) -> None:
+    """Cookie values: the id that was signed, or None."""
+    from fastsess.contrib._common import CookieSigner
+
+    signer = CookieSigner("atheris secret")
+    value = data.decode("utf-8", "surrogateescape")
+    got = signer.unsign(value)
+    assert got is None or signer.sign(got) == value
+
+
+@target
+def legacy(data: bytes) -> None:
+    """Legacy session bytes (migration): a dict of storable values or LegacyDataError."""
+    from fastsess.contrib._legacy import LegacyDataError, decode_legacy
+
+    try:
+        decode_legacy(data, allow_pickle=bool(data[:1]) and data[0] & 1 == 1)
+    except LegacyDataError:
+        pass
+
+
+def main() -> None:
+    """Run the target named by the first argument under atheris (see the module doc)."""
+    import atheris
+
+    if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
+        sys.exit(f"usage: python -m tests.fuzz.atheris_targets {{{','.join(TARGETS)}}} [libFuzzer flags]")
+    fn = TARGETS[sys.argv[1]]
+    with atheris.instrument_imports():
+        import fastsess.contrib._common  # noqa: F401 - instrumented for coverage
+        import fastsess.contrib._legacy  # noqa: F401
+        import fastsess.serializers  # noqa: F401
+
+        from . import targets  # noqa: F401
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], fn)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
