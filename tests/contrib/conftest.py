@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,19 +17,27 @@ DJANGO_SETTINGS = {
 }
 
 
-def _django_configured() -> None:
+def _django_configured(db_dir: Path) -> None:
     import django
     from django.conf import settings
 
     if not settings.configured:
-        settings.configure(INSTALLED_APPS=["django.contrib.sessions"], DATABASES={}, USE_TZ=True, **DJANGO_SETTINGS)
+        # sqlite in a temporary directory: only the db / cached_db migration tests use it
+        databases = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(db_dir / "db.sqlite3")}}
+        settings.configure(INSTALLED_APPS=["django.contrib.sessions"], DATABASES=databases, USE_TZ=True, **DJANGO_SETTINGS)
         django.setup()
 
 
+@pytest.fixture(scope="session")
+def django_db_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where Django's sqlite database lives (once per test session, like Django's settings)."""
+    return tmp_path_factory.mktemp("django-db")
+
+
 @pytest.fixture
-def django_settings(redis_url: str, prefix: str) -> Iterator[object]:
+def django_settings(redis_url: str, prefix: str, django_db_dir: Path) -> Iterator[object]:
     """Django configured for ``fastsess.contrib.django`` on the private Redis, a fresh prefix per test."""
-    _django_configured()
+    _django_configured(django_db_dir)
     from django.conf import settings
     from django.test.utils import override_settings
 

@@ -68,7 +68,7 @@ def test_msgpack_and_json_need_no_opt_in() -> None:
             decode_legacy(garbage)
 
 
-# -- Django: from the cache and file backends ------------------------------------------------------
+# -- Django: from the cache, file, db and cached_db backends ------------------------------------------
 
 
 @pytest.fixture
@@ -80,18 +80,64 @@ def legacy_cache(django_settings: Any, redis_url: str) -> Any:
         yield
 
 
-def _legacy_django_session(engine: str, **data: Any) -> str:
+@pytest.fixture
+def legacy_db(legacy_cache: Any) -> Any:
+    """Django's session table in the suite's sqlite database (created by the real ORM), emptied after."""
+    from django.contrib.sessions.models import Session
+    from django.db import connection
+
+    if Session._meta.db_table not in connection.introspection.table_names():
+        with connection.schema_editor() as editor:
+            editor.create_model(Session)
+    yield Session
+    Session.objects.all().delete()
+
+
+class PickleSerializer:
+    """Django 4.2's ``PickleSerializer`` (removed in 5.0): what pickled Django sessions were written with."""
+
+    def dumps(self, obj: Any) -> bytes:
+        return pickle.dumps(obj)
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # noqa: S301 - only ever given what dumps() wrote above
+
+
+def _legacy_django_session(engine: str, serializer: Any = None, **data: Any) -> str:
     from importlib import import_module
 
     old = import_module(engine).SessionStore()
+    if serializer is not None:
+        old.serializer = serializer
     for key, value in data.items():
         old[key] = value
     old.save()
     return str(old.session_key)
 
 
-@pytest.mark.parametrize("engine", ["django.contrib.sessions.backends.cache", "django.contrib.sessions.backends.file"])
-def test_django_session_from_the_old_engine_is_moved(engine: str, legacy_cache: Any, tmp_path: Path,
+def _cache_key(engine: str, session_key: str) -> str:
+    """The Redis key under which Django's RedisCache keeps ``engine``'s copy of a session."""
+    from importlib import import_module
+
+    from django.core.cache import caches
+
+    prefix = import_module(engine).KEY_PREFIX
+    return str(caches["default"].make_and_validate_key(prefix + session_key))
+
+
+CACHE = "django.contrib.sessions.backends.cache"
+CACHED_DB = "django.contrib.sessions.backends.cached_db"
+DB = "django.contrib.sessions.backends.db"
+FILE = "django.contrib.sessions.backends.file"
+
+
+@pytest.mark.parametrize(
+    ("engine", "allow_pickle"),
+    # Django's cache framework pickles what it stores: the cache engine needs the pickle opt-in;
+    # cached_db without it reads its database copy (signed JSON), with it the cached copy
+    [(CACHE, True), (FILE, False), (DB, False), (CACHED_DB, False), (CACHED_DB, True)],
+)
+def test_django_session_from_the_old_engine_is_moved(engine: str, allow_pickle: bool, legacy_db: Any, tmp_path: Path,
                                                      redis_client: redis.Redis, prefix: str) -> None:
     from importlib import import_module
 
@@ -101,7 +147,9 @@ def test_django_session_from_the_old_engine_is_moved(engine: str, legacy_cache: 
     with override_settings(SESSION_FILE_PATH=str(tmp_path)):
         old_key = _legacy_django_session(engine, user="ada", count=3)  # written by the real old backend
         assert import_module(engine).SessionStore().exists(old_key)
-        with override_settings(FASTSESS_MIGRATE_FROM=engine):
+        if engine in (CACHE, CACHED_DB):
+            assert redis_client.exists(_cache_key(engine, old_key))
+        with override_settings(FASTSESS_MIGRATE_FROM=engine, FASTSESS_MIGRATE_PICKLE=allow_pickle):
             client = Client()
             client.cookies["sessionid"] = old_key
             response = client.get("/read")
@@ -110,6 +158,10 @@ def test_django_session_from_the_old_engine_is_moved(engine: str, legacy_cache: 
             assert is_valid_session_id(new_key) and new_key != old_key
             assert session_keys(redis_client, prefix) == [(prefix + new_key).encode()]
             assert not import_module(engine).SessionStore().exists(old_key)  # deleted from the old backend
+            if engine in (DB, CACHED_DB):
+                assert not legacy_db.objects.filter(session_key=old_key).exists()  # the row is gone
+            if engine in (CACHE, CACHED_DB):
+                assert not redis_client.exists(_cache_key(engine, old_key))  # and the cached copy
             before = redis_writes(redis_client)
             assert client.get("/read").json() == {"user": "ada", "count": 3}
             assert redis_writes(redis_client) == before  # from now on a plain fastsess session
@@ -119,24 +171,117 @@ def test_django_session_from_the_old_engine_is_moved(engine: str, legacy_cache: 
             assert client.get("/read").json() == {"user": None, "count": 0}
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor"}, {"SERIALIZER": "django_redis.serializers.json.JSONSerializer"}],
+)
+def test_django_session_cached_by_django_redis_is_moved(options: dict[str, str], django_settings: Any, redis_url: str,
+                                                        redis_client: redis.Redis, prefix: str) -> None:
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    caches = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url, "KEY_PREFIX": "legacy", "OPTIONS": options}}
+    with override_settings(CACHES=caches):
+        old_key = _legacy_django_session(CACHE, user="ada", count=2, pad="x" * 2000)  # long enough to be compressed
+        assert len(session_keys(redis_client, "legacy:")) == 1
+        pickled = "SERIALIZER" not in options
+        with override_settings(FASTSESS_MIGRATE_FROM=CACHE, FASTSESS_MIGRATE_PICKLE=pickled):
+            client = Client()
+            client.cookies["sessionid"] = old_key
+            assert client.get("/read").json() == {"user": "ada", "count": 2}
+        assert session_keys(redis_client, "legacy:") == []
+        assert len(session_keys(redis_client, prefix)) == 1
+        if pickled:  # without the opt-in a pickled copy is left alone
+            old_key = _legacy_django_session(CACHE, user="bob")
+            with override_settings(FASTSESS_MIGRATE_FROM=CACHE):
+                client = Client()
+                client.cookies["sessionid"] = old_key
+                assert client.get("/read").json() == {"user": None, "count": 0}
+            assert len(session_keys(redis_client, "legacy:")) == 1
+
+
 def test_django_without_the_setting_nobody_is_migrated(legacy_cache: Any) -> None:
     from django.test import Client
 
-    old_key = _legacy_django_session("django.contrib.sessions.backends.cache", user="ada")
+    old_key = _legacy_django_session(CACHE, user="ada")
     client = Client()
     client.cookies["sessionid"] = old_key
     assert client.get("/read").json() == {"user": None, "count": 0}
 
 
-async def test_django_async_migration(legacy_cache: Any, redis_client: redis.Redis, prefix: str) -> None:
+def test_django_cache_engine_pickles_need_the_opt_in(legacy_cache: Any, redis_client: redis.Redis, prefix: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    old_key = _legacy_django_session(CACHE, user="ada")
+    with override_settings(FASTSESS_MIGRATE_FROM=CACHE):
+        client = Client()
+        client.cookies["sessionid"] = old_key
+        response = client.get("/read")
+    assert response.status_code == 200 and response.json() == {"user": None, "count": 0}
+    assert "pickle" in caplog.text
+    assert session_keys(redis_client, prefix) == []
+    assert redis_client.exists(_cache_key(CACHE, old_key))  # not moved, so not deleted
+
+
+@pytest.mark.parametrize("payload", [pickle.dumps({"user": Gadget()}), pickle.dumps({"p": Path("/etc")}), b"\x80\x04garbage", b"{not json"])
+@pytest.mark.parametrize("engine", [CACHE, CACHED_DB])
+def test_django_forbidden_or_garbage_cached_data_is_refused(engine: str, payload: bytes, legacy_db: Any,
+                                                            redis_client: redis.Redis, prefix: str) -> None:
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    old_key = _legacy_django_session(engine, user="ada")
+    redis_client.set(_cache_key(engine, old_key), payload)  # what the cache holds is replaced
+    with override_settings(FASTSESS_MIGRATE_FROM=engine, FASTSESS_MIGRATE_PICKLE=True):
+        client = Client()
+        client.cookies["sessionid"] = old_key
+        response = client.get("/read")
+    assert response.status_code == 200
+    assert EXECUTED == []
+    if engine == CACHE:  # nothing else to read: a fresh anonymous session, nothing written
+        assert response.json() == {"user": None, "count": 0}
+        assert session_keys(redis_client, prefix) == []
+    else:  # cached_db falls back to its database row (signed JSON) and moves that
+        assert response.json() == {"user": "ada", "count": 0}
+        assert not legacy_db.objects.filter(session_key=old_key).exists()
+
+
+def test_django_pickled_db_sessions_only_through_the_allow_list(legacy_db: Any, redis_client: redis.Redis, prefix: str) -> None:
+    """Rows written by the db engine with Django 4.2's PickleSerializer (signed, as Django signs them)."""
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    allowed = _legacy_django_session(DB, PickleSerializer, user="ada", cart=(1, 2), price=decimal.Decimal("9.99"))
+    forbidden = _legacy_django_session(DB, PickleSerializer, user="eve", gadget=Gadget())
+    for allow_pickle, key, expected in ((False, allowed, None), (True, forbidden, None), (True, allowed, "ada")):
+        with override_settings(FASTSESS_MIGRATE_FROM=DB, FASTSESS_MIGRATE_PICKLE=allow_pickle):
+            client = Client()
+            client.cookies["sessionid"] = key
+            assert client.get("/read").json()["user"] == expected
+    assert EXECUTED == []
+    assert legacy_db.objects.filter(session_key=forbidden).exists()  # refused: left where it was
+    assert not legacy_db.objects.filter(session_key=allowed).exists()  # moved
+    (key,) = session_keys(redis_client, prefix)
+    from fastsess import RedisStore
+
+    with RedisStore(client=redis_client, prefix=prefix) as store:
+        moved = store.load(key.decode()[len(prefix):])
+    assert moved is not None and moved.data == {"user": "ada", "cart": [1, 2], "price": "9.99"}
+
+
+@pytest.mark.parametrize(("engine", "allow_pickle"), [(CACHE, True), (DB, False), (CACHED_DB, False)])
+async def test_django_async_migration(engine: str, allow_pickle: bool, legacy_db: Any, redis_client: redis.Redis, prefix: str) -> None:
+    from asgiref.sync import sync_to_async
     from django.test import AsyncClient
     from django.test.utils import override_settings
 
-    from fastsess.contrib import django as engine
+    from fastsess.contrib import django as engine_module
 
-    old_key = _legacy_django_session("django.contrib.sessions.backends.cache", user="ada", count=1)
+    old_key = await sync_to_async(_legacy_django_session)(engine, user="ada", count=1)
     try:
-        with override_settings(FASTSESS_MIGRATE_FROM="django.contrib.sessions.backends.cache"):
+        with override_settings(FASTSESS_MIGRATE_FROM=engine, FASTSESS_MIGRATE_PICKLE=allow_pickle):
             client = AsyncClient()
             client.cookies["sessionid"] = old_key
             response = await client.get("/aincr")
@@ -145,8 +290,10 @@ async def test_django_async_migration(legacy_cache: Any, redis_client: redis.Red
             assert is_valid_session_id(new_key)
             assert session_keys(redis_client, prefix) == [(prefix + new_key).encode()]
             assert (await client.get("/aread")).json() == {"user": "ada", "count": 2}
+            if engine != CACHE:
+                assert not await legacy_db.objects.filter(session_key=old_key).aexists()
     finally:
-        await engine.aclose_async_store()
+        await engine_module.aclose_async_store()
 
 
 # -- Flask: from Flask-Session's Redis backend ---------------------------------------------------

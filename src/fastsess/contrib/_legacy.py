@@ -124,6 +124,8 @@ def decode_legacy(raw: bytes, allow_pickle: bool = False) -> dict[str, Any]:
             pass
     if not decoded and allow_pickle:
         data, decoded = safe_unpickle(raw), True
+    if not decoded and raw[:1] == b"\x80":
+        raise LegacyDataError("legacy session data is a pickle, read only with the pickle opt-in")
     if not decoded or not isinstance(data, dict):
         raise LegacyDataError("legacy session data is not a msgpack, JSON" + (" or pickle" if allow_pickle else "") + " dict")
     result = to_storable(data)

@@ -17,10 +17,13 @@ Settings (``django.conf.settings``):
 Session keys are fastsess ids (43 characters, 256 bits); any other key, e.g. one
 written by Django's own backends, is treated as unknown and gets a new session --
 unless ``FASTSESS_MIGRATE_FROM`` names the engine the app used before (e.g.
-``"django.contrib.sessions.backends.cache"``): then a key fastsess does not know is
+``"django.contrib.sessions.backends.db"``): then a key fastsess does not know is
 looked up there (by that engine's own code and settings), and a session found is
 stored in fastsess under a new key (the response carries the new cookie) and
-deleted from the old backend.  Nobody is logged out by the switch.
+deleted from the old backend.  Nobody is logged out by the switch.  The old data is
+decoded by fastsess's legacy reader, never the app's deserializer: JSON or msgpack,
+and pickles (what Django's cache framework stores) only with
+``FASTSESS_MIGRATE_PICKLE = True``, through the allow-list unpickler.
 Each session is stored with a Redis TTL of ``get_expiry_age()``, so expired
 sessions vanish by themselves (``clear_expired`` does nothing).
 
@@ -33,6 +36,8 @@ loop, with its own node id, never the sync store in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import threading
 import uuid
@@ -40,6 +45,7 @@ import weakref
 from importlib import import_module
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.core.exceptions import ImproperlyConfigured
@@ -52,7 +58,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
 from ..stores.clustered import ClusteredRedisStore
 from ._common import plain_copy
-from ._legacy import LegacyDataError, to_storable
+from ._legacy import LegacyDataError, decode_legacy, to_storable
 
 __all__ = ["SessionStore", "aclose_async_store", "close_stores", "get_async_store", "get_store"]
 
@@ -210,6 +216,103 @@ async def aclose_async_store() -> None:
         await store.close()
 
 
+class _LegacySerializer:
+    """The serializer the old engine decodes session data with while migrating (never the
+    app's ``SESSION_SERIALIZER``): JSON (what Django's default serializer writes) and msgpack;
+    pickle only with ``FASTSESS_MIGRATE_PICKLE``, through the allow-list unpickler."""
+
+    allow_pickle = False
+
+    def dumps(self, obj: Any) -> bytes:
+        """JSON, as Django's ``JSONSerializer`` writes it (the old engine is only read, never written)."""
+        return json.dumps(obj, separators=(",", ":")).encode("latin-1")
+
+    def loads(self, data: bytes) -> dict[str, Any]:
+        """The session dict in ``data``.
+
+        Raises:
+            LegacyDataError: not JSON or msgpack, or (opted in) a pickle of a forbidden type.
+        """
+        try:
+            return decode_legacy(data, allow_pickle=self.allow_pickle)
+        except LegacyDataError as exc:
+            logger.warning("Legacy session not migrated: %s", exc)
+            raise
+
+
+class _LegacyPickleSerializer(_LegacySerializer):
+    """``_LegacySerializer`` that also reads pickles through the allow-list (``FASTSESS_MIGRATE_PICKLE``)."""
+
+    allow_pickle = True
+
+
+class _LegacyCache:
+    """The old engine's cache, read without the cache's own unpickler while migrating.
+
+    Django's cache backends unpickle whatever a key holds.  This wrapper reads the raw
+    bytes instead (Django's ``RedisCache``, and django-redis's default client with any
+    of its compressors) and decodes them with ``decode_legacy``: pickles only when
+    opted in, through the allow-list.  Any other cache backend is not read at all (a
+    warning; ``cached_db`` then falls back to its database).  ``set`` does nothing (a
+    session being moved out is not cached again); ``delete`` is the cache's own.
+    """
+
+    def __init__(self, cache: Any, allow_pickle: bool) -> None:
+        self._cache = cache
+        self._allow_pickle = allow_pickle
+
+    def _raw(self, key: str, version: int | None) -> bytes | None:
+        cache = self._cache
+        module = type(cache).__module__
+        if module == "django.core.cache.backends.redis":
+            full = cache.make_and_validate_key(key, version=version)
+            raw = cache._cache.get_client(full).get(full)
+        elif module == "django_redis.cache" and type(cache.client).__name__ == "DefaultClient":
+            from django_redis.exceptions import CompressorError
+
+            client = cache.client
+            raw = client.get_client(write=False).get(client.make_key(key, version=version))
+            if raw is not None:
+                with contextlib.suppress(CompressorError):  # django-redis leaves small values uncompressed
+                    raw = client._compressor.decompress(raw)
+        else:
+            logger.warning("Legacy session not migrated: cannot read %s without its unpickler", type(cache).__name__)
+            return None
+        return raw if isinstance(raw, bytes) else None
+
+    def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
+        """The session dict cached under ``key``, or ``default`` (absent or unreadable)."""
+        raw = self._raw(key, version)
+        if raw is None:
+            return default
+        try:
+            return decode_legacy(raw, allow_pickle=self._allow_pickle)
+        except LegacyDataError as exc:
+            logger.warning("Legacy session not migrated: %s", exc)
+            return default
+
+    async def aget(self, key: str, default: Any = None, version: int | None = None) -> Any:
+        """Async ``get`` (in a thread, as Django's cache backends do it)."""
+        return await sync_to_async(self.get)(key, default, version)
+
+    def set(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the session is being moved out of this backend."""
+
+    async def aset(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the session is being moved out of this backend."""
+
+    def delete(self, key: str, version: int | None = None) -> Any:
+        """The cache's own ``delete``."""
+        return self._cache.delete(key, version=version)
+
+    async def adelete(self, key: str, version: int | None = None) -> Any:
+        """The cache's own ``adelete``."""
+        return await self._cache.adelete(key, version=version)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+
 class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type information
     """A Django session backed by a fastsess ``ClusteredRedisStore`` (see the module doc).
 
@@ -264,12 +367,23 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         return plain_copy(found.data)  # type: ignore[no-any-return]
 
     def _legacy_candidate(self) -> Any:
-        """The old engine's session for this key, when migrating and the key is not a fastsess id."""
-        engine = _legacy_engine()
+        """The old engine's session for this key, when migrating and the key is not a fastsess id.
+
+        It is the engine's own ``SessionStore`` with two parts replaced, so that no
+        deserializer but fastsess's legacy reader ever sees the old data: its
+        serializer (``_LegacySerializer``) and, for the cache-based engines, its
+        cache (``_LegacyCache``).
+        """
+        _, engine, allow_pickle = _resolve()
         key = self.session_key
         if not engine or key is None or is_valid_session_id(key):
             return None
-        return import_module(engine).SessionStore(key)
+        legacy = import_module(engine).SessionStore(key)
+        legacy.serializer = _LegacyPickleSerializer if allow_pickle else _LegacySerializer
+        cache = getattr(legacy, "_cache", None)
+        if cache is not None:
+            legacy._cache = _LegacyCache(cache, allow_pickle)
+        return legacy
 
     def _adopt_legacy(self, legacy: Any, data: dict[str, Any]) -> dict[str, Any]:
         """Serve ``data`` found in the old backend; the next save stores it under a new key."""
