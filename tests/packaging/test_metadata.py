@@ -54,9 +54,10 @@ def test_installed_metadata_has_urls_and_classifiers() -> None:
 
 def test_test_extra_holds_no_framework_the_tests_do_not_use() -> None:
     test_extra = " ".join(PYPROJECT["project"]["optional-dependencies"]["test"]).lower()
-    # django, flask, starlette, Flask-Session and starsessions are used: tests/contrib tests
-    # the framework drop-ins, the migration from Flask-Session and StarsessionsStore
-    for name in ("django-redis", "cachebox", "lru-dict", "fastsess[bench]", "pytest-benchmark"):
+    # django, flask, starlette, Flask-Session, starsessions and django-redis are used: tests/contrib
+    # tests the framework drop-ins, the migrations (Flask-Session, starsessions, Django sessions
+    # cached by django-redis) and StarsessionsStore
+    for name in ("cachebox", "lru-dict", "fastsess[bench]", "pytest-benchmark"):
         assert name not in test_extra, name
 
 
