@@ -268,23 +268,29 @@ def test_maxmemory_noeviction(rig: Rig) -> None:
 def test_blackholed_subscriber_connection(rig: Rig, b_kind: str, direction: str) -> None:
     """B's pub/sub connection silently loses everything in one direction (no FIN, no RST).
 
-    Downstream: B does not hear invalidations, and keeps serving its cached copy until its
-    listener notices the silence (a PING after ``subscribe_timeout`` of quiet, then
-    ``subscribe_timeout`` without PONG: up to twice ``subscribe_timeout`` in all).  This
+    Downstream: B does not hear invalidations, and keeps serving its cached copies -- of a
+    session saved meanwhile, and of one deleted (logged out) meanwhile -- until its
+    listener notices the silence: a PING once the link has been quiet for
+    ``subscribe_timeout``, then ``subscribe_timeout`` without PONG, each checked every
+    ``min(0.25, subscribe_timeout)`` s: up to about 2 x ``subscribe_timeout`` + 0.5 s.  This
     stale window is what the staleness bound does not cover today.  Upstream: the
-    invalidations still arrive; nothing is stale.
+    invalidations still arrive; nothing is stale once they are applied.
     """
     A, B = rig.start(b_kind, subscribe_timeout=1.0)
     L = rig.ledger
     sid = L.create(A, 0)
     cache_on(B, sid, 0)
+    logged_out = A.create({"v": "logged out"})  # deleted during the fault (a logout)
+    cache_on(B, logged_out, "logged out")
     before = B.state()
     link = rig.subscriber_link()
     setattr(link, f"blackhole_{direction}", True)
     t0 = time.monotonic()
     assert L.write(A, sid, 1) is None
+    assert A.delete(logged_out) is True
     t_write = time.monotonic()
     first = B.read(sid)
+    first_deleted = B.read(logged_out)
     stale_reads, last_stale = 0, None
     while True:
         state = B.state()
@@ -302,13 +308,14 @@ def test_blackholed_subscriber_connection(rig: Rig, b_kind: str, direction: str)
     if direction == "down":
         # Today's behaviour: the write is invisible to B until its listener gives up on the silent link.
         assert first == {"v": 0} and stale_reads > 0
+        assert first_deleted == {"v": "logged out"}  # a deleted session is served too
         wait_until(lambda: B.state()["reconnects"] > before["reconnects"], 5, what="B to reconnect")
         assert B.state()["received"] == before["received"]  # the invalidation itself never arrived
     else:
         # The invalidation arrives as usual; stale reads, if any, only while it was in flight.
         assert B.state()["received"] > before["received"]
     recovery = rig.recovery(A, B, t0)
-    assert B.read(sid) == {"v": 1}
+    assert B.read(sid) == {"v": 1} and B.read(logged_out) is None
     L.check(rig.raw, rig.prefix, [A, B])
     report(f"blackholed subscriber ({direction})", b_kind, callers="nothing", stale_reads=stale_reads,
            stale_for_s=(last_stale - t_write) if last_stale else 0.0, fresh_after_s=fresh_after, recovery_s=recovery)
