@@ -6,8 +6,14 @@
 Layout (every operation O(1), per-entry TTLs O(log n)):
 
 * ``_map``: a dict from key to ``_Node``; it owns the nodes.
-* recency list: an intrusive circular doubly linked list through every node,
-  least recently used right after the sentinel ``_root``.
+* eviction queue: an intrusive circular doubly linked list through every node,
+  the next to evict right after the sentinel ``_root``.  ``LRUCache`` and
+  ``TTLCache`` keep it in exact recency order (a hit relinks its node at the
+  newest end).  ``LocalCache`` uses SIEVE (Zhang et al., NSDI '24): the list stays
+  in insertion order, a hit only sets the ``visited`` flag of the node it already
+  read (no relink, no neighbour written), and eviction moves a hand from the
+  oldest node towards the newest, clearing flags, and evicts the first unvisited
+  node.
 * write-order list: a second intrusive list through the entries that use the
   cache's single TTL; with one TTL, write order is expiry order, so expiry pops
   from its head.
@@ -113,6 +119,28 @@ cdef extern from *:
     #define fastsess_dict_get(d, k, h) PyDict_GetItemWithError(d, k)
     #define fastsess_dict_del(d, k, h) PyDict_DelItem(d, k)
     #endif
+
+    /* LocalCache's hit and miss counters: one 64-byte line per stripe, the stripe
+       picked by hashing the thread's id, so threads counting hits do not write one
+       shared line; stats sums the stripes.  Every increment runs with the GIL (GIL
+       builds) or under the cache's lock (free-threaded builds), so the sums are exact. */
+    #define FASTSESS_STRIPES 16
+    typedef struct {
+        unsigned long long hits;
+        unsigned long long misses;
+        char pad[64 - 2 * sizeof(unsigned long long)];
+    } fastsess_stripe;
+    static inline fastsess_stripe* fastsess_stripe_of(fastsess_stripe* stripes) {
+        unsigned long long id = (unsigned long long)PyThread_get_thread_ident();
+        return stripes + (size_t)((id * 0x9E3779B97F4A7C15ULL) >> 60);
+    }
+    static void* fastsess_stripes_alloc(fastsess_stripe** aligned) {
+        char* raw = (char*)PyMem_Calloc(FASTSESS_STRIPES + 1, sizeof(fastsess_stripe));
+        if (raw != NULL) {
+            *aligned = (fastsess_stripe*)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+        }
+        return raw;
+    }
     """
     const bint FASTSESS_HAVE_C_CLOCK
     const bint FASTSESS_GIL
@@ -121,6 +149,12 @@ cdef extern from *:
     int fastsess_dict_del(object d, object k, Py_hash_t h) except -1
     PyObject* PyDict_SetDefault(object d, object k, object v) except NULL
     Py_ssize_t PyDict_GET_SIZE(object d)
+    const int FASTSESS_STRIPES
+    ctypedef struct fastsess_stripe:
+        unsigned long long hits
+        unsigned long long misses
+    fastsess_stripe* fastsess_stripe_of(fastsess_stripe* stripes) noexcept
+    void* fastsess_stripes_alloc(fastsess_stripe** aligned) noexcept
 
 # The cachetools hooks a subclass may override (bits of _MappingCache._hooks), as C
 # constants so that the fast paths test them without a Python lookup.
@@ -161,13 +195,14 @@ cdef class _Node:
     cdef Py_hash_t hash
     cdef object size          # 1, or what getsizeof gave (an int or a float)
     cdef double expires
-    cdef PyObject* prev        # recency list; NULL when unlinked
+    cdef PyObject* prev        # eviction queue; NULL when unlinked
     cdef PyObject* next
     cdef PyObject* xprev       # write-order list; NULL when not in it
     cdef PyObject* xnext
     cdef PyObject* dnext       # chain of detached nodes awaiting release
     cdef Py_ssize_t heap_index  # position in the heap, -1 when not in it
     cdef bint safe             # _safe_key(key)
+    cdef bint visited          # SIEVE: read since the hand last passed
 
 
 # -- intrusive list primitives (no reference counting, no Python calls) ----------
@@ -295,10 +330,10 @@ cdef class _Timer:
 
 @cython.no_gc_clear
 cdef class _Core:
-    """Hash map + recency list + expiry order + counters + guard, shared by every cache."""
+    """Hash map + eviction queue + expiry order + counters + guard, shared by every cache."""
 
     cdef dict _map
-    cdef _Node _root          # root.next: least recently used; root.prev: most recent
+    cdef _Node _root          # root.next: least recently used (SIEVE: oldest insert); root.prev: newest
     cdef _Node _xroot         # xroot.xnext: oldest write among default-TTL entries
     cdef PyObject** _heap     # borrowed node pointers, min-heap on expires
     cdef Py_ssize_t _heap_len
@@ -306,6 +341,8 @@ cdef class _Core:
     cdef Py_ssize_t _count    # linked nodes; always len(_map) when consistent
     cdef Py_ssize_t _unsafe   # linked nodes whose key is not _safe_key
     cdef Py_ssize_t _cap
+    cdef bint _sieve          # LocalCache: SIEVE eviction instead of exact LRU
+    cdef PyObject* _hand      # SIEVE: the node the hand examines next; NULL: start at the oldest
     cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
     cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
     cdef object _omax         # maxsize as given
@@ -313,8 +350,8 @@ cdef class _Core:
     cdef _Timer _clock        # TTLCache: its timer, which may be frozen
     cdef bint _timed          # False for LRUCache: entries never expire
     cdef double _ttl
-    cdef unsigned long long _hits
-    cdef unsigned long long _misses
+    cdef void* _stripe_mem      # LocalCache: the hit/miss stripes (NULL: not counted)
+    cdef fastsess_stripe* _stripes
     cdef unsigned long long _evictions
     cdef unsigned long long _expirations
     cdef cython.pymutex _lock
@@ -331,6 +368,9 @@ cdef class _Core:
     def __dealloc__(self):
         PyMem_Free(self._heap)
         self._heap = NULL
+        PyMem_Free(self._stripe_mem)
+        self._stripe_mem = NULL
+        self._stripes = NULL
 
     # -- guard -------------------------------------------------------------------------
 
@@ -382,6 +422,7 @@ cdef class _Core:
     cdef void _reset_links(self) noexcept:
         _reset_root(self._root)
         _reset_root(self._xroot)
+        self._hand = NULL
         self._heap_len = 0
         self._count = PyDict_GET_SIZE(self._map)
         self._unsafe = self._count  # unknown keys: take the lock until the cache is cleared
@@ -500,6 +541,8 @@ cdef class _Core:
         except BaseException:
             Py_DECREF(node)
             raise
+        if self._hand == <PyObject*>node:  # the hand moves on towards the newest
+            self._hand = NULL if node.next == <PyObject*>self._root else node.next
         _unlink(node)
         _x_unlink(node)
         self._heap_remove(node)
@@ -541,23 +584,60 @@ cdef class _Core:
 
     @cython.final
     cdef int _evict_for(self, object size, _Node keep, PyObject** chain) except -1:
-        """Evict least recently used entries (never ``keep``) until ``size`` fits.
+        """Evict entries (never ``keep``) until ``size`` fits: least recently used first, or SIEVE's pick.
 
         ``keep``: the node an update replaces (its old size is freed), or None for a new entry.
         """
         cdef _Node victim
+        if self._sieve:
+            return self._evict_sieve(size, keep, chain)
         while self._root.next != <PyObject*>self._root:
             victim = <_Node>self._root.next
-            if victim is keep:
-                break
-            if self._sized:
-                if not self._osum - (0 if keep is None else keep.size) + size > self._omax:
-                    break
-            elif not self._count + (1 if keep is None else 0) > self._cap:
+            if victim is keep or not self._full(size, keep):
                 break
             self._detach(victim, chain)
             self._evictions += 1
         return 0
+
+    @cython.final
+    cdef bint _full(self, object size, _Node keep) except -1:
+        """Does storing ``size`` (replacing ``keep``'s size, if given) need an eviction first?"""
+        if self._sized:
+            return self._osum - (0 if keep is None else keep.size) + size > self._omax
+        return self._count + (1 if keep is None else 0) > self._cap
+
+    @cython.final
+    cdef int _evict_sieve(self, object size, _Node keep, PyObject** chain) except -1:
+        """SIEVE: from the hand towards the newest (wrapping), clear visited flags; evict the first unvisited node."""
+        cdef PyObject* root = <PyObject*>self._root
+        cdef PyObject* p
+        cdef _Node victim
+        while self._full(size, keep):
+            p = self._hand
+            if p is NULL:
+                p = self._root.next  # wrap around to the oldest
+                if p == root or (p == <PyObject*>keep and (<_Node>p).next == root):
+                    return 0  # nothing (else) to evict
+            victim = <_Node>p
+            if victim is keep or victim.visited:
+                victim.visited = False
+                self._hand = NULL if victim.next == root else victim.next
+                continue
+            self._hand = NULL if victim.next == root else victim.next
+            self._detach(victim, chain)
+            self._evictions += 1
+        return 0
+
+    @cython.final
+    cdef inline void _count_lookup(self, bint hit) noexcept:
+        """Count a hit or a miss in this thread's stripe (LocalCache; the other caches keep no stats)."""
+        cdef fastsess_stripe* stripe
+        if self._stripes is not NULL:
+            stripe = fastsess_stripe_of(self._stripes)
+            if hit:
+                stripe.hits += 1
+            else:
+                stripe.misses += 1
 
     @cython.final
     cdef PyObject* _lookup(self, object key, Py_hash_t h) except? NULL:
@@ -571,18 +651,21 @@ cdef class _Core:
         cdef PyObject* p = self._lookup(key, h)
         cdef _Node node
         if p is NULL:
-            self._misses += 1
+            self._count_lookup(False)
             return None
         node = <_Node>p
         if self._timed and not now < node.expires:
             self._detach(node, chain)
             self._expirations += 1
-            self._misses += 1
+            self._count_lookup(False)
             return None
-        if node.next != <PyObject*>self._root:
+        if self._sieve:
+            if not node.visited:  # written once, not on every hit: the line stays shared
+                node.visited = True
+        elif node.next != <PyObject*>self._root:
             _unlink(node)
             _append(self._root, node)
-        self._hits += 1
+        self._count_lookup(True)
         return node
 
     @cython.final
@@ -611,7 +694,9 @@ cdef class _Core:
         node = <_Node>p
         # Update in place: make room first (never evicting the node itself), so a
         # failure leaves the old value and currsize <= maxsize.
-        if node.next != <PyObject*>self._root:
+        if self._sieve:
+            node.visited = True
+        elif node.next != <PyObject*>self._root:
             _unlink(node)
             _append(self._root, node)
         self._evict_for(fresh.size, node, chain)
@@ -858,6 +943,7 @@ cdef class _Core:
                 if p is not NULL:
                     _unlink(<_Node>p)
                     _append(self._root, <_Node>p)
+            self._hand = NULL
         finally:
             self._leave(locked)
 
@@ -1383,13 +1469,15 @@ MutableMapping.register(TTLCache)
 
 @cython.no_gc_clear
 cdef class LocalCache(_Core):
-    """The session-facing cache: LRU with a default TTL and per-entry TTLs.
+    """The session-facing cache: SIEVE eviction with a default TTL and per-entry TTLs.
 
-    ``LocalCache(max_size=10_000, ttl=30.0, timer=None)``.  ``get``, ``set``
-    and ``delete`` are O(1) for entries with the default TTL and O(log n) for
-    entries given their own ``ttl``.  ``stats`` counts hits, misses, LRU
-    evictions and expirations (plain counters, always on).  ``timer=None``
-    reads the monotonic clock in C.
+    ``LocalCache(max_size=10_000, ttl=30.0, timer=None)``.  Eviction is SIEVE,
+    not exact LRU: a hit only marks its entry visited; when full, a hand moves
+    from the oldest entry towards the newest, clearing marks, and evicts the
+    first unvisited entry.  ``get``, ``set`` and ``delete`` are O(1) (eviction
+    amortized) for entries with the default TTL and O(log n) for entries given
+    their own ``ttl``.  ``stats`` counts hits, misses, evictions and
+    expirations (always on).  ``timer=None`` reads the monotonic clock in C.
 
     Raises:
         ValueError: ``max_size`` < 1, ``ttl`` negative or not a number, or
@@ -1397,6 +1485,12 @@ cdef class LocalCache(_Core):
     """
 
     cdef Py_ssize_t _max_size
+
+    def __cinit__(self, *args, **kwargs):
+        self._sieve = True
+        self._stripe_mem = fastsess_stripes_alloc(&self._stripes)
+        if self._stripe_mem is NULL:
+            raise MemoryError()
 
     def __init__(self, max_size=10_000, ttl=30.0, timer=None):
         self._max_size = check_capacity(max_size, "max_size", 1)
@@ -1422,18 +1516,33 @@ cdef class LocalCache(_Core):
         return self._ttl
 
     def get(self, key, default=None):
-        """Return the live value for ``key`` or ``default``; a hit refreshes recency. O(1).
+        """Return the live value for ``key`` or ``default``; a hit marks the entry visited (SIEVE). O(1).
 
         Raises:
             TypeError: ``key`` is unhashable.
         """
-        return self._get(key, default, self._now())
+        cdef double now = self._now()
+        cdef PyObject* p
+        if self._lock_free(key) and PyDict_GET_SIZE(self._map) == self._count:
+            # The hit path, inlined: an exact str/int/bytes key on a GIL build, so the
+            # lookup runs no Python code; a hit reads the node and sets one flag in it.
+            p = PyDict_GetItemWithError(self._map, key)
+            if p is NULL:
+                self._count_lookup(False)
+                return default
+            if now < (<_Node>p).expires:
+                if not (<_Node>p).visited:  # written once, not on every hit
+                    (<_Node>p).visited = True
+                self._count_lookup(True)
+                return (<_Node>p).value
+        return self._get(key, default, now)
 
     def set(self, key, value, ttl=None):
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
 
-        Evicts the least recently used entry when full.  O(1), or O(log n)
-        with a per-entry ``ttl``.
+        A new key goes in at the newest end; overwriting a key keeps its place and
+        marks it visited.  When full, evicts the entry SIEVE's hand picks.  O(1)
+        amortized, or O(log n) with a per-entry ``ttl``.
 
         Raises:
             TypeError: ``key`` is unhashable.
@@ -1467,7 +1576,7 @@ cdef class LocalCache(_Core):
         return self._expire_count(self._now())
 
     def keys(self):
-        """The live keys, least recently used first. O(n)."""
+        """The live keys, oldest insert first (hits do not reorder them). O(n)."""
         return self._collect(self._now(), 1)
 
     def __len__(self):
@@ -1485,13 +1594,24 @@ cdef class LocalCache(_Core):
     @property
     def stats(self):
         """A ``CacheStats`` snapshot: hits, misses, evictions, expirations, size, max_size, hit_rate."""
+        cdef unsigned long long hits = 0, misses = 0
+        cdef int i
+        cdef int locked
         size = len(self)
-        return make_stats(self._hits, self._misses, self._evictions, self._expirations, size, self._max_size)
+        locked = self._enter(None)
+        for i in range(FASTSESS_STRIPES):
+            hits += self._stripes[i].hits
+            misses += self._stripes[i].misses
+        self._leave(locked)
+        return make_stats(hits, misses, self._evictions, self._expirations, size, self._max_size)
 
     def reset_stats(self):
         """Zero the hit, miss, eviction and expiration counters."""
+        cdef int i
         cdef int locked = self._enter(None)
-        self._hits = self._misses = self._evictions = self._expirations = 0
+        for i in range(FASTSESS_STRIPES):
+            self._stripes[i].hits = self._stripes[i].misses = 0
+        self._evictions = self._expirations = 0
         self._leave(locked)
 
     def __reduce__(self):

@@ -2,9 +2,11 @@
 
 Same classes, same behaviour, same tests; used when the extension is missing or
 ``FASTSESS_NO_EXTENSIONS=1`` is set.  A plain ``dict`` maps keys to entries;
-recency order is a linked list through the entries, expiry order a second one
-for entries with the default TTL (write order is expiry order when every entry
-has the same TTL) and a lazily-pruned heap for per-entry TTLs.  (Not an
+the eviction queue is a linked list through the entries (recency order for
+``LRUCache``/``TTLCache``; insertion order plus SIEVE's visited bits and hand for
+``LocalCache``), expiry order a second one for entries with the default TTL
+(write order is expiry order when every entry has the same TTL) and a
+lazily-pruned heap for per-entry TTLs.  (Not an
 ``OrderedDict``: re-entering one from a key's ``__hash__``/``__eq__`` can crash
 CPython, and an ``__eq__`` raising halfway through its update leaves it torn.)
 
@@ -58,7 +60,7 @@ _INF = float("inf")
 
 
 class _Entry:
-    __slots__ = ("expires", "fifo", "key", "live", "newer", "older", "size", "value", "xnewer", "xolder")
+    __slots__ = ("expires", "fifo", "key", "live", "newer", "older", "size", "value", "visited", "xnewer", "xolder")
 
     def __init__(self, key: Any, value: Any, size: float, expires: float, fifo: bool) -> None:
         self.key = key
@@ -67,6 +69,7 @@ class _Entry:
         self.expires = expires
         self.fifo = fifo  # True: in the write-order list, False: in the heap
         self.live = True
+        self.visited = False  # SIEVE (LocalCache): read since the hand last passed
         # recency list (older: towards the least recently used) and write-order list
         self.older: _Entry = self
         self.newer: _Entry = self
@@ -81,7 +84,13 @@ def _root() -> _Entry:
 
 
 class _Core:
-    """Hash map + recency order + expiry order + guard shared by every cache class.
+    """Hash map + eviction queue + expiry order + guard shared by every cache class.
+
+    The eviction queue is exact LRU (a hit moves the entry to the newest end) unless
+    the class sets ``_sieve``: then it is SIEVE (Zhang et al., NSDI '24) -- entries stay
+    in insertion order, a hit only sets the entry's ``visited`` flag, and eviction
+    moves a hand from the oldest entry towards the newest, clearing visited flags,
+    and evicts the first unvisited entry it meets.
 
     The map is a plain ``dict`` (key -> entry); both orders are linked lists through
     the entries, which never call user code.  A dict call either happens or raises,
@@ -96,6 +105,7 @@ class _Core:
         "_data",
         "_evictions",
         "_expirations",
+        "_hand",
         "_heap",
         "_hits",
         "_lock",
@@ -107,11 +117,14 @@ class _Core:
         "_xroot",
     )
 
+    _sieve: ClassVar[bool] = False  # LocalCache: SIEVE eviction instead of exact LRU
+
     def _init_core(self, cap: float, sizeof: Callable[[Any], float] | None) -> None:
         self._cap = cap  # with getsizeof: maxsize as given (Python numbers never overflow)
         self._sizeof = sizeof
         self._data: dict[Hashable, _Entry] = {}  # insertion order: what iteration follows
-        self._root = _root()  # root.newer: least recently used
+        self._root = _root()  # root.newer: least recently used (SIEVE: oldest insert)
+        self._hand = self._root  # SIEVE: the entry the hand examines next (root: start at the oldest)
         self._xroot = _root()  # xroot.xnewer: oldest write among default-TTL entries
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
@@ -174,6 +187,8 @@ class _Core:
     def _unlink(self, entry: _Entry) -> None:
         """Remove ``entry``: from the dict first (that may raise), then from the lists."""
         del self._data[entry.key]
+        if entry is self._hand:
+            self._hand = entry.newer  # the hand moves on towards the newest
         entry.older.newer = entry.newer
         entry.newer.older = entry.older
         if entry.fifo:
@@ -204,12 +219,41 @@ class _Core:
             dropped.append(entry)
 
     def _evict_for(self, incoming: float, keep: _Entry | None, dropped: list[_Entry]) -> None:
+        if self._sieve:
+            self._evict_sieve(incoming, keep, dropped)
+            return
         root = self._root
         while incoming > self._cap - self._currsize and root.newer is not root and root.newer is not keep:
             victim = root.newer
             self._unlink(victim)
             self._evictions += 1
             dropped.append(victim)
+
+    def _evict_sieve(self, incoming: float, keep: _Entry | None, dropped: list[_Entry]) -> None:
+        """SIEVE: from the hand towards the newest (wrapping), clear visited flags; evict the first unvisited entry."""
+        root = self._root
+        while incoming > self._cap - self._currsize:
+            hand = self._hand
+            if hand is root:
+                hand = root.newer  # wrap around to the oldest
+                if hand is root or (hand is keep and hand.newer is root):
+                    self._hand = root
+                    return  # nothing (else) to evict
+            if hand is keep or hand.visited:
+                hand.visited = False
+                self._hand = hand.newer
+                continue
+            self._hand = hand.newer
+            self._unlink(hand)
+            self._evictions += 1
+            dropped.append(hand)
+
+    def _hit(self, entry: _Entry) -> None:
+        """A read or overwrite of ``entry``: LRU moves it to the newest end, SIEVE marks it visited."""
+        if self._sieve:
+            entry.visited = True
+        else:
+            self._touch(entry)
 
     def _insert(self, key: Any, value: Any, size: float, expires: float, fifo: bool, dropped: list[_Entry]) -> None:
         old = self._data.get(key)
@@ -221,7 +265,7 @@ class _Core:
                 self._link(entry)
                 return
         # an update: make room first, so a failure leaves the old value (and currsize <= maxsize)
-        self._touch(old)
+        self._hit(old)
         self._evict_for(size - old.size, old, dropped)
         dropped.append(_Entry(None, old.value, 0, 0.0, True))  # the old value, released after the lock
         old.value = value
@@ -255,7 +299,7 @@ class _Core:
             self._misses += 1
             dropped.append(entry)
             return None
-        self._touch(entry)
+        self._hit(entry)
         self._hits += 1
         return entry
 
@@ -281,7 +325,7 @@ class _Core:
         try:
             old = self._data
             self._data = {}
-            self._root = _root()
+            self._root = self._hand = _root()
             self._xroot = _root()
             self._heap = []
             self._currsize = 0
@@ -372,6 +416,7 @@ class _Core:
                 entry = self._data.get(entries[i][0])
                 if entry is not None:
                     self._touch(entry)
+            self._hand = self._root
         finally:
             self._release()
 
@@ -867,11 +912,14 @@ class TTLCache(_MappingCache):
 
 
 class LocalCache(_Core):
-    """The session-facing cache: LRU with a default TTL and per-entry TTLs.
+    """The session-facing cache: SIEVE eviction with a default TTL and per-entry TTLs.
 
-    ``get``/``set``/``delete`` are O(1) for entries with the default TTL and
-    O(log n) for entries given their own ``ttl``.  ``stats`` counts hits,
-    misses, LRU evictions and expirations.
+    Eviction is SIEVE, not exact LRU: a hit only marks its entry visited; when
+    full, a hand moves from the oldest entry towards the newest, clearing visited
+    marks, and evicts the first unvisited entry.  ``get``/``set``/``delete`` are
+    O(1) (amortized for eviction) for entries with the default TTL and O(log n)
+    for entries given their own ``ttl``.  ``stats`` counts hits, misses,
+    evictions and expirations.
 
     Raises:
         ValueError: ``max_size`` < 1, or ``ttl`` not a non-negative number.
@@ -880,6 +928,8 @@ class LocalCache(_Core):
     __slots__ = ("_max_size", "_timer", "_ttl")
 
     __class_getitem__: ClassVar[Any] = classmethod(GenericAlias)
+
+    _sieve = True
 
     def __init__(self, max_size: int = 10_000, ttl: float = 30.0, timer: Callable[[], float] | None = None) -> None:
         self._max_size = check_capacity(max_size, "max_size", minimum=1)
@@ -904,7 +954,7 @@ class LocalCache(_Core):
         return self._ttl
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """Return the live value for ``key`` or ``default``; a hit refreshes recency. O(1).
+        """Return the live value for ``key`` or ``default``; a hit marks the entry visited (SIEVE). O(1).
 
         Raises:
             TypeError: ``key`` is unhashable.
@@ -914,8 +964,9 @@ class LocalCache(_Core):
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
 
-        Evicts the least recently used entry when full.  O(1), or O(log n)
-        with a per-entry ``ttl``.
+        A new key goes in at the newest end; overwriting a key keeps its place and
+        marks it visited.  When full, evicts the entry SIEVE's hand picks.  O(1)
+        amortized, or O(log n) with a per-entry ``ttl``.
 
         Raises:
             TypeError: ``key`` is unhashable.
@@ -955,7 +1006,7 @@ class LocalCache(_Core):
         return len(dropped)
 
     def keys(self) -> list[Any]:
-        """The live keys, least recently used first. O(n)."""
+        """The live keys, oldest insert first (hits do not reorder them). O(n)."""
         return self._live_keys(self._now())
 
     def __len__(self) -> int:

@@ -1,16 +1,14 @@
 """Property-based tests: random operation sequences against a simple reference model.
 
-The model is an ``OrderedDict`` in recency order holding ``(value, expires)``,
-plus the keys in insertion order (what TTLCache, like cachetools, iterates in);
-it is obviously correct and obviously slow.  Hypothesis drives both with the
-same operations (including clock jumps) and compares every observable result,
-the eviction order and, for LocalCache, the statistics.
+The models (``reference.Model``) are exact LRU for TTLCache and SIEVE for
+LocalCache; Hypothesis drives the caches and the models with the same
+operations (including clock jumps) and compares every observable result, the
+eviction order and, for LocalCache, the statistics.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections import OrderedDict
 from typing import Any
 
 from hypothesis import settings
@@ -18,67 +16,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from .conftest import IMPLEMENTATIONS, MODULES, FakeClock
+from .reference import Model
 
 KEYS = st.integers(min_value=0, max_value=12)
 VALUES = st.integers()
 TTLS = st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 3.0, 7.5]))
 MAXSIZE = 5
 DEFAULT_TTL = 4.0
-
-
-class Model:
-    """Reference semantics shared by TTLCache and LocalCache."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.data: OrderedDict[int, tuple[int, float]] = OrderedDict()
-        self.inserted: dict[int, None] = {}  # may hold removed keys; see inserted_live_keys
-        self.hits = self.misses = self.evictions = self.expirations = 0
-
-    def purge(self) -> list[tuple[int, int]]:
-        gone = [(k, v) for k, (v, exp) in self.data.items() if not self.clock.now < exp]
-        for k, _ in gone:
-            del self.data[k]
-        self.expirations += len(gone)
-        return gone
-
-    def set(self, key: int, value: int, ttl: float) -> None:
-        self.purge()
-        if key in self.data:
-            self.data.move_to_end(key)  # an overwrite keeps its insertion position
-        else:
-            if len(self.data) >= MAXSIZE:
-                self.data.popitem(last=False)
-                self.evictions += 1
-            self.inserted.pop(key, None)  # (re-)inserted: goes last
-            self.inserted[key] = None
-        self.data[key] = (value, self.clock.now + ttl)
-
-    def get(self, key: int) -> Any:
-        if key not in self.data:
-            self.misses += 1
-            return None
-        value, exp = self.data[key]
-        if not self.clock.now < exp:
-            del self.data[key]
-            self.expirations += 1
-            self.misses += 1
-            return None
-        self.data.move_to_end(key)
-        self.hits += 1
-        return value
-
-    def delete(self, key: int) -> bool:
-        if key not in self.data:
-            return False
-        _, exp = self.data.pop(key)
-        return self.clock.now < exp
-
-    def live_keys(self) -> list[int]:
-        return [k for k, (_, exp) in self.data.items() if self.clock.now < exp]
-
-    def inserted_live_keys(self) -> list[int]:
-        return [k for k in self.inserted if k in self.data and self.clock.now < self.data[k][1]]
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -90,11 +34,11 @@ class CacheMachine(RuleBasedStateMachine):
         # instead of aborting the whole run with a collection error
         self.module = importlib.import_module(MODULES[self.implementation])
         self.clock = FakeClock()
-        self.model = Model(self.clock)
+        self.model = Model(self.clock, MAXSIZE, sieve=True)
         self.ttl_cache = self.module.TTLCache(MAXSIZE, DEFAULT_TTL, timer=self.clock)
         self.local = self.module.LocalCache(MAXSIZE, DEFAULT_TTL, timer=self.clock)
         # TTLCache has one TTL, so it gets its own model
-        self.ttl_model = Model(self.clock)
+        self.ttl_model = Model(self.clock, MAXSIZE, sieve=False)
 
     @rule(key=KEYS, value=VALUES, ttl=TTLS)
     def set(self, key: int, value: int, ttl: float | None) -> None:
