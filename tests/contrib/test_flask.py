@@ -208,6 +208,12 @@ def test_bad_cookie_starts_a_fresh_session(index: int, app: Flask, redis_client:
     sid = sid_of(client)
     assert bad[:43] != sid
     assert session_keys(redis_client, prefix) == [(prefix + sid).encode()]
+    # a plain write (no login) with the bad cookie: a fresh id too
+    other = app.test_client()
+    other.set_cookie("session", bad)
+    assert other.get("/incr").json == {"count": 1}
+    assert sid_of(other) not in (sid, bad[:43])
+    assert sorted(session_keys(redis_client, prefix)) == sorted([(prefix + sid).encode(), (prefix + sid_of(other)).encode()])
 
 
 def test_a_live_id_without_signature_is_not_adopted(app: Flask, redis_client: redis.Redis, prefix: str) -> None:

@@ -68,7 +68,8 @@ ROUTES = [
 
 
 def make_app(**options: Any) -> Starlette:
-    return Starlette(routes=ROUTES, middleware=[Middleware(SessionMiddleware, secret_key=SECRET, **options)])
+    options.setdefault("secret_key", SECRET)
+    return Starlette(routes=ROUTES, middleware=[Middleware(SessionMiddleware, **options)])
 
 
 @pytest.fixture
@@ -137,15 +138,19 @@ def test_read_only_requests_write_nothing(client: TestClient, redis_client: redi
 
 
 def test_cookie_options(redis_url: str, prefix: str) -> None:
+    from starlette.datastructures import Secret
+
     app = make_app(store=ClusteredRedisStore(url=redis_url, prefix=prefix), session_cookie="sid", max_age=None,
-                   path="/app", same_site="strict", https_only=True, domain="example.test")
+                   path="/app", same_site="strict", https_only=True, domain="example.test", partitioned=True,
+                   secret_key=Secret(SECRET))
     with TestClient(app, base_url="https://example.test") as test_client:
         header = test_client.get("/incr").headers["set-cookie"]
         test_client.portal.call(app.user_middleware[0].kwargs["store"].close)  # type: ignore[union-attr]
     assert header.startswith("sid=")
-    for part in ("path=/app", "httponly", "samesite=strict", "secure", "domain=example.test"):
+    for part in ("path=/app", "httponly", "samesite=strict", "secure", "domain=example.test", "partitioned"):
         assert part in header
     assert "Max-Age" not in header
+    assert CookieSigner(SECRET).unsign(header.split(";")[0].removeprefix("sid=")) is not None  # Secret(...) is its str
 
 
 def _bad_cookies() -> list[str]:
@@ -168,6 +173,12 @@ def test_bad_cookie_starts_a_fresh_session(index: int, client: TestClient, redis
     sid = CookieSigner(SECRET).unsign(value)
     assert sid is not None and sid != bad[:43]
     assert session_keys(redis_client, PREFIX) == [(PREFIX + sid).encode()]
+    # a plain write (no login) with the bad cookie: a fresh id too
+    response = client.get("/incr", headers=raw)
+    assert response.json() == {"count": 1}
+    written = CookieSigner(SECRET).unsign(response.headers["set-cookie"].split(";")[0].removeprefix("session="))
+    assert written not in (None, sid, bad[:43])
+    assert sorted(session_keys(redis_client, PREFIX)) == sorted([(PREFIX + sid).encode(), (PREFIX + str(written)).encode()])
 
 
 def test_a_live_id_without_signature_is_not_adopted(client: TestClient, redis_url: str) -> None:
@@ -287,3 +298,16 @@ def test_session_cookie_is_read_as_starlette_reads_cookies(header: str) -> None:
     assert middleware._read_cookie(scope) == HTTPConnection({"type": "http", "headers": scope["headers"][:2]}).cookies.get("session")
     scope["headers"].append((b"cookie", b"session=last"))
     assert middleware._read_cookie(scope) == "last"
+
+
+def test_signature_is_starlettes_own_plus_store_and_migrate_prefix() -> None:
+    import inspect
+
+    from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
+
+    ours = inspect.signature(SessionMiddleware).parameters
+    theirs = inspect.signature(StarletteSessionMiddleware).parameters
+    for name, parameter in theirs.items():
+        assert name in ours, name
+        assert ours[name].default == parameter.default, name
+    assert {"store", "migrate_prefix"} <= set(ours) - set(theirs) <= {"store", "migrate_prefix", "partitioned"}  # partitioned: newer Starlettes only

@@ -1,8 +1,8 @@
 """Starlette / FastAPI sessions on a ``fastsess.asyncio`` store.
 
 ``SessionMiddleware(app, secret_key=..., store=None, session_cookie="session",
-max_age=14 days, path="/", same_site="lax", https_only=False, domain=None)``:
-Starlette's own ``SessionMiddleware`` signature plus ``store``, any
+max_age=14 days, path="/", same_site="lax", https_only=False, domain=None,
+partitioned=False)``: Starlette's own ``SessionMiddleware`` signature plus ``store``, any
 ``fastsess.asyncio`` store (default: a ``fastsess.asyncio.ClusteredRedisStore``
 on ``$REDIS_URL`` with a TTL of ``max_age``).  It gives ``request.session``, a
 dict; every Redis call is awaited on the asyncio store, never a blocking one.
@@ -140,7 +140,7 @@ class SessionMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        secret_key: str | bytes,
+        secret_key: str | bytes | Any,
         store: AsyncSessionStore | None = None,
         session_cookie: str = "session",
         max_age: int | None = 14 * 24 * 60 * 60,
@@ -148,11 +148,13 @@ class SessionMiddleware:
         same_site: str = "lax",
         https_only: bool = False,
         domain: str | None = None,
+        partitioned: bool = False,
         migrate_prefix: str | None = None,
     ) -> None:
         self.app = app
         self.migrate_prefix = migrate_prefix
-        self.signer = CookieSigner(secret_key)
+        # bytes, str, or anything str() gives the secret of (starlette.datastructures.Secret)
+        self.signer = CookieSigner(secret_key if isinstance(secret_key, bytes) else str(secret_key))
         self.owns_store = store is None
         if store is None:
             url = os.environ.get("REDIS_URL")
@@ -172,6 +174,8 @@ class SessionMiddleware:
             flags += "; secure"
         if domain:
             flags += f"; domain={domain}"
+        if partitioned:
+            flags += "; partitioned"
         self.flags = flags
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
