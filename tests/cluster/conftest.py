@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,21 +25,10 @@ from redis.sentinel import Sentinel
 from fastsess import ClusterConfig, ClusteredRedisStore
 
 from ..support import RedisClusterNodes, RedisServer, SentinelProcess
+from ..support.waiting import wait_until
 
 SENTINEL_MASTER = "fastsess-test"
 FAST = {"subscribe_timeout": 0.5, "reconnect_backoff": (0.02, 0.2)}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005, what: str = "") -> Any:
-    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def wait_received(store: ClusteredRedisStore, before: int, timeout: float = 5.0) -> int:
@@ -111,52 +99,6 @@ def subscribed_pair(make_store: StoreFactory, url: str, raw: redis.Redis, **conf
 @pytest.fixture
 def pair(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis) -> Pair:
     return subscribed_pair(make_store, redis_url, redis_client)
-
-
-class RawSubscriber:
-    """A plain redis-py subscriber on a channel, to see exactly what a store publishes."""
-
-    def __init__(self, url: str, channel: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.pubsub = self.client.pubsub()
-        self.pubsub.subscribe(channel)
-        wait_until(lambda: (m := self.pubsub.get_message(timeout=0.1)) is not None and m["type"] == "subscribe", 5.0, what="raw subscription")
-
-    def drain(self, quiet: float = 0.2) -> list[bytes]:
-        """Every message until the channel was quiet for ``quiet`` seconds."""
-        out = []
-        while True:
-            msg = self.pubsub.get_message(timeout=quiet)
-            if msg is None:
-                return out
-            if msg["type"] == "message":
-                out.append(msg["data"])
-
-    def next(self, timeout: float = 2.0) -> bytes | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if msg is not None and msg["type"] == "message":
-                return msg["data"]
-        return None
-
-    def close(self) -> None:
-        self.pubsub.close()
-        self.client.close()
-
-
-@pytest.fixture
-def raw_subscriber(redis_url: str) -> Iterator[Callable[[str], RawSubscriber]]:
-    subs: list[RawSubscriber] = []
-
-    def make(channel: str) -> RawSubscriber:
-        sub = RawSubscriber(redis_url, channel)
-        subs.append(sub)
-        return sub
-
-    yield make
-    for sub in subs:
-        sub.close()
 
 
 def listener_threads() -> list[Any]:

@@ -1,5 +1,8 @@
 """Redis going away and coming back (each test has its own server: ``redis_server_factory``).
 
+Sync only; what both flavours share (kill and recover, stale_if_error, close while
+reconnecting) is in ``tests/contract/test_cluster_failover.py``.
+
 While unsubscribed the cache is bypassed and reads fail
 closed with ``StoreUnavailable`` (unless ``stale_if_error``); every resubscribe flushes
 the cache; ``close()`` stops the listener thread.
@@ -58,64 +61,6 @@ def all_fail_closed(store: ClusteredRedisStore, s: Session) -> None:
         store.count()
 
 
-def test_kill_fails_closed_then_recovers_with_a_flushed_cache(nodes: Pair, server: RedisServer) -> None:
-    A, B, raw, _ = nodes
-    s = saved(A, {"v": 1})
-    assert B.load(s.id)["v"] == 1 and B.load(s.id)["v"] == 1  # cached on B
-    assert B.cache_stats().size == 1
-
-    kill(server)
-    t0 = time.monotonic()
-    wait_until(lambda: not B.coordinator.subscribed and not A.coordinator.subscribed, 5, what="the drop to be noticed")
-    assert time.monotonic() - t0 < 3
-    assert B.coordinator.stats.last_error
-    for store in (B, A):
-        all_fail_closed(store, s.copy())  # even the session B had cached
-    assert B.cache_stats().size == 0  # flushed on drop (fail closed)
-
-    server.start()  # same port, empty dataset
-    for store in (A, B):
-        wait_until(lambda: store.coordinator.subscribed, 5, what="resubscription")
-        assert store.coordinator.stats.reconnects >= 1
-    assert B.cache_stats().size == 0
-    assert B.load(s.id) is None and A.load(s.id) is None  # the data died with the server: not served from a cache
-
-    s2 = saved(A, {"v": "a"})
-    assert B.load(s2.id)["v"] == "a" and B.load(s2.id)["v"] == "a"
-    before = received(B)
-    s2["v"] = "b"
-    assert A.save(s2)
-    wait_received(B, before)
-    assert B.load(s2.id)["v"] == "b"
-    assert A.delete(s2.id)
-    wait_until(lambda: B.load(s2.id) is None, 5, what="the delete to reach B")
-
-
-def test_stale_if_error_serves_the_cached_copy_while_redis_is_down(make_store: StoreFactory, server: RedisServer) -> None:
-    raw = redis.Redis.from_url(server.url)
-    try:
-        A, B, _, _ = subscribed_pair(make_store, server.url, raw, stale_if_error=True)
-        s = saved(A, {"v": 1})
-        assert B.load(s.id)["v"] == 1  # cached
-        other = saved(A, {"v": "not cached on B"})
-        kill(server)
-        wait_until(lambda: not B.coordinator.subscribed, 5, what="the drop")
-        got = B.load(s.id)
-        assert got is not None and got["v"] == 1  # served stale, by explicit opt-in
-        got["v"] = 2
-        assert B.load(s.id)["v"] == 1  # still a private copy
-        with pytest.raises(StoreUnavailable):
-            B.load(other.id)  # nothing to fall back on
-        with pytest.raises(StoreUnavailable):
-            B.save(got)  # writes never pretend
-        server.start()
-        wait_until(lambda: B.coordinator.subscribed, 5, what="resubscription")
-        assert B.cache_stats().size == 0  # flushed on resubscribe
-        assert B.load(s.id) is None  # the restart lost the data: the stale copy is gone too
-    finally:
-        raw.close()
-
-
 def test_frozen_redis_is_detected_by_ping(nodes: Pair, server: RedisServer) -> None:
     """No FIN, no data (SIGSTOP): the listener notices the silence by PING/PONG."""
     A, B, raw, _ = nodes
@@ -153,23 +98,6 @@ def test_store_started_while_redis_is_down(make_store: StoreFactory, server: Red
     wait_until(lambda: store.coordinator.subscribed, 5, what="the first subscription")
     assert store.save(s) is True
     assert store.load(s.id)["v"] == 1
-
-
-def test_close_leaves_no_listener_thread(make_store: StoreFactory, server: RedisServer) -> None:
-    before = {t.ident for t in listener_threads()}
-    a = make_store(server.url, name="A")
-    b = make_store(server.url, name="B")
-    mine = [t for t in listener_threads() if t.ident not in before]
-    assert len(mine) == 2
-    a.close()
-    kill(server)  # b's listener is now in its reconnect loop
-    wait_until(lambda: not b.coordinator.subscribed, 5)
-    t0 = time.monotonic()
-    b.close()
-    assert time.monotonic() - t0 < 2  # close is prompt even while reconnecting
-    assert not any(t.is_alive() for t in mine)
-    assert not [t for t in listener_threads() if t.ident not in before]
-    assert not a.coordinator.running and not b.coordinator.running
 
 
 def test_every_store_of_the_module_closed_leaves_no_thread(make_store: StoreFactory, redis_url: str) -> None:

@@ -438,6 +438,46 @@ def nodes(clustered: ClusteredBackend) -> Nodes:
     return Nodes(clustered.make(name="A"), clustered.make(name="B"), clustered.client, clustered.channel, clustered)
 
 
+def hold_after(store: Any, method: str, during: Callable[[], None]) -> list[Any]:
+    """Make the first call of ``store``'s internal ``method`` (its Redis round trip) run
+    ``during()`` after Redis answered and before the store acts on the reply.
+
+    This forces the interleavings of the no-stale-refill tests; it is the one place the
+    suite reaches into a store (no public seam pauses a store between its reply and its
+    cache fill).  For an asyncio store ``during`` runs in a worker thread while the call
+    awaits it, so it may use other stores' sync facades.  Returns the replies seen.
+    """
+    target = sync_store(store)
+    real = getattr(target, method)
+    replies: list[Any] = []
+    if isinstance(store, Blocking):
+
+        async def held_async(*args: Any, **kwargs: Any) -> Any:
+            reply = await real(*args, **kwargs)
+            if not replies:
+                replies.append(reply)
+                await asyncio.to_thread(during)
+            return reply
+
+        setattr(target, method, held_async)
+    else:
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            reply = real(*args, **kwargs)
+            if not replies:
+                replies.append(reply)
+                during()
+            return reply
+
+        setattr(target, method, held)
+    return replies
+
+
+def listener_threads() -> list[threading.Thread]:
+    """The live listener threads (both flavours listen in a thread)."""
+    return [t for t in threading.enumerate() if t.name.startswith("fastsess-listener") and t.is_alive()]
+
+
 def received(store: Any) -> int:
     return int(store.coordinator.stats.received)
 

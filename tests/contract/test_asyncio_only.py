@@ -1,7 +1,8 @@
 """What only the asyncio flavour has: coroutine methods, concurrency on one loop, the
-listener's lazy start and ``async with``.  Written as native ``async def`` tests
-(pytest-asyncio), not through the contract suite's sync facade, since the point here
-is how the stores behave under ``await``.
+listener's lazy start.  Written as native ``async def`` tests (pytest-asyncio), not
+through the contract suite's sync facade, since the point here is how the stores
+behave under ``await``.  (``async with`` is in the contract suite: the facade enters
+an asyncio store with it.)
 """
 
 from __future__ import annotations
@@ -16,13 +17,7 @@ import pytest
 from fastsess import ClusterConfig
 from fastsess.asyncio import AsyncSessionStore, ClusteredRedisStore, MemoryStore, RedisStore
 
-from .conftest import FAST
-
-
-def listener_threads() -> list[Any]:
-    import threading
-
-    return [t for t in threading.enumerate() if t.name.startswith("fastsess-listener") and t.is_alive()]
+from .conftest import FAST, listener_threads
 
 
 @pytest.fixture
@@ -89,14 +84,3 @@ async def test_listener_starts_lazily_and_close_ends_it(redis_url: str, prefix: 
     assert not store.coordinator.running and not store.coordinator.subscribed
     assert len(listener_threads()) == before
     await store.close()  # twice is harmless
-
-
-async def test_async_with_starts_and_stops_the_listener(redis_url: str, prefix: str) -> None:
-    cfg = config(node_id="actx-" + uuid.uuid4().hex[:6])
-    async with ClusteredRedisStore(url=redis_url, config=cfg, prefix=prefix) as store:
-        assert store.coordinator.running
-        assert await store.coordinator.wait_subscribed(5)
-        name = f"fastsess-listener-{cfg.node_id[:12]}"
-        assert name in {t.name for t in listener_threads()}
-    assert not store.coordinator.running
-    assert not [t for t in listener_threads() if t.name == name]

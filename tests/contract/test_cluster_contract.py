@@ -1,6 +1,9 @@
-"""``ClusteredRedisStore`` in one process: two nodes A and B on the shared private Redis.
+"""Cluster behaviours, once for both flavours: two ``ClusteredRedisStore`` nodes A and B.
 
-Every node has its own node id and the test's private channel (``conftest.make_store``).
+``nodes`` gives two subscribed stores on one private channel, sync or asyncio (ids
+``clustered-sync`` / ``clustered-asyncio``; both flavours share the listener thread).
+"Nothing arrived" is asserted after a barrier message (``barrier``; a raw subscriber's
+``until_barrier``), never after a sleep.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import Any
 import msgpack
 import pytest
 import redis
+import redis.asyncio
 
-from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore, Session
+from fastsess import ClusterConfig, Session
 from fastsess.cluster import CLEARED, DELETED, INVALIDATED, TOUCHED, decode_message, encode_message
-from fastsess.errors import SessionCorrupt
 from fastsess.stores.base import is_valid_session_id, new_session_id
 
-from .conftest import Pair, StoreFactory, listener_threads, received, subscribed_pair, wait_received, wait_until
+from ..support.pubsub import RawSubscriber
+from .conftest import Blocking, ClusteredBackend, Nodes, barrier, listener_threads, received, wait_received, wait_until
 
 
 def saved(store: Any, data: dict[str, Any] | None = None, **kw: Any) -> Session:
@@ -29,28 +33,28 @@ def saved(store: Any, data: dict[str, Any] | None = None, **kw: Any) -> Session:
     return s
 
 
-def rewrite(store: Any, sid: str, key: str, value: Any) -> Session:
-    """Load ``sid`` fresh from Redis through ``store`` (cache bypassed) and save ``key=value``."""
-    store.evict_from_cache(sid)
-    s = store.load(sid)
-    assert s is not None
-    s[key] = value
-    assert store.save(s) is True
-    return s
+
+@pytest.fixture
+def subscriber(redis_url: str) -> Any:
+    subs: list[RawSubscriber] = []
+
+    def make(channel: str) -> RawSubscriber:
+        sub = RawSubscriber(redis_url, channel)
+        subs.append(sub)
+        return sub
+
+    yield make
+    for sub in subs:
+        sub.close()
 
 
-def behind_the_back(store: Any, raw: redis.Redis, sid: str, data: dict[str, Any]) -> None:
-    """Overwrite the session in Redis without any invalidation (as a lost message would)."""
-    ghost = Session(sid, data, ttl=store.ttl, new=False, version=99)
-    raw.set(store.prefix + sid, store.serializer.encode(ghost), ex=store.ttl)
+# --- the RedisStore API on two nodes ------------------------------------------------------
 
 
-# --- the RedisStore API ------------------------------------------------------------------
-
-
-def test_is_a_redis_store_with_the_same_api(pair: Pair) -> None:
-    A, B, raw, _ = pair
-    assert isinstance(A, RedisStore)
+def test_is_a_redis_store_with_the_same_api(nodes: Nodes) -> None:
+    A, B, raw, _, backend = nodes
+    base = backend.api.RedisStore
+    assert isinstance(A.wrapped if isinstance(A, Blocking) else A, base)
     s = A.create({"user": 7})
     assert s.new and is_valid_session_id(s.id) and raw.dbsize() == 0  # create writes nothing
     assert A.load(s.id) is None and not A.exists(s.id)
@@ -61,23 +65,27 @@ def test_is_a_redis_store_with_the_same_api(pair: Pair) -> None:
         assert loaded is not None and dict(loaded) == {"user": 7} and loaded.version == 1 and not loaded.new
         assert store.exists(s.id)
     assert 1700 <= raw.ttl(A.prefix + s.id) <= 1800
+    before = received(B)
     assert A.touch(s.id, ttl=500) is True and 490 <= raw.ttl(A.prefix + s.id) <= 500
+    wait_received(B, before)
     assert B.touch(s.id) is True and 1790 <= raw.ttl(A.prefix + s.id) <= 1800
-    old = s.id
+    old, before = s.id, received(B)
     assert A.regenerate(s) is s and s.id != old
+    wait_received(B, before)
     assert not A.exists(old) and A.exists(s.id) and A.load(old) is None
+    assert not B.exists(old) and B.load(old) is None
     assert dict(B.load(s.id)) == {"user": 7}
     before = received(B)
     assert A.delete(s.id) is True and A.delete(s.id) is False
     wait_received(B, before)  # B may serve its copy until the delete message arrives, not after
     assert B.load(s.id) is None and not B.exists(s.id)
     for bad in ("short", "x" * 43 + "!", "", None, 42):
-        assert A.load(bad) is None  # type: ignore[arg-type]
-        assert A.exists(bad) is False and A.delete(bad) is False and A.touch(bad) is False  # type: ignore[arg-type]
+        assert A.load(bad) is None
+        assert A.exists(bad) is False and A.delete(bad) is False and A.touch(bad) is False
 
 
-def test_iter_ids_count_clear_only_touch_this_prefix(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_iter_ids_count_clear_across_nodes_only_touch_this_prefix(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     ids = {saved(A, {"i": i}).id for i in range(25)}
     foreign = {"other:" + new_session_id(): b"x", A.prefix + "meta": b"y", new_session_id(): b"z"}
     for k, v in foreign.items():
@@ -89,38 +97,31 @@ def test_iter_ids_count_clear_only_touch_this_prefix(pair: Pair) -> None:
     assert all(raw.get(k) == v for k, v in foreign.items())
 
 
-def test_context_manager_closes_listener_and_owned_client(make_store: StoreFactory, redis_url: str) -> None:
+def test_context_manager_runs_and_ends_the_listener(clustered: ClusteredBackend) -> None:
     before = len(listener_threads())
-    cfg = ClusterConfig(node_id="ctx-node", channel=make_store.channel, subscribe_timeout=0.5)
-    with ClusteredRedisStore(url=redis_url, config=cfg, prefix=make_store.prefix) as store:
-        assert store.coordinator is not None and store.coordinator.wait_subscribed(5)
+    cfg = ClusterConfig(node_id="ctx-node", channel=clustered.channel, subscribe_timeout=0.5)
+    store = clustered.wrap(clustered.store_class(url=clustered.url, config=cfg, prefix=clustered.prefix))
+    with store as entered:
+        assert entered is store
+        assert store.coordinator is not None and store.coordinator.running
+        assert store.coordinator.wait_subscribed(5)
         assert len(listener_threads()) == before + 1
+        assert "fastsess-listener-ctx-node" in {t.name for t in listener_threads()}
         s = saved(store)
         assert store.load(s.id) == s
     wait_until(lambda: len(listener_threads()) == before, 5, what="listener thread to end")
     assert not store.coordinator.running and not store.coordinator.subscribed
     # the node id is free again once closed
-    with ClusteredRedisStore(url=redis_url, config=cfg, prefix=make_store.prefix) as again:
+    with clustered.wrap(clustered.store_class(url=clustered.url, config=cfg, prefix=clustered.prefix)) as again:
         assert again.load(s.id) == s
     store.close()  # closing twice is harmless
 
 
-def test_external_client_is_not_closed(make_store: StoreFactory, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    store = make_store(client=client)
-    s = saved(store)
-    store.close()
-    assert client.exists(store.prefix + s.id) == 1  # still usable
-    client.close()
-
-
-def test_same_node_id_is_a_label_not_the_identity(make_store: StoreFactory, redis_url: str) -> None:
+def test_same_node_id_is_a_label_not_the_identity(clustered: ClusteredBackend) -> None:
     """Two stores configured with the same node_id (one ClusterConfig shared, or the same
     FASTSESS_NODE_ID) still invalidate each other: messages carry a random instance id."""
-    a = make_store(redis_url, node_id="dup-node")
-    b = make_store(redis_url, node_id="dup-node")
-    for store in (a, b):
-        assert store.coordinator.wait_subscribed(5.0)
+    a = clustered.make(cluster={"node_id": "dup-node"})
+    b = clustered.make(cluster={"node_id": "dup-node"})
     assert a.coordinator.node_id == b.coordinator.node_id == "dup-node"
     assert a.coordinator.instance_id != b.coordinator.instance_id and a.coordinator.instance_id.startswith("dup-node/")
     s = saved(a)
@@ -133,21 +134,38 @@ def test_same_node_id_is_a_label_not_the_identity(make_store: StoreFactory, redi
     assert a.coordinator.stats.foreign_own_id == b.coordinator.stats.foreign_own_id == 0
 
 
-def test_corrupt_data_is_session_corrupt_and_not_cached(pair: Pair) -> None:
-    A, B, raw, _ = pair
-    sid = new_session_id()
-    raw.set(A.prefix + sid, msgpack.packb({"user": 1}))
-    for _ in range(2):
-        with pytest.raises(SessionCorrupt):
-            B.load(sid)
-    assert B.cache_stats().size == 0
+def test_sync_and_asyncio_nodes_interoperate(redis_url: str, prefix: str, loop_thread: Any) -> None:
+    """A deployment may mix sync and asyncio workers on one channel."""
+    sync = ClusteredBackend("sync", loop_thread, redis_url, redis.Redis.from_url(redis_url), prefix)
+    aio = ClusteredBackend("asyncio", loop_thread, redis_url, sync.client, prefix)
+    aio.channel = sync.channel
+    try:
+        A, B = sync.make(name="sync"), aio.make(name="aio")
+        s = saved(A, {"v": 1})
+        assert B.load(s.id)["v"] == 1
+        before = received(B)
+        s["v"] = 2
+        A.save(s)
+        wait_received(B, before)
+        assert B.load(s.id)["v"] == 2
+        on_b = B.load(s.id)
+        assert A.load(s.id)["v"] == 2  # cached on A now
+        got = received(A)
+        on_b["v"] = 3
+        B.save(on_b)
+        wait_received(A, got)
+        assert A.load(s.id)["v"] == 3
+    finally:
+        aio.close()
+        sync.close()
+        sync.client.close()
 
 
 # --- the local cache ---------------------------------------------------------------------
 
 
-def test_cached_load_returns_a_private_copy(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_cached_load_returns_a_private_copy(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
     s = saved(A, {"user": 1, "name": "x"})
     first = B.load(s.id)  # miss: fills the cache
     first["name"] = "mutated"
@@ -163,14 +181,14 @@ def test_cached_load_returns_a_private_copy(pair: Pair) -> None:
     assert A.load(s.id)["name"] == "x"
 
 
-def test_cache_is_really_used_and_stats_count(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_cache_is_really_used_and_stats_count(nodes: Nodes) -> None:
+    A, B, _, _, backend = nodes
     s = saved(A, {"v": 1})
     base = B.cache_stats()
     assert B.load(s.id)["v"] == 1
     after_miss = B.cache_stats()
     assert after_miss.misses == base.misses + 1 and after_miss.hits == base.hits and after_miss.size == base.size + 1
-    behind_the_back(B, raw, s.id, {"v": "ghost"})  # no invalidation sent
+    backend.behind_the_back(B, s.id, {"v": "ghost"})  # no invalidation sent
     for _ in range(5):
         assert B.load(s.id)["v"] == 1  # served from the cache, not Redis
     stats = B.cache_stats()
@@ -180,8 +198,55 @@ def test_cache_is_really_used_and_stats_count(pair: Pair) -> None:
     assert B.cache_stats().misses == base.misses + 2
 
 
-def test_write_on_a_is_seen_on_b_once_the_invalidation_arrives(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_evict_from_cache_and_clear_local_cache_are_local(nodes: Nodes) -> None:
+    A, B, raw, _, backend = nodes
+    s1, s2 = saved(A, {"n": 1}), saved(A, {"n": 2})
+    for s in (s1, s2):
+        B.load(s.id)
+    assert B.cache_stats().size == 2 and A.cache_stats().size == 2
+    backend.behind_the_back(B, s1.id, {"n": "new1"})
+    backend.behind_the_back(B, s2.id, {"n": "new2"})
+    assert B.load(s1.id)["n"] == 1  # cached
+    assert B.evict_from_cache(s1.id) is True and B.evict_from_cache(s1.id) is False
+    assert B.evict_from_cache("not-an-id") is False
+    assert B.load(s1.id)["n"] == "new1"  # re-read from Redis
+    assert B.load(s2.id)["n"] == 2
+    got_a = received(A)
+    B.clear_local_cache()
+    assert B.cache_stats().size == 0
+    assert B.load(s2.id)["n"] == "new2"
+    assert A.cache_stats().size == 2 and A.load(s2.id)["n"] == 2  # A untouched
+    barrier(B, A)
+    assert received(A) == got_a + 1  # the barrier only: clear_local_cache published nothing
+    assert raw.exists(A.prefix + s1.id) == 1
+
+
+def test_local_cache_is_capped(clustered: ClusteredBackend) -> None:
+    A, B = clustered.make(name="A"), clustered.make(name="B", cluster={"local_cache_max_size": 5})
+    ids = [saved(A, {"i": i}).id for i in range(12)]
+    for sid in ids:
+        B.load(sid)
+    stats = B.cache_stats()
+    assert stats.size == 5 and stats.max_size == 5 and stats.evictions >= 7
+
+
+def test_corrupt_data_is_not_cached(nodes: Nodes) -> None:
+    from fastsess.errors import SessionCorrupt
+
+    A, B, raw, _, _ = nodes
+    sid = new_session_id()
+    raw.set(A.prefix + sid, msgpack.packb({"user": 1}))  # msgpack, but not a fastsess session
+    for _ in range(2):
+        with pytest.raises(SessionCorrupt):
+            B.load(sid)
+    assert B.cache_stats().size == 0
+
+
+# --- propagation ------------------------------------------------------------------------------
+
+
+def test_write_on_a_is_seen_on_b_once_the_invalidation_arrives(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
     s = saved(A, {"v": 1})
     assert B.load(s.id)["v"] == 1 and B.load(s.id)["v"] == 1  # cached on B
     hits = B.cache_stats().hits
@@ -196,8 +261,8 @@ def test_write_on_a_is_seen_on_b_once_the_invalidation_arrives(pair: Pair) -> No
     assert B.load(s.id)["v"] == 2 and B.cache_stats().hits == hits + 1  # and the new one is cached
 
 
-def test_b_never_serves_its_old_copy_after_the_invalidation(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_b_never_serves_its_old_copy_after_the_invalidation(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
     s = saved(A, {"v": 0})
     for version in range(1, 21):
         assert B.load(s.id)["v"] == version - 1  # caches the current value
@@ -205,14 +270,14 @@ def test_b_never_serves_its_old_copy_after_the_invalidation(pair: Pair) -> None:
         s["v"] = version
         A.save(s)
         deadline = time.monotonic() + 5
-        while received(B) == before:
+        while received(B) == before:  # until the message: old or new, never anything else
             assert B.load(s.id)["v"] in (version - 1, version)
             assert time.monotonic() < deadline, "no invalidation"
         assert B.load(s.id)["v"] == version
 
 
-def test_delete_propagates(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_delete_propagates(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
     s = saved(A)
     assert B.load(s.id) is not None and B.load(s.id) is not None
     before = received(B)
@@ -222,8 +287,8 @@ def test_delete_propagates(pair: Pair) -> None:
     assert not B.exists(s.id)
 
 
-def test_delete_of_an_expired_key_still_evicts_cached_copies(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_delete_of_an_expired_key_still_evicts_cached_copies(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A)
     assert B.load(s.id) is not None
     raw.delete(A.prefix + s.id)  # gone from Redis behind everyone's back (expiry, eviction)
@@ -233,8 +298,8 @@ def test_delete_of_an_expired_key_still_evicts_cached_copies(pair: Pair) -> None
     assert B.load(s.id) is None
 
 
-def test_clear_propagates_and_flushes_every_cache(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_clear_propagates_and_flushes_every_cache(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
     sessions = [saved(A, {"i": i}) for i in range(10)]
     for s in sessions:
         assert B.load(s.id) is not None
@@ -247,8 +312,8 @@ def test_clear_propagates_and_flushes_every_cache(pair: Pair) -> None:
     assert B.count() == 0
 
 
-def test_touch_propagates_an_invalidation(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_touch_propagates_an_invalidation(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A)
     assert B.load(s.id) is not None
     size = B.cache_stats().size
@@ -259,13 +324,13 @@ def test_touch_propagates_an_invalidation(pair: Pair) -> None:
     assert B.evict_from_cache(s.id) is False  # already gone
     assert 890 <= raw.ttl(A.prefix + s.id) <= 900
     assert A.touch(new_session_id()) is False  # unknown id: no message
-    time.sleep(0.05)
-    assert received(B) == before + 1
+    barrier(A, B)
+    assert received(B) == before + 2  # the touch and the barrier, nothing for the unknown id
 
 
-def test_session_shortened_by_touch_is_not_served_after_it_expired(pair: Pair) -> None:
+def test_session_shortened_by_touch_is_not_served_after_it_expired(nodes: Nodes) -> None:
     """touch(id, ttl=1) makes the key expire in 1 s; no node may serve it from cache after that."""
-    A, B, raw, _ = pair
+    A, B, raw, _, _ = nodes
     s = saved(A, {"user": 1})
     assert A.touch(s.id, ttl=1) is True
     assert B.load(s.id) is not None and A.load(s.id) is not None  # both fill their caches now
@@ -274,8 +339,8 @@ def test_session_shortened_by_touch_is_not_served_after_it_expired(pair: Pair) -
     assert B.load(s.id) is None, "B serves a session that expired in Redis from its cache"
 
 
-def test_regenerate_removes_the_old_id_everywhere(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_regenerate_removes_the_old_id_everywhere(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A, {"user": 5})
     old = s.id
     assert B.load(old) is not None and A.load(old) is not None
@@ -288,8 +353,8 @@ def test_regenerate_removes_the_old_id_everywhere(pair: Pair) -> None:
     assert dict(B.load(s.id)) == {"user": 5} and dict(A.load(s.id)) == {"user": 5}
 
 
-def test_save_after_delete_elsewhere_does_not_resurrect(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_save_after_delete_elsewhere_does_not_resurrect(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A)
     on_b = B.load(s.id)
     before = received(B)
@@ -300,8 +365,8 @@ def test_save_after_delete_elsewhere_does_not_resurrect(pair: Pair) -> None:
     assert raw.exists(A.prefix + s.id) == 0 and B.load(s.id) is None and A.load(s.id) is None
 
 
-def test_a_ignores_its_own_messages(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_a_ignores_its_own_messages(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
     s = saved(A)
     own, got_a, got_b = A.coordinator.stats.ignored_own, received(A), received(B)
     s["x"] = 1
@@ -316,12 +381,27 @@ def test_a_ignores_its_own_messages(pair: Pair) -> None:
     assert A.coordinator.stats.malformed == B.coordinator.stats.malformed == 0
 
 
-def test_first_save_publishes_nothing(pair: Pair, raw_subscriber: Any) -> None:
-    A, B, raw, channel = pair
-    sub = raw_subscriber(channel)
+def test_on_message_hook_and_thread_name(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
+    seen: list[dict[str, Any]] = []
+    B.coordinator.on_message = seen.append
+    s = saved(A)
+    A.delete(s.id)
+    wait_until(lambda: seen, 5)
+    assert seen[0]["t"] == DELETED and seen[0]["id"] == s.id
+    names = {t.name for t in threading.enumerate()}
+    assert f"fastsess-listener-{B.config.node_id[:12]}" in names
+
+
+# --- what goes on the wire -------------------------------------------------------------------
+
+
+def test_first_save_publishes_nothing(nodes: Nodes, subscriber: Any) -> None:
+    A, _, _, channel, _ = nodes
+    sub = subscriber(channel)
     published = A.coordinator.stats.published
     s = saved(A)
-    assert sub.drain() == []
+    assert sub.until_barrier() == []
     assert A.coordinator.stats.published == published
     s["x"] = 1
     A.save(s)
@@ -329,9 +409,9 @@ def test_first_save_publishes_nothing(pair: Pair, raw_subscriber: Any) -> None:
     assert msg == {"t": INVALIDATED, "id": s.id, "node": A.coordinator.instance_id, "v": s.version}
 
 
-def test_messages_on_the_wire(pair: Pair, raw_subscriber: Any) -> None:
-    A, B, raw, channel = pair
-    sub = raw_subscriber(channel)
+def test_messages_on_the_wire(nodes: Nodes, subscriber: Any) -> None:
+    A, _, _, channel, _ = nodes
+    sub = subscriber(channel)
     s = saved(A)
     s["x"] = 1
     A.save(s)
@@ -340,61 +420,38 @@ def test_messages_on_the_wire(pair: Pair, raw_subscriber: Any) -> None:
     A.regenerate(s)
     A.delete(s.id)
     A.clear()
-    msgs = [decode_message(m) for m in sub.drain()]
+    msgs = [decode_message(m) for m in sub.until_barrier()]
     assert [(m["t"], m["id"]) for m in msgs] == [
         (INVALIDATED, old), (TOUCHED, old), (DELETED, old), (DELETED, s.id), (CLEARED, None),
     ]
     assert all(m["node"] == A.coordinator.instance_id for m in msgs)
 
 
-def test_evict_from_cache_and_clear_local_cache_are_local(pair: Pair) -> None:
-    A, B, raw, _ = pair
-    s1, s2 = saved(A, {"n": 1}), saved(A, {"n": 2})
-    for s in (s1, s2):
-        B.load(s.id)
-    assert B.cache_stats().size == 2 and A.cache_stats().size == 2
-    behind_the_back(B, raw, s1.id, {"n": "new1"})
-    behind_the_back(B, raw, s2.id, {"n": "new2"})
-    assert B.load(s1.id)["n"] == 1  # cached
-    assert B.evict_from_cache(s1.id) is True and B.evict_from_cache(s1.id) is False
-    assert B.evict_from_cache("not-an-id") is False
-    assert B.load(s1.id)["n"] == "new1"  # re-read from Redis
-    assert B.load(s2.id)["n"] == 2
-    got_a = received(A)
-    B.clear_local_cache()
-    assert B.cache_stats().size == 0
-    assert B.load(s2.id)["n"] == "new2"
-    assert A.cache_stats().size == 2 and A.load(s2.id)["n"] == 2  # A untouched
-    time.sleep(0.05)
-    assert received(A) == got_a  # nothing was published
-    assert raw.exists(A.prefix + s1.id) == 1
-
-
-def test_local_cache_is_capped(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis) -> None:
-    A, B, _, _ = subscribed_pair(make_store, redis_url, redis_client, local_cache_max_size=5)
-    ids = [saved(A, {"i": i}).id for i in range(12)]
-    for sid in ids:
-        B.load(sid)
-    stats = B.cache_stats()
-    assert stats.size == 5 and stats.max_size == 5 and stats.evictions >= 7
+def test_default_channel(clustered: ClusteredBackend, subscriber: Any) -> None:
+    sub = subscriber("fastsess:invalidate")
+    store = clustered.make(cluster={"channel": "fastsess:invalidate"})
+    s = saved(store)
+    store.delete(s.id)
+    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": store.coordinator.instance_id, "v": 0}
 
 
 # --- configurations ----------------------------------------------------------------------
 
 
-def test_disabled_is_a_plain_redis_store(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis, raw_subscriber: Any) -> None:
-    sub = raw_subscriber(make_store.channel)
+def test_disabled_is_a_plain_redis_store(clustered: ClusteredBackend, subscriber: Any) -> None:
+    sub = subscriber(clustered.channel)
     threads = len(listener_threads())
-    store = make_store(redis_url, enabled=False)
-    other = make_store(redis_url, name="B")
+    store = clustered.make(cluster={"enabled": False})
+    other = clustered.make(name="B")
     assert store.coordinator is None
     assert len(listener_threads()) == threads + 1  # only `other` listens
+    assert not [t for t in listener_threads() if store.config.node_id[:12] in t.name]
     s = saved(store, {"v": 1})
     s["v"] = 2
     store.save(s)
     assert other.load(s.id)["v"] == 2
     store.touch(s.id)
-    behind_the_back(store, redis_client, s.id, {"v": "raw"})
+    clustered.behind_the_back(store, s.id, {"v": "raw"})
     assert store.load(s.id)["v"] == "raw"  # never cached
     assert store.load(s.id)["v"] == "raw"
     stats = store.cache_stats()
@@ -405,16 +462,15 @@ def test_disabled_is_a_plain_redis_store(make_store: StoreFactory, redis_url: st
     store.delete(s.id)
     saved(store)
     store.clear()
-    assert sub.drain(0.3) == []  # nothing was ever published
+    assert sub.until_barrier() == []  # nothing was ever published
+    wait_until(lambda: other.coordinator.stats.malformed >= 1, what="the raw barrier marker to reach `other`")
     assert received(other) == 0
 
 
-def test_local_cache_disabled_still_publishes_but_never_caches(make_store: StoreFactory, redis_url: str, redis_client: redis.Redis, raw_subscriber: Any) -> None:
-    sub = raw_subscriber(make_store.channel)
-    A = make_store(redis_url, name="A", local_cache_enabled=False)
-    B = make_store(redis_url, name="B")
-    for st in (A, B):
-        assert st.coordinator.wait_subscribed(5)
+def test_local_cache_disabled_still_publishes_but_never_caches(clustered: ClusteredBackend, subscriber: Any) -> None:
+    sub = subscriber(clustered.channel)
+    A = clustered.make(name="A", cluster={"local_cache_enabled": False})
+    B = clustered.make(name="B")
     s = saved(A, {"v": 1})
     assert B.load(s.id)["v"] == 1  # B caches
     before = received(B)
@@ -426,7 +482,7 @@ def test_local_cache_disabled_still_publishes_but_never_caches(make_store: Store
     assert B.load(s.id)["v"] == 2
     for _ in range(3):
         assert A.load(s.id)["v"] == 2
-    behind_the_back(A, redis_client, s.id, {"v": "raw"})
+    clustered.behind_the_back(A, s.id, {"v": "raw"})
     assert A.load(s.id)["v"] == "raw"  # A never caches
     stats = A.cache_stats()
     assert (stats.size, stats.hits) == (0, 0)
@@ -438,13 +494,30 @@ def test_local_cache_disabled_still_publishes_but_never_caches(make_store: Store
     wait_received(A, got)
 
 
-def test_default_channel(make_store: StoreFactory, redis_url: str, raw_subscriber: Any) -> None:
-    sub = raw_subscriber("fastsess:invalidate")
-    store = make_store(redis_url, channel="fastsess:invalidate")
-    assert store.coordinator.wait_subscribed(5)
-    s = saved(store)
-    store.delete(s.id)
-    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": store.coordinator.instance_id, "v": 0}
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_invalidations_arrive_over_resp2_and_resp3_clients(clustered: ClusteredBackend, protocol: int) -> None:
+    # RESP2 replies are read straight off the connection; RESP3 push frames go through
+    # redis-py's get_message.  Both must deliver, ignore echoes and PONG.
+    clients = [clustered.new_client(protocol=protocol) for _ in range(2)]
+    try:
+        A, B = (clustered.make(client=c, name=n, cluster={"subscribe_timeout": 0.3}) for c, n in zip(clients, "AB"))
+        s = saved(A, {"n": 0})
+        assert B.load(s.id)["n"] == 0
+        for n in range(1, 4):
+            before = received(B)
+            s["n"] = n
+            A.save(s)
+            wait_received(B, before)
+            assert B.load(s.id)["n"] == n
+        time.sleep(0.8)  # idle past subscribe_timeout: the liveness PING and its PONG
+        barrier(A, B)  # the listener still applies messages after the PONG
+        assert B.coordinator.stats.subscribed and B.coordinator.stats.reconnects == 0
+        wait_until(lambda: A.coordinator.stats.ignored_own >= 4, what="A's echo of the barrier")
+        assert A.coordinator.stats.ignored_own == 4  # 3 writes and the barrier
+    finally:
+        clustered.close()
+        for c in clients:
+            clustered.close_client(c)
 
 
 # --- one round trip per write ------------------------------------------------------------
@@ -457,11 +530,15 @@ class CountingConnection(redis.Connection):
     pubsub_conns: set[int] = set()
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        data = command if isinstance(command, (bytes, bytearray)) else b"".join(bytes(c) for c in command)
-        if b"SUBSCRIBE" in data.upper()[:40]:
-            CountingConnection.pubsub_conns.add(id(self))
-        CountingConnection.log.append((id(self), bytes(data)))
+        record(self, command)
         super().send_packed_command(command, check_health)
+
+
+def record(conn: Any, command: Any) -> None:
+    data = command if isinstance(command, (bytes, bytearray)) else b"".join(bytes(c) for c in command)
+    if b"SUBSCRIBE" in data.upper()[:40]:
+        CountingConnection.pubsub_conns.add(id(conn))
+    CountingConnection.log.append((id(conn), bytes(data)))
 
 
 def sent_commands(since: int) -> list[bytes]:
@@ -470,27 +547,38 @@ def sent_commands(since: int) -> list[bytes]:
     for conn, data in CountingConnection.log[since:]:
         if conn in CountingConnection.pubsub_conns:
             continue
-        # RESP array: *N\r\n$len\r\nNAME\r\n...
-        out.append(data.split(b"\r\n")[2].upper())
+        out.append(data.split(b"\r\n")[2].upper())  # RESP array: *N\r\n$len\r\nNAME\r\n...
     return out
 
 
-def test_each_write_is_one_round_trip_with_its_publish(make_store: StoreFactory, redis_server: Any, redis_url: str, redis_client: redis.Redis, raw_subscriber: Any) -> None:
-    pool = redis.ConnectionPool(connection_class=CountingConnection, host="127.0.0.1", port=redis_server.port)
-    client = redis.Redis(connection_pool=pool)
+def test_each_write_is_one_round_trip_with_its_publish(
+    clustered: ClusteredBackend, redis_server: Any, subscriber: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if clustered.flavour == "sync":
+        client: Any = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=CountingConnection, host="127.0.0.1", port=redis_server.port))
+    else:
+        # the listener copies the client's connection class onto a sync pool by name, so an
+        # asyncio subclass cannot be used: record on redis.asyncio's connections instead
+        real_send = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+        async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+            record(self, command)
+            await real_send(self, command, check_health)
+
+        monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", send_packed_command)
+        client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
     try:
-        sub = raw_subscriber(make_store.channel)
-        store = make_store(client=client)
-        assert store.coordinator.wait_subscribed(5)
+        sub = subscriber(clustered.channel)
+        store = clustered.make(client=client)
         warm = saved(store)
         warm["w"] = 1
         store.save(warm)  # first use of the script: EVALSHA may answer NOSCRIPT once
         store.touch(warm.id)
         store.delete(warm.id)
-        sub.drain()
+        sub.until_barrier()
 
         def stats() -> dict[str, int]:
-            info = redis_client.info("commandstats")
+            info = clustered.client.info("commandstats")
             return {c: info.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval", "publish", "set", "del", "expire")}
 
         s = store.create({"a": 1})
@@ -512,7 +600,8 @@ def test_each_write_is_one_round_trip_with_its_publish(make_store: StoreFactory,
             msg = decode_message(sub.next())
             assert msg is not None and msg["id"] == s.id, op
     finally:
-        client.close()
+        clustered.close()
+        clustered.close_client(client)
 
 
 # --- bad input on the channel -----------------------------------------------------------
@@ -528,15 +617,17 @@ def _decodes(payload: bytes) -> bool:
 def malformed_payloads(n: int) -> list[bytes]:
     rng = random.Random(1234)
     shapes: list[Any] = [
-        [1, 2, 3], "invalidated", 42, None, {}, {"t": "invalidated"},
+        [1, 2, 3], [1], "invalidated", "x", 42, None, {}, {"t": "invalidated"}, {"t": "nope", "id": "x", "node": "n"},
         {"t": "evicted", "id": "x", "node": "n"}, {"t": "invalidated", "id": 5, "node": "n"},
         {"t": "invalidated", "id": "x", "node": None}, {"t": "deleted", "node": "n"},
         {"t": "invalidated", "id": "x", "node": "n", "v": "1"}, {"t": "cleared", "node": "n", "v": 1.5},
+        {"t": "cleared", "node": "n", "v": "1"},
         {"t": "invalidated", "id": "x", "node": "n", "v": True}, {b"t": b"cleared", b"node": b"n"},
         {"t": ["invalidated"], "id": "x", "node": "n"}, {"t": {"cleared": 1}, "node": "n"},
     ]
-    out: list[bytes] = []
-    for i in range(n):
+    fixed = [b"\xc1garbage", b"\x00" * 5000, encode_message(CLEARED, None, "n") + b"!"]
+    out: list[bytes] = list(fixed)
+    for i in range(n - len(fixed)):
         kind = i % 4
         if kind == 0:
             out.append(os.urandom(rng.randrange(0, 200)))
@@ -551,8 +642,8 @@ def malformed_payloads(n: int) -> list[bytes]:
     return out
 
 
-def test_a_thousand_malformed_messages_leave_the_listener_working(pair: Pair) -> None:
-    A, B, raw, channel = pair
+def test_a_thousand_malformed_messages_leave_the_listener_working(nodes: Nodes) -> None:
+    A, B, raw, channel, _ = nodes
     s = saved(A, {"v": 0})
     assert B.load(s.id)["v"] == 0
     pipe = raw.pipeline(transaction=False)
@@ -582,41 +673,3 @@ def test_a_thousand_malformed_messages_leave_the_listener_working(pair: Pair) ->
     assert A.coordinator.stats.malformed == 1000
     assert B.coordinator.running
 
-
-def test_on_message_hook_and_thread_name(pair: Pair) -> None:
-    A, B, raw, _ = pair
-    seen: list[dict[str, Any]] = []
-    B.coordinator.on_message = seen.append
-    s = saved(A)
-    A.delete(s.id)
-    wait_until(lambda: seen, 5)
-    assert seen[0]["t"] == DELETED and seen[0]["id"] == s.id
-    names = {t.name for t in threading.enumerate()}
-    assert f"fastsess-listener-{B.config.node_id[:12]}" in names
-
-
-@pytest.mark.parametrize("protocol", [2, 3])
-def test_invalidations_arrive_over_resp2_and_resp3_clients(redis_url: str, prefix: str, protocol: int) -> None:
-    # RESP2 replies are read straight off the connection (cluster._raw_reader); RESP3 push
-    # frames go through redis-py's get_message.  Both must deliver, ignore echoes and PONG.
-    clients = [redis.Redis.from_url(redis_url, protocol=protocol) for _ in range(2)]
-    configs = [ClusterConfig(channel=prefix + "ch", subscribe_timeout=0.3) for _ in range(2)]
-    stores = [ClusteredRedisStore(client=c, prefix=prefix, config=cfg) for c, cfg in zip(clients, configs)]
-    try:
-        A, B = stores
-        s = saved(A, {"n": 0})
-        assert B.load(s.id)["n"] == 0
-        for n in range(1, 4):
-            before = received(B)
-            s["n"] = n
-            A.save(s)
-            wait_received(B, before)
-            assert B.load(s.id)["n"] == n
-        time.sleep(0.8)  # idle past subscribe_timeout: the liveness PING and its PONG
-        assert B.coordinator.stats.subscribed and B.coordinator.stats.reconnects == 0
-        assert A.coordinator.stats.ignored_own == 3
-    finally:
-        for store in stores:
-            store.close()
-        for c in clients:
-            c.close()

@@ -1,5 +1,6 @@
-"""No stale re-fill: a value read from Redis before an invalidation
-arrived must never land in the cache.  The interleavings are forced, not hoped for."""
+"""No stale re-fill, for both flavours: a value read from Redis before an invalidation
+arrived must never land in the cache.  The interleavings are forced, not hoped for:
+``hold_after`` runs the other node's write in the middle of a store's own call."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Any
 
 import redis
 
-from fastsess import ClusteredRedisStore, Session
+from fastsess import Session
 
-from .conftest import Pair, StoreFactory, received, subscribed_pair, wait_received, wait_until
+from .conftest import ClusteredBackend, Nodes, barrier, hold_after, received, wait_received, wait_until
 
 
 def saved(store: Any, data: dict[str, Any]) -> Session:
@@ -21,24 +22,13 @@ def saved(store: Any, data: dict[str, Any]) -> Session:
     return s
 
 
-def intercept_get(store: ClusteredRedisStore, during: Callable[[], None]) -> list[bytes | None]:
+def intercept_get(store: Any, during: Callable[[], None]) -> list[Any]:
     """Make the next miss read of ``store`` (its GET + PTTL script) read Redis, run
     ``during()``, then return what it read."""
-    real_read = store._get_with_pttl
-    returned: list[bytes | None] = []
-
-    def read(*args: Any, **kwargs: Any) -> Any:
-        reply = real_read(*args, **kwargs)
-        if not returned:  # only the first call is held up
-            returned.append(reply[0])
-            during()
-        return reply
-
-    store._get_with_pttl = read  # type: ignore[method-assign]
-    return returned
+    return hold_after(store, "_get_with_pttl", during)
 
 
-def a_writes_and_b_hears(pair: Pair, action: Callable[[], Any]) -> Callable[[], None]:
+def a_writes_and_b_hears(pair: Nodes, action: Callable[[], Any]) -> Callable[[], None]:
     def during() -> None:
         before = received(pair.B)
         action()
@@ -47,8 +37,8 @@ def a_writes_and_b_hears(pair: Pair, action: Callable[[], Any]) -> Callable[[], 
     return during
 
 
-def test_invalidation_during_the_read_voids_the_fill(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_invalidation_during_the_read_voids_the_fill(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": "old"})
 
     def write_new() -> None:
@@ -56,7 +46,7 @@ def test_invalidation_during_the_read_voids_the_fill(pair: Pair) -> None:
         fresh["v"] = "new"
         assert A.save(fresh) is True
 
-    seen = intercept_get(B, a_writes_and_b_hears(pair, write_new))
+    seen = intercept_get(B, a_writes_and_b_hears(nodes, write_new))
     first = B.load(s.id)  # missed the cache, read "old", and meanwhile A wrote "new"
     assert seen and first is not None and first["v"] == "old"  # the read itself is allowed to be old
     assert B.cache_stats().size == 0, "the old value was put in the cache after the invalidation"
@@ -68,39 +58,39 @@ def test_invalidation_during_the_read_voids_the_fill(pair: Pair) -> None:
     assert B.cache_stats().size == 1
 
 
-def test_delete_during_the_read_voids_the_fill(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_delete_during_the_read_voids_the_fill(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": "old"})
-    intercept_get(B, a_writes_and_b_hears(pair, lambda: A.delete(s.id)))
+    intercept_get(B, a_writes_and_b_hears(nodes, lambda: A.delete(s.id)))
     assert B.load(s.id)["v"] == "old"
     assert B.cache_stats().size == 0
     assert B.load(s.id) is None
     assert B.load(s.id) is None
 
 
-def test_clear_during_the_read_voids_the_fill(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_clear_during_the_read_voids_the_fill(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": "old"})
-    intercept_get(B, a_writes_and_b_hears(pair, A.clear))
+    intercept_get(B, a_writes_and_b_hears(nodes, A.clear))
     assert B.load(s.id)["v"] == "old"
     assert B.cache_stats().size == 0
     assert B.load(s.id) is None
 
 
-def test_touch_during_the_read_voids_the_fill(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_touch_during_the_read_voids_the_fill(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": "old"})
-    intercept_get(B, a_writes_and_b_hears(pair, lambda: A.touch(s.id, ttl=60)))
+    intercept_get(B, a_writes_and_b_hears(nodes, lambda: A.touch(s.id, ttl=60)))
     B.load(s.id)
     assert B.cache_stats().size == 0  # its local expiry would follow the old TTL
 
 
-def test_unrelated_invalidation_does_not_stop_the_fill(pair: Pair) -> None:
-    A, B, raw, _ = pair
+def test_unrelated_invalidation_does_not_stop_the_fill(nodes: Nodes) -> None:
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": 1})
     other = saved(A, {"v": "other"})
     other["v"] = "other2"
-    intercept_get(B, a_writes_and_b_hears(pair, lambda: A.save(other)))
+    intercept_get(B, a_writes_and_b_hears(nodes, lambda: A.save(other)))
     assert B.load(s.id)["v"] == 1
     # (a slot collision could void it: 1 in 4096; the ids are random, so allow exactly that)
     from fastsess.cluster import GENERATION_SLOTS
@@ -109,28 +99,24 @@ def test_unrelated_invalidation_does_not_stop_the_fill(pair: Pair) -> None:
         assert B.cache_stats().size == 1
 
 
-def test_local_write_does_not_overwrite_a_newer_invalidation(pair: Pair) -> None:
+def test_local_write_does_not_overwrite_a_newer_invalidation(nodes: Nodes) -> None:
     """A's save runs its script (Redis: v2); before A caches its v2, B writes v3 and A
     hears B's invalidation.  A must not then cache v2 over it: Redis holds v3."""
-    A, B, raw, _ = pair
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": 1})
     assert A.load(s.id)["v"] == 1
-    real_script = A._set_publish
     done: list[bool] = []
 
-    def set_publish(*args: Any, **kwargs: Any) -> Any:
-        result = real_script(*args, **kwargs)
-        if not done:
-            done.append(True)
-            before = received(A)
-            on_b = B.load(s.id)
-            assert on_b["v"] == 2
-            on_b["v"] = 3
-            assert B.save(on_b) is True
-            wait_received(A, before)
-        return result
+    def b_writes_v3_and_a_hears() -> None:
+        done.append(True)
+        before = received(A)
+        on_b = B.load(s.id)
+        assert on_b["v"] == 2
+        on_b["v"] = 3
+        assert B.save(on_b) is True
+        wait_received(A, before)
 
-    A._set_publish = set_publish
+    hold_after(A, "_set_publish", b_writes_v3_and_a_hears)
     s["v"] = 2
     assert A.save(s) is True
     assert done
@@ -138,13 +124,13 @@ def test_local_write_does_not_overwrite_a_newer_invalidation(pair: Pair) -> None
     assert A.load(s.id)["v"] == 3, "A serves its own older write from cache after B's newer write was announced"
 
 
-def test_flush_on_resubscribe_voids_fills_in_flight(make_store: StoreFactory, redis_server_factory: Any) -> None:
+def test_flush_on_resubscribe_voids_fills_in_flight(clustered: ClusteredBackend, redis_server_factory: Any) -> None:
     """The pub/sub link drops while B is reading: messages may be lost meanwhile, so the fill
     of what B read must be dropped too (the flush on resubscribe moves the epoch)."""
     server = redis_server_factory()
     raw = redis.Redis.from_url(server.url)
     try:
-        A, B, _, _ = subscribed_pair(make_store, server.url, raw)
+        A, B = clustered.make(url=server.url, name="A"), clustered.make(url=server.url, name="B")
         s = saved(A, {"v": "old"})
 
         def drop_link_and_write() -> None:
@@ -164,10 +150,10 @@ def test_flush_on_resubscribe_voids_fills_in_flight(make_store: StoreFactory, re
         raw.close()
 
 
-def test_concurrent_loads_while_a_writes(pair: Pair) -> None:
+def test_concurrent_loads_while_a_writes(nodes: Nodes) -> None:
     """Three threads load on B while A writes versions 1..N.  A load that starts after B
     received the invalidation of version k returns k or newer; at the end, the final one."""
-    A, B, raw, _ = pair
+    A, B, raw, _, _ = nodes
     s = saved(A, {"v": 0})
     base = received(B)
     writes = 200
@@ -195,14 +181,14 @@ def test_concurrent_loads_while_a_writes(pair: Pair) -> None:
             if version % 50 == 0:
                 time.sleep(0.01)  # let the readers fill the cache now and then
         wait_until(lambda: received(B) - base >= writes, 10, what="every invalidation")
-        time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:
             t.join(10)
     assert not errors, errors[:5]
     assert loads[0] > writes  # the readers really ran concurrently
-    assert received(B) - base == writes
+    barrier(A, B)
+    assert received(B) - base == writes + 1  # and the barrier: no message was counted twice
     for _ in range(3):
         assert B.load(s.id)["v"] == writes
     assert B.cache_stats().hits > 0
