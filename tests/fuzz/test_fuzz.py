@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tracemalloc
 import zlib
 from typing import Any
@@ -179,6 +180,18 @@ def test_a_signed_cookie_with_one_character_changed_is_refused(position: int, ch
     forged = SIGNED[:position] + char + SIGNED[position + 1 :]
     assert signer.unsign(forged) == (SID if forged == SIGNED else None)
     assert CookieSigner("another secret").unsign(SIGNED) is None
+
+
+ID_FORM = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+@fuzz
+@given(value=st.text(max_size=60) | st.text("AZaz09_-=+/.\u00e9\x00", min_size=42, max_size=44) | st.binary(max_size=50) | st.none() | st.integers())
+@example(value=SID)
+@example(value=SID + "\n")
+def test_an_id_is_valid_exactly_when_it_has_the_form_fastsess_issues(value: Any) -> None:
+    """The check every store, and the Django drop-in's session-key check, runs on ids from clients."""
+    assert is_valid_session_id(value) == (type(value) is str and ID_FORM.fullmatch(value) is not None)
 
 
 # --- the legacy readers (migration only) ---------------------------------------------
