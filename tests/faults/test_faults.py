@@ -25,7 +25,8 @@ import pytest
 import redis
 
 from ..support import kill
-from .conftest import Rig, report, wait_for_value, wait_until
+from ..support.waiting import wait_until
+from .conftest import Rig, report, wait_for_value
 from .nodes import Node, caught
 
 UNAVAILABLE = "StoreUnavailable"
