@@ -6,6 +6,7 @@ No framework is imported here.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import re
@@ -20,6 +21,10 @@ _SIG_LEN = 43  # unpadded urlsafe base64 of a 32-byte HMAC-SHA256
 _COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\Z")
 
 
+# values plain_copy hands back as they are (immutable); checked inline to skip a call per value
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None), datetime.datetime, datetime.date})
+
+
 def plain_copy(value: Any) -> Any:
     """A copy of session data in which every dict and list is new (other values are immutable).
 
@@ -27,18 +32,16 @@ def plain_copy(value: Any) -> Any:
     lists and dicts), so copying the containers is a full deep copy.  Used so that
     a request mutating a nested value in place never changes a store's cached copy.
     """
-    if type(value) is dict:
-        return {k: plain_copy(v) for k, v in value.items()}
-    if type(value) is list:
-        return [plain_copy(v) for v in value]
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _IMMUTABLE else plain_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _IMMUTABLE else plain_copy(v) for v in value]
     if isinstance(value, dict):
         return {k: plain_copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain_copy(v) for v in value]
     return value
-
-
-_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def copy_into(target: dict[str, Any], data: dict[str, Any]) -> None:
