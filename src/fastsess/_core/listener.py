@@ -1,4 +1,27 @@
-"""The listener's state and message handling, shared by every driver. No I/O.
+"""The listener, without I/O: a state machine for its connection, and message handling.
+
+``ListenerMachine`` decides what the listener does.  A driver (today the listener
+thread in ``fastsess.cluster.thread``, for the sync and the asyncio stores alike) does
+the I/O, reports what happened as events and carries out the actions it gets back, in
+order::
+
+    events in                               actions out
+    start(now)                              Connect
+    subscribed(now)    (confirmation)       Flush, Serve        (resubscribed: Flush)
+    message(data, now)                      Dispatch(data)
+    reply(now)         (PONG, anything)     -
+    idle(now)          (nothing to read)    Ping | error: Bypass, Flush, Reconnect(delay)
+    error(exc, now)    (or unsubscribed)    Bypass, Flush, Reconnect(delay)
+    retry(now)         (the delay passed)   Connect
+    forked()                                Bypass, Flush
+    stop()                                  Bypass, Close
+
+``Flush`` is left out of an error's actions with ``stale_if_error`` (the copies stay as
+a fallback; they are flushed on resubscribe anyway).  A silent connection is caught by
+``idle``: after ``subscribe_timeout`` seconds without input it asks for a PING, and
+without an answer within as long again it fails the connection.  ``timeout(now)``
+says how long the driver may wait for input before calling ``idle``.  Reconnection
+delays come from a backoff object with redis-py's ``compute(failures)`` interface.
 
 Identity: ``node_id`` is the configured label (``ClusterConfig.node_id``, for logs and
 metrics).  Messages carry ``instance_id``, random per store instance and renewed in a
@@ -9,17 +32,230 @@ other's invalidations.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 from ..config import ClusterConfig
 from .coherence import CoherentCache
 from .messages import CLEARED, decode_message, encode_message, new_instance_id
 
 log = logging.getLogger("fastsess.cluster")
+
+MAX_BACKOFF_EXPONENT = 32  # failures beyond this give the same (capped) delay; 2**n stays a float
+
+
+class Backoff(Protocol):
+    """redis-py's backoff interface (``redis.backoff``): the delay after ``failures`` failures."""
+
+    def compute(self, failures: int) -> float: ...  # noqa: D102
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a connection and subscribe; then report ``subscribed``, ``error`` or ``idle``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """The subscription is confirmed: the local cache may be served."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    """Stop serving the local cache (reads go to Redis)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Empty the local cache and void every fill in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Send a PING on the subscribed connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Apply this message payload (``CoordinatorBase.handle_message``)."""
+
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Close the connection, wait ``delay`` seconds (unless stopped), then report ``retry``."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection and end: the listener is stopped."""
+
+
+Action = Connect | Serve | Bypass | Flush | Ping | Dispatch | Reconnect | Close
+
+CONNECT, SERVE, BYPASS, FLUSH, PING, CLOSE = Connect(), Serve(), Bypass(), Flush(), Ping(), Close()
+NOTHING: tuple[Action, ...] = ()
+
+IDLE = "idle"  # not started
+SUBSCRIBING = "subscribing"  # connecting, or waiting for the subscription's confirmation
+LISTENING = "listening"  # subscribed: the cache may be served
+WAITING = "waiting"  # after a failure, until the reconnection delay has passed
+STOPPED = "stopped"
+
+
+class ListenerMachine:
+    """The listener's connection lifecycle as a state machine (see the module doc). No I/O.
+
+    Args:
+        config: ``subscribe_timeout`` (the subscription deadline, and the silence that
+            triggers a PING), ``stale_if_error`` (keep the cache on errors) and
+            ``channel`` (for messages).
+        backoff: the reconnection delays: ``backoff.compute(n)`` after the (n+1)-th
+            failure in a row (``n`` capped at ``MAX_BACKOFF_EXPONENT``).
+
+    Not thread-safe: one driver feeds it, from one thread at a time.
+    """
+
+    def __init__(self, config: ClusterConfig, backoff: Backoff) -> None:
+        self.idle_timeout = config.subscribe_timeout
+        self.keep_stale = config.stale_if_error
+        self.channel = config.channel
+        self.backoff = backoff
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to a machine that never ran: not started, counters zeroed."""
+        self.state = IDLE
+        self.failures = 0  # failed connections (or drops) since the last confirmed subscription
+        self.reconnects = 0  # confirmed subscriptions after the first
+        self.last_error: str | None = None  # "Type: message" of the last failure
+        self.last_delay = 0.0  # the last reconnection delay handed out
+        self._ever_subscribed = False
+        self._deadline = 0.0  # SUBSCRIBING: when an unconfirmed subscription fails
+        self._last_seen = 0.0  # LISTENING: when input last arrived
+        self._ping_sent: float | None = None  # LISTENING: when an unanswered PING went out
+
+    @property
+    def serving(self) -> bool:
+        """True in the state where the local cache may be served (subscribed)."""
+        return self.state == LISTENING
+
+    # -- events -----------------------------------------------------------------------
+
+    def start(self, now: float) -> tuple[Action, ...]:
+        """The driver starts listening (from any state)."""
+        return self._connect(now)
+
+    def subscribed(self, now: float) -> tuple[Action, ...]:
+        """The server confirmed the subscription.  Messages published while we were not
+        subscribed are lost, so nothing cached may survive: flush, then serve."""
+        if self.state == STOPPED:
+            return NOTHING
+        self._last_seen, self._ping_sent = now, None
+        if self._ever_subscribed:
+            self.reconnects += 1
+            log.warning("resubscribed to %s; local cache flushed", self.channel)
+        self._ever_subscribed = True
+        self.failures = 0
+        if self.state == LISTENING:  # redis-py reconnected and resubscribed under us
+            return (FLUSH,)
+        self.state = LISTENING
+        return (FLUSH, SERVE)
+
+    def message(self, data: Any, now: float) -> tuple[Action, ...]:
+        """A message arrived on the channel."""
+        self._last_seen, self._ping_sent = now, None
+        return (Dispatch(data),)
+
+    def reply(self, now: float) -> tuple[Action, ...]:
+        """Anything else arrived (a PONG): the connection is alive."""
+        self._last_seen, self._ping_sent = now, None
+        return NOTHING
+
+    def unsubscribed(self, now: float) -> tuple[Action, ...]:
+        """The server ended our subscription: a failure."""
+        return self.error(ConnectionError("unsubscribed from the invalidation channel"), now)
+
+    def idle(self, now: float) -> tuple[Action, ...]:
+        """Nothing arrived for ``timeout(now)`` seconds."""
+        state = self.state
+        if state == SUBSCRIBING:
+            if now >= self._deadline:
+                return self.error(TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.idle_timeout:g} s"), now)
+        elif state == LISTENING:
+            if self._ping_sent is not None:
+                if now - self._ping_sent >= self.idle_timeout:
+                    return self.error(ConnectionError(f"no PONG within {self.idle_timeout:g} s on the invalidation channel"), now)
+            elif now - self._last_seen >= self.idle_timeout:
+                self._ping_sent = now
+                return (PING,)
+        return NOTHING
+
+    def error(self, exc: BaseException, now: float) -> tuple[Action, ...]:
+        """The connection failed (or could not be made): bypass the cache, flush it
+        (unless ``stale_if_error``), reconnect after the next backoff delay."""
+        if self.state == STOPPED:
+            return NOTHING
+        was_serving = self.state == LISTENING
+        self.state = WAITING
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.failures += 1
+        self.last_delay = delay = self.backoff.compute(min(self.failures - 1, MAX_BACKOFF_EXPONENT))
+        if was_serving:
+            log.warning("lost the invalidation channel (%s); bypassing the local cache until resubscribed", self.last_error)
+        else:
+            log.debug("connecting the listener failed: %s; next attempt in %.3f s", self.last_error, delay)
+        if self.keep_stale:
+            return (BYPASS, Reconnect(delay))
+        return (BYPASS, FLUSH, Reconnect(delay))
+
+    def outside_error(self, exc: BaseException) -> tuple[Action, ...]:
+        """A connection error the store saw on its own (e.g. loading a cluster's slot
+        map): recorded and treated like a drop, without touching the listener's connection."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.debug("connection error outside the listener: %s", self.last_error)
+        return (BYPASS,) if self.keep_stale else (BYPASS, FLUSH)
+
+    def retry(self, now: float) -> tuple[Action, ...]:
+        """The reconnection delay has passed."""
+        if self.state != WAITING:
+            return NOTHING
+        return self._connect(now)
+
+    def forked(self) -> tuple[Action, ...]:
+        """In a child made by ``os.fork()``: the parent's connection is not ours; start over."""
+        self.reset()
+        return (BYPASS, FLUSH)
+
+    def stop(self) -> tuple[Action, ...]:
+        """The driver stops listening."""
+        self.state = STOPPED
+        return (BYPASS, CLOSE)
+
+    # -- for the driver ---------------------------------------------------------------
+
+    def timeout(self, now: float) -> float:
+        """Seconds the driver may wait for input before it must call ``idle`` (>= 0)."""
+        state = self.state
+        if state == SUBSCRIBING:
+            left = self._deadline - now
+        elif state == LISTENING:
+            since = self._ping_sent if self._ping_sent is not None else self._last_seen
+            left = since + self.idle_timeout - now
+        else:
+            left = self.idle_timeout
+        return left if left > 0.0 else 0.0
+
+    def _connect(self, now: float) -> tuple[Action, ...]:
+        self.state = SUBSCRIBING
+        self._deadline = now + self.idle_timeout
+        self._ping_sent = None
+        return (CONNECT,)
 
 
 class CoordinatorStats(NamedTuple):
@@ -36,49 +272,46 @@ class CoordinatorStats(NamedTuple):
 
 
 class CoordinatorBase:
-    """State, counters and message handling shared by the sync and asyncio coordinators.
+    """A coordinator's identity, counters and message handling, and its ``ListenerMachine``.
 
     Identity: ``node_id`` is the configured label (``ClusterConfig.node_id``, for logs
     and metrics).  Messages carry ``instance_id``, random per store instance and renewed
     in a forked child, so two processes (or two stores) with the same label still
     receive each other's invalidations.
+
+    ``subscribed`` is a plain attribute (the stores read it on every cache hit): True
+    while the local cache may be served.  A driver sets it when it carries out the
+    machine's ``Serve``/``Bypass`` actions.
     """
 
-    def __init__(self, config: ClusterConfig, cache: CoherentCache | None) -> None:
+    def __init__(self, config: ClusterConfig, cache: CoherentCache | None, backoff: Backoff | None = None) -> None:
         self.config = config
         self.node_id = config.node_id
         self.channel = config.channel
         self.cache = cache
+        self.machine = ListenerMachine(config, backoff if backoff is not None else _Doubling(*config.reconnect_backoff))
         self._count_lock = threading.Lock()
-        self._reset_state()
+        self.subscribed = False
+        self._reset_counters()
         self.on_message: Callable[[dict[str, Any]], None] | None = None  # for tests and the demo
 
-    def _reset_state(self) -> None:
+    def _reset_counters(self) -> None:
         """A new identity and zeroed counters (construction, and a forked child)."""
         self.instance_id = new_instance_id(self.node_id)
-        self._pid = os.getpid()
         self._published = 0
         self._issued = 0  # messages built by message(): an upper bound on our own echoes
         self._received = 0
         self._ignored_own = 0
         self._foreign_own_id = 0
         self._malformed = 0
-        self._reconnects = 0
-        self._last_error: str | None = None
-        self._subscribed = False
-        self._ever_subscribed = False
-
-    @property
-    def subscribed(self) -> bool:
-        """True while listening: only then may the local cache be served."""
-        return self._subscribed
 
     @property
     def stats(self) -> CoordinatorStats:
         """A snapshot of the counters (see ``CoordinatorStats``)."""
+        machine = self.machine
         return CoordinatorStats(
             self._published, self._received, self._ignored_own, self._malformed,
-            self._reconnects, self._subscribed, self._last_error, self._foreign_own_id,
+            machine.reconnects, self.subscribed, machine.last_error, self._foreign_own_id,
         )
 
     def message(self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None) -> bytes:
@@ -124,94 +357,33 @@ class CoordinatorBase:
         if self.on_message is not None:
             self.on_message(msg)
 
-    def _on_subscribed(self) -> None:
-        # Messages published while we were away are lost: nothing cached may survive.
-        if self.cache is not None:
-            self.cache.flush()
-        if self._ever_subscribed:
-            self._reconnects += 1
-            log.warning("resubscribed to %s; local cache flushed", self.channel)
-        self._ever_subscribed = True
-        self._subscribed = True
-
     def report_error(self, exc: BaseException) -> None:
         """Record a connection error seen outside the listener (e.g. the store could not
         load a cluster's slot map): like a dropped subscription, the cache is bypassed
         (and flushed unless ``stale_if_error``) and ``stats.last_error`` says why."""
-        self._on_dropped(exc)
+        self.apply(self.machine.outside_error(exc))
 
-    def _on_dropped(self, exc: BaseException) -> None:
-        was_subscribed, self._subscribed = self._subscribed, False
-        # With stale_if_error the cached copies are kept as a fallback; they are
-        # not served while unsubscribed unless Redis fails, and flushed on resubscribe.
-        if self.cache is not None and not self.config.stale_if_error:
-            self.cache.flush()
-        self._last_error = f"{type(exc).__name__}: {exc}"
-        if was_subscribed:
-            log.warning("lost the invalidation channel (%s); bypassing the local cache until resubscribed", self._last_error)
-        else:
-            log.debug("reconnection failed: %s", self._last_error)
-
-    def _backoff(self, delay: float) -> float:
-        return min(delay * 2, self.config.reconnect_backoff[1])
-
-    def _until(self, deadline: float) -> float:
-        """Seconds left to wait for the subscription confirmation.
-
-        Raises:
-            TimeoutError: none left.
-        """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.config.subscribe_timeout:g} s")
-        return remaining
-
-    def _dispatch(self, kind: str, data: Any, subscribing: bool) -> bool:
-        """Handle one pub/sub event; True if it confirms the subscription being waited for.
-
-        Raises:
-            ConnectionError: the server unsubscribed us.
-        """
-        if kind == "message":
-            self.handle_message(data)
-        elif kind == "subscribe":
-            if subscribing:
-                return True
-            self._on_subscribed()  # redis-py reconnected and resubscribed under us: flush
-        elif kind == "unsubscribe":
-            raise ConnectionError("unsubscribed from the invalidation channel")
-        return False  # "pong": only liveness.seen() cares
+    def apply(self, actions: Sequence[Action]) -> None:
+        """Carry out the actions that need no connection: ``Serve``, ``Bypass``, ``Flush``
+        and ``Dispatch`` (the others are the driver's)."""
+        for action in actions:
+            kind = type(action)
+            if kind is Dispatch:
+                self.handle_message(action.data)  # type: ignore[union-attr]
+            elif kind is Flush:
+                if self.cache is not None:
+                    self.cache.flush()
+            elif kind is Serve:
+                self.subscribed = True
+            elif kind is Bypass:
+                self.subscribed = False
 
 
-class Liveness:
-    """Detects a silent pub/sub connection: PING after ``idle`` seconds, fail without PONG."""
+class _Doubling:
+    """The delay doubles from ``first`` up to ``cap`` (no jitter)."""
 
-    __slots__ = ("_idle", "_last_seen", "_ping_sent")
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, cap
 
-    def __init__(self, idle: float) -> None:
-        self._idle = idle
-        self._last_seen = time.monotonic()
-        self._ping_sent: float | None = None
-
-    def seen(self) -> None:
-        """Something arrived: the connection is alive."""
-        self._last_seen = time.monotonic()
-        self._ping_sent = None
-
-    def due(self) -> bool:
-        """True if a PING should be sent now.
-
-        Raises:
-            ConnectionError: a PING went unanswered for ``idle`` seconds.
-        """
-        t = time.monotonic()
-        if self._ping_sent is not None:
-            if t - self._ping_sent > self._idle:
-                raise ConnectionError(f"no PONG within {self._idle:g} s on the invalidation channel")
-            return False
-        if t - self._last_seen >= self._idle:
-            self._ping_sent = t
-            return True
-        return False
-
-
+    def compute(self, failures: int) -> float:
+        return float(min(self.cap, self.first * 2**failures))

@@ -37,14 +37,14 @@ class ClusterCoordinator(ThreadedCoordinator):
     async def start(self) -> bool:
         """Start the listener thread; True if subscribed within ``subscribe_timeout``."""
         if self.running:
-            return self._subscribed
+            return self.subscribed
         self._launch()
         return await self.wait_subscribed(self.config.subscribe_timeout)
 
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until subscribed (True) or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + timeout
-        while not self._subscribed:
+        while not self.subscribed:
             if not self.running or time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(_POLL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -168,3 +169,76 @@ async def aclose_quietly(client: Any) -> None:
             await pool.disconnect()  # redis-py 5.0's aclose() leaves the pool connected
     except Exception:  # noqa: BLE001 - best effort, from a finalizer
         log.debug("closing an unclosed store's client failed", exc_info=True)
+
+
+class Link:
+    """The listener's connection: a ``PubSub`` of its own, and how to read and wake it.
+
+    Until the subscription is confirmed it is read through ``get_message`` (which keeps
+    redis-py's own subscription state); from ``listening()`` on, straight off the socket
+    when ``raw_reader`` can (RESP2), and ``fd`` is the socket to wait on with ``select``
+    (-1: none exposed, read with a blocking timeout instead).
+    """
+
+    __slots__ = ("fd", "made", "pubsub", "read")
+
+    def __init__(self, client: Any) -> None:
+        """Raises:
+            redis.RedisError: the listener's client could not be built (see ``listener_client``).
+        """
+        listener, self.made = listener_client(client)
+        self.pubsub: Any = listener.pubsub()
+        self.read: Callable[[float], Any] | None = None
+        self.fd = -1
+
+    def subscribe(self, channel: str) -> None:
+        """Connect and send SUBSCRIBE (the confirmation arrives as an event).
+
+        Raises:
+            redis.RedisError / OSError: the connection failed.
+        """
+        self.pubsub.subscribe(channel)
+
+    def listening(self) -> None:
+        """The subscription is confirmed: read raw RESP from now on, if possible."""
+        self.read = raw_reader(self.pubsub)
+        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        self.fd = sock.fileno() if sock is not None else -1
+
+    def next_event(self, timeout: float) -> tuple[str, Any] | None:
+        """The next reply as (type, payload), or None if nothing came within ``timeout`` seconds.
+
+        Raises:
+            redis.RedisError / OSError: the connection failed.
+        """
+        read = self.read
+        if read is not None:
+            reply = read(timeout)
+            return None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
+        message = self.pubsub.get_message(timeout=timeout)
+        return None if message is None else (message["type"], message["data"])
+
+    def ping(self) -> None:
+        """Send a PING (its PONG arrives as an event).
+
+        Raises:
+            redis.RedisError / OSError: the connection failed.
+        """
+        self.pubsub.ping()
+
+    def shutdown(self) -> None:
+        """Shut the socket down (not close: the fd stays valid for a thread still reading
+        it), so a blocking read returns at once."""
+        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+    def close(self) -> None:
+        """Close the pub/sub connection and the client made for it; never raises."""
+        close_quietly(self.pubsub)
+        if self.made is not None:
+            close_quietly(self.made)

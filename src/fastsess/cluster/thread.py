@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from redis.backoff import ExponentialBackoff
+
 from .._core.coherence import CoherentCache
-from .._core.listener import CoordinatorBase, Liveness
+from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Serve
 from ..config import ClusterConfig
-from .redis_adapter import close_quietly, is_asyncio_client, listener_client, raw_reader
+from .redis_adapter import Link, is_asyncio_client
 from .registry import register
 
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
@@ -32,19 +34,18 @@ class ThreadedCoordinator(CoordinatorBase):
     """The listener thread of both coordinators (sync and asyncio): everything but the
     public start/stop/publish, which differ only in being coroutines or not.
 
-    The thread reads a pub/sub connection of its own, made by ``listener_client`` from
-    the store's client settings (RESP2, no redis-py retries: every drop reaches us, so
-    every reconnect flushes the cache and is counted).  It feeds the thread-safe
-    ``CoherentCache``, so invalidations apply even while an event loop is busy.
+    The thread drives the coordinator's ``ListenerMachine``: it reports what happens on
+    its connection as events and carries out the actions it gets back.
     """
 
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
-        super().__init__(config, cache)
+        super().__init__(config, cache, ExponentialBackoff(cap=config.reconnect_backoff[1], base=config.reconnect_backoff[0]))
         self.client = client
+        self._pid = os.getpid()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pubsub: Any = None  # the listener's current PubSub, for stop() to wake it
+        self._link: Link | None = None  # the listener's current connection, for stop() to wake it
         # The listener's socket while it waits for input (-1: none), and whether it is
         # waiting there (False from the moment it has input until it waits again).
         self._fd = -1
@@ -69,37 +70,26 @@ class ThreadedCoordinator(CoordinatorBase):
         """Tell the listener to end and wake it from its blocking read; returns its thread."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        self._subscribed = False
-        self._wake()
+        self.subscribed = False
+        link = self._link
+        if link is not None and os.getpid() == self._pid:  # never the parent's socket, in a forked child
+            link.shutdown()
         return thread
-
-    def _wake(self) -> None:
-        # Shut the listener's socket down (not close: the fd stays valid for the thread
-        # still reading it): its blocking read returns at once instead of after its poll.
-        # Only in the process that opened it: a forked child must not touch the parent's.
-        pubsub = self._pubsub
-        connection = getattr(pubsub, "connection", None)
-        sock = getattr(connection, "_sock", None)
-        if sock is None or os.getpid() != self._pid:
-            return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # already closed
-            pass
 
     def after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's thread, connection, cache and identity;
         start a listener of our own if the parent had one running."""
         was_running = self._thread is not None and not self._stop.is_set()
         self._thread = None
-        self._pubsub = None  # the parent's socket: never read, shut or closed here
+        self._link = None  # the parent's socket: never read, shut or closed here
+        self._pid = os.getpid()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._count_lock = threading.Lock()
-        self._reset_state()
-        cache = self.cache
-        if cache is not None:
-            cache.after_fork()
+        self._reset_counters()
+        if self.cache is not None:
+            self.cache.after_fork()
+        self.apply(self.machine.forked())
         reset_pool = getattr(getattr(self.client, "connection_pool", None), "reset", None)
         if is_asyncio_client(self.client) and callable(reset_pool):
             reset_pool()  # the parent's asyncio connections belong to the parent's event loop
@@ -109,82 +99,105 @@ class ThreadedCoordinator(CoordinatorBase):
     # -- listener thread -------------------------------------------------------------
 
     def _run(self, stop: threading.Event) -> None:
-        delay = self.config.reconnect_backoff[0]
-        while not stop.is_set():
-            pubsub = made = None
-            try:
-                listener, made = listener_client(self.client)
-                pubsub = self._pubsub = listener.pubsub()
-                if stop.is_set():
-                    break
-                self._subscribe(pubsub, stop)
-                delay = self.config.reconnect_backoff[0]
-                self._listen(pubsub, stop)
-            except Exception as exc:  # noqa: BLE001 - the listener must survive anything
-                if stop.is_set():
-                    break  # woken by stop(): not a connection problem
-                self._ready.clear()
-                self._on_dropped(exc)
-                stop.wait(delay)
-                delay = self._backoff(delay)
-            finally:
-                if self._pubsub is pubsub:
-                    self._pubsub = None
-                if pubsub is not None:
-                    close_quietly(pubsub)
-                if made is not None:
-                    close_quietly(made)
-        if self._thread is None or self._thread is threading.current_thread():
-            self._subscribed = False
-            self._ready.clear()
-
-    def _subscribe(self, pubsub: Any, stop: threading.Event) -> None:
-        pubsub.subscribe(self.channel)
-        deadline = time.monotonic() + self.config.subscribe_timeout
-        while True:
-            event = pubsub.get_message(timeout=self._until(deadline))
-            if event is not None and self._dispatch(event["type"], event["data"], subscribing=True):
-                break
-        if stop.is_set():
-            return
-        self._on_subscribed()
-        self._ready.set()
-
-    def _listen(self, pubsub: Any, stop: threading.Event) -> None:
-        liveness = Liveness(self.config.subscribe_timeout)
-        poll = min(POLL_INTERVAL, self.config.subscribe_timeout)
-        read = raw_reader(pubsub)
-        sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
-        fd = sock.fileno() if sock is not None else -1
-        def next_event(timeout: float) -> tuple[str, Any] | None:
-            if read is not None:
-                reply = read(timeout)
-                return None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
-            message = pubsub.get_message(timeout=timeout)
-            return None if message is None else (message["type"], message["data"])
-
+        machine = self.machine
+        actions: Sequence[Action] = machine.start(time.monotonic())
+        link: Link | None = None
         try:
             while not stop.is_set():
-                if fd >= 0:
-                    # Take what is already there without blocking; wait for more with select,
-                    # which leaves it unread in the socket: yield_to_listener sees it there.
-                    event = next_event(0)
-                    if event is None:
-                        self._fd, self._waiting = fd, True
-                        ready = select.select([fd], [], [], poll)[0]
-                        self._waiting = False
-                        if ready:
-                            continue
-                else:
-                    event = next_event(poll)
-                if event is None:
-                    if liveness.due():
-                        pubsub.ping()
-                    continue
-                liveness.seen()
-                self._dispatch(*event, subscribing=False)
+                try:
+                    link, actions = self._carry_out(actions, link, stop)
+                    if not actions and link is not None and not stop.is_set():
+                        actions = self._next_event(link)
+                except Exception as exc:  # noqa: BLE001 - the listener must survive anything
+                    if stop.is_set():
+                        break  # woken by stop(): not a connection problem
+                    actions = machine.error(exc, time.monotonic())
         finally:
             self._fd, self._waiting = -1, True
+            if self._link is link:
+                self._link = None
+            if link is not None:
+                link.close()
+            if self._thread is None or self._thread is threading.current_thread():  # not replaced by a new start()
+                self.apply(machine.stop())
+                self._ready.clear()
+
+    def _carry_out(self, actions: Sequence[Action], link: Link | None, stop: threading.Event) -> tuple[Link | None, Sequence[Action]]:
+        """Do ``actions`` in order; returns the connection and the actions of the events
+        they caused (empty: go and read).
+
+        Raises:
+            Exception: the connection failed (the caller reports it to the machine).
+        """
+        for action in actions:
+            kind = type(action)
+            if kind is Dispatch:
+                self.handle_message(action.data)  # type: ignore[union-attr]
+            elif kind is Connect:
+                link = self._link = Link(self.client)
+                if stop.is_set():
+                    break
+                try:
+                    link.subscribe(self.channel)
+                except BaseException:
+                    self._link = None
+                    link.close()
+                    raise
+            elif kind is Serve:
+                self.subscribed = True
+                self._ready.set()
+            elif kind is Bypass:
+                self.subscribed = False
+                self._ready.clear()
+            elif kind is Reconnect:
+                if link is not None:
+                    self._link = None
+                    link.close()
+                    link = None
+                if stop.wait(action.delay):  # type: ignore[union-attr]
+                    break
+                return None, self.machine.retry(time.monotonic())
+            elif kind is Ping:
+                if link is not None:
+                    link.ping()
+            else:  # Flush, Close
+                self.apply((action,))
+        return link, ()
+
+    def _next_event(self, link: Link) -> Sequence[Action]:
+        """Wait for the next reply on ``link`` (at most until the machine's next timeout)
+        and report it.
+
+        Raises:
+            Exception: the connection failed.
+        """
+        machine = self.machine
+        wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
+        fd = link.fd
+        if fd >= 0:
+            # Take what is already there without blocking; wait for more with select,
+            # which leaves it unread in the socket: yield_to_listener sees it there.
+            event = link.next_event(0)
+            if event is None:
+                self._fd, self._waiting = fd, True
+                ready = select.select([fd], [], [], wait)[0]
+                self._waiting = False
+                if ready:
+                    event = link.next_event(0)
+        else:
+            event = link.next_event(wait)
+        now = time.monotonic()
+        if event is None:
+            return machine.idle(now)
+        kind, data = event
+        if kind == "message":
+            return machine.message(data, now)
+        if kind == "subscribe":
+            link.listening()
+            return machine.subscribed(now)
+        if kind == "unsubscribe":
+            return machine.unsubscribed(now)
+        return machine.reply(now)
 
     def yield_to_listener(self) -> None:
         """Let the listener thread run if it has input to apply; cache hits call this
@@ -233,14 +246,14 @@ class ClusterCoordinator(ThreadedCoordinator):
         until the listener gets through.
         """
         if self.running:
-            return self._subscribed
+            return self.subscribed
         self._launch()
         return self._ready.wait(self.config.subscribe_timeout)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Block until subscribed (True) or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + timeout
-        while not self._subscribed:
+        while not self.subscribed:
             if self._stop.is_set() or time.monotonic() >= deadline:
                 return False
             self._ready.wait(min(0.01, max(0.0, deadline - time.monotonic())))

@@ -304,7 +304,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
         """
         cache = self._cache
         token = None
-        if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
+        if cache is not None and self.coordinator.subscribed and type(session_id) is str:  # type: ignore[union-attr]
             # Only valid ids are ever cached, so a hit needs no id check (saves ~250 ns).
             cached: Session | None = cache.get(session_id)
             if cached is not None:

@@ -96,7 +96,7 @@ class ClusteredRedisStore(LocalCacheControl, RedisStore):
             await self.start()
         cache = self._cache
         token = None
-        if cache is not None and self.coordinator._subscribed and type(session_id) is str:  # type: ignore[union-attr]
+        if cache is not None and self.coordinator.subscribed and type(session_id) is str:  # type: ignore[union-attr]
             cached: Session | None = cache.get(session_id)  # only valid ids are cached: no id check on a hit
             if cached is not None:
                 checked = self._hits_unchecked + 1
