@@ -50,3 +50,18 @@ def test_plain_copy_copies_every_container() -> None:
     assert copied == {"a": [1, {"b": [2]}], "t": [1, 2], "s": "x"}
     copied["a"][1]["b"].append(3)
     assert data["a"][1]["b"] == [2]
+
+
+def test_only_verified_values_are_remembered_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastsess.contrib import _common
+
+    monkeypatch.setattr(_common, "VERIFIED_MAX", 3)
+    signer = CookieSigner("s3cret")
+    good = [signer.sign(new_session_id()) for _ in range(5)]
+    forged = good[0][:44] + ("A" if good[0][44] != "A" else "B") + good[0][45:]
+    for _ in range(2):
+        assert signer.unsign(forged) is None  # a forgery is refused every time, never remembered
+        for value in good:
+            assert signer.unsign(value) == value[:43]
+    assert forged not in signer._verified
+    assert 0 < len(signer._verified) <= 3

@@ -17,6 +17,8 @@ from typing import Any
 COOKIE_PURPOSE = b"fastsess.contrib session-id cookie v1"
 
 _SIG_LEN = 43  # unpadded urlsafe base64 of a 32-byte HMAC-SHA256
+#: How many verified cookie values a ``CookieSigner`` remembers (about 0.5 MB at most).
+VERIFIED_MAX = 4096
 # a session id (the form fastsess issues), a dot, a signature: ASCII only, so compare_digest takes str
 _COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\Z")
 
@@ -62,7 +64,7 @@ class CookieSigner:
         ValueError: an empty secret.
     """
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "_verified")
 
     def __init__(self, secret: str | bytes, purpose: bytes = COOKIE_PURPOSE) -> None:
         if isinstance(secret, str):
@@ -75,6 +77,8 @@ class CookieSigner:
         # which looks the algorithm up again on every call.
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        # cookie values whose signature checked out -> their id (bounded; emptied when full)
+        self._verified: dict[str, str] = {}
 
     def _signature(self, session_id: str) -> str:
         inner = self._inner.copy()
@@ -90,11 +94,22 @@ class CookieSigner:
     def unsign(self, value: object) -> str | None:
         """The session id in a cookie value, or None (missing, malformed, bad signature).
 
-        The signature comparison takes constant time (``hmac.compare_digest``).
+        The signature comparison takes constant time (``hmac.compare_digest``).  A value
+        that verified before is remembered (up to ``VERIFIED_MAX`` per signer), so the
+        requests of a live session cost a dict lookup instead of an HMAC; only values
+        that verified are ever remembered.
         """
-        if type(value) is not str or _COOKIE.match(value) is None:
+        if type(value) is not str:
+            return None
+        verified = self._verified.get(value)
+        if verified is not None:
+            return verified
+        if _COOKIE.match(value) is None:
             return None
         session_id = value[:43]
         if not hmac.compare_digest(self._signature(session_id), value[44:]):
             return None
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[value] = session_id
         return session_id
