@@ -23,7 +23,7 @@ from fastsess.errors import ConfigError, SessionCorrupt, StoreUnavailable
 from fastsess.serializers import JSONSerializer
 from fastsess.stores.base import new_session_id
 
-from ..support import RedisServer, pause, restart
+from ..support import RedisServer, kill, pause, restart
 from .conftest import LoopThread, RedisBackend, redis_command_calls
 from .test_store_contract import DATA, MALFORMED, saved
 
@@ -200,42 +200,65 @@ def test_accepts_a_url_and_owns_the_client(redis_backend: RedisBackend) -> None:
 # --- a Redis that is down, restarted or hung ---------------------------------------------------
 
 
-def assert_unavailable(call: Callable[[], Any]) -> None:
+def assert_unavailable(call: Callable[[], Any], secret: str | None = None) -> StoreUnavailable:
+    """``call()`` raises StoreUnavailable within 3 s (socket_timeout 1 s), caused by a
+    redis-py error, and its message does not carry ``secret`` (a session id)."""
     t0 = time.monotonic()
     with pytest.raises(StoreUnavailable) as info:
         call()
-    assert time.monotonic() - t0 < 3.0
-    assert isinstance(info.value.__cause__, redis.RedisError), repr(info.value.__cause__)
-    assert info.value.cause is info.value.__cause__
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3.0, f"took {elapsed:.2f} s"
+    err = info.value
+    assert isinstance(err.__cause__, redis.RedisError), f"cause is not a redis exception: {err.__cause__!r}"
+    assert err.cause is err.__cause__
+    if secret:
+        assert secret not in str(err)
+    return err
 
 
 def test_redis_down_every_method_raises_store_unavailable(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
     server = redis_server_factory()
     store = redis_backend.make(url=server.url, socket_timeout=1.0)
-    existing = saved(store)
+    existing = saved(store, {"a": 1})
     loaded = store.load(existing.id)
-    loaded["x"] = 1
+    loaded["a"] = 2
     fresh = store.create({"b": 1})
     server.stop()
     redis_backend.wait_down(store)
-    assert_unavailable(lambda: store.load(existing.id))
-    assert_unavailable(lambda: store.exists(existing.id))
-    assert_unavailable(lambda: store.delete(existing.id))
-    assert_unavailable(lambda: store.touch(existing.id))
+
+    assert_unavailable(lambda: store.load(existing.id), existing.id)
+    assert_unavailable(lambda: store.exists(existing.id), existing.id)
+    assert_unavailable(lambda: store.delete(existing.id), existing.id)
+    assert_unavailable(lambda: store.touch(existing.id), existing.id)
+    assert_unavailable(lambda: store.touch(existing.id, 30), existing.id)
     assert_unavailable(lambda: list(store.iter_ids()))
     assert_unavailable(store.count)
     assert_unavailable(store.clear)
-    state = (fresh.id, fresh.version, fresh.new, fresh.modified)
-    assert_unavailable(lambda: store.save(fresh))
-    assert (fresh.id, fresh.version, fresh.new, fresh.modified) == state
-    state = (loaded.id, loaded.version, loaded.modified, loaded.refreshed_at)
-    assert_unavailable(lambda: store.save(loaded))
-    assert (loaded.id, loaded.version, loaded.modified, loaded.refreshed_at) == state
-    assert_unavailable(lambda: store.regenerate(loaded))
-    assert (loaded.id, loaded.version, loaded.modified, loaded.refreshed_at) == state
-    # no I/O needed: still fine
-    assert store.load("nope") is None
-    assert store.save(store.create()) is False
+
+    # a failed save leaves the session exactly as it was
+    state = (fresh.id, fresh.version, fresh.new, fresh.modified, fresh.refreshed_at)
+    assert_unavailable(lambda: store.save(fresh), fresh.id)
+    assert (fresh.id, fresh.version, fresh.new, fresh.modified, fresh.refreshed_at) == state
+    state = (loaded.id, loaded.version, loaded.new, loaded.modified, loaded.refreshed_at)
+    assert_unavailable(lambda: store.save(loaded), loaded.id)
+    assert (loaded.id, loaded.version, loaded.new, loaded.modified, loaded.refreshed_at) == state
+    # refresh-due path too
+    redis_backend.age(existing, 10_000)
+    state = (existing.id, existing.version, existing.refreshed_at)
+    assert_unavailable(lambda: store.save(existing))
+    assert (existing.id, existing.version, existing.refreshed_at) == state
+    # a failed regenerate keeps the old id
+    state = (loaded.id, loaded.version, loaded.new, loaded.modified)
+    assert_unavailable(lambda: store.regenerate(loaded), loaded.id)
+    assert (loaded.id, loaded.version, loaded.new, loaded.modified) == state
+
+    # what needs no I/O still works
+    assert store.create().new is True
+    unsaved = store.create()
+    old = unsaved.id
+    assert store.regenerate(unsaved).id != old
+    assert store.save(store.create()) is False  # anonymous: nothing to write, so no error
+    assert store.load("bad id") is None
 
 
 def test_malformed_ids_make_no_redis_call(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
@@ -256,28 +279,37 @@ def test_malformed_ids_make_no_redis_call(redis_backend: RedisBackend, redis_ser
         assert time.monotonic() - t0 < 0.05, name
 
 
-def test_reconnects_after_a_restart(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
+def test_reconnects_after_a_restart_on_the_same_port(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
     server = redis_server_factory()
     store = redis_backend.make(url=server.url, socket_timeout=1.0)
     s = saved(store)
     server.stop()
     redis_backend.wait_down(store)
     assert_unavailable(lambda: store.load(s.id))
-    server.start()
+    assert_unavailable(lambda: store.save(store.create({"x": 1})))
+    server.start()  # same port, empty dataset (no persistence)
     assert store.load(s.id) is None
-    t = saved(store, {"back": True})
-    assert store.load(t.id).data == {"back": True}
-    old = t.id
-    store.regenerate(t)  # the Lua script is reloaded on the new server
-    assert store.exists(old) is False and store.exists(t.id) is True
+    again = saved(store, {"back": True})
+    assert store.load(again.id).data == {"back": True}
+    assert store.exists(again.id)
+    old = again.id
+    store.regenerate(again)  # the Lua script is reloaded on the new server
+    assert store.exists(old) is False and store.exists(again.id) is True
+    assert store.count() == 1
 
 
 def test_pooled_connection_survives_a_restart(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
+    """A restart between two requests: the pooled connection is dead, the retry reconnects."""
     server = redis_server_factory()
     store = redis_backend.make(url=server.url, socket_timeout=1.0)
     s = saved(store)
     restart(server)
-    assert store.exists(s.id) is False  # reconnected transparently, no error
+    assert store.exists(s.id) is False  # no StoreUnavailable: reconnected transparently
+    s2 = saved(store)
+    kill(server)
+    server.start()
+    assert store.exists(s2.id) is False
+    assert saved(store, {"after": "kill"}).version == 1
 
 
 def test_hung_server_times_out(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
