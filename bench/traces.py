@@ -134,24 +134,40 @@ def session_trace(params: SessionParams = SessionParams(), seed: int = 0, name: 
         raise ValueError("rates and means must be > 0")
     if not (0.0 <= p.bot_fraction < 1.0 and 0.0 <= p.bot_repeat < 1.0):
         raise ValueError("bot_fraction and bot_repeat must be in [0, 1)")
-    rng = random.Random(seed)
     human_rate = p.visit_rate * p.pages_mean * p.burst_mean  # requests per second, in steady state
     total_rate = human_rate / (1.0 - p.bot_fraction)
-    # generate a little past the expected end, then keep the first `requests` events
-    horizon = 1.2 * p.requests / total_rate + 2 * p.pages_mean * p.think_mean
+    horizon = 1.25 * p.requests / total_rate + 60.0
+    while True:  # a horizon too short for `requests` (bursty bots) is retried longer, from the same seed
+        events, bot_ids = _session_events(p, random.Random(seed), horizon, human_rate, total_rate)
+        if len(events) >= p.requests:
+            break
+        horizon *= 1.5
+    events.sort()
+    keys = [sid for _, sid in events[: p.requests]]
+    kept_bots = frozenset(bot_ids.intersection(keys))
+    return Trace(name, keys, {"generator": "session", "seed": seed, **asdict(p)}, bot_ids=kept_bots)
+
+
+def _session_events(
+    p: SessionParams, rng: random.Random, horizon: float, human_rate: float, total_rate: float
+) -> tuple[list[tuple[float, int]], set[int]]:
+    """Every request in [0, horizon] as (time, id), and the bot ids among them."""
     events: list[tuple[float, int]] = []
     next_id = 0
-
     warmup = 4 * p.pages_mean * p.think_mean  # visits start this early so the trace opens in steady state
-    visits_expected = int((horizon + warmup) * p.visit_rate * 1.1) + 100
-    users = zipf_sequence(p.users, visits_expected, rng, p.user_alpha)
+    chunk = int((horizon + warmup) * p.visit_rate * 1.1) + 100
+    users = iter(zipf_sequence(p.users, chunk, rng, p.user_alpha))
     last_end: dict[int, float] = {}
     session_of: dict[int, int] = {}
     t = -warmup
-    for user in users:
+    while True:
         t += rng.expovariate(p.visit_rate)
         if t > horizon:
             break
+        user = next(users, None)
+        if user is None:  # more visits than expected: draw more users
+            users = iter(zipf_sequence(p.users, chunk, rng, p.user_alpha))
+            user = next(users)
         if user not in session_of or t - last_end[user] > p.idle_timeout:
             session_of[user] = next_id  # the old id (if any) is abandoned
             next_id += 1
@@ -163,7 +179,7 @@ def session_trace(params: SessionParams = SessionParams(), seed: int = 0, name: 
             for req in range(_geometric(rng, p.burst_mean)):
                 if req and p.burst_gap_mean:
                     now += rng.expovariate(1.0 / p.burst_gap_mean)
-                if now >= 0.0:
+                if 0.0 <= now <= horizon:
                     events.append((now, sid))
         last_end[user] = max(last_end.get(user, 0.0), now)
 
@@ -178,18 +194,14 @@ def session_trace(params: SessionParams = SessionParams(), seed: int = 0, name: 
             now = t
             for _ in range(_geometric(rng, p.bot_burst_mean)):
                 now += rng.expovariate(p.bot_rate)
-                events.append((now, next_id))
-                if rng.random() < p.bot_repeat:
+                if now <= horizon:
+                    events.append((now, next_id))
+                    bot_ids.add(next_id)
+                if rng.random() < p.bot_repeat and now + p.bot_repeat_gap <= horizon:
                     events.append((now + p.bot_repeat_gap, next_id))
-                bot_ids.add(next_id)
+                    bot_ids.add(next_id)
                 next_id += 1
-
-    events.sort()
-    if len(events) < p.requests:  # not expected: the horizon has a 20% margin
-        raise RuntimeError(f"generated {len(events)} requests, fewer than {p.requests}")
-    keys = [sid for _, sid in events[: p.requests]]
-    kept_bots = frozenset(bot_ids.intersection(keys))
-    return Trace(name, keys, {"generator": "session", "seed": seed, **asdict(p)}, bot_ids=kept_bots)
+    return events, bot_ids
 
 
 def zipf_trace(params: ZipfParams = ZipfParams(), seed: int = 0, name: str | None = None) -> Trace:  # noqa: B008  (frozen: safe default)
