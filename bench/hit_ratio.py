@@ -115,10 +115,22 @@ def capacities(distinct: int, fractions: Sequence[float] = FRACTIONS) -> list[in
     return [max(1, round(f * distinct)) for f in fractions]
 
 
-def run(traces: Sequence[Trace], fractions: Sequence[float] = FRACTIONS, candidates: dict[str, Replay] | None = None) -> dict[str, Any]:
-    """Replay every trace on every candidate at every size; return misses, ratios and the checks."""
+def run(
+    traces: Sequence[Trace],
+    fractions: Sequence[float] = FRACTIONS,
+    candidates: dict[str, Replay] | None = None,
+    reuse: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Replay every trace on every candidate at every size; return misses, ratios and the checks.
+
+    ``reuse``: an earlier ``run`` result; for a trace it replayed with the same
+    parameters (seed included) and cache sizes, the misses of candidates not in
+    ``candidates`` are copied from it instead of replayed (the traces are
+    deterministic, so they would be the same).
+    """
     cands = CANDIDATES if candidates is None else candidates
-    out: dict[str, Any] = {"fractions": list(fractions), "candidates": list(cands), "traces": []}
+    earlier_rows = reuse["traces"] if reuse else []
+    out: dict[str, Any] = {"fractions": list(fractions), "candidates": [], "traces": []}
     for trace in traces:
         caps = capacities(trace.distinct, fractions)
         misses: dict[str, list[int]] = {}
@@ -127,6 +139,15 @@ def run(traces: Sequence[Trace], fractions: Sequence[float] = FRACTIONS, candida
             t0 = time.perf_counter()
             misses[label] = [replay(trace.keys, cap) for cap in caps]
             seconds[label] = time.perf_counter() - t0
+        for row in earlier_rows:
+            if row["params"] == trace.params and row["capacities"] == caps:
+                for label, ms in row["misses"].items():
+                    if label not in misses:
+                        misses[label] = ms
+                        seconds[label] = row["seconds"][label]
+        order = [label for label in CANDIDATES if label in misses] + [label for label in misses if label not in CANDIDATES]
+        misses = {label: misses[label] for label in order}
+        out["candidates"] += [label for label in order if label not in out["candidates"]]
         n = len(trace.keys)
         row: dict[str, Any] = {
             "summary": summarize(trace),
@@ -181,7 +202,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: str, names: Sequence[str] = ("session", "session+bots")) -> None:
+def plot(result: dict[str, Any], path: str, names: Sequence[str] = ("session", "session-1req", "session+bots")) -> None:
     """Miss ratio against cache size, one panel per named trace, one line per candidate (needs matplotlib)."""
     import matplotlib
 
@@ -213,6 +234,7 @@ def _run_line(r: dict[str, Any]) -> str:
         f"Run {r['when']} ({r['mode']}, seed {r['seed']}): fastsess {r['fastsess']} ({r['implementation']} cache core), "
         f"CPython {r['python']}; {r['wall_seconds']} s wall ({r['generate_seconds']} s generating traces), {r['cpu_seconds']} s CPU"
         + (f"; load average at the end {load[0]:.1f}" if load else "")
+        + (f"; candidates not replayed in this run are from the run of {r['reused']}" if r.get("reused") else "")
         + ".\n"
     )
 
@@ -225,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=None, help=f"requests per trace (default {FULL_REQUESTS:,})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default=None, metavar="NAMES", help="comma-separated trace names to run (e.g. session,session+bots)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--plot", default=None, help="write the chart (PNG) here; needs matplotlib")
+    parser.add_argument("--candidates", default=None, metavar="PREFIXES", help="comma-separated: replay only candidates whose label starts so")
+    parser.add_argument("--reuse", default=None, metavar="JSON", help="take the other candidates' misses from an earlier --json of the same traces")
     parser.add_argument("--render", default=None, metavar="JSON", help="replay nothing: print (and --plot) the results of an earlier --json")
     args = parser.parse_args(argv)
     if args.render:
@@ -241,8 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     traces = standard_traces(requests, args.seed, QUICK_ALPHAS if args.quick else (0.6, 0.8, 1.0, 1.2))
+    if args.only:
+        traces = [t for t in traces if t.name in args.only.split(",")]
     gen_seconds = time.perf_counter() - t0
-    result = run(traces, candidates={k: v for k, v in CANDIDATES.items() if not (args.quick and k in FULL_ONLY)})
+    cands = {k: v for k, v in CANDIDATES.items() if not (args.quick and k in FULL_ONLY)}
+    if args.candidates:
+        cands = {k: v for k, v in cands.items() if k.startswith(tuple(args.candidates.split(",")))}
+    reuse = None
+    if args.reuse:
+        with open(args.reuse, encoding="utf-8") as f:
+            reuse = json.load(f)
+    result = run(traces, candidates=cands, reuse=reuse)
     result["run"] = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
@@ -255,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "reused": f"{reuse['run']['when']} ({reuse['run']['implementation']})" if reuse else None,
     }
     print(_run_line(result["run"]))
     print(format_markdown(result))

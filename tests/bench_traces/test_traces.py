@@ -49,7 +49,7 @@ def test_generators_are_deterministic_for_a_seed() -> None:
 
 def test_traces_have_the_requested_length() -> None:
     traces = standard_traces(5_000, seed=1, alphas=(0.8,))
-    assert [t.name for t in traces] == ["session", "session+bots", "zipf-0.8+scans"]
+    assert [t.name for t in traces] == ["session", "session-1req", "session+bots", "zipf-0.8+scans"]
     for trace in traces:
         assert len(trace.keys) == 5_000, trace.name
 
@@ -228,7 +228,7 @@ def test_lrucache_misses_exactly_as_the_reference_lru(name: str, scan_trace: Any
 def test_report_names_the_reference_each_cache_matches() -> None:
     traces = standard_traces(3_000, seed=2, alphas=())
     result = run(traces, fractions=(0.05, 0.2))
-    assert [row["summary"]["name"] for row in result["traces"]] == ["session", "session+bots"]
+    assert [row["summary"]["name"] for row in result["traces"]] == ["session", "session-1req", "session+bots"]
     for row in result["traces"]:
         lru_label = next(label for label in row["matches"] if label.startswith("LRUCache"))
         assert "LRU (ref)" in row["matches"][lru_label]
