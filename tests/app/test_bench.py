@@ -207,3 +207,17 @@ def test_docs_and_code_point_nowhere_outside_the_repository() -> None:
             text = path.read_text(encoding="utf-8", errors="replace")
             offenders += [f"{path.relative_to(REPO)}: {needle}" for needle in needles if needle in text]
     assert offenders == []
+
+
+def test_memory_per_entry_is_measured_in_child_processes() -> None:
+    from fastsess.benchmarks.cache import measure_memory
+
+    cands = {c.name: c for c in find_candidates()[0]}
+    result = measure_memory([cands["dict"], cands["fastsess LocalCache (py)"]], entries=5_000)
+    if "skipped" in result:  # no /proc: said so, nothing measured
+        assert result["rows"] == [] and "Linux" in result["skipped"]
+        return
+    by_name = {r["candidate"]: r for r in result["rows"]}
+    floor, ours = by_name["dict"], by_name["fastsess LocalCache (py)"]
+    assert 0 < floor["traced_bytes_per_entry"] < ours["traced_bytes_per_entry"]  # entries beyond a dict slot cost memory
+    assert ours["rss_bytes_per_entry"] is not None and result["entries"] == 5_000

@@ -124,3 +124,14 @@ def test_many_per_entry_ttls_expire_in_deadline_order(impl: Any, clock: FakeCloc
         cache.expire()
         expected = sorted(k for k, d in deadlines.items() if clock.now < d)
         assert sorted(cache.keys()) == expected
+
+
+def test_get_arguments_like_a_python_method(cache: Any) -> None:
+    # the compiled get is a C method with its own argument handling: same rules as the twin's def
+    cache.set("a", 1)
+    assert cache.get(key="a") == 1 and cache.get("b", default=3) == 3 and cache.get(key="b", default=4) == 4
+    assert cache.get("a", None) == 1 and cache.get("b", None) is None
+    for bad in (lambda: cache.get(), lambda: cache.get("a", 1, 2), lambda: cache.get("a", key="a"), lambda: cache.get("a", d=1)):
+        with pytest.raises(TypeError):
+            bad()
+    assert cache.stats.hits == 2 and cache.stats.misses == 3

@@ -163,7 +163,7 @@ def redis_for_bench(url: str | None) -> Iterator[dict[str, Any]]:
 
 def steps(plan: dict[str, Any], cache_only: bool, n_candidates: int) -> int:
     """How many progress ticks ``run_bench`` will report (for the progress bar)."""
-    total = len(plan["sizes"]) * n_candidates + 2
+    total = len(plan["sizes"]) * n_candidates + 3  # + threads (2) + memory (1)
     if not cache_only:
         total += 4 * 24 + plan["latency_samples"] // 100 + 3 * (plan["ops"] // 20_000)
     return total
@@ -258,6 +258,18 @@ def format_cache(cache: dict[str, Any]) -> list[str]:
             f"2/1 ratio median {fmt(r['median'], 'x')}, IQR {fmt(r['q1'], 'x')}-{fmt(r['q3'], 'x')}, "
             f"range {fmt(r['min'], 'x')}-{fmt(r['max'], 'x')}"
         )
+    memory = cache.get("memory") or {}
+    if memory.get("rows"):
+        lines.append(f"\nMemory per cached entry beyond key and value, {memory['entries']:,} entries (fresh process each)")
+        lines.append(f"  {'cache':<28}{'RSS growth':>12}{'tracemalloc':>13}")
+        for m in memory["rows"]:
+            rss, traced = m.get("rss_bytes_per_entry"), m.get("traced_bytes_per_entry")
+            lines.append(
+                f"  {m['candidate']:<28}{'-' if rss is None else f'{rss:.0f} B':>12}{'-' if traced is None else f'{traced:.0f} B':>13}"
+                + (f"  ({m['error']})" if "error" in m else "")
+            )
+    elif memory.get("skipped"):
+        lines.append(f"  (memory per entry skipped: {memory['skipped']})")
     for name, why in cache.get("skipped", {}).items():
         lines.append(f"  (skipped {name}: {why})")
     return lines
