@@ -438,38 +438,64 @@ def nodes(clustered: ClusteredBackend) -> Nodes:
     return Nodes(clustered.make(name="A"), clustered.make(name="B"), clustered.client, clustered.channel, clustered)
 
 
-def hold_after(store: Any, method: str, during: Callable[[], None]) -> list[Any]:
-    """Make the first call of ``store``'s internal ``method`` (its Redis round trip) run
-    ``during()`` after Redis answered and before the store acts on the reply.
+class _HeldClient:
+    """Stands in for a store's client (``store.client``: the store sends every command
+    through its ``execute_command``): after the first run of ``script`` has returned,
+    calls ``hold(reply)`` before the store sees the reply."""
 
-    This forces the interleavings of the no-stale-refill tests; it is the one place the
-    suite reaches into a store (no public seam pauses a store between its reply and its
-    cache fill).  For an asyncio store ``during`` runs in a worker thread while the call
-    awaits it, so it may use other stores' sync facades.  Returns the replies seen.
+    def __init__(self, client: Any, script: Any, hold: Callable[[Any], Any]) -> None:
+        self._client, self._names, self._hold = client, (script.sha, script.text), hold
+
+    def _matches(self, args: tuple[Any, ...]) -> bool:
+        return self._hold is not None and args[0] in ("EVALSHA", "EVAL") and args[1] in self._names
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _HeldSync(_HeldClient):
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        reply = self._client.execute_command(*args, **kwargs)
+        if self._matches(args):
+            hold, self._hold = self._hold, None
+            hold(reply)
+        return reply
+
+
+class _HeldAsync(_HeldClient):
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        reply = await self._client.execute_command(*args, **kwargs)
+        if self._matches(args):
+            hold, self._hold = self._hold, None
+            await hold(reply)
+        return reply
+
+
+def hold_after(store: Any, script: Any, during: Callable[[], None]) -> list[Any]:
+    """Make the first run of ``script`` (a ``fastsess._core.ops.Script``: the store's Redis
+    round trip) by ``store`` run ``during()`` after Redis answered and before the store
+    acts on the reply, by wrapping ``store.client``, where the store sends its commands.
+
+    This forces the interleavings of the no-stale-refill tests.  For an asyncio store
+    ``during`` runs in a worker thread while the call awaits it, so it may use other
+    stores' sync facades.  Returns the replies seen.
     """
     target = sync_store(store)
-    real = getattr(target, method)
     replies: list[Any] = []
     if isinstance(store, Blocking):
 
-        async def held_async(*args: Any, **kwargs: Any) -> Any:
-            reply = await real(*args, **kwargs)
-            if not replies:
-                replies.append(reply)
-                await asyncio.to_thread(during)
-            return reply
+        async def held_async(reply: Any) -> None:
+            replies.append(reply)
+            await asyncio.to_thread(during)
 
-        setattr(target, method, held_async)
+        target.client = _HeldAsync(target.client, script, held_async)
     else:
 
-        def held(*args: Any, **kwargs: Any) -> Any:
-            reply = real(*args, **kwargs)
-            if not replies:
-                replies.append(reply)
-                during()
-            return reply
+        def held(reply: Any) -> None:
+            replies.append(reply)
+            during()
 
-        setattr(target, method, held)
+        target.client = _HeldSync(target.client, script, held)
     return replies
 
 

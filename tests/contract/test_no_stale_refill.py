@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from fastsess import Session
+from fastsess._core.ops import GET_PTTL, SET_PUBLISH
 
 from .conftest import ClusteredBackend, Nodes, barrier, hold_after, received, wait_received, wait_until
 
@@ -25,7 +26,7 @@ def saved(store: Any, data: dict[str, Any]) -> Session:
 def intercept_get(store: Any, during: Callable[[], None]) -> list[Any]:
     """Make the next miss read of ``store`` (its GET + PTTL script) read Redis, run
     ``during()``, then return what it read."""
-    return hold_after(store, "_get_with_pttl", during)
+    return hold_after(store, GET_PTTL, during)
 
 
 def a_writes_and_b_hears(pair: Nodes, action: Callable[[], Any]) -> Callable[[], None]:
@@ -116,7 +117,7 @@ def test_local_write_does_not_overwrite_a_newer_invalidation(nodes: Nodes) -> No
         assert B.save(on_b) is True
         wait_received(A, before)
 
-    hold_after(A, "_set_publish", b_writes_v3_and_a_hears)
+    hold_after(A, SET_PUBLISH, b_writes_v3_and_a_hears)
     s["v"] = 2
     assert A.save(s) is True
     assert done

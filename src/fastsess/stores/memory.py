@@ -17,29 +17,25 @@ caller's session.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._core.keys import check_session_id, is_valid_session_id, new_session_id
+from .._core.ops import mark_saved, needs_write, prepare_write, roll_back
+from .._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL
 from ..cache import LocalCache
 from ..serializers import MsgpackSerializer
-from ..session import Session
-from .base import (
-    DEFAULT_PREFIX,
-    DEFAULT_REFRESH_FRACTION,
-    DEFAULT_TTL,
-    SessionStore,
-    check_session_id,
-    check_ttl,
-    is_valid_session_id,
-    new_session_id,
-    now,
-)
+from ..session import Session, check_ttl
+from .base import SessionStore
 
 DEFAULT_MAX_SESSIONS = 100_000
 
 
 class MemoryStore(SessionStore):
-    """An in-process session store.  ``load`` costs well under a microsecond.
+    """An in-process session store.
+
+    ``clock`` (default ``time.time``) gives the seconds that time the sessions: their
+    expiry, ``refreshed_at`` and the refresh decision of ``save``.
 
     Raises:
         ConfigError: invalid ``ttl``, ``refresh_fraction`` or ``prefix``.
@@ -53,9 +49,12 @@ class MemoryStore(SessionStore):
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         prefix: str = DEFAULT_PREFIX,
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
-        self._sessions: LocalCache[str, Any] = LocalCache(max_size=max_sessions, ttl=float(self.ttl))
+        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
+        # Without a clock of its own the cache keeps its (faster) coarse monotonic one.
+        timer = {} if clock is None else {"timer": clock}
+        self._sessions: LocalCache[str, Any] = LocalCache(max_size=max_sessions, ttl=float(self.ttl), **timer)
         self._codec = MsgpackSerializer()
         self._write_lock = threading.Lock()  # check-then-write of save/touch/regenerate; loads take none
 
@@ -76,8 +75,8 @@ class MemoryStore(SessionStore):
             InvalidSessionId: ``session.id`` is not a fastsess id.
         """
         check_session_id(session)
-        t = now()
-        if not self.needs_write(session, t):
+        t = self.clock()
+        if not needs_write(session, t, self.refresh_fraction):
             return False
         with self._write_lock:
             return self._save_locked(session, t)
@@ -88,15 +87,15 @@ class MemoryStore(SessionStore):
                 session.id = new_session_id()
         elif session.id not in self._sessions:
             return False  # deleted or expired meanwhile: never resurrect it
-        old = self.prepare_write(session, t)
+        old = prepare_write(session, t)
         try:
             data = self._codec.encode_checked(session)[1]  # validates and detaches, as Redis would
         except BaseException:
-            self.roll_back(session, old)
+            roll_back(session, old)
             raise
         snapshot = Session._restore(session.id, data, session.ttl, session.created_at, session.refreshed_at, session.version)
         self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
-        self.mark_saved(session, t)
+        mark_saved(session, t)
         return True
 
     def delete(self, session_id: str) -> bool:
@@ -140,7 +139,7 @@ class MemoryStore(SessionStore):
         session.new = session.modified = True  # written like a first save: NX under the new id
         try:
             with self._write_lock:
-                self._save_locked(session, now())
+                self._save_locked(session, self.clock())
                 self._sessions.delete(old_id)
         except BaseException:
             session.id = old_id

@@ -5,133 +5,44 @@ envelope, with the session's TTL as the key's expiry.  Every method is one
 round trip except ``regenerate`` on Redis Cluster (see there) and the SCAN
 walks of ``iter_ids``/``clear``.
 
-Protected hooks, for ``ClusteredRedisStore`` (which adds a PUBLISH to every
-write in the same round trip):
-
-* ``_write(session, payload, nx) -> bool``: the SET of ``save``.
-* ``_move(old_id, session, payload) -> bool``: the atomic write-new,
-  delete-old of ``regenerate``.
-* ``_delete_key(session_id) -> bool``: the DEL of ``delete``.
-* ``_decode(session_id, raw)``: bytes to ``Session`` (``SessionCorrupt`` on foreign data).
-* ``map_redis_error(op, exc)``: the one place Redis exceptions become fastsess errors.
+The operations are written once in ``fastsess._core.ops`` (generators of
+commands); this module is their sync driver.
 """
 
 from __future__ import annotations
 
-import asyncio
-import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from ..errors import ConfigError, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
-from ..serializers import Serializer, resolve_serializer
+from .._core.keys import is_valid_session_id
+from .._core.ops import Flow
+from .._redis import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_SOCKET_TIMEOUT,
+    REDIS_ERRORS,
+    SCAN_BATCH,
+    RedisStoreBase,
+    execute,
+    is_pool_exhausted,
+    map_redis_error,
+    pool_settings,
+    unlink_pipeline,
+)
+from ..errors import ConfigError
 from ..session import Session
-from .base import (
-    DEFAULT_PREFIX,
-    DEFAULT_REFRESH_FRACTION,
-    DEFAULT_TTL,
-    SessionStore,
-    check_session_id,
-    check_ttl,
-    is_valid_session_id,
-    new_session_id,
-    now,
-)
+from .base import SessionStore
 
-DEFAULT_SOCKET_TIMEOUT = 1.0  # seconds; a hung Redis delays a request by at most this much
-DEFAULT_RETRIES = 1  # reconnect once on a dropped connection (e.g. after a Redis restart)
-DEFAULT_POOL_SIZE = 100  # connections per store built from a URL (redis-py's own default size)
-DEFAULT_POOL_TIMEOUT = 10.0  # seconds an operation waits for a free pooled connection (then PoolExhausted)
-SCAN_BATCH = 1000
-MAX_ID_ATTEMPTS = 3
-
-REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-
-# SET new NX, and only if that succeeded DEL old: a collision never loses the old session.
-# Idempotent: if the new key already holds exactly this payload, this very move already
-# ran (a retry after an unknown outcome, or the first attempt landing late): 2, no effect.
-MOVE_SCRIPT = """
-if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-if redis.pcall('GET', KEYS[2]) == ARGV[1] then
-  return 2
-end
-return 0
-"""
-
-
-_MAX_CONNECTIONS_ERROR: tuple[type[BaseException], ...] = tuple(
-    t for t in (getattr(redis.exceptions, "MaxConnectionsError", None),) if t is not None
-)
-
-
-def is_pool_exhausted(exc: BaseException) -> bool:
-    """True if ``exc`` is redis-py saying its connection pool had no free connection.
-
-    That is a ``BlockingConnectionPool`` timing out (sync: raised while handling
-    ``queue.Empty``; asyncio: from an ``asyncio.TimeoutError``, both with the message
-    "No connection available."), or a plain pool at ``max_connections``
-    (``MaxConnectionsError``, or "Too many connections" in older redis-py).
-    """
-    if _MAX_CONNECTIONS_ERROR and isinstance(exc, _MAX_CONNECTIONS_ERROR):
-        return True
-    if not isinstance(exc, redis.ConnectionError):
-        return False
-    message = str(exc)
-    if message == "Too many connections":
-        return True
-    return message == "No connection available." and isinstance(
-        exc.__cause__ or exc.__context__, (queue.Empty, asyncio.QueueEmpty, asyncio.TimeoutError, TimeoutError)
-    )
-
-
-def map_redis_error(op: str, exc: BaseException) -> FastsessError:
-    """The fastsess error for a redis-py (or socket) exception raised by ``op``.
-
-    ``PoolExhausted`` when the store's connection pool had no free connection
-    (Redis itself is fine), ``SessionCorrupt`` for WRONGTYPE, else ``StoreUnavailable``.
-    """
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
-        return SessionCorrupt(f"{op}: a non-string value is stored under the session key")
-    if is_pool_exhausted(exc):
-        error: FastsessError = PoolExhausted(
-            f"redis {op}: no free connection in the pool in time (every pooled connection stayed busy; "
-            f"raise pool_size / pool_timeout or lower the concurrency): {type(exc).__name__}: {exc}",
-            exc,
-        )
-        error.__cause__ = exc
-        return error
-    error = StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}", exc)
-    error.__cause__ = exc
-    return error
-
-
-def default_retry(retries: int = DEFAULT_RETRIES, retry_class: Any = Retry) -> Any:
-    """redis-py retry policy: reconnect on dropped connections only, never re-wait a timeout.
-
-    ``retry_class`` is ``redis.retry.Retry`` or ``redis.asyncio.retry.Retry`` (same signature).
-    """
-    return retry_class(ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,))
-
-
-def check_pool(pool_size: Any, pool_timeout: Any) -> tuple[int, float]:
-    """Validate the pool settings of a store built from a URL.
-
-    Raises:
-        ConfigError: ``pool_size`` not a positive int, or ``pool_timeout`` not a positive number.
-    """
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise ConfigError(f"pool_size must be a positive int, not {pool_size!r}")
-    if isinstance(pool_timeout, bool) or not isinstance(pool_timeout, (int, float)) or not 0 < pool_timeout < float("inf"):
-        raise ConfigError(f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}")
-    return pool_size, float(pool_timeout)
+__all__ = [
+    "DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_SOCKET_TIMEOUT", "REDIS_ERRORS",
+    "RedisStore", "client_from_url", "is_pool_exhausted", "map_redis_error",
+]
 
 
 def client_from_url(
@@ -150,18 +61,9 @@ def client_from_url(
     Raises:
         ConfigError: the URL or a pool setting is malformed.
     """
-    pool_size, pool_timeout = check_pool(pool_size, pool_timeout)
+    settings = pool_settings(url, socket_timeout, retries, pool_size, pool_timeout, Retry)
     try:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=pool_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=default_retry(retries),
-            health_check_interval=30,
-            retry_on_error=[redis.ConnectionError],  # redis-py < 6 retries only the errors listed here
-        )
+        pool = redis.BlockingConnectionPool.from_url(**settings)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL: {exc}") from exc
     client = redis.Redis(connection_pool=pool)
@@ -169,48 +71,7 @@ def client_from_url(
     return client
 
 
-ID_GLOB = "[A-Za-z0-9_\\-]" * 43  # SCAN MATCH for exactly one session id after the prefix
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with Redis glob metacharacters escaped (for SCAN MATCH)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def check_binary_client(client: Any) -> None:
-    """Reject a client that decodes responses: session payloads are bytes.
-
-    Raises:
-        ConfigError: ``decode_responses=True``.
-    """
-    kwargs_of = getattr(client, "get_connection_kwargs", None)
-    kwargs = kwargs_of() if callable(kwargs_of) else {}
-    if kwargs.get("decode_responses"):
-        raise ConfigError("the Redis client must not use decode_responses=True: sessions are stored as bytes")
-
-
-def attach_client(
-    store: Any, client: Any, url: str | None, serializer: Serializer | str | None,
-    make_client: Callable[[str], Any], cluster_type: type,
-) -> None:
-    """Set up the Redis side of a store (sync or asyncio): client, serializer, scripts.
-
-    Raises:
-        ConfigError: neither or both of client/url, a malformed URL, or a client that
-            decodes responses.
-    """
-    if (client is None) == (url is None):
-        raise ConfigError("pass exactly one of client= or url=")
-    store._owns_client = client is None
-    store.client = make_client(url) if client is None else client  # type: ignore[arg-type]
-    check_binary_client(store.client)
-    store.serializer = resolve_serializer(serializer)
-    store.is_cluster = isinstance(store.client, cluster_type)
-    store._move_script = None if store.is_cluster else store.client.register_script(MOVE_SCRIPT)
-    store._match = glob_escape(store.prefix) + ID_GLOB
-
-
-class RedisStore(SessionStore):
+class RedisStore(RedisStoreBase, SessionStore):
     """Sessions in Redis.
 
     Args:
@@ -226,63 +87,32 @@ class RedisStore(SessionStore):
             all busy waits up to ``pool_timeout`` seconds (default 10) for one, then
             raises ``PoolExhausted``.  Size it to the threads (or asyncio tasks) that
             use the store at once.
+        clock: wall-clock seconds for ``refreshed_at`` and the refresh decision
+            (default ``time.time``).
 
     Raises:
         ConfigError: neither or both of client/url, or an invalid setting.
     """
 
-    def __init__(
-        self,
-        client: redis.Redis | RedisCluster | None = None,
-        url: str | None = None,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        ttl: int = DEFAULT_TTL,
-        serializer: Serializer | str | None = None,
-        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
-        pool_size: int = DEFAULT_POOL_SIZE,
-        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
-    ) -> None:
-        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction)
-        self.client: Any
-        self.serializer: Serializer
-        self.is_cluster: bool
-        self._owns_client: bool
-        self._move_script: Any  # a registered Lua script; None on Redis Cluster
-        self._match: str
-        check_pool(pool_size, pool_timeout)
-        attach_client(
-            self, client, url, serializer,
-            lambda u: client_from_url(u, socket_timeout, retries, pool_size, pool_timeout), RedisCluster,
-        )
+    _cluster_type = RedisCluster
+    _client_from_url = staticmethod(client_from_url)
 
-    # -- hooks ----------------------------------------------------------------------
-
-    def _decode(self, session_id: str, raw: bytes) -> Session:
-        return self.serializer.decode(session_id, raw)
-
-    def _write(self, session: Session, payload: bytes, nx: bool) -> bool:
-        return bool(self.client.set(self.prefix + session.id, payload, ex=session.ttl, nx=nx, xx=not nx))
-
-    def _move(self, old_id: str, session: Session, payload: bytes) -> bool:
-        if self._move_script is not None:
-            return bool(self._move_script(keys=[self.prefix + old_id, self.prefix + session.id], args=[payload, session.ttl]))
-        # Redis Cluster: the two keys live in different slots, so no transaction can
-        # span them.  Write the new key first: if the DEL then fails, the old id
-        # still dies with its TTL and the caller sees StoreUnavailable.  Idempotent
-        # like MOVE_SCRIPT: a new key that already holds this payload counts as moved.
-        new_key = self.prefix + session.id
-        if not self.client.set(new_key, payload, ex=session.ttl, nx=True) and self.client.get(new_key) != payload:
-            return False
-        self.client.delete(self.prefix + old_id)
-        return True
-
-    def _delete_key(self, session_id: str) -> bool:
-        return bool(self.client.delete(self.prefix + session_id) == 1)
-
-    # -- API --------------------------------------------------------------------------
+    def _run(self, flow: Flow) -> Any:
+        """Drive one operation: send its commands, hand back replies or mapped errors."""
+        client = self.client
+        try:
+            command = next(flow)
+            while True:
+                try:
+                    reply = execute(client, command)
+                except REDIS_ERRORS as exc:
+                    command = flow.throw(map_redis_error(command.label, exc))
+                except BaseException as exc:
+                    command = flow.throw(exc)
+                else:
+                    command = flow.send(reply)
+        except StopIteration as done:
+            return done.value
 
     def load(self, session_id: str) -> Session | None:
         """The stored session, or None (absent, expired, malformed id: no Redis call). One GET.
@@ -291,15 +121,8 @@ class RedisStore(SessionStore):
             SessionCorrupt: the key holds something that is not a fastsess session.
             StoreUnavailable: Redis failed or timed out.
         """
-        if not is_valid_session_id(session_id):
-            return None
-        try:
-            raw = self.client.get(self.prefix + session_id)
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("GET", exc) from exc
-        if raw is None:
-            return None
-        return self._decode(session_id, raw)
+        result: Session | None = self._run(self._core.load(session_id)) if is_valid_session_id(session_id) else None
+        return result
 
     def save(self, session: Session) -> bool:
         """Write ``session`` if modified or its TTL refresh is due; True if it wrote. One SET.
@@ -315,28 +138,7 @@ class RedisStore(SessionStore):
             SessionTooLarge: the session is over the serializer's limits (nothing written).
             InvalidSessionId: ``session.id`` is not a fastsess id (nothing written).
         """
-        check_session_id(session)
-        t = now()
-        if not self.needs_write(session, t):
-            return False
-        for _ in range(MAX_ID_ATTEMPTS):
-            old = self.prepare_write(session, t)
-            try:
-                written = self._write(session, self.serializer.encode(session), session.new)
-            except REDIS_ERRORS as exc:
-                self.roll_back(session, old)
-                raise map_redis_error("SET", exc) from exc
-            except BaseException:
-                self.roll_back(session, old)
-                raise
-            if written:
-                self.mark_saved(session, t)
-                return True
-            self.roll_back(session, old)
-            if not session.new:
-                return False
-            session.id = new_session_id()
-        raise StoreUnavailable("could not allocate an unused session id")
+        return bool(self._run(self._core.save(session)))
 
     def delete(self, session_id: str) -> bool:
         """Remove the session; True if it existed. Malformed ids: False without a Redis call.
@@ -344,12 +146,7 @@ class RedisStore(SessionStore):
         Raises:
             StoreUnavailable: Redis failed.
         """
-        if not is_valid_session_id(session_id):
-            return False
-        try:
-            return self._delete_key(session_id)
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("DEL", exc) from exc
+        return bool(self._run(self._core.delete(session_id)))
 
     def touch(self, session_id: str, ttl: int | None = None) -> bool:
         """Set the session's expiry to ``ttl`` seconds (default: the store's). One EXPIRE.
@@ -358,13 +155,7 @@ class RedisStore(SessionStore):
             ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
             StoreUnavailable: Redis failed.
         """
-        if not is_valid_session_id(session_id):
-            return False  # a malformed id is answered before anything else, bad ttl included
-        seconds = self.ttl if ttl is None else check_ttl(ttl)
-        try:
-            return bool(self.client.expire(self.prefix + session_id, seconds))
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("EXPIRE", exc) from exc
+        return bool(self._run(self._core.touch(session_id, ttl)))
 
     def exists(self, session_id: str) -> bool:
         """True if the session is stored. One EXISTS; malformed ids: False without a call.
@@ -372,12 +163,7 @@ class RedisStore(SessionStore):
         Raises:
             StoreUnavailable: Redis failed.
         """
-        if not is_valid_session_id(session_id):
-            return False
-        try:
-            return bool(self.client.exists(self.prefix + session_id) == 1)
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("EXISTS", exc) from exc
+        return bool(self._run(self._core.exists(session_id)))
 
     def regenerate(self, session: Session) -> Session:
         """Move ``session`` to a new id and delete the old key; returns ``session``.
@@ -397,35 +183,8 @@ class RedisStore(SessionStore):
             InvalidSessionId: a saved session whose ``id`` is not a fastsess id.
             TypeError, SessionTooLarge: as ``save`` (nothing written).
         """
-        old_id, was_saved = session.id, not session.new
-        if was_saved:
-            check_session_id(session)
-        t = now()
-        for _ in range(MAX_ID_ATTEMPTS):
-            session.id = new_session_id()
-            if not was_saved:
-                return session
-            old = self.prepare_write(session, t)
-            try:
-                payload = self.serializer.encode(session)
-                try:
-                    moved = self._move(old_id, session, payload)
-                except REDIS_ERRORS as exc:
-                    if is_pool_exhausted(exc):
-                        raise  # never sent: the outcome is known, and a second wait would double it
-                    moved = self._move(old_id, session, payload)  # settle the unknown outcome
-            except BaseException as exc:
-                self.roll_back(session, old)
-                session.id = old_id
-                if isinstance(exc, REDIS_ERRORS):
-                    raise map_redis_error("regenerate", exc) from exc
-                raise
-            if moved:
-                self.mark_saved(session, t)
-                return session
-            self.roll_back(session, old)
-        session.id = old_id
-        raise StoreUnavailable("could not allocate an unused session id")
+        result: Session = self._run(self._core.regenerate(session))
+        return result
 
     def iter_ids(self) -> Iterator[str]:
         """Every session id under this prefix, by SCAN (never KEYS); on a cluster, every node.
@@ -437,11 +196,10 @@ class RedisStore(SessionStore):
         Raises:
             StoreUnavailable: Redis failed mid-scan.
         """
-        start = len(self.prefix.encode())  # keys come back as UTF-8 bytes
+        keys = self._keys
         try:
-            for key in self.client.scan_iter(match=self._match, count=SCAN_BATCH):
-                session_id = key[start:].decode("ascii", "replace")
-                if is_valid_session_id(session_id):
+            for key in self.client.scan_iter(match=keys.match, count=SCAN_BATCH):
+                if (session_id := keys.id_of(key)) is not None:
                     yield session_id
         except REDIS_ERRORS as exc:
             raise map_redis_error("SCAN", exc) from exc
@@ -452,25 +210,16 @@ class RedisStore(SessionStore):
         Raises:
             StoreUnavailable: Redis failed (some sessions may already be gone).
         """
-        deleted = 0
-        batch: list[str] = []
-        for session_id in self.iter_ids():
-            batch.append(self.prefix + session_id)
-            if len(batch) >= SCAN_BATCH:
-                deleted += self._unlink(batch)
-                batch = []
-        if batch:
-            deleted += self._unlink(batch)
-        return deleted
-
-    def _unlink(self, keys: list[str]) -> int:
+        ids, deleted = self.iter_ids(), 0
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.unlink(key)  # one key per command: cluster-safe
-            return sum(pipe.execute())
-        except REDIS_ERRORS as exc:
-            raise map_redis_error("UNLINK", exc) from exc
+            while batch := list(islice(ids, SCAN_BATCH)):
+                try:
+                    deleted += sum(unlink_pipeline(self.client, self._keys, batch).execute())
+                except REDIS_ERRORS as exc:
+                    raise map_redis_error("UNLINK", exc) from exc
+        finally:
+            self._run(self._core.cleared())  # clustered: flush every node's cache
+        return deleted
 
     def close(self) -> None:
         """Close the client and its pool if this store created them (from ``url``)."""

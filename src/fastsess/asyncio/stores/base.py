@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ..._core.store import StoreBase
 from ...session import Session
-from ...stores.base import StoreBase
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; type checkers know typing_extensions
     from typing_extensions import Self

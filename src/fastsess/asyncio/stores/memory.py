@@ -15,7 +15,7 @@ class MemoryStore(AsyncSessionStore):
 
     def __init__(self, **kwargs: Any) -> None:
         self._store = SyncMemoryStore(**kwargs)
-        super().__init__(prefix=self._store.prefix, ttl=self._store.ttl, refresh_fraction=self._store.refresh_fraction)
+        super().__init__(prefix=self._store.prefix, ttl=self._store.ttl, refresh_fraction=self._store.refresh_fraction, clock=self._store.clock)
 
     async def load(self, session_id: str) -> Session | None:
         """A copy of the stored session, or None."""

@@ -1,0 +1,435 @@
+"""Every store operation of the Redis-backed stores, written once, with no I/O.
+
+Each operation is a generator: it yields ``Command`` tuples and receives their
+replies, and its return value is the operation's result.  A driver runs it (the sync
+stores with a blocking client, the asyncio stores with ``await``), as httpx runs its
+auth flows::
+
+    flow = core.save(session)
+    command = next(flow)                      # StopIteration: done, no I/O needed
+    reply = client.execute_command(*command.args)
+    command = flow.send(reply)                # ... until StopIteration(value)
+
+A command that fails reaches the generator as the mapped fastsess error
+(``StoreUnavailable``, ``PoolExhausted``, ``SessionCorrupt``), thrown in at the
+``yield``; a cancellation or any other exception is thrown in as it is.  So the
+decisions (id checks, encode/decode, collision retry, rollback, refresh, cache tokens
+and fills, stale-if-error, the re-run of a move whose outcome is unknown, marking
+uncertain writes) live here, and the drivers only move bytes.
+
+With a ``CachePolicy`` and a ``Messages`` source (a ``ClusteredRedisStore``), writes
+run as Lua scripts that PUBLISH their invalidation in the same round trip, and reads
+fetch the key's remaining TTL with the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from asyncio import CancelledError
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple, Protocol
+
+from ..errors import FastsessError, PoolExhausted, StoreUnavailable
+from ..serializers import Serializer
+from ..session import Session, check_ttl
+from .keys import KeySpace, check_session_id, is_valid_session_id, new_session_id
+from .policy import CachePolicy
+
+MAX_ID_ATTEMPTS = 3
+
+# Message types (the wire format's ``t``).
+INVALIDATED = "invalidated"
+DELETED = "deleted"
+TOUCHED = "touched"
+CLEARED = "cleared"
+
+
+class Script(NamedTuple):
+    """A Lua script: run by SHA (``EVALSHA``), sent whole (``EVAL``) when the server lacks it."""
+
+    text: str
+    sha: str
+
+
+def script(text: str) -> Script:
+    """A ``Script`` for ``text``."""
+    return Script(text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 - Redis names scripts by SHA-1
+
+
+class Command(NamedTuple):
+    """One Redis command: ``client.execute_command(*args)``.
+
+    ``label`` names the operation in error messages; ``script`` is set for an ``EVALSHA``
+    (the driver sends the script with ``EVAL`` if the server does not know it).
+    """
+
+    label: str
+    args: tuple[Any, ...]
+    script: Script | None = None
+
+
+def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Command:
+    """An ``EVALSHA`` of ``lua`` over ``keys`` with ``args``."""
+    return Command(label, ("EVALSHA", lua.sha, len(keys), *keys, *args), lua)
+
+
+# SET new NX, and only if that succeeded DEL old: a collision never loses the old session.
+# Idempotent: if the new key already holds exactly this payload, this very move already
+# ran (a retry after an unknown outcome, or the first attempt landing late): 2, no effect.
+MOVE = script("""
+if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if redis.pcall('GET', KEYS[2]) == ARGV[1] then
+  return 2
+end
+return 0
+""")
+
+# KEYS[1]=key  ARGV: payload, ttl, channel, message.  SET XX: never resurrects a deleted session.
+SET_PUBLISH = script("""
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+""")
+
+# KEYS[1]=key  ARGV: channel, message.  Published even if the key was gone: a node may
+# still cache a copy of a session that expired in Redis.
+DELETE_PUBLISH = script("""
+local n = redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return n
+""")
+
+# KEYS[1]=key  ARGV: ttl, channel, message.  Other nodes drop their copy, whose local
+# expiry was computed from the old TTL.
+TOUCH_PUBLISH = script("""
+local n = redis.call('EXPIRE', KEYS[1], ARGV[1])
+if n == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return n
+""")
+
+# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, channel, message (deleted old id).
+# Idempotent, like MOVE: 2 if this very move already happened.
+MOVE_PUBLISH = script("""
+if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+if redis.pcall('GET', KEYS[2]) == ARGV[1] then
+  return 2
+end
+return 0
+""")
+
+# KEYS[1]=key.  The value and its remaining TTL in ms (-2: no key, -1: no expiry), read
+# atomically in one round trip: a miss caches the session until the key's real expiry.
+GET_PTTL = script("""
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+""")
+
+SCRIPTS = (MOVE, SET_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, MOVE_PUBLISH, GET_PTTL)
+
+
+class Messages(Protocol):
+    """Where a clustered store's invalidation messages come from (its coordinator)."""
+
+    channel: str
+
+    def message(self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None) -> bytes: ...
+
+    def note_published(self, count: int = 1) -> None: ...
+
+
+Flow = Generator[Command, Any, Any]
+
+
+# -- session bookkeeping ---------------------------------------------------------------------
+
+
+def needs_write(session: Session, now: float, refresh_fraction: float) -> bool:
+    """Whether ``save`` must write: modified, or saved before and its TTL refresh is due.
+
+    A new session nobody wrote to is not written: anonymous traffic costs no write.
+    """
+    if session.modified:
+        return True
+    return not session.new and now - session.refreshed_at >= session.ttl * refresh_fraction
+
+
+def prepare_write(session: Session, now: float) -> tuple[int, float]:
+    """Bump version and refresh time before encoding; returns the old values to roll back."""
+    old = (session.version, session.refreshed_at)
+    session.version += 1
+    session.refreshed_at = now
+    return old
+
+
+def roll_back(session: Session, old: tuple[int, float]) -> None:
+    """Undo ``prepare_write`` after a failed or refused write."""
+    session.version, session.refreshed_at = old
+
+
+def mark_saved(session: Session, now: float) -> None:
+    """Update ``session``'s bookkeeping after a successful write."""
+    session.new = False
+    session.modified = False
+    session.refreshed_at = now
+
+
+# -- the operations ------------------------------------------------------------------------------
+
+
+class StoreCore:
+    """The operations of one Redis-backed store, as generators of commands (see the module doc).
+
+    Args:
+        keys: the store's key space.
+        serializer: encodes and decodes sessions.
+        ttl: the store's default TTL (``touch`` without one).
+        refresh_fraction: an unmodified session is rewritten once this much of its TTL passed.
+        clock: wall-clock seconds for the refresh decision and ``refreshed_at``.
+        is_cluster: the client is a Redis Cluster (no script may span two slots).
+        policy: the local-cache policy (a clustered store with a cache), else None.
+        messages: the invalidation messages (a clustered store), else None.
+    """
+
+    __slots__ = ("clock", "is_cluster", "keys", "messages", "policy", "refresh_fraction", "serializer", "ttl")
+
+    def __init__(
+        self, keys: KeySpace, serializer: Serializer, ttl: int, refresh_fraction: float, clock: Callable[[], float],
+        is_cluster: bool, policy: CachePolicy | None = None, messages: Messages | None = None,
+    ) -> None:
+        self.keys = keys
+        self.serializer = serializer
+        self.ttl = ttl
+        self.refresh_fraction = refresh_fraction
+        self.clock = clock
+        self.is_cluster = is_cluster
+        self.policy = policy
+        self.messages = messages
+
+    def load(self, session_id: str, token: tuple[int, int] | None = None) -> Flow:
+        """Read ``session_id`` (already validated) from Redis; with a fill ``token``, also its
+        TTL, and cache it.  A failed read answers from the cache if ``stale_if_error`` allows."""
+        key = self.keys.key(session_id)
+        policy = self.policy
+        started, pttl = 0.0, -2
+        try:
+            if token is None or policy is None:  # no cache, or it is bypassed: a plain GET
+                raw = yield Command("GET", ("GET", key))
+            else:
+                started = policy.clock()
+                raw, pttl = yield run_script("GET", GET_PTTL, (key,))
+        except FastsessError:
+            stale = None if policy is None else policy.stale(session_id)
+            if stale is None:
+                raise
+            return stale
+        if raw is None:
+            return None
+        session = self.serializer.decode(session_id, raw)
+        if token is not None and policy is not None:
+            policy.filled(session, len(raw), token, started, pttl)
+        return session
+
+    def save(self, session: Session) -> Flow:
+        """Write ``session`` if modified or due for a refresh: SET NX when new (a collision
+        takes a fresh id), SET XX otherwise (never resurrects: False)."""
+        check_session_id(session)
+        t = self.clock()
+        if not needs_write(session, t, self.refresh_fraction):
+            return False
+        for _ in range(MAX_ID_ATTEMPTS):
+            old = prepare_write(session, t)
+            try:
+                written = yield from self._write(session, self.serializer.encode(session))
+            except BaseException:
+                roll_back(session, old)
+                raise
+            if written:
+                mark_saved(session, t)
+                return True
+            roll_back(session, old)
+            if not session.new:
+                return False
+            session.id = new_session_id()
+        raise StoreUnavailable("could not allocate an unused session id")
+
+    def _write(self, session: Session, payload: bytes) -> Flow:
+        key = self.keys.key(session.id)
+        nx = session.new
+        messages, policy = self.messages, self.policy
+        if messages is None:
+            return bool((yield Command("SET", ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
+        token = started = None
+        if policy is not None:
+            token, started = policy.token(session.id), policy.clock()
+        try:
+            if nx:  # a brand-new id: no node can hold a copy, nothing to publish
+                written = bool((yield Command("SET", ("SET", key, payload, "EX", session.ttl, "NX"))))
+            else:
+                message = messages.message(INVALIDATED, session.id, session.version)
+                written = bool((yield run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel, message)))
+                if written:
+                    messages.note_published()
+        except BaseException:
+            if policy is not None:
+                policy.uncertain(session.id)  # the write may have landed, or may land later
+            raise
+        if policy is not None:
+            policy.written(session, written, token, started, len(payload))  # type: ignore[arg-type]
+        return written
+
+    def _move(self, old_id: str, session: Session, payload: bytes) -> Flow:
+        """Write ``session`` under its new id (NX) and delete ``old_id``; idempotent: a new
+        key that already holds this payload counts as moved."""
+        old_key, new_key = self.keys.key(old_id), self.keys.key(session.id)
+        messages, policy = self.messages, self.policy
+        message = None if messages is None else messages.message(DELETED, old_id)
+        token = started = None
+        if policy is not None:
+            token, started = policy.token(session.id), policy.clock()
+        try:
+            if not self.is_cluster:  # one script: atomic
+                if message is None:
+                    moved = bool((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl)))
+                else:
+                    moved = bool((yield run_script(
+                        "regenerate", MOVE_PUBLISH, (old_key, new_key), payload, session.ttl, messages.channel, message,  # type: ignore[union-attr]
+                    )))
+            else:
+                # Redis Cluster: the two keys live in different slots, so no script can span
+                # them.  Write the new key first: if the DEL then fails, the old id still dies
+                # with its TTL and the caller sees StoreUnavailable.
+                moved = bool((yield Command("regenerate", ("SET", new_key, payload, "EX", session.ttl, "NX"))))
+                if not moved:
+                    moved = (yield Command("regenerate", ("GET", new_key))) == payload
+                if moved:
+                    if message is None:
+                        yield Command("regenerate", ("DEL", old_key))
+                    else:
+                        yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel, message)  # type: ignore[union-attr]
+        except BaseException:
+            if policy is not None:
+                policy.uncertain(old_id, session.id)
+            raise
+        if policy is not None:
+            policy.invalidate(old_id)
+        if moved and messages is not None:
+            messages.note_published()
+            if policy is not None:
+                policy.written(session, True, token, started, len(payload))  # type: ignore[arg-type]
+        return moved
+
+    def regenerate(self, session: Session) -> Flow:
+        """Move ``session`` to a new id (a never-saved session just gets one).
+
+        A move whose outcome is unknown (a failure other than an exhausted pool, or a
+        cancellation after it was sent) runs once more: the move is idempotent, so the
+        second run moves the session or finds it moved, and ``session.id`` ends up naming
+        the key that holds the data.  A cancellation is re-raised after that.
+        """
+        old_id, was_saved = session.id, not session.new
+        if was_saved:
+            check_session_id(session)
+        t = self.clock()
+        for _ in range(MAX_ID_ATTEMPTS):
+            session.id = new_session_id()
+            if not was_saved:
+                return session
+            old = prepare_write(session, t)
+            cancelled: CancelledError | None = None
+            try:
+                payload = self.serializer.encode(session)
+                try:
+                    moved = yield from self._move(old_id, session, payload)
+                except PoolExhausted:
+                    raise  # never sent: the outcome is known, and a second wait would double it
+                except (FastsessError, CancelledError) as exc:
+                    if isinstance(exc, CancelledError):
+                        cancelled = exc
+                    moved = yield from self._move(old_id, session, payload)  # settle the unknown outcome
+            except BaseException:
+                roll_back(session, old)
+                session.id = old_id
+                if cancelled is not None:
+                    raise cancelled from None
+                raise
+            if cancelled is not None:
+                if moved:
+                    mark_saved(session, t)
+                else:
+                    roll_back(session, old)
+                    session.id = old_id
+                raise cancelled
+            if moved:
+                mark_saved(session, t)
+                return session
+            roll_back(session, old)
+        session.id = old_id
+        raise StoreUnavailable("could not allocate an unused session id")
+
+    def delete(self, session_id: str) -> Flow:
+        """Remove the session; True if it existed (malformed ids: False, no command)."""
+        if not is_valid_session_id(session_id):
+            return False
+        key = self.keys.key(session_id)
+        messages = self.messages
+        if messages is None:
+            return (yield Command("DEL", ("DEL", key))) == 1
+        try:
+            message = messages.message(DELETED, session_id)
+            existed: bool = (yield run_script("DEL", DELETE_PUBLISH, (key,), messages.channel, message)) == 1
+        except BaseException:
+            if self.policy is not None:
+                self.policy.uncertain(session_id)  # the DEL may have landed, or may land later
+            raise
+        messages.note_published()
+        if self.policy is not None:
+            self.policy.invalidate(session_id)
+        return existed
+
+    def touch(self, session_id: str, ttl: int | None = None) -> Flow:
+        """Set the session's expiry to ``ttl`` (default: the store's); True if it exists.
+        Clustered: every node drops its copy (its local expiry followed the old TTL)."""
+        if not is_valid_session_id(session_id):
+            return False  # a malformed id is answered before anything else, bad ttl included
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
+        key = self.keys.key(session_id)
+        messages = self.messages
+        if messages is None:
+            return bool((yield Command("EXPIRE", ("EXPIRE", key, seconds))))
+        try:
+            message = messages.message(TOUCHED, session_id, expires_in=seconds)
+            touched: bool = (yield run_script("EXPIRE", TOUCH_PUBLISH, (key,), seconds, messages.channel, message)) == 1
+        except BaseException:
+            if self.policy is not None:
+                self.policy.uncertain(session_id)  # the EXPIRE may have landed, or may land later
+            raise
+        if self.policy is not None:
+            self.policy.invalidate(session_id)  # the next fill reads the new expiry (PTTL)
+        if touched:
+            messages.note_published()
+        return touched
+
+    def exists(self, session_id: str) -> Flow:
+        """True if a session is stored under ``session_id`` (malformed ids: False, no command)."""
+        if not is_valid_session_id(session_id):
+            return False
+        return (yield Command("EXISTS", ("EXISTS", self.keys.key(session_id)))) == 1
+
+    def cleared(self) -> Flow:
+        """After ``clear`` (even a failed one): flush this node's cache and tell the others."""
+        if self.policy is not None:
+            self.policy.flush()
+        messages = self.messages
+        if messages is not None:
+            yield Command("PUBLISH", ("PUBLISH", messages.channel, messages.message(CLEARED, None)))
+            messages.note_published()

@@ -1,0 +1,339 @@
+"""redis-py glue shared by the sync and asyncio stores: error mapping, client settings,
+script fallback, and the constructors of the Redis-backed stores (no I/O here).
+
+The stores' logic lives in ``_core.ops`` (generators of commands); the sync
+(``stores/``) and asyncio (``asyncio/stores/``) trees only run those generators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import weakref
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from ._core.keys import KeySpace, is_valid_session_id
+from ._core.ops import Command, Flow, StoreCore
+from ._core.policy import CachePolicy
+from ._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, StoreBase
+from .cache import CacheStats
+from .cluster import HITS_PER_CHECK, CoherentCache, release_unclosed
+from .config import ClusterConfig
+from .errors import ConfigError, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
+from .serializers import Serializer, resolve_serializer
+from .session import Session
+
+DEFAULT_SOCKET_TIMEOUT = 1.0  # seconds; a hung Redis delays a request by at most this much
+DEFAULT_RETRIES = 1  # reconnect once on a dropped connection (e.g. after a Redis restart)
+DEFAULT_POOL_SIZE = 100  # connections per store built from a URL (redis-py's own default size)
+DEFAULT_POOL_TIMEOUT = 10.0  # seconds an operation waits for a free pooled connection (then PoolExhausted)
+SCAN_BATCH = 1000
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+_MAX_CONNECTIONS_ERROR: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(redis.exceptions, "MaxConnectionsError", None),) if t is not None
+)
+
+
+def is_pool_exhausted(exc: BaseException) -> bool:
+    """True if ``exc`` is redis-py saying its connection pool had no free connection.
+
+    That is a ``BlockingConnectionPool`` timing out (sync: raised while handling
+    ``queue.Empty``; asyncio: from an ``asyncio.TimeoutError``, both with the message
+    "No connection available."), or a plain pool at ``max_connections``
+    (``MaxConnectionsError``, or "Too many connections" in older redis-py).
+    """
+    if _MAX_CONNECTIONS_ERROR and isinstance(exc, _MAX_CONNECTIONS_ERROR):
+        return True
+    if not isinstance(exc, redis.ConnectionError):
+        return False
+    message = str(exc)
+    if message == "Too many connections":
+        return True
+    return message == "No connection available." and isinstance(
+        exc.__cause__ or exc.__context__, (queue.Empty, asyncio.QueueEmpty, asyncio.TimeoutError, TimeoutError)
+    )
+
+
+def map_redis_error(op: str, exc: BaseException) -> FastsessError:
+    """The fastsess error for a redis-py (or socket) exception raised by ``op``, with
+    ``exc`` as its ``__cause__``.
+
+    ``PoolExhausted`` when the store's connection pool had no free connection
+    (Redis itself is fine), ``SessionCorrupt`` for WRONGTYPE, else ``StoreUnavailable``.
+    """
+    error: FastsessError
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
+        error = SessionCorrupt(f"{op}: a non-string value is stored under the session key")
+    elif is_pool_exhausted(exc):
+        error = PoolExhausted(
+            f"redis {op}: no free connection in the pool in time (every pooled connection stayed busy; "
+            f"raise pool_size / pool_timeout or lower the concurrency): {type(exc).__name__}: {exc}",
+            exc,
+        )
+    else:
+        error = StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}", exc)
+    error.__cause__ = exc
+    return error
+
+
+def default_retry(retries: int = DEFAULT_RETRIES, retry_class: Any = Retry) -> Any:
+    """redis-py retry policy: reconnect on dropped connections only, never re-wait a timeout.
+
+    ``retry_class`` is ``redis.retry.Retry`` or ``redis.asyncio.retry.Retry`` (same signature).
+    """
+    return retry_class(ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,))
+
+
+def check_pool(pool_size: Any, pool_timeout: Any) -> tuple[int, float]:
+    """Validate the pool settings of a store built from a URL.
+
+    Raises:
+        ConfigError: ``pool_size`` not a positive int, or ``pool_timeout`` not a positive number.
+    """
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigError(f"pool_size must be a positive int, not {pool_size!r}")
+    if isinstance(pool_timeout, bool) or not isinstance(pool_timeout, (int, float)) or not 0 < pool_timeout < float("inf"):
+        raise ConfigError(f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}")
+    return pool_size, float(pool_timeout)
+
+
+def pool_settings(url: str, socket_timeout: float, retries: int, pool_size: int, pool_timeout: float, retry_class: Any) -> dict[str, Any]:
+    """The ``BlockingConnectionPool.from_url`` arguments of a store's own client (sync or asyncio).
+
+    Raises:
+        ConfigError: a pool setting is malformed.
+    """
+    pool_size, pool_timeout = check_pool(pool_size, pool_timeout)
+    return {
+        "url": url, "max_connections": pool_size, "timeout": pool_timeout, "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout, "retry": default_retry(retries, retry_class), "health_check_interval": 30,
+        "retry_on_error": [redis.ConnectionError],  # redis-py < 6 retries only the errors listed here
+    }
+
+
+def check_binary_client(client: Any) -> None:
+    """Reject a client that decodes responses: session payloads are bytes.
+
+    Raises:
+        ConfigError: ``decode_responses=True``.
+    """
+    kwargs_of = getattr(client, "get_connection_kwargs", None)
+    kwargs = kwargs_of() if callable(kwargs_of) else {}
+    if kwargs.get("decode_responses"):
+        raise ConfigError("the Redis client must not use decode_responses=True: sessions are stored as bytes")
+
+
+def execute(client: Any, command: Command) -> Any:
+    """Send one command with a sync client (an unknown script is sent whole with EVAL).
+
+    Raises:
+        redis.RedisError, OSError: the command failed.
+    """
+    try:
+        return client.execute_command(*command.args)
+    except NoScriptError:
+        if command.script is None:
+            raise
+        return client.execute_command("EVAL", command.script.text, *command.args[2:])
+
+
+async def execute_async(client: Any, command: Command) -> Any:
+    """``execute`` with a ``redis.asyncio`` client.
+
+    Raises:
+        redis.RedisError, OSError: the command failed.
+    """
+    try:
+        return await client.execute_command(*command.args)
+    except NoScriptError:
+        if command.script is None:
+            raise
+        return await client.execute_command("EVAL", command.script.text, *command.args[2:])
+
+
+def unlink_pipeline(client: Any, keys: KeySpace, session_ids: list[str]) -> Any:
+    """A non-transactional pipeline (sync or asyncio) of one UNLINK per id: cluster-safe.
+
+    ``execute_command``, not ``pipe.unlink()``: on redis-py's asyncio ClusterPipeline the
+    command methods return un-awaited coroutines and queue nothing.
+    """
+    pipe = client.pipeline(transaction=False)
+    for session_id in session_ids:
+        pipe.execute_command("UNLINK", keys.key(session_id))
+    return pipe
+
+
+class RedisStoreBase(StoreBase):
+    """The state of a Redis-backed store, sync or asyncio: client, serializer, keys and core.
+
+    Args: see ``fastsess.RedisStore``.
+
+    Raises:
+        ConfigError: neither or both of client/url, or an invalid setting.
+    """
+
+    _cluster_type: ClassVar[type]  # the flavour's RedisCluster class
+    _run: Callable[[Flow], Any]  # the flavour's driver: runs one operation's flow
+
+    def __init__(
+        self,
+        client: Any = None,
+        url: str | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = DEFAULT_TTL,
+        serializer: Serializer | str | None = None,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
+        check_pool(pool_size, pool_timeout)
+        if (client is None) == (url is None):
+            raise ConfigError("pass exactly one of client= or url=")
+        self._owns_client = client is None
+        self.client: Any = self._client_from_url(url, socket_timeout, retries, pool_size, pool_timeout) if client is None else client  # type: ignore[arg-type]
+        check_binary_client(self.client)
+        self.serializer: Serializer = resolve_serializer(serializer)
+        self.is_cluster = isinstance(self.client, self._cluster_type)
+        self._core = StoreCore(self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster)
+
+    @staticmethod
+    def _client_from_url(url: str, socket_timeout: float, retries: int, pool_size: int, pool_timeout: float) -> Any:
+        raise NotImplementedError
+
+
+class ClusteredStoreBase(RedisStoreBase):
+    """The state of a clustered store, sync or asyncio: a ``RedisStoreBase`` plus the
+    local cache, its policy and the coordinator (built here, not started).
+
+    Args: see ``fastsess.ClusteredRedisStore``.
+
+    Raises:
+        ConfigError: invalid settings.
+    """
+
+    _coordinator_type: ClassVar[type]  # the flavour's ClusterCoordinator
+    _starts_in_constructor: ClassVar[bool]  # sync: the constructor starts the listener
+
+    def __init__(
+        self,
+        client: Any = None,
+        url: str | None = None,
+        *,
+        config: ClusterConfig | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = DEFAULT_TTL,
+        serializer: Serializer | str | None = None,
+        refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(
+            client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
+            socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout, clock=clock,
+        )
+        self.config = cfg = ClusterConfig() if config is None else config
+        self._cache = (
+            CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl, cfg.local_cache_max_bytes, cfg.local_cache_max_item_bytes)
+            if cfg.enabled and cfg.local_cache_enabled
+            else None
+        )
+        self.coordinator: Any = self._coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
+        policy = None if self._cache is None else CachePolicy(cfg, self._cache)
+        self._core = StoreCore(
+            self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
+        )
+        self._hits_unchecked = 0  # cache hits since the last yield_to_listener check
+        # A store dropped without close() still releases its listener and connections
+        # (with a ResourceWarning, like an unclosed file); close() detaches this.
+        self._finalizer = weakref.finalize(
+            self, release_unclosed, type(self).__name__, self.coordinator, self.client if self._owns_client else None,
+        )
+        self._finalizer.atexit = False
+        self._start_pending = False  # asyncio: the listener starts on first use
+        if self.coordinator is not None:
+            if not self._starts_in_constructor:
+                self._start_pending = True
+                return
+            try:
+                self.coordinator.start()
+            except BaseException:
+                self._detach()
+                if self._owns_client:  # a sync client built from the URL
+                    self.client.close()
+                    self.client.connection_pool.disconnect()
+                raise
+
+    def cached_load(self, session_id: str) -> Any:
+        """The session from the local cache (a shallow copy), else from Redis (one round trip:
+        GET + PTTL in a script, then a cache fill).  On a miss this returns what the flavour's
+        ``_run`` returns (asyncio: an awaitable).
+
+        Raises:
+            SessionCorrupt: the key holds something that is not a fastsess session.
+            StoreUnavailable: Redis failed (also while the cache is bypassed,
+                unless ``stale_if_error``).
+        """
+        cache = self._cache
+        token = None
+        if cache is not None and self.coordinator.subscribed and type(session_id) is str:
+            # Only valid ids are ever cached, so a hit needs no id check.
+            cached: Session | None = cache.get(session_id)
+            if cached is not None:
+                checked = self._hits_unchecked + 1
+                if checked >= HITS_PER_CHECK:  # let a GIL-starved listener apply what it has
+                    checked = 0
+                    self.coordinator.yield_to_listener()
+                self._hits_unchecked = checked
+                return cached.copy()
+            if not is_valid_session_id(session_id):
+                return None
+            token = cache.fill_token(session_id)
+        elif not is_valid_session_id(session_id):
+            return None
+        return self._run(self._core.load(session_id, token))
+
+    def _detach(self) -> Any:
+        """For ``close``: no finalizer any more, no pending start; returns the coordinator to stop."""
+        self._finalizer.detach()
+        self._start_pending = False
+        return self.coordinator
+
+    def cache_stats(self) -> CacheStats:
+        """This node's cache counters (hits, misses, evictions, expirations, size, hit_rate)."""
+        if self._cache is None:
+            return CacheStats(0, 0, 0, 0, 0, self.config.local_cache_max_size, 0.0)
+        return self._cache.stats()
+
+    def reset_cache_stats(self) -> None:
+        """Zero this node's cache counters."""
+        if self._cache is not None:
+            self._cache.cache.reset_stats()
+
+    def evict_from_cache(self, session_id: str) -> bool:
+        """Drop ``session_id`` from this node's cache only; True if it was cached."""
+        return self._cache is not None and self._cache.invalidate(session_id)
+
+    def clear_local_cache(self) -> None:
+        """Empty this node's cache (other nodes and Redis are untouched)."""
+        if self._cache is not None:
+            self._cache.flush()
+
+    def cache_bytes(self) -> int:
+        """Serialized bytes of the sessions this node caches (an upper bound; 0 without a cache)."""
+        return 0 if self._cache is None else self._cache.cached_bytes
