@@ -105,18 +105,36 @@ def check_pool(pool_size: Any, pool_timeout: Any) -> tuple[int, float]:
     return pool_size, float(pool_timeout)
 
 
-def pool_settings(url: str, socket_timeout: float, retries: int, pool_size: int, pool_timeout: float, retry_class: Any) -> dict[str, Any]:
-    """The ``BlockingConnectionPool.from_url`` arguments of a store's own client (sync or asyncio).
+def client_from_url(
+    flavour: Any, retry_class: Any, url: str, socket_timeout: float, retries: int, pool_size: int, pool_timeout: float,
+) -> Any:
+    """A client for ``url`` with fastsess's timeout and retry defaults: ``flavour`` is the
+    ``redis`` or ``redis.asyncio`` module, ``retry_class`` its ``Retry``.
+
+    Its pool is a ``BlockingConnectionPool`` of ``pool_size`` connections: an operation
+    that finds them all busy waits up to ``pool_timeout`` seconds for one (then
+    ``PoolExhausted``), instead of failing at once.  Closing the client closes the pool.
 
     Raises:
-        ConfigError: a pool setting is malformed.
+        ConfigError: the URL or a pool setting is malformed.
     """
     pool_size, pool_timeout = check_pool(pool_size, pool_timeout)
-    return {
-        "url": url, "max_connections": pool_size, "timeout": pool_timeout, "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_timeout, "retry": default_retry(retries, retry_class), "health_check_interval": 30,
-        "retry_on_error": [redis.ConnectionError],  # redis-py < 6 retries only the errors listed here
-    }
+    try:
+        pool = flavour.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=pool_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=default_retry(retries, retry_class),
+            health_check_interval=30,
+            retry_on_error=[redis.ConnectionError],  # redis-py < 6 retries only the errors listed here
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL: {exc}") from exc
+    client = flavour.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 def check_binary_client(client: Any) -> None:
@@ -129,6 +147,37 @@ def check_binary_client(client: Any) -> None:
     kwargs = kwargs_of() if callable(kwargs_of) else {}
     if kwargs.get("decode_responses"):
         raise ConfigError("the Redis client must not use decode_responses=True: sessions are stored as bytes")
+
+
+class Run:
+    """One operation in progress, for a driver: it sends ``command`` and reports the
+    outcome with ``reply`` or ``failed`` until ``done``; then ``value`` is the result."""
+
+    __slots__ = ("command", "done", "flow", "value")
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        self.done = False
+        self.value: Any = None
+        self.command: Command = self._step(flow.send, None)
+
+    def _step(self, resume: Callable[[Any], Command], arg: Any) -> Command:
+        try:
+            self.command = resume(arg)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+        return self.command
+
+    def reply(self, reply: Any) -> None:
+        """The command succeeded with ``reply``."""
+        self._step(self.flow.send, reply)
+
+    def failed(self, exc: BaseException) -> None:
+        """The command raised ``exc``: a redis-py error reaches the operation mapped
+        (``map_redis_error``), anything else (a cancellation) as it is."""
+        if isinstance(exc, REDIS_ERRORS):
+            exc = map_redis_error(self.command.label, exc)
+        self._step(self.flow.throw, exc)
 
 
 def execute(client: Any, command: Command) -> Any:
@@ -181,6 +230,7 @@ class RedisStoreBase(StoreBase):
     """
 
     _cluster_type: ClassVar[type]  # the flavour's RedisCluster class
+    _client_from_url: ClassVar[Callable[[str, float, int, int, float], Any]]  # the flavour's client_from_url
     _run: Callable[[Flow], Any]  # the flavour's driver: runs one operation's flow
 
     def __init__(
@@ -203,15 +253,12 @@ class RedisStoreBase(StoreBase):
         if (client is None) == (url is None):
             raise ConfigError("pass exactly one of client= or url=")
         self._owns_client = client is None
-        self.client: Any = self._client_from_url(url, socket_timeout, retries, pool_size, pool_timeout) if client is None else client  # type: ignore[arg-type]
+        self.client: Any = client if client is not None else type(self)._client_from_url(url, socket_timeout, retries, pool_size, pool_timeout)  # type: ignore[arg-type]
         check_binary_client(self.client)
         self.serializer: Serializer = resolve_serializer(serializer)
         self.is_cluster = isinstance(self.client, self._cluster_type)
         self._core = StoreCore(self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster)
 
-    @staticmethod
-    def _client_from_url(url: str, socket_timeout: float, retries: int, pool_size: int, pool_timeout: float) -> Any:
-        raise NotImplementedError
 
 
 class ClusteredStoreBase(RedisStoreBase):

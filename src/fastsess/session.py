@@ -44,7 +44,7 @@ class Session(MutableMapping[str, Any]):
 
     Construct sessions through a store (``store.create()``/``store.load()``);
     the constructor is public for tests and custom stores.  Copying is cheap
-    and shallow (``copy()``, about 0.2 us for a small session).
+    and shallow (``copy()``).
 
     Raises:
         ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL`` (also on ``session.ttl = ...``).

@@ -1,4 +1,4 @@
-"""The contract every store fulfils, and the defaults they share (defined here, once).
+"""The contract every store fulfils (the sync API), and the defaults they share.
 
 Decisions, identical for every store:
 

@@ -1,8 +1,10 @@
 """``ClusteredRedisStore``: Redis plus a per-node local cache kept coherent by pub/sub.
 
-Reads answer from the local cache when they can (a dict-like lookup and a
-shallow copy: well under a microsecond), else from Redis, then fill the cache
-unless an invalidation for that id arrived meanwhile (``cluster.CoherentCache``).
+Reads answer from the local cache when they can (a lookup and a shallow copy),
+else from Redis, then fill the cache unless an invalidation for that id arrived
+meanwhile (``CoherentCache``).  The operations are ``fastsess._core.ops`` (with a
+``CachePolicy``), run by ``RedisStore``'s driver; only the cache hit is answered
+here, outside any generator.
 
 Every write carries its invalidation in the same round trip: small Lua
 scripts run ``SET``/``DEL``/``EXPIRE`` and ``PUBLISH`` together on the key's
@@ -23,7 +25,7 @@ in a small Lua script: atomic, and one slot on Redis Cluster) and caches the
 session until just before the key expires, timed on this process's monotonic
 clock: wall clocks (and their skew between nodes) play no part.  A write of
 unknown outcome (timeout, dropped connection, cancellation) marks its id
-uncertain (``CoherentCache.mark_uncertain``): evicted now, and this node's own
+uncertain (``CachePolicy.uncertain``): evicted now, and this node's own
 echo of that write, should it land later, invalidates it like another node's.
 
 While the coordinator is not subscribed (start-up, Redis down, reconnecting)

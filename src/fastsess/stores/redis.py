@@ -11,6 +11,7 @@ commands); this module is their sync driver.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -29,46 +30,20 @@ from .._redis import (
     REDIS_ERRORS,
     SCAN_BATCH,
     RedisStoreBase,
+    Run,
+    client_from_url,
     execute,
     is_pool_exhausted,
     map_redis_error,
-    pool_settings,
     unlink_pipeline,
 )
-from ..errors import ConfigError
 from ..session import Session
 from .base import SessionStore
 
 __all__ = [
     "DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_SOCKET_TIMEOUT", "REDIS_ERRORS",
-    "RedisStore", "client_from_url", "is_pool_exhausted", "map_redis_error",
+    "RedisStore", "is_pool_exhausted", "map_redis_error",
 ]
-
-
-def client_from_url(
-    url: str,
-    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-    retries: int = DEFAULT_RETRIES,
-    pool_size: int = DEFAULT_POOL_SIZE,
-    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
-) -> redis.Redis:
-    """A ``redis.Redis`` for ``url`` with fastsess's timeout and retry defaults.
-
-    Its pool is a ``BlockingConnectionPool`` of ``pool_size`` connections: an
-    operation that finds them all busy waits up to ``pool_timeout`` seconds for
-    one (then ``PoolExhausted``), instead of failing at once.
-
-    Raises:
-        ConfigError: the URL or a pool setting is malformed.
-    """
-    settings = pool_settings(url, socket_timeout, retries, pool_size, pool_timeout, Retry)
-    try:
-        pool = redis.BlockingConnectionPool.from_url(**settings)
-    except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL: {exc}") from exc
-    client = redis.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # close() of the client also closes the pool it owns
-    return client
 
 
 class RedisStore(RedisStoreBase, SessionStore):
@@ -95,24 +70,19 @@ class RedisStore(RedisStoreBase, SessionStore):
     """
 
     _cluster_type = RedisCluster
-    _client_from_url = staticmethod(client_from_url)
+    _client_from_url = functools.partial(client_from_url, redis, Retry)
 
     def _run(self, flow: Flow) -> Any:
-        """Drive one operation: send its commands, hand back replies or mapped errors."""
-        client = self.client
-        try:
-            command = next(flow)
-            while True:
-                try:
-                    reply = execute(client, command)
-                except REDIS_ERRORS as exc:
-                    command = flow.throw(map_redis_error(command.label, exc))
-                except BaseException as exc:
-                    command = flow.throw(exc)
-                else:
-                    command = flow.send(reply)
-        except StopIteration as done:
-            return done.value
+        """Drive one operation: send its commands, report replies and failures."""
+        run, client = Run(flow), self.client
+        while not run.done:
+            try:
+                reply = execute(client, run.command)
+            except BaseException as exc:
+                run.failed(exc)
+            else:
+                run.reply(reply)
+        return run.value
 
     def load(self, session_id: str) -> Session | None:
         """The stored session, or None (absent, expired, malformed id: no Redis call). One GET.

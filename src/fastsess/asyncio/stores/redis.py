@@ -6,6 +6,7 @@ operations (``fastsess._core.ops``); this module is their asyncio driver.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,44 +17,17 @@ from redis.asyncio.retry import Retry
 from ..._core.keys import is_valid_session_id
 from ..._core.ops import Flow
 from ..._redis import (
-    DEFAULT_POOL_SIZE,
-    DEFAULT_POOL_TIMEOUT,
-    DEFAULT_RETRIES,
-    DEFAULT_SOCKET_TIMEOUT,
     REDIS_ERRORS,
     SCAN_BATCH,
     RedisStoreBase,
+    Run,
+    client_from_url,
     execute_async,
     map_redis_error,
-    pool_settings,
     unlink_pipeline,
 )
-from ...errors import ConfigError
 from ...session import Session
 from .base import AsyncSessionStore
-
-
-def client_from_url(
-    url: str,
-    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-    retries: int = DEFAULT_RETRIES,
-    pool_size: int = DEFAULT_POOL_SIZE,
-    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
-) -> aredis.Redis:
-    """A ``redis.asyncio.Redis`` for ``url`` with fastsess's timeout and retry defaults,
-    on a blocking pool of ``pool_size`` connections (waits ``pool_timeout`` s for one).
-
-    Raises:
-        ConfigError: the URL or a pool setting is malformed.
-    """
-    settings = pool_settings(url, socket_timeout, retries, pool_size, pool_timeout, Retry)
-    try:
-        pool = aredis.BlockingConnectionPool.from_url(**settings)
-    except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL: {exc}") from exc
-    client = aredis.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # aclose() of the client also closes the pool it owns
-    return client
 
 
 class RedisStore(RedisStoreBase, AsyncSessionStore):
@@ -67,26 +41,20 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
     """
 
     _cluster_type = RedisCluster
-    _client_from_url = staticmethod(client_from_url)
+    _client_from_url = functools.partial(client_from_url, aredis, Retry)
 
     async def _run(self, flow: Flow) -> Any:
-        """Drive one operation: await its commands, hand back replies or mapped errors
-        (a cancellation is thrown into the operation too: a write it interrupts has an
-        unknown outcome)."""
-        client = self.client
-        try:
-            command = next(flow)
-            while True:
-                try:
-                    reply = await execute_async(client, command)
-                except REDIS_ERRORS as exc:
-                    command = flow.throw(map_redis_error(command.label, exc))
-                except BaseException as exc:
-                    command = flow.throw(exc)
-                else:
-                    command = flow.send(reply)
-        except StopIteration as done:
-            return done.value
+        """Drive one operation: await its commands, report replies and failures (a cancellation too:
+        a write it interrupts has an unknown outcome)."""
+        run, client = Run(flow), self.client
+        while not run.done:
+            try:
+                reply = await execute_async(client, run.command)
+            except BaseException as exc:
+                run.failed(exc)
+            else:
+                run.reply(reply)
+        return run.value
 
     async def load(self, session_id: str) -> Session | None:
         """See ``fastsess.RedisStore.load``."""
