@@ -159,14 +159,14 @@ class Run:
         self.flow = flow
         self.done = False
         self.value: Any = None
-        self.command: Command = self._step(flow.send, None)
+        self.command: Any = None  # the command to send next
+        self._step(flow.send, None)
 
-    def _step(self, resume: Callable[[Any], Command], arg: Any) -> Command:
+    def _step(self, resume: Callable[[Any], Command], arg: Any) -> None:
         try:
             self.command = resume(arg)
         except StopIteration as stop:
             self.done, self.value = True, stop.value
-        return self.command
 
     def reply(self, reply: Any) -> None:
         """The command succeeded with ``reply``."""
