@@ -282,8 +282,8 @@ def test_blackholed_subscriber_connection(rig: Rig, b_kind: str, direction: str)
     Downstream: B does not hear invalidations, and keeps serving its cached copies -- of a
     session saved meanwhile, and of one deleted (logged out) meanwhile -- until its
     listener notices the silence: a PING once the link has been quiet for
-    ``subscribe_timeout``, then ``subscribe_timeout`` without PONG, each checked every
-    ``min(0.25, subscribe_timeout)`` s: up to about 2 x ``subscribe_timeout`` + 0.5 s.  This
+    ``subscribe_timeout``, then ``subscribe_timeout`` without PONG: 2 x ``subscribe_timeout``
+    after the last input, plus scheduling delays.  This
     stale window is what the staleness bound does not cover today.  Upstream: the
     invalidations still arrive; nothing is stale once they are applied.
     """

@@ -41,7 +41,7 @@ from fastsess.stores.base import is_valid_session_id
 from .targets import MESSAGE_TYPES, SID, check_message, decode_message
 
 # FASTSESS_FUZZ_EXAMPLES=20000 pytest tests/fuzz: a longer run (the default keeps the file to seconds)
-FUZZ_EXAMPLES = int(os.environ.get("FASTSESS_FUZZ_EXAMPLES", "150"))
+FUZZ_EXAMPLES = int(os.environ.get("FASTSESS_FUZZ_EXAMPLES", "100"))
 fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # structured inputs cost more to generate than they do to decode
 fuzz_structured = settings(max_examples=max(1, FUZZ_EXAMPLES // 2), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,7 +115,7 @@ def test_a_real_session_with_bytes_changed(codec: str, data: dict[str, Any], pos
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max(1, FUZZ_EXAMPLES // 4), deadline=None)
 @given(body=st.binary(min_size=1, max_size=64).map(lambda b: b * 64), header_at=st.sampled_from([0, 1]))
 def test_decoding_memory_is_bounded_by_the_limits(codec: str, body: bytes, header_at: int) -> None:
     """With small limits, whatever the bytes (here: repetitive ones that zlib shrinks a
