@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,16 +31,22 @@ def _django_configured(db_dir: Path) -> None:
         django.setup()
 
 
-@pytest.fixture(scope="session")
-def django_db_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where Django's sqlite database lives (once per test session, like Django's settings)."""
-    return tmp_path_factory.mktemp("django-db")
+def pytest_configure(config: pytest.Config) -> None:
+    """Configure Django while the suite is collected, before any test runs.
+
+    Django's settings can be configured once per process; configuring them here (this
+    conftest is imported during collection) keeps a test that runs earlier, such as the
+    in-process ``fastsess bench`` whose Django comparison configures Django when nobody
+    has, from taking them without the sqlite database the migration tests need.
+    """
+    db_dir = Path(tempfile.mkdtemp(prefix="fastsess-django-"))
+    atexit.register(shutil.rmtree, db_dir, ignore_errors=True)
+    _django_configured(db_dir)
 
 
 @pytest.fixture
-def django_settings(redis_url: str, prefix: str, django_db_dir: Path) -> Iterator[object]:
+def django_settings(redis_url: str, prefix: str) -> Iterator[object]:
     """Django configured for ``fastsess.contrib.django`` on the private Redis, a fresh prefix per test."""
-    _django_configured(django_db_dir)
     from django.conf import settings
     from django.test.utils import override_settings
 
