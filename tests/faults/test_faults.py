@@ -76,9 +76,10 @@ def test_kill_9_and_restart(rig: Rig, b_kind: str) -> None:
     report("kill -9 + restart", b_kind, callers=UNAVAILABLE, noticed_s=noticed, recovery_s=recovery)
 
 
-def test_kill_9_without_persistence_serves_no_cached_copy_of_lost_data(rig: Rig) -> None:
+@pytest.mark.parametrize("b_kind", ["sync", "asyncio"])
+def test_kill_9_without_persistence_serves_no_cached_copy_of_lost_data(rig: Rig, b_kind: str) -> None:
     """A server that restarts empty: the sessions are gone, and no node brings them back."""
-    A, B = rig.start()
+    A, B = rig.start(b_kind)
     L = rig.ledger
     sid = L.create(A, 1)
     cache_on(B, sid, 1)
@@ -92,7 +93,7 @@ def test_kill_9_without_persistence_serves_no_cached_copy_of_lost_data(rig: Rig)
     assert A.write(sid, "v", 2) is False and A.read(sid) is None  # a save does not resurrect it (SET XX)
     del L.acked[sid]
     recovery = rig.recovery(A, B, t_up)
-    report("kill -9, no persistence", "sync", callers="None (data lost)", recovery_s=recovery)
+    report("kill -9, no persistence", b_kind, callers="None (data lost)", recovery_s=recovery)
 
 
 @pytest.mark.parametrize("b_kind", ["sync", "asyncio"])
