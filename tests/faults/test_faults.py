@@ -105,7 +105,7 @@ def test_client_pause(rig: Rig, b_kind: str) -> None:
     uncached = L.create(B, "b")  # cached on B only: a read on A is a miss
     pauser = redis.Redis.from_url(rig.server.url)
     try:
-        pauser.execute_command("CLIENT", "PAUSE", 600, "ALL")
+        pauser.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # room for both timeouts on a busy machine
         t0 = time.monotonic()
         cached = B.read(sid) if caught(lambda: B.read(sid)) is None else UNAVAILABLE
         seen = {"save": L.write(A, sid, 1), "load (miss)": caught(lambda: A.read(uncached))}
@@ -113,14 +113,14 @@ def test_client_pause(rig: Rig, b_kind: str) -> None:
         # A cached read is served while B still hears its channel (no write can land
         # during the pause, so the copy is current), else it fails closed.
         assert cached in ({"v": 0}, UNAVAILABLE)
-        time.sleep(max(0.0, t0 + 0.6 - time.monotonic()))
+        time.sleep(max(0.0, t0 + 1.5 - time.monotonic()))
         t_end = time.monotonic()
     finally:
         pauser.close()
     L.check(rig.raw, rig.prefix, [A, B])
     landed = (A.read(sid) or {}).get("v") == 1
     recovery = rig.recovery(A, B, t_end)
-    report("CLIENT PAUSE 600 ms ALL", b_kind, callers=UNAVAILABLE, cached_read="served" if cached != UNAVAILABLE else UNAVAILABLE,
+    report("CLIENT PAUSE 1500 ms ALL", b_kind, callers=UNAVAILABLE, cached_read="served" if cached != UNAVAILABLE else UNAVAILABLE,
            timed_out_save_landed=landed, recovery_s=recovery)
 
 
@@ -159,7 +159,7 @@ def test_subscriber_output_buffer_overflow(rig: Rig, b_kind: str) -> None:
     """B's listener stops reading (its connection stalls in the proxy) while the channel is
     flooded; Redis drops it at the ``client-output-buffer-limit``.  B learns it when it reads
     again: the buffered data, then EOF; it resubscribes and flushes."""
-    A, B = rig.start(b_kind, subscribe_timeout=1.0)  # the stall ends before a PING would notice it
+    A, B = rig.start(b_kind, subscribe_timeout=2.0)  # the stall ends long before a PING would notice it
     L = rig.ledger
     rig.raw.config_set("client-output-buffer-limit", "pubsub 256kb 0 0")
     sid = L.create(A, 0)
@@ -209,12 +209,16 @@ def test_debug_sleep(rig: Rig, b_kind: str) -> None:
 
     def sleep() -> None:
         try:
-            sleeper.execute_command("DEBUG", "SLEEP", "0.6")
+            sleeper.execute_command("DEBUG", "SLEEP", "1.5")
         finally:
             done.set()
 
     threading.Thread(target=sleep, daemon=True).start()
-    time.sleep(0.05)  # the DEBUG SLEEP is running: the server answers nothing
+    asleep = redis.Redis.from_url(rig.server.url, socket_timeout=0.05)
+    try:
+        wait_until(lambda: caught(asleep.ping) is not None, 5, what="the server to fall asleep")  # it answers nothing now
+    finally:
+        asleep.close()
     try:
         cached = B.read(sid) if caught(lambda: B.read(sid)) is None else UNAVAILABLE
         seen = {"save": L.write(A, sid, 1), "load (miss)": caught(lambda: A.read(uncached))}
@@ -229,7 +233,7 @@ def test_debug_sleep(rig: Rig, b_kind: str) -> None:
     L.check(rig.raw, rig.prefix, [A, B])
     recovery = rig.recovery(A, B, t_end)
     landed = (A.read(sid) or {}).get("v") == 1
-    report("DEBUG SLEEP 0.6 s", b_kind, callers=UNAVAILABLE, cached_read="served" if cached != UNAVAILABLE else UNAVAILABLE,
+    report("DEBUG SLEEP 1.5 s", b_kind, callers=UNAVAILABLE, cached_read="served" if cached != UNAVAILABLE else UNAVAILABLE,
            timed_out_save_landed=landed, recovery_s=recovery)
 
 
