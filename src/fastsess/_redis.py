@@ -160,24 +160,27 @@ class Run:
         self.done = False
         self.value: Any = None
         self.command: Any = None  # the command to send next
-        self._step(flow.send, None)
-
-    def _step(self, resume: Callable[[Any], Command], arg: Any) -> None:
         try:
-            self.command = resume(arg)
+            self.command = next(flow)
         except StopIteration as stop:
             self.done, self.value = True, stop.value
 
     def reply(self, reply: Any) -> None:
         """The command succeeded with ``reply``."""
-        self._step(self.flow.send, reply)
+        try:
+            self.command = self.flow.send(reply)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
 
     def failed(self, exc: BaseException) -> None:
         """The command raised ``exc``: a redis-py error reaches the operation mapped
         (``map_redis_error``), anything else (a cancellation) as it is."""
         if isinstance(exc, REDIS_ERRORS):
-            exc = map_redis_error(self.command.label, exc)
-        self._step(self.flow.throw, exc)
+            exc = map_redis_error(self.command[0], exc)
+        try:
+            self.command = self.flow.throw(exc)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
 
 
 def execute(client: Any, command: Command) -> Any:
@@ -187,11 +190,12 @@ def execute(client: Any, command: Command) -> Any:
         redis.RedisError, OSError: the command failed.
     """
     try:
-        return client.execute_command(*command.args)
+        return client.execute_command(*command[2])
     except NoScriptError:
-        if command.script is None:
+        script = command[1]
+        if script is None:
             raise
-        return client.execute_command("EVAL", command.script.text, *command.args[2:])
+        return client.execute_command("EVAL", script.text, *command[2][2:])
 
 
 async def execute_async(client: Any, command: Command) -> Any:
@@ -201,11 +205,12 @@ async def execute_async(client: Any, command: Command) -> Any:
         redis.RedisError, OSError: the command failed.
     """
     try:
-        return await client.execute_command(*command.args)
+        return await client.execute_command(*command[2])
     except NoScriptError:
-        if command.script is None:
+        script = command[1]
+        if script is None:
             raise
-        return await client.execute_command("EVAL", command.script.text, *command.args[2:])
+        return await client.execute_command("EVAL", script.text, *command[2][2:])
 
 
 def unlink_pipeline(client: Any, keys: KeySpace, session_ids: list[str]) -> Any:

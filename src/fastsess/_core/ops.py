@@ -7,7 +7,7 @@ auth flows::
 
     flow = core.save(session)
     command = next(flow)                      # StopIteration: done, no I/O needed
-    reply = client.execute_command(*command.args)
+    reply = client.execute_command(*command[2])
     command = flow.send(reply)                # ... until StopIteration(value)
 
 A command that fails reaches the generator as the mapped fastsess error
@@ -56,21 +56,16 @@ def script(text: str) -> Script:
     return Script(text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 - Redis names scripts by SHA-1
 
 
-class Command(NamedTuple):
-    """One Redis command: ``client.execute_command(*args)``.
-
-    ``label`` names the operation in error messages; ``script`` is set for an ``EVALSHA``
-    (the driver sends the script with ``EVAL`` if the server does not know it).
-    """
-
-    label: str
-    args: tuple[Any, ...]
-    script: Script | None = None
+# One Redis command: ``(label, script, args)``; the driver calls
+# ``client.execute_command(*args)``.  ``label`` names the operation in error messages;
+# ``script`` is set for an ``EVALSHA`` (the driver sends the script whole with ``EVAL`` if
+# the server does not know it).  A plain tuple: building one costs a fraction of a class.
+Command = tuple[str, "Script | None", tuple[Any, ...]]
 
 
 def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Command:
     """An ``EVALSHA`` of ``lua`` over ``keys`` with ``args``."""
-    return Command(label, ("EVALSHA", lua.sha, len(keys), *keys, *args), lua)
+    return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
 
 
 # SET new NX, and only if that succeeded DEL old: a collision never loses the old session.
@@ -223,7 +218,7 @@ class StoreCore:
         started, pttl = 0.0, -2
         try:
             if token is None or policy is None:  # no cache, or it is bypassed: a plain GET
-                raw = yield Command("GET", ("GET", key))
+                raw = yield ("GET", None, ("GET", key))
             else:
                 started = policy.clock()
                 raw, pttl = yield run_script("GET", GET_PTTL, (key,))
@@ -267,13 +262,13 @@ class StoreCore:
         nx = session.new
         messages, policy = self.messages, self.policy
         if messages is None:
-            return bool((yield Command("SET", ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
+            return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
         token = started = None
         if policy is not None:
             token, started = policy.token(session.id), policy.clock()
         try:
             if nx:  # a brand-new id: no node can hold a copy, nothing to publish
-                written = bool((yield Command("SET", ("SET", key, payload, "EX", session.ttl, "NX"))))
+                written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
             else:
                 message = messages.message(INVALIDATED, session.id, session.version)
                 written = bool((yield run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel, message)))
@@ -308,12 +303,12 @@ class StoreCore:
                 # Redis Cluster: the two keys live in different slots, so no script can span
                 # them.  Write the new key first: if the DEL then fails, the old id still dies
                 # with its TTL and the caller sees StoreUnavailable.
-                moved = bool((yield Command("regenerate", ("SET", new_key, payload, "EX", session.ttl, "NX"))))
+                moved = bool((yield ("regenerate", None, ("SET", new_key, payload, "EX", session.ttl, "NX"))))
                 if not moved:
-                    moved = (yield Command("regenerate", ("GET", new_key))) == payload
+                    moved = (yield ("regenerate", None, ("GET", new_key))) == payload
                 if moved:
                     if message is None:
-                        yield Command("regenerate", ("DEL", old_key))
+                        yield ("regenerate", None, ("DEL", old_key))
                     else:
                         yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel, message)  # type: ignore[union-attr]
         except BaseException:
@@ -383,7 +378,7 @@ class StoreCore:
         key = self.keys.key(session_id)
         messages = self.messages
         if messages is None:
-            return (yield Command("DEL", ("DEL", key))) == 1
+            return (yield ("DEL", None, ("DEL", key))) == 1
         try:
             message = messages.message(DELETED, session_id)
             existed: bool = (yield run_script("DEL", DELETE_PUBLISH, (key,), messages.channel, message)) == 1
@@ -405,7 +400,7 @@ class StoreCore:
         key = self.keys.key(session_id)
         messages = self.messages
         if messages is None:
-            return bool((yield Command("EXPIRE", ("EXPIRE", key, seconds))))
+            return bool((yield ("EXPIRE", None, ("EXPIRE", key, seconds))))
         try:
             message = messages.message(TOUCHED, session_id, expires_in=seconds)
             touched: bool = (yield run_script("EXPIRE", TOUCH_PUBLISH, (key,), seconds, messages.channel, message)) == 1
@@ -423,7 +418,7 @@ class StoreCore:
         """True if a session is stored under ``session_id`` (malformed ids: False, no command)."""
         if not is_valid_session_id(session_id):
             return False
-        return (yield Command("EXISTS", ("EXISTS", self.keys.key(session_id)))) == 1
+        return (yield ("EXISTS", None, ("EXISTS", self.keys.key(session_id)))) == 1
 
     def cleared(self) -> Flow:
         """After ``clear`` (even a failed one): flush this node's cache and tell the others."""
@@ -431,5 +426,5 @@ class StoreCore:
             self.policy.flush()
         messages = self.messages
         if messages is not None:
-            yield Command("PUBLISH", ("PUBLISH", messages.channel, messages.message(CLEARED, None)))
+            yield ("PUBLISH", None, ("PUBLISH", messages.channel, messages.message(CLEARED, None)))
             messages.note_published()
