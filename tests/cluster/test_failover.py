@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from fastsess import ClusteredRedisStore, Session
+from fastsess import Session
 from fastsess.errors import StoreUnavailable
 
 from ..support import RedisServer, kill, pause
@@ -41,24 +41,6 @@ def nodes(make_store: StoreFactory, server: RedisServer) -> Pair:
         yield subscribed_pair(make_store, server.url, raw)
     finally:
         raw.close()
-
-
-def all_fail_closed(store: ClusteredRedisStore, s: Session) -> None:
-    with pytest.raises(StoreUnavailable) as info:
-        store.load(s.id)
-    assert isinstance(info.value.cause, (redis.RedisError, OSError))
-    s["during-outage"] = True
-    version = s.version
-    with pytest.raises(StoreUnavailable):
-        store.save(s)
-    assert s.version == version and s.modified  # rolled back: nothing was saved
-    with pytest.raises(StoreUnavailable):
-        store.save(store.create({"new": 1}))
-    for op in (store.delete, store.exists, store.touch):
-        with pytest.raises(StoreUnavailable):
-            op(s.id)
-    with pytest.raises(StoreUnavailable):
-        store.count()
 
 
 def test_frozen_redis_is_detected_by_ping(nodes: Pair, server: RedisServer) -> None:
