@@ -28,6 +28,7 @@ import concurrent.futures
 import functools
 import inspect
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
@@ -39,7 +40,6 @@ import redis.asyncio
 import fastsess
 import fastsess.asyncio
 from fastsess import ClusterConfig, Session
-from fastsess.cache import LocalCache
 from fastsess.stores.base import new_session_id
 
 from ..support.clients import open_connections
@@ -143,8 +143,10 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 class FakeClock:
+    """The stores' ``clock=``: starts at the real time, moves only when told to."""
+
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
@@ -179,6 +181,7 @@ class Backend:
         self.loop = loop
         self.stores: list[Any] = []
         self.api: Any = fastsess if flavour == "sync" else fastsess.asyncio
+        self.clock = FakeClock()  # every store this backend makes runs on it (``clock=``)
 
     @property
     def is_async(self) -> bool:
@@ -213,20 +216,30 @@ class Backend:
 
         return list(self.loop.run(save_all()))
 
+    def now(self) -> float:
+        """The stores' clock."""
+        return self.clock.now
+
     def age(self, session: Session, seconds: float) -> None:
-        """Make ``session`` look ``seconds`` older for the refresh decision."""
-        session.refreshed_at -= seconds
+        """Let ``seconds`` pass on the stores' clock (refresh decisions, MemoryStore expiry)."""
+        self.clock.advance(seconds)
+
+    def clock_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with ``clock=`` this backend's fake clock, unless ``real_clock=True`` asks for time.time."""
+        if not kwargs.pop("real_clock", False):
+            kwargs.setdefault("clock", self.clock)
+        return kwargs
 
     def __repr__(self) -> str:
         return f"{self.kind}-{self.flavour}"
 
 
 class MemoryBackend(Backend):
-    kind = "memory"
+    """``MemoryStore``: expiry runs on the backend's clock (``clock=``).  ``raw_count`` and
+    the write markers read the store's ``LocalCache`` directly, read-only: it is the
+    storage, as DBSIZE and INFO are for Redis, and no public API exposes it."""
 
-    def __init__(self, flavour: str, loop: LoopThread) -> None:
-        super().__init__(flavour, loop)
-        self.clock = FakeClock()
+    kind = "memory"
 
     @staticmethod
     def _sync(store: Any) -> Any:
@@ -234,11 +247,7 @@ class MemoryBackend(Backend):
         return inner if isinstance(inner, fastsess.MemoryStore) else inner._store
 
     def make(self, **kwargs: Any) -> Any:
-        store = self.api.MemoryStore(**kwargs)
-        inner = self._sync(store)
-        # the same cache, on a fake clock so expiry can be observed without sleeping
-        inner._sessions = LocalCache(max_size=inner._sessions.max_size, ttl=inner._sessions.ttl, timer=self.clock)
-        return self.wrap(store)
+        return self.wrap(self.api.MemoryStore(**self.clock_kwargs(kwargs)))
 
     def raw_count(self, store: Any) -> int:
         return len(self._sync(store)._sessions)
@@ -274,7 +283,7 @@ class RedisBackend(Backend):
         kwargs.setdefault("prefix", self.prefix)
         if "client" not in kwargs:
             kwargs.setdefault("url", self.url)
-        return self.wrap(self.api.RedisStore(**kwargs))
+        return self.wrap(self.api.RedisStore(**self.clock_kwargs(kwargs)))
 
     @property
     def store_class(self) -> Any:
@@ -348,7 +357,7 @@ class ClusteredBackend(RedisBackend):
         kwargs.setdefault("prefix", self.prefix)
         if "client" not in kwargs:
             kwargs.setdefault("url", self.url)
-        store = self.wrap(self.store_class(config=ClusterConfig(**settings), **kwargs))
+        store = self.wrap(self.store_class(config=ClusterConfig(**settings), **self.clock_kwargs(kwargs)))
         if subscribe and store.coordinator is not None:
             if self.is_async:
                 store.start()
