@@ -120,34 +120,31 @@ def run(
     fractions: Sequence[float] = FRACTIONS,
     candidates: dict[str, Replay] | None = None,
     reuse: dict[str, Any] | None = None,
+    fresh: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Replay every trace on every candidate at every size; return misses, ratios and the checks.
 
-    ``reuse``: an earlier ``run`` result; for a trace it replayed with the same
-    parameters (seed included) and cache sizes, the misses of candidates not in
-    ``candidates`` are copied from it instead of replayed (the traces are
-    deterministic, so they would be the same).
+    ``reuse``: an earlier ``run`` result. For a trace it replayed with the same
+    parameters (seed included) and cache sizes, a candidate's misses are copied
+    from it instead of replayed (the traces are deterministic, so a replay
+    would give the same), unless the candidate is in ``fresh``.
     """
     cands = CANDIDATES if candidates is None else candidates
     earlier_rows = reuse["traces"] if reuse else []
-    out: dict[str, Any] = {"fractions": list(fractions), "candidates": [], "traces": []}
+    out: dict[str, Any] = {"fractions": list(fractions), "candidates": list(cands), "traces": []}
     for trace in traces:
         caps = capacities(trace.distinct, fractions)
+        earlier = next((r for r in earlier_rows if r["params"] == trace.params and r["capacities"] == caps), None)
         misses: dict[str, list[int]] = {}
         seconds: dict[str, float] = {}
         for label, replay in cands.items():
+            if earlier is not None and label in earlier["misses"] and label not in fresh:
+                misses[label] = earlier["misses"][label]
+                seconds[label] = earlier["seconds"][label]
+                continue
             t0 = time.perf_counter()
             misses[label] = [replay(trace.keys, cap) for cap in caps]
             seconds[label] = time.perf_counter() - t0
-        for row in earlier_rows:
-            if row["params"] == trace.params and row["capacities"] == caps:
-                for label, ms in row["misses"].items():
-                    if label not in misses:
-                        misses[label] = ms
-                        seconds[label] = row["seconds"][label]
-        order = [label for label in CANDIDATES if label in misses] + [label for label in misses if label not in CANDIDATES]
-        misses = {label: misses[label] for label in order}
-        out["candidates"] += [label for label in order if label not in out["candidates"]]
         n = len(trace.keys)
         row: dict[str, Any] = {
             "summary": summarize(trace),
@@ -202,7 +199,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: str, names: Sequence[str] = ("session", "session-1req", "session+bots")) -> None:
+def plot(result: dict[str, Any], path: str, names: Sequence[str] = ("session", "session-nobots", "session-1req")) -> None:
     """Miss ratio against cache size, one panel per named trace, one line per candidate (needs matplotlib)."""
     import matplotlib
 
@@ -234,7 +231,11 @@ def _run_line(r: dict[str, Any]) -> str:
         f"Run {r['when']} ({r['mode']}, seed {r['seed']}): fastsess {r['fastsess']} ({r['implementation']} cache core), "
         f"CPython {r['python']}; {r['wall_seconds']} s wall ({r['generate_seconds']} s generating traces), {r['cpu_seconds']} s CPU"
         + (f"; load average at the end {load[0]:.1f}" if load else "")
-        + (f"; candidates not replayed in this run are from the run of {r['reused']}" if r.get("reused") else "")
+        + (
+            f"; candidates other than {', '.join(r['fresh']) or 'none'} were replayed in the run of {r['reused']} where it had the same trace"
+            if r.get("reused")
+            else ""
+        )
         + ".\n"
     )
 
@@ -247,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=None, help=f"requests per trace (default {FULL_REQUESTS:,})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default=None, metavar="NAMES", help="comma-separated trace names to run (e.g. session,session+bots)")
+    parser.add_argument("--only", default=None, metavar="NAMES", help="comma-separated trace names to run (e.g. session,session-nobots)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--plot", default=None, help="write the chart (PNG) here; needs matplotlib")
-    parser.add_argument("--candidates", default=None, metavar="PREFIXES", help="comma-separated: replay only candidates whose label starts so")
-    parser.add_argument("--reuse", default=None, metavar="JSON", help="take the other candidates' misses from an earlier --json of the same traces")
+    parser.add_argument("--reuse", default=None, metavar="JSON", help="take misses from an earlier --json where it replayed the same trace and sizes")
+    parser.add_argument(
+        "--fresh", default="", metavar="PREFIXES", help="with --reuse: replay the candidates whose label starts so (comma-separated) anyway"
+    )
     parser.add_argument("--render", default=None, metavar="JSON", help="replay nothing: print (and --plot) the results of an earlier --json")
     args = parser.parse_args(argv)
     if args.render:
@@ -270,13 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         traces = [t for t in traces if t.name in args.only.split(",")]
     gen_seconds = time.perf_counter() - t0
     cands = {k: v for k, v in CANDIDATES.items() if not (args.quick and k in FULL_ONLY)}
-    if args.candidates:
-        cands = {k: v for k, v in cands.items() if k.startswith(tuple(args.candidates.split(",")))}
+    fresh = [k for k in cands if args.fresh and k.startswith(tuple(args.fresh.split(",")))]
     reuse = None
     if args.reuse:
         with open(args.reuse, encoding="utf-8") as f:
             reuse = json.load(f)
-    result = run(traces, candidates=cands, reuse=reuse)
+    result = run(traces, candidates=cands, reuse=reuse, fresh=fresh)
     result["run"] = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_seconds": round(time.process_time() - cpu0, 1),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "reused": f"{reuse['run']['when']} ({reuse['run']['implementation']})" if reuse else None,
+        "fresh": fresh,
     }
     print(_run_line(result["run"]))
     print(format_markdown(result))

@@ -51,7 +51,7 @@ import math
 import random
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fastsess.benchmarks.cluster import zipf_sequence
@@ -244,18 +244,18 @@ def zipf_trace(params: ZipfParams = ZipfParams(), seed: int = 0, name: str | Non
 def standard_traces(requests: int, seed: int = 0, alphas: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2)) -> list[Trace]:
     """The traces of the hit-ratio report, each ``requests`` long.
 
-    ``session``: session-shaped, no bots; ``session-1req``: the same with one
-    request per page view (no bursts: a new session's second request comes a
-    think time after its first); ``session+bots``: ``session`` with 30% of
-    requests from bot bursts (the admission-filter test); then one
-    Zipf-with-scans trace per alpha, over ``requests // 10`` items with two scans
-    of ``requests // 20`` one-time keys each (10% of the requests).
+    ``session`` (the headline trace): session-shaped with 30% of requests from
+    bot bursts. Two variants change one thing each: ``session-nobots`` (no
+    bots) and ``session-1req`` (one request per page view instead of bursts of
+    3 on average, so a new session's second request comes a think time after
+    its first). Then one Zipf-with-scans trace per alpha, over ``requests // 10``
+    items with two scans of ``requests // 20`` one-time keys each (10% of the requests).
     """
-    base = SessionParams(requests=requests, users=max(100, requests // 10))
+    base = SessionParams(requests=requests, users=max(100, requests // 10), bot_fraction=0.3)
     traces = [
         session_trace(base, seed, "session"),
-        session_trace(SessionParams(**{**asdict(base), "burst_mean": 1.0}), seed, "session-1req"),
-        session_trace(SessionParams(**{**asdict(base), "bot_fraction": 0.3}), seed, "session+bots"),
+        session_trace(replace(base, bot_fraction=0.0), seed, "session-nobots"),
+        session_trace(replace(base, burst_mean=1.0), seed, "session-1req"),
     ]
     for alpha in alphas:
         zp = ZipfParams(requests=requests, items=max(10, requests // 10), alpha=alpha, scans=2, scan_length=requests // 20)

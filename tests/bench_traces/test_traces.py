@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.hit_ratio import capacities, format_markdown, replay_local_cache, replay_lru_cache, replay_policy, run
+from bench.hit_ratio import CANDIDATES, capacities, format_markdown, replay_local_cache, replay_lru_cache, replay_policy, run
 from bench.policies import Clock, ExactLRU, Sieve, TinyLFU
 from bench.traces import SessionParams, ZipfParams, session_trace, standard_traces, summarize, zipf_trace
 from fastsess._env import no_extensions
@@ -39,7 +39,7 @@ def scan_trace() -> Any:
 
 
 def test_generators_are_deterministic_for_a_seed() -> None:
-    bots = SessionParams(requests=5_000, users=500, bot_fraction=0.3, bot_burst_mean=100)
+    bots = SessionParams(requests=5_000, users=500, think_mean=3.0, bot_fraction=0.3, bot_burst_mean=100)
     zipf = ZipfParams(requests=5_000, items=500, scan_length=200)
     assert session_trace(bots, seed=7) == session_trace(bots, seed=7)  # keys, bot ids and parameters
     assert zipf_trace(zipf, seed=7) == zipf_trace(zipf, seed=7)
@@ -49,7 +49,7 @@ def test_generators_are_deterministic_for_a_seed() -> None:
 
 def test_traces_have_the_requested_length() -> None:
     traces = standard_traces(5_000, seed=1, alphas=(0.8,))
-    assert [t.name for t in traces] == ["session", "session-1req", "session+bots", "zipf-0.8+scans"]
+    assert [t.name for t in traces] == ["session", "session-nobots", "session-1req", "zipf-0.8+scans"]
     for trace in traces:
         assert len(trace.keys) == 5_000, trace.name
 
@@ -227,8 +227,10 @@ def test_lrucache_misses_exactly_as_the_reference_lru(name: str, scan_trace: Any
 
 def test_report_names_the_reference_each_cache_matches() -> None:
     traces = standard_traces(3_000, seed=2, alphas=())
-    result = run(traces, fractions=(0.05, 0.2))
-    assert [row["summary"]["name"] for row in result["traces"]] == ["session", "session-1req", "session+bots"]
+    names = [label for label in CANDIDATES if label.startswith(("LocalCache", "LRUCache", "LRU", "SIEVE", "W-TinyLFU 1%"))]
+    result = run(traces, fractions=(0.05, 0.2), candidates={label: CANDIDATES[label] for label in names})
+    assert result["candidates"] == names
+    assert [row["summary"]["name"] for row in result["traces"]] == ["session", "session-nobots", "session-1req"]
     for row in result["traces"]:
         lru_label = next(label for label in row["matches"] if label.startswith("LRUCache"))
         assert "LRU (ref)" in row["matches"][lru_label]
