@@ -157,8 +157,10 @@ def run(
                 label: [ref for ref in REFERENCES if ref in misses and misses[ref] == misses[label]] for label in (LOCAL, LRU) if label in misses
             },
         }
-        if LOCAL in misses and LRU in misses:
-            row["local_le_lru"] = all(a <= b for a, b in zip(misses[LOCAL], misses[LRU]))
+        exact_lru = LRU if LRU in misses else "LRU (ref)"
+        if LOCAL in misses and exact_lru in misses:
+            row["local_le_lru"] = all(a <= b for a, b in zip(misses[LOCAL], misses[exact_lru]))
+            row["exact_lru"] = exact_lru
         out["traces"].append(row)
     return out
 
@@ -192,7 +194,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         for label, refs in row["matches"].items():
             notes.append(f"{label} misses exactly as {' and '.join(refs)}" if refs else f"{label} matches no reference exactly")
         if "local_le_lru" in row:
-            notes.append(f"{LOCAL} <= {LRU} at every size: **{'yes' if row['local_le_lru'] else 'NO'}**")
+            notes.append(f"{LOCAL} <= {row.get('exact_lru', LRU)} at every size: **{'yes' if row['local_le_lru'] else 'NO'}**")
         if notes:
             lines.append("; ".join(notes) + ".")
             lines.append("")
@@ -215,7 +217,9 @@ def plot(result: dict[str, Any], path: str, names: Sequence[str] = ("session", "
             ax.plot(xs, [100 * r for r in row["miss_ratio"][label]], style, marker="o", markersize=3, label=label)
         s = row["summary"]
         ax.set_xscale("log")
-        ax.set_xlabel("cache size, % of distinct ids (log scale)")
+        ax.set_xticks(xs, [f"{x:g}%" for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel("cache size, % of the trace's distinct ids (log scale)")
         ax.set_ylabel("miss ratio, % of requests")
         ax.set_title(f"{s['name']}: {s['requests']:,} requests, {s['distinct']:,} ids")
         ax.grid(True, which="both", alpha=0.3)
@@ -251,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, metavar="NAMES", help="comma-separated trace names to run (e.g. session,session-nobots)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--plot", default=None, help="write the chart (PNG) here; needs matplotlib")
+    parser.add_argument("--candidates", default=None, metavar="PREFIXES", help="comma-separated: run only the candidates whose label starts so")
     parser.add_argument("--reuse", default=None, metavar="JSON", help="take misses from an earlier --json where it replayed the same trace and sizes")
     parser.add_argument(
         "--fresh", default="", metavar="PREFIXES", help="with --reuse: replay the candidates whose label starts so (comma-separated) anyway"
@@ -273,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         traces = [t for t in traces if t.name in args.only.split(",")]
     gen_seconds = time.perf_counter() - t0
     cands = {k: v for k, v in CANDIDATES.items() if not (args.quick and k in FULL_ONLY)}
+    if args.candidates:
+        cands = {k: v for k, v in cands.items() if k.startswith(tuple(args.candidates.split(",")))}
     fresh = [k for k in cands if args.fresh and k.startswith(tuple(args.fresh.split(",")))]
     reuse = None
     if args.reuse:

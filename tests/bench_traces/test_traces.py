@@ -238,3 +238,12 @@ def test_report_names_the_reference_each_cache_matches() -> None:
             assert ms[0] >= ms[1], label  # a bigger cache misses no more on these traces
     text = format_markdown(result)
     assert "| 5.0% (" in text and "LocalCache" in text
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_localcache_misses_exactly_as_the_reference_sieve(name: str, bots_trace: Any, scan_trace: Any) -> None:
+    """LocalCache evicts with SIEVE: the compiled cache and its twin agree with bench/policies.py miss for miss."""
+    module = importlib.import_module(MODULES[name])
+    for keys in (bots_trace.keys[:10_000], scan_trace.keys[:10_000]):
+        for cap in (5, 300):
+            assert replay_local_cache(keys, cap, module.LocalCache)[0] == replay_policy(keys, Sieve(cap))
