@@ -139,12 +139,36 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(url: str, cookie: str, seconds: int, connections: int) -> dict[str, float]:
-    """One ``wrk -t1`` run; returns requests/s, p50 and p99 (ms) and the count of non-2xx/errors."""
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pgid: int | None = None, pid: int | None = None) -> float:
+    """User + system CPU seconds used so far by process ``pid``, or by every process of group ``pgid`` (Linux /proc)."""
+    total = 0
+    for entry in os.listdir("/proc") if pid is None else [str(pid)]:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        # after "pid (comm)": state ppid pgrp ... utime is field 14 and stime 15 of stat(5), here 11 and 12
+        if pid is not None or int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def run_wrk(url: str, cookie: str, seconds: int, connections: int, server_pgid: int | None = None,
+            redis_pid: int | None = None) -> dict[str, float]:
+    """One ``wrk -t1`` run; returns requests/s, p50 and p99 (ms), the count of non-2xx/errors and,
+    given the server's process group and Redis's pid, the CPU time each used per request (us)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if cookie:
         cmd[1:1] = ["-H", f"Cookie: {cookie}"]
+    cpu0 = (cpu_seconds(pgid=server_pgid), cpu_seconds(pid=redis_pid)) if server_pgid and redis_pid else None
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    cpu1 = (cpu_seconds(pgid=server_pgid), cpu_seconds(pid=redis_pid)) if cpu0 else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
@@ -152,10 +176,15 @@ def run_wrk(url: str, cookie: str, seconds: int, connections: int) -> dict[str, 
     for pat in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
         m = re.search(pat, out)
         bad += int(m.group(1)) if m else 0
-    return {"rps": rps, "p50": p50, "p99": p99, "bad": bad}
+    result = {"rps": rps, "p50": p50, "p99": p99, "bad": bad}
+    if cpu0 and cpu1:
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        result["cpu_us"] = (cpu1[0] - cpu0[0]) / max(requests, 1) * 1e6
+        result["redis_cpu_us"] = (cpu1[1] - cpu0[1]) / max(requests, 1) * 1e6
+    return result
 
 
-def bench_framework(fw: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_framework(fw: str, redis_url: str, args: argparse.Namespace, redis_pid: int | None = None) -> dict[str, Any]:
     """All cells of one framework: its three servers run at once, repetitions interleaved."""
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
@@ -177,10 +206,13 @@ def bench_framework(fw: str, redis_url: str, args: argparse.Namespace) -> dict[s
             for mode in order:
                 port = servers[mode][1]
                 for ep in ("read", "write"):
-                    r = run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.duration, args.connections)
+                    r = run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.duration, args.connections,
+                                servers[mode][0].pid, redis_pid)  # the server leads its own process group
                     runs.setdefault((mode, ep), []).append(r)
+                    cpu = f"  cpu {r['cpu_us']:6.0f} us/req (redis {r['redis_cpu_us']:4.0f})" if "cpu_us" in r else ""
                     print(
-                        f"  {fw:9} {mode:8} {ep:5} rep {rep + 1}: {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms", flush=True
+                        f"  {fw:9} {mode:8} {ep:5} rep {rep + 1}: {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms{cpu}",
+                        flush=True,
                     )
         return {f"{m}/{e}": v for (m, e), v in runs.items()}
     finally:
@@ -202,6 +234,11 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
     out["p50_min"] = min(r["p50"] for r in runs)
     out["p50_max"] = max(r["p50"] for r in runs)
     out["bad"] = sum(r["bad"] for r in runs)
+    for key in ("cpu_us", "redis_cpu_us"):
+        if all(key in r for r in runs):
+            out[key] = statistics.median(r[key] for r in runs)
+            out[key + "_min"] = min(r[key] for r in runs)
+            out[key + "_max"] = max(r[key] for r in runs)
     return out
 
 
@@ -246,6 +283,28 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: 
             lines.append(
                 f"| {fw} | {ep} | {fast:.2f} | {usual:.2f} | {ratio:.2f} | {goal} | {t_fast:.3f} | {t_usual:.3f} | {t_ratio:.2f} |"
             )
+    if all("cpu_us" in summarize(cells[f"none/{ep}"]) for cells in results.values() for ep in ("read", "write")):
+        lines += [
+            "",
+            "CPU time per request (us; median, min..max of the repetitions): the app server's own, and",
+            "Redis's. Session cost = app CPU/request with session - without; fastsess / usual is its ratio.",
+            "",
+            "| framework | endpoint | none | usual | fastsess | Redis: usual | Redis: fastsess | cost usual | cost fastsess | fastsess / usual |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for fw, cells in results.items():
+            for ep in ("read", "write"):
+                none, fast_s, usual_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
+
+                def cell(x: dict[str, float], key: str = "cpu_us") -> str:
+                    return f"{x[key]:.0f} ({x[key + '_min']:.0f}..{x[key + '_max']:.0f})"
+
+                c_fast, c_usual = fast_s["cpu_us"] - none["cpu_us"], usual_s["cpu_us"] - none["cpu_us"]
+                ratio = c_fast / c_usual if c_usual > 0 else float("nan")
+                lines.append(
+                    f"| {fw} | {ep} | {cell(none)} | {cell(usual_s)} | {cell(fast_s)} | {cell(usual_s, 'redis_cpu_us')}"
+                    f" | {cell(fast_s, 'redis_cpu_us')} | {c_usual:.0f} | {c_fast:.0f} | {ratio:.2f} |"
+                )
     if loads:
         lines += ["", "Load average (1 min) at the start and end of each framework: " + ", ".join(
             f"{fw} {a:.2f} -> {b:.2f}" for fw, (a, b) in loads.items())]
@@ -281,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"private Redis: {server.url}", flush=True)
         for fw in frameworks:
             start = os.getloadavg()[0]
-            results[fw] = bench_framework(fw, server.url, args)
+            results[fw] = bench_framework(fw, server.url, args, server.pid)
             loads[fw] = (start, os.getloadavg()[0])
     text = report(results, args, loads)
     print()
