@@ -273,7 +273,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: 
     ]
     for fw, cells in results.items():
         for ep in ("read", "write"):
-            none, fast_s, usual_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
+            none, usual_s, fast_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
             fast, usual = fast_s["p50"] - none["p50"], usual_s["p50"] - none["p50"]
             ratio = fast / usual if usual > 0 else float("nan")
             goal = ("met" if ratio <= 0.2 else "NOT met") if ep == "read" else "-"
@@ -294,7 +294,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: 
         ]
         for fw, cells in results.items():
             for ep in ("read", "write"):
-                none, fast_s, usual_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
+                none, usual_s, fast_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
 
                 def cell(x: dict[str, float], key: str = "cpu_us") -> str:
                     return f"{x[key]:.0f} ({x[key + '_min']:.0f}..{x[key + '_max']:.0f})"
