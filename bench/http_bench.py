@@ -203,9 +203,9 @@ def bench_framework(fw: str, redis_url: str, args: argparse.Namespace, redis_pid
                 run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.warmup, args.connections)
         for rep in range(args.reps):
             order = MODES if rep % 2 == 0 else tuple(reversed(MODES))  # spread slow drift over all
-            for mode in order:
-                port = servers[mode][1]
-                for ep in ("read", "write"):
+            for ep in ("read", "write"):  # the three modes of one endpoint back to back: paired in time
+                for mode in order:
+                    port = servers[mode][1]
                     r = run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.duration, args.connections,
                                 servers[mode][0].pid, redis_pid)  # the server leads its own process group
                     runs.setdefault((mode, ep), []).append(r)
@@ -242,6 +242,16 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def paired_cost(cells: dict[str, Any], mode: str, ep: str, key: str) -> tuple[float, float, float]:
+    """Median, min and max over the repetitions of ``key``(mode) - ``key``(no session) in the same repetition.
+
+    Each repetition runs the three modes of an endpoint back to back, so pairing them
+    cancels the slow drift of a shared machine's load that separate medians would keep.
+    """
+    diffs = [r[key] - n[key] for r, n in zip(cells[f"{mode}/{ep}"], cells[f"none/{ep}"])]
+    return statistics.median(diffs), min(diffs), max(diffs)
+
+
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: dict[str, tuple[float, float]] | None = None) -> str:
     """The Markdown tables (cells, then session cost and the fastsess/usual ratio)."""
     lines = [
@@ -265,45 +275,44 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: 
                 )
     lines += [
         "",
-        "Session cost per request = p50(with session) - p50(no session), in ms; beside it the same from",
-        "throughput (1000 / req/s with session - 1000 / req/s without: the worker's time per request):",
+        "Session cost per request, by latency: p50(with session) - p50(no session) in the same repetition,",
+        "in ms (median over the repetitions, min..max beside it); by throughput: 1000 / req/s with session",
+        "- 1000 / req/s without (ms of the worker's time per request), paired the same way:",
         "",
         "| framework | endpoint | fastsess | usual | fastsess / usual | goal (reads) <= 0.20 | by req/s: fastsess | usual | ratio |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for fw, cells in results.items():
+        for r in (r for runs in cells.values() for r in runs):
+            r["ms_per_req"] = 1000 / r["rps"] if r["rps"] else float("nan")
         for ep in ("read", "write"):
-            none, usual_s, fast_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
-            fast, usual = fast_s["p50"] - none["p50"], usual_s["p50"] - none["p50"]
-            ratio = fast / usual if usual > 0 else float("nan")
+            fast, usual = paired_cost(cells, "fastsess", ep, "p50"), paired_cost(cells, "usual", ep, "p50")
+            ratio = fast[0] / usual[0] if usual[0] > 0 else float("nan")
             goal = ("met" if ratio <= 0.2 else "NOT met") if ep == "read" else "-"
-            t_fast = 1000 / fast_s["rps"] - 1000 / none["rps"]
-            t_usual = 1000 / usual_s["rps"] - 1000 / none["rps"]
+            t_fast, t_usual = paired_cost(cells, "fastsess", ep, "ms_per_req")[0], paired_cost(cells, "usual", ep, "ms_per_req")[0]
             t_ratio = t_fast / t_usual if t_usual > 0 else float("nan")
             lines.append(
-                f"| {fw} | {ep} | {fast:.2f} | {usual:.2f} | {ratio:.2f} | {goal} | {t_fast:.3f} | {t_usual:.3f} | {t_ratio:.2f} |"
+                f"| {fw} | {ep} | {fast[0]:.2f} ({fast[1]:.2f}..{fast[2]:.2f}) | {usual[0]:.2f} ({usual[1]:.2f}..{usual[2]:.2f})"
+                f" | {ratio:.2f} | {goal} | {t_fast:.3f} | {t_usual:.3f} | {t_ratio:.2f} |"
             )
-    if all("cpu_us" in summarize(cells[f"none/{ep}"]) for cells in results.values() for ep in ("read", "write")):
+    if all("cpu_us" in r for cells in results.values() for runs in cells.values() for r in runs):
         lines += [
             "",
-            "CPU time per request (us; median, min..max of the repetitions): the app server's own, and",
-            "Redis's. Session cost = app CPU/request with session - without; fastsess / usual is its ratio.",
+            "CPU time per request (us) of the app server (its whole process group) and of Redis; cost =",
+            "with session - without, paired per repetition (median, min..max):",
             "",
-            "| framework | endpoint | none | usual | fastsess | Redis: usual | Redis: fastsess | cost usual | cost fastsess | fastsess / usual |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| framework | endpoint | app: none | usual | fastsess | Redis: none | usual | fastsess | app cost: usual | fastsess | fastsess / usual |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for fw, cells in results.items():
             for ep in ("read", "write"):
-                none, usual_s, fast_s = (summarize(cells[f"{m}/{ep}"]) for m in MODES)
-
-                def cell(x: dict[str, float], key: str = "cpu_us") -> str:
-                    return f"{x[key]:.0f} ({x[key + '_min']:.0f}..{x[key + '_max']:.0f})"
-
-                c_fast, c_usual = fast_s["cpu_us"] - none["cpu_us"], usual_s["cpu_us"] - none["cpu_us"]
-                ratio = c_fast / c_usual if c_usual > 0 else float("nan")
+                med = {m: summarize(cells[f"{m}/{ep}"]) for m in MODES}
+                c_usual, c_fast = paired_cost(cells, "usual", ep, "cpu_us"), paired_cost(cells, "fastsess", ep, "cpu_us")
+                ratio = c_fast[0] / c_usual[0] if c_usual[0] > 0 else float("nan")
                 lines.append(
-                    f"| {fw} | {ep} | {cell(none)} | {cell(usual_s)} | {cell(fast_s)} | {cell(usual_s, 'redis_cpu_us')}"
-                    f" | {cell(fast_s, 'redis_cpu_us')} | {c_usual:.0f} | {c_fast:.0f} | {ratio:.2f} |"
+                    f"| {fw} | {ep} | " + " | ".join(f"{med[m]['cpu_us']:.0f}" for m in MODES) + " | "
+                    + " | ".join(f"{med[m]['redis_cpu_us']:.0f}" for m in MODES)
+                    + f" | {c_usual[0]:.0f} ({c_usual[1]:.0f}..{c_usual[2]:.0f}) | {c_fast[0]:.0f} ({c_fast[1]:.0f}..{c_fast[2]:.0f}) | {ratio:.2f} |"
                 )
     if loads:
         lines += ["", "Load average (1 min) at the start and end of each framework: " + ", ".join(
