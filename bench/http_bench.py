@@ -188,13 +188,14 @@ def bench_framework(fw: str, redis_url: str, args: argparse.Namespace, redis_pid
     """All cells of one framework: its three servers run at once, repetitions interleaved."""
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
-        for mode in MODES:
+        modes = MODES + ("null",) if fw == "django" and args.django_null else MODES
+        for mode in modes:
             port = free_port()
             servers[mode] = (start_server(fw, mode, port, redis_url, args.threads), port)
         for proc, port in servers.values():
             wait_ready(port, proc)
         cookies = {mode: session_cookie(port) for mode, (_, port) in servers.items()}
-        for mode in MODES:
+        for mode in modes:
             if mode != "none" and not cookies[mode]:
                 raise RuntimeError(f"{fw}/{mode}: /login set no cookie")
         runs: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -202,7 +203,7 @@ def bench_framework(fw: str, redis_url: str, args: argparse.Namespace, redis_pid
             for ep in ("read", "write"):
                 run_wrk(f"http://127.0.0.1:{port}/{ep}", cookies[mode], args.warmup, args.connections)
         for rep in range(args.reps):
-            order = MODES if rep % 2 == 0 else tuple(reversed(MODES))  # spread slow drift over all
+            order = modes if rep % 2 == 0 else tuple(reversed(modes))  # spread slow drift over all
             for ep in ("read", "write"):  # the three modes of one endpoint back to back: paired in time
                 for mode in order:
                     port = servers[mode][1]
@@ -264,10 +265,12 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: 
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for fw, cells in results.items():
-        for mode in MODES:
+        for mode in (*MODES, "null"):
+            if f"{mode}/read" not in cells:
+                continue
             for ep in ("read", "write"):
                 s = summarize(cells[f"{mode}/{ep}"])
-                name = USUAL[fw] if mode == "usual" else mode
+                name = USUAL[fw] if mode == "usual" else "null backend (Django's session machinery only)" if mode == "null" else mode
                 bad = f" ({int(s['bad'])} errors)" if s["bad"] else ""
                 lines.append(
                     f"| {fw} | {name} | {ep} | {s['rps']:.0f}{bad} | {s['p50']:.2f} ({s['p50_min']:.2f}..{s['p50_max']:.2f})"
@@ -314,6 +317,14 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, loads: 
                     + " | ".join(f"{med[m]['redis_cpu_us']:.0f}" for m in MODES)
                     + f" | {c_usual[0]:.0f} ({c_usual[1]:.0f}..{c_usual[2]:.0f}) | {c_fast[0]:.0f} ({c_fast[1]:.0f}..{c_fast[2]:.0f}) | {ratio:.2f} |"
                 )
+    for fw, cells in results.items():
+        if "null/read" in cells:
+            for ep in ("read", "write"):
+                parts = [f"p50 {paired_cost(cells, 'null', ep, 'p50')[0]:.2f} ms"]
+                if all("cpu_us" in r for r in cells[f"null/{ep}"]):
+                    c = paired_cost(cells, "null", ep, "cpu_us")
+                    parts.append(f"CPU {c[0]:.0f} us ({c[1]:.0f}..{c[2]:.0f})")
+                lines.append(f"\n{fw} {ep}: cost of the null backend (Django's own session machinery, paid by every backend): {', '.join(parts)}")
     if loads:
         lines += ["", "Load average (1 min) at the start and end of each framework: " + ", ".join(
             f"{fw} {a:.2f} -> {b:.2f}" for fw, (a, b) in loads.items())]
@@ -329,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="repetitions per cell; the median is reported (default 3)")
     p.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     p.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads (default 8)")
+    p.add_argument("--django-null", action="store_true",
+                   help="also serve Django with a session backend that stores nothing (bench/http/null_session.py): the floor")
     p.add_argument("--json", help="also write the raw runs to this file")
     p.add_argument("--plot", help="also draw a chart of the session cost (PNG; needs matplotlib)")
     args = p.parse_args(argv)
@@ -362,21 +375,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict[str, dict[str, Any]], path: str) -> None:
-    """Bar chart of the session's own p50 cost per request, fastsess vs usual, per framework."""
+    """Bar chart of the session's own cost per request, fastsess vs usual, per framework.
+
+    CPU time of the app server per request when measured (paired per repetition:
+    median, with the min..max as error bars), else the p50 latency difference.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cpu = all("cpu_us" in r for cells in results.values() for runs in cells.values() for r in runs)
+    key, unit = ("cpu_us", "CPU us") if cpu else ("p50", "p50 ms")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    fws = list(results)
     for ax, ep in zip(axes, ("read", "write")):
-        fws = list(results)
-        base = [summarize(results[f][f"none/{ep}"])["p50"] for f in fws]
         for i, mode in enumerate(("usual", "fastsess")):
-            cost = [summarize(results[f][f"{mode}/{ep}"])["p50"] - b for f, b in zip(fws, base)]
-            ax.bar([x + i * 0.4 for x in range(len(fws))], cost, width=0.4, label=mode)
+            costs = [paired_cost(results[f], mode, ep, key) for f in fws]
+            mid = [c[0] for c in costs]
+            err = [[c[0] - c[1] for c in costs], [c[2] - c[0] for c in costs]]
+            ax.bar([x + i * 0.4 for x in range(len(fws))], mid, width=0.4, label=mode, yerr=err, capsize=3)
         ax.set_xticks([x + 0.2 for x in range(len(fws))], fws)
-        ax.set_title(f"session cost per request, {ep} (p50 ms)")
+        ax.set_title(f"session cost per request, {ep} ({unit})")
         ax.axhline(0, color="black", linewidth=0.5)
     axes[0].legend()
     fig.tight_layout()

@@ -1,8 +1,9 @@
 """Django app of the HTTP benchmark (served by gunicorn; see bench/http_bench.py).
 
 ``BENCH_SESSION`` picks the session layer: ``fastsess`` (fastsess.contrib.django),
-``usual`` (Django's cache session backend on django-redis) or ``none`` (no session
-middleware).  ``REDIS_URL`` is the Redis both stores use.
+``usual`` (Django's cache session backend on django-redis), ``none`` (no session
+middleware) or ``null`` (Django's session middleware on a backend that stores nothing,
+``null_session.py``: the cost every backend pays).  ``REDIS_URL`` is the Redis both stores use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _sessions = {
         "SESSION_ENGINE": "django.contrib.sessions.backends.cache",
         "CACHES": {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL}},
     },
+    "null": {"SESSION_ENGINE": "null_session"},  # Django's session machinery, no storage (the floor)
     "none": {},
 }[MODE]
 

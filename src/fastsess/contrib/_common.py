@@ -64,7 +64,7 @@ class CookieSigner:
         ValueError: an empty secret.
     """
 
-    __slots__ = ("_inner", "_outer", "_verified")
+    __slots__ = ("_inner", "_outer", "_signed", "_verified")
 
     def __init__(self, secret: str | bytes, purpose: bytes = COOKIE_PURPOSE) -> None:
         if isinstance(secret, str):
@@ -79,6 +79,7 @@ class CookieSigner:
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         # cookie values whose signature checked out -> their id (bounded; emptied when full)
         self._verified: dict[str, str] = {}
+        self._signed: dict[str, str] = {}  # id -> cookie value (Flask re-sends the cookie on reads)
 
     def _signature(self, session_id: str) -> str:
         inner = self._inner.copy()
@@ -88,8 +89,14 @@ class CookieSigner:
         return base64.urlsafe_b64encode(outer.digest())[:_SIG_LEN].decode("ascii")
 
     def sign(self, session_id: str) -> str:
-        """The cookie value for ``session_id``."""
-        return f"{session_id}.{self._signature(session_id)}"
+        """The cookie value for ``session_id`` (remembered like verified values, same bound)."""
+        value = self._signed.get(session_id)
+        if value is None:
+            value = f"{session_id}.{self._signature(session_id)}"
+            if len(self._signed) >= VERIFIED_MAX:
+                self._signed.clear()
+            self._signed[session_id] = value
+        return value
 
     def unsign(self, value: object) -> str | None:
         """The session id in a cookie value, or None (missing, malformed, bad signature).
