@@ -3,7 +3,6 @@ fastsess under a new id, and deleted from the old backend; pickles only through 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import decimal
 import pickle
@@ -82,18 +81,11 @@ def legacy_cache(django_settings: Any, redis_url: str) -> Any:
 
 
 @pytest.fixture
-def legacy_db(legacy_cache: Any, django_db_dir: Path) -> Any:
+def legacy_db(legacy_cache: Any) -> Any:
     """Django's session table in the suite's sqlite database (created by the real ORM), emptied after."""
     from django.contrib.sessions.models import Session
-    from django.db import connection, connections
+    from django.db import connection
 
-    if connections.settings["default"].get("ENGINE") in (None, "", "django.db.backends.dummy"):
-        # Django was configured first by other code in this process (the suite runs `fastsess bench`
-        # in process): give its default alias the sqlite database (settings.DATABASES cannot be overridden)
-        sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(django_db_dir / "db.sqlite3")}
-        connections.settings["default"] = connections.configure_settings({"default": sqlite})["default"]
-        with contextlib.suppress(AttributeError):
-            del connections["default"]  # a dummy connection made before, in this thread
     if Session._meta.db_table not in connection.introspection.table_names():
         with connection.schema_editor() as editor:
             editor.create_model(Session)
