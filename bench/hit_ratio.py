@@ -42,7 +42,17 @@ from bench.traces import Trace, standard_traces, summarize
 from fastsess import __version__
 from fastsess.cache import IMPLEMENTATION, LocalCache, LRUCache
 
-__all__ = ["CANDIDATES", "FRACTIONS", "capacities", "format_markdown", "replay_local_cache", "replay_lru_cache", "replay_policy", "run"]
+__all__ = [
+    "CANDIDATES",
+    "FRACTIONS",
+    "capacities",
+    "format_markdown",
+    "replay_get_set",
+    "replay_local_cache",
+    "replay_lru_cache",
+    "replay_policy",
+    "run",
+]
 
 FRACTIONS = (0.001, 0.01, 0.05, 0.10, 0.25)
 FULL_REQUESTS = 1_000_000
@@ -50,28 +60,26 @@ QUICK_REQUESTS = 100_000
 QUICK_ALPHAS = (1.0,)
 
 
-def replay_local_cache(keys: Iterable[int], capacity: int, cls: type[Any] = LocalCache) -> tuple[int, Any]:
-    """Replay ``keys`` on a fresh ``cls(max_size=capacity, ttl=inf)`` (a ``LocalCache``); return (misses, the cache)."""
-    cache = cls(max_size=capacity, ttl=math.inf)
-    get, put = cache.get, cache.set
+def replay_get_set(keys: Iterable[int], get: Callable[[int], Any], put: Callable[[int, Any], Any]) -> int:
+    """Replay ``keys`` through a cache's ``get`` (None: a miss) and ``put`` (called on each miss); return the misses."""
     misses = 0
     for key in keys:
         if get(key) is None:
             misses += 1
             put(key, True)
-    return misses, cache
+    return misses
+
+
+def replay_local_cache(keys: Iterable[int], capacity: int, cls: type[Any] = LocalCache) -> tuple[int, Any]:
+    """Replay ``keys`` on a fresh ``cls(max_size=capacity, ttl=inf)`` (a ``LocalCache``); return (misses, the cache)."""
+    cache = cls(max_size=capacity, ttl=math.inf)
+    return replay_get_set(keys, cache.get, cache.set), cache
 
 
 def replay_lru_cache(keys: Iterable[int], capacity: int, cls: type[Any] = LRUCache) -> tuple[int, Any]:
     """Replay ``keys`` on a fresh ``cls(maxsize=capacity)`` (an ``LRUCache``); return (misses, the cache)."""
     cache = cls(maxsize=capacity)
-    get, put = cache.get, cache.__setitem__
-    misses = 0
-    for key in keys:
-        if get(key) is None:
-            misses += 1
-            put(key, True)
-    return misses, cache
+    return replay_get_set(keys, cache.get, cache.__setitem__), cache
 
 
 def replay_policy(keys: Iterable[int], policy: ExactLRU | Sieve | Clock | TinyLFU) -> int:
