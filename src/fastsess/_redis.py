@@ -323,7 +323,7 @@ class ClusteredStoreBase(RedisStoreBase):
                 self._start_pending = True
                 return
             try:
-                self.coordinator.start()
+                self.coordinator.start(timeout=0)  # never blocks: the cache is bypassed until subscribed
             except BaseException:
                 self._detach()
                 if self._owns_client:  # a sync client built from the URL

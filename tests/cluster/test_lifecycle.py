@@ -15,7 +15,9 @@ import bisect
 import gc
 import multiprocessing
 import select
+import socket
 import statistics
+import threading
 import time
 import uuid
 import warnings
@@ -29,7 +31,9 @@ import redis
 import fastsess.cluster.thread
 from fastsess import ClusterConfig, ClusteredRedisStore, Session
 from fastsess.asyncio import ClusteredRedisStore as AsyncClusteredRedisStore
-from fastsess.server import RedisServer
+from fastsess.errors import StoreUnavailable
+from fastsess.server import RedisServer, free_port
+from fastsess.stores.base import new_session_id
 
 from .conftest import FAST, StoreFactory, listener_threads, received, wait_received, wait_until
 from .test_multiprocess import Node, cache_on, watch
@@ -88,6 +92,57 @@ def test_close_time_with_default_settings(make_store: StoreFactory, redis_url: s
         assert not store.coordinator.running
     print(f"close() with the default 250 ms poll: median {statistics.median(times) * 1000:.2f} ms, max {max(times) * 1000:.2f} ms")
     assert statistics.median(times) < 0.2, times
+
+
+# --- the constructor never waits for Redis ---------------------------------------------------
+
+
+@pytest.mark.parametrize("redis_side", ["refused", "silent"])
+def test_constructor_does_not_wait_for_a_dead_redis(redis_side: str) -> None:
+    """Against a port nobody listens on (refused) or a server that accepts and never answers
+    (silent), with a 60 s subscribe_timeout: the constructor returns with the listener
+    started and not subscribed, and the first load fails with StoreUnavailable.  A
+    constructor that waited for the subscription would take the full 60 s, so the 20 s
+    bound below is generous."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if redis_side == "silent":  # the kernel completes the handshakes; nobody ever reads
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(16)
+            port = silent.getsockname()[1]
+        else:
+            port = free_port()
+        built: list[ClusteredRedisStore] = []
+        cfg = config(f"ctor:{uuid.uuid4().hex[:8]}", subscribe_timeout=60.0)
+        thread = threading.Thread(target=lambda: built.append(
+            ClusteredRedisStore(url=f"redis://127.0.0.1:{port}/0", config=cfg, socket_timeout=0.2, retries=0)
+        ))
+        thread.start()
+        thread.join(20.0)
+        assert not thread.is_alive(), "the constructor waited for the subscription"
+        store = built[0]
+        try:
+            assert store.coordinator is not None and store.coordinator.running
+            assert not store.coordinator.subscribed and not store.coordinator.stats.subscribed
+            with pytest.raises(StoreUnavailable):
+                store.load(new_session_id())
+            if redis_side == "refused":
+                wait_until(lambda: store.coordinator.stats.last_error is not None, what="the listener's failed attempt")
+        finally:
+            store.close()
+        assert not store.coordinator.running
+    finally:
+        silent.close()
+
+
+def test_constructor_returns_before_the_subscription_and_the_cache_is_served_after(make_store: StoreFactory, redis_url: str) -> None:
+    store = make_store(redis_url)
+    assert store.coordinator is not None
+    assert store.coordinator.wait_subscribed(5.0)
+    session = saved(store, {"v": 1})
+    store.clear_local_cache()
+    assert store.load(session.id)["v"] == 1 and store.load(session.id)["v"] == 1
+    assert store.cache_stats().hits >= 1
 
 
 # --- stores that are never closed ------------------------------------------------------------

@@ -230,6 +230,7 @@ def test_the_core_modules_import_no_redis() -> None:
 def test_both_coordinators_drive_the_same_machine() -> None:
     import redis
     import redis.asyncio
+    from redis.backoff import EqualJitterBackoff
 
     from fastsess.asyncio.cluster import ClusterCoordinator as AsyncCoordinator
     from fastsess.cluster import ClusterCoordinator
@@ -239,6 +240,7 @@ def test_both_coordinators_drive_the_same_machine() -> None:
     try:
         coordinators = [ClusterCoordinator(sync_client, config), AsyncCoordinator(async_client, config)]
         assert all(type(c.machine) is ListenerMachine for c in coordinators)
+        assert all(type(c.machine.backoff) is EqualJitterBackoff for c in coordinators)  # reconnects with jitter
         assert all(not c.subscribed and c.stats.reconnects == 0 for c in coordinators)
     finally:
         sync_client.close()

@@ -425,6 +425,10 @@ def test_login_read_change_logout(redis_client: redis.Redis, prefix: str) -> Non
 def test_read_only_requests_of_a_live_session_write_nothing(redis_client: redis.Redis) -> None:
     from django.test import Client
 
+    from fastsess.contrib.django import get_store
+
+    coordinator = get_store().coordinator
+    assert coordinator is not None and coordinator.wait_subscribed(5.0)  # the store's constructor does not wait
     client = Client()
     client.get("/login", {"user": "ada"})
     before = redis_writes(redis_client)
@@ -506,6 +510,7 @@ def test_update_error_in_the_middleware_is_a_400(redis_client: redis.Redis, pref
     from fastsess.contrib.django import get_store
 
     store = get_store()
+    assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)  # the cache is served from here on
     stored = store.load(key)
     assert stored is not None
     # the key vanishes between this request's load and its save: load it into the cache

@@ -70,11 +70,18 @@ def apps() -> Iterator[list[Flask]]:
         app.session_interface.store.close()  # type: ignore[attr-defined]
 
 
+def listening(app: Flask) -> Flask:
+    """``app`` once its store's listener has subscribed (the store's constructor does not
+    wait for it; until then the local cache is bypassed and reads go to Redis)."""
+    assert app.session_interface.store.coordinator.wait_subscribed(5.0)  # type: ignore[attr-defined]
+    return app
+
+
 @pytest.fixture
 def app(apps: list[Flask], redis_url: str, prefix: str) -> Flask:
     made = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix)
     apps.append(made)
-    return made
+    return listening(made)
 
 
 def cookie_of(client: Any, name: str = "session") -> str | None:
@@ -302,7 +309,7 @@ def test_redis_down_with_a_valid_cookie_is_a_server_error(apps: list[Flask], red
 
 def test_a_read_refreshes_the_ttl_once_the_refresh_is_due(apps: list[Flask], redis_url: str, redis_client: redis.Redis, prefix: str) -> None:
     app = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, PERMANENT_SESSION_LIFETIME=4)
-    apps.append(app)
+    apps.append(listening(app))
     client = app.test_client()
     client.get("/login/ada")
     before = redis_writes(redis_client)

@@ -125,6 +125,15 @@ def _cache_key(engine: str, session_key: str) -> str:
     return str(caches["default"].make_and_validate_key(prefix + session_key))
 
 
+def store_listening() -> None:
+    """Wait until the Django store's listener has subscribed: its constructor does not wait,
+    and until then the local cache is bypassed (reads go to Redis)."""
+    from fastsess.contrib.django import get_store
+
+    coordinator = get_store().coordinator
+    assert coordinator is not None and coordinator.wait_subscribed(5.0)
+
+
 CACHE = "django.contrib.sessions.backends.cache"
 CACHED_DB = "django.contrib.sessions.backends.cached_db"
 DB = "django.contrib.sessions.backends.db"
@@ -150,6 +159,7 @@ def test_django_session_from_the_old_engine_is_moved(engine: str, allow_pickle: 
         if engine in (CACHE, CACHED_DB):
             assert redis_client.exists(_cache_key(engine, old_key))
         with override_settings(FASTSESS_MIGRATE_FROM=engine, FASTSESS_MIGRATE_PICKLE=allow_pickle):
+            store_listening()
             client = Client()
             client.cookies["sessionid"] = old_key
             response = client.get("/read")
@@ -186,6 +196,7 @@ def test_django_session_cached_by_django_redis_is_moved(options: dict[str, str],
         assert len(session_keys(redis_client, "legacy:")) == 1
         pickled = "SERIALIZER" not in options
         with override_settings(FASTSESS_MIGRATE_FROM=CACHE, FASTSESS_MIGRATE_PICKLE=pickled):
+            store_listening()
             client = Client()
             client.cookies["sessionid"] = old_key
             assert client.get("/read").json() == {"user": "ada", "count": 2}

@@ -34,12 +34,14 @@ class ClusterCoordinator(ThreadedCoordinator):
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
         super().__init__(client, config, cache)
 
-    async def start(self) -> bool:
-        """Start the listener thread; True if subscribed within ``subscribe_timeout``."""
-        if self.running:
-            return self.subscribed
-        self._launch()
-        return await self.wait_subscribed(self.config.subscribe_timeout)
+    async def start(self, timeout: float | None = None) -> bool:
+        """Start the listener thread and wait up to ``timeout`` seconds (None:
+        ``subscribe_timeout``; 0: not at all) for the subscription; True if subscribed."""
+        if not self.running:
+            self._launch()
+        if self.subscribed:
+            return True
+        return await self.wait_subscribed(self.config.subscribe_timeout if timeout is None else timeout)
 
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until subscribed (True) or ``timeout`` seconds passed (False)."""
@@ -53,8 +55,8 @@ class ClusterCoordinator(ThreadedCoordinator):
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the listener thread and wait (without blocking the loop) until it ended.
 
-        The thread is woken at once (its socket is shut down), so this takes about
-        a millisecond unless it is inside a connect attempt.
+        The thread is woken at once (its socket is shut down) rather than at its next
+        poll, unless it is inside a connect attempt.
         """
         thread = self.request_stop()
         deadline = time.monotonic() + timeout

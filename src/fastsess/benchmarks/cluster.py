@@ -195,6 +195,9 @@ def measure_read_load(
                     for k in range(n_nodes)
                 ]
             try:
+                for store in stores if n_nodes else ():  # a node serves its cache once subscribed
+                    if not store.coordinator.wait_subscribed(READY_TIMEOUT):
+                        raise RuntimeError(f"a node did not subscribe within {READY_TIMEOUT:g} s")
                 writer = stores[0]
                 ids = []
                 for _ in range(sessions):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.backoff import ExponentialBackoff
+from redis.backoff import EqualJitterBackoff
 
 from .._core.coherence import CoherentCache
 from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Serve
@@ -39,7 +39,9 @@ class ThreadedCoordinator(CoordinatorBase):
     """
 
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
-        super().__init__(config, cache, ExponentialBackoff(cap=config.reconnect_backoff[1], base=config.reconnect_backoff[0]))
+        first, cap = config.reconnect_backoff
+        # With jitter: nodes that lose Redis together do not all retry (and flush) together.
+        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first))
         self.client = client
         self._pid = os.getpid()
         self._stop = threading.Event()
@@ -239,16 +241,18 @@ class ClusterCoordinator(ThreadedCoordinator):
     to ``subscribe_timeout`` for the first subscription; ``stop()`` ends it.
     """
 
-    def start(self) -> bool:
-        """Start listening; True if subscribed within ``subscribe_timeout``.
+    def start(self, timeout: float | None = None) -> bool:
+        """Start listening and wait up to ``timeout`` seconds (None: ``subscribe_timeout``;
+        0: not at all) for the subscription; True if subscribed.
 
         Not subscribing in time is not an error: the store bypasses the cache
         until the listener gets through.
         """
-        if self.running:
-            return self.subscribed
-        self._launch()
-        return self._ready.wait(self.config.subscribe_timeout)
+        if not self.running:
+            self._launch()
+        if self.subscribed:
+            return True
+        return self.wait_subscribed(self.config.subscribe_timeout if timeout is None else timeout)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Block until subscribed (True) or ``timeout`` seconds passed (False)."""
@@ -262,8 +266,8 @@ class ClusterCoordinator(ThreadedCoordinator):
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the listener and wait for its thread (at most ``timeout`` seconds).
 
-        The listener is woken at once (its socket is shut down), so this returns in
-        about a millisecond unless the thread is inside a connect attempt.
+        The listener is woken at once (its socket is shut down) rather than at its next
+        poll, unless the thread is inside a connect attempt.
         """
         thread = self.request_stop()
         if thread is not None and thread is not threading.current_thread():

@@ -54,8 +54,9 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
             a fresh node id).  ``enabled=False`` gives a plain ``RedisStore``
             (no cache, no messages, ``coordinator`` is None).
 
-    The listener thread starts here and waits up to ``config.subscribe_timeout``
-    for its subscription; ``close()`` stops it.
+    The listener thread starts here, and the constructor returns without waiting
+    for its subscription (the cache is bypassed until then;
+    ``coordinator.wait_subscribed(timeout)`` waits for it); ``close()`` stops it.
 
     A store that is garbage-collected without ``close()`` stops its listener and
     closes the client it owns, with a ``ResourceWarning``.  In a child made by
