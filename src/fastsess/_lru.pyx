@@ -121,7 +121,7 @@ cdef extern from *:
     #endif
 
     /* LocalCache's hit and miss counters: one 64-byte line per stripe, the stripe
-       picked by hashing the thread's id, so threads counting hits do not write one
+       picked by hashing where the thread's stack lies, so threads counting hits do not write one
        shared line; stats sums the stripes.  Every increment runs with the GIL (GIL
        builds) or under the cache's lock (free-threaded builds), so the sums are exact. */
     #define FASTSESS_STRIPES 16
