@@ -77,7 +77,7 @@ class Ping:
     """Send a PING on the subscribed connection."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per message, and a frozen __init__ costs more
 class Dispatch:
     """Apply this message payload (``CoordinatorBase.handle_message``)."""
 
@@ -380,7 +380,8 @@ class CoordinatorBase:
 
 
 class _Doubling:
-    """The delay doubles from ``first`` up to ``cap`` (no jitter)."""
+    """The delay doubles from ``first`` up to ``cap``, without jitter: the backoff of a
+    coordinator built without one (the listener thread gives its own, with jitter)."""
 
     def __init__(self, first: float, cap: float) -> None:
         self.first, self.cap = first, cap

@@ -108,8 +108,11 @@ class ThreadedCoordinator(CoordinatorBase):
             while not stop.is_set():
                 try:
                     link, actions = self._carry_out(actions, link, stop)
-                    if not actions and link is not None and not stop.is_set():
-                        actions = self._next_event(link)
+                    if actions or stop.is_set():
+                        continue
+                    # Nothing to do but read; without a connection (the machine was told
+                    # something by an older thread meanwhile) start over instead of spinning.
+                    actions = self._next_event(link) if link is not None else machine.start(time.monotonic())
                 except Exception as exc:  # noqa: BLE001 - the listener must survive anything
                     if stop.is_set():
                         break  # woken by stop(): not a connection problem
