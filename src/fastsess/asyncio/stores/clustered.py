@@ -64,8 +64,8 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
         """See ``fastsess.ClusteredRedisStore.load``."""
         if self._start_pending:
             await self.start()
-        found = self.cached_load(session_id)
-        return found if found is None or type(found) is Session else await found
+        found = self.cached_load(session_id)  # a hit (or None) here, else the miss to await
+        return found if type(found) is Session or found is None else await found
 
     async def close(self) -> None:
         """Stop the listener, then close the client if this store created it."""
