@@ -269,14 +269,13 @@ def test_malformed_ids_make_no_redis_call(redis_backend: RedisBackend, redis_ser
     redis_backend.wait_down(store)
     with pytest.raises(StoreUnavailable):  # and really gone now
         store.exists(new_session_id())
+    # the server is gone, so any command would raise StoreUnavailable: plain answers prove none was sent
     for name, bad in MALFORMED.items():
-        t0 = time.monotonic()
         assert store.load(bad) is None, name
         assert store.exists(bad) is False, name
         assert store.delete(bad) is False, name
         assert store.touch(bad) is False, name
         assert store.touch(bad, 0) is False, name  # the id is rejected before anything else
-        assert time.monotonic() - t0 < 0.05, name
 
 
 def test_reconnects_after_a_restart_on_the_same_port(redis_backend: RedisBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
