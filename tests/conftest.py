@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from .support import RedisServer
+from .support import RedisServer, kill
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,7 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
 
     yield start
     for server in started:
+        kill(server)  # a throwaway dataset: no graceful shutdown to wait for
         server.close()
 
 

@@ -509,8 +509,14 @@ def test_invalidations_arrive_over_resp2_and_resp3_clients(clustered: ClusteredB
             A.save(s)
             wait_received(B, before)
             assert B.load(s.id)["n"] == n
-        time.sleep(0.8)  # idle past subscribe_timeout: the liveness PING and its PONG
-        barrier(A, B)  # the listener still applies messages after the PONG
+        # idle past subscribe_timeout: each listener sends its liveness PING (the last
+        # command Redis saw on every subscribed connection) ...
+        def pinged() -> bool:
+            last = [c["cmd"] for c in clustered.client.client_list() if c.get("sub") != "0"]
+            return len(last) >= 2 and set(last) == {"ping"}
+
+        wait_until(pinged, 5, what="the liveness PINGs")
+        barrier(A, B)  # ... and still applies messages after its PONG
         assert B.coordinator.stats.subscribed and B.coordinator.stats.reconnects == 0
         wait_until(lambda: A.coordinator.stats.ignored_own >= 4, what="A's echo of the barrier")
         assert A.coordinator.stats.ignored_own == 4  # 3 writes and the barrier
