@@ -41,6 +41,9 @@ _MAX_CONNECTIONS_ERROR: tuple[type[BaseException], ...] = tuple(
     t for t in (getattr(redis.exceptions, "MaxConnectionsError", None),) if t is not None
 )
 
+# hits answered before the next one hands the GIL to a starved listener (see after_lookup)
+LAST_UNCHECKED_HIT = HITS_PER_CHECK - 1
+
 
 def is_pool_exhausted(exc: BaseException) -> bool:
     """True if ``exc`` is redis-py saying its connection pool had no free connection.
@@ -342,22 +345,33 @@ class ClusteredStoreBase(RedisStoreBase):
                 unless ``stale_if_error``).
         """
         cache = self._cache
-        token = None
         if cache is not None and self.coordinator.subscribed and type(session_id) is str:
             # Only valid ids are ever cached, so a hit needs no id check.
             cached: Session | None = cache.get(session_id)
-            if cached is not None:
-                checked = self._hits_unchecked + 1
-                if checked >= HITS_PER_CHECK:  # let a GIL-starved listener apply what it has
-                    checked = 0
-                    self.coordinator.yield_to_listener()
-                self._hits_unchecked = checked
+            if cached is not None and self._hits_unchecked < LAST_UNCHECKED_HIT:
+                self._hits_unchecked += 1
                 return cached.copy()
-            if not is_valid_session_id(session_id):
-                return None
-            token = cache.fill_token(session_id)
-        elif not is_valid_session_id(session_id):
+            return self.after_lookup(session_id, cached)
+        if not is_valid_session_id(session_id):
             return None
+        return self._run(self._core.load(session_id, None))
+
+    def after_lookup(self, session_id: str, cached: Session | None) -> Any:
+        """The rest of ``cached_load`` once the cache was asked for ``session_id``: a hit
+        that first lets a GIL-starved listener apply what it has (every
+        ``HITS_PER_CHECK`` hits), or the miss (None for a malformed id, else what the
+        flavour's ``_run`` returns for the read from Redis).
+
+        Raises:
+            SessionCorrupt, StoreUnavailable: as ``cached_load``.
+        """
+        if cached is not None:
+            self._hits_unchecked = 0
+            self.coordinator.yield_to_listener()
+            return cached.copy()
+        if not is_valid_session_id(session_id):
+            return None
+        token = self._cache.fill_token(session_id) if self._cache is not None else None
         return self._run(self._core.load(session_id, token))
 
     def _detach(self) -> Any:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio.cluster import RedisCluster
 
 from ..._core.ops import Flow
-from ..._redis import REDIS_ERRORS, ClusteredStoreBase
+from ..._redis import LAST_UNCHECKED_HIT, REDIS_ERRORS, ClusteredStoreBase
 from ...session import Session
 from ..cluster import ClusterCoordinator
 from .redis import RedisStore
@@ -64,7 +64,15 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
         """See ``fastsess.ClusteredRedisStore.load``."""
         if self._start_pending:
             await self.start()
-        found = self.cached_load(session_id)  # a hit (or None) here, else the miss to await
+        cache = self._cache  # the hit inline, as in cached_load: a call costs a tenth of a hit
+        if cache is not None and self.coordinator.subscribed and type(session_id) is str:  # type: ignore[union-attr]
+            cached: Session | None = cache.get(session_id)
+            if cached is not None and self._hits_unchecked < LAST_UNCHECKED_HIT:
+                self._hits_unchecked += 1
+                return cached.copy()
+            found = self.after_lookup(session_id, cached)
+        else:
+            found = self.cached_load(session_id)
         return found if type(found) is Session or found is None else await found
 
     async def close(self) -> None:
