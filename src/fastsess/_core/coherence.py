@@ -52,14 +52,14 @@ class CoherentCache:
     ``own_message``.
 
     Args:
-        max_size: entries kept (LRU beyond that).
+        max_size: entries kept (SIEVE eviction beyond that).
         ttl: the longest time an entry is served (``local_cache_ttl``).
         max_bytes: the serialized bytes of all entries together; the oldest writes are
             dropped first to make room.
         max_item_bytes: an entry larger than this (serialized) is not cached at all.
 
     Byte accounting: each entry is charged the size of its serialized form (what Redis
-    holds).  Entries the ``LocalCache`` drops by itself (LRU or expiry) stay charged until
+    holds).  Entries the ``LocalCache`` drops by itself (eviction or expiry) stay charged until
     they reach the front of the write order, so the charge can only overestimate the real
     footprint: ``cached_bytes <= max_bytes`` bounds the serialized size of what is held.
     """
