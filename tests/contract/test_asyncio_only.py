@@ -72,11 +72,12 @@ async def test_concurrent_requests_on_one_loop(kind: str, redis_url: str, prefix
 
 async def test_listener_starts_lazily_and_close_ends_it(redis_url: str, prefix: str) -> None:
     before = len(listener_threads())
-    store = ClusteredRedisStore(url=redis_url, prefix=prefix, config=config())  # a constructor cannot await
+    # a long subscribe_timeout: the first operation's wait ends as soon as the listener subscribed
+    store = ClusteredRedisStore(url=redis_url, prefix=prefix, config=config(subscribe_timeout=30.0))  # a constructor cannot await
     assert store.coordinator is not None and not store.coordinator.running
     s = store.create({"v": 1})
-    assert await store.save(s)  # first use starts the listener
-    assert store.coordinator.running
+    assert await store.save(s)  # first use starts the listener and waits for its subscription
+    assert store.coordinator.running and store.coordinator.subscribed
     assert await store.coordinator.wait_subscribed(5)
     assert len(listener_threads()) == before + 1
     assert (await store.load(s.id))["v"] == 1
