@@ -68,12 +68,17 @@ def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Co
     return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
 
 
-# SET new NX, and only if that succeeded DEL old: a collision never loses the old session.
-# Idempotent: if the new key already holds exactly this payload, this very move already
-# ran (a retry after an unknown outcome, or the first attempt landing late): 2, no effect.
+# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl[, channel, message (deleted old id)].
+# SET new NX, and only if that succeeded DEL old (and PUBLISH, when a channel is given):
+# a collision never loses the old session.  Idempotent: if the new key already holds
+# exactly this payload, this very move already ran (a retry after an unknown outcome, or
+# the first attempt landing late): 2, no effect.
 MOVE = script("""
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
+  if ARGV[3] then
+    redis.call('PUBLISH', ARGV[3], ARGV[4])
+  end
   return 1
 end
 if redis.pcall('GET', KEYS[2]) == ARGV[1] then
@@ -109,27 +114,13 @@ end
 return n
 """)
 
-# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, channel, message (deleted old id).
-# Idempotent, like MOVE: 2 if this very move already happened.
-MOVE_PUBLISH = script("""
-if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-  return 1
-end
-if redis.pcall('GET', KEYS[2]) == ARGV[1] then
-  return 2
-end
-return 0
-""")
-
 # KEYS[1]=key.  The value and its remaining TTL in ms (-2: no key, -1: no expiry), read
 # atomically in one round trip: a miss caches the session until the key's real expiry.
 GET_PTTL = script("""
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """)
 
-SCRIPTS = (MOVE, SET_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, MOVE_PUBLISH, GET_PTTL)
+SCRIPTS = (MOVE, SET_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, GET_PTTL)
 
 
 class Messages(Protocol):
@@ -293,12 +284,8 @@ class StoreCore:
             token, started = policy.token(session.id), policy.clock()
         try:
             if not self.is_cluster:  # one script: atomic
-                if message is None:
-                    moved = bool((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl)))
-                else:
-                    moved = bool((yield run_script(
-                        "regenerate", MOVE_PUBLISH, (old_key, new_key), payload, session.ttl, messages.channel, message,  # type: ignore[union-attr]
-                    )))
+                publish = () if message is None else (messages.channel, message)  # type: ignore[union-attr]
+                moved = bool((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *publish)))
             else:
                 # Redis Cluster: the two keys live in different slots, so no script can span
                 # them.  Write the new key first: if the DEL then fails, the old id still dies
