@@ -9,11 +9,11 @@ Layout (every operation O(1), per-entry TTLs O(log n)):
 * eviction queue: an intrusive circular doubly linked list through every node,
   the next to evict right after the sentinel ``_root``.  ``LRUCache`` and
   ``TTLCache`` keep it in exact recency order (a hit relinks its node at the
-  newest end).  ``LocalCache`` uses SIEVE (Zhang et al., NSDI '24): the list stays
-  in insertion order, a hit only sets the ``visited`` flag of the node it already
-  read (no relink, no neighbour written), and eviction moves a hand from the
-  oldest node towards the newest, clearing flags, and evicts the first unvisited
-  node.
+  newest end).  ``LocalCache`` uses CLOCK (second chance, as FIFO with
+  reinsertion): a new node goes in unvisited at the newest end, a hit only sets
+  the ``visited`` flag of the node it already read (no relink, no neighbour
+  written), and eviction looks at the oldest node: visited, it moves to the
+  newest end with its flag cleared; unvisited, it is evicted.
 * write-order list: a second intrusive list through the entries that use the
   cache's single TTL; with one TTL, write order is expiry order, so expiry pops
   from its head.
@@ -208,7 +208,7 @@ cdef extern from *:
     static PyMethodDef fastsess_local_get_def = {
         "get", (PyCFunction)(void(*)(void))fastsess_local_get, METH_FASTCALL | METH_KEYWORDS,
         "get($self, key, default=None)\\n--\\n\\n"
-        "Return the live value for ``key`` or ``default``; a hit marks the entry visited (SIEVE). O(1).\\n\\n"
+        "Return the live value for ``key`` or ``default``; a hit marks the entry visited (CLOCK). O(1).\\n\\n"
         "Raises:\\n    TypeError: ``key`` is unhashable.\\n"
     };
 
@@ -266,7 +266,7 @@ cdef class _Node:
     # cache line for most nodes.  96 bytes + the GC header: 112 per node.
     cdef object value
     cdef double expires
-    cdef char visited          # SIEVE: read since the hand last passed
+    cdef char visited          # CLOCK: read since it was inserted or last given its second chance
     cdef char safe             # _safe_key(key)
     cdef int heap_index        # position in the heap, -1 when not in it
     cdef object key
@@ -406,7 +406,7 @@ cdef class _Core:
     """Hash map + eviction queue + expiry order + counters + guard, shared by every cache."""
 
     cdef dict _map
-    cdef _Node _root          # root.next: least recently used (SIEVE: oldest insert); root.prev: newest
+    cdef _Node _root          # root.next: least recently used (CLOCK: next to examine); root.prev: newest
     cdef _Node _xroot         # xroot.xnext: oldest write among default-TTL entries
     cdef PyObject** _heap     # borrowed node pointers, min-heap on expires
     cdef Py_ssize_t _heap_len
@@ -414,8 +414,7 @@ cdef class _Core:
     cdef Py_ssize_t _count    # linked nodes; always len(_map) when consistent
     cdef Py_ssize_t _unsafe   # linked nodes whose key is not _safe_key
     cdef Py_ssize_t _cap
-    cdef bint _sieve          # LocalCache: SIEVE eviction instead of exact LRU
-    cdef PyObject* _hand      # SIEVE: the node the hand examines next; NULL: start at the oldest
+    cdef bint _second_chance  # LocalCache: CLOCK eviction instead of exact LRU
     cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
     cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
     cdef object _omax         # maxsize as given
@@ -495,7 +494,6 @@ cdef class _Core:
     cdef void _reset_links(self) noexcept:
         _reset_root(self._root)
         _reset_root(self._xroot)
-        self._hand = NULL
         self._heap_len = 0
         self._count = PyDict_GET_SIZE(self._map)
         self._unsafe = self._count  # unknown keys: take the lock until the cache is cleared
@@ -616,8 +614,6 @@ cdef class _Core:
         except BaseException:
             Py_DECREF(node)
             raise
-        if self._hand == <PyObject*>node:  # the hand moves on towards the newest
-            self._hand = NULL if node.next == <PyObject*>self._root else node.next
         _unlink(node)
         _x_unlink(node)
         self._heap_remove(node)
@@ -659,13 +655,13 @@ cdef class _Core:
 
     @cython.final
     cdef int _evict_for(self, object size, _Node keep, PyObject** chain) except -1:
-        """Evict entries (never ``keep``) until ``size`` fits: least recently used first, or SIEVE's pick.
+        """Evict entries (never ``keep``) until ``size`` fits: least recently used first, or CLOCK's pick.
 
         ``keep``: the node an update replaces (its old size is freed), or None for a new entry.
         """
         cdef _Node victim
-        if self._sieve:
-            return self._evict_sieve(size, keep, chain)
+        if self._second_chance:
+            return self._evict_clock(size, keep, chain)
         while self._root.next != <PyObject*>self._root:
             victim = <_Node>self._root.next
             if victim is keep or not self._full(size, keep):
@@ -682,23 +678,24 @@ cdef class _Core:
         return self._count + (1 if keep is None else 0) > self._cap
 
     @cython.final
-    cdef int _evict_sieve(self, object size, _Node keep, PyObject** chain) except -1:
-        """SIEVE: from the hand towards the newest (wrapping), clear visited flags; evict the first unvisited node."""
+    cdef int _evict_clock(self, object size, _Node keep, PyObject** chain) except -1:
+        """CLOCK: the oldest node, if visited (or ``keep``), moves to the newest end unvisited; else it is evicted.
+
+        Ends: every pass clears a flag, so within two rounds of the queue.
+        """
         cdef PyObject* root = <PyObject*>self._root
-        cdef PyObject* p
         cdef _Node victim
         while self._full(size, keep):
-            p = self._hand
-            if p is NULL:
-                p = self._root.next  # wrap around to the oldest
-                if p == root or (p == <PyObject*>keep and (<_Node>p).next == root):
-                    return 0  # nothing (else) to evict
-            victim = <_Node>p
+            if self._root.next == root:
+                return 0  # nothing to evict
+            victim = <_Node>self._root.next
             if victim is keep or victim.visited:
-                victim.visited = False
-                self._hand = NULL if victim.next == root else victim.next
+                if victim is keep and victim.next == root:
+                    return 0  # nothing else to evict
+                victim.visited = False  # its second chance
+                _unlink(victim)
+                _append(self._root, victim)
                 continue
-            self._hand = NULL if victim.next == root else victim.next
             self._detach(victim, chain)
             self._evictions += 1
         return 0
@@ -734,7 +731,7 @@ cdef class _Core:
             self._expirations += 1
             self._count_lookup(False)
             return None
-        if self._sieve:
+        if self._second_chance:
             if not node.visited:  # written once, not on every hit: the line stays shared
                 node.visited = True
         elif node.next != <PyObject*>self._root:
@@ -769,7 +766,7 @@ cdef class _Core:
         node = <_Node>p
         # Update in place: make room first (never evicting the node itself), so a
         # failure leaves the old value and currsize <= maxsize.
-        if self._sieve:
+        if self._second_chance:
             node.visited = True
         elif node.next != <PyObject*>self._root:
             _unlink(node)
@@ -1018,7 +1015,6 @@ cdef class _Core:
                 if p is not NULL:
                     _unlink(<_Node>p)
                     _append(self._root, <_Node>p)
-            self._hand = NULL
         finally:
             self._leave(locked)
 
@@ -1564,12 +1560,12 @@ cdef object _local_get(object cache, object key, object default):
 
 @cython.no_gc_clear
 cdef class LocalCache(_Core):
-    """The session-facing cache: SIEVE eviction with a default TTL and per-entry TTLs.
+    """The session-facing cache: CLOCK eviction with a default TTL and per-entry TTLs.
 
-    ``LocalCache(max_size=10_000, ttl=30.0, timer=None)``.  Eviction is SIEVE,
-    not exact LRU: a hit only marks its entry visited; when full, a hand moves
-    from the oldest entry towards the newest, clearing marks, and evicts the
-    first unvisited entry.  ``get``, ``set`` and ``delete`` are O(1) (eviction
+    ``LocalCache(max_size=10_000, ttl=30.0, timer=None)``.  Eviction is CLOCK
+    (second chance), not exact LRU: a hit only marks its entry visited; when
+    full, the oldest entry is evicted unless it is marked, in which case it
+    moves to the newest end unmarked and the next oldest is examined.  ``get``, ``set`` and ``delete`` are O(1) (eviction
     amortized) for entries with the default TTL and O(log n) for entries given
     their own ``ttl``.  ``stats`` counts hits, misses, evictions and
     expirations (always on).  ``timer=None`` reads the monotonic clock in C.
@@ -1582,7 +1578,7 @@ cdef class LocalCache(_Core):
     cdef Py_ssize_t _max_size
 
     def __cinit__(self, *args, **kwargs):
-        self._sieve = True
+        self._second_chance = True
         self._stripe_mem = fastsess_stripes_alloc(&self._stripes)
         if self._stripe_mem is NULL:
             raise MemoryError()
@@ -1611,7 +1607,7 @@ cdef class LocalCache(_Core):
         return self._ttl
 
     def get(self, key, default=None):
-        """Return the live value for ``key`` or ``default``; a hit marks the entry visited (SIEVE). O(1).
+        """Return the live value for ``key`` or ``default``; a hit marks the entry visited (CLOCK). O(1).
 
         (Replaced at import by the same method as a METH_FASTCALL C function; see
         ``_local_get``.)
@@ -1625,7 +1621,7 @@ cdef class LocalCache(_Core):
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
 
         A new key goes in at the newest end; overwriting a key keeps its place and
-        marks it visited.  When full, evicts the entry SIEVE's hand picks.  O(1)
+        marks it visited.  When full, evicts the entry CLOCK picks.  O(1)
         amortized, or O(log n) with a per-entry ``ttl``.
 
         Raises:
@@ -1660,7 +1656,10 @@ cdef class LocalCache(_Core):
         return self._expire_count(self._now())
 
     def keys(self):
-        """The live keys, oldest insert first (hits do not reorder them). O(n)."""
+        """The live keys in eviction-queue order, next to examine first. O(n).
+
+        Hits do not reorder them; an eviction moves the marked entries it passes to the end.
+        """
         return self._collect(self._now(), 1)
 
     def __len__(self):

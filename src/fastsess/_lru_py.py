@@ -3,7 +3,7 @@
 Same classes, same behaviour, same tests; used when the extension is missing or
 ``FASTSESS_NO_EXTENSIONS=1`` is set.  A plain ``dict`` maps keys to entries;
 the eviction queue is a linked list through the entries (recency order for
-``LRUCache``/``TTLCache``; insertion order plus SIEVE's visited bits and hand for
+``LRUCache``/``TTLCache``; CLOCK's queue with a visited bit per entry for
 ``LocalCache``), expiry order a second one for entries with the default TTL
 (write order is expiry order when every entry has the same TTL) and a
 lazily-pruned heap for per-entry TTLs.  (Not an
@@ -69,7 +69,7 @@ class _Entry:
         self.expires = expires
         self.fifo = fifo  # True: in the write-order list, False: in the heap
         self.live = True
-        self.visited = False  # SIEVE (LocalCache): read since the hand last passed
+        self.visited = False  # CLOCK (LocalCache): read since inserted or last given its second chance
         # recency list (older: towards the least recently used) and write-order list
         self.older: _Entry = self
         self.newer: _Entry = self
@@ -87,10 +87,10 @@ class _Core:
     """Hash map + eviction queue + expiry order + guard shared by every cache class.
 
     The eviction queue is exact LRU (a hit moves the entry to the newest end) unless
-    the class sets ``_sieve``: then it is SIEVE (Zhang et al., NSDI '24) -- entries stay
-    in insertion order, a hit only sets the entry's ``visited`` flag, and eviction
-    moves a hand from the oldest entry towards the newest, clearing visited flags,
-    and evicts the first unvisited entry it meets.
+    the class sets ``_second_chance``: then it is CLOCK (second chance, as FIFO with
+    reinsertion) -- a new entry goes in unvisited at the newest end, a hit only sets
+    the entry's ``visited`` flag, and eviction looks at the oldest entry: visited, it
+    moves to the newest end with its flag cleared; unvisited, it is evicted.
 
     The map is a plain ``dict`` (key -> entry); both orders are linked lists through
     the entries, which never call user code.  A dict call either happens or raises,
@@ -105,7 +105,6 @@ class _Core:
         "_data",
         "_evictions",
         "_expirations",
-        "_hand",
         "_heap",
         "_hits",
         "_lock",
@@ -117,14 +116,13 @@ class _Core:
         "_xroot",
     )
 
-    _sieve: ClassVar[bool] = False  # LocalCache: SIEVE eviction instead of exact LRU
+    _second_chance: ClassVar[bool] = False  # LocalCache: CLOCK eviction instead of exact LRU
 
     def _init_core(self, cap: float, sizeof: Callable[[Any], float] | None) -> None:
         self._cap = cap  # with getsizeof: maxsize as given (Python numbers never overflow)
         self._sizeof = sizeof
         self._data: dict[Hashable, _Entry] = {}  # insertion order: what iteration follows
-        self._root = _root()  # root.newer: least recently used (SIEVE: oldest insert)
-        self._hand = self._root  # SIEVE: the entry the hand examines next (root: start at the oldest)
+        self._root = _root()  # root.newer: least recently used (CLOCK: the next to examine)
         self._xroot = _root()  # xroot.xnewer: oldest write among default-TTL entries
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
@@ -187,8 +185,6 @@ class _Core:
     def _unlink(self, entry: _Entry) -> None:
         """Remove ``entry``: from the dict first (that may raise), then from the lists."""
         del self._data[entry.key]
-        if entry is self._hand:
-            self._hand = entry.newer  # the hand moves on towards the newest
         entry.older.newer = entry.newer
         entry.newer.older = entry.older
         if entry.fifo:
@@ -219,8 +215,8 @@ class _Core:
             dropped.append(entry)
 
     def _evict_for(self, incoming: float, keep: _Entry | None, dropped: list[_Entry]) -> None:
-        if self._sieve:
-            self._evict_sieve(incoming, keep, dropped)
+        if self._second_chance:
+            self._evict_clock(incoming, keep, dropped)
             return
         root = self._root
         while incoming > self._cap - self._currsize and root.newer is not root and root.newer is not keep:
@@ -229,28 +225,26 @@ class _Core:
             self._evictions += 1
             dropped.append(victim)
 
-    def _evict_sieve(self, incoming: float, keep: _Entry | None, dropped: list[_Entry]) -> None:
-        """SIEVE: from the hand towards the newest (wrapping), clear visited flags; evict the first unvisited entry."""
+    def _evict_clock(self, incoming: float, keep: _Entry | None, dropped: list[_Entry]) -> None:
+        """CLOCK: the oldest entry, if visited (or ``keep``), moves to the newest end unvisited; else it is evicted."""
         root = self._root
         while incoming > self._cap - self._currsize:
-            hand = self._hand
-            if hand is root:
-                hand = root.newer  # wrap around to the oldest
-                if hand is root or (hand is keep and hand.newer is root):
-                    self._hand = root
-                    return  # nothing (else) to evict
-            if hand is keep or hand.visited:
-                hand.visited = False
-                self._hand = hand.newer
+            victim = root.newer
+            if victim is root:
+                return  # nothing to evict
+            if victim is keep or victim.visited:
+                if victim is keep and victim.newer is root:
+                    return  # nothing else to evict
+                victim.visited = False  # its second chance
+                self._touch(victim)
                 continue
-            self._hand = hand.newer
-            self._unlink(hand)
+            self._unlink(victim)
             self._evictions += 1
-            dropped.append(hand)
+            dropped.append(victim)
 
     def _hit(self, entry: _Entry) -> None:
-        """A read or overwrite of ``entry``: LRU moves it to the newest end, SIEVE marks it visited."""
-        if self._sieve:
+        """A read or overwrite of ``entry``: LRU moves it to the newest end, CLOCK marks it visited."""
+        if self._second_chance:
             entry.visited = True
         else:
             self._touch(entry)
@@ -325,7 +319,7 @@ class _Core:
         try:
             old = self._data
             self._data = {}
-            self._root = self._hand = _root()
+            self._root = _root()
             self._xroot = _root()
             self._heap = []
             self._currsize = 0
@@ -416,7 +410,6 @@ class _Core:
                 entry = self._data.get(entries[i][0])
                 if entry is not None:
                     self._touch(entry)
-            self._hand = self._root
         finally:
             self._release()
 
@@ -912,11 +905,11 @@ class TTLCache(_MappingCache):
 
 
 class LocalCache(_Core):
-    """The session-facing cache: SIEVE eviction with a default TTL and per-entry TTLs.
+    """The session-facing cache: CLOCK eviction with a default TTL and per-entry TTLs.
 
-    Eviction is SIEVE, not exact LRU: a hit only marks its entry visited; when
-    full, a hand moves from the oldest entry towards the newest, clearing visited
-    marks, and evicts the first unvisited entry.  ``get``/``set``/``delete`` are
+    Eviction is CLOCK (second chance), not exact LRU: a hit only marks its entry
+    visited; when full, the oldest entry is evicted unless it is marked, in which
+    case it moves to the newest end unmarked and the next oldest is examined.  ``get``/``set``/``delete`` are
     O(1) (amortized for eviction) for entries with the default TTL and O(log n)
     for entries given their own ``ttl``.  ``stats`` counts hits, misses,
     evictions and expirations.
@@ -929,7 +922,7 @@ class LocalCache(_Core):
 
     __class_getitem__: ClassVar[Any] = classmethod(GenericAlias)
 
-    _sieve = True
+    _second_chance = True
 
     def __init__(self, max_size: int = 10_000, ttl: float = 30.0, timer: Callable[[], float] | None = None) -> None:
         self._max_size = check_capacity(max_size, "max_size", minimum=1)
@@ -954,7 +947,7 @@ class LocalCache(_Core):
         return self._ttl
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """Return the live value for ``key`` or ``default``; a hit marks the entry visited (SIEVE). O(1).
+        """Return the live value for ``key`` or ``default``; a hit marks the entry visited (CLOCK). O(1).
 
         Raises:
             TypeError: ``key`` is unhashable.
@@ -965,7 +958,7 @@ class LocalCache(_Core):
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's TTL).
 
         A new key goes in at the newest end; overwriting a key keeps its place and
-        marks it visited.  When full, evicts the entry SIEVE's hand picks.  O(1)
+        marks it visited.  When full, evicts the entry CLOCK picks.  O(1)
         amortized, or O(log n) with a per-entry ``ttl``.
 
         Raises:
@@ -1006,7 +999,10 @@ class LocalCache(_Core):
         return len(dropped)
 
     def keys(self) -> list[Any]:
-        """The live keys, oldest insert first (hits do not reorder them). O(n)."""
+        """The live keys in eviction-queue order, next to examine first. O(n).
+
+        Hits do not reorder them; an eviction moves the marked entries it passes to the end.
+        """
         return self._live_keys(self._now())
 
     def __len__(self) -> int:

@@ -57,7 +57,7 @@ class ClusterConfig:
             still publishes, so the other nodes' caches stay coherent.
         local_cache_ttl: seconds a cached session may be served without asking Redis,
             an upper bound on staleness even if every invalidation were lost.
-        local_cache_max_size: sessions kept per process (SIEVE eviction beyond that).
+        local_cache_max_size: sessions kept per process (CLOCK eviction beyond that).
         local_cache_max_bytes: serialized bytes of all sessions cached per process
             (64 MiB; the oldest writes are dropped first to stay under it).
         local_cache_max_item_bytes: a session larger than this, serialized, is not

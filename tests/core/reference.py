@@ -1,10 +1,11 @@
 """Reference models of the caches' semantics: obviously correct, obviously slow.
 
 ``Model`` keeps the entries in an ``OrderedDict`` holding ``(value, expires)``:
-in recency order for exact LRU (``LRUCache``/``TTLCache``), in insertion order
-for SIEVE (``LocalCache``), where a hit only marks the key visited and eviction
-moves a hand from the oldest key towards the newest, clearing marks, and
-evicts the first unmarked key (Zhang et al., NSDI '24).  It also counts the
+in recency order for exact LRU (``LRUCache``/``TTLCache``), in queue order for
+CLOCK (``LocalCache``), where a new key goes in unmarked at the newest end, a
+hit only marks the key visited, and eviction takes the oldest key unless it is
+marked, in which case it moves to the newest end unmarked (second chance, FIFO
+with reinsertion) and the next oldest is examined.  It also counts the
 statistics ``LocalCache.stats`` reports and remembers insertion order (what
 ``TTLCache``, like cachetools, iterates in).
 """
@@ -17,24 +18,19 @@ from typing import Any
 
 
 class Model:
-    """Reference semantics shared by TTLCache (``sieve=False``) and LocalCache (``sieve=True``)."""
+    """Reference semantics shared by TTLCache (``second_chance=False``) and LocalCache (``second_chance=True``)."""
 
-    def __init__(self, clock: Callable[[], float], maxsize: int, sieve: bool) -> None:
+    def __init__(self, clock: Callable[[], float], maxsize: int, second_chance: bool) -> None:
         self.clock = clock
         self.maxsize = maxsize
-        self.sieve = sieve
+        self.second_chance = second_chance
         self.data: OrderedDict[Any, tuple[Any, float]] = OrderedDict()
         self.inserted: dict[Any, None] = {}  # may hold removed keys; see inserted_live_keys
         self.visited: set[Any] = set()
-        self.hand: Any = None  # SIEVE: the key the hand examines next; None: start at the oldest
         self.hits = self.misses = self.evictions = self.expirations = 0
 
     def remove(self, key: Any) -> None:
-        """Drop ``key``; a hand pointing at it moves on to the next newer key."""
-        if self.hand == key:
-            keys = list(self.data)
-            i = keys.index(key) + 1
-            self.hand = keys[i] if i < len(keys) else None
+        """Drop ``key``."""
         del self.data[key]
         self.visited.discard(key)
 
@@ -47,23 +43,16 @@ class Model:
         return gone
 
     def victim(self) -> Any:
-        """The key the next eviction removes (SIEVE clears the marks it passes)."""
-        if not self.sieve:
-            return next(iter(self.data))
-        keys = list(self.data)
-        i = 0 if self.hand is None else keys.index(self.hand)
+        """The key the next eviction removes (CLOCK moves the marked keys it passes to the newest end, unmarked)."""
         while True:
-            if i == len(keys):
-                i = 0
-            if keys[i] in self.visited:
-                self.visited.discard(keys[i])
-                i += 1
-                continue
-            self.hand = keys[i + 1] if i + 1 < len(keys) else None
-            return keys[i]
+            key = next(iter(self.data))
+            if not self.second_chance or key not in self.visited:
+                return key
+            self.visited.discard(key)
+            self.data.move_to_end(key)
 
     def hit(self, key: Any) -> None:
-        if self.sieve:
+        if self.second_chance:
             self.visited.add(key)
         else:
             self.data.move_to_end(key)
@@ -73,7 +62,7 @@ class Model:
         self.purge()
         evicted = []
         if key in self.data:
-            self.hit(key)  # an overwrite: LRU refreshes it, SIEVE marks it
+            self.hit(key)  # an overwrite: LRU refreshes it, CLOCK marks it
         else:
             if len(self.data) >= self.maxsize:
                 evicted.append(self.victim())

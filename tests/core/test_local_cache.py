@@ -68,7 +68,7 @@ def test_stats_count_hits_misses_evictions_expirations(impl: Any, cache: Any, cl
     cache.get("a")
     cache.get("a")
     cache.get("zz")
-    cache.set("d", "d")  # evicts b: a is older but was read (SIEVE)
+    cache.set("d", "d")  # evicts b: a is older but was read (CLOCK)
     assert "b" not in cache
     clock.advance(10)
     cache.get("c")  # expired: one miss and one expiration

@@ -1,6 +1,6 @@
 """Property-based tests: random operation sequences against a simple reference model.
 
-The models (``reference.Model``) are exact LRU for TTLCache and SIEVE for
+The models (``reference.Model``) are exact LRU for TTLCache and CLOCK for
 LocalCache; Hypothesis drives the caches and the models with the same
 operations (including clock jumps) and compares every observable result, the
 eviction order and, for LocalCache, the statistics.
@@ -34,11 +34,11 @@ class CacheMachine(RuleBasedStateMachine):
         # instead of aborting the whole run with a collection error
         self.module = importlib.import_module(MODULES[self.implementation])
         self.clock = FakeClock()
-        self.model = Model(self.clock, MAXSIZE, sieve=True)
+        self.model = Model(self.clock, MAXSIZE, second_chance=True)
         self.ttl_cache = self.module.TTLCache(MAXSIZE, DEFAULT_TTL, timer=self.clock)
         self.local = self.module.LocalCache(MAXSIZE, DEFAULT_TTL, timer=self.clock)
         # TTLCache has one TTL, so it gets its own model
-        self.ttl_model = Model(self.clock, MAXSIZE, sieve=False)
+        self.ttl_model = Model(self.clock, MAXSIZE, second_chance=False)
 
     @rule(key=KEYS, value=VALUES, ttl=TTLS)
     def set(self, key: int, value: int, ttl: float | None) -> None:

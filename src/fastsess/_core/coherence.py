@@ -52,7 +52,7 @@ class CoherentCache:
     ``own_message``.
 
     Args:
-        max_size: entries kept (SIEVE eviction beyond that).
+        max_size: entries kept (CLOCK eviction beyond that).
         ttl: the longest time an entry is served (``local_cache_ttl``).
         max_bytes: the serialized bytes of all entries together; the oldest writes are
             dropped first to make room.

@@ -2,8 +2,8 @@
 
 For tests, development and single-process apps.  Sessions are kept as decoded
 Python objects, each with its TTL, in a ``LocalCache``; when ``max_sessions``
-is reached a session is evicted (SIEVE: one not read since the eviction hand last
-passed it), and so lost: size it for your traffic, or use Redis.  Thread-safe.
+is reached a session is evicted (CLOCK: the oldest one not read since it was
+stored or last given a second chance), and so lost: size it for your traffic, or use Redis.  Thread-safe.
 
 ``save`` stores the data as ``RedisStore`` would load it back: it encodes the
 session with the default msgpack serializer, with the same checks and limits
