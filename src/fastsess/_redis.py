@@ -21,6 +21,7 @@ from redis.retry import Retry
 from ._core.keys import KeySpace, is_valid_session_id
 from ._core.ops import Command, Flow, StoreCore
 from ._core.policy import CachePolicy
+from ._core.principals import PIPELINE, PrincipalCore
 from ._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, StoreBase
 from .cache import CacheStats
 from .cluster import HITS_PER_CHECK, CoherentCache, release_unclosed
@@ -187,11 +188,14 @@ class Run:
 
 
 def execute(client: Any, command: Command) -> Any:
-    """Send one command with a sync client (an unknown script is sent whole with EVAL).
+    """Send one command with a sync client (an unknown script is sent whole with EVAL; a
+    ``PIPELINE`` command's commands go as one non-transactional pipeline).
 
     Raises:
         redis.RedisError, OSError: the command failed.
     """
+    if command[1] is PIPELINE:
+        return pipeline(client, command[2]).execute()
     try:
         return client.execute_command(*command[2])
     except NoScriptError:
@@ -207,6 +211,8 @@ async def execute_async(client: Any, command: Command) -> Any:
     Raises:
         redis.RedisError, OSError: the command failed.
     """
+    if command[1] is PIPELINE:
+        return await pipeline(client, command[2]).execute()
     try:
         return await client.execute_command(*command[2])
     except NoScriptError:
@@ -216,16 +222,22 @@ async def execute_async(client: Any, command: Command) -> Any:
         return await client.execute_command("EVAL", script.text, *command[2][2:])
 
 
+def pipeline(client: Any, commands: tuple[tuple[Any, ...], ...]) -> Any:
+    """A non-transactional pipeline (sync or asyncio) of ``commands``, each naming one key:
+    cluster-safe (``execute_command``: see ``unlink_pipeline``)."""
+    pipe = client.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args)
+    return pipe
+
+
 def unlink_pipeline(client: Any, keys: KeySpace, session_ids: list[str]) -> Any:
     """A non-transactional pipeline (sync or asyncio) of one UNLINK per id: cluster-safe.
 
     ``execute_command``, not ``pipe.unlink()``: on redis-py's asyncio ClusterPipeline the
     command methods return un-awaited coroutines and queue nothing.
     """
-    pipe = client.pipeline(transaction=False)
-    for session_id in session_ids:
-        pipe.execute_command("UNLINK", keys.key(session_id))
-    return pipe
+    return pipeline(client, tuple(("UNLINK", keys.key(session_id)) for session_id in session_ids))
 
 
 class RedisStoreBase(StoreBase):
@@ -266,6 +278,7 @@ class RedisStoreBase(StoreBase):
         self.serializer: Serializer = resolve_serializer(serializer)
         self.is_cluster = isinstance(self.client, self._cluster_type)
         self._core = StoreCore(self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster)
+        self._core.principals = self._principals = PrincipalCore(self._keys, self.clock)
 
 
 
@@ -313,6 +326,7 @@ class ClusteredStoreBase(RedisStoreBase):
         self._core = StoreCore(
             self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
         )
+        self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, policy, self.coordinator)
         self._hits_unchecked = 0  # cache hits since the last yield_to_listener check
         # A store dropped without close() still releases its listener and connections
         # (with a ResourceWarning, like an unclosed file); close() detaches this.

@@ -133,6 +133,12 @@ class Messages(Protocol):
     def note_published(self, count: int = 1) -> None: ...
 
 
+class Indexing(Protocol):
+    """Keeps a principal's index right when a bound session is written (``principals``)."""
+
+    def before_write(self, session: Session, now: float) -> Generator[Command, Any, None]: ...
+
+
 Flow = Generator[Command, Any, Any]
 
 
@@ -186,7 +192,7 @@ class StoreCore:
         messages: the invalidation messages (a clustered store), else None.
     """
 
-    __slots__ = ("clock", "is_cluster", "keys", "messages", "policy", "refresh_fraction", "serializer", "ttl")
+    __slots__ = ("clock", "is_cluster", "keys", "messages", "policy", "principals", "refresh_fraction", "serializer", "ttl")
 
     def __init__(
         self, keys: KeySpace, serializer: Serializer, ttl: int, refresh_fraction: float, clock: Callable[[], float],
@@ -200,6 +206,7 @@ class StoreCore:
         self.is_cluster = is_cluster
         self.policy = policy
         self.messages = messages
+        self.principals: Indexing | None = None  # set by the store: re-indexes bound sessions
 
     def load(self, session_id: str, token: tuple[int, int] | None = None) -> Flow:
         """Read ``session_id`` (already validated) from Redis; with a fill ``token``, also its
@@ -233,6 +240,8 @@ class StoreCore:
         if not needs_write(session, t, self.refresh_fraction):
             return False
         for _ in range(MAX_ID_ATTEMPTS):
+            if self.principals is not None:  # a bound session: its index entry first
+                yield from self.principals.before_write(session, t)
             old = prepare_write(session, t)
             try:
                 written = yield from self._write(session, self.serializer.encode(session))
@@ -329,6 +338,8 @@ class StoreCore:
             old = prepare_write(session, t)
             cancelled: CancelledError | None = None
             try:
+                if self.principals is not None:  # a bound session: the new id's index entry first
+                    yield from self.principals.before_write(session, t)
                 payload = self.serializer.encode(session)
                 try:
                     moved = yield from self._move(old_id, session, payload)

@@ -95,6 +95,40 @@ class SessionStore(StoreBase, ABC):
         """
 
     @abstractmethod
+    def bind(self, session: Session, principal: str) -> None:
+        """Record ``session`` under ``principal`` (a user id, as a str) for ``sessions_of`` and
+        ``delete_all``.  Also stores the principal in the session's data (under
+        ``PRINCIPAL_KEY``), so the next ``save`` writes it and later saves and
+        ``regenerate`` keep the index right: bind, then save.
+
+        Raises:
+            TypeError: ``principal`` is not a str.
+            ValueError: ``principal`` is empty, longer than 1024 characters or not valid Unicode.
+            InvalidSessionId: ``session.id`` is not a fastsess id.
+            StoreUnavailable: the backend failed.
+        """
+
+    @abstractmethod
+    def sessions_of(self, principal: str) -> list[str]:
+        """The ids of ``principal``'s live sessions (bound, not deleted or expired), in no order.
+
+        Raises:
+            TypeError, ValueError: an invalid principal (as ``bind``).
+            StoreUnavailable: the backend failed.
+        """
+
+    @abstractmethod
+    def delete_all(self, principal: str, except_id: str | None = None) -> int:
+        """Delete every session bound to ``principal`` but ``except_id`` ("log out everywhere",
+        e.g. after a password change, keeping the current session); clustered stores drop
+        every node's cached copies.  Returns how many sessions were deleted.
+
+        Raises:
+            TypeError, ValueError: an invalid principal (as ``bind``).
+            StoreUnavailable: the backend failed (some sessions may already be gone; call again).
+        """
+
+    @abstractmethod
     def iter_ids(self) -> Iterator[str]:
         """Every stored session id (incremental, never blocks the backend)."""
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from .._core.keys import check_session_id, is_valid_session_id, new_session_id
 from .._core.ops import mark_saved, needs_write, prepare_write, roll_back
+from .._core.principals import MemoryIndex
 from .._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL
 from ..cache import LocalCache
 from ..serializers import MsgpackSerializer
@@ -57,6 +58,7 @@ class MemoryStore(SessionStore):
         self._sessions: LocalCache[str, Any] = LocalCache(max_size=max_sessions, ttl=float(self.ttl), **timer)
         self._codec = MsgpackSerializer()
         self._write_lock = threading.Lock()  # check-then-write of save/touch/regenerate; loads take none
+        self._principals = MemoryIndex(self._sessions.__contains__)  # under _write_lock
 
     def load(self, session_id: str) -> Session | None:
         """A copy of the stored session, or None. O(1), no serialization."""
@@ -87,6 +89,7 @@ class MemoryStore(SessionStore):
                 session.id = new_session_id()
         elif session.id not in self._sessions:
             return False  # deleted or expired meanwhile: never resurrect it
+        self._principals.before_write(session, t)  # a bound session: its index entry first
         old = prepare_write(session, t)
         try:
             data = self._codec.encode_checked(session)[1]  # validates and detaches, as Redis would
@@ -146,6 +149,34 @@ class MemoryStore(SessionStore):
             session.new, session.modified = state
             raise
         return session
+
+    def bind(self, session: Session, principal: str) -> None:
+        """Record ``session`` under ``principal`` (and the principal in its data: save it next).
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+            InvalidSessionId: ``session.id`` is not a fastsess id.
+        """
+        with self._write_lock:
+            self._principals.bind(session, principal, self.clock())
+
+    def sessions_of(self, principal: str) -> list[str]:
+        """The ids of ``principal``'s live sessions.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+        """
+        with self._write_lock:
+            return self._principals.sessions_of(principal)
+
+    def delete_all(self, principal: str, except_id: str | None = None) -> int:
+        """Delete ``principal``'s sessions but ``except_id``; returns how many were deleted.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+        """
+        with self._write_lock:
+            return sum(self._sessions.delete(i) for i in self._principals.take(principal, except_id))
 
     def iter_ids(self) -> Iterator[str]:
         """The ids of the live sessions (a snapshot)."""

@@ -156,6 +156,39 @@ class RedisStore(RedisStoreBase, SessionStore):
         result: Session = self._run(self._core.regenerate(session))
         return result
 
+    def bind(self, session: Session, principal: str) -> None:
+        """Index ``session`` under ``principal`` (one small script on the index key) and record
+        the principal in the session's data: save it next.  See ``SessionStore.bind``.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+            InvalidSessionId: ``session.id`` is not a fastsess id.
+            StoreUnavailable: Redis failed.
+        """
+        self._run(self._principals.bind(session, principal))
+
+    def sessions_of(self, principal: str) -> list[str]:
+        """The ids of ``principal``'s live sessions (``ZSCAN`` of its index, then one pipeline
+        of ``EXISTS`` per 1,000 ids).
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+            StoreUnavailable: Redis failed.
+        """
+        result: list[str] = self._run(self._principals.sessions_of(principal))
+        return result
+
+    def delete_all(self, principal: str, except_id: str | None = None) -> int:
+        """Delete ``principal``'s sessions but ``except_id``, 1,000 per batch (a pipeline of
+        ``UNLINK`` and a script that drops them from the index and, clustered, publishes
+        their invalidations).  Returns how many were deleted.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+            StoreUnavailable: Redis failed (the index still lists what was not done: call again).
+        """
+        return int(self._run(self._principals.delete_all(principal, except_id)))
+
     def iter_ids(self) -> Iterator[str]:
         """Every session id under this prefix, by SCAN (never KEYS); on a cluster, every node.
 

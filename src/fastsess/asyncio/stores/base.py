@@ -45,6 +45,18 @@ class AsyncSessionStore(StoreBase, ABC):
         """See ``SessionStore.regenerate``."""
 
     @abstractmethod
+    async def bind(self, session: Session, principal: str) -> None:
+        """See ``SessionStore.bind``."""
+
+    @abstractmethod
+    async def sessions_of(self, principal: str) -> list[str]:
+        """See ``SessionStore.sessions_of``."""
+
+    @abstractmethod
+    async def delete_all(self, principal: str, except_id: str | None = None) -> int:
+        """See ``SessionStore.delete_all``."""
+
+    @abstractmethod
     def iter_ids(self) -> AsyncIterator[str]:
         """See ``SessionStore.iter_ids`` (an async iterator)."""
 

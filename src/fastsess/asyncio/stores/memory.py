@@ -41,6 +41,18 @@ class MemoryStore(AsyncSessionStore):
         """Move ``session`` to a new id."""
         return self._store.regenerate(session)
 
+    async def bind(self, session: Session, principal: str) -> None:
+        """Record ``session`` under ``principal``."""
+        self._store.bind(session, principal)
+
+    async def sessions_of(self, principal: str) -> list[str]:
+        """The ids of ``principal``'s live sessions."""
+        return self._store.sessions_of(principal)
+
+    async def delete_all(self, principal: str, except_id: str | None = None) -> int:
+        """Delete ``principal``'s sessions but ``except_id``."""
+        return self._store.delete_all(principal, except_id)
+
     async def iter_ids(self) -> AsyncIterator[str]:
         """The live session ids."""
         for session_id in self._store.iter_ids():

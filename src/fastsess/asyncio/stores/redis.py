@@ -88,6 +88,19 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
         result: Session = await self._run(self._core.regenerate(session))
         return result
 
+    async def bind(self, session: Session, principal: str) -> None:
+        """See ``fastsess.RedisStore.bind``."""
+        await self._run(self._principals.bind(session, principal))
+
+    async def sessions_of(self, principal: str) -> list[str]:
+        """See ``fastsess.RedisStore.sessions_of``."""
+        result: list[str] = await self._run(self._principals.sessions_of(principal))
+        return result
+
+    async def delete_all(self, principal: str, except_id: str | None = None) -> int:
+        """See ``fastsess.RedisStore.delete_all``."""
+        return int(await self._run(self._principals.delete_all(principal, except_id)))
+
     async def iter_ids(self) -> AsyncIterator[str]:
         """See ``fastsess.RedisStore.iter_ids`` (an async iterator)."""
         keys = self._keys

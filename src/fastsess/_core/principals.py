@@ -1,0 +1,344 @@
+"""Sessions by principal ("log out everywhere"), written once, with no I/O.
+
+``bind(session, principal)`` records a session under a principal (a user id);
+``sessions_of(principal)`` lists its live sessions; ``delete_all(principal)`` deletes
+them and invalidates every node's cached copy.  The operations are generators of
+commands, run by the stores' drivers like those of ``ops``.
+
+**The index.**  One sorted set per principal, ``<prefix>principal:<sha256(principal)>``:
+members are session ids, scores the time (store clock, seconds) until which the entry
+covers its session.  The key name is a digest: fixed length, no user id in key names,
+and never mistaken for a session key (``iter_ids``/``clear`` match exactly one
+43-character id after the prefix).  The index key expires no earlier than its latest
+entry (``PEXPIRE`` only ever lengthens it), so a principal nobody binds again leaves
+nothing behind.
+
+**Entries expire with their sessions.**  A bound session carries ``PRINCIPAL_KEY`` in its
+data: ``[principal, indexed id, covered until]``.  An entry covers its session for twice
+the session's TTL from when it was written; a save (or a regenerate) of a bound
+session re-indexes it first whenever the write could make it outlive that cover, or when
+its id is not the indexed one (a regenerate, a first save that changed a colliding id).
+So with saves every ``ttl`` seconds at most one write in two costs one more round trip
+(a small script on the index key), and usually far fewer.  Entries past their cover
+are trimmed by every ``bind`` (``ZREMRANGEBYSCORE``); entries of sessions deleted or
+moved meanwhile are dropped lazily: ``sessions_of`` checks that each listed session
+exists (and removes those that do not); ``delete_all`` deletes whatever is listed.
+
+**Bounded batches.**  ``sessions_of`` walks the index with ``ZSCAN`` and checks each
+batch with one pipeline of ``EXISTS``; ``delete_all`` takes ``BATCH`` ids at a time:
+one pipeline of ``UNLINK`` (one command per key, so it works on Redis Cluster, where
+redis-py routes each to its slot's node), then one script on the index key that removes
+those ids, publishes their invalidations (clustered stores) and returns the next batch.
+Every script touches only the index key: single-slot on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from ..session import Session
+from .keys import KeySpace, check_session_id, is_valid_session_id
+from .ops import DELETED, Command, Flow, Messages, Script, run_script, script
+from .policy import CachePolicy
+
+PRINCIPAL_KEY = "_fastsess_principal"  # reserved session key: [principal, indexed id, covered until]
+MAX_PRINCIPAL_LENGTH = 1024  # characters; a user id, an email address, a UUID all fit
+BATCH = 1000  # ids per round trip of sessions_of / delete_all (a Lua unpack() takes up to ~8000)
+COVER = 2  # an index entry covers its session for this many TTLs from when it was written
+
+# A driver sends ``PIPELINE`` commands as one non-transactional pipeline (``args`` is the
+# tuple of commands) and replies with the list of their replies.  Each command names one
+# key, so a Redis Cluster pipeline splits it by node.
+PIPELINE = Script("-- a pipeline, not a script", "pipeline")
+
+# KEYS[1]=index  ARGV: id, covered until, now, index ttl (ms).  Adds or moves the entry,
+# trims entries whose cover ended, and lengthens (never shortens) the index key's life.
+INDEX_ADD = script("""
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+""")
+
+# KEYS[1]=index  ARGV: n, n ids, batch[, channel, message...].  Removes the ids (their
+# sessions were just deleted), publishes the messages, returns the next batch of ids.
+INDEX_REMOVE = script("""
+local n = tonumber(ARGV[1])
+if n > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ARGV, 2, n + 1))
+end
+local channel = ARGV[n + 3]
+if channel then
+  for i = n + 4, #ARGV do
+    redis.call('PUBLISH', channel, ARGV[i])
+  end
+end
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[n + 2]) - 1)
+""")
+
+# KEYS[1]=index  ARGV: ids.  Drops entries whose session is gone (seen by sessions_of).
+INDEX_PRUNE = script("""
+return redis.call('ZREM', KEYS[1], unpack(ARGV))
+""")
+
+SCRIPTS = (INDEX_ADD, INDEX_REMOVE, INDEX_PRUNE)
+
+
+def check_principal(principal: Any) -> str:
+    """Validate a principal: a non-empty str of at most ``MAX_PRINCIPAL_LENGTH`` characters
+    that encodes to UTF-8 (pass a user id as ``str(user.pk)``).
+
+    Raises:
+        TypeError: not a str (an int user id must be converted: 42 and "42" would differ).
+        ValueError: empty, too long, or not encodable (a lone surrogate).
+    """
+    if not isinstance(principal, str):
+        raise TypeError(f"principal must be a str (e.g. str(user.pk)), not {type(principal).__name__}")
+    if not principal:
+        raise ValueError("principal must not be empty")
+    if len(principal) > MAX_PRINCIPAL_LENGTH:
+        raise ValueError(f"principal is {len(principal)} characters long; at most {MAX_PRINCIPAL_LENGTH} are allowed")
+    try:
+        principal.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"principal must be valid Unicode: {exc}") from None
+    return principal
+
+
+def index_key(keys: KeySpace, principal: str) -> str:
+    """The Redis key of ``principal``'s index (``principal`` already checked)."""
+    return keys.prefix + "principal:" + hashlib.sha256(principal.encode()).hexdigest()
+
+
+def bound_principal(session: Session) -> str | None:
+    """The principal ``session`` is bound to, or None."""
+    entry = session.data.get(PRINCIPAL_KEY)
+    if type(entry) is list and len(entry) == 3 and isinstance(entry[0], str):
+        return entry[0]
+    return None
+
+
+def mark_bound(session: Session, principal: str, now: float) -> float:
+    """Record in ``session`` that it is indexed under ``principal`` from ``now``; returns
+    the time the entry covers it until.  Marks the session modified (the next save writes it)."""
+    until = now + COVER * session.ttl
+    session[PRINCIPAL_KEY] = [principal, session.id, until]
+    return until
+
+
+def needs_index(session: Session, now: float) -> str | None:
+    """The principal to re-index ``session`` under before writing it at ``now``, or None:
+    bound, and either its id is not the indexed one or the write would let it outlive
+    its entry's cover."""
+    entry = session.data.get(PRINCIPAL_KEY)
+    if entry is None:
+        return None
+    if type(entry) is not list or len(entry) != 3 or not isinstance(entry[0], str):
+        return None  # not ours (a caller wrote the reserved key): nothing to keep
+    principal: str = entry[0]
+    indexed_id, until = entry[1], entry[2]
+    if indexed_id != session.id or not isinstance(until, (int, float)) or now + session.ttl > until:
+        return principal
+    return None
+
+
+def _ids(pairs: Any) -> list[str]:
+    """The ids of a ``ZSCAN`` reply's (member, score) pairs (redis-py parses them so)."""
+    return [pair[0].decode() for pair in pairs]
+
+
+class PrincipalCore:
+    """The principal operations of one Redis-backed store, as generators of commands.
+
+    Args:
+        keys: the store's key space (session keys and index keys share its prefix).
+        clock: the store's wall clock (seconds): index scores are on it.
+        policy: the clustered store's local-cache policy, else None.
+        messages: the clustered store's invalidation messages, else None.
+    """
+
+    __slots__ = ("clock", "keys", "messages", "policy")
+
+    def __init__(
+        self, keys: KeySpace, clock: Callable[[], float], policy: CachePolicy | None = None, messages: Messages | None = None,
+    ) -> None:
+        self.keys = keys
+        self.clock = clock
+        self.policy = policy
+        self.messages = messages
+
+    def _index(self, session: Session, principal: str, now: float) -> Command:
+        until = mark_bound(session, principal, now)
+        ttl_ms = int(COVER * session.ttl * 1000)
+        return run_script("bind", INDEX_ADD, (index_key(self.keys, principal),), session.id, until, now, ttl_ms)
+
+    def bind(self, session: Session, principal: str) -> Flow:
+        """Index ``session`` under ``principal`` and record the principal in its data.
+
+        Raises:
+            TypeError, ValueError: ``principal`` is not a valid principal (see ``check_principal``).
+            InvalidSessionId: ``session.id`` is not a fastsess id.
+        """
+        principal = check_principal(principal)
+        check_session_id(session)
+        yield self._index(session, principal, self.clock())
+
+    def before_write(self, session: Session, now: float) -> Flow:
+        """Run by ``save``/``regenerate`` before writing ``session`` (already under the id it
+        is written to): re-index it if ``needs_index`` says so.  One round trip, or none."""
+        principal = needs_index(session, now)
+        if principal is not None:
+            yield self._index(session, principal, now)
+
+    def sessions_of(self, principal: str) -> Flow:
+        """The ids of ``principal``'s live sessions, in no particular order; entries of
+        sessions that no longer exist are dropped from the index on the way.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+        """
+        key = index_key(self.keys, check_principal(principal))
+        live: list[str] = []
+        seen: set[str] = set()
+        cursor: Any = 0
+        while True:
+            cursor, pairs = yield ("ZSCAN", None, ("ZSCAN", key, cursor, "COUNT", BATCH))
+            ids = [i for i in _ids(pairs) if i not in seen]  # ZSCAN may return an id twice
+            seen.update(ids)
+            if ids:
+                found = yield ("EXISTS", PIPELINE, tuple(("EXISTS", self.keys.key(i)) for i in ids))
+                live.extend(i for i, n in zip(ids, found) if n)
+                gone = [i for i, n in zip(ids, found) if not n]
+                if gone:
+                    yield run_script("ZREM", INDEX_PRUNE, (key,), *gone)
+            if int(cursor) == 0:
+                return live
+
+    def delete_all(self, principal: str, except_id: str | None = None) -> Flow:
+        """Delete every session indexed under ``principal`` (but ``except_id``) and drop their
+        index entries, ``BATCH`` at a time; clustered: every node drops its cached copies.
+        Returns how many sessions existed and were deleted.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+        """
+        key = index_key(self.keys, check_principal(principal))
+        messages, policy = self.messages, self.policy
+        keep = except_id if is_valid_session_id(except_id) else None
+        deleted = 0
+        ids = [m.decode() for m in (yield ("ZRANGE", None, ("ZRANGE", key, 0, BATCH - 1)))]
+        while victims := [i for i in ids if i != keep]:
+            try:
+                replies = yield ("UNLINK", PIPELINE, tuple(("UNLINK", self.keys.key(i)) for i in victims))
+            except BaseException:
+                if policy is not None:
+                    policy.uncertain(*victims)  # some deletions may have landed
+                raise
+            deleted += sum(replies)
+            if policy is not None:
+                for session_id in victims:
+                    policy.invalidate(session_id)
+            publish: tuple[Any, ...] = ()
+            if messages is not None:
+                publish = (messages.channel, *(messages.message(DELETED, i) for i in victims))
+            reply = yield run_script("delete_all", INDEX_REMOVE, (key,), len(victims), *victims, BATCH, *publish)
+            if messages is not None:
+                messages.note_published(len(victims))
+            ids = [m.decode() for m in reply]
+        return deleted
+
+
+class MemoryIndex:
+    """``MemoryStore``'s principal index: principal -> {session id: covered until}, with the
+    same rules as the Redis index (covers, trims, lazy removal).  Not thread-safe: the
+    store calls it under its write lock.
+
+    Args:
+        exists: whether a session id is live in the store.
+    """
+
+    __slots__ = ("_binds", "_entries", "_trim_at", "exists")
+
+    SWEEP_EVERY = 1024  # binds between sweeps of every principal (drops ended entries)
+    MIN_TRIM = 64  # a principal's entries are trimmed when they double, from this many
+
+    def __init__(self, exists: Callable[[str], bool]) -> None:
+        self.exists = exists
+        self._entries: dict[str, dict[str, float]] = {}
+        self._trim_at: dict[str, int] = {}  # principal -> size at which its entries are trimmed
+        self._binds = 0
+
+    def index(self, session: Session, principal: str, now: float) -> None:
+        """Add or move ``session``'s entry under ``principal``; trim ended entries (amortized
+        O(1): a principal's entries are trimmed when they doubled since the last trim)."""
+        entries = self._entries.setdefault(principal, {})
+        entries[session.id] = mark_bound(session, principal, now)
+        if len(entries) >= self._trim_at.get(principal, self.MIN_TRIM):
+            self._trim_at[principal] = max(self.MIN_TRIM, 2 * _trim(entries, now))
+        self._binds += 1
+        if self._binds % self.SWEEP_EVERY == 0:  # principals nobody binds again
+            for name in [p for p, e in self._entries.items() if not _trim(e, now)]:
+                self._forget(name)
+
+    def _forget(self, principal: str) -> None:
+        del self._entries[principal]
+        self._trim_at.pop(principal, None)
+
+    def bind(self, session: Session, principal: str, now: float) -> None:
+        """See ``PrincipalCore.bind``.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+            InvalidSessionId: ``session.id`` is not a fastsess id.
+        """
+        principal = check_principal(principal)
+        check_session_id(session)
+        self.index(session, principal, now)
+
+    def before_write(self, session: Session, now: float) -> None:
+        """See ``PrincipalCore.before_write``."""
+        principal = needs_index(session, now)
+        if principal is not None:
+            self.index(session, principal, now)
+
+    def sessions_of(self, principal: str) -> list[str]:
+        """See ``PrincipalCore.sessions_of``.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+        """
+        entries = self._entries.get(check_principal(principal))
+        if entries is None:
+            return []
+        for session_id in [i for i in entries if not self.exists(i)]:
+            del entries[session_id]
+        if not entries:
+            self._forget(principal)
+        return list(entries)
+
+    def take(self, principal: str, except_id: str | None) -> list[str]:
+        """Remove and return ``principal``'s indexed ids but ``except_id`` (for ``delete_all``).
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+        """
+        entries = self._entries.get(check_principal(principal))
+        if entries is None:
+            return []
+        taken = [i for i in entries if i != except_id]
+        for session_id in taken:
+            del entries[session_id]
+        if not entries:
+            self._forget(principal)
+        return taken
+
+
+def _trim(entries: dict[str, float], now: float) -> int:
+    """Drop the entries whose cover ended before ``now``; returns how many remain."""
+    for session_id in [i for i, until in entries.items() if until < now]:
+        del entries[session_id]
+    return len(entries)
