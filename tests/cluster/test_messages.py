@@ -14,8 +14,11 @@ from fastsess import ClusterConfig
 from fastsess.cluster import (
     CLEARED,
     DELETED,
+    DELETED_MANY,
     GENERATION_SLOTS,
     INVALIDATED,
+    MAX_IDS,
+    MAX_MANY_BYTES,
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     TOUCHED,
@@ -27,7 +30,9 @@ from fastsess.cluster import (
 from fastsess.stores.base import new_session_id
 
 KINDS = sorted(MESSAGE_TYPES)
-assert set(KINDS) == {"invalidated", "deleted", "cleared", "touched"} == {INVALIDATED, DELETED, CLEARED, TOUCHED}
+assert set(KINDS) == {"invalidated", "deleted", "cleared", "touched", "deleted_many"} == {
+    INVALIDATED, DELETED, CLEARED, TOUCHED, DELETED_MANY,
+}
 
 
 # --- encode / decode ---------------------------------------------------------------------
@@ -40,16 +45,19 @@ assert set(KINDS) == {"invalidated", "deleted", "cleared", "touched"} == {INVALI
     version=st.integers(min_value=0, max_value=2**63 - 1),
 )
 def test_encode_decode_round_trip(kind: str, session_id: str | None, node: str, version: int) -> None:
-    assume(kind == CLEARED or session_id is not None)
+    assume(kind in (CLEARED, DELETED_MANY) or session_id is not None)
     expires_in = 60 if kind == TOUCHED else None
+    ids = [new_session_id(), new_session_id()] if kind == DELETED_MANY else None
     try:
-        wire = encode_message(kind, session_id, node, version, expires_in)
+        wire = encode_message(kind, session_id, node, version, expires_in, ids)
     except UnicodeEncodeError:  # lone surrogates cannot be msgpack str
         assume(False)
     assert isinstance(wire, bytes)
-    expected = {"t": kind, "id": session_id, "node": node, "v": version}
+    expected: dict[str, Any] = {"t": kind, "id": session_id, "node": node, "v": version}
     if kind == TOUCHED:
         expected["x"] = 60
+    if kind == DELETED_MANY:
+        expected["ids"] = ids
     assert decode_message(wire) == expected
 
 
@@ -64,6 +72,19 @@ def test_encode_rejects_unknown_kind() -> None:
         encode_message("evicted", new_session_id(), "n")
     with pytest.raises(ValueError):
         encode_message(TOUCHED, new_session_id(), "n")  # a touch must say when the key expires
+    for ids in (None, [], [new_session_id()] * (MAX_IDS + 1)):
+        with pytest.raises(ValueError):
+            encode_message(DELETED_MANY, None, "n", ids=ids)
+
+
+def test_a_full_deleted_many_message_fits_its_bound() -> None:
+    ids = [new_session_id() for _ in range(MAX_IDS)]
+    node = ClusterConfig().node_id
+    wire = encode_message(DELETED_MANY, None, node, ids=ids)
+    assert MAX_MESSAGE_BYTES < len(wire) < MAX_MANY_BYTES
+    assert decode_message(wire) == {"t": DELETED_MANY, "id": None, "node": node, "v": 0, "ids": ids}
+    for bad in ([], [1], ["x", b"y"], "x", [new_session_id()] * (MAX_IDS + 1)):
+        assert decode_message(msgpack.packb({"t": DELETED_MANY, "id": None, "node": "n", "ids": bad})) is None
 
 
 def well_formed(obj: Any) -> bool:
@@ -80,6 +101,9 @@ def well_formed(obj: Any) -> bool:
         return False
     if t == TOUCHED and not (type(obj.get("x")) is int and obj["x"] >= 0):
         return False
+    if t == DELETED_MANY:
+        ids = obj.get("ids")
+        return type(ids) is list and 0 < len(ids) <= MAX_IDS and all(isinstance(i, str) for i in ids)
     return t == CLEARED or isinstance(obj.get("id"), str)
 
 
@@ -133,6 +157,8 @@ message_like = st.builds(
 @example({"t": {"k": 1}, "id": "x", "node": "n"})
 @example({"t": "invalidated", "id": "x", "node": "n", "v": True})  # bool is not a version
 @example({"t": "deleted", "id": None, "node": "n"})
+@example({"t": "deleted_many", "node": "n", "ids": ["a", "b"]})
+@example({"t": "deleted_many", "id": "x", "node": "n", "ids": []})
 @example({"t": "cleared", "node": b"n"})
 @example({"t": "invalidated", "id": b"x", "node": "n"})
 @example({"t": "cleared", "node": "n", "v": 1.0})
@@ -143,7 +169,8 @@ def test_decode_packed_objects_returns_none_exactly_for_malformed(obj: Any) -> N
         assume(False)
     result = decode_message(data)  # must never raise
     check_result(result)
-    expect_valid = well_formed(obj) and len(data) <= MAX_MESSAGE_BYTES
+    limit = MAX_MANY_BYTES if isinstance(obj, dict) and obj.get("t") == DELETED_MANY else MAX_MESSAGE_BYTES
+    expect_valid = well_formed(obj) and len(data) <= limit
     assert (result is not None) == expect_valid, (obj, result)
 
 
@@ -225,6 +252,23 @@ def _pack_or_empty(obj: Any) -> bytes:
         return msgpack.packb(obj)
     except Exception:  # noqa: BLE001
         return b""
+
+
+def test_a_deleted_many_message_evicts_each_id() -> None:
+    cache = CoherentCache(100, 60.0)
+    c = coordinator(cache)
+    ids = [new_session_id() for _ in range(5)]
+    for sid in ids:
+        cache.put_if(sid, {"sid": sid}, cache.fill_token(sid), 60.0)
+    c.handle_message(c.message(DELETED_MANY, None, ids=ids[:2]))  # own echo: the store already evicted
+    assert all(cache.get(sid) is not None for sid in ids) and c.stats.ignored_own == 1
+    cache.mark_uncertain(ids[0])  # a delete_all of unknown outcome: its own echo evicts
+    cache.put_if(ids[0], {"sid": ids[0]}, cache.fill_token(ids[0]), 60.0)
+    c.handle_message(c.message(DELETED_MANY, None, ids=ids[:2]))
+    assert cache.get(ids[0]) is None and cache.get(ids[1]) is not None
+    c.handle_message(encode_message(DELETED_MANY, None, "other", ids=ids[1:4]))
+    assert [cache.get(sid) is None for sid in ids] == [True, True, True, True, False]
+    assert c.stats.received == 1
 
 
 def test_handle_message_without_cache_only_counts() -> None:

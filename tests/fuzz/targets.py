@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 try:  # the wire format's module since the cluster split
-    from fastsess._core.messages import CLEARED, MAX_MESSAGE_BYTES, MESSAGE_TYPES, TOUCHED, decode_message
+    from fastsess._core.messages import (
+        CLEARED,
+        DELETED_MANY,
+        MAX_IDS,
+        MAX_MANY_BYTES,
+        MAX_MESSAGE_BYTES,
+        MESSAGE_TYPES,
+        TOUCHED,
+        decode_message,
+    )
 except ImportError:  # pragma: no cover - before it
     from fastsess.cluster import CLEARED, MAX_MESSAGE_BYTES, MESSAGE_TYPES, TOUCHED, decode_message  # type: ignore[no-redef]
 
@@ -20,8 +29,13 @@ def check_message(raw: Any, msg: Any) -> None:
     """``decode_message``'s contract: None, or a map whose fields the listener can use as they are."""
     if msg is None:
         return
-    assert isinstance(raw, bytes) and len(raw) <= MAX_MESSAGE_BYTES
     assert isinstance(msg, dict)
+    if msg["t"] == DELETED_MANY:  # delete_all's batch: a list of ids, a longer message
+        assert isinstance(raw, bytes) and len(raw) <= MAX_MANY_BYTES
+        assert type(msg["ids"]) is list and 0 < len(msg["ids"]) <= MAX_IDS
+        assert all(isinstance(i, str) for i in msg["ids"])
+        return
+    assert isinstance(raw, bytes) and len(raw) <= MAX_MESSAGE_BYTES
     assert msg["t"] in MESSAGE_TYPES
     assert isinstance(msg["node"], str)
     version = msg.get("v", 0)

@@ -142,6 +142,7 @@ message_fields = st.fixed_dictionaries(
         "node": st.text(max_size=30) | plain,
         "v": st.integers(-(2**63), 2**64 - 1) | plain,
         "x": st.integers(-(2**63), 2**64 - 1) | plain,
+        "ids": st.lists(st.just(SID) | plain, max_size=3) | plain,
     },
 )
 

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..config import ClusterConfig
 from .coherence import CoherentCache
-from .messages import CLEARED, decode_message, encode_message, new_instance_id
+from .messages import CLEARED, DELETED, DELETED_MANY, decode_message, encode_message, new_instance_id
 
 log = logging.getLogger("fastsess.cluster")
 
@@ -314,11 +314,13 @@ class CoordinatorBase:
             machine.reconnects, self.subscribed, machine.last_error, self._foreign_own_id,
         )
 
-    def message(self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None) -> bytes:
+    def message(
+        self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
+    ) -> bytes:
         """This node's wire message of type ``kind`` (for the store's write scripts)."""
         with self._count_lock:
             self._issued += 1
-        return encode_message(kind, session_id, self.instance_id, version, expires_in)
+        return encode_message(kind, session_id, self.instance_id, version, expires_in, ids)
 
     def note_published(self, count: int = 1) -> None:
         """Count messages the store published on this coordinator's behalf."""
@@ -341,8 +343,12 @@ class CoordinatorBase:
         if msg["node"] == self.instance_id:
             if self._ignored_own < self._issued:
                 self._ignored_own += 1
-                if self.cache is not None:
-                    self.cache.own_message(msg["t"], msg["id"])  # an invalidation after an unknown write outcome
+                if self.cache is not None:  # an invalidation after an unknown write outcome
+                    if msg["t"] == DELETED_MANY:
+                        for session_id in msg["ids"]:
+                            self.cache.own_message(DELETED, session_id)
+                    else:
+                        self.cache.own_message(msg["t"], msg["id"])
                 return
             self._foreign_own_id += 1
             log.warning("a message on %s carries this store's instance id %s but was not sent by it (%d so far)",
@@ -350,6 +356,9 @@ class CoordinatorBase:
         if self.cache is not None:
             if msg["t"] == CLEARED:
                 self.cache.flush()
+            elif msg["t"] == DELETED_MANY:
+                for session_id in msg["ids"]:
+                    self.cache.invalidate(session_id)
             else:
                 self.cache.invalidate(msg["id"])
         self._received += 1  # after applying it: a reader that sees the count sees the eviction

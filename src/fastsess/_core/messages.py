@@ -2,7 +2,10 @@
 
 ``t`` is the message type, ``id`` the session id (None for ``cleared``), ``node`` the
 sender's instance id and ``v`` the session version; a ``touched`` message also carries
-``x``, the new expiry in seconds.  Encoding and decoding only: no I/O.
+``x``, the new expiry in seconds.  A ``deleted_many`` message (``delete_all``: one per
+batch of sessions, instead of one message per id) has ``id`` None and ``ids``, a list of
+1 to ``MAX_IDS`` session ids; it may be up to ``MAX_MANY_BYTES`` long.  Encoding and
+decoding only: no I/O.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ INVALIDATED = "invalidated"
 DELETED = "deleted"
 CLEARED = "cleared"
 TOUCHED = "touched"  # carries "x": the new expiry in seconds
-MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED, TOUCHED})
+DELETED_MANY = "deleted_many"  # carries "ids": the deleted session ids
+MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED, TOUCHED, DELETED_MANY})
 MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is not ours
+MAX_IDS = 1000  # ids in one deleted_many message (delete_all's batch)
+MAX_MANY_BYTES = 64 * 1024  # a deleted_many message of MAX_IDS ids is ~46 KB
 
 
 def new_instance_id(label: str) -> str:
@@ -29,15 +35,24 @@ def new_instance_id(label: str) -> str:
     return f"{label}/{secrets.token_hex(8)}"
 
 
-def encode_message(kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None) -> bytes:
-    """The wire form of one invalidation: msgpack ``{t, id, node, v}`` (plus ``x`` for ``touched``).
+def encode_message(
+    kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None,
+    ids: list[str] | None = None,
+) -> bytes:
+    """The wire form of one invalidation: msgpack ``{t, id, node, v}`` (plus ``x`` for
+    ``touched``, ``ids`` for ``deleted_many``).
 
     Raises:
-        ValueError: unknown ``kind``, or ``touched`` without ``expires_in``.
+        ValueError: unknown ``kind``, ``touched`` without ``expires_in``, or ``deleted_many``
+            without 1 to ``MAX_IDS`` ids.
     """
     if kind not in MESSAGE_TYPES:
         raise ValueError(f"unknown message type {kind!r}")
     msg: dict[str, Any] = {"t": kind, "id": session_id, "node": node_id, "v": version}
+    if kind == DELETED_MANY:
+        if not ids or len(ids) > MAX_IDS:
+            raise ValueError(f"a deleted_many message carries 1 to {MAX_IDS} ids")
+        msg["ids"] = ids
     if kind == TOUCHED:
         if expires_in is None:
             raise ValueError("a touched message needs expires_in")
@@ -48,7 +63,7 @@ def encode_message(kind: str, session_id: str | None, node_id: str, version: int
 
 def decode_message(data: Any) -> dict[str, Any] | None:
     """The message map, or None if ``data`` is not a well-formed fastsess message. Never raises."""
-    if not isinstance(data, bytes) or len(data) > MAX_MESSAGE_BYTES:
+    if not isinstance(data, bytes) or len(data) > MAX_MANY_BYTES:
         return None
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
@@ -65,6 +80,13 @@ def decode_message(data: Any) -> dict[str, Any] | None:
             return None
     node, session_id, version = msg.get("node"), msg.get("id"), msg.get("v", 0)
     if not isinstance(node, str) or not isinstance(version, int) or isinstance(version, bool):
+        return None
+    if kind == DELETED_MANY:
+        ids = msg.get("ids")
+        if type(ids) is not list or not 0 < len(ids) <= MAX_IDS or not all(isinstance(i, str) for i in ids):
+            return None
+        return msg
+    if len(data) > MAX_MESSAGE_BYTES:  # only deleted_many may be longer
         return None
     if msg["t"] != CLEARED and not isinstance(session_id, str):
         return None

@@ -128,7 +128,9 @@ class Messages(Protocol):
 
     channel: str
 
-    def message(self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None) -> bytes: ...
+    def message(
+        self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
+    ) -> bytes: ...
 
     def note_published(self, count: int = 1) -> None: ...
 

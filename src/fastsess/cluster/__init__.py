@@ -28,7 +28,10 @@ from .._core.listener import CoordinatorBase, CoordinatorStats
 from .._core.messages import (
     CLEARED,
     DELETED,
+    DELETED_MANY,
     INVALIDATED,
+    MAX_IDS,
+    MAX_MANY_BYTES,
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     TOUCHED,
@@ -41,8 +44,8 @@ from .registry import release_unclosed
 from .thread import HITS_PER_CHECK, LISTENER_YIELD, POLL_INTERVAL, ClusterCoordinator, ThreadedCoordinator
 
 __all__ = [
-    "CLEARED", "DELETED", "EXPIRY_MARGIN", "GENERATION_SLOTS", "HITS_PER_CHECK", "INVALIDATED", "LISTENER_YIELD",
-    "MAX_MESSAGE_BYTES", "MAX_UNCERTAIN", "MESSAGE_TYPES", "POLL_INTERVAL", "TOUCHED", "UNCERTAIN_WINDOW",
+    "CLEARED", "DELETED", "DELETED_MANY", "EXPIRY_MARGIN", "GENERATION_SLOTS", "HITS_PER_CHECK", "INVALIDATED", "LISTENER_YIELD",
+    "MAX_IDS", "MAX_MANY_BYTES", "MAX_MESSAGE_BYTES", "MAX_UNCERTAIN", "MESSAGE_TYPES", "POLL_INTERVAL", "TOUCHED", "UNCERTAIN_WINDOW",
     "ClusterCoordinator", "CoherentCache", "CoordinatorBase", "CoordinatorStats", "ThreadedCoordinator",
     "decode_message", "encode_message", "listener_client", "new_instance_id", "release_unclosed",
 ]
