@@ -31,6 +31,7 @@ _LAZY = {
     "SessionTooLarge": ".errors",
     "MsgpackSerializer": ".serializers",
     "JSONSerializer": ".serializers",
+    "Encryption": ".crypto",
 }
 
 __all__ = ["CacheStats", "LRUCache", "LocalCache", "TTLCache", "__version__", *_LAZY]
@@ -52,6 +53,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .cluster import ClusterCoordinator
     from .config import ClusterConfig
+    from .crypto import Encryption
     from .errors import (
         ConfigError,
         FastsessError,

@@ -26,6 +26,7 @@ from ._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, 
 from .cache import CacheStats
 from .cluster import HITS_PER_CHECK, CoherentCache, release_unclosed
 from .config import ClusterConfig
+from .crypto import Encryption, check_encryption
 from .errors import ConfigError, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
 from .serializers import Serializer, resolve_serializer
 from .session import Session
@@ -267,17 +268,21 @@ class RedisStoreBase(StoreBase):
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         clock: Callable[[], float] | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
         check_pool(pool_size, pool_timeout)
+        self.encryption = check_encryption(encryption)
         if (client is None) == (url is None):
             raise ConfigError("pass exactly one of client= or url=")
         self._owns_client = client is None
         self.client: Any = client if client is not None else type(self)._client_from_url(url, socket_timeout, retries, pool_size, pool_timeout)  # type: ignore[arg-type]
         check_binary_client(self.client)
         self.serializer: Serializer = resolve_serializer(serializer)
+        # what the operations encode and decode with: the serializer, or it encrypted under each session's key
+        self._codec = self.serializer if self.encryption is None else self.encryption.bind(self.serializer, self._keys)
         self.is_cluster = isinstance(self.client, self._cluster_type)
-        self._core = StoreCore(self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster)
+        self._core = StoreCore(self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster)
         self._core.principals = self._principals = PrincipalCore(self._keys, self.clock)
 
 
@@ -310,10 +315,12 @@ class ClusteredStoreBase(RedisStoreBase):
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         clock: Callable[[], float] | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         super().__init__(
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
             socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout, clock=clock,
+            encryption=encryption,
         )
         self.config = cfg = ClusterConfig() if config is None else config
         self._cache = (
@@ -324,7 +331,7 @@ class ClusteredStoreBase(RedisStoreBase):
         self.coordinator: Any = self._coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
         policy = None if self._cache is None else CachePolicy(cfg, self._cache)
         self._core = StoreCore(
-            self._keys, self.serializer, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
+            self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
         )
         self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, policy, self.coordinator)
         self._hits_unchecked = 0  # cache hits since the last yield_to_listener check

@@ -9,7 +9,9 @@ data]``, zlib-compressed when flag ``0x01`` is set (bodies at least
 ``compress_threshold`` bytes long; off by default).  Anything else under a
 session key (another tool's msgpack or JSON, garbage, an unknown envelope
 version) is rejected with ``SessionCorrupt``.  Either serializer reads the
-other's sessions, so switching codecs needs no migration.
+other's sessions, so switching codecs needs no migration.  A store with
+``encryption=`` stores this envelope encrypted, as envelope version 2
+(``fastsess.crypto``).
 
 No pickle anywhere: decoding bytes from Redis can only produce plain data
 (dict, list, str, bytes, int, float, bool, None, datetime, date).  Datetimes
@@ -54,6 +56,7 @@ from .session import MAX_TTL, Session
 
 MAGIC = b"FS"
 ENVELOPE_VERSION = 1
+ENCRYPTED_ENVELOPE_VERSION = 2  # b"FS\x02...": an encrypted envelope (``fastsess.crypto``)
 FLAG_ZLIB = 0x01
 HEADER_SIZE = 5
 MAX_DECODED_SIZE = 16 * 1024 * 1024  # the largest body (before compression); a decompression bomb stops here
@@ -216,6 +219,8 @@ class Serializer(ABC):
         if not isinstance(raw, (bytes, bytearray)) or len(raw) < HEADER_SIZE or raw[:2] != MAGIC:
             raise SessionCorrupt("not a fastsess session envelope")
         version, codec_id, flags = raw[2], raw[3], raw[4]
+        if version == ENCRYPTED_ENVELOPE_VERSION:
+            raise SessionCorrupt("an encrypted session, but this store has no encryption keys (encryption=)")
         if version != ENVELOPE_VERSION:
             raise SessionCorrupt(f"unknown session envelope version {version}")
         codec = self if codec_id == self.codec_id else _codec_for(codec_id)

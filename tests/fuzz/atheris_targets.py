@@ -2,6 +2,7 @@
 
     pip install atheris        # builds/installs on Linux x86_64 with CPython 3.8-3.11+
     python -m tests.fuzz.atheris_targets envelope -max_total_time=60
+    python -m tests.fuzz.atheris_targets encrypted -max_total_time=60
     python -m tests.fuzz.atheris_targets message  -atheris_runs=200000
     python -m tests.fuzz.atheris_targets cookie   -max_total_time=60
     python -m tests.fuzz.atheris_targets legacy   -max_total_time=60
@@ -47,6 +48,59 @@ def envelope(data: bytes) -> None:
         except SessionCorrupt:
             continue
         assert isinstance(dict(session), dict) and type(session.ttl) is int and session.ttl >= 1
+
+
+_ENCRYPTED: list[object] = []
+
+
+@target
+def encrypted(data: bytes) -> None:
+    """Stored bytes under a store with ``encryption=``: SessionCorrupt unless authentic for the key.
+
+    The first byte picks a framing: raw bytes, the encrypted header with the store's key id
+    (or another), a real encrypted session with the input XORed over it (the fuzzer flips
+    bits of an authentic value), or the input sealed authentically (the decoder behind the
+    authentication: a Session or SessionCorrupt).
+    """
+    from fastsess._core.keys import KeySpace
+    from fastsess.crypto import PREFIX, Encryption, key_id
+    from fastsess.errors import SessionCorrupt
+    from fastsess.serializers import MsgpackSerializer
+    from fastsess.session import Session
+
+    from .targets import SID
+
+    if not _ENCRYPTED:
+        keys = KeySpace("fz:")
+        enc = Encryption([bytes(range(1, 33))])
+        codec = enc.bind(MsgpackSerializer(max_size=1 << 20, compress_threshold=64), keys)
+        real = codec.encode(Session(SID, {"user": 1, "roles": ["a", "b"], "blob": b"x" * 80}, ttl=60))
+        _ENCRYPTED.extend((enc, codec, real, keys.key(SID).encode(), PREFIX + bytes.fromhex(key_id(bytes(range(1, 33))))))
+    enc, codec, real, aad, header = _ENCRYPTED
+    choice, body = (data[0] % 5, data[1:]) if data else (0, b"")
+    authentic = False
+    if choice == 1:
+        raw = header + body  # type: ignore[operator]
+    elif choice == 2:
+        raw = b"FS\x02\x00\x00\x00\x00" + body
+    elif choice == 3:
+        flipped = bytearray(real)  # type: ignore[arg-type]
+        for i, b in enumerate(body[: len(flipped)]):
+            flipped[i] ^= b
+        raw = bytes(flipped) + body[len(flipped):]
+        authentic = raw == real
+    elif choice == 4:
+        raw = enc.seal(body, aad)  # type: ignore[attr-defined]
+        authentic = True
+    else:
+        raw = body
+    try:
+        session = codec.decode(SID, raw)  # type: ignore[attr-defined]
+    except SessionCorrupt:
+        assert not authentic or choice == 4
+        return
+    assert authentic, "unauthenticated bytes decoded"
+    assert isinstance(dict(session), dict) and type(session.ttl) is int and session.ttl >= 1
 
 
 @target
@@ -95,6 +149,7 @@ def main() -> None:
     with atheris.instrument_imports():
         import fastsess.contrib._common  # noqa: F401 - instrumented for coverage
         import fastsess.contrib._legacy  # noqa: F401
+        import fastsess.crypto  # noqa: F401
         import fastsess.serializers  # noqa: F401
 
         from . import targets  # noqa: F401

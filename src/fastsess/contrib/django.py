@@ -9,6 +9,9 @@ Settings (``django.conf.settings``):
   (``{"enabled": False}`` for a plain Redis store without local cache).
 * ``FASTSESS_KEY_PREFIX`` (default ``"fastsess:"``), ``FASTSESS_SERIALIZER``
   (``"msgpack"`` default, or ``"json"``; Django's ``SESSION_SERIALIZER`` is not used).
+* ``FASTSESS_ENCRYPTION_KEYS``: optional list of 32-byte keys, as base64 texts (or a
+  ``fastsess.Encryption``): sessions are stored encrypted (first key encrypts, all
+  decrypt; see docs/encryption.md).  Not ``SECRET_KEY``, nor derived from it.
 * ``SESSION_COOKIE_AGE``, ``SESSION_EXPIRE_AT_BROWSER_CLOSE``,
   ``SESSION_SAVE_EVERY_REQUEST`` and the ``SESSION_COOKIE_*`` keys work as with
   Django's other backends: Django's ``SessionMiddleware`` sets the cookie, which
@@ -53,7 +56,8 @@ from django.core.signals import setting_changed
 
 from ..asyncio.stores.clustered import ClusteredRedisStore as AsyncClusteredRedisStore
 from ..config import ClusterConfig
-from ..errors import SessionCorrupt
+from ..crypto import encryption_from_setting
+from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
 from ..stores.clustered import ClusteredRedisStore
@@ -77,6 +81,7 @@ _CREATE_ATTEMPTS = 10
 _SETTINGS = frozenset({
     "FASTSESS_REDIS_URL", "FASTSESS_REDIS_CLIENT", "FASTSESS_CLUSTER", "FASTSESS_KEY_PREFIX",
     "FASTSESS_SERIALIZER", "FASTSESS_MIGRATE_FROM", "FASTSESS_MIGRATE_PICKLE", "SESSION_COOKIE_AGE",
+    "FASTSESS_ENCRYPTION_KEYS",
 })
 # (store options, migrate engine, migrate pickle, sync store or None): resolved once, since
 # django.conf.settings answers each attribute through a lazy object (a missing one raises
@@ -114,7 +119,11 @@ def _resolve() -> tuple[tuple[Any, ...], str | None, bool]:
             raise ImproperlyConfigured("FASTSESS_CLUSTER must be a dict of ClusterConfig fields")
         prefix = getattr(settings, "FASTSESS_KEY_PREFIX", DEFAULT_PREFIX)
         serializer = getattr(settings, "FASTSESS_SERIALIZER", "msgpack")
-        options = (url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE))
+        try:
+            encryption = encryption_from_setting(getattr(settings, "FASTSESS_ENCRYPTION_KEYS", None))
+        except ConfigError as exc:
+            raise ImproperlyConfigured(f"FASTSESS_ENCRYPTION_KEYS: {exc}") from None
+        options = (url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE), encryption)
         engine = getattr(settings, "FASTSESS_MIGRATE_FROM", None)
         if engine is not None and (not isinstance(engine, str) or engine == __name__):
             raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM must name another session engine module")
@@ -158,10 +167,10 @@ def get_store() -> ClusteredRedisStore:
     with _lock:
         store = _sync_stores.get(key)
         if store is None:
-            url, _, prefix, serializer, cluster, age = key
+            url, _, prefix, serializer, cluster, age, encryption = key
             client = None if url is not None else settings.FASTSESS_REDIS_CLIENT
             store = ClusteredRedisStore(
-                client, url, config=_config(cluster, None), prefix=prefix, ttl=age, serializer=serializer
+                client, url, config=_config(cluster, None), prefix=prefix, ttl=age, serializer=serializer, encryption=encryption
             )
             _sync_stores[key] = store
         _sync_store = store
@@ -187,13 +196,15 @@ def get_async_store() -> AsyncClusteredRedisStore:
         stores = _async_stores[loop] = {}
     store = stores.get(key)
     if store is None:
-        url, _, prefix, serializer, cluster, age = key
+        url, _, prefix, serializer, cluster, age, encryption = key
         if url is None:
             raise ImproperlyConfigured("the async session methods need FASTSESS_REDIS_URL (FASTSESS_REDIS_CLIENT is a sync client)")
         with _lock:
             _async_count += 1
             suffix = f"aio{_async_count}"
-        store = AsyncClusteredRedisStore(url=url, config=_config(cluster, suffix), prefix=prefix, ttl=age, serializer=serializer)
+        store = AsyncClusteredRedisStore(
+            url=url, config=_config(cluster, suffix), prefix=prefix, ttl=age, serializer=serializer, encryption=encryption,
+        )
         stores[key] = store
     return store
 

@@ -6,6 +6,9 @@ Config (``app.config``):
   ``redis.Redis``/``RedisCluster`` client, as with Flask-Session); or pass
   ``store=`` (any sync fastsess store) to ``FastSession``.
 * ``FASTSESS_CLUSTER``: optional dict of ``ClusterConfig`` fields.
+* ``FASTSESS_ENCRYPTION_KEYS``: optional list of 32-byte keys, as base64 texts (or a
+  ``fastsess.Encryption``): sessions are stored encrypted (first key encrypts, all
+  decrypt; see docs/encryption.md).  Not ``SECRET_KEY``, nor derived from it.
 * ``SESSION_KEY_PREFIX`` (default ``"fastsess:"``), ``SESSION_PERMANENT`` (default
   True), ``PERMANENT_SESSION_LIFETIME`` (the Redis TTL, and the cookie's lifetime
   when permanent), ``SESSION_REFRESH_EACH_REQUEST`` and Flask's ``SESSION_COOKIE_*``
@@ -39,6 +42,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
 from ..config import ClusterConfig
+from ..crypto import encryption_from_setting
 from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, SessionStore, new_session_id
@@ -125,10 +129,15 @@ class FastSessionInterface(SessionInterface):
             if (url is None) == (client is None):
                 raise ConfigError("FastSession needs exactly one of FASTSESS_REDIS_URL or SESSION_REDIS (or store=)")
             cluster = config.get("FASTSESS_CLUSTER") or {}
+            try:
+                encryption = encryption_from_setting(config.get("FASTSESS_ENCRYPTION_KEYS"))
+            except ConfigError as exc:
+                raise ConfigError(f"FASTSESS_ENCRYPTION_KEYS: {exc}") from None
             store = ClusteredRedisStore(
                 client, url, config=ClusterConfig(**cluster),
                 prefix=config.get("SESSION_KEY_PREFIX", DEFAULT_PREFIX),
                 ttl=_seconds(config["PERMANENT_SESSION_LIFETIME"]),
+                encryption=encryption,
             )
         self.store = store
         self._signer: CookieSigner | None = None

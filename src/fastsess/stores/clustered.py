@@ -49,7 +49,7 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
 
     Args:
         client, url, prefix, ttl, serializer, refresh_fraction, socket_timeout,
-            retries, pool_size, pool_timeout, clock: as ``RedisStore``.
+            retries, pool_size, pool_timeout, clock, encryption: as ``RedisStore``.
         config: the cluster settings (default ``ClusterConfig()``: clustering on,
             a fresh node id).  ``enabled=False`` gives a plain ``RedisStore``
             (no cache, no messages, ``coordinator`` is None).

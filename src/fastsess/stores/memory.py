@@ -25,6 +25,7 @@ from .._core.ops import mark_saved, needs_write, prepare_write, roll_back
 from .._core.principals import MemoryIndex
 from .._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL
 from ..cache import LocalCache
+from ..crypto import Encryption, check_encryption
 from ..serializers import MsgpackSerializer
 from ..session import Session, check_ttl
 from .base import SessionStore
@@ -36,10 +37,12 @@ class MemoryStore(SessionStore):
     """An in-process session store.
 
     ``clock`` (default ``time.time``) gives the seconds that time the sessions: their
-    expiry, ``refreshed_at`` and the refresh decision of ``save``.
+    expiry, ``refreshed_at`` and the refresh decision of ``save``.  ``encryption`` is
+    accepted and checked as by the Redis stores, so code can switch stores, but it
+    changes nothing: sessions never leave this process.
 
     Raises:
-        ConfigError: invalid ``ttl``, ``refresh_fraction`` or ``prefix``.
+        ConfigError: invalid ``ttl``, ``refresh_fraction``, ``prefix`` or ``encryption``.
         ValueError: ``max_sessions`` < 1.
     """
 
@@ -51,8 +54,12 @@ class MemoryStore(SessionStore):
         prefix: str = DEFAULT_PREFIX,
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
         clock: Callable[[], float] | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
+        # accepted and checked like the Redis stores' (code can switch stores), but nothing
+        # leaves this process, so nothing is encrypted
+        self.encryption = check_encryption(encryption)
         # Without a clock of its own the cache keeps its (faster) coarse monotonic one.
         timer = {} if clock is None else {"timer": clock}
         self._sessions: LocalCache[str, Any] = LocalCache(max_size=max_sessions, ttl=float(self.ttl), **timer)

@@ -64,6 +64,8 @@ class RedisStore(RedisStoreBase, SessionStore):
             use the store at once.
         clock: wall-clock seconds for ``refreshed_at`` and the refresh decision
             (default ``time.time``).
+        encryption: an ``Encryption`` (``fastsess[crypto]``): every session is stored
+            AES-256-GCM-encrypted, bound to its key; None (default): stored in clear.
 
     Raises:
         ConfigError: neither or both of client/url, or an invalid setting.

@@ -15,6 +15,7 @@ class MemoryStore(AsyncSessionStore):
 
     def __init__(self, **kwargs: Any) -> None:
         self._store = SyncMemoryStore(**kwargs)
+        self.encryption = self._store.encryption  # checked, changes nothing (see the sync store)
         super().__init__(prefix=self._store.prefix, ttl=self._store.ttl, refresh_fraction=self._store.refresh_fraction, clock=self._store.clock)
 
     async def load(self, session_id: str) -> Session | None:
