@@ -14,7 +14,7 @@ from fastsess._core.principals import BATCH, COVER, PRINCIPAL_KEY, index_key
 from fastsess.errors import InvalidSessionId
 from fastsess.stores.base import new_session_id
 
-from .conftest import Backend, Nodes, RedisBackend, redis_command_calls, sync_store, wait_until
+from .conftest import Backend, Nodes, RedisBackend, barrier, redis_command_calls, sync_store
 
 
 def bound(store: Any, principal: str, data: dict[str, Any] | None = None, **kw: Any) -> Session:
@@ -220,10 +220,11 @@ def test_delete_all_drops_every_nodes_cached_copy(nodes: Nodes) -> None:
     assert B.cache_stats().hits >= 5
     cache = sync_store(B)._cache
     assert all(cache.get(s.id) is not None for s in sessions)
+    barrier(A, B)  # B has applied everything A published so far
     before = B.coordinator.stats.received
     assert A.delete_all("henry", except_id=current.id) == 4
-    wait_until(lambda: B.coordinator.stats.received > before, 5, what="B to apply the deletions")
-    assert B.coordinator.stats.received == before + 1  # one message for the batch
+    barrier(A, B)  # ... and now everything delete_all published
+    assert B.coordinator.stats.received == before + 2  # one message for the batch, one marker
     assert all(cache.get(s.id) is None for s in sessions[1:])
     assert all(B.load(s.id) is None for s in sessions[1:])
     assert cache.get(current.id) is not None and B.load(current.id) is not None

@@ -1,0 +1,109 @@
+"""Log out everywhere on a real 3-master Redis Cluster, sync and asyncio.
+
+A principal's sessions live on every master; its index is one key (one slot), so every
+script touches that slot only, and the sessions are checked and deleted with pipelines
+of single-key commands that redis-py routes to each key's master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from redis.cluster import RedisCluster
+
+from fastsess import ClusterConfig, Session
+from fastsess._core.principals import BATCH, COVER, PRINCIPAL_KEY, index_key
+from fastsess.stores.base import new_session_id
+
+from ..support import RedisServer
+from .conftest import FAST, wait_until
+from .test_redis_cluster import owner, stores  # noqa: F401 - the fixture
+
+Stores = tuple[Any, Any, RedisCluster]
+
+
+def test_delete_all_across_every_master(stores: Stores) -> None:  # noqa: F811
+    A, B, raw = stores
+    sessions: list[Session] = []
+    masters: set[str] = set()
+    while len(sessions) < 12 or len(masters) < 3:
+        assert len(sessions) < 200
+        s = A.create({"i": len(sessions)})
+        A.bind(s, "user-7")
+        assert A.save(s)
+        sessions.append(s)
+        masters.add(owner(raw, A.prefix + s.id))
+    assert sorted(B.sessions_of("user-7")) == sorted(s.id for s in sessions)
+    for s in sessions:  # B caches every one
+        assert B.load(s.id) is not None and B.load(s.id) is not None
+    current = sessions[0]
+    A.regenerate(current)  # the index follows the new id, on whichever master it lands
+    assert B.load(current.id) is not None
+    cache = B._cache
+    assert A.delete_all("user-7", except_id=current.id) == len(sessions) - 1
+    # one message for every id on every master, published by the index key's master (messages
+    # from different masters are not ordered, so no barrier: wait for the evictions themselves)
+    wait_until(lambda: all(cache.get(s.id) is None for s in sessions[1:]), 5, what="B to drop its copies")
+    assert all(B.load(s.id) is None for s in sessions[1:])
+    assert B.sessions_of("user-7") == [current.id] and B.load(current.id) is not None
+
+
+def test_many_sessions_on_a_cluster_in_batches(stores: Stores) -> None:  # noqa: F811
+    A, _, raw = stores
+    n = 2 * BATCH + 500
+    key = index_key(A._keys, "busy")
+    pipe = raw.pipeline(transaction=False)  # seeded as bind + save would write them
+    for i in range(n):
+        s = Session(new_session_id(), {"i": i, PRINCIPAL_KEY: ["busy", "", 0]}, ttl=A.ttl, new=False)
+        pipe.set(A.prefix + s.id, A.serializer.encode(s), ex=A.ttl)
+        pipe.zadd(key, {s.id: time.time() + COVER * A.ttl})
+    pipe.execute()
+    assert len(A.sessions_of("busy")) == n
+    assert A.delete_all("busy") == n
+    assert A.sessions_of("busy") == [] and A.count() == 0
+    assert raw.exists(key) == 0  # the emptied index is gone with its last entry
+
+
+async def test_async_delete_all_on_the_cluster(cluster: list[RedisServer]) -> None:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    from fastsess.asyncio import ClusteredRedisStore as AsyncStore
+
+    channel, prefix = f"prc:{uuid.uuid4().hex[:8]}", f"prc{uuid.uuid4().hex[:6]}:"
+    clients = [AsyncRedisCluster(host="127.0.0.1", port=cluster[i].port) for i in (1, 2)]
+    made: list[Any] = []
+    try:
+        for name, client in zip("AB", clients):
+            config = ClusterConfig(node_id=f"p{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
+            store = AsyncStore(client=client, config=config, prefix=prefix)
+            made.append(store)
+            await client.initialize()
+            await store.start()
+            assert await store.coordinator.wait_subscribed(5)
+        A, B = made
+        sessions = []
+        for i in range(9):
+            s = A.create({"i": i})
+            await A.bind(s, "user-8")
+            assert await A.save(s)
+            sessions.append(s)
+        assert sorted(await B.sessions_of("user-8")) == sorted(s.id for s in sessions)
+        for s in sessions:
+            assert await B.load(s.id) is not None and await B.load(s.id) is not None
+        before = B.coordinator.stats.received
+        assert await A.delete_all("user-8") == 9
+        deadline = time.monotonic() + 5
+        while B.coordinator.stats.received <= before:
+            assert time.monotonic() < deadline, "B got no invalidation"
+            await asyncio.sleep(0.005)
+        assert all(B._cache.get(s.id) is None for s in sessions)
+        assert [await B.load(s.id) for s in sessions] == [None] * 9
+        assert await B.sessions_of("user-8") == []
+    finally:
+        for store in made:
+            await store.close()
+        for client in clients:
+            await client.aclose()
