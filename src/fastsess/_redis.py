@@ -328,7 +328,7 @@ class ClusteredStoreBase(RedisStoreBase):
             if cfg.enabled and cfg.local_cache_enabled
             else None
         )
-        self.coordinator: Any = self._coordinator_type(self.client, cfg, self._cache) if cfg.enabled else None
+        self.coordinator: Any = self._coordinator_type(self.client, cfg, self._cache, self._keys.prefix) if cfg.enabled else None
         policy = None if self._cache is None else CachePolicy(cfg, self._cache)
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,

@@ -14,6 +14,8 @@ variable                            field                           example
 ``FASTSESS_SUBSCRIBE_TIMEOUT``      ``subscribe_timeout``           ``1.0``
 ``FASTSESS_RECONNECT_BACKOFF``      ``reconnect_backoff``           ``0.05,5``
 ``FASTSESS_STALE_IF_ERROR``         ``stale_if_error``              ``false``
+``FASTSESS_TRACK_EXTERNAL_CHANGES`` ``track_external_changes``      ``true``
+``FASTSESS_SHARDED_PUBSUB``         ``sharded_pubsub``              ``true``
 =================================== =============================== ==================
 
 and ``FASTSESS_LOCAL_CACHE_MAX_BYTES`` / ``FASTSESS_LOCAL_CACHE_MAX_ITEM_BYTES``
@@ -35,6 +37,7 @@ ENV_PREFIX = "FASTSESS_"
 DEFAULT_LOCAL_CACHE_MAX_BYTES = 64 * 1024 * 1024  # serialized bytes of all cached sessions of a process
 DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES = 256 * 1024  # larger sessions are not cached locally
 
+_BOOLS = ("enabled", "local_cache_enabled", "stale_if_error", "track_external_changes", "sharded_pubsub")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -67,6 +70,16 @@ class ClusterConfig:
         reconnect_backoff: (first, max) delay in seconds between reconnection attempts.
         stale_if_error: serve a cached session when Redis fails, instead of raising
             ``StoreUnavailable`` (off by default: fail closed).
+        track_external_changes: also evict cached sessions changed by anything else
+            than fastsess (another tool's ``DEL``, expiry, eviction, ``FLUSHDB``): the
+            listener registers ``CLIENT TRACKING ... BCAST PREFIX <prefix>`` (Redis >= 6;
+            on Redis Cluster, Redis >= 7 with ``sharded_pubsub``).  Off by default: it
+            costs every listener one more message per write (see the README).
+        sharded_pubsub: on a Redis Cluster whose masters all run Redis >= 7, publish
+            invalidations with ``SPUBLISH`` on one shard channel per master
+            (``{t}<channel>``), so they are not copied to every cluster node; older
+            servers get ``PUBLISH``.  Every node of a deployment must use the same setting
+            (a node with it off misses the others' sharded messages).
 
     Raises:
         ConfigError: a field out of range or of the wrong type.
@@ -83,15 +96,19 @@ class ClusterConfig:
     subscribe_timeout: float = 1.0
     reconnect_backoff: tuple[float, float] = (0.05, 5.0)
     stale_if_error: bool = False
+    track_external_changes: bool = False
+    sharded_pubsub: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("enabled", "local_cache_enabled", "stale_if_error"):
+        for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
         for name in ("node_id", "channel"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value or len(value) > 200:
                 raise ConfigError(f"{name} must be a non-empty str of at most 200 characters, not {value!r}")
+        if self.channel.startswith("{"):
+            raise ConfigError(f"channel must not start with '{{' (reserved for shard channels), not {self.channel!r}")
         _positive("local_cache_ttl", self.local_cache_ttl)
         _positive("subscribe_timeout", self.subscribe_timeout)
         for name in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes"):
@@ -152,7 +169,7 @@ def _positive(name: str, value: Any) -> None:
 
 def _parse(variable: str, field: str, raw: str) -> Any:
     try:
-        if field in ("enabled", "local_cache_enabled", "stale_if_error"):
+        if field in _BOOLS:
             lowered = raw.lower()
             if lowered in _TRUE:
                 return True

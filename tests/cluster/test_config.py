@@ -23,6 +23,14 @@ def test_defaults_match_the_documented_ones() -> None:
     assert c.subscribe_timeout == 1.0
     assert c.reconnect_backoff == (0.05, 5.0)
     assert c.stale_if_error is False  # fail closed by default
+    assert c.track_external_changes is False and c.sharded_pubsub is True
+
+
+def test_a_channel_may_not_start_with_a_brace() -> None:
+    """A leading "{" marks a shard channel in the write scripts."""
+    with pytest.raises(ConfigError, match="shard channels"):
+        ClusterConfig(channel="{app}:inv")
+    assert ClusterConfig(channel="app:{x}").channel == "app:{x}"
 
 
 def test_node_id_is_a_fresh_uuid4_hex_per_instance() -> None:
@@ -106,6 +114,8 @@ FULL_ENV = {
     "FASTSESS_SUBSCRIBE_TIMEOUT": "0.25",
     "FASTSESS_RECONNECT_BACKOFF": "0.01, 2",
     "FASTSESS_STALE_IF_ERROR": "yes",
+    "FASTSESS_TRACK_EXTERNAL_CHANGES": "on",
+    "FASTSESS_SHARDED_PUBSUB": "off",
 }
 
 
@@ -124,6 +134,7 @@ def test_from_env_parses_every_variable() -> None:
         enabled=False, node_id="web-3", channel="myapp:invalidate", local_cache_enabled=False,
         local_cache_ttl=12.5, local_cache_max_size=10_000, local_cache_max_bytes=8 * 1024 * 1024,
         local_cache_max_item_bytes=65536, subscribe_timeout=0.25, reconnect_backoff=(0.01, 2.0), stale_if_error=True,
+        track_external_changes=True, sharded_pubsub=False,
     )
 
 
@@ -139,7 +150,8 @@ def test_from_env_empty_gives_defaults_with_a_fresh_node_id() -> None:
      ("0", False), ("false", False), ("No", False), ("off", False)],
 )
 def test_from_env_booleans(raw: str, expected: bool) -> None:
-    for variable, field in (("FASTSESS_CLUSTER_ENABLED", "enabled"), ("FASTSESS_LOCAL_CACHE_ENABLED", "local_cache_enabled"), ("FASTSESS_STALE_IF_ERROR", "stale_if_error")):
+    for variable, field in (("FASTSESS_CLUSTER_ENABLED", "enabled"), ("FASTSESS_LOCAL_CACHE_ENABLED", "local_cache_enabled"), ("FASTSESS_STALE_IF_ERROR", "stale_if_error"),
+                            ("FASTSESS_TRACK_EXTERNAL_CHANGES", "track_external_changes"), ("FASTSESS_SHARDED_PUBSUB", "sharded_pubsub")):
         assert getattr(ClusterConfig.from_env({variable: raw}), field) is expected
 
 

@@ -9,6 +9,7 @@ order::
     start(now)                              Connect
     subscribed(now)    (confirmation)       Flush, Serve        (resubscribed: Flush)
     message(data, now)                      Dispatch(data)
+    tracked(keys, now) (tracking notice)    Tracked(keys)
     reply(now)         (PONG, anything)     -
     idle(now)          (nothing to read)    Ping | error: Bypass, Flush, Reconnect(delay)
     error(exc, now)    (or unsubscribed)    Bypass, Flush, Reconnect(delay)
@@ -39,7 +40,9 @@ from typing import Any, NamedTuple, Protocol
 
 from ..config import ClusterConfig
 from .coherence import CoherentCache
-from .messages import CLEARED, DELETED, DELETED_MANY, decode_message, encode_message, new_instance_id
+from .messages import CLEARED, DELETED, DELETED_MANY, INVALIDATED, decode_message, encode_message, new_instance_id
+from .slots import ShardMap, key_slot
+from .tracking import TrackedChanges
 
 log = logging.getLogger("fastsess.cluster")
 
@@ -84,6 +87,14 @@ class Dispatch:
     data: Any
 
 
+@dataclass(slots=True)
+class Tracked:
+    """Apply this tracking notification (``CoordinatorBase.apply_tracked``): the changed
+    keys, or None after a flush of the database."""
+
+    data: Any
+
+
 @dataclass(frozen=True, slots=True)
 class Reconnect:
     """Close the connection, wait ``delay`` seconds (unless stopped), then report ``retry``."""
@@ -96,7 +107,7 @@ class Close:
     """Close the connection and end: the listener is stopped."""
 
 
-Action = Connect | Serve | Bypass | Flush | Ping | Dispatch | Reconnect | Close
+Action = Connect | Serve | Bypass | Flush | Ping | Dispatch | Tracked | Reconnect | Close
 
 CONNECT, SERVE, BYPASS, FLUSH, PING, CLOSE = Connect(), Serve(), Bypass(), Flush(), Ping(), Close()
 NOTHING: tuple[Action, ...] = ()
@@ -171,6 +182,11 @@ class ListenerMachine:
         """A message arrived on the channel."""
         self._last_seen, self._ping_sent = now, None
         return (Dispatch(data),)
+
+    def tracked(self, data: Any, now: float) -> tuple[Action, ...]:
+        """A tracking notification arrived (``track_external_changes``)."""
+        self._last_seen, self._ping_sent = now, None
+        return (Tracked(data),)
 
     def reply(self, now: float) -> tuple[Action, ...]:
         """Anything else arrived (a PONG): the connection is alive."""
@@ -284,8 +300,15 @@ class CoordinatorBase:
     machine's ``Serve``/``Bypass`` actions.
     """
 
-    def __init__(self, config: ClusterConfig, cache: CoherentCache | None, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, config: ClusterConfig, cache: CoherentCache | None, backoff: Backoff | None = None, prefix: str | None = None,
+    ) -> None:
         self.config = config
+        # track_external_changes: what tracking notifications mean for the cache (None: off).
+        self.tracking = TrackedChanges(prefix) if config.track_external_changes and prefix else None
+        # Sharded pub/sub: the shard channel of every slot, from the listener's last slot map.
+        self.shards: ShardMap | None = None
+        self.source = 0  # the listener connection the message being applied came from
         self.node_id = config.node_id
         self.channel = config.channel
         self.cache = cache
@@ -322,6 +345,38 @@ class CoordinatorBase:
             self._issued += 1
         return encode_message(kind, session_id, self.instance_id, version, expires_in, ids)
 
+    def channel_for(self, key: str) -> str:
+        """The channel a write script publishes the invalidation of ``key`` on: the shard
+        channel of its master (sharded pub/sub on Redis Cluster), else ``channel``."""
+        shards = self.shards
+        return self.channel if shards is None else shards.by_slot[key_slot(key.encode())]
+
+    def expect_write(self, session_id: str) -> None:
+        """About to create ``session_id`` (a first save, which publishes nothing): with
+        tracking, its notification is this node's own write, not a change to evict."""
+        if self.tracking is not None:
+            self.tracking.expect(session_id)
+
+    def apply_tracked(self, data: Any) -> None:
+        """Apply one tracking notification from listener connection ``source``: evict the
+        sessions changed by anyone but this node, or flush (``data`` None). Never raises."""
+        tracking = self.tracking
+        if tracking is None:
+            return
+        try:
+            evict = tracking.notified(self.source, data)
+        except Exception:  # noqa: BLE001 - a malformed notification must not kill the listener
+            log.debug("dropped a malformed tracking notification", exc_info=True)
+            return
+        cache = self.cache
+        if cache is None:
+            return
+        if evict is None:
+            cache.flush()
+            return
+        for session_id in evict:
+            cache.invalidate(session_id)
+
     def note_published(self, count: int = 1) -> None:
         """Count messages the store published on this coordinator's behalf."""
         with self._count_lock:
@@ -343,6 +398,8 @@ class CoordinatorBase:
         if msg["node"] == self.instance_id:
             if self._ignored_own < self._issued:
                 self._ignored_own += 1
+                if self.tracking is not None and msg["t"] == INVALIDATED:
+                    self.tracking.echoed(self.source, msg["id"])
                 if self.cache is not None:  # an invalidation after an unknown write outcome
                     if msg["t"] == DELETED_MANY:
                         for session_id in msg["ids"]:
@@ -379,6 +436,8 @@ class CoordinatorBase:
             kind = type(action)
             if kind is Dispatch:
                 self.handle_message(action.data)  # type: ignore[union-attr]
+            elif kind is Tracked:
+                self.apply_tracked(action.data)  # type: ignore[union-attr]
             elif kind is Flush:
                 if self.cache is not None:
                     self.cache.flush()

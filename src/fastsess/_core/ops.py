@@ -18,7 +18,8 @@ and fills, stale-if-error, the re-run of a move whose outcome is unknown, markin
 uncertain writes) live here, and the drivers only move bytes.
 
 With a ``CachePolicy`` and a ``Messages`` source (a ``ClusteredRedisStore``), writes
-run as Lua scripts that PUBLISH their invalidation in the same round trip, and reads
+run as Lua scripts that publish their invalidation in the same round trip (``PUBLISH``,
+or ``SPUBLISH`` on the key's shard channel: ``PUBLISH_LUA``), and reads
 fetch the key's remaining TTL with the value.
 """
 
@@ -63,6 +64,30 @@ def script(text: str) -> Script:
 Command = tuple[str, "Script | None", tuple[Any, ...]]
 
 
+# Prepended to every write script: ``publish(channel, message)``.  A channel starting with
+# "{" is a shard channel (sharded pub/sub on Redis Cluster, ``fastsess._core.slots``):
+# SPUBLISH, which reaches only the nodes of this shard; if this node does not serve the
+# channel's slot (the writer's slot map is out of date), the message goes out with PUBLISH
+# on the plain channel instead (every listener also subscribes that one), so the write
+# never lands without its invalidation.  Any other channel: PUBLISH.
+PUBLISH_LUA = """local function publish(channel, message)
+  if string.byte(channel, 1) == 123 then
+    local sent = redis.pcall('SPUBLISH', channel, message)
+    if type(sent) ~= 'table' then
+      return sent
+    end
+    channel = string.sub(channel, string.find(channel, '}', 1, true) + 1)
+  end
+  return redis.call('PUBLISH', channel, message)
+end
+"""
+
+
+def publish_script(text: str) -> Script:
+    """A write ``Script`` for ``text``, which may call ``publish(channel, message)``."""
+    return script(PUBLISH_LUA + text)
+
+
 def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Command:
     """An ``EVALSHA`` of ``lua`` over ``keys`` with ``args``."""
     return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
@@ -73,11 +98,11 @@ def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Co
 # a collision never loses the old session.  Idempotent: if the new key already holds
 # exactly this payload, this very move already ran (a retry after an unknown outcome, or
 # the first attempt landing late): 2, no effect.
-MOVE = script("""
+MOVE = publish_script("""
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
   if ARGV[3] then
-    redis.call('PUBLISH', ARGV[3], ARGV[4])
+    publish(ARGV[3], ARGV[4])
   end
   return 1
 end
@@ -88,9 +113,9 @@ return 0
 """)
 
 # KEYS[1]=key  ARGV: payload, ttl, channel, message.  SET XX: never resurrects a deleted session.
-SET_PUBLISH = script("""
+SET_PUBLISH = publish_script("""
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  publish(ARGV[3], ARGV[4])
   return 1
 end
 return 0
@@ -98,18 +123,18 @@ return 0
 
 # KEYS[1]=key  ARGV: channel, message.  Published even if the key was gone: a node may
 # still cache a copy of a session that expired in Redis.
-DELETE_PUBLISH = script("""
+DELETE_PUBLISH = publish_script("""
 local n = redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+publish(ARGV[1], ARGV[2])
 return n
 """)
 
 # KEYS[1]=key  ARGV: ttl, channel, message.  Other nodes drop their copy, whose local
 # expiry was computed from the old TTL.
-TOUCH_PUBLISH = script("""
+TOUCH_PUBLISH = publish_script("""
 local n = redis.call('EXPIRE', KEYS[1], ARGV[1])
 if n == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  publish(ARGV[2], ARGV[3])
 end
 return n
 """)
@@ -127,6 +152,10 @@ class Messages(Protocol):
     """Where a clustered store's invalidation messages come from (its coordinator)."""
 
     channel: str
+
+    def channel_for(self, key: str) -> str: ...
+
+    def expect_write(self, session_id: str) -> None: ...
 
     def message(
         self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
@@ -270,10 +299,11 @@ class StoreCore:
             token, started = policy.token(session.id), policy.clock()
         try:
             if nx:  # a brand-new id: no node can hold a copy, nothing to publish
+                messages.expect_write(session.id)
                 written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
             else:
                 message = messages.message(INVALIDATED, session.id, session.version)
-                written = bool((yield run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel, message)))
+                written = bool((yield run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel_for(key), message)))
                 if written:
                     messages.note_published()
         except BaseException:
@@ -293,9 +323,11 @@ class StoreCore:
         token = started = None
         if policy is not None:
             token, started = policy.token(session.id), policy.clock()
+        if messages is not None:
+            messages.expect_write(session.id)
         try:
             if not self.is_cluster:  # one script: atomic
-                publish = () if message is None else (messages.channel, message)  # type: ignore[union-attr]
+                publish = () if message is None else (messages.channel_for(old_key), message)  # type: ignore[union-attr]
                 moved = bool((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *publish)))
             else:
                 # Redis Cluster: the two keys live in different slots, so no script can span
@@ -308,7 +340,7 @@ class StoreCore:
                     if message is None:
                         yield ("regenerate", None, ("DEL", old_key))
                     else:
-                        yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel, message)  # type: ignore[union-attr]
+                        yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel_for(old_key), message)  # type: ignore[union-attr]
         except BaseException:
             if policy is not None:
                 policy.uncertain(old_id, session.id)
@@ -381,7 +413,7 @@ class StoreCore:
             return (yield ("DEL", None, ("DEL", key))) == 1
         try:
             message = messages.message(DELETED, session_id)
-            existed: bool = (yield run_script("DEL", DELETE_PUBLISH, (key,), messages.channel, message)) == 1
+            existed: bool = (yield run_script("DEL", DELETE_PUBLISH, (key,), messages.channel_for(key), message)) == 1
         except BaseException:
             if self.policy is not None:
                 self.policy.uncertain(session_id)  # the DEL may have landed, or may land later
@@ -403,7 +435,7 @@ class StoreCore:
             return bool((yield ("EXPIRE", None, ("EXPIRE", key, seconds))))
         try:
             message = messages.message(TOUCHED, session_id, expires_in=seconds)
-            touched: bool = (yield run_script("EXPIRE", TOUCH_PUBLISH, (key,), seconds, messages.channel, message)) == 1
+            touched: bool = (yield run_script("EXPIRE", TOUCH_PUBLISH, (key,), seconds, messages.channel_for(key), message)) == 1
         except BaseException:
             if self.policy is not None:
                 self.policy.uncertain(session_id)  # the EXPIRE may have landed, or may land later

@@ -29,10 +29,11 @@ class ClusterCoordinator(ThreadedCoordinator):
         client: a ``redis.asyncio.Redis`` / ``RedisCluster`` / Sentinel-managed client.
         config: the cluster settings.
         cache: the cache to keep coherent (None: count and publish only).
+        prefix: the store's key prefix (what ``track_external_changes`` tracks).
     """
 
-    def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
-        super().__init__(client, config, cache)
+    def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None, prefix: str | None = None) -> None:
+        super().__init__(client, config, cache, prefix)
 
     async def start(self, timeout: float | None = None) -> bool:
         """Start the listener thread and wait up to ``timeout`` seconds (None:

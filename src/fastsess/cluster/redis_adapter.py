@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import select
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +58,7 @@ def _listener_kwargs(kwargs: dict[str, Any], cls: type) -> dict[str, Any]:
     return out
 
 
-def listener_client(client: Any) -> tuple[Any, Any]:
+def listener_client(client: Any, own: bool = False) -> tuple[Any, Any]:
     """A sync client whose ``pubsub()`` the listener reads, and the client to close
     after (None when it is ``client`` itself).
 
@@ -65,7 +67,9 @@ def listener_client(client: Any) -> tuple[Any, Any]:
     pub/sub replies are plain lists: ``raw_reader``) and without redis-py retries
     (a drop must reach the listener, never be hidden by a silent reconnect).
     An asyncio ``RedisCluster`` or Sentinel-managed client gets a sync twin of it;
-    a sync ``RedisCluster`` or Sentinel-managed client is used as it is.
+    a sync ``RedisCluster`` or Sentinel-managed client is used as it is, unless ``own``
+    (the listener needs a RESP2 connection of its own: a sync Sentinel-managed client
+    gets a twin too, a custom connection class is refused).
 
     Raises:
         redis.RedisError: the twin could not be built (e.g. the cluster is down):
@@ -90,7 +94,7 @@ def listener_client(client: Any) -> tuple[Any, Any]:
         return client, None
     manager = getattr(pool, "sentinel_manager", None)
     if manager is not None:
-        if not is_async:
+        if not is_async and not own:
             return client, None
         from redis.sentinel import Sentinel
 
@@ -105,13 +109,13 @@ def listener_client(client: Any) -> tuple[Any, Any]:
         return twin, twin
     name = pool.connection_class.__name__
     if name not in _CONNECTION_CLASSES:
-        if is_async:
+        if is_async or own:
             raise redis.RedisError(f"cannot listen through a {pool.connection_class.__qualname__} connection")
         return client, None  # a custom sync connection class: use the client's own pool
     sync_class = pool.connection_class if not is_async else getattr(redis.connection, name)
     kwargs = _listener_kwargs(dict(pool.connection_kwargs), sync_class)
-    own = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=sync_class, **kwargs))
-    return own, own
+    single = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=sync_class, **kwargs))
+    return single, single
 
 
 def raw_reader(pubsub: Any) -> Callable[[float], Any] | None:
@@ -176,11 +180,13 @@ class Link:
 
     Until the subscription is confirmed it is read through ``get_message`` (which keeps
     redis-py's own subscription state); from ``listening()`` on, straight off the socket
-    when ``raw_reader`` can (RESP2), and ``fd`` is the socket to wait on with ``select``
-    (-1: none exposed, read with a blocking timeout instead).
+    when ``raw_reader`` can (RESP2), and ``fds`` holds the socket to wait on with ``select``
+    (empty: none exposed, read with a blocking timeout instead).  ``source`` is always 0
+    (one connection).
     """
 
-    __slots__ = ("fd", "made", "pubsub", "read")
+    __slots__ = ("fds", "made", "pubsub", "read")
+    source = 0
 
     def __init__(self, client: Any) -> None:
         """Raises:
@@ -189,7 +195,7 @@ class Link:
         listener, self.made = listener_client(client)
         self.pubsub: Any = listener.pubsub()
         self.read: Callable[[float], Any] | None = None
-        self.fd = -1
+        self.fds: list[int] = []
 
     def subscribe(self, channel: str) -> None:
         """Connect and send SUBSCRIBE (the confirmation arrives as an event).
@@ -203,7 +209,7 @@ class Link:
         """The subscription is confirmed: read raw RESP from now on, if possible."""
         self.read = raw_reader(self.pubsub)
         sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
-        self.fd = sock.fileno() if sock is not None else -1
+        self.fds = [sock.fileno()] if sock is not None else []
 
     def next_event(self, timeout: float) -> tuple[str, Any] | None:
         """The next reply as (type, payload), or None if nothing came within ``timeout`` seconds.
@@ -242,3 +248,285 @@ class Link:
         close_quietly(self.pubsub)
         if self.made is not None:
             close_quietly(self.made)
+
+
+# -- NodeLink: raw RESP2 connections, one per master ------------------------------------------
+
+TRACKING_CHANNEL = "__redis__:invalidate"
+SHARDED_PUBSUB_VERSION = (7, 0)
+TRACKING_VERSION = (6, 0)
+
+
+def _version(info: Any) -> tuple[int, ...]:
+    """``redis_version`` of an ``INFO server`` reply (RESP2 bulk string), as a tuple of ints."""
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("redis_version:"):
+            parts = line.split(":", 1)[1].strip().split(".")
+            return tuple(int(p) for p in parts if p.isdigit())
+    return (0,)
+
+
+def _reader(connection: Any) -> Callable[[float], Any]:
+    """Read one raw RESP2 reply off ``connection`` within ``timeout`` seconds (None: nothing)."""
+    read_response = connection.read_response
+    params = inspect.signature(read_response).parameters
+    if "timeout" in params:
+        def read(timeout: float) -> Any:
+            try:
+                return read_response(timeout=timeout, disconnect_on_error=False)
+            except redis.TimeoutError:
+                return None
+        return read
+    can_read = connection.can_read
+
+    def read_old(timeout: float) -> Any:
+        if not can_read(timeout=timeout):
+            return None
+        return read_response(disconnect_on_error=False)
+    return read_old
+
+
+def _cluster_settings(client: Any) -> tuple[list[tuple[str, int]], type, dict[str, Any]]:
+    """The known node addresses of a (sync or asyncio) ``RedisCluster``, and the connection
+    class and keyword arguments (RESP2, no retries) for the listener's own connections."""
+    manager = client.nodes_manager
+    nodes = {**getattr(manager, "startup_nodes", {}), **getattr(manager, "nodes_cache", {})}
+    primaries = [n for n in nodes.values() if getattr(n, "server_type", None) == "primary"]
+    others = [n for n in nodes.values() if getattr(n, "server_type", None) != "primary"]
+    addresses = list(dict.fromkeys((n.host, int(n.port)) for n in primaries + others))
+    raw = dict(client.connection_kwargs if is_asyncio_client(client) else manager.connection_kwargs)
+    cls = raw.pop("connection_class", None)
+    name = getattr(cls, "__name__", "Connection")
+    sync_class = getattr(redis.connection, name if name in _CONNECTION_CLASSES else "Connection")
+    if raw.get("ssl") and name == "Connection":
+        sync_class = redis.connection.SSLConnection
+    kwargs = _listener_kwargs(raw, sync_class)
+    for key in ("host", "port"):
+        kwargs.pop(key, None)
+    return addresses, sync_class, kwargs
+
+
+class NodeLink:
+    """The listener's connections when it tracks changes or uses sharded pub/sub: one raw
+    RESP2 connection per master (one in all for a standalone or Sentinel-managed server).
+
+    On each connection, before subscribing: with ``tracking``, ``CLIENT TRACKING on
+    REDIRECT <its own id> BCAST PREFIX <prefix>`` (the server tells this very connection
+    about every change of a key under the prefix, on ``__redis__:invalidate``).  Then:
+    on a Redis Cluster whose masters all run Redis >= 7 (and ``sharded``), ``SSUBSCRIBE``
+    to that master's shard channel; the plain channel is subscribed on the first
+    connection only (``cleared`` messages, writers that fell back to ``PUBLISH``, nodes
+    configured without sharding).
+
+    Events (``next_event``): ``("subscribe", None)`` once every subscription is
+    confirmed, ``("message", payload)``, ``("tracked", keys or None)``,
+    ``("unsubscribe", None)``, ``("reply", None)``; ``source`` is the index of the
+    connection the last event came from.  A connection silent for ``idle_timeout``
+    seconds is PINGed on its own; one that then stays silent as long again fails the link.
+
+    Raises (constructor and ``subscribe``):
+        redis.RedisError / OSError: a connection failed, or the server cannot do what is asked.
+    """
+
+    def __init__(self, client: Any, channel: str, *, prefix: str, tracking: bool, sharded: bool, idle_timeout: float) -> None:
+        self.client = client
+        self.channel = channel
+        self.prefix = prefix
+        self.tracking = tracking
+        self.want_sharded = sharded
+        self.idle_timeout = idle_timeout
+        self.connections: list[Any] = []
+        self.readers: list[Callable[[float], Any]] = []
+        self.fds: list[int] = []
+        self.source = 0
+        self.shards: Any = None  # a ShardMap when sharded pub/sub is used
+        self.sharded = False
+        self.versions: list[tuple[int, ...]] = []
+        self._made: Any = None
+        self._pending = 0  # subscription confirmations still to come
+        self._last: list[float] = []
+        self._pinged: list[float | None] = []
+        self._next = 0
+
+    # -- connecting -------------------------------------------------------------------
+
+    def _command(self, connection: Any, *args: Any) -> Any:
+        connection.send_command(*args)
+        return connection.read_response()
+
+    def _open_cluster(self) -> list[Any]:
+        """Connections to every master of the cluster, from a fresh CLUSTER SLOTS."""
+        from .._core.slots import ShardMap
+
+        addresses, cls, kwargs = _cluster_settings(self.client)
+        slots_reply, last_error = None, None
+        for host, port in addresses:
+            probe = cls(host=host, port=port, **kwargs)
+            try:
+                slots_reply = self._command(probe, "CLUSTER", "SLOTS")
+                break
+            except (redis.RedisError, OSError) as exc:
+                last_error = exc
+            finally:
+                probe.disconnect()
+        if not slots_reply:
+            raise redis.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {last_error}")
+        masters: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for entry in slots_reply:
+            first, last, master = int(entry[0]), int(entry[1]), entry[2]
+            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            masters.setdefault((host, int(master[1])), []).append((first, last))
+        order = sorted(masters)
+        connections = []
+        for host, port in order:
+            connection = cls(host=host, port=port, **kwargs)
+            connections.append(connection)
+        self.connections = connections
+        for connection in connections:
+            connection.connect()
+            self.versions.append(_version(self._command(connection, "INFO", "server")))
+        self.sharded = self.want_sharded and all(v >= SHARDED_PUBSUB_VERSION for v in self.versions)
+        if self.tracking and not self.sharded:
+            raise redis.RedisError(
+                "track_external_changes on Redis Cluster needs sharded pub/sub (Redis >= 7 on every master, "
+                "sharded_pubsub=True)"
+            )
+        self.shards = ShardMap(self.channel, [masters[a] for a in order]) if self.sharded else None
+        return connections
+
+    def _open_single(self) -> list[Any]:
+        listener, self._made = listener_client(self.client, own=True)
+        connection = listener.connection_pool.get_connection()
+        self.connections = [connection]
+        return [connection]
+
+    def subscribe(self, channel: str) -> None:
+        """Connect to every master, register tracking, send the subscriptions (their
+        confirmations arrive as events).
+
+        Raises:
+            redis.RedisError / OSError: a connection or a command failed.
+        """
+        is_cluster = hasattr(self.client, "nodes_manager")
+        connections = self._open_cluster() if is_cluster else self._open_single()
+        now = time.monotonic()
+        for i, connection in enumerate(connections):
+            if not is_cluster:
+                connection.connect()
+            if self.tracking:
+                client_id = self._command(connection, "CLIENT", "ID")
+                try:
+                    self._command(connection, "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
+                except redis.ResponseError as exc:
+                    raise redis.ResponseError(f"track_external_changes needs CLIENT TRACKING (Redis >= 6): {exc}") from exc
+            plain = [channel] if i == 0 else []
+            if self.tracking:
+                plain.append(TRACKING_CHANNEL)
+            if plain:
+                connection.send_command("SUBSCRIBE", *plain)
+                self._pending += len(plain)
+            if self.sharded:
+                connection.send_command("SSUBSCRIBE", self.shards.channels[i])
+                self._pending += 1
+            self.readers.append(_reader(connection))
+            sock = getattr(connection, "_sock", None)
+            if sock is not None:
+                self.fds.append(sock.fileno())
+            self._last.append(now)
+            self._pinged.append(None)
+
+    def listening(self) -> None:
+        """Nothing to switch: replies are read raw from the start."""
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _check_alive(self, now: float) -> None:
+        for i, connection in enumerate(self.connections):
+            pinged = self._pinged[i]
+            if pinged is not None:
+                if now - pinged >= self.idle_timeout:
+                    raise redis.ConnectionError(f"no PONG within {self.idle_timeout:g} s from {connection.host}:{connection.port}")
+            elif now - self._last[i] >= self.idle_timeout:
+                connection.send_command("PING")
+                self._pinged[i] = now
+
+    def next_event(self, timeout: float) -> tuple[str, Any] | None:
+        """The next reply of any connection as (type, payload), or None if nothing came
+        within ``timeout`` seconds; ``source`` says which connection it came from.
+
+        Raises:
+            redis.RedisError / OSError: a connection failed (or stayed silent after a PING).
+        """
+        readers = self.readers
+        count = len(readers)
+        now = time.monotonic()
+        self._check_alive(now)
+        deadline = now + timeout
+        while True:
+            start = self._next
+            for step in range(count):
+                i = (start + step) % count
+                reply = readers[i](0)
+                if reply is not None:
+                    self._next = (i + 1) % count
+                    self.source = i
+                    self._last[i], self._pinged[i] = time.monotonic(), None
+                    return self._event(reply)
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.fds:
+                return None
+            if not select.select(self.fds, [], [], left)[0]:
+                return None
+
+    def _event(self, reply: Any) -> tuple[str, Any]:
+        kind = reply[0]
+        if kind in (b"message", b"smessage"):
+            if kind == b"message" and reply[1] == b"__redis__:invalidate":
+                return ("tracked", reply[2])
+            return ("message", reply[2])
+        if kind in (b"subscribe", b"ssubscribe"):
+            self._pending -= 1
+            return ("subscribe", None) if self._pending == 0 else ("reply", None)
+        if kind in (b"unsubscribe", b"sunsubscribe"):
+            return ("unsubscribe", None)
+        return ("reply", None)
+
+    def ping(self) -> None:
+        """PING every connection that has no PING outstanding (the PONGs arrive as events).
+
+        Raises:
+            redis.RedisError / OSError: a connection failed.
+        """
+        now = time.monotonic()
+        for i, connection in enumerate(self.connections):
+            if self._pinged[i] is None:
+                connection.send_command("PING")
+                self._pinged[i] = now
+
+    def shutdown(self) -> None:
+        """Shut every socket down, so a blocking read returns at once."""
+        for connection in self.connections:
+            sock = getattr(connection, "_sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Close every connection (never returned to a pool) and the client made for them; never raises."""
+        for connection in self.connections:
+            close_quietly(_Disconnect(connection))
+        if self._made is not None:
+            close_quietly(self._made)
+
+
+class _Disconnect:
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def close(self) -> None:
+        self.connection.disconnect()

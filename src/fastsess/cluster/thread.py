@@ -18,9 +18,9 @@ from typing import Any
 from redis.backoff import EqualJitterBackoff
 
 from .._core.coherence import CoherentCache
-from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Serve
+from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Serve, Tracked
 from ..config import ClusterConfig
-from .redis_adapter import Link, is_asyncio_client
+from .redis_adapter import Link, NodeLink, is_asyncio_client
 from .registry import register
 
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
@@ -38,19 +38,20 @@ class ThreadedCoordinator(CoordinatorBase):
     its connection as events and carries out the actions it gets back.
     """
 
-    def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None) -> None:
+    def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None, prefix: str | None = None) -> None:
         first, cap = config.reconnect_backoff
         # With jitter: nodes that lose Redis together do not all retry (and flush) together.
-        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first))
+        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first), prefix)
+        self.prefix = prefix
         self.client = client
         self._pid = os.getpid()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._link: Link | None = None  # the listener's current connection, for stop() to wake it
-        # The listener's socket while it waits for input (-1: none), and whether it is
+        self._link: Link | NodeLink | None = None  # the listener's current connection(s), for stop() to wake it
+        # The listener's sockets while it waits for input (empty: none), and whether it is
         # waiting there (False from the moment it has input until it waits again).
-        self._fd = -1
+        self._fds: list[int] = []
         self._waiting = True
         register(self)
 
@@ -103,7 +104,7 @@ class ThreadedCoordinator(CoordinatorBase):
     def _run(self, stop: threading.Event) -> None:
         machine = self.machine
         actions: Sequence[Action] = machine.start(time.monotonic())
-        link: Link | None = None
+        link: Link | NodeLink | None = None
         try:
             while not stop.is_set():
                 try:
@@ -118,7 +119,7 @@ class ThreadedCoordinator(CoordinatorBase):
                         break  # woken by stop(): not a connection problem
                     actions = machine.error(exc, time.monotonic())
         finally:
-            self._fd, self._waiting = -1, True
+            self._fds, self._waiting = [], True
             if self._link is link:
                 self._link = None
             if link is not None:
@@ -127,7 +128,21 @@ class ThreadedCoordinator(CoordinatorBase):
                 self.apply(machine.stop())
                 self._ready.clear()
 
-    def _carry_out(self, actions: Sequence[Action], link: Link | None, stop: threading.Event) -> tuple[Link | None, Sequence[Action]]:
+    def _new_link(self) -> Link | NodeLink:
+        """The listener's connection(s): a ``NodeLink`` (raw, one connection per master) for
+        tracking and for a Redis Cluster with sharded pub/sub, else a ``Link``."""
+        config = self.config
+        tracking = self.tracking is not None
+        if tracking or (config.sharded_pubsub and hasattr(self.client, "nodes_manager")):
+            if self.tracking is not None:
+                self.tracking.reset()
+            return NodeLink(
+                self.client, self.channel, prefix=self.prefix or "", tracking=tracking,
+                sharded=config.sharded_pubsub, idle_timeout=config.subscribe_timeout,
+            )
+        return Link(self.client)
+
+    def _carry_out(self, actions: Sequence[Action], link: Link | NodeLink | None, stop: threading.Event) -> tuple[Link | NodeLink | None, Sequence[Action]]:
         """Do ``actions`` in order; returns the connection and the actions of the events
         they caused (empty: go and read).
 
@@ -138,8 +153,10 @@ class ThreadedCoordinator(CoordinatorBase):
             kind = type(action)
             if kind is Dispatch:
                 self.handle_message(action.data)  # type: ignore[union-attr]
+            elif kind is Tracked:
+                self.apply_tracked(action.data)  # type: ignore[union-attr]
             elif kind is Connect:
-                link = self._link = Link(self.client)
+                link = self._link = self._new_link()
                 if stop.is_set():
                     break
                 try:
@@ -169,7 +186,7 @@ class ThreadedCoordinator(CoordinatorBase):
                 self.apply((action,))
         return link, ()
 
-    def _next_event(self, link: Link) -> Sequence[Action]:
+    def _next_event(self, link: Link | NodeLink) -> Sequence[Action]:
         """Wait for the next reply on ``link`` (at most until the machine's next timeout)
         and report it.
 
@@ -178,14 +195,14 @@ class ThreadedCoordinator(CoordinatorBase):
         """
         machine = self.machine
         wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
-        fd = link.fd
-        if fd >= 0:
+        fds = link.fds
+        if fds:
             # Take what is already there without blocking; wait for more with select,
             # which leaves it unread in the socket: yield_to_listener sees it there.
             event = link.next_event(0)
             if event is None:
-                self._fd, self._waiting = fd, True
-                ready = select.select([fd], [], [], wait)[0]
+                self._fds, self._waiting = fds, True
+                ready = select.select(fds, [], [], wait)[0]
                 self._waiting = False
                 if ready:
                     event = link.next_event(0)
@@ -195,10 +212,15 @@ class ThreadedCoordinator(CoordinatorBase):
         if event is None:
             return machine.idle(now)
         kind, data = event
+        self.source = link.source
         if kind == "message":
             return machine.message(data, now)
+        if kind == "tracked":
+            return machine.tracked(data, now)
         if kind == "subscribe":
             link.listening()
+            if isinstance(link, NodeLink):
+                self.shards = link.shards
             return machine.subscribed(now)
         if kind == "unsubscribe":
             return machine.unsubscribed(now)
@@ -217,11 +239,11 @@ class ThreadedCoordinator(CoordinatorBase):
         the GIL) or input is waiting on its socket, sleep ``LISTENER_YIELD`` seconds.
         """
         if self._waiting:
-            fd = self._fd
-            if fd < 0:
+            fds = self._fds
+            if not fds:
                 return
             try:
-                if not select.select([fd], [], [], 0)[0]:
+                if not select.select(fds, [], [], 0)[0]:
                     return
             except (OSError, ValueError):  # closed under us: the listener reconnects
                 return
@@ -239,6 +261,7 @@ class ClusterCoordinator(ThreadedCoordinator):
             (see ``listener_client``).
         config: the cluster settings.
         cache: the cache to keep coherent (None: count and publish only).
+        prefix: the store's key prefix (what ``track_external_changes`` tracks).
 
     ``start()`` launches the daemon thread ``fastsess-listener-<node>`` and waits up
     to ``subscribe_timeout`` for the first subscription; ``stop()`` ends it.
