@@ -162,6 +162,105 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #include <string.h>
+    /* LocalCache's hit index: an open-addressing table (linear probing) from key to a
+       copy of what a hit needs -- the value, the expiry and the CLOCK visited bit --
+       so that a hit reads one slot instead of a dict entry and then a node.  The
+       dict and the nodes stay the owners (the slot's pointers are borrowed); the
+       index is kept in step by every structure update and holds exactly the
+       cache's nodes with exact str/int/bytes keys, whose comparison runs no Python
+       code.  32 bytes a slot; a removed slot becomes a tombstone until the next
+       rebuild. */
+    typedef struct {
+        Py_hash_t hash;      /* the key's hash, except bit 0: the entry's visited bit */
+        PyObject* key;       /* NULL: empty; FASTSESS_TOMB: removed */
+        PyObject* value;
+        double expires;
+    } fastsess_slot;
+    static char fastsess_tomb_mark;
+    #define FASTSESS_TOMB ((PyObject*)&fastsess_tomb_mark)
+
+    static inline size_t fastsess_pos(Py_hash_t h, int shift) {
+        /* Fibonacci hashing of the hash without bit 0 (bit 0 of a slot's hash is the visited bit) */
+        return (size_t)((((unsigned long long)h | 1ULL) * 0x9E3779B97F4A7C15ULL) >> shift);
+    }
+
+    /* Equality of two exact str/int/bytes objects, in C (what their __eq__ does). */
+    static inline int fastsess_safe_eq(PyObject* a, PyObject* b) {
+        PyTypeObject* t = Py_TYPE(a);
+        Py_ssize_t n;
+        if (t != Py_TYPE(b)) return 0;
+        if (t == &PyUnicode_Type) {
+            n = PyUnicode_GET_LENGTH(a);
+            if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b)) return 0;
+            return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+        }
+        if (t == &PyBytes_Type) {
+            n = PyBytes_GET_SIZE(a);
+            return n == PyBytes_GET_SIZE(b) && memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)n) == 0;
+        }
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;  /* exact ints: never fails */
+    }
+
+    /* The slot whose key equals ``key`` (an exact str/int/bytes hashing to ``h``), or NULL. */
+    static inline fastsess_slot* fastsess_index_find(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) {
+        size_t i = fastsess_pos(h, shift);
+        for (;;) {
+            fastsess_slot* sl = t + i;
+            PyObject* k = sl->key;
+            if (k == key) return sl;
+            if (k == NULL) return NULL;
+            if (((sl->hash ^ h) & ~(Py_hash_t)1) == 0 && k != FASTSESS_TOMB && fastsess_safe_eq(k, key)) return sl;
+            i = (i + 1) & mask;
+        }
+    }
+
+    /* The slot holding this very key object (a node's own key), or NULL: pointer comparisons only. */
+    static inline fastsess_slot* fastsess_index_find_same(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) {
+        size_t i = fastsess_pos(h, shift);
+        for (;;) {
+            fastsess_slot* sl = t + i;
+            if (sl->key == key) return sl;
+            if (sl->key == NULL) return NULL;
+            i = (i + 1) & mask;
+        }
+    }
+
+    /* The first empty or removed slot of ``h``'s probe sequence (the key is known to be absent). */
+    static inline fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) {
+        size_t i = fastsess_pos(h, shift);
+        while (t[i].key != NULL && t[i].key != FASTSESS_TOMB) i = (i + 1) & mask;
+        return t + i;
+    }
+
+    /* A new table of 2**bits slots holding the live slots of ``old`` (``old_cap`` slots; may be NULL).
+       NULL on failure (nothing changed). */
+    static fastsess_slot* fastsess_index_rebuilt(fastsess_slot* old, size_t old_cap, int bits) {
+        size_t cap = (size_t)1 << bits, mask = cap - 1, j;
+        int shift = 64 - bits;
+        fastsess_slot* t = (fastsess_slot*)PyMem_Calloc(cap, sizeof(fastsess_slot));
+        if (t == NULL) return NULL;
+        for (j = 0; j < old_cap; j++) {
+            if (old[j].key != NULL && old[j].key != FASTSESS_TOMB) {
+                *fastsess_index_free_slot(t, mask, shift, old[j].hash) = old[j];
+            }
+        }
+        return t;
+    }
+    """
+    ctypedef struct fastsess_slot:
+        Py_hash_t hash
+        PyObject* key
+        PyObject* value
+        double expires
+    PyObject* FASTSESS_TOMB
+    fastsess_slot* fastsess_index_find(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
+    fastsess_slot* fastsess_index_find_same(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
+    fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) noexcept
+    fastsess_slot* fastsess_index_rebuilt(fastsess_slot* old, size_t old_cap, int bits) noexcept
+
+cdef extern from *:
+    """
     /* LocalCache.get as a METH_FASTCALL C method: dict.get-like argument handling
        without the generic keyword parser on the hit path. */
     typedef PyObject* (*fastsess_get_fn)(PyObject* self, PyObject* key, PyObject* dflt);
@@ -266,7 +365,7 @@ cdef class _Node:
     # cache line for most nodes.  96 bytes + the GC header: 112 per node.
     cdef object value
     cdef double expires
-    cdef char visited          # CLOCK: read since it was inserted or last given its second chance
+    cdef char visited          # CLOCK: read since inserted or given its second chance (indexed nodes: the slot's bit)
     cdef char safe             # _safe_key(key)
     cdef int heap_index        # position in the heap, -1 when not in it
     cdef object key
@@ -415,6 +514,12 @@ cdef class _Core:
     cdef Py_ssize_t _unsafe   # linked nodes whose key is not _safe_key
     cdef Py_ssize_t _cap
     cdef bint _second_chance  # LocalCache: CLOCK eviction instead of exact LRU
+    cdef bint _indexed        # LocalCache: nodes with exact str/int/bytes keys are in the hit index
+    cdef fastsess_slot* _index  # the hit index (NULL until the first such node)
+    cdef size_t _index_mask   # slots - 1 (slots: a power of two)
+    cdef int _index_bits      # log2(slots)
+    cdef Py_ssize_t _index_used
+    cdef Py_ssize_t _index_tombs
     cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
     cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
     cdef object _omax         # maxsize as given
@@ -440,6 +545,8 @@ cdef class _Core:
     def __dealloc__(self):
         PyMem_Free(self._heap)
         self._heap = NULL
+        PyMem_Free(self._index)
+        self._index = NULL
         PyMem_Free(self._stripe_mem)
         self._stripe_mem = NULL
         self._stripes = NULL
@@ -494,6 +601,7 @@ cdef class _Core:
     cdef void _reset_links(self) noexcept:
         _reset_root(self._root)
         _reset_root(self._xroot)
+        self._index_drop()
         self._heap_len = 0
         self._count = PyDict_GET_SIZE(self._map)
         self._unsafe = self._count  # unknown keys: take the lock until the cache is cleared
@@ -512,6 +620,100 @@ cdef class _Core:
         if type(t) is float:
             return <double>t
         return timer_seconds(t)
+
+    # -- the hit index (LocalCache); the caller is inside _enter/_leave -----------------
+
+    @cython.final
+    cdef void _index_drop(self) noexcept:
+        """Forget the index (the nodes it described are gone or unlinked)."""
+        PyMem_Free(self._index)
+        self._index = NULL
+        self._index_mask = 0
+        self._index_bits = 0
+        self._index_used = self._index_tombs = 0
+
+    @cython.final
+    cdef int _index_reserve(self) except -1:
+        """Make room for one more slot (before the structure is touched: may raise MemoryError)."""
+        cdef int bits
+        cdef fastsess_slot* grown
+        if not self._indexed:
+            return 0
+        if self._index is not NULL and (self._index_used + self._index_tombs + 1) * 10 <= <Py_ssize_t>(self._index_mask + 1) * 7:
+            return 0
+        bits = 3  # at least 8 slots; at most 40% full after a rebuild
+        while (<Py_ssize_t>1 << bits) * 4 < (self._index_used + 1) * 10:
+            bits += 1
+        if bits > 40:
+            raise MemoryError()
+        grown = fastsess_index_rebuilt(self._index, 0 if self._index is NULL else self._index_mask + 1, bits)
+        if grown is NULL:
+            raise MemoryError()
+        PyMem_Free(self._index)
+        self._index = grown
+        self._index_bits = bits
+        self._index_mask = (<size_t>1 << bits) - 1
+        self._index_tombs = 0
+        return 0
+
+    @cython.final
+    cdef inline fastsess_slot* _slot_of(self, _Node node) noexcept:
+        """The index slot of a linked node, or NULL if it is not indexed."""
+        if self._index is NULL or not node.safe:
+            return NULL
+        return fastsess_index_find_same(self._index, self._index_mask, 64 - self._index_bits, <PyObject*>node.key, node.hash)
+
+    @cython.final
+    cdef void _index_add(self, _Node node) noexcept:
+        # the caller reserved the slot
+        cdef fastsess_slot* sl = fastsess_index_free_slot(self._index, self._index_mask, 64 - self._index_bits, node.hash)
+        if sl.key == FASTSESS_TOMB:
+            self._index_tombs -= 1
+        sl.hash = node.hash & ~(<Py_hash_t>1)  # not visited
+        sl.key = <PyObject*>node.key
+        sl.value = <PyObject*>node.value
+        sl.expires = node.expires
+        self._index_used += 1
+
+    @cython.final
+    cdef void _index_remove(self, _Node node) noexcept:
+        cdef fastsess_slot* sl = self._slot_of(node)
+        if sl is not NULL:
+            sl.key = FASTSESS_TOMB
+            sl.value = NULL
+            self._index_used -= 1
+            self._index_tombs += 1
+
+    @cython.final
+    cdef void _index_sync(self, _Node node) noexcept:
+        """Copy a node's value and expiry into its slot after an update."""
+        cdef fastsess_slot* sl = self._slot_of(node)
+        if sl is not NULL:
+            sl.value = <PyObject*>node.value
+            sl.expires = node.expires
+
+    @cython.final
+    cdef inline void _mark(self, _Node node) noexcept:
+        """CLOCK: mark ``node`` visited (in its slot if it has one), writing only if it was not."""
+        cdef fastsess_slot* sl = self._slot_of(node)
+        if sl is not NULL:
+            if not (sl.hash & 1):
+                sl.hash |= 1
+        elif not node.visited:
+            node.visited = True
+
+    @cython.final
+    cdef inline bint _take_mark(self, _Node node) noexcept:
+        """CLOCK: was ``node`` visited?  Clears the mark."""
+        cdef fastsess_slot* sl = self._slot_of(node)
+        cdef bint marked
+        if sl is not NULL:
+            marked = sl.hash & 1
+            sl.hash &= ~(<Py_hash_t>1)
+            return marked
+        marked = node.visited
+        node.visited = False
+        return marked
 
     # -- heap on a C array of borrowed pointers ------------------------------------------
 
@@ -604,6 +806,8 @@ cdef class _Core:
             self._osum = self._osum + node.size  # exact int or float: no user code, no overflow
         if not node.safe:
             self._unsafe += 1
+        elif self._indexed:
+            self._index_add(node)  # after the expiry lists, which may round its expiry up
 
     @cython.final
     cdef int _detach(self, _Node node, PyObject** chain) except -1:
@@ -614,6 +818,7 @@ cdef class _Core:
         except BaseException:
             Py_DECREF(node)
             raise
+        self._index_remove(node)
         _unlink(node)
         _x_unlink(node)
         self._heap_remove(node)
@@ -689,11 +894,10 @@ cdef class _Core:
             if self._root.next == root:
                 return 0  # nothing to evict
             victim = <_Node>self._root.next
-            if victim is keep or victim.visited:
+            if self._take_mark(victim) or victim is keep:
                 if victim is keep and victim.next == root:
                     return 0  # nothing else to evict
-                victim.visited = False  # its second chance
-                _unlink(victim)
+                _unlink(victim)  # its second chance
                 _append(self._root, victim)
                 continue
             self._detach(victim, chain)
@@ -732,8 +936,7 @@ cdef class _Core:
             self._count_lookup(False)
             return None
         if self._second_chance:
-            if not node.visited:  # written once, not on every hit: the line stays shared
-                node.visited = True
+            self._mark(node)  # written once, not on every hit: the line stays shared
         elif node.next != <PyObject*>self._root:
             _unlink(node)
             _append(self._root, node)
@@ -757,6 +960,7 @@ cdef class _Core:
             self._evict_for(fresh.size, None, chain)
             if self._timed and not fifo:
                 self._heap_reserve()
+            self._index_reserve()
             # SetDefault, not SetItem: a key whose __eq__ changed its mind since the
             # lookup finds the existing node here instead of replacing (freeing) it.
             p = PyDict_SetDefault(self._map, fresh.key, fresh)
@@ -767,7 +971,7 @@ cdef class _Core:
         # Update in place: make room first (never evicting the node itself), so a
         # failure leaves the old value and currsize <= maxsize.
         if self._second_chance:
-            node.visited = True
+            self._mark(node)
         elif node.next != <PyObject*>self._root:
             _unlink(node)
             _append(self._root, node)
@@ -792,6 +996,7 @@ cdef class _Core:
                     self._heap_sift_down(node.heap_index)
                 else:
                     self._heap_push(node)
+        self._index_sync(node)
         return old
 
     @cython.final
@@ -1542,19 +1747,23 @@ cdef object _local_get(object cache, object key, object default):
     """``LocalCache.get``: the hit path inlined, everything else through ``_Core._get``."""
     cdef LocalCache self = <LocalCache>cache
     cdef double now = self._now()
-    cdef PyObject* p
+    cdef fastsess_slot* sl = NULL
+    cdef Py_hash_t h
     if self._lock_free(key) and PyDict_GET_SIZE(self._map) == self._count:
-        # An exact str/int/bytes key on a GIL build: the lookup runs no Python code,
-        # and a hit reads the node and sets one flag in it.
-        p = PyDict_GetItemWithError(self._map, key)
-        if p is NULL:
+        # An exact str/int/bytes key on a GIL build, and only such keys in the cache:
+        # nothing here runs Python code.  Every node is in the index, so a hit reads
+        # one slot (and sets its visited bit, once) and a miss ends at an empty slot.
+        if self._index is not NULL:
+            h = PyObject_Hash(key)
+            sl = fastsess_index_find(self._index, self._index_mask, 64 - self._index_bits, <PyObject*>key, h)
+        if sl is NULL:
             self._count_lookup(False)
             return default
-        if now < (<_Node>p).expires:
-            if not (<_Node>p).visited:  # written once, not on every hit
-                (<_Node>p).visited = True
+        if now < sl.expires:
+            if not (sl.hash & 1):  # written once, not on every hit
+                sl.hash |= 1
             self._count_lookup(True)
-            return (<_Node>p).value
+            return <object>sl.value
     return self._get(key, default, now)
 
 
@@ -1579,6 +1788,7 @@ cdef class LocalCache(_Core):
 
     def __cinit__(self, *args, **kwargs):
         self._second_chance = True
+        self._indexed = True
         self._stripe_mem = fastsess_stripes_alloc(&self._stripes)
         if self._stripe_mem is NULL:
             raise MemoryError()
