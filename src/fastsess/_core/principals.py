@@ -118,6 +118,17 @@ def check_principal(principal: Any) -> str:
     return principal
 
 
+def principal_mark(principal: str) -> list[Any]:
+    """The value to store under ``PRINCIPAL_KEY`` in a session's data so that its next save
+    indexes it under ``principal`` (whatever id it is then written under).  For framework
+    sessions, whose fastsess ``Session`` is built at response time.
+
+    Raises:
+        TypeError, ValueError: an invalid principal (see ``check_principal``).
+    """
+    return [check_principal(principal), "", 0]
+
+
 def index_key(keys: KeySpace, principal: str) -> str:
     """The Redis key of ``principal``'s index (``principal`` already checked)."""
     return keys.prefix + "principal:" + hashlib.sha256(principal.encode()).hexdigest()

@@ -10,7 +10,10 @@ import datetime
 import hashlib
 import hmac
 import re
+from collections.abc import MutableMapping
 from typing import Any
+
+from ..stores.base import PRINCIPAL_KEY, principal_mark
 
 #: Purpose string mixed into the cookie-signing key, so the key signing session
 #: ids is never the application's ``SECRET_KEY`` itself nor any other derived key.
@@ -120,3 +123,17 @@ class CookieSigner:
             self._verified.clear()
         self._verified[value] = session_id
         return session_id
+
+
+def mark_principal(session: MutableMapping[str, Any], principal: str) -> None:
+    """Bind a framework session (a dict saved at response time) to ``principal``: the store
+    indexes it under whatever id the save writes it with.  Nothing changes (and nothing
+    is written) if it is bound to ``principal`` already.
+
+    Raises:
+        TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
+    """
+    mark = principal_mark(principal)
+    current = session.get(PRINCIPAL_KEY)
+    if not (isinstance(current, list) and current[:1] == mark[:1]):
+        session[PRINCIPAL_KEY] = mark

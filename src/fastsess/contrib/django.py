@@ -30,6 +30,11 @@ and pickles (what Django's cache framework stores) only with
 Each session is stored with a Redis TTL of ``get_expiry_age()``, so expired
 sessions vanish by themselves (``clear_expired`` does nothing).
 
+Log out everywhere: ``user_logged_in.connect(bind_on_login)`` binds each login's session
+to ``str(user.pk)`` (or call ``request.session.bind(principal)``), and
+``log_out_everywhere(user, request)`` (``alog_out_everywhere``) deletes the user's other
+sessions, on every node, e.g. after a password change.
+
 The sync methods use one ``fastsess.ClusteredRedisStore`` per process; the async
 methods (``aload``, ``asave``, ``acreate``, ``aexists``, ``adelete``,
 ``acycle_key``, ...) use one ``fastsess.asyncio.ClusteredRedisStore`` per event
@@ -61,10 +66,13 @@ from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
 from ..stores.clustered import ClusteredRedisStore
-from ._common import plain_copy
+from ._common import mark_principal, plain_copy
 from ._legacy import LegacyDataError, decode_legacy, to_storable
 
-__all__ = ["SessionStore", "aclose_async_store", "close_stores", "get_async_store", "get_store"]
+__all__ = [
+    "SessionStore", "aclose_async_store", "alog_out_everywhere", "bind_on_login", "close_stores", "get_async_store",
+    "get_store", "log_out_everywhere",
+]
 
 logger = logging.getLogger("django.security.SuspiciousSession")
 
@@ -549,6 +557,15 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         self.modified = True
         return None
 
+    def bind(self, principal: str) -> None:
+        """Bind this session to ``principal`` (e.g. ``str(user.pk)``), so that
+        ``log_out_everywhere`` ends it: recorded when the response saves it.
+
+        Raises:
+            TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
+        """
+        mark_principal(self, principal)
+
     @classmethod
     def clear_expired(cls) -> None:
         """Nothing to do: Redis expires sessions by their TTL."""
@@ -643,3 +660,40 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
     @classmethod
     async def aclear_expired(cls) -> None:
         """Nothing to do: Redis expires sessions by their TTL."""
+
+
+# -- log out everywhere -------------------------------------------------------------------------
+
+
+def bind_on_login(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """A ``user_logged_in`` receiver binding the new login's session to ``str(user.pk)``;
+    opt in with ``user_logged_in.connect(bind_on_login)`` (e.g. in ``AppConfig.ready``).
+
+    Raises:
+        ConfigError: the request's session is not a fastsess session (``SESSION_ENGINE``).
+    """
+    session = getattr(request, "session", None)
+    if not isinstance(session, SessionStore):
+        raise ConfigError('bind_on_login needs SESSION_ENGINE = "fastsess.contrib.django"')
+    session.bind(str(user.pk))
+
+
+def log_out_everywhere(user: Any, request: Any = None) -> int:
+    """Delete every session bound to ``str(user.pk)``, on every node, but ``request``'s own
+    (pass the request after a password change; None ends them all); returns how many.
+
+    Raises:
+        StoreUnavailable: Redis failed (call again).
+    """
+    keep = None if request is None else request.session.session_key
+    return get_store().delete_all(str(user.pk), except_id=keep)
+
+
+async def alog_out_everywhere(user: Any, request: Any = None) -> int:
+    """``log_out_everywhere`` on the asyncio store.
+
+    Raises:
+        StoreUnavailable: Redis failed (call again).
+    """
+    keep = None if request is None else request.session.session_key
+    return await get_async_store().delete_all(str(user.pk), except_id=keep)

@@ -21,6 +21,9 @@ Redis fails, the request fails with ``fastsess.StoreUnavailable``.
 
 ``app.session_interface.regenerate(flask.session)`` moves the session to a new id
 (call it at login); the response carries the new cookie.
+``app.session_interface.bind(flask.session, str(user.id))`` at login and
+``app.session_interface.log_out_everywhere(str(user.id), keep=flask.session)`` after a
+password change: see the store's ``bind``/``delete_all``.
 
 Zero-logout migration from Flask-Session's Redis backend: set
 ``FASTSESS_MIGRATE_PREFIX`` to the prefix Flask-Session used (its default is
@@ -48,7 +51,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, SessionStore, new_session_id
 from ..stores.clustered import ClusteredRedisStore
 from ..stores.redis import REDIS_ERRORS, map_redis_error
-from ._common import CookieSigner, plain_copy
+from ._common import CookieSigner, mark_principal, plain_copy
 from ._legacy import LegacyDataError, decode_legacy
 
 logger = logging.getLogger(__name__)
@@ -225,6 +228,25 @@ class FastSessionInterface(SessionInterface):
         session.stored = moved
         session.rotated = True
         session.modified = False
+
+    def bind(self, session: FlaskSession, principal: str) -> None:
+        """Bind ``session`` (``flask.session``) to ``principal`` (e.g. ``str(user.id)``), so that
+        ``log_out_everywhere(principal)`` ends it: recorded when the response saves it.
+
+        Raises:
+            TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
+        """
+        mark_principal(session, principal)
+
+    def log_out_everywhere(self, principal: str, keep: FlaskSession | None = None) -> int:
+        """Delete every session bound to ``principal`` but ``keep``'s (e.g. ``flask.session``,
+        after a password change), on every node; returns how many were deleted.
+
+        Raises:
+            TypeError, ValueError: an invalid principal.
+            StoreUnavailable: Redis failed (call again).
+        """
+        return self.store.delete_all(principal, except_id=None if keep is None else keep.sid)
 
     def _record(self, session: FlaskSession, ttl: int) -> Session:
         """A fastsess ``Session`` holding ``session``'s current data, ready for ``save``."""

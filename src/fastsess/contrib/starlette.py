@@ -15,7 +15,9 @@ Untouched anonymous sessions write nothing and set no cookie; read-only requests
 write nothing unless the TTL refresh is due (``refresh_fraction`` of the lifetime).
 
 ``regenerate(request)`` (plain call or ``await``) gives the session a new id at
-response time and deletes the old key: call it at login.
+response time and deletes the old key: call it at login.  ``bind(request,
+str(user.id))`` at login and ``await log_out_everywhere(request, str(user.id))`` after a
+password change: see the store's ``bind``/``delete_all``.
 
 Zero-logout migration from starsessions' ``RedisStore``: ``migrate_prefix=
 "starsessions."`` (its default prefix; same Redis as ``store``).  A cookie this
@@ -44,10 +46,10 @@ from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
 from ..stores.redis import REDIS_ERRORS, map_redis_error
-from ._common import CookieSigner, copy_into, plain_copy
+from ._common import CookieSigner, copy_into, mark_principal, plain_copy
 from ._legacy import LegacyDataError, decode_legacy
 
-__all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "regenerate"]
+__all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "bind", "log_out_everywhere", "regenerate"]
 
 _MISSING: Any = object()
 
@@ -59,12 +61,14 @@ class SessionDict(dict):  # type: ignore[type-arg]
     in place, set it yourself.  ``regenerate`` asks for a new id at response time.
     """
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, data: dict[str, Any] | None = None, sid: str | None = None, store: AsyncSessionStore | None = None) -> None:
         super().__init__()
         if data:
             dict.update(self, data)
         self.modified = False
         self.regenerate = False
+        self.sid = sid  # the id it was loaded under (None: new)
+        self.store = store
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
@@ -114,6 +118,13 @@ class _Done:
         yield from ()
 
 
+def _session_of(request: HTTPConnection, what: str) -> SessionDict:
+    session = request.scope.get("session")
+    if not isinstance(session, SessionDict):
+        raise RuntimeError(f"{what}() needs fastsess.contrib.starlette.SessionMiddleware")
+    return session
+
+
 def regenerate(request: HTTPConnection) -> Awaitable[None]:
     """Give the session a new id when the response starts (old key deleted, same data).
 
@@ -122,11 +133,33 @@ def regenerate(request: HTTPConnection) -> Awaitable[None]:
     Raises:
         RuntimeError: the request did not pass through ``SessionMiddleware``.
     """
-    session = request.scope.get("session")
-    if not isinstance(session, SessionDict):
-        raise RuntimeError("regenerate() needs fastsess.contrib.starlette.SessionMiddleware")
-    session.regenerate = True
+    _session_of(request, "regenerate").regenerate = True
     return _Done()
+
+
+def bind(request: HTTPConnection, principal: str) -> None:
+    """Bind the request's session to ``principal`` (e.g. ``str(user.id)``), so that
+    ``log_out_everywhere`` ends it: recorded when the response saves it (call at login).
+
+    Raises:
+        TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
+        RuntimeError: the request did not pass through ``SessionMiddleware``.
+    """
+    mark_principal(_session_of(request, "bind"), principal)
+
+
+async def log_out_everywhere(request: HTTPConnection, principal: str, keep_current: bool = True) -> int:
+    """Delete every session bound to ``principal``, on every node, but the request's own
+    (unless ``keep_current=False``); returns how many were deleted.
+
+    Raises:
+        TypeError, ValueError: an invalid principal.
+        RuntimeError: the request did not pass through ``SessionMiddleware``.
+        StoreUnavailable: Redis failed (call again).
+    """
+    session = _session_of(request, "log_out_everywhere")
+    assert session.store is not None
+    return await session.store.delete_all(principal, except_id=session.sid if keep_current else None)
 
 
 class SessionMiddleware:
@@ -193,7 +226,7 @@ class SessionMiddleware:
             except SessionCorrupt:
                 stored = None
         legacy_key: str | None = None
-        session = SessionDict()
+        session = SessionDict(sid=None if stored is None else stored.id, store=self.store)
         if stored is not None:
             copy_into(session, stored.data)
         elif sid is None and cookie and self.migrate_prefix is not None:

@@ -31,13 +31,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .._core.keys import check_prefix, check_session_id, is_valid_session_id, new_session_id
+from .._core.principals import PRINCIPAL_KEY, principal_mark
 from .._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, StoreBase, check_refresh_fraction
 from ..session import MAX_TTL, Session, check_ttl
 
 __all__ = [
-    "DEFAULT_PREFIX", "DEFAULT_REFRESH_FRACTION", "DEFAULT_TTL", "MAX_TTL", "SessionStore", "StoreBase",
+    "DEFAULT_PREFIX", "DEFAULT_REFRESH_FRACTION", "DEFAULT_TTL", "MAX_TTL", "PRINCIPAL_KEY", "SessionStore", "StoreBase",
     "check_prefix", "check_refresh_fraction", "check_session_id", "check_ttl", "is_valid_session_id",
-    "new_session_id",
+    "new_session_id", "principal_mark",
 ]
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; type checkers know typing_extensions
