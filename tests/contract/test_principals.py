@@ -129,12 +129,30 @@ def test_saves_keep_a_bound_session_indexed_past_its_first_cover(backend: Backen
     assert store.delete_all("dave") == 2
 
 
-def test_ended_entries_are_trimmed(backend: Backend) -> None:
+def test_a_session_kept_alive_by_touch_stays_bound(backend: Backend) -> None:
     store = backend.make(ttl=10)
-    old = bound(store, "erin")
-    backend.age(old, COVER * 10 + 1)
-    fresh = bound(store, "erin")
-    assert store.sessions_of("erin") == [fresh.id]
+    gone, touched = bound(store, "erin"), bound(store, "erin")
+    backend.age(gone, 8)
+    assert store.touch(touched.id, 100)  # no save: its index entry keeps its first cover (20 s)
+    store.delete(gone.id)
+    backend.age(gone, COVER * 10 - 8 + 1)  # past both covers
+    fresh = bound(store, "erin")  # trims ended entries: drops gone's, keeps touched's
+    assert sorted(store.sessions_of("erin")) == sorted([touched.id, fresh.id])
+    assert store.delete_all("erin") == 2
+
+
+def test_a_bind_trims_by_what_redis_holds(redis_backend: RedisBackend) -> None:
+    store = redis_backend.make(ttl=10)
+    key = index_key(sync_store(store)._keys, "ivan")
+    expired, touched = bound(store, "ivan"), bound(store, "ivan")
+    redis_backend.client.delete(store.prefix + expired.id)  # as if it had expired
+    assert store.touch(touched.id, 1000)
+    redis_backend.age(touched, COVER * 10 + 1)
+    fresh = bound(store, "ivan")
+    entries = dict(redis_backend.client.zrange(key, 0, -1, withscores=True))
+    assert sorted(entries) == sorted(s.id.encode() for s in (touched, fresh))  # the expired one's dropped
+    assert abs(entries[touched.id.encode()] - (redis_backend.now() + 1000)) < 3  # covered until its expiry
+    assert redis_backend.client.pttl(key) > 990_000  # and the index lives as long
 
 
 def test_many_sessions_in_bounded_batches(backend: Backend) -> None:

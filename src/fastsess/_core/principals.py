@@ -19,8 +19,10 @@ the session's TTL from when it was written; a save (or a regenerate) of a bound
 session re-indexes it first whenever the write could make it outlive that cover, or when
 its id is not the indexed one (a regenerate, a first save that changed a colliding id).
 So with saves every ``ttl`` seconds at most one write in two costs one more round trip
-(a small script on the index key), and usually far fewer.  Entries past their cover
-are trimmed by every ``bind`` (``ZREMRANGEBYSCORE``); entries of sessions deleted or
+(a small script on the index key), and usually far fewer.  Every ``bind`` trims up to
+``BATCH`` entries past their cover: it asks for their keys' TTL (one pipeline) and drops
+the entries whose session is gone, and covers the others (kept alive by ``touch``, which
+does not know the principal) until their key's expiry.  Entries of sessions deleted or
 moved meanwhile are dropped lazily: ``sessions_of`` checks that each listed session
 exists (and removes those that do not); ``delete_all`` deletes whatever is listed.
 
@@ -62,15 +64,37 @@ COVER = 2  # an index entry covers its session for this many TTLs from when it w
 # key, so a Redis Cluster pipeline splits it by node.
 PIPELINE = Script("-- a pipeline, not a script", "pipeline")
 
-# KEYS[1]=index  ARGV: id, covered until, now, index ttl (ms).  Adds or moves the entry,
-# trims entries whose cover ended, and lengthens (never shortens) the index key's life.
+# KEYS[1]=index  ARGV: id, covered until, now, index ttl (ms), limit.  Adds or moves the
+# entry and lengthens (never shortens) the index key's life; returns up to ``limit`` ids
+# whose cover ended (candidates for a trim: their sessions may be gone, or kept alive by
+# touch()).
 INDEX_ADD = script("""
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-return 1
+if ARGV[5] == '0' then
+  return {}
+end
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, ARGV[5])
+""")
+
+# KEYS[1]=index  ARGV: now, n, n dead ids, then (id, ms left) pairs of live ones.  Drops the
+# dead entries; the live ones get a cover until their key's expiry, and the index key
+# lives at least as long.
+INDEX_TRIM = script("""
+local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+if n > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ARGV, 3, n + 2))
+end
+for i = n + 3, #ARGV, 2 do
+  local left = tonumber(ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], now + left / 1000, ARGV[i])
+  if redis.call('PTTL', KEYS[1]) < left then
+    redis.call('PEXPIRE', KEYS[1], left)
+  end
+end
+return n
 """)
 
 # KEYS[1]=index  ARGV: n, n ids, batch[, channel, message...].  Removes the ids (their
@@ -94,7 +118,7 @@ INDEX_PRUNE = script("""
 return redis.call('ZREM', KEYS[1], unpack(ARGV))
 """)
 
-SCRIPTS = (INDEX_ADD, INDEX_REMOVE, INDEX_PRUNE)
+SCRIPTS = (INDEX_ADD, INDEX_TRIM, INDEX_REMOVE, INDEX_PRUNE)
 
 
 def check_principal(principal: Any) -> str:
@@ -191,13 +215,16 @@ class PrincipalCore:
         self.policy = policy
         self.messages = messages
 
-    def _index(self, session: Session, principal: str, now: float) -> Command:
+    def _index(self, session: Session, principal: str, now: float, trim: int = 0) -> Command:
         until = mark_bound(session, principal, now)
         ttl_ms = int(COVER * session.ttl * 1000)
-        return run_script("bind", INDEX_ADD, (index_key(self.keys, principal),), session.id, until, now, ttl_ms)
+        return run_script("bind", INDEX_ADD, (index_key(self.keys, principal),), session.id, until, now, ttl_ms, trim)
 
     def bind(self, session: Session, principal: str) -> Flow:
-        """Index ``session`` under ``principal`` and record the principal in its data.
+        """Index ``session`` under ``principal`` and record the principal in its data; then trim
+        up to ``BATCH`` entries whose cover ended: those whose session is gone are dropped,
+        the others (kept alive by ``touch``) covered until their key's expiry.  One round
+        trip, three when there is something to trim.
 
         Raises:
             TypeError, ValueError: ``principal`` is not a valid principal (see ``check_principal``).
@@ -205,7 +232,14 @@ class PrincipalCore:
         """
         principal = check_principal(principal)
         check_session_id(session)
-        yield self._index(session, principal, self.clock())
+        now = self.clock()
+        ended = [m.decode() for m in (yield self._index(session, principal, now, BATCH))]
+        if ended:
+            left = yield ("PTTL", PIPELINE, tuple(("PTTL", self.keys.key(i)) for i in ended))
+            dead = [i for i, ms in zip(ended, left) if ms == -2]
+            alive = [x for i, ms in zip(ended, left) if ms != -2 for x in (i, ms if ms > 0 else COVER * session.ttl * 1000)]
+            key = index_key(self.keys, principal)
+            yield run_script("bind", INDEX_TRIM, (key,), now, len(dead), *dead, *alive)
 
     def before_write(self, session: Session, now: float) -> Flow:
         """Run by ``save``/``regenerate`` before writing ``session`` (already under the id it
@@ -298,10 +332,10 @@ class MemoryIndex:
         entries = self._entries.setdefault(principal, {})
         entries[session.id] = mark_bound(session, principal, now)
         if len(entries) >= self._trim_at.get(principal, self.MIN_TRIM):
-            self._trim_at[principal] = max(self.MIN_TRIM, 2 * _trim(entries, now))
+            self._trim_at[principal] = max(self.MIN_TRIM, 2 * _trim(entries, now, self.exists))
         self._binds += 1
         if self._binds % self.SWEEP_EVERY == 0:  # principals nobody binds again
-            for name in [p for p, e in self._entries.items() if not _trim(e, now)]:
+            for name in [p for p, e in self._entries.items() if not _trim(e, now, self.exists)]:
                 self._forget(name)
 
     def _forget(self, principal: str) -> None:
@@ -357,8 +391,9 @@ class MemoryIndex:
         return taken
 
 
-def _trim(entries: dict[str, float], now: float) -> int:
-    """Drop the entries whose cover ended before ``now``; returns how many remain."""
-    for session_id in [i for i, until in entries.items() if until < now]:
+def _trim(entries: dict[str, float], now: float, exists: Callable[[str], bool]) -> int:
+    """Drop the entries past their cover whose session is gone (one bound but not saved
+    yet is in its cover; one kept alive by ``touch`` exists); returns how many remain."""
+    for session_id in [i for i, until in entries.items() if until < now and not exists(i)]:
         del entries[session_id]
     return len(entries)
