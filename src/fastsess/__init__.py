@@ -29,6 +29,8 @@ _LAZY = {
     "ConfigError": ".errors",
     "PoolExhausted": ".errors",
     "SessionTooLarge": ".errors",
+    "ConcurrentModification": ".errors",
+    "MISSING": ".session",
     "MsgpackSerializer": ".serializers",
     "JSONSerializer": ".serializers",
     "Encryption": ".crypto",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .config import ClusterConfig
     from .crypto import Encryption
     from .errors import (
+        ConcurrentModification,
         ConfigError,
         FastsessError,
         InvalidSessionId,
@@ -64,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         StoreUnavailable,
     )
     from .serializers import JSONSerializer, MsgpackSerializer
-    from .session import Session
+    from .session import MISSING, Session
     from .stores.clustered import ClusteredRedisStore
     from .stores.memory import MemoryStore
     from .stores.redis import RedisStore

@@ -18,6 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from ._core.conflict import OnConflict, check_on_conflict
 from ._core.keys import KeySpace, is_valid_session_id
 from ._core.ops import Command, Flow, StoreCore
 from ._core.policy import CachePolicy
@@ -269,10 +270,12 @@ class RedisStoreBase(StoreBase):
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         clock: Callable[[], float] | None = None,
         encryption: Encryption | None = None,
+        on_conflict: OnConflict = "merge",
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
         check_pool(pool_size, pool_timeout)
         self.encryption = check_encryption(encryption)
+        self.on_conflict = check_on_conflict(on_conflict)
         if (client is None) == (url is None):
             raise ConfigError("pass exactly one of client= or url=")
         self._owns_client = client is None
@@ -282,7 +285,10 @@ class RedisStoreBase(StoreBase):
         # what the operations encode and decode with: the serializer, or it encrypted under each session's key
         self._codec = self.serializer if self.encryption is None else self.encryption.bind(self.serializer, self._keys)
         self.is_cluster = isinstance(self.client, self._cluster_type)
-        self._core = StoreCore(self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster)
+        self._core = StoreCore(
+            self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster,
+            on_conflict=self.on_conflict,
+        )
         self._core.principals = self._principals = PrincipalCore(self._keys, self.clock)
 
 
@@ -316,11 +322,13 @@ class ClusteredStoreBase(RedisStoreBase):
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         clock: Callable[[], float] | None = None,
         encryption: Encryption | None = None,
+        on_conflict: OnConflict = "merge",
     ) -> None:
         super().__init__(
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
             socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout, clock=clock,
             encryption=encryption,
+            on_conflict=on_conflict,
         )
         self.config = cfg = ClusterConfig() if config is None else config
         self._cache = (
@@ -332,6 +340,7 @@ class ClusteredStoreBase(RedisStoreBase):
         policy = None if self._cache is None else CachePolicy(cfg, self._cache)
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
+            self.on_conflict,
         )
         self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, policy, self.coordinator)
         self._hits_unchecked = 0  # cache hits since the last yield_to_listener check

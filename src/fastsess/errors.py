@@ -5,6 +5,8 @@
     │   └── PoolExhausted  Redis is fine, but no pooled connection freed up within
     │                      ``pool_timeout`` (more concurrent requests than ``pool_size``)
     ├── SessionCorrupt     bytes under a session key that are not a fastsess session
+    ├── ConcurrentModification  ``save`` met another request's write of the same key
+    │                      (``on_conflict="raise"``), or kept meeting new writes
     ├── SessionTooLarge    (also ValueError) ``save`` refused a session over the size
     │                      limits, because no store could load it back
     ├── InvalidSessionId   (also ValueError) an id not of the form fastsess issues
@@ -51,6 +53,22 @@ class SessionCorrupt(FastsessError):
     garbage), a failed decryption, or an envelope from an unknown format
     version.  The session id is deliberately not part of the message.
     """
+
+
+class ConcurrentModification(FastsessError):
+    """``save`` found the session written by another request since it was loaded, and
+    could not re-apply this request's changes on top of it.
+
+    Raised when the store's ``on_conflict="raise"`` and a key this request set or
+    deleted was also changed, differently, by the other writer (``keys`` names them),
+    or, whatever the policy, when new writes kept landing between the reload and
+    the retry more than ``MAX_CONFLICT_RETRIES`` times (``keys`` is empty).  Nothing
+    was written; the session keeps its data and changes, and may be saved again.
+    """
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class SessionTooLarge(FastsessError, ValueError):

@@ -10,6 +10,13 @@ nested container (``session["cart"] = [...]``).  Mutating a nested container
 in place (``session["cart"].append(x)``) cannot be seen: set
 ``session.modified = True`` yourself, as with Django and Flask sessions.
 
+For concurrent requests a session also records which top-level keys this request
+set or deleted (and what each held before its first change here): when ``save``
+finds that another request wrote the session since it was loaded, it reloads it
+and re-applies exactly these changes (``changes``).  ``modified = True`` set by
+hand means "changed in a way the mapping could not see": on a conflict every key
+this session holds then counts as set by this request.
+
 ``ttl`` is validated wherever it is set (constructor or ``session.ttl = ...``):
 a whole number of seconds from 1 to ``MAX_TTL`` (2**31 - 1, about 68 years),
 else ``ConfigError`` (a ``ValueError``) -- never a Redis error at ``save``.
@@ -24,6 +31,22 @@ from typing import Any
 from .errors import ConfigError
 
 _MISSING: Any = object()
+
+
+class _Missing:
+    """The type of ``MISSING``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+"""A key that is absent (in ``Session.changes`` and in ``on_conflict`` merge functions)."""
 
 MAX_TTL = 2**31 - 1  # seconds (about 68 years); far below what Redis EXPIRE accepts
 
@@ -50,7 +73,10 @@ class Session(MutableMapping[str, Any]):
         ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL`` (also on ``session.ttl = ...``).
     """
 
-    __slots__ = ("_data", "_ttl", "accessed", "created_at", "id", "modified", "new", "refreshed_at", "version")
+    __slots__ = (
+        "_base", "_changes", "_data", "_modified", "_ttl", "_untracked", "accessed", "created_at", "id", "new",
+        "refreshed_at", "version",
+    )
 
     def __init__(
         self,
@@ -71,7 +97,9 @@ class Session(MutableMapping[str, Any]):
         self.refreshed_at = self.created_at if refreshed_at is None else refreshed_at
         self.new = new
         self.version = version
-        self.modified = False
+        self._modified = self._untracked = False
+        self._changes: dict[str, Any] | None = None
+        self._base: Any = None
         self.accessed = False
 
     @classmethod
@@ -86,7 +114,8 @@ class Session(MutableMapping[str, Any]):
         self.created_at = created_at
         self.refreshed_at = refreshed_at
         self.version = version
-        self.new = self.modified = self.accessed = False
+        self.new = self._modified = self._untracked = self.accessed = False
+        self._changes = self._base = None
         return self
 
     def copy(self) -> Session:
@@ -99,9 +128,48 @@ class Session(MutableMapping[str, Any]):
         other.refreshed_at = self.refreshed_at
         other.version = self.version
         other.new = self.new
-        other.modified = self.modified
+        other._modified = self._modified
+        other._untracked = self._untracked
+        changes = self._changes
+        other._changes = None if changes is None else changes.copy()
+        other._base = self._base
         other.accessed = False
         return other
+
+    @property
+    def modified(self) -> bool:
+        """True if ``save`` must write (a mutation, or set by hand); cleared by a save."""
+        return self._modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        """Set by hand (``True``): changed in a way the mapping could not see (a nested value
+        mutated in place); on a conflict every key this session holds counts as set here.
+        ``False`` also forgets the recorded changes."""
+        self._modified = self._untracked = bool(value)
+        if not value:
+            self._changes = None
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        """The top-level keys this request set or deleted since the session was loaded or
+        last saved, each mapped to the value it held before its first change here
+        (``MISSING``: it did not exist).  A copy; the current values are the session's."""
+        return {} if self._changes is None else dict(self._changes)
+
+    def _record(self, key: str) -> None:
+        """Note a change of ``key`` (its value before this request's first change of it)."""
+        changes = self._changes
+        if changes is None:
+            self._changes = {key: self._data.get(key, MISSING)}
+        elif key not in changes:
+            changes[key] = self._data.get(key, MISSING)
+        self._modified = True
+
+    def _saved(self) -> None:
+        """Forget the changes (they are stored now)."""
+        self._modified = self._untracked = False
+        self._changes = None
 
     @property
     def ttl(self) -> int:
@@ -143,17 +211,19 @@ class Session(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError(f"session keys must be str, not {type(key).__name__}")
+        self._record(key)
         self._data[key] = value
-        self.modified = True
 
     def __delitem__(self, key: str) -> None:
+        if key not in self._data:
+            raise KeyError(key)
+        self._record(key)
         del self._data[key]
-        self.modified = True
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value (or ``default``); marks modified if removed."""
         if key in self._data:
-            self.modified = True
+            self._record(key)
             return self._data.pop(key)
         if default is _MISSING:
             raise KeyError(key)
@@ -168,8 +238,9 @@ class Session(MutableMapping[str, Any]):
     def clear(self) -> None:
         """Remove every key (marks modified when there was anything to remove)."""
         if self._data:
+            for key in self._data:
+                self._record(key)
             self._data.clear()
-            self.modified = True
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Session):

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from fastsess import Session
-from fastsess._core.ops import GET_PTTL, SET_PUBLISH
+from fastsess._core.ops import GET_PTTL, SAVE
 
 from .conftest import ClusteredBackend, Nodes, barrier, hold_after, received, wait_received, wait_until
 
@@ -117,7 +117,7 @@ def test_local_write_does_not_overwrite_a_newer_invalidation(nodes: Nodes) -> No
         assert B.save(on_b) is True
         wait_received(A, before)
 
-    hold_after(A, SET_PUBLISH, b_writes_v3_and_a_hears)
+    hold_after(A, SAVE, b_writes_v3_and_a_hears)
     s["v"] = 2
     assert A.save(s) is True
     assert done

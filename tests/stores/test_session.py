@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fastsess import Session
+from fastsess import MISSING, Session
 from fastsess.stores.base import new_session_id
 
 
@@ -273,3 +273,57 @@ def test_copy_keeps_modified_and_new_flags() -> None:
     assert c.new is True and c.modified is True
     c.modified = False
     assert s.modified is True
+
+
+# --- changes: which top-level keys this request set or deleted, and their previous values ----
+
+CHANGED_KEYS: dict[str, tuple[Callable[[Session], Any], dict[str, Any]]] = {
+    "setitem-new": (lambda s: s.__setitem__("new", 1), {"new": MISSING}),
+    "setitem-existing": (lambda s: s.__setitem__("a", 2), {"a": 1}),
+    "setitem-twice": (lambda s: (s.__setitem__("a", 2), s.__setitem__("a", 3)), {"a": 1}),
+    "delitem": (lambda s: s.__delitem__("a"), {"a": 1}),
+    "set-then-delete-new": (lambda s: (s.__setitem__("n", 1), s.__delitem__("n")), {"n": MISSING}),
+    "pop": (lambda s: s.pop("a"), {"a": 1}),
+    "popitem": (lambda s: s.popitem(), {"a": 1}),
+    "clear": (lambda s: s.clear(), {"a": 1, "b": [1, 2], "c": {"x": 1}}),
+    "update": (lambda s: s.update({"z": 1, "a": 0}), {"z": MISSING, "a": 1}),
+    "setdefault-new": (lambda s: s.setdefault("new", 1), {"new": MISSING}),
+    "setdefault-existing": (lambda s: s.setdefault("a", 5), {}),
+    "pop-missing-default": (lambda s: s.pop("zz", None), {}),
+    "in-place-nested-mutation": (lambda s: s["b"].append(3), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CHANGED_KEYS.values()), ids=list(CHANGED_KEYS))
+def test_changes_record_keys_and_previous_values(case: tuple[Callable[[Session], Any], dict[str, Any]]) -> None:
+    mutate, expected = case
+    s = fresh()
+    mutate(s)
+    assert s.changes == expected
+
+
+def test_changes_are_a_copy_and_travel_with_copy() -> None:
+    s = fresh()
+    s["a"] = 5
+    s.changes.clear()
+    assert s.changes == {"a": 1}
+    c = s.copy()
+    assert c.changes == {"a": 1} and c.modified
+    c["z"] = 1
+    assert s.changes == {"a": 1}  # not shared
+
+
+def test_modified_false_forgets_the_changes() -> None:
+    s = fresh()
+    s["a"] = 5
+    s.modified = False
+    assert s.changes == {} and not s.modified
+
+
+def test_missing_is_a_named_singleton() -> None:
+    import copy
+    import pickle
+
+    assert repr(MISSING) == "MISSING"
+    assert copy.deepcopy(MISSING) is MISSING
+    assert pickle.loads(pickle.dumps(MISSING)) is MISSING

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 from ..errors import FastsessError, PoolExhausted, StoreUnavailable
 from ..serializers import Serializer
 from ..session import Session, check_ttl
+from .conflict import MAX_CONFLICT_RETRIES, OnConflict, rebase, stamp, too_many_conflicts
 from .keys import KeySpace, check_session_id, is_valid_session_id, new_session_id
 from .policy import CachePolicy
 
@@ -112,13 +113,28 @@ end
 return 0
 """)
 
-# KEYS[1]=key  ARGV: payload, ttl, channel, message.  SET XX: never resurrects a deleted session.
-SET_PUBLISH = publish_script("""
-if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
-  publish(ARGV[3], ARGV[4])
-  return 1
+# The save of a session that exists (a compare-and-set), in three parts:
+#   compare: the key must still exist (never resurrect a deleted or expired session: 0),
+#     and, unless ARGV[3] is empty, still hold the value this session was loaded from
+#     (the SHA-1 hex of its bytes); else the stored value is returned, for the caller to
+#     re-apply its changes on and retry.
+#   write:   SET with the new TTL.
+#   publish: only with a channel (a clustered store): the invalidation, in the same step.
+# KEYS[1]=key  ARGV: payload, ttl, base (SHA-1 hex or ''), [channel, message].
+# Returns 1 (written), 0 (no such key) or the stored bytes (conflict).
+SAVE = publish_script("""
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return 0
 end
-return 0
+if ARGV[3] ~= '' and redis.sha1hex(cur) ~= ARGV[3] then
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[4] then
+  publish(ARGV[4], ARGV[5])
+end
+return 1
 """)
 
 # KEYS[1]=key  ARGV: channel, message.  Published even if the key was gone: a node may
@@ -145,7 +161,7 @@ GET_PTTL = script("""
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """)
 
-SCRIPTS = (MOVE, SET_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, GET_PTTL)
+SCRIPTS = (MOVE, SAVE, DELETE_PUBLISH, TOUCH_PUBLISH, GET_PTTL)
 
 
 class Messages(Protocol):
@@ -171,6 +187,15 @@ class Indexing(Protocol):
 
 
 Flow = Generator[Command, Any, Any]
+
+
+def check_reply(reply: Any) -> Any:
+    """``SAVE``'s reply: True (written), False (no such key) or the stored bytes (conflict)."""
+    if reply == 1:
+        return True
+    if isinstance(reply, (bytes, bytearray)):
+        return bytes(reply)
+    return False
 
 
 # -- session bookkeeping ---------------------------------------------------------------------
@@ -199,11 +224,13 @@ def roll_back(session: Session, old: tuple[int, float]) -> None:
     session.version, session.refreshed_at = old
 
 
-def mark_saved(session: Session, now: float) -> None:
-    """Update ``session``'s bookkeeping after a successful write."""
+def mark_saved(session: Session, now: float, base: Any = None) -> None:
+    """Update ``session``'s bookkeeping after a successful write of the bytes ``base``
+    (what the next save compares with; None: unknown)."""
     session.new = False
-    session.modified = False
+    session._saved()
     session.refreshed_at = now
+    session._base = base
 
 
 # -- the operations ------------------------------------------------------------------------------
@@ -221,14 +248,19 @@ class StoreCore:
         is_cluster: the client is a Redis Cluster (no script may span two slots).
         policy: the local-cache policy (a clustered store with a cache), else None.
         messages: the invalidation messages (a clustered store), else None.
+        on_conflict: what a save does with a key changed on both sides (``_core.conflict``).
     """
 
-    __slots__ = ("clock", "is_cluster", "keys", "messages", "policy", "principals", "refresh_fraction", "serializer", "ttl")
+    __slots__ = (
+        "clock", "is_cluster", "keys", "messages", "on_conflict", "policy", "principals", "refresh_fraction", "serializer", "ttl",
+    )
 
     def __init__(
         self, keys: KeySpace, serializer: Serializer, ttl: int, refresh_fraction: float, clock: Callable[[], float],
         is_cluster: bool, policy: CachePolicy | None = None, messages: Messages | None = None,
+        on_conflict: OnConflict = "merge",
     ) -> None:
+        self.on_conflict = on_conflict
         self.keys = keys
         self.serializer = serializer
         self.ttl = ttl
@@ -259,41 +291,68 @@ class StoreCore:
         if raw is None:
             return None
         session = self.serializer.decode(session_id, raw)
+        session._base = raw  # what a save compares with (hashed only if it saves)
         if token is not None and policy is not None:
             policy.filled(session, len(raw), token, started, pttl)
         return session
 
     def save(self, session: Session) -> Flow:
         """Write ``session`` if modified or due for a refresh: SET NX when new (a collision
-        takes a fresh id), SET XX otherwise (never resurrects: False)."""
+        takes a fresh id); else a compare-and-set (``SAVE``) that never resurrects (False),
+        and, if another request wrote the session since it was loaded, re-applies this
+        request's changes on the stored session and tries again (``_core.conflict``).
+
+        Raises (besides the driver's errors):
+            ConcurrentModification: ``on_conflict="raise"`` and a key changed on both
+                sides, or more than ``MAX_CONFLICT_RETRIES`` conflicts in a row.
+        """
         check_session_id(session)
         t = self.clock()
         if not needs_write(session, t, self.refresh_fraction):
             return False
-        for _ in range(MAX_ID_ATTEMPTS):
+        id_attempts = conflicts = 0
+        while True:
             if self.principals is not None:  # a bound session: its index entry first
                 yield from self.principals.before_write(session, t)
             old = prepare_write(session, t)
             try:
-                written = yield from self._write(session, self.serializer.encode(session))
+                payload = self.serializer.encode(session)
+                written = yield from self._write(session, payload)
             except BaseException:
                 roll_back(session, old)
                 raise
-            if written:
-                mark_saved(session, t)
+            if written is True:
+                mark_saved(session, t, payload)
                 return True
             roll_back(session, old)
-            if not session.new:
-                return False
-            session.id = new_session_id()
-        raise StoreUnavailable("could not allocate an unused session id")
+            if written is False:
+                if not session.new:
+                    return False  # deleted or expired meanwhile: never resurrected
+                id_attempts += 1
+                if id_attempts >= MAX_ID_ATTEMPTS:
+                    raise StoreUnavailable("could not allocate an unused session id")
+                session.id = new_session_id()
+                continue
+            # Another request wrote the session since it was loaded: ``written`` is the
+            # stored value.  Re-apply this request's changes on it and try again.
+            conflicts += 1
+            if conflicts > MAX_CONFLICT_RETRIES:
+                raise too_many_conflicts()
+            theirs = self.serializer.decode(session.id, written)
+            theirs._base = written
+            rebase(session, theirs, self.on_conflict)
 
     def _write(self, session: Session, payload: bytes) -> Flow:
+        """One write attempt: True (written), False (new: the id is taken; else: no such
+        key) or the stored bytes (a conflict: the session changed since it was loaded)."""
         key = self.keys.key(session.id)
         nx = session.new
+        base = "" if nx else stamp(session._base)
         messages, policy = self.messages, self.policy
         if messages is None:
-            return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
+            if nx or base is None:  # brand new, or loaded some other way: no version to check
+                return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
+            return check_reply((yield run_script("SET", SAVE, (key,), payload, session.ttl, base)))
         token = started = None
         if policy is not None:
             token, started = policy.token(session.id), policy.clock()
@@ -303,15 +362,20 @@ class StoreCore:
                 written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
             else:
                 message = messages.message(INVALIDATED, session.id, session.version)
-                written = bool((yield run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel_for(key), message)))
-                if written:
+                written = check_reply((yield run_script(
+                    "SET", SAVE, (key,), payload, session.ttl, base or "", messages.channel_for(key), message,
+                )))
+                if written is True:
                     messages.note_published()
         except BaseException:
             if policy is not None:
                 policy.uncertain(session.id)  # the write may have landed, or may land later
             raise
+        if written is True:
+            session._base = payload  # what the cached copy compares with
         if policy is not None:
-            policy.written(session, written, token, started, len(payload))  # type: ignore[arg-type]
+            # a conflict or a missing key: drop this node's copy, which may be older
+            policy.written(session, written is True, token, started, len(payload))  # type: ignore[arg-type]
         return written
 
     def _move(self, old_id: str, session: Session, payload: bytes) -> Flow:
@@ -347,6 +411,8 @@ class StoreCore:
             raise
         if policy is not None:
             policy.invalidate(old_id)
+        if moved:
+            session._base = payload
         if moved and messages is not None:
             messages.note_published()
             if policy is not None:
@@ -391,13 +457,13 @@ class StoreCore:
                 raise
             if cancelled is not None:
                 if moved:
-                    mark_saved(session, t)
+                    mark_saved(session, t, payload)
                 else:
                     roll_back(session, old)
                     session.id = old_id
                 raise cancelled
             if moved:
-                mark_saved(session, t)
+                mark_saved(session, t, payload)
                 return session
             roll_back(session, old)
         session.id = old_id

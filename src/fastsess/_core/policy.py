@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ClusterConfig
 from ..session import Session
+from .conflict import stamp
 
 if TYPE_CHECKING:
     from ..cluster import CoherentCache
@@ -34,7 +35,9 @@ Token = tuple[int, int]
 def cache_snapshot(session: Session) -> Session:
     """The copy the cache keeps of a session just written (saved, unmodified)."""
     snapshot = session.copy()
-    snapshot.new = snapshot.modified = False
+    snapshot.new = False
+    snapshot._saved()
+    snapshot._base = stamp(snapshot._base)  # a digest, not a second copy of the bytes
     return snapshot
 
 
@@ -77,7 +80,9 @@ class CachePolicy:
         left, request sent at ``started``), unless an invalidation came in since ``token``."""
         ttl = self.fill_ttl(started, pttl)
         if ttl > 0 and size <= self.cache.max_item_bytes:
-            self.cache.fill(session.id, session.copy(), token, ttl, size)
+            cached = session.copy()
+            cached._base = stamp(cached._base)  # a digest, not a second copy of the bytes
+            self.cache.fill(session.id, cached, token, ttl, size)
 
     def written(self, session: Session, written: bool, token: Token, started: float, size: int) -> None:
         """After a write of ``session`` (``size`` bytes, sent at ``started``): cache what was

@@ -51,5 +51,5 @@ class StoreBase:
             ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
         """
         session = Session(new_session_id(), data, ttl=self.ttl if ttl is None else check_ttl(ttl), created_at=self.clock())
-        session.modified = bool(data)
+        session._modified = bool(data)
         return session

@@ -18,7 +18,8 @@ Decisions, identical for every store:
 * ``save()`` writes only when the session was modified (a new session
   created with data counts as modified) or its TTL refresh is due (``refresh_fraction`` of its TTL has passed since the last
   write), in one round trip.  It never resurrects a session that was deleted
-  or expired meanwhile (SET XX): it returns False instead.
+  or expired meanwhile (SET XX, or the compare-and-set script): it returns False instead; a loaded session is
+  saved by compare-and-set and re-applies its changes if another request wrote first.
 * ``regenerate(session)`` gives the session a new id, writes it under the new
   id and deletes the old one; the same ``Session`` object is returned.
 """

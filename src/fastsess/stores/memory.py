@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._core.conflict import OnConflict, check_on_conflict, rebase
 from .._core.keys import check_session_id, is_valid_session_id, new_session_id
 from .._core.ops import mark_saved, needs_write, prepare_write, roll_back
 from .._core.principals import MemoryIndex
@@ -39,10 +40,13 @@ class MemoryStore(SessionStore):
     ``clock`` (default ``time.time``) gives the seconds that time the sessions: their
     expiry, ``refreshed_at`` and the refresh decision of ``save``.  ``encryption`` is
     accepted and checked as by the Redis stores, so code can switch stores, but it
-    changes nothing: sessions never leave this process.
+    changes nothing: sessions never leave this process.  ``on_conflict``
+    (``"merge"``, ``"raise"`` or a callable): what ``save`` does with a key that
+    another request changed too since this session was loaded (see ``RedisStore``).
 
     Raises:
-        ConfigError: invalid ``ttl``, ``refresh_fraction``, ``prefix`` or ``encryption``.
+        ConfigError: invalid ``ttl``, ``refresh_fraction``, ``prefix``, ``encryption`` or
+            ``on_conflict``.
         ValueError: ``max_sessions`` < 1.
     """
 
@@ -55,11 +59,13 @@ class MemoryStore(SessionStore):
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
         clock: Callable[[], float] | None = None,
         encryption: Encryption | None = None,
+        on_conflict: OnConflict = "merge",
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
         # accepted and checked like the Redis stores' (code can switch stores), but nothing
         # leaves this process, so nothing is encrypted
         self.encryption = check_encryption(encryption)
+        self.on_conflict = check_on_conflict(on_conflict)
         # Without a clock of its own the cache keeps its (faster) coarse monotonic one.
         timer = {} if clock is None else {"timer": clock}
         self._sessions: LocalCache[str, Any] = LocalCache(max_size=max_sessions, ttl=float(self.ttl), **timer)
@@ -77,7 +83,14 @@ class MemoryStore(SessionStore):
     def save(self, session: Session) -> bool:
         """Store a detached copy of ``session`` if it needs writing; True if it did.
 
+        A session saved before is written only if it still exists (False if deleted or
+        expired meanwhile).  If another request saved it since this one was loaded (its
+        version moved on), this request's changes are re-applied on the stored session
+        (``on_conflict`` decides keys changed on both sides), under the store's lock.
+
         Raises:
+            ConcurrentModification: ``on_conflict="raise"`` and a key changed on both sides
+                (nothing written, the session unchanged).
             TypeError: the session holds a value msgpack cannot store or read back
                 (the session is unchanged).
             SessionTooLarge: over the serializer's limits (the session is unchanged).
@@ -94,8 +107,12 @@ class MemoryStore(SessionStore):
         if session.new:
             while session.id in self._sessions:  # SET NX: never overwrite another session
                 session.id = new_session_id()
-        elif session.id not in self._sessions:
-            return False  # deleted or expired meanwhile: never resurrect it
+        else:
+            stored = self._sessions.get(session.id)
+            if stored is None:
+                return False  # deleted or expired meanwhile: never resurrect it
+            if stored.version != session.version:  # saved by another request since loaded
+                rebase(session, stored.copy(), self.on_conflict)
         self._principals.before_write(session, t)  # a bound session: its index entry first
         old = prepare_write(session, t)
         try:
@@ -142,18 +159,18 @@ class MemoryStore(SessionStore):
         old_id, was_saved = session.id, not session.new
         if was_saved:
             check_session_id(session)
-        state = (session.new, session.modified)
+        state = (session.new, session._modified, session._untracked, session._changes)
         session.id = new_session_id()
         if not was_saved:
             return session
-        session.new = session.modified = True  # written like a first save: NX under the new id
+        session.new = session._modified = True  # written like a first save: NX under the new id
         try:
             with self._write_lock:
                 self._save_locked(session, self.clock())
                 self._sessions.delete(old_id)
         except BaseException:
             session.id = old_id
-            session.new, session.modified = state
+            session.new, session._modified, session._untracked, session._changes = state
             raise
         return session
 

@@ -66,6 +66,12 @@ class RedisStore(RedisStoreBase, SessionStore):
             (default ``time.time``).
         encryption: an ``Encryption`` (``fastsess[crypto]``): every session is stored
             AES-256-GCM-encrypted, bound to its key; None (default): stored in clear.
+        on_conflict: what ``save`` does with a top-level key that this request and
+            another one both changed since this session was loaded: ``"merge"``
+            (default: this save's value wins for that key, the other request's
+            changes to other keys are kept), ``"raise"`` (``ConcurrentModification``,
+            nothing written) or a callable ``f(key, base, mine, theirs)`` returning the
+            value to store (``fastsess.MISSING`` deletes the key).
 
     Raises:
         ConfigError: neither or both of client/url, or an invalid setting.
@@ -97,13 +103,20 @@ class RedisStore(RedisStoreBase, SessionStore):
         return result
 
     def save(self, session: Session) -> bool:
-        """Write ``session`` if modified or its TTL refresh is due; True if it wrote. One SET.
+        """Write ``session`` if modified or its TTL refresh is due; True if it wrote. One round trip.
 
-        A new session is written with SET NX (a collision takes a fresh id);
-        an existing one with SET XX, so a session deleted meanwhile is not
-        resurrected (returns False).
+        A new session is written with SET NX (a collision takes a fresh id).  A
+        loaded one with a compare-and-set (one Lua script): written only if the key
+        still exists, so a session deleted meanwhile is not resurrected (returns
+        False), and still holds what this session was loaded from.  If another
+        request wrote it since, the stored session comes back in the same reply,
+        this request's changes (``session.changes``) are re-applied on it
+        (``on_conflict`` decides keys both changed) and the write is tried again:
+        one more round trip per conflict, at most ``MAX_CONFLICT_RETRIES`` (50).
 
         Raises:
+            ConcurrentModification: ``on_conflict="raise"`` and a key changed on both
+                sides, or a new write landed before each of the retries.
             StoreUnavailable: Redis failed; the session's state is unchanged.
             PoolExhausted: no pooled connection freed up in time (a StoreUnavailable).
             TypeError: the session holds a value that cannot be stored or read back.

@@ -1,0 +1,136 @@
+"""Lost updates: what ``save`` does when another request wrote the session first. No I/O.
+
+A save of a loaded session is a compare-and-set: it writes only if the stored session
+is still the one this request loaded (Redis: the SHA-1 of the stored bytes, compared in
+the write's Lua script; ``MemoryStore``: the version, under its lock).  When it is not,
+the save *rebases*: it takes the stored session as the new starting point and re-applies
+this request's changes (``Session.changes``: the top-level keys it set or deleted), then
+tries again (at most ``MAX_CONFLICT_RETRIES`` times).
+
+A key changed by this request and, differently, by the other writer is a real conflict;
+the store's ``on_conflict`` decides:
+
+* ``"merge"`` (default): this request's value wins for that key (last writer wins, per
+  key); every other key keeps the other writer's value.
+* ``"raise"``: ``ConcurrentModification`` naming the keys; nothing is written.  Both
+  sides setting the same value (or both deleting the key) is not a conflict.
+* a callable ``f(key, base, mine, theirs) -> value``: the value to store (``MISSING``
+  deletes the key); called for every key changed on both sides, even to equal values
+  (two increments of a counter look alike).  ``base`` is what the key held before this request changed it,
+  ``mine`` this request's value, ``theirs`` the stored one; any of them may be
+  ``MISSING`` (absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from ..errors import ConcurrentModification, ConfigError
+from ..session import MISSING, Session
+
+# A save re-applies its changes on a fresh copy at most this many times; a session
+# written by others even faster than that raises ConcurrentModification.
+MAX_CONFLICT_RETRIES = 50
+
+Resolver = Callable[[str, Any, Any, Any], Any]
+OnConflict: TypeAlias = "str | Resolver"
+
+POLICIES = ("merge", "raise")
+
+
+def check_on_conflict(on_conflict: Any) -> OnConflict:
+    """Validate a store's ``on_conflict``: ``"merge"``, ``"raise"`` or a callable.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if on_conflict in POLICIES or callable(on_conflict):
+        return on_conflict  # type: ignore[no-any-return]
+    raise ConfigError(f'on_conflict must be "merge", "raise" or a callable f(key, base, mine, theirs), not {on_conflict!r}')
+
+
+def stamp(base: Any) -> Any:
+    """The compare-and-set token of a stored value: the SHA-1 (hex) of its bytes.
+
+    ``Session._base`` holds the raw bytes a session was read from (hashed only when a
+    save needs them) or, once hashed, this digest; None: unknown (no check)."""
+    if type(base) is bytes:
+        return hashlib.sha1(base).hexdigest()  # noqa: S324 - an equality token, as Redis's sha1hex
+    return base
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if a is MISSING or b is MISSING:
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # an odd value whose == fails: count it as changed
+        return False
+
+
+def rebase(session: Session, theirs: Session, on_conflict: OnConflict) -> None:
+    """Make ``session`` the stored ``theirs`` plus this request's changes (see the module doc).
+
+    ``theirs`` is a freshly decoded session this function may take over.  On success
+    ``session`` holds the merged data, ``theirs``' version, times and base, and its
+    recorded changes now count from ``theirs``.
+
+    Raises:
+        ConcurrentModification: ``on_conflict="raise"`` and some keys changed on both
+            sides (``session`` is unchanged).
+        Exception: whatever an ``on_conflict`` callable raises (``session`` is unchanged).
+    """
+    mine = session._data
+    changes: dict[str, Any] = dict(session._changes or ())
+    if session._untracked:
+        # modified set by hand: which keys changed is unknown, so every key held counts,
+        # with no known previous value
+        for key in mine:
+            changes.setdefault(key, MISSING)
+    merged = theirs._data
+    conflicts: list[str] = []
+    rebased: dict[str, Any] = {}
+    for key, base in changes.items():
+        value = mine.get(key, MISSING)
+        stored = merged.get(key, MISSING)
+        rebased[key] = stored
+        if _same(stored, base):
+            pass  # only this request changed it
+        elif on_conflict == "merge":
+            pass  # last writer (this save) wins for this key
+        elif on_conflict == "raise":
+            if not _same(stored, value):  # both made the same change: nothing to decide
+                conflicts.append(key)
+                continue
+        else:  # called even for equal values: two increments of a counter look alike
+            value = on_conflict(key, base, value, stored)  # type: ignore[operator]
+        if value is MISSING:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    if conflicts:
+        raise ConcurrentModification(
+            f"another request changed {len(conflicts)} key(s) this request also changed: {', '.join(sorted(conflicts))}",
+            tuple(sorted(conflicts)),
+        )
+    session._data = merged
+    session.version = theirs.version
+    session.created_at = theirs.created_at
+    session.refreshed_at = theirs.refreshed_at
+    session._base = theirs._base
+    # From now on the changes count from what was just rebased onto (a later conflict
+    # compares with that), and only the keys changed here are re-applied again.
+    session._changes = rebased
+    session._untracked = False
+    session._modified = True
+
+
+def too_many_conflicts() -> ConcurrentModification:
+    """The error of a save that met a new write on every one of its attempts."""
+    return ConcurrentModification(
+        f"the session was written by other requests on each of {MAX_CONFLICT_RETRIES + 1} attempts to save it"
+    )
