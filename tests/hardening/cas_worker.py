@@ -97,6 +97,44 @@ def wait_start(cfg: dict[str, Any]) -> None:
         client.close()
 
 
+WINDOW = 20  # rounds a process may run ahead of the slowest other one (they must overlap)
+EVERY = 5  # rounds between two looks at the others' progress
+PACE_TIMEOUT = 20.0
+
+
+class Pace:
+    """Keeps the processes in step, so that their rounds really overlap even when the
+    machine deschedules one of them for a while: each counts its finished rounds in
+    Redis and waits (bounded) while it is more than ``WINDOW`` rounds ahead of another."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.client = redis.Redis.from_url(cfg["url"])
+        self.mine = f"{cfg['start']}:done:{cfg['me']}"
+        self.others = [f"{cfg['start']}:done:{n}" for n in range(cfg.get("workers", 2)) if n != cfg["me"]]
+        self.lock = threading.Lock()
+        self.done = 0
+        self.off = False  # an other process stopped answering: stop waiting for it
+
+    def step(self) -> None:
+        """One more round finished here; wait while too far ahead."""
+        with self.lock:
+            self.done += 1
+            done = self.done
+        if done % EVERY:
+            return
+        self.client.set(self.mine, done)
+        deadline = time.monotonic() + PACE_TIMEOUT
+        while not self.off and done - min(int(v or 0) for v in self.client.mget(self.others)) > WINDOW:
+            if time.monotonic() > deadline:
+                self.off = True
+                return
+            time.sleep(0.0005)
+
+    def finish(self) -> None:
+        self.client.set(self.mine, 10**9)  # never hold the others back any more
+        self.client.close()
+
+
 def run_sync(cfg: dict[str, Any]) -> Tally:
     store, tally, sid, me = make_store(cfg), Tally(), cfg["sid"], cfg["me"]
     held: list[Session] = []
@@ -125,13 +163,16 @@ def run_sync(cfg: dict[str, Any]) -> Tally:
                 result = exc
             after = store.load(sid) if result is True and cfg["kind"] == "clustered" else None
             record(tally, i, loaded, s, result, after)
+            pace.step()
 
+    pace = Pace(cfg)
     wait_start(cfg)
     threads = [threading.Thread(target=worker) for _ in range(cfg["tasks"])]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    pace.finish()
     for s in held:
         s["late"] = True
         tally.late_saves.append(store.save(s))
@@ -166,9 +207,12 @@ async def run_async(cfg: dict[str, Any]) -> Tally:
                 result = exc
             after = await store.load(sid) if result is True and cfg["kind"] == "clustered" else None
             record(tally, i, loaded, s, result, after)
+            await asyncio.to_thread(pace.step)
 
+    pace = Pace(cfg)
     await asyncio.to_thread(wait_start, cfg)
     await asyncio.gather(*(worker() for _ in range(cfg["tasks"])))
+    pace.finish()
     for s in held:
         s["late"] = True
         tally.late_saves.append(await store.save(s))

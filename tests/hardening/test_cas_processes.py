@@ -89,7 +89,7 @@ def proof(redis_server: Any) -> Proof:
             ids[case_id] = s.id
             runs.append({
                 "url": redis_server.url, "prefix": prefix, "sid": s.id, "rounds": ROUNDS, "procs": PROCS,
-                "start": f"{prefix}start:{case_id}", "flavour": flavour, "kind": kind, "policy": policy, "tasks": tasks,
+                "start": f"{prefix}start:{case_id}", "workers": PROCS, "flavour": flavour, "kind": kind, "policy": policy, "tasks": tasks,
             })
         procs = [spawn([{**run, "me": me} for run in runs]) for me in range(PROCS)]
         try:
@@ -110,33 +110,39 @@ def test_two_processes_lose_nothing(proof: Proof, flavour: str, kind: str, polic
     case_id = "-".join(map(str, (flavour, kind, policy, tasks)))
     data, results = proof.sessions[case_id], proof.results[case_id]
     rebased = sum(r["rebased"] for r in results)
-    conflicted = sum(len(r["conflicted"]) for r in results)
-    assert rebased + conflicted > 0, "the processes never met: nothing was proved"
+    raised = sum(len(r["conflicted"]) for r in results)
+    summary = f"{case_id}: rebased {rebased}, raised {raised}, seconds {[round(r['seconds'], 2) for r in results]}"
+    assert rebased + raised > 0, f"the processes never met: nothing was proved ({summary})"
     saved_rounds = 0
     for me, r in enumerate(results):
-        assert not r["gone"]
-        assert sorted(r["saved"] + r["conflicted"]) == list(range(ROUNDS))
+        assert not r["gone"], summary
+        assert sorted(r["saved"] + r["conflicted"]) == list(range(ROUNDS)), summary
         for i in r["saved"]:
-            assert data.get(f"p{me}-{i}") == i, f"process {me} round {i} was saved, then lost"
+            assert data.get(f"p{me}-{i}") == i, f"process {me} round {i} was saved, then lost ({summary})"
         for i in r["conflicted"]:
-            assert f"p{me}-{i}" not in data, "a save that raised wrote something"
-        assert r["older_in_cache"] == 0
+            assert f"p{me}-{i}" not in data, f"a save that raised wrote something ({summary})"
+        assert r["older_in_cache"] == 0, summary
         saved_rounds += len(r["saved"])
-    assert len([k for k in data if k.startswith("p")]) == saved_rounds
+    assert len([k for k in data if k.startswith("p")]) == saved_rounds, summary
+    # "last" is what some saved round wrote: the last writer wins (with "raise", only
+    # rounds that met no other change of it saved); one round in flight per process:
+    # the final saved round of one of them
+    who, i = data["last"]
+    assert i in results[who]["saved"], summary
+    if tasks == 1:
+        assert i == max(results[who]["saved"]), summary
     if policy == "raise":
-        assert conflicted > 0  # the shared keys conflict whenever two saves meet
+        assert raised > 0, summary  # the shared keys conflict whenever two saves meet
     else:
-        assert conflicted == 0
-        # last writer wins: "last" is what some saved round wrote; with one round in
-        # flight per process, the final round of one of them
-        who, i = data["last"]
-        assert i in results[who]["saved"]
-        if tasks == 1:
-            assert i == ROUNDS - 1
+        # With "merge" or a merge function a save raises only after MAX_CONFLICT_RETRIES
+        # conflicts in a row (this process starved by the other, as on a loaded machine):
+        # never a loss, counted above; most rounds save.
+        assert saved_rounds > ROUNDS, summary
     if policy == "counter":
-        assert data["hits"] == saved_rounds  # every increment counted
+        assert data["hits"] == saved_rounds, summary  # every increment counted
     elif policy == "merge":
-        assert data["hits"] <= saved_rounds  # last writer wins: increments may be overwritten
+        assert data["hits"] <= saved_rounds, summary  # last writer wins: increments may be overwritten
+    print(summary)
 
 
 def progress(session: Any, me: int) -> int:
@@ -155,6 +161,7 @@ def test_logout_during_concurrent_saves_is_never_undone(redis_url: str, prefix: 
         start = f"{prefix}start:{uuid.uuid4().hex}"
         cfg = {
             "url": redis_url, "prefix": prefix, "sid": s.id, "rounds": 100_000, "procs": PROCS + 1, "start": start,
+            "workers": PROCS,
             "flavour": flavour, "kind": "redis", "policy": "merge", "tasks": 2, "mode": "logout",
         }
         procs = [spawn([{**cfg, "me": me}]) for me in range(PROCS)]
