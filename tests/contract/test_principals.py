@@ -4,6 +4,7 @@ flavours (``backend``), the Redis index behind them (``redis_backend``) and two 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -164,6 +165,7 @@ def test_many_sessions_in_bounded_batches(backend: Backend) -> None:
     started = time.perf_counter()
     assert len(set(store.sessions_of("busy"))) == n
     before = redis_command_calls(backend.client, "zrem") if isinstance(backend, RedisBackend) else 0
+    published = store.coordinator.stats.published if backend.kind == "clustered" else 0
     assert store.delete_all("busy", except_id=keep) == n - 1
     elapsed = time.perf_counter() - started
     assert store.sessions_of("busy") == [keep]
@@ -171,7 +173,10 @@ def test_many_sessions_in_bounded_batches(backend: Backend) -> None:
     if isinstance(backend, RedisBackend):
         # one script per batch: it removes the batch from the index (one ZREM) and returns the next;
         # a batch holding except_id deletes BATCH - 1
-        assert n // BATCH <= redis_command_calls(backend.client, "zrem") - before <= n // BATCH + 1
+        scripts = redis_command_calls(backend.client, "zrem") - before
+        assert n // BATCH <= scripts <= n // BATCH + 1
+        if backend.kind == "clustered":  # one message per batch
+            assert store.coordinator.stats.published - published == scripts
     print(f"{backend}: listed and deleted {n} sessions in {elapsed:.2f} s")
 
 
@@ -204,8 +209,12 @@ def test_the_index_key_expires_after_its_sessions(redis_backend: RedisBackend) -
     store = redis_backend.make(ttl=100)
     s = bound(store, "frank")
     key = index_key(sync_store(store)._keys, "frank")
-    assert key.startswith(store.prefix) and "frank" not in key  # a digest, not the user id
+    assert key == store.prefix + "principal:" + hashlib.sha256(b"frank").hexdigest()  # not the user id
+    assert redis_backend.client.type(key) == b"zset"
     assert 199_000 < redis_backend.client.pttl(key) <= 200_000  # COVER x the session's TTL
+    assert redis_backend.client.zscore(key, s.id) == pytest.approx(redis_backend.now() + COVER * 100)
+    assert store.touch(s.id, 1000)  # touch does not know the principal: the index key is unchanged
+    assert redis_backend.client.pttl(key) <= 200_000
     bound(store, "frank", ttl=10)  # a shorter session never shortens it
     assert 199_000 < redis_backend.client.pttl(key) <= 200_000
     bound(store, "frank", ttl=1000)
@@ -214,6 +223,31 @@ def test_the_index_key_expires_after_its_sessions(redis_backend: RedisBackend) -
     redis_backend.client.delete(store.prefix + s.id)
     assert s.id not in store.sessions_of("frank")
     assert redis_backend.client.zcard(key) == 2
+
+
+def test_a_bind_looks_at_1000_ended_entries_at_most(redis_backend: RedisBackend) -> None:
+    store = redis_backend.make(ttl=10)
+    key = index_key(sync_store(store)._keys, "kim")
+    ended = {new_session_id(): redis_backend.now() - 1 for _ in range(BATCH + 500)}  # sessions long gone
+    redis_backend.client.zadd(key, ended)
+    bound(store, "kim")
+    assert redis_backend.client.zcard(key) == 500 + 1
+    bound(store, "kim")
+    assert redis_backend.client.zcard(key) == 2
+
+
+def test_at_most_one_save_in_two_renews_the_index_entry(redis_backend: RedisBackend) -> None:
+    store = redis_backend.make(ttl=100)
+    s = bound(store, "jane")
+    before = redis_command_calls(redis_backend.client, "zadd")
+    for i in range(8):  # saves as far apart as a session allows (just under its TTL)
+        redis_backend.age(s, 99)
+        s["i"] = i
+        assert store.save(s)
+    renewals = redis_command_calls(redis_backend.client, "zadd") - before
+    assert renewals == 4
+    redis_backend.age(s, 99)
+    assert bound(store, "jane").id in store.sessions_of("jane") and s.id in store.sessions_of("jane")
 
 
 def test_delete_all_on_a_plain_store_publishes_nothing(plain_redis: RedisBackend) -> None:
