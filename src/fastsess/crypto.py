@@ -95,6 +95,9 @@ class Encryption:
             turning encryption on for live sessions; each is encrypted at its next
             write).  Off by default: with it on, whoever can write to Redis can
             plant an unencrypted session.
+        write_plaintext: write sessions unencrypted (and read both): the first step
+            of turning encryption on, or the last of turning it off, without
+            logging anyone out (docs/encryption.md).  Implies ``accept_plaintext``.
 
     Raises:
         ConfigError: ``cryptography`` is not installed (``pip install 'fastsess[crypto]'``),
@@ -103,9 +106,9 @@ class Encryption:
             by value.
     """
 
-    __slots__ = ("_by_id", "_encryptor", "_header", "accept_plaintext", "key_ids")
+    __slots__ = ("_by_id", "_encryptor", "_header", "accept_plaintext", "key_ids", "write_plaintext")
 
-    def __init__(self, keys: Sequence[bytes], *, accept_plaintext: bool = False) -> None:
+    def __init__(self, keys: Sequence[bytes], *, accept_plaintext: bool = False, write_plaintext: bool = False) -> None:
         try:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         except ImportError:
@@ -117,8 +120,9 @@ class Encryption:
             )
         if not given:
             raise ConfigError("keys must hold at least one 32-byte key")
-        if not isinstance(accept_plaintext, bool):
-            raise ConfigError(f"accept_plaintext must be a bool, not {type(accept_plaintext).__name__}")
+        for name, flag in (("accept_plaintext", accept_plaintext), ("write_plaintext", write_plaintext)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be a bool, not {type(flag).__name__}")
         by_id: dict[bytes, Any] = {}
         ids: list[bytes] = []
         for n, key in enumerate(given, 1):
@@ -133,7 +137,8 @@ class Encryption:
         self._header = PREFIX + ids[0]
         self.key_ids: tuple[str, ...] = tuple(k.hex() for k in ids)
         """The keys' ids (``key_id``), in the order given: the first one encrypts."""
-        self.accept_plaintext = accept_plaintext
+        self.accept_plaintext = accept_plaintext or write_plaintext
+        self.write_plaintext = write_plaintext
 
     @staticmethod
     def generate_key() -> bytes:
@@ -141,7 +146,7 @@ class Encryption:
         return secrets.token_bytes(KEY_SIZE)
 
     @classmethod
-    def from_base64(cls, keys: Iterable[str | bytes], *, accept_plaintext: bool = False) -> Encryption:
+    def from_base64(cls, keys: Iterable[str | bytes], *, accept_plaintext: bool = False, write_plaintext: bool = False) -> Encryption:
         """An ``Encryption`` from base64 texts (standard or URL-safe alphabet, as in
         settings files and environment variables), e.g. ``base64.b64encode(generate_key())``.
 
@@ -159,7 +164,7 @@ class Encryption:
                 decoded.append(base64.b64decode(raw.strip().replace(b"-", b"+").replace(b"_", b"/"), validate=True))
             except (UnicodeEncodeError, binascii.Error, ValueError):
                 raise ConfigError(f"encryption key #{n} is not valid base64") from None
-        return cls(decoded, accept_plaintext=accept_plaintext)
+        return cls(decoded, accept_plaintext=accept_plaintext, write_plaintext=write_plaintext)
 
     def seal(self, envelope: bytes, associated: bytes) -> bytes:
         """``envelope`` encrypted with the first key, bound to ``associated`` (the Redis key)."""
@@ -193,7 +198,8 @@ class Encryption:
         return EncryptedSerializer(serializer, self, keys)
 
     def __repr__(self) -> str:
-        return f"Encryption(key_ids={list(self.key_ids)!r}, accept_plaintext={self.accept_plaintext})"
+        flags = ", write_plaintext=True" if self.write_plaintext else ""
+        return f"Encryption(key_ids={list(self.key_ids)!r}, accept_plaintext={self.accept_plaintext}{flags})"
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("an Encryption holds secret keys and cannot be pickled or copied")
@@ -256,12 +262,15 @@ class EncryptedSerializer(Serializer):
         return self.inner.loads(data)
 
     def encode_checked(self, session: Session) -> tuple[bytes, dict[str, Any]]:
-        """``inner.encode_checked``, the envelope then encrypted for ``session.id``'s key.
+        """``inner.encode_checked``, the envelope then encrypted for ``session.id``'s key
+        (left plain with ``write_plaintext``).
 
         Raises:
             TypeError, SessionTooLarge: as ``Serializer.encode``.
         """
         envelope, data = self.inner.encode_checked(session)
+        if self.encryption.write_plaintext:
+            return envelope, data
         sealed = self.encryption.seal(envelope, self.keys.key(session.id).encode())
         if len(sealed) > self.max_sealed:  # pragma: no cover - zlib never grows a body this much
             raise SessionTooLarge(f"the encrypted session is {len(sealed)} bytes, more than {self.max_sealed}")

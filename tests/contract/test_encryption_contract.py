@@ -142,6 +142,10 @@ def test_tampered_value_is_corrupt(redis_backend: RedisBackend) -> None:
     s = saved(store)
     value = bytearray(raw(redis_backend, store, s.id))
     value[-1] ^= 1
+    if isinstance(redis_backend, ClusteredBackend):
+        assert store.load(s.id) is not None  # cached
+        redis_backend.client.set(store.prefix + s.id, bytes(value), ex=60)
+        assert dict(store.load(s.id))["note"] == SECRET  # a cache hit decrypts nothing
     plant(redis_backend, store, s.id, bytes(value))
     with pytest.raises(SessionCorrupt):
         store.load(s.id)

@@ -95,3 +95,21 @@ def test_flask_bad_keys_are_a_config_error(redis_url: str, prefix: str) -> None:
     with pytest.raises(ConfigError, match="FASTSESS_ENCRYPTION_KEYS: encryption key #1 must be bytes, not int") as info:
         make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_ENCRYPTION_KEYS=[1, K1])
     assert K1.hex() not in str(info.value)
+
+
+def test_flask_a_session_the_keys_cannot_open_is_a_fresh_one(redis_url: str, prefix: str) -> None:
+    """What users meet if a key is removed too early (docs/encryption.md): not an error page."""
+    writer = listening(make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_ENCRYPTION_KEYS=B64[:1]))
+    reader = listening(make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, FASTSESS_ENCRYPTION_KEYS=B64[1:]))
+    try:
+        client = writer.test_client()
+        assert client.get("/login/ada").json == {"user": "ada"}
+        cookie = client.get_cookie("session")
+        assert cookie is not None
+        other = reader.test_client()
+        other.set_cookie("session", cookie.value)
+        response = other.get("/read")
+        assert response.status_code == 200 and response.json == {"user": None, "count": 0}
+    finally:
+        for app in (writer, reader):
+            app.session_interface.store.close()  # type: ignore[attr-defined]

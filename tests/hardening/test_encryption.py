@@ -296,8 +296,8 @@ def test_rotation_step_by_step(redis_url: str, prefix: str) -> None:
         fresh = [b2.create({"from": "step 3"}), a2.create({"from": "step 3"})]
         b2.save(fresh[0])
         a2.save(fresh[1])
-        values = [v for v in raw.mget(list(raw.scan_iter(match=prefix + "*"))) if v is not None]
-        assert len(values) >= 2 and {v[3:7].hex() for v in values} == {key_id(new)}  # no old-key session left
+        in_use = key_ids_in_use(raw, prefix)
+        assert list(in_use) == [key_id(new)] and in_use[key_id(new)] >= 2  # no old-key session left
         # 4. remove the old key: the live sessions still load
         a4 = node([new])
         for s in fresh:
@@ -307,6 +307,84 @@ def test_rotation_step_by_step(redis_url: str, prefix: str) -> None:
         raw.set(prefix + live[1].id, old_value, ex=60)
         with pytest.raises(SessionCorrupt, match=f"key id {key_id(old)}, which is not among"):
             a4.load(live[1].id)
+    finally:
+        raw.close()
+        for s in stores:
+            s.close()
+
+
+def key_ids_in_use(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """docs/encryption.md's check (verbatim): how many live sessions each key id encrypted
+    ("plain": unencrypted), reading 7 bytes of each session key."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for key in client.scan_iter(match=prefix + "?" * 43, count=1000):
+        head = client.getrange(key, 0, 6)
+        if not head:
+            continue  # expired since the scan
+        counts[head[3:].hex() if head[:3] == b"FS\x02" else "plain"] += 1
+    return dict(counts)
+
+
+def test_turning_encryption_on_and_off_logs_nobody_out(redis_url: str, prefix: str) -> None:
+    """docs/encryption.md, "Turning encryption on (or off) for live sessions": at every step
+    every node reads every live session, the nodes of the step before included."""
+    raw = redis.Redis.from_url(redis_url)
+    stores: list[RedisStore] = []
+
+    def node(encryption: Encryption | None) -> RedisStore:
+        stores.append(RedisStore(url=redis_url, prefix=prefix, encryption=encryption))
+        return stores[-1]
+
+    def write(store: RedisStore, n: int) -> list[str]:
+        made = [store.create({"n": i}) for i in range(n)]
+        for s in made:
+            store.save(s)
+        return [s.id for s in made]
+
+    def all_read(ids: list[str], *nodes: RedisStore) -> None:
+        for sid in ids:
+            for n in nodes:
+                assert n.load(sid) is not None
+
+    try:
+        plain = node(None)
+        ids = write(plain, 3)
+        # on, step 1: read both, still write plain (deployed next to the old nodes)
+        step1 = node(Encryption([K1], write_plaintext=True))
+        assert repr(step1.encryption).endswith("accept_plaintext=True, write_plaintext=True)")
+        ids += write(step1, 2)
+        all_read(ids, plain, step1)
+        assert key_ids_in_use(raw, prefix) == {"plain": 5}
+        # on, step 2: write encrypted, still read plain (step-1 nodes read what these write)
+        step2 = node(Encryption([K1], accept_plaintext=True))
+        ids += write(step2, 2)
+        all_read(ids, step1, step2)
+        assert key_ids_in_use(raw, prefix) == {"plain": 5, key_id(K1): 2}
+        # wait the longest session lifetime (here: every plain session is rewritten instead)
+        for sid in ids[:5]:
+            s = step2.load(sid)
+            s.modified = True
+            step2.save(s)
+        assert key_ids_in_use(raw, prefix) == {key_id(K1): 7}
+        # on, step 3: encrypted only
+        on = node(Encryption([K1]))
+        all_read(ids, on)
+        # off: the same steps backwards
+        off1 = node(Encryption([K1], accept_plaintext=True))
+        all_read(ids, on, off1)
+        off2 = node(Encryption([K1], write_plaintext=True))  # once off1 runs everywhere
+        ids += write(off2, 1)
+        all_read(ids, off1, off2)
+        with pytest.raises(SessionCorrupt, match="accept_plaintext is off"):
+            on.load(ids[-1])  # why off1 must be deployed everywhere first
+        for sid in ids:
+            s = off2.load(sid)
+            s.modified = True
+            off2.save(s)
+        assert key_ids_in_use(raw, prefix) == {"plain": 8}
+        all_read(ids, node(None), off1)
     finally:
         raw.close()
         for s in stores:
