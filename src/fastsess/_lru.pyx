@@ -41,7 +41,8 @@ Never a crash, whatever the keys and callbacks do:
   cache from that code in the same thread raises ``RuntimeError`` instead of
   deadlocking or corrupting.  With only such exact keys, nothing in an operation
   can run Python code, so on GIL builds it runs lock-free (the GIL makes it
-  atomic); free-threaded builds always take the lock.
+  atomic); free-threaded builds always lock, but ``LocalCache``'s lock is striped:
+  a hit takes only its thread's stripe, a structure change takes every stripe.
 * ``no_gc_clear``: the collector never clears a cache's fields or a node's.  If it
   clears the internal dict while a finalizer still holds the cache, the next call
   notices (the dict's size no longer matches the node count) and starts empty.
@@ -78,6 +79,7 @@ __all__ = ["CacheStats", "LRUCache", "LocalCache", "TTLCache"]
 cdef extern from *:
     """
     #include <time.h>
+    #include <string.h>
     /* The default clock.  On Linux CLOCK_MONOTONIC_COARSE has the same epoch as
        time.monotonic() (CLOCK_MONOTONIC) at jiffy resolution (1-4 ms), which is
        plenty for TTLs in seconds and ~20 ns cheaper.  Elsewhere, Python 3.13+
@@ -102,11 +104,47 @@ cdef extern from *:
     static double fastsess_clock(void) { return 0.0; }
     #endif
 
-    /* GIL builds: an operation that runs no Python code is atomic. */
-    #ifdef Py_GIL_DISABLED
+    /* GIL builds: an operation that runs no Python code is atomic.
+       FASTSESS_TEST_STRIPED_LOCK (a test build only) runs a GIL build as a
+       free-threaded one is run: every operation locked, hits on the striped lock. */
+    #if defined(Py_GIL_DISABLED) || defined(FASTSESS_TEST_STRIPED_LOCK)
     #define FASTSESS_GIL 0
     #else
     #define FASTSESS_GIL 1
+    #endif
+
+    /* Free-threaded builds: LocalCache's lock is striped, one mutex per counter
+       stripe (below).  A hit takes only its own thread's stripe; whatever changes
+       the structure (or must see it whole) takes every stripe, in order.  So hits
+       from different threads take different mutexes, and no hit runs while the
+       structure changes. */
+    #if defined(Py_GIL_DISABLED)
+    #define FASTSESS_STRIPED_LOCK 1
+    typedef PyMutex fastsess_mutex;
+    static inline int fastsess_mutex_init(fastsess_mutex* m) { memset(m, 0, sizeof(*m)); return 0; }
+    static inline void fastsess_mutex_fini(fastsess_mutex* m) { (void)m; }
+    static inline void fastsess_mutex_lock(fastsess_mutex* m) { PyMutex_Lock(m); }
+    static inline void fastsess_mutex_unlock(fastsess_mutex* m) { PyMutex_Unlock(m); }
+    #elif defined(FASTSESS_TEST_STRIPED_LOCK)
+    #define FASTSESS_STRIPED_LOCK 1
+    typedef PyThread_type_lock fastsess_mutex;
+    static inline int fastsess_mutex_init(fastsess_mutex* m) { *m = PyThread_allocate_lock(); return *m == NULL ? -1 : 0; }
+    static inline void fastsess_mutex_fini(fastsess_mutex* m) { if (*m != NULL) PyThread_free_lock(*m); *m = NULL; }
+    static inline void fastsess_mutex_lock(fastsess_mutex* m) {
+        if (!PyThread_acquire_lock(*m, NOWAIT_LOCK)) {
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock(*m, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    static inline void fastsess_mutex_unlock(fastsess_mutex* m) { PyThread_release_lock(*m); }
+    #else
+    #define FASTSESS_STRIPED_LOCK 0
+    typedef char fastsess_mutex;
+    static inline int fastsess_mutex_init(fastsess_mutex* m) { *m = 0; return 0; }
+    static inline void fastsess_mutex_fini(fastsess_mutex* m) { (void)m; }
+    static inline void fastsess_mutex_lock(fastsess_mutex* m) { (void)m; }
+    static inline void fastsess_mutex_unlock(fastsess_mutex* m) { (void)m; }
     #endif
 
     /* Dict calls with the hash computed beforehand (before the lock is taken, and
@@ -123,13 +161,35 @@ cdef extern from *:
     /* LocalCache's hit and miss counters: one 64-byte line per stripe, the stripe
        picked by hashing where the thread's stack lies, so threads counting hits do not write one
        shared line; stats sums the stripes.  Every increment runs with the GIL (GIL
-       builds) or under the cache's lock (free-threaded builds), so the sums are exact. */
+       builds) or under the stripe's mutex (free-threaded builds), so the sums are exact. */
     #define FASTSESS_STRIPES 16
     typedef struct {
         unsigned long long hits;
         unsigned long long misses;
-        char pad[64 - 2 * sizeof(unsigned long long)];
+        fastsess_mutex lock;
+        char pad[64 - 2 * sizeof(unsigned long long) - sizeof(fastsess_mutex)];
     } fastsess_stripe;
+    static int fastsess_stripes_init(fastsess_stripe* stripes) {
+        int i;
+        for (i = 0; i < FASTSESS_STRIPES; i++) {
+            if (fastsess_mutex_init(&stripes[i].lock) < 0) return -1;
+        }
+        return 0;
+    }
+    static void fastsess_stripes_fini(fastsess_stripe* stripes) {
+        int i;
+        for (i = 0; i < FASTSESS_STRIPES; i++) fastsess_mutex_fini(&stripes[i].lock);
+    }
+    static inline void fastsess_stripe_lock(fastsess_stripe* stripe) { fastsess_mutex_lock(&stripe->lock); }
+    static inline void fastsess_stripe_unlock(fastsess_stripe* stripe) { fastsess_mutex_unlock(&stripe->lock); }
+    static void fastsess_lock_all(fastsess_stripe* stripes) {
+        int i;
+        for (i = 0; i < FASTSESS_STRIPES; i++) fastsess_mutex_lock(&stripes[i].lock);
+    }
+    static void fastsess_unlock_all(fastsess_stripe* stripes) {
+        int i;
+        for (i = FASTSESS_STRIPES - 1; i >= 0; i--) fastsess_mutex_unlock(&stripes[i].lock);
+    }
     static inline fastsess_stripe* fastsess_stripe_of(fastsess_stripe* stripes) {
         /* The thread, told by where its stack is (threads' stacks lie megabytes
            apart; free, unlike a call for the thread id).  A thread may use more
@@ -148,6 +208,7 @@ cdef extern from *:
     """
     const bint FASTSESS_HAVE_C_CLOCK
     const bint FASTSESS_GIL
+    const bint FASTSESS_STRIPED_LOCK
     double fastsess_clock() noexcept nogil
     PyObject* fastsess_dict_get(object d, object k, Py_hash_t h) except? NULL
     int fastsess_dict_del(object d, object k, Py_hash_t h) except -1
@@ -159,6 +220,12 @@ cdef extern from *:
         unsigned long long misses
     fastsess_stripe* fastsess_stripe_of(fastsess_stripe* stripes) noexcept
     void* fastsess_stripes_alloc(fastsess_stripe** aligned) noexcept
+    int fastsess_stripes_init(fastsess_stripe* stripes) noexcept
+    void fastsess_stripes_fini(fastsess_stripe* stripes) noexcept
+    void fastsess_stripe_lock(fastsess_stripe* stripe) noexcept
+    void fastsess_stripe_unlock(fastsess_stripe* stripe) noexcept
+    void fastsess_lock_all(fastsess_stripe* stripes) noexcept
+    void fastsess_unlock_all(fastsess_stripe* stripes) noexcept
 
 cdef extern from *:
     """
@@ -531,8 +598,8 @@ cdef class _Core:
     cdef fastsess_stripe* _stripes
     cdef unsigned long long _evictions
     cdef unsigned long long _expirations
-    cdef cython.pymutex _lock
-    cdef unsigned long _owner  # thread holding _lock, 0 when free
+    cdef cython.pymutex _lock  # (free-threaded LocalCache: the stripes' mutexes instead)
+    cdef unsigned long _owner  # thread holding the lock, 0 when free
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -547,6 +614,8 @@ cdef class _Core:
         self._heap = NULL
         PyMem_Free(self._index)
         self._index = NULL
+        if self._stripes is not NULL:
+            fastsess_stripes_fini(self._stripes)
         PyMem_Free(self._stripe_mem)
         self._stripe_mem = NULL
         self._stripes = NULL
@@ -566,14 +635,20 @@ cdef class _Core:
                 f"{type(self).__name__} re-entered while it was being updated (from a key's "
                 "__hash__/__eq__ or a finalizer running in the middle of one of its operations)"
             )
-        self._lock.acquire()  # waits with the GIL released
+        if FASTSESS_STRIPED_LOCK and self._stripes is not NULL:
+            fastsess_lock_all(self._stripes)  # every stripe, in order (waits detached from the interpreter)
+        else:
+            self._lock.acquire()  # waits with the GIL released
         self._owner = me
         return 0
 
     @cython.final
     cdef inline void _release(self) noexcept:
         self._owner = 0
-        self._lock.release()
+        if FASTSESS_STRIPED_LOCK and self._stripes is not NULL:
+            fastsess_unlock_all(self._stripes)
+        else:
+            self._lock.release()
 
     @cython.final
     cdef inline int _enter(self, object key) except -1:
@@ -1743,13 +1818,48 @@ MutableMapping.register(LRUCache)
 MutableMapping.register(TTLCache)
 
 
+cdef object _local_get_striped(LocalCache self, object key, object default, double now):
+    """A free-threaded hit: only this thread's stripe is locked.  Returns ``_MISSING`` to fall back.
+
+    The caller checked that ``key`` is an exact str/int/bytes and that this thread does
+    not hold the cache's lock.  Every structure change holds every stripe, so under one
+    stripe the index, the dict size and the counts are whole; nothing here runs Python
+    code.  Readers under other stripes may set the same visited bit at the same time
+    (the same value).
+    """
+    cdef fastsess_stripe* stripe = fastsess_stripe_of(self._stripes)
+    cdef fastsess_slot* sl = NULL
+    cdef object result = _MISSING
+    cdef Py_hash_t h = PyObject_Hash(key)
+    fastsess_stripe_lock(stripe)
+    if self._unsafe == 0 and PyDict_GET_SIZE(self._map) == self._count:
+        if self._index is not NULL:
+            sl = fastsess_index_find(self._index, self._index_mask, 64 - self._index_bits, <PyObject*>key, h)
+        if sl is NULL:
+            stripe.misses += 1
+            result = default
+        elif now < sl.expires:
+            if not (sl.hash & 1):
+                sl.hash |= 1
+            stripe.hits += 1
+            result = <object>sl.value  # a reference taken before the stripe is let go
+    fastsess_stripe_unlock(stripe)
+    return result
+
+
 cdef object _local_get(object cache, object key, object default):
     """``LocalCache.get``: the hit path inlined, everything else through ``_Core._get``."""
     cdef LocalCache self = <LocalCache>cache
     cdef double now = self._now()
     cdef fastsess_slot* sl = NULL
     cdef Py_hash_t h
-    if self._lock_free(key) and PyDict_GET_SIZE(self._map) == self._count:
+    cdef object value
+    if FASTSESS_STRIPED_LOCK:
+        if self._stripes is not NULL and _safe_key(key) and self._owner != PyThread_get_thread_ident():
+            value = _local_get_striped(self, key, default, now)
+            if value is not _MISSING:
+                return value
+    elif self._lock_free(key) and PyDict_GET_SIZE(self._map) == self._count:
         # An exact str/int/bytes key on a GIL build, and only such keys in the cache:
         # nothing here runs Python code.  Every node is in the index, so a hit reads
         # one slot (and sets its visited bit, once) and a miss ends at an empty slot.
@@ -1791,6 +1901,11 @@ cdef class LocalCache(_Core):
         self._indexed = True
         self._stripe_mem = fastsess_stripes_alloc(&self._stripes)
         if self._stripe_mem is NULL:
+            raise MemoryError()
+        if fastsess_stripes_init(self._stripes) < 0:
+            PyMem_Free(self._stripe_mem)
+            self._stripe_mem = NULL
+            self._stripes = NULL
             raise MemoryError()
 
     def __init__(self, max_size=10_000, ttl=30.0, timer=None):
