@@ -115,6 +115,18 @@ def test_bind_before_the_first_save_and_regenerate_of_a_new_session(backend: Bac
     assert store.sessions_of("carol") == [s.id]
 
 
+def test_a_login_racing_delete_all_stays_bound(backend: Backend) -> None:
+    """bind, then a delete_all elsewhere (it finds the entry but no session yet), then the
+    first save: the new session is in the index again, for the next delete_all."""
+    store = backend.make()
+    s = store.create({"a": 1})
+    store.bind(s, "liz")
+    assert store.delete_all("liz") == 0
+    assert store.save(s) is True and s.modified is False
+    assert store.sessions_of("liz") == [s.id]
+    assert store.delete_all("liz") == 1
+
+
 def test_saves_keep_a_bound_session_indexed_past_its_first_cover(backend: Backend) -> None:
     """An entry covers its session for COVER TTLs; a later save extends it, so a trim by a
     newer bind never drops a session that saves kept alive."""

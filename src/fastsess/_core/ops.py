@@ -185,6 +185,8 @@ class Indexing(Protocol):
 
     def before_write(self, session: Session, now: float) -> Generator[Command, Any, None]: ...
 
+    def after_create(self, session: Session) -> Generator[Command, Any, None]: ...
+
 
 Flow = Generator[Command, Any, Any]
 
@@ -322,7 +324,10 @@ class StoreCore:
                 roll_back(session, old)
                 raise
             if written is True:
+                created = session.new
                 mark_saved(session, t, payload)
+                if created and self.principals is not None:  # a login racing a delete_all: indexed again
+                    yield from self.principals.after_create(session)
                 return True
             roll_back(session, old)
             if written is False:

@@ -48,6 +48,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FastsessError
 from ..session import Session
 from .keys import KeySpace, check_session_id, is_valid_session_id
 from .messages import DELETED_MANY, MAX_IDS
@@ -195,6 +196,16 @@ def _ids(pairs: Any) -> list[str]:
     return [pair[0].decode() for pair in pairs]
 
 
+def indexed_entry(session: Session) -> tuple[str, float] | None:
+    """(principal, covered until) of a bound ``session`` indexed under its current id, else None."""
+    entry = session.data.get(PRINCIPAL_KEY)
+    if type(entry) is list and len(entry) == 3 and isinstance(entry[0], str) and entry[1] == session.id:
+        until = entry[2]
+        if isinstance(until, (int, float)) and not isinstance(until, bool):
+            return entry[0], float(until)
+    return None
+
+
 class PrincipalCore:
     """The principal operations of one Redis-backed store, as generators of commands.
 
@@ -247,6 +258,21 @@ class PrincipalCore:
         principal = needs_index(session, now)
         if principal is not None:
             yield self._index(session, principal, now)
+
+    def after_create(self, session: Session) -> Flow:
+        """Run by ``save`` after the first write of ``session``: index it once more if it is
+        bound.  A ``delete_all`` that ran between ``before_write`` and the write removed its
+        entry and found no session to delete; without this the new session would stay out of
+        the index until its next renewal.  A failure here is ignored: the entry written by
+        ``before_write`` stands, and the session is saved."""
+        entry = indexed_entry(session)
+        if entry is None:
+            return
+        key = index_key(self.keys, entry[0])
+        try:
+            yield run_script("bind", INDEX_ADD, (key,), session.id, entry[1], 0, int(COVER * session.ttl * 1000), 0)
+        except FastsessError:
+            pass
 
     def sessions_of(self, principal: str) -> Flow:
         """The ids of ``principal``'s live sessions, in no particular order; entries of
@@ -358,6 +384,12 @@ class MemoryIndex:
         principal = needs_index(session, now)
         if principal is not None:
             self.index(session, principal, now)
+
+    def after_create(self, session: Session) -> None:
+        """See ``PrincipalCore.after_create`` (the entry again, without touching the session)."""
+        entry = indexed_entry(session)
+        if entry is not None:
+            self._entries.setdefault(entry[0], {})[session.id] = entry[1]
 
     def sessions_of(self, principal: str) -> list[str]:
         """See ``PrincipalCore.sessions_of``.

@@ -122,6 +122,8 @@ class MemoryStore(SessionStore):
             raise
         snapshot = Session._restore(session.id, data, session.ttl, session.created_at, session.refreshed_at, session.version)
         self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
+        if session.new:  # as the Redis stores do after a first write (a delete_all may have run since bind)
+            self._principals.after_create(session)
         mark_saved(session, t)
         return True
 
