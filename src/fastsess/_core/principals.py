@@ -52,7 +52,7 @@ from ..errors import FastsessError
 from ..session import Session
 from .keys import KeySpace, check_session_id, is_valid_session_id
 from .messages import DELETED_MANY, MAX_IDS
-from .ops import Command, Flow, Messages, Script, run_script, script
+from .ops import Command, Flow, Messages, Script, publish_script, run_script, script
 from .policy import CachePolicy
 
 PRINCIPAL_KEY = "_fastsess_principal"  # reserved session key: [principal, indexed id, covered until]
@@ -100,7 +100,9 @@ return n
 
 # KEYS[1]=index  ARGV: n, n ids, batch[, channel, message...].  Removes the ids (their
 # sessions were just deleted), publishes the message(s), returns the next batch of ids.
-INDEX_REMOVE = script("""
+# The channel is the store's plain one (not a shard channel): the ids live on every
+# master, and every listener subscribes the plain channel.
+INDEX_REMOVE = publish_script("""
 local n = tonumber(ARGV[1])
 if n > 0 then
   redis.call('ZREM', KEYS[1], unpack(ARGV, 2, n + 1))
@@ -108,7 +110,7 @@ end
 local channel = ARGV[n + 3]
 if channel then
   for i = n + 4, #ARGV do
-    redis.call('PUBLISH', channel, ARGV[i])
+    publish(channel, ARGV[i])
   end
 end
 return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[n + 2]) - 1)
