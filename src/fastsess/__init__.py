@@ -28,6 +28,7 @@ _LAZY = {
     "InvalidSessionId": ".errors",
     "ConfigError": ".errors",
     "PoolExhausted": ".errors",
+    "CircuitOpen": ".errors",
     "SessionTooLarge": ".errors",
     "ConcurrentModification": ".errors",
     "MISSING": ".session",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .config import ClusterConfig
     from .crypto import Encryption
     from .errors import (
+        CircuitOpen,
         ConcurrentModification,
         ConfigError,
         FastsessError,

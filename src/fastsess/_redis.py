@@ -18,6 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from ._core.breaker import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from ._core.conflict import OnConflict, check_on_conflict
 from ._core.keys import KeySpace, is_valid_session_id
 from ._core.ops import Command, Flow, StoreCore
@@ -28,7 +29,7 @@ from .cache import CacheStats
 from .cluster import HITS_PER_CHECK, CoherentCache, release_unclosed
 from .config import ClusterConfig
 from .crypto import Encryption, check_encryption
-from .errors import ConfigError, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
+from .errors import CircuitOpen, ConfigError, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
 from .serializers import Serializer, resolve_serializer
 from .session import Session
 
@@ -155,38 +156,83 @@ def check_binary_client(client: Any) -> None:
         raise ConfigError("the Redis client must not use decode_responses=True: sessions are stored as bytes")
 
 
+def is_connection_failure(exc: BaseException) -> bool:
+    """True if ``exc`` says Redis could not be reached or did not answer in time (refused,
+    reset, timed out, still loading): what the circuit breaker counts.  An error reply
+    (WRONGTYPE, OOM, READONLY) is an answer, and an exhausted pool is this process's
+    contention, not Redis's failure."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)) and not is_pool_exhausted(exc)
+
+
 class Run:
     """One operation in progress, for a driver: it sends ``command`` and reports the
-    outcome with ``reply`` or ``failed`` until ``done``; then ``value`` is the result."""
+    outcome with ``reply`` or ``failed`` until ``done``; then ``value`` is the result.
 
-    __slots__ = ("command", "done", "flow", "value")
+    The store's ``CircuitBreaker`` is asked before each command: while it is open, the
+    command is not handed to the driver; ``CircuitOpen`` is thrown into the operation
+    instead (which may answer from the cache with ``stale_if_error``, or raise it).
+    """
 
-    def __init__(self, flow: Flow) -> None:
+    __slots__ = ("breaker", "command", "done", "flow", "probe", "value")
+
+    def __init__(self, flow: Flow, breaker: CircuitBreaker) -> None:
         self.flow = flow
+        self.breaker = breaker
         self.done = False
         self.value: Any = None
         self.command: Any = None  # the command to send next
-        try:
-            self.command = next(flow)
-        except StopIteration as stop:
-            self.done, self.value = True, stop.value
+        self.probe = False  # this command is the breaker's half-open probe
+        self._advance(flow.send, None)
+
+    def _advance(self, step: Callable[[Any], Command], arg: Any) -> None:
+        """``step(arg)`` into the flow; then admit its next command, or throw ``CircuitOpen`` in."""
+        while True:
+            try:
+                command = step(arg)
+            except StopIteration as stop:
+                self.done, self.value = True, stop.value
+                return
+            breaker = self.breaker
+            if breaker.closed:
+                self.command = command
+                return
+            try:
+                self.probe = breaker.admit()
+            except CircuitOpen as exc:
+                step, arg = self.flow.throw, exc
+                continue
+            self.command = command
+            return
 
     def reply(self, reply: Any) -> None:
         """The command succeeded with ``reply``."""
-        try:
-            self.command = self.flow.send(reply)
-        except StopIteration as stop:
-            self.done, self.value = True, stop.value
+        breaker = self.breaker
+        if breaker.failures or self.probe:
+            breaker.succeeded(self.probe)
+            self.probe = False
+        self._advance(self.flow.send, reply)
 
     def failed(self, exc: BaseException) -> None:
         """The command raised ``exc``: a redis-py error reaches the operation mapped
         (``map_redis_error``), anything else (a cancellation) as it is."""
+        probe, self.probe = self.probe, False
         if isinstance(exc, REDIS_ERRORS):
+            if is_connection_failure(exc):
+                self.breaker.failed(exc, probe)
+            elif is_pool_exhausted(exc):
+                self.breaker.released(probe)
+            else:
+                self.breaker.succeeded(probe)  # an error reply: Redis answered
             exc = map_redis_error(self.command[0], exc)
-        try:
-            self.command = self.flow.throw(exc)
-        except StopIteration as stop:
-            self.done, self.value = True, stop.value
+        else:
+            self.breaker.released(probe)
+        self._advance(self.flow.throw, exc)
+
+
+def breaker_failed(breaker: CircuitBreaker, exc: BaseException) -> None:
+    """Count ``exc`` (raised outside a ``Run``: SCAN, UNLINK pipelines) if it is a connection failure."""
+    if is_connection_failure(exc):
+        breaker.failed(exc)
 
 
 def execute(client: Any, command: Command) -> Any:
@@ -271,11 +317,14 @@ class RedisStoreBase(StoreBase):
         clock: Callable[[], float] | None = None,
         encryption: Encryption | None = None,
         on_conflict: OnConflict = "merge",
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
     ) -> None:
         super().__init__(prefix=prefix, ttl=ttl, refresh_fraction=refresh_fraction, clock=clock)
         check_pool(pool_size, pool_timeout)
         self.encryption = check_encryption(encryption)
         self.on_conflict = check_on_conflict(on_conflict)
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
         if (client is None) == (url is None):
             raise ConfigError("pass exactly one of client= or url=")
         self._owns_client = client is None
@@ -323,12 +372,15 @@ class ClusteredStoreBase(RedisStoreBase):
         clock: Callable[[], float] | None = None,
         encryption: Encryption | None = None,
         on_conflict: OnConflict = "merge",
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
     ) -> None:
         super().__init__(
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
             socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout, clock=clock,
             encryption=encryption,
             on_conflict=on_conflict,
+            breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown,
         )
         self.config = cfg = ClusterConfig() if config is None else config
         self._cache = (
@@ -337,7 +389,10 @@ class ClusteredStoreBase(RedisStoreBase):
             else None
         )
         self.coordinator: Any = self._coordinator_type(self.client, cfg, self._cache, self._keys.prefix) if cfg.enabled else None
-        policy = None if self._cache is None else CachePolicy(cfg, self._cache)
+        listener = None if self.coordinator is None else self.coordinator.machine
+        if listener is not None:  # a resubscribed listener ends the breaker's cool-down early
+            self.breaker.resubscribed_at = lambda: listener.subscribed_at
+        policy = None if self._cache is None else CachePolicy(cfg, self._cache, breaker=self.breaker, listener=listener)
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
             self.on_conflict,

@@ -13,13 +13,17 @@ variable                            field                           example
 ``FASTSESS_LOCAL_CACHE_MAX_SIZE``   ``local_cache_max_size``        ``10000``
 ``FASTSESS_SUBSCRIBE_TIMEOUT``      ``subscribe_timeout``           ``1.0``
 ``FASTSESS_RECONNECT_BACKOFF``      ``reconnect_backoff``           ``0.05,5``
-``FASTSESS_STALE_IF_ERROR``         ``stale_if_error``              ``false``
+``FASTSESS_STALE_IF_ERROR``         ``stale_if_error``              ``10`` (seconds)
 ``FASTSESS_TRACK_EXTERNAL_CHANGES`` ``track_external_changes``      ``true``
 ``FASTSESS_SHARDED_PUBSUB``         ``sharded_pubsub``              ``true``
 =================================== =============================== ==================
 
 and ``FASTSESS_LOCAL_CACHE_MAX_BYTES`` / ``FASTSESS_LOCAL_CACHE_MAX_ITEM_BYTES``
 (``local_cache_max_bytes`` / ``local_cache_max_item_bytes``, e.g. ``67108864`` / ``262144``).
+
+``FASTSESS_STALE_IF_ERROR`` takes seconds (``0``: off) or a word: ``true``/``yes``/``on``
+(``local_cache_ttl`` seconds, as ``stale_if_error=True``), ``false``/``no``/``off`` (off).
+A bare ``1`` is one second, not "on".
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ ENV_PREFIX = "FASTSESS_"
 DEFAULT_LOCAL_CACHE_MAX_BYTES = 64 * 1024 * 1024  # serialized bytes of all cached sessions of a process
 DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES = 256 * 1024  # larger sessions are not cached locally
 
-_BOOLS = ("enabled", "local_cache_enabled", "stale_if_error", "track_external_changes", "sharded_pubsub")
+_BOOLS = ("enabled", "local_cache_enabled", "track_external_changes", "sharded_pubsub")  # stale_if_error: a bool or seconds
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -68,8 +72,12 @@ class ClusterConfig:
         subscribe_timeout: seconds to wait for the subscription to be confirmed,
             and the idle time after which the listener checks the connection with a PING.
         reconnect_backoff: (first, max) delay in seconds between reconnection attempts.
-        stale_if_error: serve a cached session when Redis fails, instead of raising
-            ``StoreUnavailable`` (off by default: fail closed).
+        stale_if_error: seconds into an outage during which a read that Redis failed
+            may be answered from this node's cache instead of raising
+            ``StoreUnavailable`` (default ``False``: 0, fail closed).  ``True`` means
+            ``local_cache_ttl`` seconds (a cached copy outlives no outage longer than
+            that anyway); ``stale_window`` gives the seconds either way.  Writes
+            always fail, and a session deleted before the outage is never served.
         track_external_changes: also evict cached sessions changed by anything else
             than fastsess (another tool's ``DEL``, expiry, eviction, ``FLUSHDB``): the
             listener registers ``CLIENT TRACKING ... BCAST PREFIX <prefix>`` (Redis >= 6;
@@ -95,7 +103,7 @@ class ClusterConfig:
     local_cache_max_item_bytes: int = DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES
     subscribe_timeout: float = 1.0
     reconnect_backoff: tuple[float, float] = (0.05, 5.0)
-    stale_if_error: bool = False
+    stale_if_error: bool | float = False
     track_external_changes: bool = False
     sharded_pubsub: bool = True
 
@@ -103,6 +111,14 @@ class ClusterConfig:
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
+        stale = self.stale_if_error
+        if not isinstance(stale, bool):
+            try:
+                ok = isinstance(stale, (int, float)) and math.isfinite(stale) and stale >= 0
+            except OverflowError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"stale_if_error must be a bool or a finite number of seconds >= 0, not {stale!r}")
         for name in ("node_id", "channel"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value or len(value) > 200:
@@ -122,6 +138,14 @@ class ClusterConfig:
         _positive("reconnect_backoff[1]", backoff[1])
         if backoff[0] > backoff[1]:
             raise ConfigError(f"reconnect_backoff: first delay {backoff[0]} exceeds the max {backoff[1]}")
+
+    @property
+    def stale_window(self) -> float:
+        """``stale_if_error`` in seconds: 0.0 (off), ``local_cache_ttl`` for True, else the number."""
+        stale = self.stale_if_error
+        if stale is True:
+            return float(self.local_cache_ttl)
+        return float(stale)
 
     def replace(self, **changes: Any) -> ClusterConfig:
         """A copy with ``changes`` applied (validated like the constructor)."""
@@ -169,6 +193,16 @@ def _positive(name: str, value: Any) -> None:
 
 def _parse(variable: str, field: str, raw: str) -> Any:
     try:
+        if field == "stale_if_error":
+            lowered = raw.lower()
+            if lowered in _TRUE - {"1"}:
+                return True
+            if lowered in _FALSE - {"0"}:
+                return False
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError("expected seconds (0: off) or one of true/false, yes/no, on/off") from None
         if field in _BOOLS:
             lowered = raw.lower()
             if lowered in _TRUE:

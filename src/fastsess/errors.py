@@ -2,8 +2,10 @@
 
     FastsessError
     ├── StoreUnavailable   Redis down, timed out or refusing commands (cause kept)
-    │   └── PoolExhausted  Redis is fine, but no pooled connection freed up within
-    │                      ``pool_timeout`` (more concurrent requests than ``pool_size``)
+    │   ├── PoolExhausted  Redis is fine, but no pooled connection freed up within
+    │   │                  ``pool_timeout`` (more concurrent requests than ``pool_size``)
+    │   └── CircuitOpen    failed fast, without a Redis call: the store's circuit
+    │                      breaker is open after repeated connection failures
     ├── SessionCorrupt     bytes under a session key that are not a fastsess session
     ├── ConcurrentModification  ``save`` met another request's write of the same key
     │                      (``on_conflict="raise"``), or kept meeting new writes
@@ -43,6 +45,16 @@ class PoolExhausted(StoreUnavailable):
     its pool has connections (``pool_size``).  Still a ``StoreUnavailable`` (the
     request should fail with HTTP 503), but the fix is a larger ``pool_size`` or
     fewer concurrent requests per process, not a look at Redis.
+    """
+
+
+class CircuitOpen(StoreUnavailable):
+    """Failed fast, without sending anything to Redis: the store's circuit breaker is open.
+
+    After ``breaker_threshold`` connection failures in a row the store stops sending
+    commands for ``breaker_cooldown`` seconds, then lets one call at a time probe Redis.
+    Nothing was sent, so a write that raised this left Redis unchanged.  ``cause`` is
+    the connection error that last failed (also chained as ``__cause__``).
     """
 
 

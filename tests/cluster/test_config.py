@@ -22,7 +22,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert c.local_cache_max_size == 10_000
     assert c.subscribe_timeout == 1.0
     assert c.reconnect_backoff == (0.05, 5.0)
-    assert c.stale_if_error is False  # fail closed by default
+    assert c.stale_if_error is False and c.stale_window == 0.0  # fail closed by default
     assert c.track_external_changes is False and c.sharded_pubsub is True
 
 
@@ -66,7 +66,8 @@ def test_valid_explicit_values_are_kept() -> None:
 INVALID: list[tuple[str, Any]] = [
     ("enabled", 1), ("enabled", "yes"), ("enabled", None),
     ("local_cache_enabled", 0), ("local_cache_enabled", "true"),
-    ("stale_if_error", 1), ("stale_if_error", "no"),
+    ("stale_if_error", -1), ("stale_if_error", "no"), ("stale_if_error", "10"), ("stale_if_error", None),
+    ("stale_if_error", float("inf")), ("stale_if_error", float("nan")), ("stale_if_error", -0.5), ("stale_if_error", 10**400),
     ("node_id", ""), ("node_id", None), ("node_id", 7), ("node_id", b"web"), ("node_id", "x" * 201),
     ("channel", ""), ("channel", None), ("channel", b"fastsess:invalidate"), ("channel", "c" * 201),
     ("local_cache_ttl", 0), ("local_cache_ttl", -1.0), ("local_cache_ttl", float("nan")),
@@ -150,9 +151,26 @@ def test_from_env_empty_gives_defaults_with_a_fresh_node_id() -> None:
      ("0", False), ("false", False), ("No", False), ("off", False)],
 )
 def test_from_env_booleans(raw: str, expected: bool) -> None:
-    for variable, field in (("FASTSESS_CLUSTER_ENABLED", "enabled"), ("FASTSESS_LOCAL_CACHE_ENABLED", "local_cache_enabled"), ("FASTSESS_STALE_IF_ERROR", "stale_if_error"),
+    for variable, field in (("FASTSESS_CLUSTER_ENABLED", "enabled"), ("FASTSESS_LOCAL_CACHE_ENABLED", "local_cache_enabled"),
                             ("FASTSESS_TRACK_EXTERNAL_CHANGES", "track_external_changes"), ("FASTSESS_SHARDED_PUBSUB", "sharded_pubsub")):
         assert getattr(ClusterConfig.from_env({variable: raw}), field) is expected
+    if raw.strip() not in ("0", "1"):  # FASTSESS_STALE_IF_ERROR takes the words; digits are seconds
+        assert ClusterConfig.from_env({"FASTSESS_STALE_IF_ERROR": raw}).stale_if_error is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("1", 1.0), ("0", 0.0), ("2.5", 2.5), ("300", 300.0), ("yes", 30.0), ("off", 0.0)],
+)
+def test_from_env_stale_if_error_takes_seconds(raw: str, seconds: float) -> None:
+    config = ClusterConfig.from_env({"FASTSESS_STALE_IF_ERROR": raw})
+    assert config.stale_window == seconds
+
+
+@pytest.mark.parametrize("raw", ["-1", "inf", "nan", "soon", "1s"])
+def test_from_env_stale_if_error_rejects_bad_values(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_env({"FASTSESS_STALE_IF_ERROR": raw})
+    assert "FASTSESS_STALE_IF_ERROR" in str(info.value)
 
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,6 +33,7 @@ other's invalidations.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,9 +148,19 @@ class ListenerMachine:
         self.last_error: str | None = None  # "Type: message" of the last failure
         self.last_delay = 0.0  # the last reconnection delay handed out
         self._ever_subscribed = False
+        self.subscribed_at = -math.inf  # when the subscription was last confirmed (the breaker's early probe)
+        self._heard_at_loss = 0.0  # last_heard while not listening: input last seen before the loss
         self._deadline = 0.0  # SUBSCRIBING: when an unconfirmed subscription fails
         self._last_seen = 0.0  # LISTENING: when input last arrived
         self._ping_sent: float | None = None  # LISTENING: when an unanswered PING went out
+
+    @property
+    def last_heard(self) -> float:
+        """When input last arrived on the subscribed connection (its confirmation, a message,
+        a PONG), or, while not subscribed, the last time it did before the loss (0.0: never).
+        Every message Redis published before it sent that input was received: the start
+        of an outage for ``stale_if_error`` is never later than this."""
+        return self._last_seen if self.state == LISTENING else self._heard_at_loss
 
     @property
     def serving(self) -> bool:
@@ -168,6 +179,7 @@ class ListenerMachine:
         if self.state == STOPPED:
             return NOTHING
         self._last_seen, self._ping_sent = now, None
+        self.subscribed_at = now
         if self._ever_subscribed:
             self.reconnects += 1
             log.warning("resubscribed to %s; local cache flushed", self.channel)
@@ -223,6 +235,7 @@ class ListenerMachine:
         self.failures += 1
         self.last_delay = delay = self.backoff.compute(min(self.failures - 1, MAX_BACKOFF_EXPONENT))
         if was_serving:
+            self._heard_at_loss = self._last_seen
             log.warning("lost the invalidation channel (%s); bypassing the local cache until resubscribed", self.last_error)
         else:
             log.debug("connecting the listener failed: %s; next attempt in %.3f s", self.last_error, delay)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import ClusterConfig
 from ..session import Session
@@ -23,6 +23,7 @@ from .conflict import stamp
 
 if TYPE_CHECKING:
     from ..cluster import CoherentCache
+    from .breaker import CircuitBreaker
 
 # A cached copy stops being served this long before its key expires in Redis: it covers
 # the round trip or message delivery between the EXPIRE and our clock reading, and the
@@ -41,23 +42,40 @@ def cache_snapshot(session: Session) -> Session:
     return snapshot
 
 
+class Heard(Protocol):
+    """The listener, as ``stale`` sees it (``ListenerMachine``)."""
+
+    @property
+    def last_heard(self) -> float: ...  # noqa: D102
+
+
 class CachePolicy:
     """Decisions about one node's ``CoherentCache``.
 
     Args:
         config: ``local_cache_ttl`` caps every entry's local lifetime; ``stale_if_error``
-            lets a cached copy answer a failed read.
+            (``stale_window``) lets a cached copy answer a failed read for that long
+            into an outage.
         cache: the coherent cache.
-        clock: monotonic seconds (``time.monotonic``); the local TTLs are measured on it.
+        clock: monotonic seconds (``time.monotonic``); the local TTLs are measured on it,
+            and so must be the breaker's and the listener's times.
+        breaker: the store's circuit breaker: when the current run of connection
+            failures began (no stale answer without one).
+        listener: when the listener last heard from Redis (an outage starts no later).
     """
 
-    __slots__ = ("_local_ttl", "_stale_if_error", "cache", "clock")
+    __slots__ = ("_local_ttl", "_stale_window", "breaker", "cache", "clock", "listener")
 
-    def __init__(self, config: ClusterConfig, cache: CoherentCache, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: ClusterConfig, cache: CoherentCache, clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None, listener: Heard | None = None,
+    ) -> None:
         self.cache = cache
         self.clock = clock
+        self.breaker = breaker
+        self.listener = listener
         self._local_ttl = config.local_cache_ttl
-        self._stale_if_error = config.stale_if_error
+        self._stale_window = config.stale_window
 
     def local_ttl(self, started: float, key_ttl: float) -> float:
         """Seconds this node may cache what a request sent at ``started`` (on ``clock``)
@@ -108,9 +126,28 @@ class CachePolicy:
         for session_id in session_ids:
             self.cache.mark_uncertain(session_id)
 
+    def outage_started(self) -> float | None:
+        """When the current outage began (on ``clock``), or None if there is none: the first
+        connection failure of the breaker's current run, or earlier, the last time the
+        listener heard from Redis if that was before (a session deleted since may have
+        been missed; one deleted before was evicted here)."""
+        breaker = self.breaker
+        started = None if breaker is None else breaker.outage_started
+        if started is None:
+            return None
+        if self.listener is not None:
+            started = min(started, self.listener.last_heard)
+        return started
+
     def stale(self, session_id: str) -> Session | None:
-        """The cached copy a failed read may answer with (``stale_if_error``), else None."""
-        if not self._stale_if_error:
+        """The cached copy a failed read may answer with, else None: only with
+        ``stale_if_error``, during an outage (``outage_started``) not older than its
+        window, and while the copy is still within its own local lifetime."""
+        window = self._stale_window
+        if not window:
+            return None
+        started = self.outage_started()
+        if started is None or self.clock() - started > window:
             return None
         cached: Any = self.cache.get(session_id)
         return None if cached is None else cached.copy()

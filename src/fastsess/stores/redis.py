@@ -31,6 +31,7 @@ from .._redis import (
     SCAN_BATCH,
     RedisStoreBase,
     Run,
+    breaker_failed,
     client_from_url,
     execute,
     is_pool_exhausted,
@@ -82,7 +83,7 @@ class RedisStore(RedisStoreBase, SessionStore):
 
     def _run(self, flow: Flow) -> Any:
         """Drive one operation: send its commands, report replies and failures."""
-        run, client = Run(flow), self.client
+        run, client = Run(flow, self.breaker), self.client
         while not run.done:
             try:
                 reply = execute(client, run.command)
@@ -213,13 +214,16 @@ class RedisStore(RedisStoreBase, SessionStore):
 
         Raises:
             StoreUnavailable: Redis failed mid-scan.
+            CircuitOpen: the circuit breaker is not closed (a StoreUnavailable; no probe).
         """
         keys = self._keys
+        self.breaker.check()
         try:
             for key in self.client.scan_iter(match=keys.match, count=SCAN_BATCH):
                 if (session_id := keys.id_of(key)) is not None:
                     yield session_id
         except REDIS_ERRORS as exc:
+            breaker_failed(self.breaker, exc)
             raise map_redis_error("SCAN", exc) from exc
 
     def clear(self) -> int:
@@ -234,6 +238,7 @@ class RedisStore(RedisStoreBase, SessionStore):
                 try:
                     deleted += sum(unlink_pipeline(self.client, self._keys, batch).execute())
                 except REDIS_ERRORS as exc:
+                    breaker_failed(self.breaker, exc)
                     raise map_redis_error("UNLINK", exc) from exc
         finally:
             self._run(self._core.cleared())  # clustered: flush every node's cache

@@ -21,6 +21,7 @@ from ..._redis import (
     SCAN_BATCH,
     RedisStoreBase,
     Run,
+    breaker_failed,
     client_from_url,
     execute_async,
     map_redis_error,
@@ -46,7 +47,7 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
     async def _run(self, flow: Flow) -> Any:
         """Drive one operation: await its commands, report replies and failures (a cancellation too:
         a write it interrupts has an unknown outcome)."""
-        run, client = Run(flow), self.client
+        run, client = Run(flow, self.breaker), self.client
         while not run.done:
             try:
                 reply = await execute_async(client, run.command)
@@ -104,11 +105,13 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
     async def iter_ids(self) -> AsyncIterator[str]:
         """See ``fastsess.RedisStore.iter_ids`` (an async iterator)."""
         keys = self._keys
+        self.breaker.check()
         try:
             async for key in self.client.scan_iter(match=keys.match, count=SCAN_BATCH):
                 if (session_id := keys.id_of(key)) is not None:
                     yield session_id
         except REDIS_ERRORS as exc:
+            breaker_failed(self.breaker, exc)
             raise map_redis_error("SCAN", exc) from exc
 
     async def clear(self) -> int:
@@ -128,6 +131,7 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
         try:
             return sum(await unlink_pipeline(self.client, self._keys, batch).execute())
         except REDIS_ERRORS as exc:
+            breaker_failed(self.breaker, exc)
             raise map_redis_error("UNLINK", exc) from exc
 
     async def close(self) -> None:
