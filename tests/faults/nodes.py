@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Short failure timeouts keep every scenario to a second or two.
 SOCKET_TIMEOUT = 0.25
 CLUSTER = {"subscribe_timeout": 0.25, "reconnect_backoff": (0.02, 0.1)}
+STORE_ARGS = ("socket_timeout", "breaker_threshold", "breaker_cooldown")
 
 
 class NodeError(Exception):
@@ -63,17 +64,19 @@ class LocalNode:
         self.name = name
         self.flavour = flavour
         self.sessions: dict[str, Session] = {}
+        # store arguments that are not ClusterConfig fields
+        store_args = {"socket_timeout": SOCKET_TIMEOUT, **{k: config.pop(k) for k in STORE_ARGS if k in config}}
         settings = {"node_id": name, "channel": channel, **CLUSTER, **config}
         cfg = ClusterConfig(**settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         if flavour == "sync":
-            self.store: Any = SyncStore(url=url, config=cfg, prefix=prefix, socket_timeout=SOCKET_TIMEOUT)
+            self.store: Any = SyncStore(url=url, config=cfg, prefix=prefix, **store_args)
             return
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name=f"faults-loop-{name}", daemon=True).start()
 
         async def make() -> Any:
-            store = AsyncStore(url=url, config=cfg, prefix=prefix, socket_timeout=SOCKET_TIMEOUT)
+            store = AsyncStore(url=url, config=cfg, prefix=prefix, **store_args)
             await store.start()
             return store
 
@@ -120,13 +123,41 @@ class LocalNode:
         return bool(self._call("delete", sid))
 
     def state(self) -> dict[str, Any]:
-        """Listener and cache state: subscribed, reconnects, received, malformed, cached."""
+        """Listener, cache and breaker state: subscribed, reconnects, received, malformed,
+        cached, and ``breaker``: the store's ``BreakerStats`` as a dict."""
         coordinator = self.store.coordinator
         stats = coordinator.stats
         return {
             "subscribed": bool(coordinator.subscribed), "reconnects": stats.reconnects, "received": stats.received,
             "malformed": stats.malformed, "cached": self.store.cache_stats().size,
+            "breaker": self.store.breaker.stats._asdict(),
         }
+
+    def timed_reads(self, sids: list[str]) -> list[tuple[str | None, float]]:
+        """``read`` each id in turn, in this process (so a child's figures carry no pipe
+        round trip): per read, the exception type name (None: it returned) and its seconds."""
+        if self._loop is None:
+            out: list[tuple[str | None, float]] = []
+            for sid in sids:
+                t0 = time.perf_counter()
+                error = caught(lambda sid=sid: self.store.load(sid))  # type: ignore[misc]
+                out.append((error, time.perf_counter() - t0))
+            return out
+
+        async def reads() -> list[tuple[str | None, float]]:  # timed on the loop: no thread hop
+            out: list[tuple[str | None, float]] = []
+            for sid in sids:
+                t0 = time.perf_counter()
+                try:
+                    await self.store.load(sid)
+                    error = None
+                except Exception as exc:  # noqa: BLE001 - the name is the result
+                    error = type(exc).__name__
+                out.append((error, time.perf_counter() - t0))
+            return out
+
+        result: list[tuple[str | None, float]] = self._run(reads())
+        return result
 
     def wait_subscribed(self, timeout: float) -> bool:
         return bool(self._call_on(self.store.coordinator, "wait_subscribed", timeout))
@@ -207,6 +238,9 @@ class ProcessNode:
 
     def wait_subscribed(self, timeout: float) -> bool:
         return bool(self._send("wait_subscribed", timeout=timeout))
+
+    def timed_reads(self, sids: list[str]) -> list[tuple[str | None, float]]:
+        return [(error, seconds) for error, seconds in self._send("timed_reads", sids=sids)]
 
     def close(self) -> None:
         try:

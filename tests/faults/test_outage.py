@@ -1,0 +1,165 @@
+"""Outage policy under a blackholed Redis: the circuit breaker, and ``stale_if_error``.
+
+Node B reaches Redis through the suite's TCP proxy; here the proxy drops everything in
+both directions for every connection (a partition: no FIN, no RST), so each command B
+sends waits its whole ``socket_timeout`` (0.25 s).  What is checked:
+
+* after ``breaker_threshold`` such timeouts B's calls fail fast with ``CircuitOpen``
+  (a ``StoreUnavailable``) without touching a socket: counted by the breaker, and far
+  quicker than the socket timeout (the figures go to the summary; the only timing
+  assertion is a loose one, a median under a quarter of the timeout);
+* writes fail loudly, reads of anything not cached fail too;
+* with ``stale_if_error=N`` B answers reads from its cache only within N seconds of the
+  start of the outage, and never a session deleted before it;
+* when the partition ends the breaker closes by itself (logged once), and both nodes
+  read what Redis holds (no acknowledged write lost, no stale copy).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fastsess._core.keys import new_session_id
+
+from ..support.waiting import wait_until
+from .conftest import Rig, report, wait_for_value
+from .nodes import SOCKET_TIMEOUT, LocalNode, Node, caught
+from .test_faults import cache_on
+
+FAILED = {"StoreUnavailable", "CircuitOpen"}
+THRESHOLD = 3
+COOLDOWN = 0.5
+
+
+def partition(rig: Rig, on: bool) -> None:
+    rig.proxy.blackhole_up = rig.proxy.blackhole_down = on
+
+
+def attempt(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    """``(fn(), None)``, or ``(None, the type name of what it raised)``."""
+    box: list[Any] = [None]
+
+    def call() -> None:
+        box[0] = fn()
+
+    error = caught(call)
+    return box[0], error
+
+
+def read_until_it_works(node: Node, sid: str, limit: float) -> float:
+    """Read ``sid`` about every millisecond until a read returns; the time that took."""
+    t0 = time.monotonic()
+    while node.timed_reads([sid])[0][0] is not None:
+        assert time.monotonic() - t0 < limit, f"{node.name} still failing after {limit} s"
+        time.sleep(0.001)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("b_kind", ["sync", "asyncio", "process"])
+def test_blackholed_redis_trips_the_breaker_then_recovers(rig: Rig, b_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fastsess.breaker")
+    A, B = rig.start(b_kind, breaker_threshold=THRESHOLD, breaker_cooldown=COOLDOWN)
+    L = rig.ledger
+    sid = L.create(A, 0)
+    assert B.state()["breaker"]["state"] == "closed"
+
+    partition(rig, True)
+    t0 = time.monotonic()
+    slow = B.timed_reads([new_session_id() for _ in range(THRESHOLD)])  # misses: each goes to Redis
+    assert [error for error, _ in slow] == ["StoreUnavailable"] * THRESHOLD
+    assert min(seconds for _, seconds in slow) >= SOCKET_TIMEOUT * 0.9  # each waited its socket timeout
+    opened = B.state()["breaker"]
+    assert opened["state"] == "open" and opened["opened"] == 1
+
+    fast = B.timed_reads([new_session_id() for _ in range(200)])
+    after = B.state()["breaker"]
+    errors = [error for error, _ in fast]
+    assert set(errors) <= FAILED and errors.count("CircuitOpen") >= 199  # at most one probe in 200 calls
+    assert after["rejected"] - opened["rejected"] == errors.count("CircuitOpen")  # no socket touched for these
+    times = sorted(seconds for error, seconds in fast if error == "CircuitOpen")
+    median = statistics.median(times)
+    assert median < SOCKET_TIMEOUT / 4, f"fail-fast median {median * 1e3:.2f} ms"  # loose: typically ~10 us
+    write_error = caught(lambda: B.create({"v": "during"}))
+    assert write_error in FAILED  # writes fail loudly
+
+    partition(rig, False)
+    t_up = time.monotonic()
+    recovered = read_until_it_works(B, sid, 10)
+    assert B.state()["breaker"]["state"] == "closed"
+    wait_until(lambda: B.state()["subscribed"], 10, what="B to resubscribe")
+    L.check(rig.raw, rig.prefix, [A, B])
+    recovery = rig.recovery(A, B, t_up)
+    if isinstance(B, LocalNode):  # in this process: its log records are here
+        logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "fastsess.breaker"]
+        assert [level for level, _ in logged] == ["WARNING", "INFO"], logged
+    report(
+        "blackholed Redis, breaker", b_kind, callers=f"StoreUnavailable x{THRESHOLD} (timeouts), then CircuitOpen",
+        timeout_s=statistics.median(s for _, s in slow), fast_median_us=round(median * 1e6, 1),
+        fast_p99_us=round(times[int(len(times) * 0.99) - 1] * 1e6, 1), fast_max_ms=round(times[-1] * 1e3, 2),
+        write=write_error, breaker_closed_after_s=recovered, recovery_s=recovery, open_for_s=t_up - t0,
+    )
+
+
+WINDOW = 2.0
+
+
+@pytest.mark.parametrize("b_kind", ["sync", "asyncio"])
+def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> None:
+    A, B = rig.start(b_kind, stale_if_error=WINDOW, breaker_threshold=THRESHOLD, breaker_cooldown=COOLDOWN)
+    L = rig.ledger
+    kept = L.create(A, "kept")
+    cache_on(B, kept, "kept")
+    gone = A.create({"v": "gone"})  # logged out before the outage
+    cache_on(B, gone, "gone")
+    written = L.create(A, "written")
+    cache_on(B, written, "written")
+    received = B.state()["received"]
+    assert A.delete(gone) is True
+    wait_until(lambda: B.state()["received"] > received, 5, what="the delete's invalidation to reach B")
+
+    partition(rig, True)
+    t0 = time.monotonic()
+    write_error = caught(lambda: B.write(written, "v", "during"))
+    assert write_error in FAILED  # writes never pretend
+    served_unsubscribed = 0
+    last_served = refused_at = None
+    while refused_at is None:
+        now = time.monotonic()
+        assert now < t0 + WINDOW + 5, "the cached copy was served for too long"
+        unsubscribed = not B.state()["subscribed"]
+        got, error = attempt(lambda: B.read(kept))
+        if error is None:
+            assert got == {"v": "kept"}
+            last_served = now
+            served_unsubscribed += unsubscribed
+        else:
+            assert error in FAILED
+            if unsubscribed:
+                refused_at = now
+        deleted = caught(lambda: B.read(gone))
+        assert deleted in FAILED  # never the deleted session, never None either (Redis did not say so)
+        time.sleep(0.005)
+    assert last_served is not None and last_served <= t0 + WINDOW  # the window counts from before t0
+    assert served_unsubscribed > 0  # served from the cache while the listener could not hear (stale)
+    assert caught(lambda: B.read(kept)) in FAILED  # and it stays refused
+
+    partition(rig, False)
+    t_up = time.monotonic()
+    read_until_it_works(B, kept, 10)
+    wait_until(lambda: B.state()["subscribed"], 10, what="B to resubscribe")
+    assert B.read(gone) is None and B.read(kept) == {"v": "kept"}
+    assert wait_for_value(B, written, "written", 5)  # the refused save changed nothing
+    L.check(rig.raw, rig.prefix, [A, B])
+    recovery = rig.recovery(A, B, t_up)
+    report(
+        f"blackholed Redis, stale_if_error={WINDOW:g}", b_kind, callers="cached reads served, then refused; writes fail",
+        stale_served_until_s=last_served - t0, refused_from_s=refused_at - t0, deleted_served=0, write=write_error,
+        recovery_s=recovery,
+    )
+
