@@ -182,24 +182,28 @@ class Run:
         self.value: Any = None
         self.command: Any = None  # the command to send next
         self.probe = False  # this command is the breaker's half-open probe
-        self._advance(flow.send, None)
+        try:
+            command = flow.send(None)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+            return
+        if breaker.closed:
+            self.command = command
+        else:
+            self._admit(command)
 
-    def _advance(self, step: Callable[[Any], Command], arg: Any) -> None:
-        """``step(arg)`` into the flow; then admit its next command, or throw ``CircuitOpen`` in."""
+    def _admit(self, command: Command) -> None:
+        """The breaker is not closed: admit ``command`` (maybe as the probe), or throw
+        ``CircuitOpen`` into the flow and try its next command, until one goes or it ends."""
         while True:
             try:
-                command = step(arg)
-            except StopIteration as stop:
-                self.done, self.value = True, stop.value
-                return
-            breaker = self.breaker
-            if breaker.closed:
-                self.command = command
-                return
-            try:
-                self.probe = breaker.admit()
+                self.probe = self.breaker.admit()
             except CircuitOpen as exc:
-                step, arg = self.flow.throw, exc
+                try:
+                    command = self.flow.throw(exc)
+                except StopIteration as stop:
+                    self.done, self.value = True, stop.value
+                    return
                 continue
             self.command = command
             return
@@ -210,23 +214,39 @@ class Run:
         if breaker.failures or self.probe:
             breaker.succeeded(self.probe)
             self.probe = False
-        self._advance(self.flow.send, reply)
+        try:
+            command = self.flow.send(reply)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+            return
+        if breaker.closed:
+            self.command = command
+        else:
+            self._admit(command)
 
     def failed(self, exc: BaseException) -> None:
         """The command raised ``exc``: a redis-py error reaches the operation mapped
         (``map_redis_error``), anything else (a cancellation) as it is."""
-        probe, self.probe = self.probe, False
+        breaker, probe, self.probe = self.breaker, self.probe, False
         if isinstance(exc, REDIS_ERRORS):
             if is_connection_failure(exc):
-                self.breaker.failed(exc, probe)
+                breaker.failed(exc, probe)
             elif is_pool_exhausted(exc):
-                self.breaker.released(probe)
+                breaker.released(probe)
             else:
-                self.breaker.succeeded(probe)  # an error reply: Redis answered
+                breaker.succeeded(probe)  # an error reply: Redis answered
             exc = map_redis_error(self.command[0], exc)
         else:
-            self.breaker.released(probe)
-        self._advance(self.flow.throw, exc)
+            breaker.released(probe)
+        try:
+            command = self.flow.throw(exc)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+            return
+        if breaker.closed:
+            self.command = command
+        else:
+            self._admit(command)
 
 
 def breaker_failed(breaker: CircuitBreaker, exc: BaseException) -> None:

@@ -3,13 +3,13 @@
     from prometheus_client import start_http_server
     from fastsess.metrics import register_metrics
 
-    register_metrics(store)          # a ClusteredRedisStore, or anything with cache_stats()
+    register_metrics(store)          # a ClusteredRedisStore or RedisStore, or anything with cache_stats()
     start_http_server(9100)
 
 Nothing is counted twice: the collector reads the store's own counters
-(``store.cache_stats()`` and ``store.coordinator.stats``) at scrape time, so the
-hot path pays nothing for metrics.  Session ids and contents never appear in
-labels or values.
+(``store.cache_stats()``, ``store.coordinator.stats`` and ``store.breaker.stats``,
+whichever the store has) at scrape time, so the hot path pays nothing for metrics.
+Session ids and contents never appear in labels or values.
 
 Logging goes through the standard ``logging`` module under the ``fastsess``
 logger (``fastsess.cluster`` etc.): invalidations at DEBUG, reconnects at
@@ -44,6 +44,12 @@ _CLUSTER_COUNTERS = (
     ("pubsub_reconnects", "reconnects", "Times the invalidation listener re-subscribed."),
 )
 
+_BREAKER_COUNTERS = (
+    ("breaker_opened", "opened", "Times the circuit breaker opened after repeated connection failures."),
+    ("breaker_rejected", "rejected", "Calls failed fast by the open circuit breaker, without a Redis call."),
+    ("breaker_probes", "probes", "Half-open probes the circuit breaker let through."),
+)
+
 
 class StoreCollector(Collector):
     """A Prometheus collector reading one store's counters at scrape time."""
@@ -58,16 +64,20 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Any]:
         """Yield the current counter and gauge values (called by the registry on scrape)."""
         ns, labels = self._namespace, [self._node]
-        stats = self._store.cache_stats()
-        for suffix, attr, text in _CACHE_COUNTERS:
-            family = CounterMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
-            family.add_metric(labels, getattr(stats, attr))
-            yield family
-        for suffix, attr, text in (("cache_size", "size", "Entries in the local cache."),
-                                   ("cache_max_size", "max_size", "Capacity of the local cache.")):
-            gauge = GaugeMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
-            gauge.add_metric(labels, getattr(stats, attr))
-            yield gauge
+        if hasattr(self._store, "cache_stats"):
+            stats = self._store.cache_stats()
+            for suffix, attr, text in _CACHE_COUNTERS:
+                family = CounterMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
+                family.add_metric(labels, getattr(stats, attr))
+                yield family
+            for suffix, attr, text in (("cache_size", "size", "Entries in the local cache."),
+                                       ("cache_max_size", "max_size", "Capacity of the local cache.")):
+                gauge = GaugeMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
+                gauge.add_metric(labels, getattr(stats, attr))
+                yield gauge
+        breaker = getattr(self._store, "breaker", None)
+        if breaker is not None:
+            yield from self._breaker(breaker.stats)
         coordinator = getattr(self._store, "coordinator", None)
         if coordinator is None:
             return
@@ -79,6 +89,23 @@ class StoreCollector(Collector):
         subscribed = GaugeMetricFamily(f"{ns}_subscribed", "1 while the invalidation listener is subscribed (cache served).", labels=["node"])
         subscribed.add_metric(labels, 1.0 if cstats.subscribed else 0.0)
         yield subscribed
+
+
+    def _breaker(self, stats: Any) -> Iterator[Any]:
+        ns, labels = self._namespace, [self._node]
+        for suffix, attr, text in _BREAKER_COUNTERS:
+            family = CounterMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
+            family.add_metric(labels, getattr(stats, attr))
+            yield family
+        is_open = GaugeMetricFamily(
+            f"{ns}_breaker_open", "1 while the circuit breaker is open or half-open (calls fail fast), 0 when closed.",
+            labels=["node"],
+        )
+        is_open.add_metric(labels, 0.0 if stats.state == "closed" else 1.0)
+        yield is_open
+        failures = GaugeMetricFamily(f"{ns}_breaker_failures", "Connection failures in a row, now.", labels=["node"])
+        failures.add_metric(labels, stats.failures)
+        yield failures
 
 
 def register_metrics(store: Any, registry: Any = None, namespace: str = "fastsess") -> StoreCollector:

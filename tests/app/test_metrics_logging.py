@@ -90,3 +90,27 @@ def test_logs_warn_on_reconnect_and_never_leak_ids(
     for record in caplog.records:
         text = record.getMessage()
         assert session.id not in text and "hunter" not in text
+
+
+def test_collector_reports_the_breaker(redis_server_factory, prefix: str) -> None:  # noqa: ANN001
+    from fastsess import RedisStore
+    from fastsess.errors import StoreUnavailable
+
+    from ..support import kill
+
+    server: RedisServer = redis_server_factory()
+    registry = CollectorRegistry()
+    with RedisStore(url=server.url, prefix=prefix, breaker_threshold=2, breaker_cooldown=60) as store:
+        register_metrics(store, registry)  # a plain RedisStore: breaker metrics, no cache metrics
+        registry_node[0] = "local"
+        assert sample(registry, "fastsess_breaker_open") == 0
+        kill(server)
+        session = store.create({"a": 1})
+        for _ in range(4):
+            with pytest.raises(StoreUnavailable):
+                store.save(session)
+        assert sample(registry, "fastsess_breaker_open") == 1
+        assert sample(registry, "fastsess_breaker_opened_total") == 1
+        assert sample(registry, "fastsess_breaker_rejected_total") == 2
+        assert sample(registry, "fastsess_breaker_failures") == 2
+        assert registry.get_sample_value("fastsess_cache_hits_total", {"node": "local"}) is None

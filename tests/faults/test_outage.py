@@ -119,6 +119,8 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
     cache_on(B, gone, "gone")
     written = L.create(A, "written")
     cache_on(B, written, "written")
+    logout = A.create({"v": "logout"})  # B tries to delete it during the outage
+    cache_on(B, logout, "logout")
     received = B.state()["received"]
     assert A.delete(gone) is True
     wait_until(lambda: B.state()["received"] > received, 5, what="the delete's invalidation to reach B")
@@ -127,6 +129,8 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
     t0 = time.monotonic()
     write_error = caught(lambda: B.write(written, "v", "during"))
     assert write_error in FAILED  # writes never pretend
+    assert caught(lambda: B.delete(logout)) in FAILED  # a logout fails loudly too ...
+    assert caught(lambda: B.read(logout)) in FAILED  # ... and B stops serving its copy
     served_unsubscribed = 0
     last_served = refused_at = None
     while refused_at is None:
@@ -154,6 +158,7 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
     read_until_it_works(B, kept, 10)
     wait_until(lambda: B.state()["subscribed"], 10, what="B to resubscribe")
     assert B.read(gone) is None and B.read(kept) == {"v": "kept"}
+    assert B.read(logout) == {"v": "logout"}  # the delete never reached Redis
     assert wait_for_value(B, written, "written", 5)  # the refused save changed nothing
     L.check(rig.raw, rig.prefix, [A, B])
     recovery = rig.recovery(A, B, t_up)
