@@ -21,8 +21,8 @@ import pytest
 from fastsess.errors import CircuitOpen, ConfigError, StoreUnavailable
 from fastsess.stores.base import new_session_id
 
-from ..support import RedisServer, pause
-from .conftest import RedisBackend, sync_store, wait_until
+from ..support import RedisServer, kill, pause
+from .conftest import ClusteredBackend, RedisBackend, sync_store, wait_until
 
 SOCKET_TIMEOUT = 0.1
 THRESHOLD = 2
@@ -121,3 +121,21 @@ def test_breaker_settings_are_validated(redis_backend: RedisBackend) -> None:
     store = redis_backend.make()
     breaker = sync_store(store).breaker
     assert (breaker.threshold, breaker.cooldown, breaker.state) == (5, 1.0, "closed")
+
+
+def test_a_resubscribed_listener_ends_the_cooldown(clustered: ClusteredBackend, redis_server_factory: Callable[..., RedisServer]) -> None:
+    server = redis_server_factory()
+    store = clustered.make(url=server.url, socket_timeout=SOCKET_TIMEOUT, breaker_threshold=THRESHOLD, breaker_cooldown=600)
+    breaker = sync_store(store).breaker
+    kill(server)
+    for _ in range(THRESHOLD):
+        with pytest.raises(StoreUnavailable):
+            store.load(new_session_id())
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpen):
+        store.load(new_session_id())
+    clustered.wait_down(store)
+    server.start()
+    wait_until(lambda: store.coordinator.subscribed, 10, what="the listener to resubscribe")
+    assert store.load(new_session_id()) is None  # the probe, long before the 600 s cool-down
+    assert breaker.state == "closed" and breaker.stats.probes == 1

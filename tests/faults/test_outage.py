@@ -128,7 +128,8 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
     partition(rig, True)
     t0 = time.monotonic()
     write_error = caught(lambda: B.write(written, "v", "during"))
-    assert write_error in FAILED  # writes never pretend
+    assert write_error in FAILED  # writes never pretend ...
+    assert caught(lambda: B.read(written)) in FAILED  # ... and a failed one drops B's copy
     assert caught(lambda: B.delete(logout)) in FAILED  # a logout fails loudly too ...
     assert caught(lambda: B.read(logout)) in FAILED  # ... and B stops serving its copy
     served_unsubscribed = 0

@@ -276,3 +276,28 @@ def test_stale_window_starts_when_the_listener_last_heard_redis_if_earlier() -> 
 class _NoBackoff:
     def compute(self, failures: int) -> float:
         return 1.0
+
+
+def test_a_stale_copy_never_outlives_its_local_lifetime() -> None:
+    import time
+
+    p, b, clock, s = policy(60.0)
+    short = Session(new_session_id(), {"v": 2}, ttl=1800)
+    p.cache.fill(short.id, short, p.cache.fill_token(short.id), 0.05, 10)  # its key expires in 50 ms
+    fail(b, 1)
+    assert p.stale(short.id) is not None
+    time.sleep(0.1)
+    assert p.stale(short.id) is None and p.stale(s.id) is not None
+
+
+def test_what_counts_as_a_connection_failure() -> None:
+    import redis
+
+    from fastsess._redis import is_connection_failure
+
+    for failure in (redis.ConnectionError("refused"), redis.TimeoutError("timed out"), OSError("reset"),
+                    TimeoutError("socket"), redis.exceptions.BusyLoadingError("LOADING")):
+        assert is_connection_failure(failure), failure
+    for answer in (redis.ResponseError("WRONGTYPE"), redis.exceptions.OutOfMemoryError("OOM"),
+                   redis.exceptions.ReadOnlyError("READONLY"), redis.ConnectionError("Too many connections")):
+        assert not is_connection_failure(answer), answer  # Redis answered, or our own pool was full
