@@ -358,7 +358,7 @@ class RedisStoreBase(StoreBase):
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster,
             on_conflict=self.on_conflict,
         )
-        self._core.principals = self._principals = PrincipalCore(self._keys, self.clock)
+        self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, self.is_cluster)
 
 
 
@@ -417,7 +417,7 @@ class ClusteredStoreBase(RedisStoreBase):
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
             self.on_conflict,
         )
-        self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, policy, self.coordinator)
+        self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, self.is_cluster, policy, self.coordinator)
         self._hits_unchecked = 0  # cache hits since the last yield_to_listener check
         # A store dropped without close() still releases its listener and connections
         # (with a ResourceWarning, like an unclosed file); close() detaches this.

@@ -12,10 +12,12 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+import redis
 from redis.cluster import RedisCluster
 
-from fastsess import ClusterConfig, Session
-from fastsess._core.principals import BATCH, COVER, PRINCIPAL_KEY, index_key
+from fastsess import ClusterConfig, Session, StoreUnavailable
+from fastsess._core.principals import BATCH, COVER, INDEX_REMOVE, PRINCIPAL_KEY, index_key
 from fastsess.stores.base import new_session_id
 
 from ..support import RedisServer
@@ -107,3 +109,40 @@ async def test_async_delete_all_on_the_cluster(cluster: list[RedisServer]) -> No
             await store.close()
         for client in clients:
             await client.aclose()
+
+
+class FailingScript:
+    """Stands in for a store's client: the first EVALSHA/EVAL of ``script`` raises a
+    ConnectionError before reaching Redis; everything else goes through."""
+
+    def __init__(self, client: Any, script: Any) -> None:
+        self._client, self._names, self.failed = client, (script.sha, script.text), False
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed and args[0] in ("EVALSHA", "EVAL") and args[1] in self._names:
+            self.failed = True
+            raise redis.ConnectionError("dropped (test)")
+        return self._client.execute_command(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_failed_batch_on_a_cluster_is_finished_by_a_second_call(stores: Stores) -> None:  # noqa: F811
+    A, B, raw = stores
+    sessions = []
+    for i in range(6):
+        s = A.create({"i": i})
+        A.bind(s, "user-9")
+        assert A.save(s)
+        sessions.append(s)
+        assert B.load(s.id) is not None and B.load(s.id) is not None  # B caches it
+    key = index_key(A._keys, "user-9")
+    A.client = FailingScript(A.client, INDEX_REMOVE)
+    with pytest.raises(StoreUnavailable):
+        A.delete_all("user-9")  # the sessions are deleted, the index script never ran
+    assert A.client.failed and all(not raw.exists(A.prefix + s.id) for s in sessions)
+    assert raw.zcard(key) == 6  # still listed
+    assert A.delete_all("user-9") == 0  # nothing left to delete, but the batch is finished
+    assert raw.exists(key) == 0
+    wait_until(lambda: all(B._cache.get(s.id) is None for s in sessions), 5, what="B to drop its copies")

@@ -177,6 +177,7 @@ def test_many_sessions_in_bounded_batches(backend: Backend) -> None:
     started = time.perf_counter()
     assert len(set(store.sessions_of("busy"))) == n
     before = redis_command_calls(backend.client, "zrem") if isinstance(backend, RedisBackend) else 0
+    unlinks = redis_command_calls(backend.client, "unlink") if isinstance(backend, RedisBackend) else 0
     published = store.coordinator.stats.published if backend.kind == "clustered" else 0
     assert store.delete_all("busy", except_id=keep) == n - 1
     elapsed = time.perf_counter() - started
@@ -187,6 +188,8 @@ def test_many_sessions_in_bounded_batches(backend: Backend) -> None:
         # a batch holding except_id deletes BATCH - 1
         scripts = redis_command_calls(backend.client, "zrem") - before
         assert n // BATCH <= scripts <= n // BATCH + 1
+        # on one Redis each batch is one script: one UNLINK of its keys, with the ZREM
+        assert redis_command_calls(backend.client, "unlink") - unlinks == scripts
         if backend.kind == "clustered":  # one message per batch
             assert store.coordinator.stats.published - published == scripts
     print(f"{backend}: listed and deleted {n} sessions in {elapsed:.2f} s")

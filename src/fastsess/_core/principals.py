@@ -27,11 +27,15 @@ moved meanwhile are dropped lazily: ``sessions_of`` checks that each listed sess
 exists (and removes those that do not); ``delete_all`` deletes whatever is listed.
 
 **Bounded batches.**  ``sessions_of`` walks the index with ``ZSCAN`` and checks each
-batch with one pipeline of ``EXISTS``; ``delete_all`` takes ``BATCH`` ids at a time:
-one pipeline of ``UNLINK`` (one command per key, so it works on Redis Cluster, where
-redis-py routes each to its slot's node), then one script on the index key that removes
-those ids, publishes their invalidation (clustered stores) and returns the next batch.
-Every script touches only the index key: single-slot on Redis Cluster.  (Hash-tagging
+batch with one pipeline of ``EXISTS``; ``delete_all`` takes ``BATCH`` ids at a time.  On
+one Redis (standalone, Sentinel) a batch is one script: it unlinks the sessions, removes
+them from the index, publishes their invalidation (clustered stores) and returns the next
+batch, atomically.  On Redis Cluster the sessions' keys span slots: one pipeline of
+``UNLINK`` (one command per key, which redis-py routes to its slot's node), then one
+script on the index key for the rest; every script there touches only the index key,
+one slot.  A failure between the two leaves the batch in the index: ``delete_all`` raises
+and a second call finishes it (other nodes may serve their cached copies until then, at
+most ``local_cache_ttl``).  (Hash-tagging
 session keys by principal would put them in the index's slot, but a session's key is
 fixed before anyone binds it, and one slot for all of a principal's sessions is a hot spot.)
 
@@ -116,12 +120,25 @@ end
 return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[n + 2]) - 1)
 """)
 
+# KEYS[1]=index, KEYS[2..]=the batch's session keys  ARGV: batch, ids[, channel, message].
+# delete_all's batch on one Redis (not a cluster: the keys span slots), atomically: UNLINK
+# the sessions, drop them from the index, publish; returns {deleted, the next batch of ids}.
+DELETE_BATCH = publish_script("""
+local n = #KEYS - 1
+local deleted = redis.call('UNLINK', unpack(KEYS, 2))
+redis.call('ZREM', KEYS[1], unpack(ARGV, 2, n + 1))
+if ARGV[n + 2] then
+  publish(ARGV[n + 2], ARGV[n + 3])
+end
+return {deleted, redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)}
+""")
+
 # KEYS[1]=index  ARGV: ids.  Drops entries whose session is gone (seen by sessions_of).
 INDEX_PRUNE = script("""
 return redis.call('ZREM', KEYS[1], unpack(ARGV))
 """)
 
-SCRIPTS = (INDEX_ADD, INDEX_TRIM, INDEX_REMOVE, INDEX_PRUNE)
+SCRIPTS = (INDEX_ADD, INDEX_TRIM, INDEX_REMOVE, DELETE_BATCH, INDEX_PRUNE)
 
 
 def check_principal(principal: Any) -> str:
@@ -214,17 +231,20 @@ class PrincipalCore:
     Args:
         keys: the store's key space (session keys and index keys share its prefix).
         clock: the store's wall clock (seconds): index scores are on it.
+        is_cluster: the client is a Redis Cluster (a batch's keys span slots).
         policy: the clustered store's local-cache policy, else None.
         messages: the clustered store's invalidation messages, else None.
     """
 
-    __slots__ = ("clock", "keys", "messages", "policy")
+    __slots__ = ("clock", "is_cluster", "keys", "messages", "policy")
 
     def __init__(
-        self, keys: KeySpace, clock: Callable[[], float], policy: CachePolicy | None = None, messages: Messages | None = None,
+        self, keys: KeySpace, clock: Callable[[], float], is_cluster: bool,
+        policy: CachePolicy | None = None, messages: Messages | None = None,
     ) -> None:
         self.keys = keys
         self.clock = clock
+        self.is_cluster = is_cluster
         self.policy = policy
         self.messages = messages
 
@@ -314,20 +334,24 @@ class PrincipalCore:
         deleted = 0
         ids = [m.decode() for m in (yield ("ZRANGE", None, ("ZRANGE", key, 0, BATCH - 1)))]
         while victims := [i for i in ids if i != keep]:
+            publish: tuple[Any, ...] = ()
+            if messages is not None:  # one message for the batch (see the module doc)
+                publish = (messages.channel, messages.message(DELETED_MANY, None, ids=victims))
             try:
-                replies = yield ("UNLINK", PIPELINE, tuple(("UNLINK", self.keys.key(i)) for i in victims))
+                if self.is_cluster:  # the keys live in many slots: a pipeline, then the index's script
+                    n = sum((yield ("UNLINK", PIPELINE, tuple(("UNLINK", self.keys.key(i)) for i in victims))))
+                    reply = yield run_script("delete_all", INDEX_REMOVE, (key,), len(victims), *victims, BATCH, *publish)
+                else:  # one atomic script: deleted, dropped from the index and announced together
+                    keys = (key, *(self.keys.key(i) for i in victims))
+                    n, reply = yield run_script("delete_all", DELETE_BATCH, keys, BATCH, *victims, *publish)
             except BaseException:
                 if policy is not None:
                     policy.uncertain(*victims)  # some deletions may have landed
                 raise
-            deleted += sum(replies)
+            deleted += n
             if policy is not None:
                 for session_id in victims:
                     policy.invalidate(session_id)
-            publish: tuple[Any, ...] = ()
-            if messages is not None:  # one message for the batch (see the module doc)
-                publish = (messages.channel, messages.message(DELETED_MANY, None, ids=victims))
-            reply = yield run_script("delete_all", INDEX_REMOVE, (key,), len(victims), *victims, BATCH, *publish)
             if messages is not None:
                 messages.note_published()
             ids = [m.decode() for m in reply]
