@@ -22,7 +22,7 @@ from fastsess.errors import CircuitOpen, ConfigError, StoreUnavailable
 from fastsess.stores.base import new_session_id
 
 from ..support import RedisServer, kill, pause
-from .conftest import ClusteredBackend, RedisBackend, sync_store, wait_until
+from .conftest import ClusteredBackend, LoopThread, RedisBackend, sync_store, wait_until
 
 SOCKET_TIMEOUT = 0.1
 THRESHOLD = 2
@@ -139,3 +139,44 @@ def test_a_resubscribed_listener_ends_the_cooldown(clustered: ClusteredBackend, 
     wait_until(lambda: store.coordinator.subscribed, 10, what="the listener to resubscribe")
     assert store.load(new_session_id()) is None  # the probe, long before the 600 s cool-down
     assert breaker.state == "closed" and breaker.stats.probes == 1
+
+
+def test_a_cancelled_asyncio_probe_hands_the_probe_on(
+    loop_thread: LoopThread, redis_server_factory: Callable[..., RedisServer], prefix: str,
+) -> None:
+    """asyncio only: a probe whose task is cancelled tells the breaker, so the next call
+    probes instead of failing fast behind a probe that will never answer."""
+    import fastsess.asyncio
+
+    server = redis_server_factory()
+
+    async def scenario() -> tuple[int, str, str]:
+        store = fastsess.asyncio.RedisStore(
+            url=server.url, prefix=prefix, socket_timeout=5.0, breaker_threshold=1, breaker_cooldown=0.05,
+        )
+        try:
+            with pause(server):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(store.load(new_session_id()), 0.1)  # cancelled: not a failure
+                assert store.breaker.failures == 0
+                store.breaker.failed(TimeoutError("frozen"))  # as a timed-out command would report
+                await asyncio.sleep(0.06)
+                probe = asyncio.ensure_future(store.load(new_session_id()))
+                await asyncio.sleep(0.05)
+                assert store.breaker.state == "half-open"
+                probe.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await probe
+                state = store.breaker.state
+                second = asyncio.ensure_future(store.load(new_session_id()))
+                await asyncio.sleep(0.05)
+                probes, half_open = store.breaker.stats.probes, store.breaker.state
+                second.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await second
+            return probes, state, half_open
+        finally:
+            await store.close()
+
+    probes, after_cancel, second = loop_thread.run(scenario())
+    assert after_cancel == "open" and second == "half-open" and probes == 2
