@@ -301,3 +301,15 @@ def test_what_counts_as_a_connection_failure() -> None:
     for answer in (redis.ResponseError("WRONGTYPE"), redis.exceptions.OutOfMemoryError("OOM"),
                    redis.exceptions.ReadOnlyError("READONLY"), redis.ConnectionError("Too many connections")):
         assert not is_connection_failure(answer), answer  # Redis answered, or our own pool was full
+
+
+def test_the_breaker_and_the_policy_import_no_redis() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import fastsess._core.breaker, fastsess._core.policy\n"
+        "assert 'redis' not in sys.modules, sorted(m for m in sys.modules if m.startswith('redis'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
