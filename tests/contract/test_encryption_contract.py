@@ -174,3 +174,16 @@ def test_store_exposes_its_encryption_without_keys(backend: Backend) -> None:
     assert store.encryption.key_ids == (key_id(K1), key_id(K2))
     assert K1.hex() not in repr(store.encryption) and K1.hex() not in repr(store)
     assert backend.make().encryption is None
+
+
+def test_concurrent_saves_of_an_encrypted_session_lose_nothing(backend: Backend) -> None:
+    """The compare-and-set works on the stored bytes, ciphertext included: the second save
+    decrypts the first's write and re-applies its own changes on it."""
+    store = backend.make(encryption=Encryption([K1]))
+    s = saved(store, {"shared": 0})
+    a, b = store.load(s.id), store.load(s.id)
+    a["a"] = 1
+    b["b"] = 2
+    assert store.save(a) is True
+    assert store.save(b) is True
+    assert dict(store.load(s.id)) == {"shared": 0, "a": 1, "b": 2}
