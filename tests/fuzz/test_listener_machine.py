@@ -10,6 +10,8 @@ non-decreasing times, with any payloads:
 * every ``Serve`` comes right after a ``Flush`` in the same answer: nothing cached before
   a (re)subscription survives it;
 * without ``stale_if_error``, leaving the served state on a failure also flushes;
+* ``last_heard`` (where ``stale_if_error`` starts counting an outage) is never later
+  than the last input that arrived while subscribed, and equals it while subscribed;
 * a connection that goes silent is given up at most ``2 x subscribe_timeout`` after the
   last input when the driver calls ``idle`` when ``timeout(now)`` says: the staleness
   window of a silent subscriber, without the driver's scheduling delays.
@@ -82,6 +84,7 @@ def test_the_cache_is_served_only_between_a_flushed_subscription_and_the_next_fa
 ) -> None:
     machine = ListenerMachine(ClusterConfig(channel="fuzz", subscribe_timeout=idle, stale_if_error=stale_if_error), Fixed())
     serving, now = False, 0.0
+    heard = 0.0  # when input last proved the subscribed connection alive
     for kind, dt, data in script:
         if kind not in POSSIBLE[machine.state]:
             continue
@@ -89,8 +92,15 @@ def test_the_cache_is_served_only_between_a_flushed_subscription_and_the_next_fa
         if kind == "idle_when_due":
             now += machine.timeout(now)
             kind = "idle"
-        was = serving
+        was, state_before = serving, machine.state
         actions = feed(machine, kind, now, data)
+        if (kind == "subscribed" and machine.state == LISTENING) or (kind in ("message", "reply") and state_before == LISTENING):
+            heard = now
+        elif kind == "forked":
+            heard = 0.0
+        assert machine.last_heard <= heard, (kind, machine.last_heard, heard)
+        if machine.state == LISTENING:
+            assert machine.last_heard == heard
         assert isinstance(actions, tuple)
         for i, action in enumerate(actions):
             if isinstance(action, Serve):
