@@ -94,6 +94,15 @@ def test_principal_and_session_are_validated(backend: Backend) -> None:
     assert store.sessions_of("user") == []
 
 
+def test_binding_to_another_principal_unbinds_it_from_the_first(backend: Backend) -> None:
+    store = backend.make()
+    s = bound(store, "mia")
+    store.bind(s, "noah")
+    assert store.save(s) is True
+    assert store.sessions_of("mia") == [] and store.sessions_of("noah") == [s.id]
+    assert store.delete_all("mia") == 0 and store.load(s.id) is not None
+
+
 def test_regenerate_moves_the_index_entry(backend: Backend) -> None:
     store = backend.make()
     s = bound(store, "bob")

@@ -109,8 +109,9 @@ def test_django_session_bind_validates_and_rebinding_writes_nothing_new(django_s
     again = SessionStore(s.session_key)
     again.bind("42")  # bound already: unchanged, nothing to write
     assert again.modified is False
-    again.bind("43")  # another user: bound anew
+    again.bind("43")  # another user: bound anew, under a new key
     assert again.modified is True and again[PRINCIPAL_KEY][0] == "43"
+    assert again.session_key != s.session_key
 
 
 # --- Flask -------------------------------------------------------------------------------------
@@ -137,6 +138,12 @@ def flask_app(redis_url: str, prefix: str) -> Flask:
     def read() -> Any:
         return jsonify(user=session.get("user"))
 
+    @app.get("/switch/<user>")
+    def switch(user: str) -> Any:  # bind only: another user on the same session
+        session["user"] = user
+        app.session_interface.bind(session, user)  # type: ignore[attr-defined]
+        return jsonify(user=user)
+
     FastSession(app)
     return app
 
@@ -155,6 +162,10 @@ def test_flask_bind_and_log_out_everywhere(redis_url: str, prefix: str) -> None:
         assert [c.get("/read").json["user"] for c in alice] == ["alice", None, None]
         assert bob.get("/read").json == {"user": "bob"}
         assert len(store.sessions_of("alice")) == 1
+        alice[0].get("/switch/bob")  # bound to bob now: a new id, out of alice's sessions
+        assert store.sessions_of("alice") == [] and len(store.sessions_of("bob")) == 2
+        assert app.session_interface.log_out_everywhere("alice") == 0  # type: ignore[attr-defined]
+        assert alice[0].get("/read").json == {"user": "bob"}
     finally:
         app.session_interface.store.close()  # type: ignore[attr-defined]
 
@@ -180,6 +191,12 @@ async def s_read(request: Request) -> JSONResponse:
     return JSONResponse({"user": request.session.get("user")})
 
 
+async def s_switch(request: Request) -> JSONResponse:
+    request.session["user"] = request.path_params["user"]
+    fs_starlette.bind(request, request.path_params["user"])
+    return JSONResponse({"user": request.path_params["user"]})
+
+
 async def s_bad(request: Request) -> JSONResponse:
     fs_starlette.bind(request, "")
     return JSONResponse({})
@@ -187,7 +204,10 @@ async def s_bad(request: Request) -> JSONResponse:
 
 def test_starlette_bind_and_log_out_everywhere(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
-    routes = [Route("/login/{user}", s_login), Route("/password", s_password), Route("/read", s_read), Route("/bad", s_bad)]
+    routes = [
+        Route("/login/{user}", s_login), Route("/password", s_password), Route("/read", s_read), Route("/bad", s_bad),
+        Route("/switch/{user}", s_switch),
+    ]
     app = Starlette(routes=routes, middleware=[Middleware(fs_starlette.SessionMiddleware, secret_key=SECRET)])
     with TestClient(app) as client:
         cookies = []
@@ -206,6 +226,15 @@ def test_starlette_bind_and_log_out_everywhere(redis_url: str, monkeypatch: pyte
         assert [as_browser(i).get("/read").json()["user"] for i in range(3)] == ["ada", None, None]
         assert as_browser(0).get("/password", params={"keep": "no"}).json() == {"ended": 1}
         assert as_browser(0).get("/read").json() == {"user": None}
+        client.cookies.clear()
+        client.get("/login/ada")
+        before = client.cookies.get("session")
+        client.get("/switch/bob")  # bound to bob now: a new id, out of ada's sessions
+        assert client.cookies.get("session") != before
+        assert client.get("/password").json() == {"ended": 0}  # bob has no other session
+        client.cookies.clear()
+        client.cookies.set("session", before)
+        assert client.get("/read").json() == {"user": None}  # the old id is gone
         with pytest.raises(ValueError, match="must not be empty"):
             client.get("/bad")
     assert CookieSigner(SECRET).unsign(cookies[0]) is not None

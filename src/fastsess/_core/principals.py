@@ -225,6 +225,13 @@ def indexed_entry(session: Session) -> tuple[str, float] | None:
     return None
 
 
+def rebound_from(session: Session, principal: str) -> str | None:
+    """The other principal ``session`` is indexed under with its current id (bound to
+    someone else before), whose index must forget it; else None."""
+    entry = indexed_entry(session)
+    return None if entry is None or entry[0] == principal else entry[0]
+
+
 class PrincipalCore:
     """The principal operations of one Redis-backed store, as generators of commands.
 
@@ -256,8 +263,9 @@ class PrincipalCore:
     def bind(self, session: Session, principal: str) -> Flow:
         """Index ``session`` under ``principal`` and record the principal in its data; then trim
         up to ``BATCH`` entries whose cover ended: those whose session is gone are dropped,
-        the others (kept alive by ``touch``) covered until their key's expiry.  One round
-        trip, three when there is something to trim.
+        the others (kept alive by ``touch``) covered until their key's expiry.  A session
+        bound to another principal before is removed from that one's index.  One round
+        trip, up to four when there is something to trim or to unbind.
 
         Raises:
             TypeError, ValueError: ``principal`` is not a valid principal (see ``check_principal``).
@@ -266,7 +274,10 @@ class PrincipalCore:
         principal = check_principal(principal)
         check_session_id(session)
         now = self.clock()
+        previous = rebound_from(session, principal)
         ended = [m.decode() for m in (yield self._index(session, principal, now, BATCH))]
+        if previous is not None:  # bound to someone else before: their index forgets it
+            yield run_script("bind", INDEX_PRUNE, (index_key(self.keys, previous),), session.id)
         if ended:
             left = yield ("PTTL", PIPELINE, tuple(("PTTL", self.keys.key(i)) for i in ended))
             dead = [i for i, ms in zip(ended, left) if ms == -2]
@@ -403,6 +414,9 @@ class MemoryIndex:
         """
         principal = check_principal(principal)
         check_session_id(session)
+        previous = rebound_from(session, principal)
+        if previous is not None and previous in self._entries:  # bound to someone else before
+            self._entries[previous].pop(session.id, None)
         self.index(session, principal, now)
 
     def before_write(self, session: Session, now: float) -> None:

@@ -125,15 +125,19 @@ class CookieSigner:
         return session_id
 
 
-def mark_principal(session: MutableMapping[str, Any], principal: str) -> None:
+def mark_principal(session: MutableMapping[str, Any], principal: str) -> bool:
     """Bind a framework session (a dict saved at response time) to ``principal``: the store
     indexes it under whatever id the save writes it with.  Nothing changes (and nothing
-    is written) if it is bound to ``principal`` already.
+    is written) if it is bound to ``principal`` already.  True if it was bound to another
+    principal: then the caller gives it a new id (the old one stays in that principal's
+    index until it is gone).
 
     Raises:
         TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
     """
     mark = principal_mark(principal)
     current = session.get(PRINCIPAL_KEY)
-    if not (isinstance(current, list) and current[:1] == mark[:1]):
-        session[PRINCIPAL_KEY] = mark
+    if isinstance(current, list) and current[:1] == mark[:1]:
+        return False
+    session[PRINCIPAL_KEY] = mark
+    return isinstance(current, list) and bool(current)

@@ -561,10 +561,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         """Bind this session to ``principal`` (e.g. ``str(user.pk)``), so that
         ``log_out_everywhere`` ends it: recorded when the response saves it.
 
+        A session bound to another principal before also gets a new key (``cycle_key``), so
+        the other principal's ``log_out_everywhere`` cannot end it (Django's ``login``
+        already flushes a session of another user).
+
         Raises:
             TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
+            StoreUnavailable: Redis failed (only when it gets a new key).
         """
-        mark_principal(self, principal)
+        if mark_principal(self, principal):
+            self.cycle_key()
 
     @classmethod
     def clear_expired(cls) -> None:

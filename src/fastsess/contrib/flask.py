@@ -233,10 +233,15 @@ class FastSessionInterface(SessionInterface):
         """Bind ``session`` (``flask.session``) to ``principal`` (e.g. ``str(user.id)``), so that
         ``log_out_everywhere(principal)`` ends it: recorded when the response saves it.
 
+        A session bound to another principal before also gets a new id (``regenerate``),
+        so the other principal's ``log_out_everywhere`` cannot end it.
+
         Raises:
             TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
+            StoreUnavailable: Redis failed (only when it gets a new id).
         """
-        mark_principal(session, principal)
+        if mark_principal(session, principal):
+            self.regenerate(session)
 
     def log_out_everywhere(self, principal: str, keep: FlaskSession | None = None) -> int:
         """Delete every session bound to ``principal`` but ``keep``'s (e.g. ``flask.session``,

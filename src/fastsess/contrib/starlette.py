@@ -140,12 +140,16 @@ def regenerate(request: HTTPConnection) -> Awaitable[None]:
 def bind(request: HTTPConnection, principal: str) -> None:
     """Bind the request's session to ``principal`` (e.g. ``str(user.id)``), so that
     ``log_out_everywhere`` ends it: recorded when the response saves it (call at login).
+    A session bound to another principal before also gets a new id (as ``regenerate``),
+    so the other principal's ``log_out_everywhere`` cannot end it.
 
     Raises:
         TypeError, ValueError: an invalid principal (a non-empty str of at most 1024 characters).
         RuntimeError: the request did not pass through ``SessionMiddleware``.
     """
-    mark_principal(_session_of(request, "bind"), principal)
+    session = _session_of(request, "bind")
+    if mark_principal(session, principal):
+        session.regenerate = True
 
 
 async def log_out_everywhere(request: HTTPConnection, principal: str, keep_current: bool = True) -> int:
