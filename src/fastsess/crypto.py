@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ConfigError, SessionCorrupt, SessionTooLarge
@@ -233,6 +233,26 @@ def encryption_from_setting(value: Any) -> Encryption | None:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return Encryption.from_base64(value)
     return Encryption(value)
+
+
+ENV_KEYS = "FASTSESS_ENCRYPTION_KEYS"
+
+
+def encryption_from_env(environ: Mapping[str, str] | None = None) -> Encryption | None:
+    """``FASTSESS_ENCRYPTION_KEYS`` (comma-separated base64 keys, the first encrypts) as an
+    ``Encryption``; None when unset or blank.
+
+    Raises:
+        ConfigError: a value ``Encryption.from_base64`` refuses (the message names the
+            variable and the key's position, never its value).
+    """
+    raw = (os.environ if environ is None else environ).get(ENV_KEYS, "")
+    if not raw.strip():
+        return None
+    try:
+        return Encryption.from_base64(raw.split(","))
+    except ConfigError as exc:
+        raise ConfigError(f"{ENV_KEYS}: {exc}") from None
 
 
 class EncryptedSerializer(Serializer):

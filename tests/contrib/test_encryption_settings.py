@@ -113,3 +113,35 @@ def test_flask_a_session_the_keys_cannot_open_is_a_fresh_one(redis_url: str, pre
     finally:
         for app in (writer, reader):
             app.session_interface.store.close()  # type: ignore[attr-defined]
+
+
+# --- Starlette (the default store, from the environment) ----------------------------------------
+
+
+def test_starlette_default_store_takes_keys_from_the_environment(redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.testclient import TestClient
+
+    from .test_starlette import PREFIX, make_app
+    from .test_starlette import sid_of as starlette_sid
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("FASTSESS_ENCRYPTION_KEYS", f" {B64[1]}, {B64[0]} ")
+    with TestClient(make_app()) as client:
+        assert client.get("/incr").json() == {"count": 1}
+        assert client.get("/incr").json() == {"count": 2}
+        assert stored_key_id(redis_client, PREFIX + starlette_sid(client)) == key_id(K2)
+
+
+def test_starlette_bad_keys_in_the_environment(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.testclient import TestClient
+
+    from .test_starlette import make_app
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("FASTSESS_ENCRYPTION_KEYS", f"{B64[0]},")
+    with pytest.raises(ConfigError, match="FASTSESS_ENCRYPTION_KEYS: encryption key #2 is 0 bytes long") as info, TestClient(make_app()):
+        pass
+    assert B64[0] not in str(info.value)
+    monkeypatch.setenv("FASTSESS_ENCRYPTION_KEYS", "  ")  # blank: no encryption
+    with TestClient(make_app()) as client:
+        assert client.get("/incr").json() == {"count": 1}

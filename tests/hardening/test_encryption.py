@@ -22,7 +22,7 @@ import redis
 import fastsess
 from fastsess import Encryption, RedisStore, Session, SessionCorrupt
 from fastsess._core.keys import KeySpace
-from fastsess.crypto import HEADER_SIZE, NONCE_SIZE, OVERHEAD, PREFIX, EncryptedSerializer, encryption_from_setting, key_id
+from fastsess.crypto import HEADER_SIZE, NONCE_SIZE, OVERHEAD, PREFIX, EncryptedSerializer, encryption_from_env, encryption_from_setting, key_id
 from fastsess.errors import ConfigError
 from fastsess.serializers import JSONSerializer, MsgpackSerializer
 from fastsess.stores.base import new_session_id
@@ -128,6 +128,11 @@ def test_settings_values() -> None:
     assert encryption_from_setting([K2]).key_ids == (key_id(K2),)
     with pytest.raises(ConfigError, match="at least one"):
         encryption_from_setting([])  # an empty list is a mistake, not "no encryption"
+    assert encryption_from_env({}) is None and encryption_from_env({"FASTSESS_ENCRYPTION_KEYS": " "}) is None
+    got = encryption_from_env({"FASTSESS_ENCRYPTION_KEYS": base64.b64encode(K2).decode() + "," + base64.b64encode(K1).decode()})
+    assert got is not None and got.key_ids == (key_id(K2), key_id(K1))
+    with pytest.raises(ConfigError, match="^FASTSESS_ENCRYPTION_KEYS: encryption key #1 is not valid base64$"):
+        encryption_from_env({"FASTSESS_ENCRYPTION_KEYS": "nope!"})
 
 
 def test_missing_cryptography_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,8 @@
 max_age=14 days, path="/", same_site="lax", https_only=False, domain=None,
 partitioned=False)``: Starlette's own ``SessionMiddleware`` signature plus ``store``, any
 ``fastsess.asyncio`` store (default: a ``fastsess.asyncio.ClusteredRedisStore``
-on ``$REDIS_URL`` with a TTL of ``max_age``).  It gives ``request.session``, a
+on ``$REDIS_URL`` with a TTL of ``max_age``, encrypting sessions with the keys in
+``$FASTSESS_ENCRYPTION_KEYS`` if set: comma-separated base64, the first encrypts).  It gives ``request.session``, a
 dict; every Redis call is awaited on the asyncio store, never a blocking one.
 
 The cookie holds the session id signed with HMAC-SHA256 under a key derived from
@@ -42,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..asyncio.stores.base import AsyncSessionStore
 from ..asyncio.stores.clustered import ClusteredRedisStore
+from ..crypto import encryption_from_env
 from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
@@ -197,7 +199,7 @@ class SessionMiddleware:
             url = os.environ.get("REDIS_URL")
             if not url:
                 raise ConfigError("SessionMiddleware needs store= or the REDIS_URL environment variable")
-            store = ClusteredRedisStore(url=url, ttl=max_age or DEFAULT_TTL)
+            store = ClusteredRedisStore(url=url, ttl=max_age or DEFAULT_TTL, encryption=encryption_from_env())
         elif not isinstance(store, AsyncSessionStore):
             raise ConfigError("SessionMiddleware needs a fastsess.asyncio store (a sync store would block the event loop)")
         if migrate_prefix is not None and not hasattr(store, "client"):
