@@ -86,6 +86,21 @@ def op_update(sid: str, key: str, value: Any) -> Any:
     return {"wrote": wrote, "t_start": t0, "t_done": time.monotonic(), "version": s.version}
 
 
+def op_bind(sid: str, principal: str) -> Any:
+    """Bind a session this node holds to ``principal`` and save it (log out everywhere)."""
+    assert store is not None
+    s = sessions.get(sid) or store.load(sid)
+    assert s is not None, "no such session"
+    store.bind(s, principal)
+    sessions[sid] = s
+    return store.save(s)
+
+
+def op_delete_all(principal: str, except_id: str | None = None) -> Any:
+    assert store is not None
+    return store.delete_all(principal, except_id=except_id)
+
+
 def op_load(sid: str) -> Any:
     assert store is not None
     return snapshot(store.load(sid))
