@@ -12,6 +12,8 @@ Settings (``django.conf.settings``):
 * ``FASTSESS_ENCRYPTION_KEYS``: optional list of 32-byte keys, as base64 texts (or a
   ``fastsess.Encryption``): sessions are stored encrypted (first key encrypts, all
   decrypt; see docs/encryption.md).  Not ``SECRET_KEY``, nor derived from it.
+* ``FASTSESS_BREAKER_THRESHOLD`` / ``FASTSESS_BREAKER_COOLDOWN``: optional, the store's
+  circuit breaker (``breaker_threshold``/``breaker_cooldown``; defaults 5 and 1.0 s).
 * ``SESSION_COOKIE_AGE``, ``SESSION_EXPIRE_AT_BROWSER_CLOSE``,
   ``SESSION_SAVE_EVERY_REQUEST`` and the ``SESSION_COOKIE_*`` keys work as with
   Django's other backends: Django's ``SessionMiddleware`` sets the cookie, which
@@ -89,7 +91,7 @@ _CREATE_ATTEMPTS = 10
 _SETTINGS = frozenset({
     "FASTSESS_REDIS_URL", "FASTSESS_REDIS_CLIENT", "FASTSESS_CLUSTER", "FASTSESS_KEY_PREFIX",
     "FASTSESS_SERIALIZER", "FASTSESS_MIGRATE_FROM", "FASTSESS_MIGRATE_PICKLE", "SESSION_COOKIE_AGE",
-    "FASTSESS_ENCRYPTION_KEYS",
+    "FASTSESS_ENCRYPTION_KEYS", "FASTSESS_BREAKER_THRESHOLD", "FASTSESS_BREAKER_COOLDOWN",
 })
 # (store options, migrate engine, migrate pickle, sync store or None): resolved once, since
 # django.conf.settings answers each attribute through a lazy object (a missing one raises
@@ -107,6 +109,10 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_settings_changed, dispatch_uid="fastsess.contrib.django")
+
+
+# settings -> store constructor arguments of the circuit breaker
+BREAKER_SETTINGS = (("FASTSESS_BREAKER_THRESHOLD", "breaker_threshold"), ("FASTSESS_BREAKER_COOLDOWN", "breaker_cooldown"))
 
 
 def _resolve() -> tuple[tuple[Any, ...], str | None, bool]:
@@ -131,7 +137,13 @@ def _resolve() -> tuple[tuple[Any, ...], str | None, bool]:
             encryption = encryption_from_setting(getattr(settings, "FASTSESS_ENCRYPTION_KEYS", None))
         except ConfigError as exc:
             raise ImproperlyConfigured(f"FASTSESS_ENCRYPTION_KEYS: {exc}") from None
-        options = (url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE), encryption)
+        breaker = tuple(
+            (argument, getattr(settings, name)) for name, argument in BREAKER_SETTINGS if hasattr(settings, name)
+        )
+        options = (
+            url, id(client), prefix, serializer, tuple(sorted(cluster.items())), int(settings.SESSION_COOKIE_AGE), encryption,
+            breaker,
+        )
         engine = getattr(settings, "FASTSESS_MIGRATE_FROM", None)
         if engine is not None and (not isinstance(engine, str) or engine == __name__):
             raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM must name another session engine module")
@@ -175,10 +187,11 @@ def get_store() -> ClusteredRedisStore:
     with _lock:
         store = _sync_stores.get(key)
         if store is None:
-            url, _, prefix, serializer, cluster, age, encryption = key
+            url, _, prefix, serializer, cluster, age, encryption, breaker = key
             client = None if url is not None else settings.FASTSESS_REDIS_CLIENT
             store = ClusteredRedisStore(
-                client, url, config=_config(cluster, None), prefix=prefix, ttl=age, serializer=serializer, encryption=encryption
+                client, url, config=_config(cluster, None), prefix=prefix, ttl=age, serializer=serializer, encryption=encryption,
+                **dict(breaker),
             )
             _sync_stores[key] = store
         _sync_store = store
@@ -204,7 +217,7 @@ def get_async_store() -> AsyncClusteredRedisStore:
         stores = _async_stores[loop] = {}
     store = stores.get(key)
     if store is None:
-        url, _, prefix, serializer, cluster, age, encryption = key
+        url, _, prefix, serializer, cluster, age, encryption, breaker = key
         if url is None:
             raise ImproperlyConfigured("the async session methods need FASTSESS_REDIS_URL (FASTSESS_REDIS_CLIENT is a sync client)")
         with _lock:
@@ -212,6 +225,7 @@ def get_async_store() -> AsyncClusteredRedisStore:
             suffix = f"aio{_async_count}"
         store = AsyncClusteredRedisStore(
             url=url, config=_config(cluster, suffix), prefix=prefix, ttl=age, serializer=serializer, encryption=encryption,
+            **dict(breaker),
         )
         stores[key] = store
     return store

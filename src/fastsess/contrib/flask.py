@@ -6,6 +6,8 @@ Config (``app.config``):
   ``redis.Redis``/``RedisCluster`` client, as with Flask-Session); or pass
   ``store=`` (any sync fastsess store) to ``FastSession``.
 * ``FASTSESS_CLUSTER``: optional dict of ``ClusterConfig`` fields.
+* ``FASTSESS_BREAKER_THRESHOLD`` / ``FASTSESS_BREAKER_COOLDOWN``: optional, the store's
+  circuit breaker (``breaker_threshold``/``breaker_cooldown``; defaults 5 and 1.0 s).
 * ``FASTSESS_ENCRYPTION_KEYS``: optional list of 32-byte keys, as base64 texts (or a
   ``fastsess.Encryption``): sessions are stored encrypted (first key encrypts, all
   decrypt; see docs/encryption.md).  Not ``SECRET_KEY``, nor derived from it.
@@ -136,11 +138,17 @@ class FastSessionInterface(SessionInterface):
                 encryption = encryption_from_setting(config.get("FASTSESS_ENCRYPTION_KEYS"))
             except ConfigError as exc:
                 raise ConfigError(f"FASTSESS_ENCRYPTION_KEYS: {exc}") from None
+            breaker = {
+                argument: config[name]
+                for name, argument in (("FASTSESS_BREAKER_THRESHOLD", "breaker_threshold"), ("FASTSESS_BREAKER_COOLDOWN", "breaker_cooldown"))
+                if name in config
+            }
             store = ClusteredRedisStore(
                 client, url, config=ClusterConfig(**cluster),
                 prefix=config.get("SESSION_KEY_PREFIX", DEFAULT_PREFIX),
                 ttl=_seconds(config["PERMANENT_SESSION_LIFETIME"]),
                 encryption=encryption,
+                **breaker,
             )
         self.store = store
         self._signer: CookieSigner | None = None
