@@ -44,6 +44,17 @@ def test_bind_lists_the_live_sessions_of_a_principal(backend: Backend) -> None:
     assert sorted(store.iter_ids()) == sorted([s.id for s in mine[1:]] + [other.id, unbound.id])
 
 
+def test_expired_sessions_are_not_listed(backend: Backend) -> None:
+    store = backend.make(ttl=100)
+    short = bound(store, "oscar", ttl=5)
+    long = bound(store, "oscar")
+    if isinstance(backend, RedisBackend):
+        backend.client.delete(store.prefix + short.id)  # Redis expired it (its TTL is real time)
+    else:
+        backend.age(short, 6)
+    assert store.sessions_of("oscar") == [long.id]
+
+
 def test_delete_all_logs_a_principal_out_everywhere(backend: Backend) -> None:
     store = backend.make()
     mine = [bound(store, "42") for _ in range(4)]
