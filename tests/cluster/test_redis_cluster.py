@@ -1,23 +1,30 @@
 """A real local Redis Cluster: three masters, no replicas, on free ports.
 
-Classic PUBLISH is cluster-wide, so an invalidation published by a script on the
-master owning the session's key reaches a subscriber connected to any master.
+On Redis >= 7 (``sharded_pubsub``, the default) a write script publishes with SPUBLISH on
+the shard channel of its key's master, ``{t}<channel>``, and every listener subscribes
+to each master's shard channel: invalidations do not cross the cluster bus.  With
+``sharded_pubsub=False`` classic PUBLISH is cluster-wide, so an invalidation published
+on the master owning the key reaches a subscriber connected to any master.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from fastsess import ClusterConfig, ClusteredRedisStore, Session
+from fastsess._core.slots import ShardMap, key_slot
+from fastsess.errors import StoreUnavailable
 
-from ..support import RedisServer
-from .conftest import FAST, received, wait_received
+from ..support import RedisClusterNodes, RedisServer, kill
+from .conftest import FAST, received, wait_received, wait_until
 
 
 @pytest.fixture
@@ -245,4 +252,262 @@ async def test_async_stores_on_the_cluster(cluster: list[RedisServer]) -> None:
             await store.close()
         for client in clients:
             await client.aclose()
+        raw.close()
+
+
+# --- sharded pub/sub and tracking per master ------------------------------------------------
+
+
+def bus_publishes(cluster: list[RedisServer]) -> int:
+    """Classic PUBLISH messages the masters sent each other over the cluster bus so far."""
+    total = 0
+    for server in cluster:
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        try:
+            total += int(client.cluster("info").get("cluster_stats_messages_publish_sent", 0))
+        finally:
+            client.close()
+    return total
+
+
+def node_store(cluster: list[RedisServer], like: ClusteredRedisStore, name: str, **config: Any) -> ClusteredRedisStore:
+    settings: dict[str, Any] = {**FAST, **config}
+    cfg = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=like.coordinator.channel, **settings)
+    store = ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=cluster[0].port), config=cfg, prefix=like.prefix)
+    assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
+    return store
+
+
+def test_one_shard_channel_per_master(cluster: list[RedisServer], stores: Any) -> None:
+    A, B, raw = stores
+    shards = A.coordinator.shards
+    assert shards is not None and B.coordinator.shards is not None
+    assert shards.channels == B.coordinator.shards.channels  # both nodes derive the same names
+    assert len(shards.channels) == 3
+    channel = A.coordinator.channel
+    for name in shards.channels:
+        assert name.startswith("{") and name.endswith("}" + channel)
+        tag = name[1:name.index("}")]
+        master = raw.get_node_from_key(tag)
+        client = redis.Redis(host="127.0.0.1", port=int(master.port))
+        try:  # each master serves its own channel, and both nodes subscribe it there
+            assert client.execute_command("PUBSUB", "SHARDNUMSUB", name) == [name.encode(), 2]
+        finally:
+            client.close()
+    for s in sessions_on_every_master(A, raw, n=9):
+        key = A.prefix + s.id
+        assert A.coordinator.channel_for(key) == shards.by_slot[key_slot(key.encode())]
+        assert raw.get_node_from_key(key).name == raw.get_node_from_key(A.coordinator.channel_for(key)).name
+
+
+def test_sharded_invalidations_do_not_cross_the_cluster_bus(cluster: list[RedisServer], stores: Any) -> None:
+    A, B, raw = stores
+    sessions = sessions_on_every_master(A, raw)
+    for s in sessions:
+        assert B.load(s.id) is not None
+    before_bus = bus_publishes(cluster)
+    for s in sessions:
+        before = received(B)
+        s["i"] += 100
+        assert A.save(s) is True
+        wait_received(B, before)
+        assert B.load(s.id)["i"] == s["i"]
+    before = received(A)
+    assert B.delete(sessions[0].id) is True
+    wait_received(A, before)
+    assert bus_publishes(cluster) == before_bus  # every message stayed on its shard
+    # The same traffic with classic PUBLISH: each message is copied to the other masters.
+    C = node_store(cluster, A, "C", sharded_pubsub=False)
+    try:
+        for s in sessions[1:6]:
+            before = received(B)
+            s["i"] += 100
+            assert C.save(s) is True
+            wait_received(B, before)  # a classic node still reaches the sharded ones
+            assert B.load(s.id)["i"] == s["i"]
+        assert bus_publishes(cluster) >= before_bus + 5 * 2
+    finally:
+        C.close()
+
+
+def test_a_writer_with_an_out_of_date_slot_map_falls_back_to_publish(cluster: list[RedisServer], stores: Any) -> None:
+    """If the master no longer serves the channel a writer picked, the script publishes
+    on the plain channel instead: the write never lands without its invalidation."""
+    A, B, raw = stores
+    sessions = sessions_on_every_master(A, raw, n=9)
+    for s in sessions:
+        assert B.load(s.id) is not None
+    right = A.coordinator.shards
+    assert right is not None
+    # A map that sends every slot to the channel of another master.
+    wrong = ShardMap(A.coordinator.channel, [[(0, 16383)]])
+    wrong.by_slot = [right.channels[(right.channels.index(c) + 1) % 3] for c in right.by_slot]
+    assert all(w != r for w, r in zip(wrong.by_slot, right.by_slot))
+    A.coordinator.shards = wrong
+    try:
+        before_bus = bus_publishes(cluster)
+        for s in sessions:
+            before = received(B)
+            s["i"] += 1
+            assert A.save(s) is True
+            wait_received(B, before)
+            assert B.load(s.id)["i"] == s["i"]
+        assert bus_publishes(cluster) > before_bus  # the fallback was classic PUBLISH
+    finally:
+        A.coordinator.shards = right
+
+
+def test_tracking_on_every_master(cluster: list[RedisServer], stores: Any) -> None:
+    A, _, raw = stores
+    B = node_store(cluster, A, "T", track_external_changes=True)
+    try:
+        masters = [n for n in raw.get_nodes() if n.server_type == "primary"]
+        tracked = [c for m in masters for c in m.redis_connection.client_list() if c.get("redir") not in (None, "-1")]
+        assert len(tracked) == 3 and all(c["redir"] == c["id"] for c in tracked)  # one per master
+        sessions = sessions_on_every_master(A, raw)
+        for s in sessions:
+            assert B.load(s.id) is not None
+        for s in sessions:  # another tool deletes keys on every master
+            raw.delete(A.prefix + s.id)
+        deadline = time.monotonic() + 0.5
+        while any(B._cache.get(s.id) is not None for s in sessions):
+            assert time.monotonic() < deadline, "outside DELs not seen on every master"
+            time.sleep(0.0002)
+        assert all(B.load(s.id) is None for s in sessions)
+        own = B.create({"mine": 1})  # own writes keep their copy on a cluster too
+        assert B.save(own) is True
+        own["mine"] = 2
+        assert B.save(own) is True
+        wait_until(lambda: B.coordinator.tracking.own >= 2, 2, what="B's own notifications")
+        hits = B.cache_stats().hits
+        assert B.load(own.id)["mine"] == 2 and B.cache_stats().hits == hits + 1
+        more = sessions_on_every_master(A, raw, n=6)
+        for s in more:
+            assert B.load(s.id) is not None
+        master = raw.get_node_from_key(A.prefix + more[0].id)
+        master.redis_connection.flushdb()  # FLUSHDB on one master flushes the whole cache
+        wait_until(lambda: B.cache_stats().size == 0, 0.5, what="the flush")
+    finally:
+        B.close()
+
+
+# --- a failover -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def replicated() -> Iterator[list[RedisServer]]:
+    """Its own cluster (a master gets killed): three masters, one replica each."""
+    with RedisClusterNodes(masters=3, replicas=1) as nodes:
+        yield nodes.servers
+
+
+def replica_of(master: RedisServer) -> tuple[int, int]:
+    """(port, replication offset) of ``master``'s replica, and the master's own offset."""
+    client = redis.Redis(host="127.0.0.1", port=master.port)
+    try:
+        info = client.info("replication")
+    finally:
+        client.close()
+    return int(info["slave0"]["port"]), int(info["master_repl_offset"])
+
+
+def test_a_failover_keeps_invalidations_flowing_without_stale_reads(replicated: list[RedisServer]) -> None:
+    """A master is killed and its replica takes over while a node writes two sessions (one
+    on that shard) and another node reads them in a loop: every read returns at least the
+    version committed 100 ms before it began, the shard channel names stay the same, and
+    afterwards invalidations and tracking reach every node from every master."""
+    channel, prefix = f"fo:{uuid.uuid4().hex[:8]}", f"fo{uuid.uuid4().hex[:6]}:"
+    raw = RedisCluster(host="127.0.0.1", port=replicated[0].port)
+    made: list[ClusteredRedisStore] = []
+    try:
+        for name in "AB":
+            config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, track_external_changes=True, **FAST)
+            client = RedisCluster(host="127.0.0.1", port=replicated[0].port)
+            made.append(ClusteredRedisStore(client=client, config=config, prefix=prefix))
+        A, B = made
+        for store in made:
+            assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
+        sessions = sessions_on_every_master(A, raw)
+        channels = list(B.coordinator.shards.channels)
+        victim_node = raw.get_node_from_key(prefix + sessions[0].id)
+        victim = next(s for s in replicated if s.port == int(victim_node.port))
+        watched = [sessions[0], next(s for s in sessions if raw.get_node_from_key(prefix + s.id).name != victim_node.name)]
+        for s in sessions:
+            assert B.load(s.id) is not None
+
+        committed: list[tuple[int, float]] = []  # (version, when its save returned)
+        reads: list[tuple[float, int]] = []  # (when the read began, version read)
+        stop, paused = threading.Event(), threading.Event()
+
+        def write() -> None:
+            k = 0
+            while not stop.is_set():
+                if paused.is_set():
+                    time.sleep(0.002)
+                    continue
+                k += 1
+                for s in watched:
+                    s["i"] = k
+                    while not stop.is_set():
+                        try:
+                            if A.save(s):
+                                break
+                        except StoreUnavailable:
+                            time.sleep(0.01)
+                committed.append((k, time.monotonic()))
+                time.sleep(0.002)
+
+        def read() -> None:
+            while not stop.is_set():
+                for s in watched:
+                    started = time.monotonic()
+                    try:
+                        got = B.load(s.id)
+                    except StoreUnavailable:
+                        continue
+                    if got is not None:
+                        reads.append((started, got["i"]))
+
+        threads = [threading.Thread(target=write), threading.Thread(target=read)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)
+            paused.set()  # let the replica catch up: an unreplicated write would be lost by the kill
+            time.sleep(0.05)
+            replica_port, offset = replica_of(victim)
+            replica = redis.Redis(host="127.0.0.1", port=replica_port)
+            wait_until(lambda: int(replica.info("replication")["slave_repl_offset"]) >= offset, 5, what="the replica to catch up")
+            kill(victim)
+            replica.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            wait_until(lambda: replica.info("replication")["role"] == "master", 10, what="the replica to take over")
+            paused.clear()
+            wait_until(lambda: all(s.coordinator.stats.reconnects >= 1 and s.coordinator.subscribed for s in made), 15,
+                       what="both listeners back on the new master")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+            paused.clear()
+        assert len(committed) > 10 and len(reads) > 100
+        stale = [(t, v) for t, v in reads if v < max((k for k, c in committed if c <= t - 0.1), default=0)]
+        assert stale == [], stale[:5]
+
+        assert sorted(B.coordinator.shards.channels) == sorted(channels)  # the replica serves the same slots: same names
+        for s in sessions:  # every master, the promoted one included, reaches B
+            before = received(B)
+            s["i"] = 1000
+            assert A.save(s) is True
+            wait_received(B, before)
+            assert B.load(s.id)["i"] == 1000
+        s = sessions[0]
+        assert B.load(s.id) is not None and B._cache.get(s.id) is not None
+        raw.delete(prefix + s.id)  # tracking was registered again on the new master
+        wait_until(lambda: B._cache.get(s.id) is None, 0.5, what="the outside DEL on the new master")
+        replica.close()
+    finally:
+        for store in made:
+            store.close()
+            store.client.close()
         raw.close()

@@ -146,16 +146,18 @@ def cluster_port() -> int:
 
 
 class RedisClusterNodes:
-    """``masters`` cluster-enabled servers, no replicas, joined into one cluster.
+    """``masters`` cluster-enabled servers with ``replicas`` replicas each, joined into one cluster.
 
-    ``start()`` returns once every node reports ``cluster_state:ok``; ``close()``
-    stops and removes them all.  ``servers`` is sorted by port.
+    ``start()`` returns once every node reports ``cluster_state:ok`` (and every replica
+    is in sync with its master); ``close()`` stops and removes them all.  ``servers`` is
+    sorted by port; without replicas every server is a master.
     """
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         ports: set[int] = set()
-        while len(ports) < masters:
+        while len(ports) < masters * (1 + replicas):
             ports.add(cluster_port())
+        self.replicas = replicas
         self.servers = [RedisServer(port=port, extra_args=CLUSTER_ARGS) for port in sorted(ports)]
 
     def start(self, timeout: float = 20.0) -> RedisClusterNodes:
@@ -164,14 +166,16 @@ class RedisClusterNodes:
                 server.start()
             subprocess.run(
                 [find_cli_binary(), "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
-                 "--cluster-replicas", "0", "--cluster-yes"],
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + timeout
             for server in self.servers:
                 client = redis.Redis(host="127.0.0.1", port=server.port)
                 try:
-                    while client.cluster("info").get("cluster_state") != "ok":
+                    while client.cluster("info").get("cluster_state") != "ok" or (
+                        client.info("replication").get("master_link_status") not in (None, "up")
+                    ):
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"cluster not ok on {server.port}")
                         time.sleep(0.05)
