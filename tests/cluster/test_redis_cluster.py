@@ -328,6 +328,7 @@ def test_sharded_invalidations_do_not_cross_the_cluster_bus(cluster: list[RedisS
         assert bus_publishes(cluster) >= before_bus + 5 * 2
     finally:
         C.close()
+        C.client.close()
 
 
 def test_a_writer_with_an_out_of_date_slot_map_falls_back_to_publish(cluster: list[RedisServer], stores: Any) -> None:
@@ -389,6 +390,7 @@ def test_tracking_on_every_master(cluster: list[RedisServer], stores: Any) -> No
         wait_until(lambda: B.cache_stats().size == 0, 0.5, what="the flush")
     finally:
         B.close()
+        B.client.close()
 
 
 # --- a failover -------------------------------------------------------------------------------
@@ -511,3 +513,57 @@ def test_a_failover_keeps_invalidations_flowing_without_stale_reads(replicated: 
             store.close()
             store.client.close()
         raw.close()
+
+
+def test_masters_older_than_redis_7_get_classic_publish(cluster: list[RedisServer], stores: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version comes from INFO server of every master at each subscribe.  No Redis 6
+    is installed here, so the listener is made to read an older version: it falls back
+    to the plain channel (writers PUBLISH), and tracking, which needs sharded pub/sub on
+    a cluster, refuses to subscribe (the cache is bypassed, never incoherent)."""
+    from fastsess.cluster import redis_adapter
+
+    A, B, raw = stores
+    real = redis_adapter._version
+    monkeypatch.setattr(redis_adapter, "_version", lambda info: (6, 2, 14) if real(info) >= (7,) else real(info))
+    C = node_store(cluster, A, "C")
+    try:
+        assert C.coordinator.shards is None and C.coordinator.channel_for(A.prefix + "x") == A.coordinator.channel
+        sessions = sessions_on_every_master(A, raw, n=6)
+        before_bus = bus_publishes(cluster)
+        for s in sessions:
+            assert B.load(s.id) is not None
+            before = received(B)
+            s["i"] += 1
+            assert C.save(s) is True
+            wait_received(B, before)
+            assert B.load(s.id)["i"] == s["i"]
+        assert bus_publishes(cluster) > before_bus
+        config = ClusterConfig(node_id=f"D-{uuid.uuid4().hex[:6]}", channel=A.coordinator.channel, track_external_changes=True, **FAST)
+        D = ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=cluster[0].port), config=config, prefix=A.prefix)
+        try:
+            wait_until(lambda: "needs sharded pub/sub" in (D.coordinator.stats.last_error or ""), 5, what="the refusal")
+            assert not D.coordinator.subscribed
+        finally:
+            D.close()
+            D.client.close()
+    finally:
+        C.close()
+        C.client.close()
+
+
+def test_a_node_with_sharding_off_misses_sharded_messages(cluster: list[RedisServer], stores: Any) -> None:
+    """Why every node of a deployment needs the same ``sharded_pubsub``."""
+    A, _, raw = stores
+    C = node_store(cluster, A, "C", sharded_pubsub=False)
+    try:
+        s = sessions_on_every_master(A, raw, n=3)[0]
+        assert C.load(s.id)["i"] == s["i"]
+        s["i"] = 99
+        assert A.save(s) is True  # SPUBLISH on the shard channel: C does not subscribe it
+        before = received(C)
+        A.coordinator.publish("deleted", A.create({}).id)  # a plain-channel message, after it
+        wait_received(C, before)
+        assert C.load(s.id)["i"] != 99  # C still serves its old copy
+    finally:
+        C.close()
+        C.client.close()

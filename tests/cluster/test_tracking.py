@@ -172,6 +172,27 @@ def test_own_writes_keep_the_own_fresh_copy(tracked: Any, raw: redis.Redis) -> N
     evicted_within(A, s.id, started)
 
 
+
+def test_an_outside_change_in_the_same_server_iteration_as_an_own_write_is_not_seen(tracked: Any, raw: redis.Redis) -> None:
+    """The blind spot: the server names a key once per event-loop iteration, so a DEL run
+    right after this node's own write in the same iteration (here: both in one MULTI)
+    looks like the own write alone, and the copy stays."""
+    from fastsess._core.messages import INVALIDATED
+
+    A, B = tracked
+    s = saved(A, {"v": 1})
+    barrier(B, A)
+    assert hit(A, s.id)
+    key = A.prefix + s.id
+    message = A.coordinator.message(INVALIDATED, s.id, s.version + 1)  # as A's next save would send
+    pipe = raw.pipeline(transaction=True)
+    pipe.eval("redis.call('SET', KEYS[1], ARGV[1]) redis.call('PUBLISH', ARGV[2], ARGV[3])", 1, key,
+              A.serializer.encode(s), A.coordinator.channel_for(key), message)
+    pipe.delete(key)
+    pipe.execute()
+    barrier(B, A)
+    assert not raw.exists(key) and cached(A, s.id)  # gone from Redis, still in A's cache
+
 def test_the_other_nodes_write_still_evicts(tracked: Any) -> None:
     A, B = tracked
     s = saved(A, {"v": 1})

@@ -271,10 +271,11 @@ def _reader(connection: Any) -> Callable[[float], Any]:
     """Read one raw RESP2 reply off ``connection`` within ``timeout`` seconds (None: nothing)."""
     read_response = connection.read_response
     params = inspect.signature(read_response).parameters
+    keep: dict[str, Any] = {"disconnect_on_error": False} if "disconnect_on_error" in params else {}
     if "timeout" in params:
         def read(timeout: float) -> Any:
             try:
-                return read_response(timeout=timeout, disconnect_on_error=False)
+                return read_response(timeout=timeout, **keep)
             except redis.TimeoutError:
                 return None
         return read
@@ -283,8 +284,19 @@ def _reader(connection: Any) -> Callable[[float], Any]:
     def read_old(timeout: float) -> Any:
         if not can_read(timeout=timeout):
             return None
-        return read_response(disconnect_on_error=False)
+        return read_response(**keep)
     return read_old
+
+
+def _pool_connection(pool: Any) -> Any:
+    """A connection of ``pool`` (redis-py 5 wants a command name, 8 warns about one)."""
+    try:
+        name = inspect.signature(pool.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        name = None
+    if name is not None and name.default is inspect.Parameter.empty:
+        return pool.get_connection("SUBSCRIBE")
+    return pool.get_connection()
 
 
 def _cluster_settings(client: Any) -> tuple[list[tuple[str, int]], type, dict[str, Any]]:
@@ -397,7 +409,7 @@ class NodeLink:
 
     def _open_single(self) -> list[Any]:
         listener, self._made = listener_client(self.client, own=True)
-        connection = listener.connection_pool.get_connection()
+        connection = _pool_connection(listener.connection_pool)
         self.connections = [connection]
         return [connection]
 
