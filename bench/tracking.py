@@ -13,8 +13,8 @@ first with node A alone in the process (its own listener only, as in a deploymen
 one node per process): A's writes per second and the process CPU time per write; then
 with a second node B in the process: the CPU time of B's listener thread per write of A
 (what every other node pays for each write anywhere; with tracking each write also
-reaches every listener as a notification).  Then, with tracking on, the delay from an outside
-``DEL``'s reply to the eviction of B's cached copy (polled every 50 us).  Medians; not a
+reaches every listener as a notification).  Then, with tracking on, the delay from sending an outside
+``DEL`` (its round trip included) to the eviction of B's cached copy (polled every 50 us).  Medians; not a
 test: the figures depend on the machine and its load (``uptime`` printed with them).
 """
 
@@ -106,8 +106,8 @@ def eviction_delays(url: str, n: int) -> list[float]:
             assert a.save(s)
             while cache.get(s.id) is None:  # a fill may be voided by the notification of A's save
                 assert b.load(s.id) is not None
-            raw.delete(a.prefix + s.id)
             t0 = time.perf_counter()
+            raw.delete(a.prefix + s.id)
             while cache.get(s.id) is not None:
                 time.sleep(0.00005)
             delays.append(time.perf_counter() - t0)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {metric:24s} off {m_off:10.1f}   on {m_on:10.1f}   on/off {m_on / m_off:5.2f}")
         delays = sorted(eviction_delays(server.url, args.evictions))
         q: Any = statistics.quantiles(delays, n=100, method="inclusive")
-        print(f"\noutside DEL -> evicted (n={len(delays)}): median {statistics.median(delays) * 1e3:.3f} ms, "
+        print(f"\noutside DEL sent -> evicted (n={len(delays)}): median {statistics.median(delays) * 1e3:.3f} ms, "
               f"p99 {q[98] * 1e3:.3f} ms, max {delays[-1] * 1e3:.3f} ms")
     print("load after:", os.getloadavg())
 
