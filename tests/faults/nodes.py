@@ -6,8 +6,8 @@
   one JSON command per line; an error comes back as ``NodeError`` carrying the
   exception's type name.
 
-Every node answers ``create``, ``write``, ``read``, ``delete``, ``state`` and
-``wait_subscribed``; ``caught(fn)`` gives the type name of what a call raised, for
+Every node answers ``create``, ``write``, ``read``, ``delete``, ``bind``, ``delete_all``,
+``state``, ``timed_reads`` and ``wait_subscribed``; ``caught(fn)`` gives the type name of what a call raised, for
 both kinds alike.  Everything the suite reads of a store's internals is in ``state()``.
 """
 
@@ -122,6 +122,18 @@ class LocalNode:
         self.sessions.pop(sid, None)
         return bool(self._call("delete", sid))
 
+    def bind(self, sid: str, principal: str) -> None:
+        """Bind the session to ``principal`` (log out everywhere) and save it."""
+        s = self.sessions.get(sid) or self._call("load", sid)
+        assert s is not None, f"no session {sid}"
+        self.sessions[sid] = s
+        self._call("bind", s, principal)
+        assert self._call("save", s) is True
+
+    def delete_all(self, principal: str) -> int:
+        """``delete_all(principal)``: how many sessions it deleted."""
+        return int(self._call("delete_all", principal))
+
     def state(self) -> dict[str, Any]:
         """Listener, cache and breaker state: subscribed, reconnects, received, malformed,
         cached, and ``breaker``: the store's ``BreakerStats`` as a dict."""
@@ -231,6 +243,12 @@ class ProcessNode:
 
     def delete(self, sid: str) -> bool:
         return bool(self._send("delete", sid=sid))
+
+    def bind(self, sid: str, principal: str) -> None:
+        self._send("bind", sid=sid, principal=principal)
+
+    def delete_all(self, principal: str) -> int:
+        return int(self._send("delete_all", principal=principal))
 
     def state(self) -> dict[str, Any]:
         result: dict[str, Any] = self._send("state")

@@ -10,7 +10,8 @@ sends waits its whole ``socket_timeout`` (0.25 s).  What is checked:
   assertion is a loose one, a median under a quarter of the timeout);
 * writes fail loudly, reads of anything not cached fail too;
 * with ``stale_if_error=N`` B answers reads from its cache only within N seconds of the
-  start of the outage, and never a session deleted before it;
+  start of the outage, and never a session deleted before it (by ``delete`` or by
+  ``delete_all``, log out everywhere, on the other node);
 * when the partition ends the breaker closes by itself (logged once), and both nodes
   read what Redis holds (no acknowledged write lost, no stale copy).
 """
@@ -121,9 +122,14 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
     cache_on(B, written, "written")
     logout = A.create({"v": "logout"})  # B tries to delete it during the outage
     cache_on(B, logout, "logout")
+    user = [A.create({"v": f"device {i}"}) for i in range(2)]  # logged out everywhere before the outage
+    for i, sid in enumerate(user):
+        A.bind(sid, "user-7")  # the session now also records its principal
+        assert (B.read(sid) or {}).get("v") == (B.read(sid) or {}).get("v") == f"device {i}"  # cached on B
     received = B.state()["received"]
     assert A.delete(gone) is True
-    wait_until(lambda: B.state()["received"] > received, 5, what="the delete's invalidation to reach B")
+    assert A.delete_all("user-7") == 2
+    wait_until(lambda: B.state()["received"] >= received + 2, 5, what="the deletes' invalidations to reach B")
 
     partition(rig, True)
     t0 = time.monotonic()
@@ -147,8 +153,8 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
             assert error in FAILED
             if unsubscribed:
                 refused_at = now
-        deleted = caught(lambda: B.read(gone))
-        assert deleted in FAILED  # never the deleted session, never None either (Redis did not say so)
+        for sid in (gone, *user):
+            assert caught(lambda sid=sid: B.read(sid)) in FAILED  # never a deleted session (nor None: Redis did not say so)
         time.sleep(0.005)
     assert last_served is not None and last_served <= t0 + WINDOW  # the window counts from before t0
     assert served_unsubscribed > 0  # served from the cache while the listener could not hear (stale)
@@ -159,6 +165,7 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
     read_until_it_works(B, kept, 10)
     wait_until(lambda: B.state()["subscribed"], 10, what="B to resubscribe")
     assert B.read(gone) is None and B.read(kept) == {"v": "kept"}
+    assert all(B.read(sid) is None for sid in user)
     assert B.read(logout) == {"v": "logout"}  # the delete never reached Redis
     assert wait_for_value(B, written, "written", 5)  # the refused save changed nothing
     L.check(rig.raw, rig.prefix, [A, B])
