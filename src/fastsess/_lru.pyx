@@ -214,6 +214,10 @@ cdef extern from *:
     int fastsess_dict_del(object d, object k, Py_hash_t h) except -1
     PyObject* PyDict_SetDefault(object d, object k, object v) except NULL
     Py_ssize_t PyDict_GET_SIZE(object d)
+    Py_ssize_t fastsess_dict_size "PyDict_GET_SIZE"(PyObject* d)  # no reference taken: for the hit paths
+    void fastsess_incref "Py_INCREF"(PyObject* o)
+    Py_hash_t fastsess_hash "PyObject_Hash"(PyObject* o)
+    object fastsess_steal "(PyObject*)"(PyObject* o)  # hands a new reference over as is
     const int FASTSESS_STRIPES
     ctypedef struct fastsess_stripe:
         unsigned long long hits
@@ -1818,48 +1822,56 @@ MutableMapping.register(LRUCache)
 MutableMapping.register(TTLCache)
 
 
-cdef object _local_get_striped(LocalCache self, object key, object default, double now):
-    """A free-threaded hit: only this thread's stripe is locked.  Returns ``_MISSING`` to fall back.
+cdef PyObject* _local_get_striped(LocalCache self, object key, PyObject* default, double now) noexcept:
+    """A free-threaded hit: only this thread's stripe is locked.
 
-    The caller checked that ``key`` is an exact str/int/bytes and that this thread does
-    not hold the cache's lock.  Every structure change holds every stripe, so under one
-    stripe the index, the dict size and the counts are whole; nothing here runs Python
-    code.  Readers under other stripes may set the same visited bit at the same time
-    (the same value).
+    Returns a new reference to the value (hit) or to ``default`` (miss), or NULL to
+    fall back to the locked path (expired entry, keys outside the index, a torn map).
+    The caller checked that ``key`` is an exact str/int/bytes and that this thread
+    does not hold the cache's lock.  Every structure change holds every stripe, so
+    under one stripe the index, the dict size and the counts are whole; nothing here
+    runs Python code or writes a shared object other than the value's reference
+    count.  Readers under other stripes may set the same visited bit at the same
+    time (the same value).
     """
     cdef fastsess_stripe* stripe = fastsess_stripe_of(self._stripes)
     cdef fastsess_slot* sl = NULL
-    cdef object result = _MISSING
-    cdef Py_hash_t h = PyObject_Hash(key)
+    cdef PyObject* result = NULL
+    cdef Py_hash_t h = fastsess_hash(<PyObject*>key)  # exact str/int/bytes: never fails
     fastsess_stripe_lock(stripe)
-    if self._unsafe == 0 and PyDict_GET_SIZE(self._map) == self._count:
+    if self._unsafe == 0 and fastsess_dict_size(<PyObject*>self._map) == self._count:
         if self._index is not NULL:
             sl = fastsess_index_find(self._index, self._index_mask, 64 - self._index_bits, <PyObject*>key, h)
         if sl is NULL:
             stripe.misses += 1
             result = default
+            fastsess_incref(result)
         elif now < sl.expires:
             if not (sl.hash & 1):
                 sl.hash |= 1
             stripe.hits += 1
-            result = <object>sl.value  # a reference taken before the stripe is let go
+            result = sl.value
+            fastsess_incref(result)  # before the stripe is let go: no release can come between
     fastsess_stripe_unlock(stripe)
     return result
 
 
-cdef object _local_get(object cache, object key, object default):
-    """``LocalCache.get``: the hit path inlined, everything else through ``_Core._get``."""
-    cdef LocalCache self = <LocalCache>cache
+cdef object _local_get(LocalCache self, object key, object default):
+    """``LocalCache.get``: the hit path inlined, everything else through ``_Core._get``.
+
+    ``self`` is typed in the signature, so it stays a borrowed reference: a hit
+    writes nothing to the cache object (not even its reference count).
+    """
     cdef double now = self._now()
     cdef fastsess_slot* sl = NULL
     cdef Py_hash_t h
-    cdef object value
+    cdef PyObject* found
     if FASTSESS_STRIPED_LOCK:
         if self._stripes is not NULL and _safe_key(key) and self._owner != PyThread_get_thread_ident():
-            value = _local_get_striped(self, key, default, now)
-            if value is not _MISSING:
-                return value
-    elif self._lock_free(key) and PyDict_GET_SIZE(self._map) == self._count:
+            found = _local_get_striped(self, key, <PyObject*>default, now)
+            if found is not NULL:
+                return fastsess_steal(found)
+    elif self._lock_free(key) and fastsess_dict_size(<PyObject*>self._map) == self._count:
         # An exact str/int/bytes key on a GIL build, and only such keys in the cache:
         # nothing here runs Python code.  Every node is in the index, so a hit reads
         # one slot (and sets its visited bit, once) and a miss ends at an empty slot.
@@ -2041,4 +2053,4 @@ cdef class LocalCache(_Core):
         self._load(entries, lru)
 
 
-fastsess_install_get(LocalCache, _local_get)
+fastsess_install_get(LocalCache, <fastsess_get_fn>_local_get)
