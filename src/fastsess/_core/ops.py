@@ -30,7 +30,7 @@ from asyncio import CancelledError
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple, Protocol
 
-from ..errors import FastsessError, PoolExhausted, StoreUnavailable
+from ..errors import CircuitOpen, FastsessError, PoolExhausted, StoreUnavailable
 from ..serializers import Serializer
 from ..session import Session, check_ttl
 from .conflict import MAX_CONFLICT_RETRIES, OnConflict, rebase, stamp, too_many_conflicts
@@ -189,6 +189,12 @@ class Indexing(Protocol):
 
 
 Flow = Generator[Command, Any, Any]
+
+# Errors raised before a command left this process (the circuit breaker refused it, or no
+# pooled connection was free): the outcome is known, nothing changed.  A save or touch
+# that meets one keeps this node's cached copy, a stale_if_error fallback; a delete or a
+# regenerate still drops it (a logout attempted during an outage stops serving the copy).
+NEVER_SENT = (CircuitOpen, PoolExhausted)
 
 
 def check_reply(reply: Any) -> Any:
@@ -372,8 +378,8 @@ class StoreCore:
                 )))
                 if written is True:
                     messages.note_published()
-        except BaseException:
-            if policy is not None:
+        except BaseException as exc:
+            if policy is not None and not isinstance(exc, NEVER_SENT):
                 policy.uncertain(session.id)  # the write may have landed, or may land later
             raise
         if written is True:
@@ -507,8 +513,8 @@ class StoreCore:
         try:
             message = messages.message(TOUCHED, session_id, expires_in=seconds)
             touched: bool = (yield run_script("EXPIRE", TOUCH_PUBLISH, (key,), seconds, messages.channel_for(key), message)) == 1
-        except BaseException:
-            if self.policy is not None:
+        except BaseException as exc:
+            if self.policy is not None and not isinstance(exc, NEVER_SENT):
                 self.policy.uncertain(session_id)  # the EXPIRE may have landed, or may land later
             raise
         if self.policy is not None:
