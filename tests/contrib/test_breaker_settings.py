@@ -34,12 +34,10 @@ async def test_django_async_store_gets_them_too(django_settings: Any) -> None:
     from fastsess.contrib import django as engine
 
     with override_settings(FASTSESS_BREAKER_THRESHOLD=0):
-        store = engine.get_async_store()
         try:
-            assert store.breaker.threshold == 0
+            assert engine.get_async_store().breaker.threshold == 0
         finally:
-            await store.close()
-            engine._async_stores.clear()
+            await engine.aclose_async_store()
 
 
 def test_flask_breaker_settings(apps: list[Flask], redis_url: str, prefix: str) -> None:  # noqa: F811
