@@ -16,6 +16,9 @@ every connection at once (attributes of the proxy) or for one (attributes of a
   ``link.blackhole_down``.
 * ``delay_up`` / ``delay_down``: seconds added before each chunk in that direction is
   passed on (order is kept).  Per connection: ``link.delay_up`` / ``link.delay_down``.
+* ``blackhole_clients(pattern)``: every connection whose client sends ``pattern``
+  (``b"SUBSCRIBE"``: the listeners), the ones opened later included, loses everything
+  in both directions from then on; ``blackhole_clients(None)`` ends it.
 * ``link.stall_down``: while True, the proxy stops *reading* the server's side of that
   connection, so the server's output piles up in its own buffers (a client that does
   not read: what ``client-output-buffer-limit`` is for).  Nothing is lost; it flows
@@ -115,6 +118,7 @@ class TcpProxy:
         self.blackhole_down = False
         self.delay_up = 0.0
         self.delay_down = 0.0
+        self._blackholed_clients: bytes | None = None
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
         self._links: list[Link] = []
@@ -132,6 +136,15 @@ class TcpProxy:
         with self._lock:
             self._holds.append(hold)
         return hold
+
+    def blackhole_clients(self, pattern: bytes | None) -> None:
+        """Drop both directions of every connection whose client sent ``pattern``, now and
+        later (None: stop)."""
+        self._blackholed_clients = pattern
+
+    def _silenced(self, link: Link) -> bool:
+        pattern = self._blackholed_clients
+        return pattern is not None and pattern in link.seen
 
     def links(self) -> list[Link]:
         """The connections relayed now (closed ones are forgotten)."""
@@ -198,7 +211,7 @@ class TcpProxy:
                 delay = link.delay_up or self.delay_up
                 if delay:
                     time.sleep(delay)
-                if not (self.blackhole_up or link.blackhole_up):
+                if not (self.blackhole_up or link.blackhole_up or self._silenced(link)):
                     link.server.sendall(data)
         except OSError:
             pass
@@ -220,7 +233,7 @@ class TcpProxy:
                 delay = link.delay_down or self.delay_down
                 if delay:
                     time.sleep(delay)
-                if not (self.blackhole_down or link.blackhole_down):
+                if not (self.blackhole_down or link.blackhole_down or self._silenced(link)):
                     link.client.sendall(data)
         except OSError:
             pass

@@ -186,3 +186,48 @@ def test_stale_if_error_window_and_no_deleted_session(rig: Rig, b_kind: str) -> 
         recovery_s=recovery,
     )
 
+
+
+DEAF_WINDOW = 1.0
+
+
+@pytest.mark.parametrize("b_kind", ["sync", "asyncio"])
+def test_no_stale_copy_after_the_listener_was_deaf_longer_than_the_window(rig: Rig, b_kind: str) -> None:
+    """B's listener loses its channel silently (every subscriber connection blackholed, new
+    ones too) while B's commands still work, and A logs a session out: B never hears of
+    it and keeps its copy (``stale_if_error`` keeps the cache when the listener fails).
+    When Redis then becomes unreachable for B, more than N seconds after its listener last
+    heard from Redis, B serves nothing from its cache: the outage counts from then."""
+    A, B = rig.start(b_kind, stale_if_error=DEAF_WINDOW)
+    L = rig.ledger
+    kept = L.create(A, "kept")
+    cache_on(B, kept, "kept")
+    gone = A.create({"v": "gone"})
+    cache_on(B, gone, "gone")
+    rig.proxy.blackhole_clients(b"SUBSCRIBE")
+    t_deaf = time.monotonic()
+    received = B.state()["received"]
+    assert A.delete(gone) is True  # its invalidation never reaches B
+    wait_until(lambda: not B.state()["subscribed"], 5, what="B's listener to give up the silent channel")
+    assert B.read(gone) is None and B.read(kept) == {"v": "kept"}  # commands work: Redis answers
+    time.sleep(max(0.0, t_deaf + DEAF_WINDOW - time.monotonic()))
+    state = B.state()
+    assert state["received"] == received and not state["subscribed"]
+    assert state["cached"] >= 2  # B still holds both copies, the logged-out one included
+
+    partition(rig, True)
+    t0 = time.monotonic()
+    seen = {"kept": caught(lambda: B.read(kept)), "gone": caught(lambda: B.read(gone))}
+    assert seen == {"kept": "StoreUnavailable", "gone": "StoreUnavailable"}, seen  # no stale copy
+
+    partition(rig, False)
+    rig.proxy.blackhole_clients(None)
+    t_up = time.monotonic()
+    wait_until(lambda: B.state()["subscribed"], 10, what="B to resubscribe")
+    assert B.read(gone) is None and B.read(kept) == {"v": "kept"}
+    L.check(rig.raw, rig.prefix, [A, B])
+    recovery = rig.recovery(A, B, t_up)
+    report(
+        f"deaf listener, then partition, stale_if_error={DEAF_WINDOW:g}", b_kind, callers="StoreUnavailable (no stale copy)",
+        deaf_for_s=t0 - t_deaf, recovery_s=recovery,
+    )
