@@ -30,8 +30,9 @@ echo of that write, should it land later, invalidates it like another node's.
 
 While the coordinator is not subscribed (start-up, Redis down, reconnecting)
 the cache is bypassed: reads go to Redis, and fail with ``StoreUnavailable``
-when it is down, unless ``ClusterConfig(stale_if_error=True)`` allows a cached
-copy to be served instead.
+when it is down, unless ``ClusterConfig(stale_if_error=N)`` allows a cached
+copy to be served instead, for at most N seconds into the outage (never a session
+deleted before it; ``CachePolicy.stale``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
 
     Args:
         client, url, prefix, ttl, serializer, refresh_fraction, socket_timeout,
-            retries, pool_size, pool_timeout, clock, encryption: as ``RedisStore``.
+            retries, pool_size, pool_timeout, clock, encryption, breaker_threshold,
+            breaker_cooldown: as ``RedisStore``.
         config: the cluster settings (default ``ClusterConfig()``: clustering on,
             a fresh node id).  ``enabled=False`` gives a plain ``RedisStore``
             (no cache, no messages, ``coordinator`` is None).

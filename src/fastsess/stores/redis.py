@@ -73,6 +73,10 @@ class RedisStore(RedisStoreBase, SessionStore):
             changes to other keys are kept), ``"raise"`` (``ConcurrentModification``,
             nothing written) or a callable ``f(key, base, mine, theirs)`` returning the
             value to store (``fastsess.MISSING`` deletes the key).
+        breaker_threshold, breaker_cooldown: the circuit breaker (``store.breaker``):
+            after ``breaker_threshold`` connection failures in a row (default 5; 0: off)
+            every call raises ``CircuitOpen`` at once, without a Redis call, for
+            ``breaker_cooldown`` seconds (default 1.0); then one call at a time probes.
 
     Raises:
         ConfigError: neither or both of client/url, or an invalid setting.
