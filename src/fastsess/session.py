@@ -150,6 +150,12 @@ class Session(MutableMapping[str, Any]):
         if not value:
             self._changes = None
 
+    def mark_for_save(self) -> None:
+        """Make the next ``save`` write although no key changed (to rewrite the session, e.g.
+        with a new ``ttl``).  Unlike ``modified = True`` it claims no change of its own: if
+        another request wrote the session meanwhile, this save re-applies nothing over it."""
+        self._modified = True
+
     @property
     def changes(self) -> dict[str, Any]:
         """The top-level keys this request set or deleted since the session was loaded or

@@ -183,15 +183,17 @@ def test_on_conflict_is_validated(backend: Backend) -> None:
 
 
 def test_unconflicted_save_is_one_round_trip(redis_backend: RedisBackend) -> None:
+    """One script, which recognises the stored value by its length and first bytes
+    (STRLEN + GETRANGE): no GET of the whole value, whatever its size."""
     store = redis_backend.make()
-    s = saved(store, {"k": 0})
+    s = saved(store, {"k": 0, "blob": "x" * 5000})
     loaded = store.load(s.id)
     loaded["k"] = 1
     client = redis_backend.client
-    scripts, gets = redis_command_calls(client, "evalsha", "eval"), redis_command_calls(client, "get")
+    before = {c: redis_command_calls(client, c) for c in ("evalsha", "eval", "get", "getrange", "strlen")}
     assert store.save(loaded) is True
-    assert redis_command_calls(client, "evalsha", "eval") - scripts == 1  # one script ...
-    assert redis_command_calls(client, "get") - gets == 1  # ... whose own GET is the only read
+    after = {c: redis_command_calls(client, c) - before[c] for c in before}
+    assert after == {"evalsha": 1, "eval": 0, "get": 0, "getrange": 1, "strlen": 1}
 
 
 def test_conflict_costs_one_more_round_trip(redis_backend: RedisBackend) -> None:
@@ -202,9 +204,40 @@ def test_conflict_costs_one_more_round_trip(redis_backend: RedisBackend) -> None
     assert store.save(a) is True
     client = redis_backend.client
     scripts, gets = redis_command_calls(client, "evalsha", "eval"), redis_command_calls(client, "get")
-    assert store.save(b) is True  # the conflict reply carries the stored value: no extra GET
+    assert store.save(b) is True  # the conflict reply carries the stored value: no GET of its own
     assert redis_command_calls(client, "evalsha", "eval") - scripts == 2
-    assert redis_command_calls(client, "get") - gets == 2
+    assert redis_command_calls(client, "get") - gets == 1  # inside the first script
+
+
+def test_encrypted_values_are_compared_by_their_header(backend: Backend) -> None:
+    """An encrypted value starts with a fresh random nonce per write: its length and first
+    bytes identify it (no GET, no hash), and conflicts rebase as in the clear."""
+    import os
+
+    from fastsess.crypto import Encryption
+
+    store = backend.make(encryption=Encryption([os.urandom(32)]))
+    a, b = two_requests(store, {"k": 0})
+    a["a"] = 1
+    b["b"] = 1
+    assert store.save(a) is True and store.save(b) is True
+    assert b.version == a.version + 1
+    assert stored(store, a.id) == {"k": 0, "a": 1, "b": 1}
+
+
+def test_compressed_values_are_compared_by_digest(redis_backend: RedisBackend) -> None:
+    """A compressed body's first bytes need not show its version: such values are
+    compared whole (their SHA-1, computed by Redis)."""
+    store = redis_backend.make(serializer=fastsess.MsgpackSerializer(compress_threshold=0))
+    a, b = two_requests(store, {"k": 0})
+    a["a"] = 1
+    client = redis_backend.client
+    gets = redis_command_calls(client, "get")
+    assert store.save(a) is True
+    assert redis_command_calls(client, "get") - gets == 1
+    b["b"] = 1
+    assert store.save(b) is True
+    assert stored(store, a.id) == {"k": 0, "a": 1, "b": 1}
 
 
 def test_retries_are_bounded(redis_backend: RedisBackend) -> None:
@@ -250,21 +283,57 @@ def test_any_stored_bytes_are_compared(redis_backend: RedisBackend, serializer: 
     assert stored(store, a.id) == {"k": "x" * 100, "a": 1, "b": 1}
 
 
-def test_sessions_made_by_hand_are_written_unchecked(redis_backend: RedisBackend) -> None:
-    """A ``Session`` built by hand (not loaded: no stored value to compare with) is saved
-    as before, SET XX: no conflict detection, but never a resurrection."""
-    store = redis_backend.make()
-    s = saved(store, {"k": 0})
+def test_sessions_made_by_hand_replace_the_stored_one(backend: Backend) -> None:
+    """A ``Session`` built by hand rather than loaded (nothing to compare with) replaces the
+    stored session whole, as ``SET XX`` did: its save reads the stored version first, so
+    the stored version still grows with every write.  Never a resurrection."""
+    store = backend.make()
+    s = saved(store, {"k": 0, "other": 1})
     b = store.load(s.id)
     b["k"] = 1
-    assert store.save(b) is True
-    by_hand = Session(s.id, {"k": 2}, ttl=60, new=False)
+    assert store.save(b) is True and b.version == 2
+    by_hand = Session(s.id, {"k": 2}, ttl=60, new=False, version=0)
     by_hand.modified = True
     assert store.save(by_hand) is True
-    assert stored(store, s.id) == {"k": 2}
-    store.delete(s.id)
+    assert by_hand.version == 3
+    again = store.load(s.id)
+    assert dict(again.data) == {"k": 2} and again.version == 3
+    assert store.delete(s.id) is True
     assert store.save(by_hand) is False
     assert not store.exists(s.id)
+
+
+def test_hand_made_session_redis_round_trips(redis_backend: RedisBackend) -> None:
+    store = redis_backend.make()
+    s = saved(store, {"k": 0})
+    by_hand = Session(s.id, {"k": 2}, ttl=60, new=False)
+    by_hand.modified = True
+    client = redis_backend.client
+    scripts, gets = redis_command_calls(client, "evalsha", "eval"), redis_command_calls(client, "get")
+    assert store.save(by_hand) is True
+    assert redis_command_calls(client, "evalsha", "eval") - scripts == 1
+    assert redis_command_calls(client, "get") - gets == 1  # the read of the stored version
+    by_hand["k"] = 3
+    gets = redis_command_calls(client, "get")
+    assert store.save(by_hand) is True  # now it knows what it wrote: one script, no read
+    assert redis_command_calls(client, "get") - gets == 0
+
+
+def test_versions_grow_by_one_per_write(redis_backend: RedisBackend) -> None:
+    """What the length-and-first-bytes comparison rests on: every write of a key stores a
+    higher version, whoever writes (loaded, rebased, built by hand)."""
+    store = redis_backend.make()
+    s = saved(store, {"k": 0})
+    a, b = store.load(s.id), store.load(s.id)
+    a["a"] = 1
+    b["b"] = 1
+    assert store.save(a) is True
+    assert store.save(b) is True
+    by_hand = Session(s.id, {"k": 9}, ttl=60, new=False, version=0)
+    by_hand.modified = True
+    assert store.save(by_hand) is True
+    assert [a.version, b.version, by_hand.version] == [2, 3, 4]
+    assert store.load(s.id).version == 4
 
 
 def test_foreign_bytes_on_conflict_are_corrupt(redis_backend: RedisBackend) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from ..errors import ConcurrentModification, ConfigError
+from ..serializers import ENCRYPTED_ENVELOPE_VERSION, ENVELOPE_VERSION, HEADER_SIZE, MAGIC, JSONSerializer, MsgpackSerializer
 from ..session import MISSING, Session
 
 # A save re-applies its changes on a fresh copy at most this many times; a session
@@ -51,14 +52,38 @@ def check_on_conflict(on_conflict: Any) -> OnConflict:
     raise ConfigError(f'on_conflict must be "merge", "raise" or a callable f(key, base, mine, theirs), not {on_conflict!r}')
 
 
-def stamp(base: Any) -> Any:
-    """The compare-and-set token of a stored value: the SHA-1 (hex) of its bytes.
+# How a save recognises the value its session was loaded from (``Session._base``):
+#
+# * "p" (prefix): the value's length and first PREFIX_BYTES bytes.  Exact for the values
+#   fastsess writes in the clear with a built-in codec and no compression: those bytes
+#   hold the envelope header and the session's created_at, refreshed_at, ttl and version
+#   (msgpack: within 38 bytes, JSON: within 90), and every write of a key stores a higher
+#   version (each save of an existing session is a compare-and-set of the previous one,
+#   or, for a Session not loaded from the store, reads the stored version first); and for
+#   encrypted values, whose header carries a fresh random 96-bit nonce per write.  Redis
+#   compares with STRLEN + GETRANGE: constant work, whatever the session's size.
+# * "h" (hash): the SHA-1 of the whole value, for anything else (compressed bodies, custom
+#   codecs, values fastsess did not write): Redis GETs the value and hashes it.
+PREFIX_BYTES = 128
+_BUILTIN_CODECS = (MsgpackSerializer.codec_id, JSONSerializer.codec_id)
 
-    ``Session._base`` holds the raw bytes a session was read from (hashed only when a
-    save needs them) or, once hashed, this digest; None: unknown (no check)."""
-    if type(base) is bytes:
-        return hashlib.sha1(base).hexdigest()  # noqa: S324 - an equality token, as Redis's sha1hex
-    return base
+Token = tuple[str, Any, Any]  # SAVE's ARGV[3], ARGV[4], ARGV[5]
+
+
+def stamp(base: Any) -> Token | None:
+    """The compare-and-set token of the stored value ``base`` (see above): ``("p", first
+    bytes, length)`` or ``("h", SHA-1 hex, "")``; None (unknown: no check) for None.
+
+    ``Session._base`` holds the raw bytes a session was read from or last wrote (turned
+    into a token only when a save or the cache needs it) or, already, the token."""
+    if type(base) is not bytes:
+        return base if type(base) is tuple and len(base) == 3 else None
+    if len(base) >= HEADER_SIZE and base[:2] == MAGIC and (
+        (base[2] == ENVELOPE_VERSION and base[3] in _BUILTIN_CODECS and base[4] == 0)
+        or base[2] == ENCRYPTED_ENVELOPE_VERSION
+    ):
+        return ("p", base[:PREFIX_BYTES], len(base))
+    return ("h", hashlib.sha1(base).hexdigest(), "")  # noqa: S324 - an equality token, as Redis's sha1hex
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -127,6 +152,14 @@ def rebase(session: Session, theirs: Session, on_conflict: OnConflict) -> None:
     session._changes = rebased
     session._untracked = False
     session._modified = True
+
+
+def replace(session: Session, theirs: Session) -> None:
+    """Prepare ``session``, which was not loaded from the store (no ``_base``), to replace
+    the stored ``theirs`` as a whole (as ``SET XX`` did): it takes over ``theirs``'
+    version and base, so that its write is a compare-and-set with a higher version."""
+    session.version = theirs.version
+    session._base = theirs._base
 
 
 def too_many_conflicts() -> ConcurrentModification:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 from ..errors import CircuitOpen, FastsessError, PoolExhausted, StoreUnavailable
 from ..serializers import Serializer
 from ..session import Session, check_ttl
-from .conflict import MAX_CONFLICT_RETRIES, OnConflict, rebase, stamp, too_many_conflicts
+from .conflict import MAX_CONFLICT_RETRIES, OnConflict, rebase, replace, stamp, too_many_conflicts
 from .keys import KeySpace, check_session_id, is_valid_session_id, new_session_id
 from .policy import CachePolicy
 
@@ -114,25 +114,33 @@ return 0
 """)
 
 # The save of a session that exists (a compare-and-set), in three parts:
-#   compare: the key must still exist (never resurrect a deleted or expired session: 0),
-#     and, unless ARGV[3] is empty, still hold the value this session was loaded from
-#     (the SHA-1 hex of its bytes); else the stored value is returned, for the caller to
-#     re-apply its changes on and retry.
+#   compare: the key must still exist (never resurrect a deleted or expired session: 0)
+#     and still hold the value this session was loaded from, recognised by ARGV[3..5]
+#     (``_core.conflict.stamp``): "p" = its first bytes (ARGV[4]) and length (ARGV[5]),
+#     "h" = the SHA-1 hex of the whole value (ARGV[4]); else the stored value is returned,
+#     for the caller to re-apply its changes on and retry.
 #   write:   SET with the new TTL.
 #   publish: only with a channel (a clustered store): the invalidation, in the same step.
-# KEYS[1]=key  ARGV: payload, ttl, base (SHA-1 hex or ''), [channel, message].
-# Returns 1 (written), 0 (no such key) or the stored bytes (conflict).
+# KEYS[1]=key  ARGV: payload, ttl, kind ("p" or "h"), prefix or digest, length or "",
+# [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict).
 SAVE = publish_script("""
-local cur = redis.call('GET', KEYS[1])
-if not cur then
+local n = redis.call('STRLEN', KEYS[1])
+if n == 0 then
   return 0
 end
-if ARGV[3] ~= '' and redis.sha1hex(cur) ~= ARGV[3] then
-  return cur
+if ARGV[3] == 'p' then
+  if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
+    return redis.call('GET', KEYS[1])
+  end
+else
+  local cur = redis.call('GET', KEYS[1])
+  if redis.sha1hex(cur) ~= ARGV[4] then
+    return cur
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[4] then
-  publish(ARGV[4], ARGV[5])
+if ARGV[6] then
+  publish(ARGV[6], ARGV[7])
 end
 return 1
 """)
@@ -232,13 +240,12 @@ def roll_back(session: Session, old: tuple[int, float]) -> None:
     session.version, session.refreshed_at = old
 
 
-def mark_saved(session: Session, now: float, base: Any = None) -> None:
-    """Update ``session``'s bookkeeping after a successful write of the bytes ``base``
-    (what the next save compares with; None: unknown)."""
+def mark_saved(session: Session, now: float) -> None:
+    """Update ``session``'s bookkeeping after a successful write (the write itself set
+    ``session._base``, what the next save compares with)."""
     session.new = False
     session._saved()
     session.refreshed_at = now
-    session._base = base
 
 
 # -- the operations ------------------------------------------------------------------------------
@@ -299,7 +306,7 @@ class StoreCore:
         if raw is None:
             return None
         session = self.serializer.decode(session_id, raw)
-        session._base = raw  # what a save compares with (hashed only if it saves)
+        session._base = raw  # what a save compares with (made a token only if it saves)
         if token is not None and policy is not None:
             policy.filled(session, len(raw), token, started, pttl)
         return session
@@ -319,6 +326,16 @@ class StoreCore:
         if not needs_write(session, t, self.refresh_fraction):
             return False
         id_attempts = conflicts = 0
+        if not session.new:
+            session._base = stamp(session._base)
+        whole = not session.new and session._base is None  # not loaded from the store
+        if whole:
+            # No stored value to compare with: read the stored version first, then replace
+            # the whole session by compare-and-set (stored versions only ever grow).
+            found = yield from self._stored(session)
+            if found is None:
+                return False  # deleted or expired meanwhile: never resurrected
+            replace(session, found)
         while True:
             if self.principals is not None:  # a bound session: its index entry first
                 yield from self.principals.before_write(session, t)
@@ -331,7 +348,7 @@ class StoreCore:
                 raise
             if written is True:
                 created = session.new
-                mark_saved(session, t, payload)
+                mark_saved(session, t)
                 if created and self.principals is not None:  # a login racing a delete_all: indexed again
                     yield from self.principals.after_create(session)
                 return True
@@ -351,19 +368,35 @@ class StoreCore:
                 raise too_many_conflicts()
             theirs = self.serializer.decode(session.id, written)
             theirs._base = written
-            rebase(session, theirs, self.on_conflict)
+            if whole:
+                replace(session, theirs)
+            else:
+                rebase(session, theirs, self.on_conflict)
+
+    def _stored(self, session: Session) -> Flow:
+        """The stored session ``session.id`` (with its ``_base``), or None."""
+        raw = yield ("GET", None, ("GET", self.keys.key(session.id)))
+        if raw is None:
+            return None
+        found = self.serializer.decode(session.id, raw)
+        found._base = raw
+        return found
 
     def _write(self, session: Session, payload: bytes) -> Flow:
         """One write attempt: True (written), False (new: the id is taken; else: no such
         key) or the stored bytes (a conflict: the session changed since it was loaded)."""
         key = self.keys.key(session.id)
         nx = session.new
-        base = "" if nx else stamp(session._base)
+        base = None if nx else stamp(session._base)
         messages, policy = self.messages, self.policy
         if messages is None:
-            if nx or base is None:  # brand new, or loaded some other way: no version to check
-                return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
-            return check_reply((yield run_script("SET", SAVE, (key,), payload, session.ttl, base)))
+            if nx:
+                written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
+            else:
+                written = check_reply((yield run_script("SET", SAVE, (key,), payload, session.ttl, *base)))  # type: ignore[misc]
+            if written is True:
+                session._base = payload  # what the next save compares with (made a token only then)
+            return written
         token = started = None
         if policy is not None:
             token, started = policy.token(session.id), policy.clock()
@@ -374,7 +407,7 @@ class StoreCore:
             else:
                 message = messages.message(INVALIDATED, session.id, session.version)
                 written = check_reply((yield run_script(
-                    "SET", SAVE, (key,), payload, session.ttl, base or "", messages.channel_for(key), message,
+                    "SET", SAVE, (key,), payload, session.ttl, *base, messages.channel_for(key), message,  # type: ignore[misc]
                 )))
                 if written is True:
                     messages.note_published()
@@ -383,7 +416,7 @@ class StoreCore:
                 policy.uncertain(session.id)  # the write may have landed, or may land later
             raise
         if written is True:
-            session._base = payload  # what the cached copy compares with
+            session._base = payload  # what the next save compares with (made a token only then)
         if policy is not None:
             # a conflict or a missing key: drop this node's copy, which may be older
             policy.written(session, written is True, token, started, len(payload))  # type: ignore[arg-type]
@@ -468,13 +501,13 @@ class StoreCore:
                 raise
             if cancelled is not None:
                 if moved:
-                    mark_saved(session, t, payload)
+                    mark_saved(session, t)
                 else:
                     roll_back(session, old)
                     session.id = old_id
                 raise cancelled
             if moved:
-                mark_saved(session, t, payload)
+                mark_saved(session, t)
                 return session
             roll_back(session, old)
         session.id = old_id

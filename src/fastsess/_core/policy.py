@@ -34,11 +34,12 @@ Token = tuple[int, int]
 
 
 def cache_snapshot(session: Session) -> Session:
-    """The copy the cache keeps of a session just written (saved, unmodified)."""
+    """The copy the cache keeps of a session just written (saved, unmodified).  Both keep
+    the compare-and-set token of the bytes written (``stamp``), not a second copy of them."""
+    session._base = stamp(session._base)
     snapshot = session.copy()
     snapshot.new = False
     snapshot._saved()
-    snapshot._base = stamp(snapshot._base)  # a digest, not a second copy of the bytes
     return snapshot
 
 
@@ -99,7 +100,7 @@ class CachePolicy:
         ttl = self.fill_ttl(started, pttl)
         if ttl > 0 and size <= self.cache.max_item_bytes:
             cached = session.copy()
-            cached._base = stamp(cached._base)  # a digest, not a second copy of the bytes
+            cached._base = stamp(cached._base)  # a token, not a second copy of the bytes
             self.cache.fill(session.id, cached, token, ttl, size)
 
     def written(self, session: Session, written: bool, token: Token, started: float, size: int) -> None:

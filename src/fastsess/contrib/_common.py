@@ -13,6 +13,7 @@ import re
 from collections.abc import MutableMapping
 from typing import Any
 
+from ..session import Session
 from ..stores.base import PRINCIPAL_KEY, principal_mark
 
 #: Purpose string mixed into the cookie-signing key, so the key signing session
@@ -141,3 +142,40 @@ def mark_principal(session: MutableMapping[str, Any], principal: str) -> bool:
         return False
     session[PRINCIPAL_KEY] = mark
     return isinstance(current, list) and bool(current)
+
+
+def same_plain(a: Any, b: Any) -> bool:
+    """Whether two plain session values are the same data, types included (``1``, ``1.0``
+    and ``True`` differ: they are stored differently)."""
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        return a.keys() == b.keys() and all(same_plain(v, b[k]) for k, v in a.items())
+    if kind is list:
+        return len(a) == len(b) and all(same_plain(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # an odd value whose == fails: count it as changed
+        return False
+
+
+def updated(stored: Session, data: dict[str, Any], ttl: int) -> Session:
+    """What to save for a request that loaded ``stored`` and ends with the framework's
+    ``data``: a copy of ``stored`` with the keys this request changed set or deleted, one
+    by one, so that it is saved by compare-and-set and, if another request wrote the
+    session meanwhile, only these keys are re-applied over that write (``data`` must not
+    share containers with ``stored``: use ``plain_copy``).  Written even if no key
+    changed (``mark_for_save``), with ``ttl``."""
+    record = stored.copy()
+    record.ttl = ttl
+    current = record.data
+    for key in [k for k in current if k not in data]:
+        del record[key]
+    for key, value in data.items():
+        if key not in current or not same_plain(current[key], value):
+            record[key] = value
+    record.mark_for_save()
+    return record

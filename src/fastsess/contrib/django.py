@@ -68,7 +68,7 @@ from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
 from ..stores.clustered import ClusteredRedisStore
-from ._common import mark_principal, plain_copy
+from ._common import mark_principal, plain_copy, updated
 from ._legacy import LegacyDataError, decode_legacy, to_storable
 
 __all__ = [
@@ -438,6 +438,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         key = self.session_key
         assert key is not None
         prev = self._stored if self._stored is not None and self._stored.id == key else None
+        if prev is not None and not must_create:  # a copy of it with the keys this request changed
+            return updated(prev, plain_copy(data), ttl)
         session = Session(
             key,
             plain_copy(data),

@@ -53,7 +53,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, SessionStore, new_session_id
 from ..stores.clustered import ClusteredRedisStore
 from ..stores.redis import REDIS_ERRORS, map_redis_error
-from ._common import CookieSigner, mark_principal, plain_copy
+from ._common import CookieSigner, mark_principal, plain_copy, updated
 from ._legacy import LegacyDataError, decode_legacy
 
 logger = logging.getLogger(__name__)
@@ -262,15 +262,12 @@ class FastSessionInterface(SessionInterface):
         return self.store.delete_all(principal, except_id=None if keep is None else keep.sid)
 
     def _record(self, session: FlaskSession, ttl: int) -> Session:
-        """A fastsess ``Session`` holding ``session``'s current data, ready for ``save``."""
+        """A fastsess ``Session`` holding ``session``'s current data, ready for ``save``: for a
+        stored session, a copy of it with the keys this request changed (``updated``)."""
         prev = session.stored
-        record = Session(
-            session.sid or new_session_id(), _payload(session), ttl=ttl, new=prev is None,
-            created_at=None if prev is None else prev.created_at,
-            version=0 if prev is None else prev.version,
-        )
         if prev is not None:
-            record.refreshed_at = prev.refreshed_at
+            return updated(prev, _payload(session), ttl)
+        record = Session(session.sid or new_session_id(), _payload(session), ttl=ttl, new=True)
         record.modified = True
         return record
 

@@ -48,7 +48,7 @@ from ..errors import ConfigError, SessionCorrupt
 from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
 from ..stores.redis import REDIS_ERRORS, map_redis_error
-from ._common import CookieSigner, copy_into, mark_principal, plain_copy
+from ._common import CookieSigner, copy_into, mark_principal, plain_copy, updated
 from ._legacy import LegacyDataError, decode_legacy
 
 __all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "bind", "log_out_everywhere", "regenerate"]
@@ -321,14 +321,9 @@ class SessionMiddleware:
         return f"{self.session_cookie}=null; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; {self.flags}"
 
     def _record(self, session: SessionDict, stored: Session | None) -> Session:
-        record = Session(
-            new_session_id() if stored is None else stored.id, plain_copy(dict(session)), ttl=self.ttl,
-            new=stored is None,
-            created_at=None if stored is None else stored.created_at,
-            version=0 if stored is None else stored.version,
-        )
-        if stored is not None:
-            record.refreshed_at = stored.refreshed_at
+        if stored is not None:  # a copy of it with the keys this request changed
+            return updated(stored, plain_copy(dict(session)), self.ttl)
+        record = Session(new_session_id(), plain_copy(dict(session)), ttl=self.ttl, new=True)
         record.modified = True
         return record
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._core.conflict import OnConflict, check_on_conflict, rebase
+from .._core.conflict import OnConflict, check_on_conflict, rebase, replace
 from .._core.keys import check_session_id, is_valid_session_id, new_session_id
 from .._core.ops import mark_saved, needs_write, prepare_write, roll_back
 from .._core.principals import MemoryIndex
@@ -32,6 +32,9 @@ from ..session import Session, check_ttl
 from .base import SessionStore
 
 DEFAULT_MAX_SESSIONS = 100_000
+# The ``_base`` of the sessions this store hands out: they were loaded (their saves are
+# checked by version), unlike a ``Session`` built by hand (``_base`` None).
+LOADED = ("m", b"", "")
 
 
 class MemoryStore(SessionStore):
@@ -111,7 +114,9 @@ class MemoryStore(SessionStore):
             stored = self._sessions.get(session.id)
             if stored is None:
                 return False  # deleted or expired meanwhile: never resurrect it
-            if stored.version != session.version:  # saved by another request since loaded
+            if session._base is None:  # not loaded from a store: replaces the stored one whole
+                replace(session, stored)
+            elif stored.version != session.version:  # saved by another request since loaded
                 rebase(session, stored.copy(), self.on_conflict)
         self._principals.before_write(session, t)  # a bound session: its index entry first
         old = prepare_write(session, t)
@@ -121,6 +126,7 @@ class MemoryStore(SessionStore):
             roll_back(session, old)
             raise
         snapshot = Session._restore(session.id, data, session.ttl, session.created_at, session.refreshed_at, session.version)
+        snapshot._base = session._base = LOADED  # what loads hand out: checked by version
         self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
         if session.new:  # as the Redis stores do after a first write (a delete_all may have run since bind)
             self._principals.after_create(session)

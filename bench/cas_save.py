@@ -1,0 +1,134 @@
+"""What the compare-and-set costs an unconflicted save (on demand).
+
+    python bench/cas_save.py                  # 5,000 saves each way and size
+    python bench/cas_save.py --saves 2000 --sizes 200 4000 60000
+
+Starts its own private ``redis-server`` (``fastsess.server.RedisServer``) on a free
+loopback port.  One sync store of each kind in this process; per payload size the two
+ways run interleaved, save by save (alternating which goes first), each timed alone, and
+the medians (and interquartile ranges) are printed:
+
+* ``cas``: ``store.save`` as shipped: the session remembers the bytes it was stored as,
+  hashes them (SHA-1) and runs the ``SAVE`` script, which GETs the value, compares its
+  SHA-1 and SETs (clustered: and PUBLISHes);
+* ``before``: the same ``store.save`` with the write step as it was before the
+  compare-and-set (``StoreCore._write`` swapped for ``before_write`` below, a copy of the
+  former code, for these rounds): ``RedisStore`` sends a plain ``SET ... EX ttl XX``, the
+  clustered store runs the former ``SET_PUBLISH`` script (``SET XX``, then PUBLISH).
+
+Every save rewrites a modified session (one key changed), one at a time: a round trip
+each, on loopback.  Not a test: the figures depend on the machine and its load
+(``uptime`` printed with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
+from fastsess._core import ops
+from fastsess.server import RedisServer
+
+# The save script before the compare-and-set (KEYS[1]=key  ARGV: payload, ttl, channel, message).
+SET_PUBLISH = ops.publish_script("""
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
+  publish(ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+""")
+CAS_WRITE = ops.StoreCore._write
+
+
+def before_write(self: Any, session: Any, payload: bytes) -> ops.Flow:
+    """``StoreCore._write`` as it was before the compare-and-set."""
+    key = self.keys.key(session.id)
+    nx = session.new
+    messages, policy = self.messages, self.policy
+    if messages is None:
+        return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
+    token = started = None
+    if policy is not None:
+        token, started = policy.token(session.id), policy.clock()
+    try:
+        message = messages.message(ops.INVALIDATED, session.id, session.version)
+        written = bool((yield ops.run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel_for(key), message)))
+        if written:
+            messages.note_published()
+    except BaseException:
+        if policy is not None:
+            policy.uncertain(session.id)
+        raise
+    if policy is not None:
+        policy.written(session, written, token, started, len(payload))
+    return written
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run(store: Any, sids: tuple[str, str], saves: int) -> dict[bool, list[float]]:
+    """Per-save seconds of ``saves`` modified saves each way, the two ways interleaved save
+    by save (alternating which goes first), each way on a session of its own (``sids``,
+    same data): a load spike hits both alike."""
+    sessions = {True: store.load(sids[0]), False: store.load(sids[1])}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    clock = time.perf_counter
+    try:
+        for i in range(saves):
+            for checked in ((True, False) if i % 2 == 0 else (False, True)):
+                ops.StoreCore._write = CAS_WRITE if checked else before_write  # type: ignore[method-assign]
+                s = sessions[checked]
+                s["n"] = i
+                started = clock()
+                written = store.save(s)
+                times[checked].append(clock() - started)
+                if not written:
+                    raise AssertionError("a save did not write")
+    finally:
+        ops.StoreCore._write = CAS_WRITE  # type: ignore[method-assign]
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--saves", type=int, default=5000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 4000, 60000], help="payload bytes (about)")
+    args = parser.parse_args()
+    print(f"load before: {load()}")
+    with RedisServer() as server:
+        stores = {
+            "RedisStore": RedisStore(url=server.url, prefix="bench:"),
+            "ClusteredRedisStore": ClusteredRedisStore(
+                url=server.url, prefix="bench:", config=ClusterConfig(channel="bench:cas"),
+            ),
+        }
+        clustered = stores["ClusteredRedisStore"]
+        assert clustered.coordinator is not None and clustered.coordinator.wait_subscribed(5.0)
+        for size in args.sizes:
+            for name, store in stores.items():
+                pair = store.create({"blob": "x" * size, "n": 0}), store.create({"blob": "x" * size, "n": 0})
+                assert all(store.save(s) for s in pair)
+                sids = (pair[0].id, pair[1].id)
+                run(store, sids, 200)  # warm up
+                times = run(store, sids, args.saves)
+                cas, before = statistics.median(times[True]), statistics.median(times[False])
+                q = {k: statistics.quantiles(v, n=4) for k, v in times.items()}
+                print(
+                    f"{name:20s} {size:>6d} B  cas {cas * 1e6:7.1f} us (IQR {q[True][0] * 1e6:.1f}-{q[True][2] * 1e6:.1f})  "
+                    f"before {before * 1e6:7.1f} us (IQR {q[False][0] * 1e6:.1f}-{q[False][2] * 1e6:.1f})  "
+                    f"ratio {cas / before:.3f}  ({args.saves} saves each, load {load()})",
+                    flush=True,
+                )
+        for store in stores.values():
+            store.close()
+    print(f"load after: {load()}")
+
+
+if __name__ == "__main__":
+    main()
