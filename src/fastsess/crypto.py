@@ -142,8 +142,11 @@ class Encryption:
 
     @staticmethod
     def generate_key() -> bytes:
-        """A new random 32-byte key (``secrets.token_bytes``)."""
-        return secrets.token_bytes(KEY_SIZE)
+        """A new random 32-byte key (``secrets.token_bytes``), one ``Encryption`` accepts."""
+        while True:
+            key = secrets.token_bytes(KEY_SIZE)
+            if not _PRINTABLE.issuperset(key):  # all printable: a 1 in 6e13 draw, refused as text
+                return key
 
     @classmethod
     def from_base64(cls, keys: Iterable[str | bytes], *, accept_plaintext: bool = False, write_plaintext: bool = False) -> Encryption:
