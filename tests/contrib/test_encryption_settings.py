@@ -145,3 +145,22 @@ def test_starlette_bad_keys_in_the_environment(redis_url: str, monkeypatch: pyte
     monkeypatch.setenv("FASTSESS_ENCRYPTION_KEYS", "  ")  # blank: no encryption
     with TestClient(make_app()) as client:
         assert client.get("/incr").json() == {"count": 1}
+
+
+def test_a_store_given_must_encrypt_when_keys_are_configured(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys setting is never silently ignored: with store= the store must have encryption=."""
+    import fastsess
+    import fastsess.asyncio
+    from fastsess.contrib.flask import FastSession
+    from fastsess.contrib.starlette import SessionMiddleware
+
+    app = Flask(__name__)
+    app.config["FASTSESS_ENCRYPTION_KEYS"] = B64
+    with pytest.raises(ConfigError, match="FASTSESS_ENCRYPTION_KEYS is set, but the store= given does not encrypt"):
+        FastSession(app, store=fastsess.MemoryStore())
+    FastSession(app, store=fastsess.MemoryStore(encryption=Encryption([K1])))
+
+    monkeypatch.setenv("FASTSESS_ENCRYPTION_KEYS", B64[0])
+    with pytest.raises(ConfigError, match="FASTSESS_ENCRYPTION_KEYS is set, but the store= given does not encrypt"):
+        SessionMiddleware(lambda *a: None, secret_key="s", store=fastsess.asyncio.MemoryStore())
+    SessionMiddleware(lambda *a: None, secret_key="s", store=fastsess.asyncio.MemoryStore(encryption=Encryption([K1])))

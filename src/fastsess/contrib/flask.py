@@ -128,6 +128,8 @@ class FastSessionInterface(SessionInterface):
     def __init__(self, app: Flask, store: SessionStore | None = None) -> None:
         config = app.config
         self.owns_store = store is None
+        if store is not None and config.get("FASTSESS_ENCRYPTION_KEYS") is not None and getattr(store, "encryption", None) is None:
+            raise ConfigError("FASTSESS_ENCRYPTION_KEYS is set, but the store= given does not encrypt: pass encryption= to that store")
         if store is None:
             url = config.get("FASTSESS_REDIS_URL")
             client = config.get("SESSION_REDIS")

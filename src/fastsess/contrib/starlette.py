@@ -202,6 +202,8 @@ class SessionMiddleware:
             store = ClusteredRedisStore(url=url, ttl=max_age or DEFAULT_TTL, encryption=encryption_from_env())
         elif not isinstance(store, AsyncSessionStore):
             raise ConfigError("SessionMiddleware needs a fastsess.asyncio store (a sync store would block the event loop)")
+        elif getattr(store, "encryption", None) is None and encryption_from_env() is not None:
+            raise ConfigError("FASTSESS_ENCRYPTION_KEYS is set, but the store= given does not encrypt: pass encryption= to that store")
         if migrate_prefix is not None and not hasattr(store, "client"):
             raise ConfigError("migrate_prefix needs a Redis store (the old sessions are read from its Redis)")
         self.store = store
