@@ -97,3 +97,13 @@ def test_ci_script_runs_the_linters_and_both_implementations() -> None:
     assert "\nruff check .\n" in script and "\nmypy\n" in script
     assert "compiled module fastsess._lru was not built" in script  # the normal path must compile
     assert "export FASTSESS_NO_EXTENSIONS=1" in script
+
+
+def test_ci_runs_the_encryption_tests_on_the_lowest_cryptography() -> None:
+    """The crypto extra's floor is the version CI installs for a second run of the encryption tests."""
+    (requirement,) = PYPROJECT["project"]["optional-dependencies"]["crypto"]
+    assert re.fullmatch(r"cryptography>=[0-9.]+", requirement)
+    assert "fastsess[crypto]" in " ".join(PYPROJECT["project"]["optional-dependencies"]["test"])
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert '["optional-dependencies"]["crypto"]' in script and 'pip install -q "cryptography==$crypto_floor"' in script
+    assert "tests/hardening/test_encryption.py tests/contract/test_encryption_contract.py" in script
