@@ -17,17 +17,29 @@ the medians (and interquartile ranges) are printed:
   clustered store runs the former ``SET_PUBLISH`` script (``SET XX``, then PUBLISH).
 
 Every save rewrites a modified session (one key changed), one at a time: a round trip
-each, on loopback.  Not a test: the figures depend on the machine and its load
+each, on loopback.
+
+Then Redis's own time per call (``INFO commandstats``) of a bare ``SET XX``, an empty
+script given the same arguments, and ``SAVE`` comparing by first bytes and by SHA-1.
+
+Then the lost updates themselves (``--pairs``, default 300): for each of that many
+sessions, two threads each load it, wait for each other, set a key of their own and save;
+counted are the sessions that end up missing one of the two keys, with the write step as
+before and as shipped (``RedisStore``).  Not a test: the figures depend on the machine and its load
 (``uptime`` printed with them).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
+import threading
 import time
 from typing import Any
+
+import redis
 
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
 from fastsess._core import ops
@@ -41,6 +53,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
 end
 return 0
 """)
+CAS = ops.SAVE
 CAS_WRITE = ops.StoreCore._write
 
 
@@ -95,10 +108,71 @@ def run(store: Any, sids: tuple[str, str], saves: int) -> dict[bool, list[float]
     return times
 
 
+def lost(store: Any, pairs: int, checked: bool) -> int:
+    """Of ``pairs`` concurrent load-modify-save pairs (two threads), how many lost a key."""
+    ops.StoreCore._write = CAS_WRITE if checked else before_write  # type: ignore[method-assign]
+    try:
+        ids = []
+        for _ in range(pairs):
+            s = store.create({"n": 0})
+            assert store.save(s)
+            ids.append(s.id)
+        gate = threading.Barrier(2)
+
+        def request(key: str) -> None:
+            for sid in ids:
+                s = store.load(sid)
+                gate.wait()  # both loaded before either saves
+                s[key] = 1
+                store.save(s)
+
+        threads = [threading.Thread(target=request, args=(k,)) for k in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(1 for sid in ids if not {"a", "b"} <= set(store.load(sid).data))
+    finally:
+        ops.StoreCore._write = CAS_WRITE  # type: ignore[method-assign]
+
+
+EMPTY = ops.script("return 1")
+
+
+def server_times(url: str, size: int, calls: int = 5000) -> str:
+    """Redis's own time per call (``INFO commandstats`` usec_per_call) for a bare ``SET XX``,
+    an empty script given the same arguments, ``SAVE`` by first bytes and ``SAVE`` by
+    SHA-1, each rewriting a ``size``-byte value."""
+    client = redis.Redis.from_url(url)
+    try:
+        value = b"FS\x01\x01\x00" + b"x" * max(0, size - 5)  # an uncompressed msgpack envelope's header
+        client.set("bench:server", value)
+        prefix_token = ("p", value[:128], len(value))
+        sha_token = ("h", hashlib.sha1(value).hexdigest(), "")  # noqa: S324 - what Redis compares with
+        ways = {
+            "SET XX": ("set", ("SET", "bench:server", value, "EX", 1800, "XX")),
+            "empty script": ("evalsha", ("EVALSHA", EMPTY.sha, 1, "bench:server", value, 1800, *prefix_token)),
+            "SAVE, first bytes": ("evalsha", ("EVALSHA", CAS.sha, 1, "bench:server", value, 1800, *prefix_token)),
+            "SAVE, SHA-1": ("evalsha", ("EVALSHA", CAS.sha, 1, "bench:server", value, 1800, *sha_token)),
+        }
+        for script in (EMPTY, CAS):
+            client.script_load(script.text)
+        out = []
+        for name, (stat, command) in ways.items():
+            client.config_resetstat()
+            for _ in range(calls):
+                client.execute_command(*command)
+            out.append(f"{name} {client.info('commandstats')[f'cmdstat_{stat}']['usec_per_call']:.2f} us")
+        return ", ".join(out)
+    finally:
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saves", type=int, default=5000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 4000, 60000], help="payload bytes (about)")
+    parser.add_argument("--pairs", type=int, default=300, help="concurrent load-modify-save pairs for the lost-update count")
     args = parser.parse_args()
     print(f"load before: {load()}")
     with RedisServer() as server:
@@ -125,6 +199,12 @@ def main() -> None:
                     f"ratio {cas / before:.3f}  ({args.saves} saves each, load {load()})",
                     flush=True,
                 )
+        for size in args.sizes:
+            print(f"server time per call, {size} B: {server_times(server.url, size)} (load {load()})")
+        plain = stores["RedisStore"]
+        for checked in (False, True):
+            n = lost(plain, args.pairs, checked)
+            print(f"lost updates, {'cas' if checked else 'before'}: {n} of {args.pairs} concurrent pairs lost a key (load {load()})")
         for store in stores.values():
             store.close()
     print(f"load after: {load()}")
