@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from fastsess import Session
-from fastsess._core.principals import BATCH, COVER, PRINCIPAL_KEY, index_key
+from fastsess._core.principals import BATCH, COVER, INDEX_ADD, PRINCIPAL_KEY, index_key
 from fastsess.errors import InvalidSessionId
 from fastsess.stores.base import new_session_id
 
-from .conftest import Backend, Nodes, RedisBackend, barrier, redis_command_calls, sync_store
+from .conftest import Backend, Nodes, RedisBackend, barrier, hold_after, redis_command_calls, sync_store
 
 
 def bound(store: Any, principal: str, data: dict[str, Any] | None = None, **kw: Any) -> Session:
@@ -145,6 +145,18 @@ def test_a_login_racing_delete_all_stays_bound(backend: Backend) -> None:
     assert store.save(s) is True and s.modified is False
     assert store.sessions_of("liz") == [s.id]
     assert store.delete_all("liz") == 1
+
+
+def test_a_regenerate_racing_delete_all_leaves_no_session_out_of_the_index(redis_backend: RedisBackend) -> None:
+    """regenerate indexes the new id, a delete_all elsewhere removes that entry before the
+    move writes the key: whatever the move then does, a session that exists is listed."""
+    store, other = redis_backend.make(), redis_backend.make()
+    s = bound(store, "pia")
+    hold_after(store, INDEX_ADD, lambda: other.delete_all("pia"))
+    store.regenerate(s)
+    assert store.exists(s.id) == (s.id in store.sessions_of("pia"))
+    store.delete_all("pia")
+    assert not store.exists(s.id)
 
 
 def test_saves_keep_a_bound_session_indexed_past_its_first_cover(backend: Backend) -> None:

@@ -193,7 +193,7 @@ class Indexing(Protocol):
 
     def before_write(self, session: Session, now: float) -> Generator[Command, Any, None]: ...
 
-    def after_create(self, session: Session) -> Generator[Command, Any, None]: ...
+    def after_new_key(self, session: Session) -> Generator[Command, Any, None]: ...
 
 
 Flow = Generator[Command, Any, Any]
@@ -350,7 +350,7 @@ class StoreCore:
                 created = session.new
                 mark_saved(session, t)
                 if created and self.principals is not None:  # a login racing a delete_all: indexed again
-                    yield from self.principals.after_create(session)
+                    yield from self.principals.after_new_key(session)
                 return True
             roll_back(session, old)
             if written is False:
@@ -508,6 +508,8 @@ class StoreCore:
                 raise cancelled
             if moved:
                 mark_saved(session, t)
+                if self.principals is not None:  # a delete_all may have run since before_write
+                    yield from self.principals.after_new_key(session)
                 return session
             roll_back(session, old)
         session.id = old_id

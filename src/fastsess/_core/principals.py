@@ -292,12 +292,13 @@ class PrincipalCore:
         if principal is not None:
             yield self._index(session, principal, now)
 
-    def after_create(self, session: Session) -> Flow:
-        """Run by ``save`` after the first write of ``session``: index it once more if it is
-        bound.  A ``delete_all`` that ran between ``before_write`` and the write removed its
-        entry and found no session to delete; without this the new session would stay out of
-        the index until its next renewal.  A failure here is ignored: the entry written by
-        ``before_write`` stands, and the session is saved."""
+    def after_new_key(self, session: Session) -> Flow:
+        """Run by ``save`` after the first write of ``session`` and by ``regenerate`` after the
+        move: index it once more if it is bound.  A ``delete_all`` that ran between
+        ``before_write`` and the write removed its entry and found no session to delete;
+        without this the new key would stay out of the index until its next renewal.  A
+        failure here is ignored: the entry written by ``before_write`` stands, and the
+        session is saved."""
         entry = indexed_entry(session)
         if entry is None:
             return
@@ -425,8 +426,8 @@ class MemoryIndex:
         if principal is not None:
             self.index(session, principal, now)
 
-    def after_create(self, session: Session) -> None:
-        """See ``PrincipalCore.after_create`` (the entry again, without touching the session)."""
+    def after_new_key(self, session: Session) -> None:
+        """See ``PrincipalCore.after_new_key`` (the entry again, without touching the session)."""
         entry = indexed_entry(session)
         if entry is not None:
             self._entries.setdefault(entry[0], {})[session.id] = entry[1]

@@ -129,7 +129,7 @@ class MemoryStore(SessionStore):
         snapshot._base = session._base = LOADED  # what loads hand out: checked by version
         self._sessions.set(session.id, snapshot, ttl=float(session.ttl))
         if session.new:  # as the Redis stores do after a first write (a delete_all may have run since bind)
-            self._principals.after_create(session)
+            self._principals.after_new_key(session)
         mark_saved(session, t)
         return True
 
