@@ -567,3 +567,94 @@ def test_a_node_with_sharding_off_misses_sharded_messages(cluster: list[RedisSer
     finally:
         C.close()
         C.client.close()
+
+
+# --- slots moving to a new master -------------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterNodes]:
+    """Its own three masters (a fourth joins and takes slots)."""
+    with RedisClusterNodes(masters=3) as nodes:
+        yield nodes
+
+
+def test_slots_moving_to_a_new_master_are_noticed_and_followed(own_cluster: RedisClusterNodes) -> None:
+    """A new master joins and takes slots (``redis-cli --cluster add-node`` and
+    ``reshard``).  Each listener checks the slot map every ``subscribe_timeout`` and
+    resubscribes with the new one; writers publish on the plain channel for twice that,
+    then on the new master's shard channel, which every node now subscribes."""
+    import subprocess
+
+    from fastsess.server import find_cli_binary
+
+    from ..support.servers import CLUSTER_ARGS, cluster_port
+
+    servers = own_cluster.servers
+    channel, prefix = f"rs:{uuid.uuid4().hex[:8]}", f"rs{uuid.uuid4().hex[:6]}:"
+    raw = RedisCluster(host="127.0.0.1", port=servers[0].port)
+    newcomer = RedisServer(port=cluster_port(), extra_args=CLUSTER_ARGS).start()
+    made: list[ClusteredRedisStore] = []
+    try:
+        for name in "AB":
+            config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
+            made.append(ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=servers[0].port), config=config, prefix=prefix))
+        A, B = made
+        for store in made:
+            assert store.coordinator.wait_subscribed(5)
+        assert len(A.coordinator.shards.channels) == 3
+        cli = find_cli_binary()
+        entry = f"127.0.0.1:{servers[0].port}"
+        subprocess.run([cli, "--cluster", "add-node", f"127.0.0.1:{newcomer.port}", entry],
+                       check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        new_client = redis.Redis(host="127.0.0.1", port=newcomer.port)
+        new_id = new_client.execute_command("CLUSTER", "MYID").decode()
+        def known_everywhere() -> bool:
+            for server in servers:
+                client = redis.Redis(host="127.0.0.1", port=server.port)
+                try:
+                    if b"127.0.0.1:%d" % newcomer.port not in client.execute_command("CLUSTER", "NODES"):
+                        return False
+                finally:
+                    client.close()
+            return True
+
+        wait_until(known_everywhere, 10, what="every node to know the newcomer")
+        reconnects = [s.coordinator.stats.reconnects for s in made]
+        subprocess.run([cli, "--cluster", "reshard", entry, "--cluster-from", "all", "--cluster-to", new_id,
+                        "--cluster-slots", "300", "--cluster-yes"],
+                       check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: all(s.coordinator.stats.reconnects > r and s.coordinator.subscribed for s, r in zip(made, reconnects)),
+                   5, what="both listeners to resubscribe with the new slot map")
+        raw.nodes_manager.initialize()
+        moved = []
+        while len(moved) < 3:  # sessions on the new master
+            s = A.create({"i": 0})
+            assert A.save(s) is True
+            if int(raw.get_node_from_key(prefix + s.id).port) == newcomer.port:
+                moved.append(s)
+        assert A.coordinator.shards is None  # right after the change: plain PUBLISH for a while
+        for s in moved:
+            assert B.load(s.id) is not None
+            before = received(B)
+            s["i"] = 1
+            assert A.save(s) is True
+            wait_received(B, before)
+            assert B.load(s.id)["i"] == 1
+        wait_until(lambda: all(s.coordinator.shards is not None for s in made), 3, what="the new slot map in use")
+        assert len(A.coordinator.shards.channels) == 4
+        name = A.coordinator.channel_for(prefix + moved[0].id)
+        assert new_client.execute_command("PUBSUB", "SHARDNUMSUB", name) == [name.encode(), 2]
+        for s in moved:  # now SPUBLISH on the newcomer's channel
+            before = received(B)
+            s["i"] = 2
+            assert A.save(s) is True
+            wait_received(B, before)
+            assert B.load(s.id)["i"] == 2
+        new_client.close()
+    finally:
+        for store in made:
+            store.close()
+            store.client.close()
+        raw.close()
+        newcomer.close()

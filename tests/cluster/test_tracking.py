@@ -263,3 +263,26 @@ async def test_the_asyncio_store_tracks_too(server: RedisServer, raw: redis.Redi
         await store.close()
         await client.aclose()
 
+
+
+def test_tracking_through_sentinel(sentinel: Any, prefix: str, channel: str) -> None:
+    """A sync Sentinel-managed client: the listener makes a RESP2 twin of it for tracking."""
+    from fastsess import ClusterConfig
+
+    from .conftest import FAST
+    from .conftest import SENTINEL_MASTER as MASTER
+
+    client = sentinel.master_for(MASTER, socket_timeout=1.0)
+    config = ClusterConfig(node_id="sentinel-tracked", channel=channel, track_external_changes=True, **FAST)
+    store = ClusteredRedisStore(client=client, config=config, prefix=prefix)
+    try:
+        assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
+        s = saved(store, {"v": 1})
+        assert hit(store, s.id)
+        started = time.monotonic()
+        client.delete(prefix + s.id)
+        evicted_within(store, s.id, started)
+        assert store.load(s.id) is None
+    finally:
+        store.close()
+        client.close()

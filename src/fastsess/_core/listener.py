@@ -319,8 +319,11 @@ class CoordinatorBase:
         self.config = config
         # track_external_changes: what tracking notifications mean for the cache (None: off).
         self.tracking = TrackedChanges(prefix) if config.track_external_changes and prefix else None
-        # Sharded pub/sub: the shard channel of every slot, from the listener's last slot map.
+        # Sharded pub/sub: the shard channel of every slot, from the listener's last slot map
+        # (None: publish on the plain channel); a changed map waits in _pending_shards.
         self.shards: ShardMap | None = None
+        self._pending_shards: ShardMap | None = None
+        self._shards_at = 0.0
         self.source = 0  # the listener connection the message being applied came from
         self.node_id = config.node_id
         self.channel = config.channel
@@ -363,6 +366,33 @@ class CoordinatorBase:
         channel of its master (sharded pub/sub on Redis Cluster), else ``channel``."""
         shards = self.shards
         return self.channel if shards is None else shards.by_slot[key_slot(key.encode())]
+
+    def adopt_shards(self, shards: ShardMap | None, now: float) -> None:
+        """The listener subscribed with slot map ``shards`` (None: no sharded pub/sub).
+
+        The first map, or the same one again, is used at once.  A changed one (slots
+        moved between masters) only after ``2 * subscribe_timeout`` seconds, during which
+        writers publish on the plain channel: another node's listener may still hold the
+        old map (each notices a change within ``subscribe_timeout``) and would not hear
+        a shard channel it does not know.
+        """
+        if shards is None:
+            self.shards = self._pending_shards = None
+            return
+        old = self.shards if self.shards is not None else self._pending_shards
+        if old is None and not self._shards_at or old is not None and old.by_slot == shards.by_slot:
+            self.shards, self._pending_shards = shards, None
+            self._shards_at = self._shards_at or now
+            return
+        self.shards, self._pending_shards = None, shards
+        self._shards_at = now + 2 * self.config.subscribe_timeout
+        log.info("the cluster's slot map changed: plain PUBLISH for %.1f s", 2 * self.config.subscribe_timeout)
+
+    def shards_due(self, now: float) -> None:
+        """Use a changed slot map once its wait is over (see ``adopt_shards``)."""
+        pending = self._pending_shards
+        if pending is not None and now >= self._shards_at:
+            self.shards, self._pending_shards = pending, None
 
     def expect_write(self, session_id: str) -> None:
         """About to create ``session_id`` (a first save, which publishes nothing): with

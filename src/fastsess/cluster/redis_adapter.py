@@ -336,6 +336,9 @@ class NodeLink:
     ``("unsubscribe", None)``, ``("reply", None)``; ``source`` is the index of the
     connection the last event came from.  A connection silent for ``idle_timeout``
     seconds is PINGed on its own; one that then stays silent as long again fails the link.
+    On a cluster, every ``idle_timeout`` seconds a connection of its own asks for the
+    slot map again: if the masters or their slots changed (slots moved, a failover), the
+    link fails, and the listener resubscribes with the new map.
 
     Raises (constructor and ``subscribe``):
         redis.RedisError / OSError: a connection failed, or the server cannot do what is asked.
@@ -360,6 +363,9 @@ class NodeLink:
         self._last: list[float] = []
         self._pinged: list[float | None] = []
         self._next = 0
+        self._topology: dict[tuple[str, int], list[tuple[int, int]]] | None = None
+        self._probe: Any = None  # a plain connection asking for the slot map
+        self._next_check = 0.0
 
     # -- connecting -------------------------------------------------------------------
 
@@ -367,28 +373,40 @@ class NodeLink:
         connection.send_command(*args)
         return connection.read_response()
 
-    def _open_cluster(self) -> list[Any]:
-        """Connections to every master of the cluster, from a fresh CLUSTER SLOTS."""
-        from .._core.slots import ShardMap
-
-        addresses, cls, kwargs = _cluster_settings(self.client)
-        slots_reply, last_error = None, None
-        for host, port in addresses:
-            probe = cls(host=host, port=port, **kwargs)
-            try:
-                slots_reply = self._command(probe, "CLUSTER", "SLOTS")
-                break
-            except (redis.RedisError, OSError) as exc:
-                last_error = exc
-            finally:
-                probe.disconnect()
-        if not slots_reply:
-            raise redis.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {last_error}")
+    @staticmethod
+    def _masters(slots_reply: Any) -> dict[tuple[str, int], list[tuple[int, int]]]:
+        """``{(host, port): sorted slot ranges}`` of the masters in a CLUSTER SLOTS reply."""
         masters: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for entry in slots_reply:
             first, last, master = int(entry[0]), int(entry[1]), entry[2]
             host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
             masters.setdefault((host, int(master[1])), []).append((first, last))
+        for ranges in masters.values():
+            ranges.sort()
+        return masters
+
+    def _open_cluster(self) -> list[Any]:
+        """Connections to every master of the cluster, from a fresh CLUSTER SLOTS."""
+        from .._core.slots import ShardMap
+
+        addresses, cls, kwargs = _cluster_settings(self.client)
+        for key in ("socket_timeout", "socket_connect_timeout"):  # never block the listener for good
+            kwargs[key] = kwargs.get(key) or self.idle_timeout
+        slots_reply, last_error = None, None
+        for host, port in addresses:
+            probe = cls(host=host, port=port, **kwargs)
+            try:
+                slots_reply = self._command(probe, "CLUSTER", "SLOTS")
+            except (redis.RedisError, OSError) as exc:
+                last_error = exc
+                probe.disconnect()
+                continue
+            self._probe = probe  # kept: it asks again every idle_timeout (_check_topology)
+            break
+        if not slots_reply:
+            raise redis.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {last_error}")
+        self._topology = masters = self._masters(slots_reply)
+        self._next_check = time.monotonic() + self.idle_timeout
         order = sorted(masters)
         connections = []
         for host, port in order:
@@ -453,6 +471,18 @@ class NodeLink:
 
     # -- reading ----------------------------------------------------------------------
 
+    def _check_topology(self, now: float) -> None:
+        """On a cluster, every ``idle_timeout`` seconds: fail if the slot map changed.
+
+        Raises:
+            redis.ConnectionError: it changed (or the probe connection failed).
+        """
+        if self._probe is None or now < self._next_check:
+            return
+        self._next_check = now + self.idle_timeout
+        if self._masters(self._command(self._probe, "CLUSTER", "SLOTS")) != self._topology:
+            raise redis.ConnectionError("the cluster's slot map changed; subscribing again with the new one")
+
     def _check_alive(self, now: float) -> None:
         for i, connection in enumerate(self.connections):
             pinged = self._pinged[i]
@@ -474,6 +504,7 @@ class NodeLink:
         count = len(readers)
         now = time.monotonic()
         self._check_alive(now)
+        self._check_topology(now)
         deadline = now + timeout
         while True:
             start = self._next
@@ -530,6 +561,8 @@ class NodeLink:
         """Close every connection (never returned to a pool) and the client made for them; never raises."""
         for connection in self.connections:
             close_quietly(_Disconnect(connection))
+        if self._probe is not None:
+            close_quietly(_Disconnect(self._probe))
         if self._made is not None:
             close_quietly(self._made)
 

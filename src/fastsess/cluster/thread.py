@@ -194,6 +194,8 @@ class ThreadedCoordinator(CoordinatorBase):
             Exception: the connection failed.
         """
         machine = self.machine
+        if self._pending_shards is not None:
+            self.shards_due(time.monotonic())
         wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
         fds = link.fds
         if fds:
@@ -220,7 +222,7 @@ class ThreadedCoordinator(CoordinatorBase):
         if kind == "subscribe":
             link.listening()
             if isinstance(link, NodeLink):
-                self.shards = link.shards
+                self.adopt_shards(link.shards, now)
             return machine.subscribed(now)
         if kind == "unsubscribe":
             return machine.unsubscribed(now)
