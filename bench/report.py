@@ -173,10 +173,14 @@ def cluster_text(cluster: dict[str, Any]) -> str:
     load = cluster.get("read_load")
     if load:
         where = "a private server" if load.get("private_server") else "the REDIS_URL server (other clients' GETs included)"
-        labels = {"without_cache": "RedisStore, no local cache", "nodes_1": "ClusteredRedisStore, 1 node", "nodes_2": "ClusteredRedisStore, 2 nodes"}
+        labels = {
+            "without_cache": "RedisStore, no local cache", "nodes_1": "ClusteredRedisStore, 1 node",
+            "nodes_2": "ClusteredRedisStore, 2 nodes", "nodes_2_update": "ClusteredRedisStore, 2 nodes, update mode",
+        }
         body = [
             [label, f"{load[key]['redis_gets']:,}", f"{load[key]['redis_gets_per_1000']:.1f}", fmt(load[key]["served_locally"], "%")]
             for key, label in labels.items()
+            if key in load
         ]
         out.append(
             f"**Redis read load**: {load['ops']:,} requests over {load['sessions']:,} sessions, {load['read_fraction']:.0%} reads, Zipf; "

@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from ._core.breaker import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from ._core.conflict import OnConflict, check_on_conflict
+from ._core.flights import Flights
 from ._core.keys import KeySpace, is_valid_session_id
 from ._core.ops import Command, Flow, StoreCore
 from ._core.policy import CachePolicy
@@ -404,7 +405,10 @@ class ClusteredStoreBase(RedisStoreBase):
         )
         self.config = cfg = ClusterConfig() if config is None else config
         self._cache = (
-            CoherentCache(cfg.local_cache_max_size, cfg.local_cache_ttl, cfg.local_cache_max_bytes, cfg.local_cache_max_item_bytes)
+            CoherentCache(
+                cfg.local_cache_max_size, cfg.local_cache_ttl, cfg.local_cache_max_bytes, cfg.local_cache_max_item_bytes,
+                cfg.negative_cache_ttl, cfg.negative_cache_max_size,
+            )
             if cfg.enabled and cfg.local_cache_enabled
             else None
         )
@@ -412,7 +416,14 @@ class ClusteredStoreBase(RedisStoreBase):
         listener = None if self.coordinator is None else self.coordinator.machine
         if listener is not None:  # a resubscribed listener ends the breaker's cool-down early
             self.breaker.resubscribed_at = lambda: listener.subscribed_at
-        policy = None if self._cache is None else CachePolicy(cfg, self._cache, breaker=self.breaker, listener=listener)
+        policy = (
+            None if self._cache is None
+            else CachePolicy(cfg, self._cache, breaker=self.breaker, listener=listener, decode=self._codec.decode)
+        )
+        self._policy = policy
+        if policy is not None and self.coordinator is not None:
+            self.coordinator.on_update = policy.updated
+        self._flights = Flights()  # cache misses in flight, shared by concurrent loads of one id
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
             self.on_conflict,
@@ -476,8 +487,17 @@ class ClusteredStoreBase(RedisStoreBase):
             return cached.copy()
         if not is_valid_session_id(session_id):
             return None
-        token = self._cache.fill_token(session_id) if self._cache is not None else None
-        return self._run(self._core.load(session_id, token))
+        policy = self._policy
+        if policy is None:
+            return self._run(self._core.load(session_id, None))
+        if policy.is_absent(session_id):  # Redis did not hold it a moment ago, and nobody created it since
+            return None
+        return self._shared_load(session_id, policy.token(session_id))
+
+    def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
+        """Read ``session_id`` from Redis and fill the cache, sharing the read with the
+        concurrent misses of that id (``_core.flights``): the flavour's single flight."""
+        raise NotImplementedError
 
     def _detach(self) -> Any:
         """For ``close``: no finalizer any more, no pending start; returns the coordinator to stop."""

@@ -16,10 +16,13 @@ variable                            field                           example
 ``FASTSESS_STALE_IF_ERROR``         ``stale_if_error``              ``10`` (seconds)
 ``FASTSESS_TRACK_EXTERNAL_CHANGES`` ``track_external_changes``      ``true``
 ``FASTSESS_SHARDED_PUBSUB``         ``sharded_pubsub``              ``true``
+``FASTSESS_NEGATIVE_CACHE_TTL``     ``negative_cache_ttl``          ``2``
+``FASTSESS_UPDATE_MAX_BYTES``       ``update_max_bytes``            ``4096``
 =================================== =============================== ==================
 
 and ``FASTSESS_LOCAL_CACHE_MAX_BYTES`` / ``FASTSESS_LOCAL_CACHE_MAX_ITEM_BYTES``
-(``local_cache_max_bytes`` / ``local_cache_max_item_bytes``, e.g. ``67108864`` / ``262144``).
+(``local_cache_max_bytes`` / ``local_cache_max_item_bytes``, e.g. ``67108864`` / ``262144``),
+``FASTSESS_NEGATIVE_CACHE_MAX_SIZE`` (``negative_cache_max_size``, e.g. ``10000``).
 
 ``FASTSESS_STALE_IF_ERROR`` takes seconds (``0``: off) or a word: ``true``/``yes``/``on``
 (``local_cache_ttl`` seconds, as ``stale_if_error=True``), ``false``/``no``/``off`` (off).
@@ -40,6 +43,9 @@ from .errors import ConfigError
 ENV_PREFIX = "FASTSESS_"
 DEFAULT_LOCAL_CACHE_MAX_BYTES = 64 * 1024 * 1024  # serialized bytes of all cached sessions of a process
 DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES = 256 * 1024  # larger sessions are not cached locally
+# The largest session value an update-mode message may carry: every node accepts messages up
+# to this much bigger than a plain one, whatever its own update_max_bytes.
+MAX_UPDATE_BYTES = 64 * 1024
 
 _BOOLS = ("enabled", "local_cache_enabled", "track_external_changes", "sharded_pubsub")  # stale_if_error: a bool or seconds
 _TRUE = {"1", "true", "yes", "on"}
@@ -88,6 +94,14 @@ class ClusterConfig:
             (``{t}<channel>``), so they are not copied to every cluster node; older
             servers get ``PUBLISH``.  Every node of a deployment must use the same setting
             (a node with it off misses the others' sharded messages).
+        negative_cache_ttl: seconds an id that Redis does not hold is remembered as
+            absent, so repeated loads of unknown ids (random cookies) cost no round trip
+            (default 2; 0 turns it off).  A save that creates the id, on any node, clears it.
+        negative_cache_max_size: absent ids remembered per process (CLOCK eviction beyond).
+        update_max_bytes: 0 (default): a save tells the other nodes to evict their copy.
+            Above 0: a save whose stored value is at most this many bytes sends the value
+            itself, and nodes that cache the session replace their copy with it (only by
+            a newer version) instead of evicting it.  At most ``MAX_UPDATE_BYTES``.
 
     Raises:
         ConfigError: a field out of range or of the wrong type.
@@ -106,6 +120,9 @@ class ClusterConfig:
     stale_if_error: bool | float = False
     track_external_changes: bool = False
     sharded_pubsub: bool = True
+    negative_cache_ttl: float = 2.0
+    negative_cache_max_size: int = 10_000
+    update_max_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in _BOOLS:
@@ -127,10 +144,15 @@ class ClusterConfig:
             raise ConfigError(f"channel must not start with '{{' (reserved for shard channels), not {self.channel!r}")
         _positive("local_cache_ttl", self.local_cache_ttl)
         _positive("subscribe_timeout", self.subscribe_timeout)
-        for name in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes"):
+        for name in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes", "negative_cache_max_size"):
             size = getattr(self, name)
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ConfigError(f"{name} must be a positive int, not {size!r}")
+        if isinstance(self.negative_cache_ttl, bool) or self.negative_cache_ttl != 0:  # 0: off
+            _positive("negative_cache_ttl", self.negative_cache_ttl)
+        update = self.update_max_bytes
+        if isinstance(update, bool) or not isinstance(update, int) or not 0 <= update <= MAX_UPDATE_BYTES:
+            raise ConfigError(f"update_max_bytes must be an int from 0 to {MAX_UPDATE_BYTES}, not {update!r}")
         backoff = self.reconnect_backoff
         if not isinstance(backoff, tuple) or len(backoff) != 2:
             raise ConfigError(f"reconnect_backoff must be a (first, max) tuple, not {backoff!r}")
@@ -210,9 +232,9 @@ def _parse(variable: str, field: str, raw: str) -> Any:
             if lowered in _FALSE:
                 return False
             raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-        if field in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes"):
+        if field in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes", "negative_cache_max_size", "update_max_bytes"):
             return int(raw.replace("_", ""))
-        if field in ("local_cache_ttl", "subscribe_timeout"):
+        if field in ("local_cache_ttl", "subscribe_timeout", "negative_cache_ttl"):
             return float(raw)
         if field == "reconnect_backoff":
             first, _, last = raw.partition(",")

@@ -29,9 +29,10 @@ def snapshot(s: Session | None) -> Any:
     return None if s is None else {"id": s.id, "data": dict(s), "version": s.version}
 
 
-def op_init(url: str, node_id: str, channel: str, prefix: str) -> Any:
+def op_init(url: str, node_id: str, channel: str, prefix: str, **cluster: Any) -> Any:
+    """Build this node's store (``cluster``: more ``ClusterConfig`` fields) and wait for its subscription."""
     global store
-    config = ClusterConfig(node_id=node_id, channel=channel, subscribe_timeout=0.5, reconnect_backoff=(0.02, 0.2))
+    config = ClusterConfig(node_id=node_id, channel=channel, subscribe_timeout=0.5, reconnect_backoff=(0.02, 0.2), **cluster)
     store = ClusteredRedisStore(url=url, config=config, prefix=prefix)
     assert store.coordinator is not None
     return store.coordinator.wait_subscribed(5.0)
@@ -72,6 +73,17 @@ def op_create(data: dict[str, Any]) -> Any:
     assert store.save(s)
     sessions[s.id] = s
     return {"id": s.id, "version": s.version}
+
+
+def op_create_as(sid: str, data: dict[str, Any]) -> Any:
+    """Create a session under an id the caller chose (as an application may); returns when saved."""
+    assert store is not None
+    s = store.create(data)
+    s.id = sid
+    t0 = time.monotonic()
+    assert store.save(s)
+    sessions[s.id] = s
+    return {"t_start": t0, "t_done": time.monotonic()}
 
 
 def op_update(sid: str, key: str, value: Any) -> Any:

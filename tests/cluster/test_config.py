@@ -81,7 +81,17 @@ INVALID: list[tuple[str, Any]] = [
     ("reconnect_backoff", ("0.05", 5.0)), ("reconnect_backoff", (0.05, float("inf"))),
     ("reconnect_backoff", (float("nan"), 1.0)), ("reconnect_backoff", (True, 1.0)), ("reconnect_backoff", None),
     ("reconnect_backoff", 0.05),
+    ("negative_cache_ttl", -1), ("negative_cache_ttl", False), ("negative_cache_ttl", "2"), ("negative_cache_ttl", float("nan")),
+    ("negative_cache_ttl", float("inf")), ("negative_cache_max_size", 0), ("negative_cache_max_size", True),
+    ("update_max_bytes", -1), ("update_max_bytes", 64 * 1024 + 1), ("update_max_bytes", 1.0), ("update_max_bytes", True),
+    ("update_max_bytes", "4096"),
 ]
+
+
+def test_zero_turns_the_negative_cache_and_update_mode_off() -> None:
+    c = ClusterConfig(negative_cache_ttl=0, update_max_bytes=0)
+    assert (c.negative_cache_ttl, c.update_max_bytes) == (0, 0)
+    assert ClusterConfig().negative_cache_ttl == 2.0 and ClusterConfig().update_max_bytes == 0
 
 
 @pytest.mark.parametrize(("field", "value"), INVALID, ids=[f"{f}={v!r}"[:60] for f, v in INVALID])
@@ -117,6 +127,9 @@ FULL_ENV = {
     "FASTSESS_STALE_IF_ERROR": "yes",
     "FASTSESS_TRACK_EXTERNAL_CHANGES": "on",
     "FASTSESS_SHARDED_PUBSUB": "off",
+    "FASTSESS_NEGATIVE_CACHE_TTL": "0.5",
+    "FASTSESS_NEGATIVE_CACHE_MAX_SIZE": "1_000",
+    "FASTSESS_UPDATE_MAX_BYTES": "4096",
 }
 
 
@@ -136,6 +149,7 @@ def test_from_env_parses_every_variable() -> None:
         local_cache_ttl=12.5, local_cache_max_size=10_000, local_cache_max_bytes=8 * 1024 * 1024,
         local_cache_max_item_bytes=65536, subscribe_timeout=0.25, reconnect_backoff=(0.01, 2.0), stale_if_error=True,
         track_external_changes=True, sharded_pubsub=False,
+        negative_cache_ttl=0.5, negative_cache_max_size=1000, update_max_bytes=4096,
     )
 
 

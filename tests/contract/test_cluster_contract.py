@@ -367,8 +367,11 @@ def test_save_after_delete_elsewhere_does_not_resurrect(nodes: Nodes) -> None:
 
 def test_a_ignores_its_own_messages(nodes: Nodes) -> None:
     A, B, _, _, _ = nodes
-    s = saved(A)
     own, got_a, got_b = A.coordinator.stats.ignored_own, received(A), received(B)
+    s = saved(A)  # the creation publishes too (negative caches forget the id)
+    wait_until(lambda: A.coordinator.stats.ignored_own >= own + 1, 5, what="the creation's echo")
+    wait_received(B, got_b)
+    own, got_b = own + 1, got_b + 1
     s["x"] = 1
     A.save(s)
     A.touch(s.id)
@@ -387,8 +390,8 @@ def test_on_message_hook_and_thread_name(nodes: Nodes) -> None:
     B.coordinator.on_message = seen.append
     s = saved(A)
     A.delete(s.id)
-    wait_until(lambda: seen, 5)
-    assert seen[0]["t"] == DELETED and seen[0]["id"] == s.id
+    wait_until(lambda: len(seen) >= 2, 5)
+    assert [(m["t"], m["id"]) for m in seen] == [(INVALIDATED, s.id), (DELETED, s.id)]  # created, deleted
     names = {t.name for t in threading.enumerate()}
     assert f"fastsess-listener-{B.config.node_id[:12]}" in names
 
@@ -396,13 +399,16 @@ def test_on_message_hook_and_thread_name(nodes: Nodes) -> None:
 # --- what goes on the wire -------------------------------------------------------------------
 
 
-def test_first_save_publishes_nothing(nodes: Nodes, subscriber: Any) -> None:
+def test_first_save_publishes_the_new_id(nodes: Nodes, subscriber: Any) -> None:
+    # marked as a creation: nodes remembering the id as absent (negative cache) forget it
     A, _, _, channel, _ = nodes
     sub = subscriber(channel)
     published = A.coordinator.stats.published
     s = saved(A)
-    assert sub.until_barrier() == []
-    assert A.coordinator.stats.published == published
+    assert [decode_message(m) for m in sub.until_barrier()] == [
+        {"t": INVALIDATED, "id": s.id, "node": A.coordinator.instance_id, "v": s.version, "c": True},
+    ]
+    assert A.coordinator.stats.published == published + 1
     s["x"] = 1
     A.save(s)
     msg = decode_message(sub.next())
@@ -422,7 +428,7 @@ def test_messages_on_the_wire(nodes: Nodes, subscriber: Any) -> None:
     A.clear()
     msgs = [decode_message(m) for m in sub.until_barrier()]
     assert [(m["t"], m["id"]) for m in msgs] == [
-        (INVALIDATED, old), (TOUCHED, old), (DELETED, old), (DELETED, s.id), (CLEARED, None),
+        (INVALIDATED, old), (INVALIDATED, old), (TOUCHED, old), (DELETED, old), (DELETED, s.id), (CLEARED, None),
     ]
     assert all(m["node"] == A.coordinator.instance_id for m in msgs)
 
@@ -432,7 +438,9 @@ def test_default_channel(clustered: ClusteredBackend, subscriber: Any) -> None:
     store = clustered.make(cluster={"channel": "fastsess:invalidate"})
     s = saved(store)
     store.delete(s.id)
-    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": store.coordinator.instance_id, "v": 0}
+    node = store.coordinator.instance_id
+    assert decode_message(sub.next()) == {"t": INVALIDATED, "id": s.id, "node": node, "v": 1, "c": True}
+    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": node, "v": 0}
 
 
 # --- configurations ----------------------------------------------------------------------
@@ -518,8 +526,8 @@ def test_invalidations_arrive_over_resp2_and_resp3_clients(clustered: ClusteredB
         wait_until(pinged, 5, what="the liveness PINGs")
         barrier(A, B)  # ... and still applies messages after its PONG
         assert B.coordinator.stats.subscribed and B.coordinator.stats.reconnects == 0
-        wait_until(lambda: A.coordinator.stats.ignored_own >= 4, what="A's echo of the barrier")
-        assert A.coordinator.stats.ignored_own == 4  # 3 writes and the barrier
+        wait_until(lambda: A.coordinator.stats.ignored_own >= 5, what="A's echo of the barrier")
+        assert A.coordinator.stats.ignored_own == 5  # the creation, 3 writes and the barrier
     finally:
         clustered.close()
         for c in clients:
@@ -588,16 +596,11 @@ def test_each_write_is_one_round_trip_with_its_publish(
             return {c: info.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval", "publish", "set", "del", "expire")}
 
         s = store.create({"a": 1})
-        mark, before = len(CountingConnection.log), stats()
-        store.save(s)  # first save: SET NX, nothing to publish
-        assert sent_commands(mark) == [b"SET"]
-        assert stats()["publish"] == before["publish"]
-
-        for op in ("save", "touch", "delete"):
+        for op in ("create", "save", "touch", "delete"):  # create: the first save, SET NX
             if op == "save":
                 s["a"] += 1
             mark, before = len(CountingConnection.log), stats()
-            getattr(store, op)(s if op == "save" else s.id)
+            getattr(store, "save" if op == "create" else op)(s if op in ("create", "save") else s.id)
             assert sent_commands(mark) == [b"EVALSHA"], op  # one round trip ...
             after = stats()
             assert after["evalsha"] == before["evalsha"] + 1, op

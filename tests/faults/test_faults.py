@@ -294,10 +294,12 @@ def test_blackholed_subscriber_connection(rig: Rig, b_kind: str, direction: str)
     """
     A, B = rig.start(b_kind, subscribe_timeout=1.0)
     L = rig.ledger
+    created = B.state()["received"]
     sid = L.create(A, 0)
     cache_on(B, sid, 0)
     logged_out = A.create({"v": "logged out"})  # deleted during the fault (a logout)
     cache_on(B, logged_out, "logged out")
+    wait_until(lambda: B.state()["received"] >= created + 2, 5, what="B to hear both creations")
     before = B.state()
     link = rig.subscriber_link()
     setattr(link, f"blackhole_{direction}", True)

@@ -35,7 +35,8 @@ def check_message(raw: Any, msg: Any) -> None:
         assert type(msg["ids"]) is list and 0 < len(msg["ids"]) <= MAX_IDS
         assert all(isinstance(i, str) for i in msg["ids"])
         return
-    assert isinstance(raw, bytes) and len(raw) <= MAX_MESSAGE_BYTES
+    # a message carrying a value (update mode) may be larger by that value
+    assert isinstance(raw, bytes) and len(raw) <= MAX_MESSAGE_BYTES + (len(msg["p"]) if "p" in msg else 0)
     assert msg["t"] in MESSAGE_TYPES
     assert isinstance(msg["node"], str)
     version = msg.get("v", 0)

@@ -16,6 +16,20 @@ echoed messages about it count as invalidations, exactly as another node's would
 
 **Bytes.**  Entries are charged their serialized size: the cache holds at most
 ``max_bytes`` of them and never one larger than ``max_item_bytes``.
+
+**Absent ids.**  With ``absent_ttl`` > 0, an id Redis did not hold is remembered as
+absent for that long (``fill_absent``), so loads of unknown ids (random cookies) need no
+round trip.  Every invalidation of the id, every local write of it, every flush and
+every creation of it anywhere (``created``: the first save publishes one) forget it.
+A slot's generation counts invalidations in its high bits (``INVALIDATION``) and
+creations in its low bits: a creation voids the absent fills in flight (they may have
+read "no such key" just before it) but neither a copy cached nor a fill in flight (a
+value read of a key that did not exist before the creation can only be that creation
+or newer).
+
+**Updates.**  ``replace`` installs a newer copy carried by another node's message in
+place of the cached one: only if the cached copy's ``version`` is lower, else it evicts,
+as a plain invalidation does.  Either way fills in flight are voided.
 """
 
 from __future__ import annotations
@@ -40,6 +54,8 @@ EXPIRY_MARGIN = 0.05
 # about 924 s), so a delayed write cannot land unnoticed after the window.
 UNCERTAIN_WINDOW = 1000.0
 MAX_UNCERTAIN = 10_000  # ids watched one by one; beyond that every own message invalidates
+# A generation's high part counts invalidations, its low part creations (see the module doc).
+INVALIDATION = 1 << 32
 
 
 class CoherentCache:
@@ -66,14 +82,17 @@ class CoherentCache:
 
     __slots__ = (
         "_bytes", "_epoch", "_generations", "_lock", "_max_bytes", "_max_item_bytes", "_max_tracked",
-        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "cache", "get",
+        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "absent", "cache", "get", "replaced",
     )
 
     def __init__(
         self, max_size: int, ttl: float, max_bytes: int = DEFAULT_LOCAL_CACHE_MAX_BYTES,
-        max_item_bytes: int = DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES,
+        max_item_bytes: int = DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES, absent_ttl: float = 0.0, absent_max_size: int = 10_000,
     ) -> None:
         self.cache: LocalCache[str, Any] = LocalCache(max_size=max_size, ttl=ttl)
+        # Ids Redis did not hold, remembered for absent_ttl seconds (None: not remembered).
+        self.absent: LocalCache[str, bool] | None = LocalCache(max_size=absent_max_size, ttl=absent_ttl) if absent_ttl > 0 else None
+        self.replaced = 0  # copies replaced by update messages (see replace)
         self._ttl = ttl
         self.get = self.cache.get  # bound once: the cached-load path is a single C call
         self._lock = threading.Lock()
@@ -115,12 +134,14 @@ class CoherentCache:
         in since ``token``; ``size`` is its serialized size. True if cached."""
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
-            if token != (self._epoch, self._generations[slot]) or ttl <= 0:
+            if token[0] != self._epoch or token[1] >> 32 != self._generations[slot] >> 32 or ttl <= 0:
                 return False
             return self._set(session_id, value, ttl, size)
 
     def _set(self, session_id: str, value: Any, ttl: float, size: int) -> bool:
         # Caller holds the lock.
+        if self.absent is not None:
+            self.absent.delete(session_id)
         sizes = self._sizes
         old = sizes.pop(session_id, None)
         if old is not None:
@@ -142,8 +163,58 @@ class CoherentCache:
             self.cache.set(session_id, value, ttl)
         return True
 
+    def fill_absent(self, session_id: str, token: tuple[int, int]) -> bool:
+        """Remember that Redis did not hold ``session_id`` (read after ``token`` was taken),
+        unless an invalidation came in since. True if remembered."""
+        absent = self.absent
+        if absent is None:
+            return False
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            if token != (self._epoch, self._generations[slot]):  # nor invalidated, nor created since
+                return False
+            absent.set(session_id, True)
+            return True
+
+    def created(self, session_id: str) -> None:
+        """Another node created ``session_id``: forget it as absent and void the absent fills
+        in flight; a copy cached (read after the creation) stays."""
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            self._generations[slot] += 1
+            if self.absent is not None:
+                self.absent.delete(session_id)
+
+    def is_absent(self, session_id: str) -> bool:
+        """True if ``session_id`` is remembered as absent from Redis (see ``fill_absent``)."""
+        absent = self.absent
+        return absent is not None and session_id in absent
+
+    def replace(self, session_id: str, value: Any, ttl: float, size: int) -> bool:
+        """Install ``value`` (a session carried by another node's update) in place of the
+        cached copy if that copy's ``version`` is lower, else evict it; void fills in flight
+        either way.  True if replaced."""
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            self._generations[slot] += INVALIDATION
+            current = self.cache.pop(session_id, None)
+            if (
+                current is not None and current.version < value.version and ttl > 0
+                and size <= self._max_item_bytes and self._set(session_id, value, ttl, size)
+            ):
+                self.replaced += 1
+                return True
+            self._drop(session_id)
+            return False
+
+    def cached(self, session_id: str) -> bool:
+        """True if a copy of ``session_id`` is cached (no hit or miss is counted)."""
+        return session_id in self.cache
+
     def _drop(self, session_id: str) -> bool:
         # Caller holds the lock.
+        if self.absent is not None:
+            self.absent.delete(session_id)
         size = self._sizes.pop(session_id, None)
         if size is not None:
             self._bytes -= size
@@ -157,8 +228,9 @@ class CoherentCache:
         """
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
-            unchanged = token == (self._epoch, self._generations[slot])
-            self._generations[slot] += 1
+            generation = self._generations[slot]
+            unchanged = token[0] == self._epoch and token[1] >> 32 == generation >> 32
+            self._generations[slot] = generation + INVALIDATION
             if unchanged and ttl > 0 and self._set(session_id, value, ttl, size):
                 return True
             self._drop(session_id)
@@ -168,7 +240,7 @@ class CoherentCache:
         """Evict ``session_id`` and void fills in flight for it; True if it was cached."""
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
-            self._generations[slot] += 1
+            self._generations[slot] += INVALIDATION
             return self._drop(session_id)
 
     def mark_uncertain(self, session_id: str, window: float = UNCERTAIN_WINDOW) -> None:
@@ -182,7 +254,7 @@ class CoherentCache:
         slot = hash(session_id) & _SLOT_MASK
         until = time.monotonic() + window
         with self._lock:
-            self._generations[slot] += 1
+            self._generations[slot] += INVALIDATION
             self._drop(session_id)
             uncertain = self._uncertain
             if session_id not in uncertain and len(uncertain) >= MAX_UNCERTAIN:
@@ -234,6 +306,8 @@ class CoherentCache:
             self._sizes.clear()
             self._bytes = 0
             self.cache.clear()
+            if self.absent is not None:
+                self.absent.clear()
 
     def after_fork(self) -> None:
         """In a child made by ``os.fork()``: a fresh lock (a parent thread may have held

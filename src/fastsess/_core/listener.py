@@ -327,7 +327,10 @@ class CoordinatorBase:
         self.source = 0  # the listener connection the message being applied came from
         self.node_id = config.node_id
         self.channel = config.channel
+        self.update_max_bytes = config.update_max_bytes
         self.cache = cache
+        # Applies an update-mode message (id, value, expiry seconds): set by the store.
+        self.on_update: Callable[[str, bytes, int], Any] | None = None
         self.machine = ListenerMachine(config, backoff if backoff is not None else _Doubling(*config.reconnect_backoff))
         self._count_lock = threading.Lock()
         self.subscribed = False
@@ -355,11 +358,12 @@ class CoordinatorBase:
 
     def message(
         self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
+        payload: bytes | None = None, created: bool = False,
     ) -> bytes:
         """This node's wire message of type ``kind`` (for the store's write scripts)."""
         with self._count_lock:
             self._issued += 1
-        return encode_message(kind, session_id, self.instance_id, version, expires_in, ids)
+        return encode_message(kind, session_id, self.instance_id, version, expires_in, ids, payload, created)
 
     def channel_for(self, key: str) -> str:
         """The channel a write script publishes the invalidation of ``key`` on: the shard
@@ -459,6 +463,10 @@ class CoordinatorBase:
             elif msg["t"] == DELETED_MANY:
                 for session_id in msg["ids"]:
                     self.cache.invalidate(session_id)
+            elif "c" in msg:
+                self.cache.created(msg["id"])  # forget it as absent; a copy read since stays
+            elif "p" in msg and self.on_update is not None:
+                self.on_update(msg["id"], msg["p"], msg["e"])  # update mode: replace a cached copy
             else:
                 self.cache.invalidate(msg["id"])
         self._received += 1  # after applying it: a reader that sees the count sees the eviction

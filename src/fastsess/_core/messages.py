@@ -4,8 +4,13 @@
 sender's instance id and ``v`` the session version; a ``touched`` message also carries
 ``x``, the new expiry in seconds.  A ``deleted_many`` message (``delete_all``: one per
 batch of sessions, instead of one message per id) has ``id`` None and ``ids``, a list of
-1 to ``MAX_IDS`` session ids; it may be up to ``MAX_MANY_BYTES`` long.  Encoding and
-decoding only: no I/O.
+1 to ``MAX_IDS`` session ids; it may be up to ``MAX_MANY_BYTES`` long.  In update mode
+an ``invalidated`` message may also carry ``p``, the value the write stored (the
+serializer's envelope, as in Redis), and ``e``, the expiry in seconds it was stored
+with: a node caching that session may replace its copy instead of evicting it.  The
+first save of a new id publishes an ``invalidated`` with ``c`` (created) true: nodes
+forget the id as absent and keep any copy they hold (nobody can hold one older than the
+creation).  Encoding and decoding only: no I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import secrets
 from typing import Any
 
 import msgpack
+
+from ..config import MAX_UPDATE_BYTES
 
 INVALIDATED = "invalidated"
 DELETED = "deleted"
@@ -24,6 +31,9 @@ MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED, TOUCHED, DELETED_MANY}
 MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is not ours
 MAX_IDS = 1000  # ids in one deleted_many message (delete_all's batch)
 MAX_MANY_BYTES = 64 * 1024  # a deleted_many message of MAX_IDS ids is ~46 KB
+# ... unless it carries a value (update mode): at most MAX_UPDATE_BYTES more.
+MAX_UPDATE_MESSAGE_BYTES = MAX_MESSAGE_BYTES + MAX_UPDATE_BYTES
+_LARGEST = max(MAX_MANY_BYTES, MAX_UPDATE_MESSAGE_BYTES)
 
 
 def new_instance_id(label: str) -> str:
@@ -37,14 +47,18 @@ def new_instance_id(label: str) -> str:
 
 def encode_message(
     kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None,
-    ids: list[str] | None = None,
+    ids: list[str] | None = None, payload: bytes | None = None, created: bool = False,
 ) -> bytes:
     """The wire form of one invalidation: msgpack ``{t, id, node, v}`` (plus ``x`` for
-    ``touched``, ``ids`` for ``deleted_many``).
+    ``touched``, ``ids`` for ``deleted_many``; plus ``p`` and ``e`` for an ``invalidated``
+    carrying ``payload``, stored for ``expires_in`` seconds; plus ``c`` for the
+    ``invalidated`` of a creation).
 
     Raises:
-        ValueError: unknown ``kind``, ``touched`` without ``expires_in``, or ``deleted_many``
-            without 1 to ``MAX_IDS`` ids.
+        ValueError: unknown ``kind``, ``touched`` without ``expires_in``, ``deleted_many``
+            without 1 to ``MAX_IDS`` ids, a ``payload`` on another kind than
+            ``invalidated``, without ``expires_in`` or larger than ``MAX_UPDATE_BYTES``,
+            or ``created`` on another kind than ``invalidated``.
     """
     if kind not in MESSAGE_TYPES:
         raise ValueError(f"unknown message type {kind!r}")
@@ -57,13 +71,22 @@ def encode_message(
         if expires_in is None:
             raise ValueError("a touched message needs expires_in")
         msg["x"] = expires_in
+    if payload is not None:
+        if kind != INVALIDATED or expires_in is None or len(payload) > MAX_UPDATE_BYTES:
+            raise ValueError("a payload goes only on an invalidated message, with expires_in, within MAX_UPDATE_BYTES")
+        msg["p"] = payload
+        msg["e"] = expires_in
+    if created:
+        if kind != INVALIDATED:
+            raise ValueError("only an invalidated message marks a creation")
+        msg["c"] = True
     packed: bytes = msgpack.packb(msg)
     return packed
 
 
 def decode_message(data: Any) -> dict[str, Any] | None:
     """The message map, or None if ``data`` is not a well-formed fastsess message. Never raises."""
-    if not isinstance(data, bytes) or len(data) > MAX_MANY_BYTES:
+    if not isinstance(data, bytes) or len(data) > _LARGEST:
         return None
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
@@ -86,8 +109,16 @@ def decode_message(data: Any) -> dict[str, Any] | None:
         if type(ids) is not list or not 0 < len(ids) <= MAX_IDS or not all(isinstance(i, str) for i in ids):
             return None
         return msg
-    if len(data) > MAX_MESSAGE_BYTES:  # only deleted_many may be longer
+    if "p" in msg:  # update mode: the value and its expiry, on an invalidated message only
+        payload, expires_in = msg["p"], msg.get("e")
+        if kind != INVALIDATED or not isinstance(payload, bytes) or type(expires_in) is not int or expires_in < 1:
+            return None
+        if len(data) > MAX_MESSAGE_BYTES + len(payload):  # the rest is as small as a plain message
+            return None
+    elif len(data) > MAX_MESSAGE_BYTES:  # only deleted_many and updates may be longer
         return None
     if msg["t"] != CLEARED and not isinstance(session_id, str):
+        return None
+    if "c" in msg and (msg["c"] is not True or kind != INVALIDATED):
         return None
     return msg

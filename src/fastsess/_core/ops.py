@@ -145,6 +145,18 @@ end
 return 1
 """)
 
+# KEYS[1]=key  ARGV: payload, ttl, channel, message.  The first save of a new id: SET NX,
+# and only if that succeeded publish (marked as a creation), so that nodes remembering the
+# id as absent (the negative cache) forget it.  With tracking, the own echo also tells the
+# listener that the notification of this key is this node's own write.
+SET_NX_PUBLISH = publish_script("""
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
+  publish(ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+""")
+
 # KEYS[1]=key  ARGV: channel, message.  Published even if the key was gone: a node may
 # still cache a copy of a session that expired in Redis.
 DELETE_PUBLISH = publish_script("""
@@ -169,13 +181,14 @@ GET_PTTL = script("""
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """)
 
-SCRIPTS = (MOVE, SAVE, DELETE_PUBLISH, TOUCH_PUBLISH, GET_PTTL)
+SCRIPTS = (MOVE, SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, GET_PTTL)
 
 
 class Messages(Protocol):
     """Where a clustered store's invalidation messages come from (its coordinator)."""
 
     channel: str
+    update_max_bytes: int  # update mode: a value up to this size travels in the message (0: off)
 
     def channel_for(self, key: str) -> str: ...
 
@@ -183,6 +196,7 @@ class Messages(Protocol):
 
     def message(
         self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
+        payload: bytes | None = None, created: bool = False,
     ) -> bytes: ...
 
     def note_published(self, count: int = 1) -> None: ...
@@ -304,6 +318,8 @@ class StoreCore:
                 raise
             return stale
         if raw is None:
+            if token is not None and policy is not None:
+                policy.absent(session_id, token)
             return None
         session = self.serializer.decode(session_id, raw)
         session._base = raw  # what a save compares with (made a token only if it saves)
@@ -401,16 +417,21 @@ class StoreCore:
         if policy is not None:
             token, started = policy.token(session.id), policy.clock()
         try:
-            if nx:  # a brand-new id: no node can hold a copy, nothing to publish
-                messages.expect_write(session.id)
-                written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
+            if nx:  # a new id: no node holds a copy, but some may remember it as absent
+                message = messages.message(INVALIDATED, session.id, session.version, created=True)
+                written = bool((yield run_script(
+                    "SET", SET_NX_PUBLISH, (key,), payload, session.ttl, messages.channel_for(key), message,
+                )))
             else:
-                message = messages.message(INVALIDATED, session.id, session.version)
+                update = payload if len(payload) <= messages.update_max_bytes else None  # update mode
+                message = messages.message(
+                    INVALIDATED, session.id, session.version, session.ttl if update else None, payload=update,
+                )
                 written = check_reply((yield run_script(
                     "SET", SAVE, (key,), payload, session.ttl, *base, messages.channel_for(key), message,  # type: ignore[misc]
                 )))
-                if written is True:
-                    messages.note_published()
+            if written is True:
+                messages.note_published()
         except BaseException as exc:
             if policy is not None and not isinstance(exc, NEVER_SENT):
                 policy.uncertain(session.id)  # the write may have landed, or may land later

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 # the round trip or message delivery between the EXPIRE and our clock reading, and the
 # cache's coarse clock (CLOCK_MONOTONIC_COARSE ticks every 1-4 ms).
 EXPIRY_MARGIN = 0.05
+# An update message is applied some time after its write set the key's expiry: the copy
+# it installs is cached as if the write had happened this long before it arrived.
+DELIVERY_ALLOWANCE = 1.0
 
 Token = tuple[int, int]
 
@@ -63,18 +66,21 @@ class CachePolicy:
         breaker: the store's circuit breaker: when the current run of connection
             failures began (no stale answer without one).
         listener: when the listener last heard from Redis (an outage starts no later).
+        decode: the store's codec's ``decode(id, bytes)``, for update-mode messages.
     """
 
-    __slots__ = ("_local_ttl", "_stale_window", "breaker", "cache", "clock", "listener")
+    __slots__ = ("_local_ttl", "_stale_window", "breaker", "cache", "clock", "decode", "listener")
 
     def __init__(
         self, config: ClusterConfig, cache: CoherentCache, clock: Callable[[], float] = time.monotonic,
         breaker: CircuitBreaker | None = None, listener: Heard | None = None,
+        decode: Callable[[str, bytes], Session] | None = None,
     ) -> None:
         self.cache = cache
         self.clock = clock
         self.breaker = breaker
         self.listener = listener
+        self.decode = decode  # the store's codec's decode, for update messages
         self._local_ttl = config.local_cache_ttl
         self._stale_window = config.stale_window
 
@@ -102,6 +108,34 @@ class CachePolicy:
             cached = session.copy()
             cached._base = stamp(cached._base)  # a token, not a second copy of the bytes
             self.cache.fill(session.id, cached, token, ttl, size)
+
+    def absent(self, session_id: str, token: Token) -> None:
+        """Redis did not hold ``session_id`` (read after ``token`` was taken): remember it
+        as absent for a short while, unless an invalidation came in since."""
+        self.cache.fill_absent(session_id, token)
+
+    def is_absent(self, session_id: str) -> bool:
+        """True if ``session_id`` is remembered as absent: a load answers None without Redis."""
+        return self.cache.is_absent(session_id)
+
+    def updated(self, session_id: str, payload: bytes, expires_in: int) -> bool:
+        """Another node stored ``payload`` under ``session_id`` for ``expires_in`` seconds
+        (an update-mode message): replace the cached copy with it if that copy is older
+        (a lower version), else evict it as an invalidation does.  A session not cached
+        here is not added.  True if replaced.  Never raises (a payload that does not
+        decode just evicts)."""
+        cache = self.cache
+        if self.decode is None or not cache.cached(session_id):
+            cache.invalidate(session_id)
+            return False
+        try:
+            session = self.decode(session_id, payload)
+        except Exception:  # noqa: BLE001 - a bad payload is only an eviction
+            cache.invalidate(session_id)
+            return False
+        session._base = stamp(payload)  # what a save of this copy compares with (compare-and-set)
+        ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
+        return cache.replace(session_id, session, ttl, len(payload))
 
     def written(self, session: Session, written: bool, token: Token, started: float, size: int) -> None:
         """After a write of ``session`` (``size`` bytes, sent at ``started``): cache what was

@@ -9,7 +9,8 @@
 * ``measure_read_load``: a Zipf-like workload (90% reads, 10% writes) over
   ``sessions`` sessions, served by a ``RedisStore`` (no local cache), by one
   ``ClusteredRedisStore`` node and by two nodes taking requests alternately
-  (as behind a load balancer).  The GETs are counted *on the server*, from the
+  (as behind a load balancer), the last once more in update mode
+  (``update_max_bytes``: a save sends the value, the other node replaces its copy).  The GETs are counted *on the server*, from the
   deltas of ``INFO commandstats`` around each run, for every row alike.  On a
   private server nothing else runs commands; on a server given by
   ``REDIS_URL`` other clients' GETs during the run are counted too (the report
@@ -33,6 +34,7 @@ from ..stores.redis import RedisStore
 from .stores import SAMPLE_SESSION
 
 READY_TIMEOUT = 10.0
+UPDATE_MAX_BYTES = 4096  # the update-mode row: the sample session (~300 bytes) travels in the message
 DELIVERY_TIMEOUT = 2.0
 
 
@@ -82,7 +84,9 @@ def measure_invalidation_latency(url: str, samples: int = 500, progress: Callabl
             raise RuntimeError("the listener process did not subscribe in time")
         with ClusteredRedisStore(url=url, prefix=prefix, config=config) as store:
             session = store.create(SAMPLE_SESSION)
-            store.save(session)  # first save: SET NX, nothing to invalidate
+            store.save(session)  # first save: SET NX, and a creation message
+            if receive(parent, proc, DELIVERY_TIMEOUT)[0] != session.version:
+                raise RuntimeError("the listener process did not report the creation")
             for i in range(samples):
                 session["n"] = i
                 t0 = time.monotonic_ns()
@@ -155,13 +159,16 @@ def measure_read_load(
     progress: Callable[[str], None] | None = None,
     private_server: bool = False,
 ) -> dict[str, Any]:
-    """GETs reaching Redis per 1,000 requests, counted on the server, without a local cache and with 1 and 2 nodes.
+    """GETs reaching Redis per 1,000 requests, counted on the server, without a local cache and with 1 and 2 nodes
+    (``nodes_2_update``: 2 nodes in update mode).
 
     Every request loads its session (10% then save it back), so requests and
     reads are the same number.  Each row: ``{"reads", "redis_gets" (server
     count), "redis_gets_per_1000", "served_locally", "commands" (every command
     the server ran during the row, by name)}``, plus ``"store_misses"`` (the
-    nodes' own miss counters) for the clustered rows.
+    nodes' own miss counters) and ``"first_reads"`` (how many sessions each node reads
+    at least once, summed: the fewest GETs a cold node that caches only what it read can
+    send) for the clustered rows.
 
     Raises:
         redis.RedisError / StoreUnavailable: Redis unreachable.
@@ -180,7 +187,8 @@ def measure_read_load(
     }
     client = redis.Redis.from_url(url)
     try:
-        for label, n_nodes in (("without_cache", 0), ("nodes_1", 1), ("nodes_2", 2)):
+        for label, n_nodes in (("without_cache", 0), ("nodes_1", 1), ("nodes_2", 2), ("nodes_2_update", 2)):
+            update = UPDATE_MAX_BYTES if label == "nodes_2_update" else 0
             tag = uuid.uuid4().hex[:8]
             channel, prefix = f"fastsess-bench:{tag}:invalidate", f"fastsess-bench:{tag}:"
             stores: list[Any]
@@ -190,7 +198,9 @@ def measure_read_load(
                 stores = [
                     ClusteredRedisStore(
                         url=url, prefix=prefix,
-                        config=ClusterConfig(node_id=f"bench-{tag}-{k}", channel=channel, local_cache_max_size=max(sessions, 1)),
+                        config=ClusterConfig(
+                            node_id=f"bench-{tag}-{k}", channel=channel, local_cache_max_size=max(sessions, 1), update_max_bytes=update,
+                        ),
                     )
                     for k in range(n_nodes)
                 ]
@@ -222,6 +232,8 @@ def measure_read_load(
                 }
                 if n_nodes:
                     entry["store_misses"] = sum(store.cache_stats().misses for store in stores)
+                    # the floor for a node that caches only what it read: each node's first read of each session
+                    entry["first_reads"] = sum(len(set(sequence[k::n_nodes])) for k in range(n_nodes))
                 results[label] = entry
                 writer.clear()
             finally:

@@ -10,8 +10,14 @@ Every write carries its invalidation in the same round trip: small Lua
 scripts run ``SET``/``DEL``/``EXPIRE`` and ``PUBLISH`` together on the key's
 node.  A script (rather than a MULTI pipeline) also works on Redis Cluster,
 where redis-py's cluster pipeline refuses PUBLISH, and classic PUBLISH reaches
-every node of a cluster.  A first save (SET NX of a brand-new id) publishes
-nothing: no node can hold a copy of an id nobody has written.
+every node of a cluster.  A first save (SET NX of a new id) publishes the id
+marked as a creation: nodes that remember it as absent (``negative_cache_ttl``)
+forget it; copies are kept (none can be older than the creation).
+
+Misses: concurrent misses of one id share one read (``_core.flights``); an id
+Redis did not hold is remembered as absent for ``negative_cache_ttl`` seconds.
+In update mode (``update_max_bytes``) a save's message carries the value, and
+nodes caching an older version of that session replace their copy.
 
 Cached sessions are handed out as shallow copies (``Session.copy()``): the
 top-level mapping is private to the caller, nested lists and dicts are shared
@@ -37,9 +43,13 @@ deleted before it; ``CachePolicy.stale``).
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import redis
 from redis.cluster import RedisCluster
 
+from .._core.flights import RETRY
 from .._redis import ClusteredStoreBase
 from ..cluster import ClusterCoordinator
 from .redis import RedisStore
@@ -77,6 +87,30 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
 
     # A cache hit is answered here without a generator; a miss runs ``ops.load``.
     load = ClusteredStoreBase.cached_load
+
+    def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
+        """One Redis read for the concurrent misses of ``session_id`` (threads wait on an Event)."""
+        flights = self._flights
+        while True:
+            flight, leading = flights.take(session_id, token, threading.Event)
+            if leading:
+                break
+            flight.signal.wait()
+            result = flight.outcome()
+            if result is not RETRY:
+                return result
+            token = self._cache.fill_token(session_id)  # type: ignore[union-attr]
+        try:
+            result = self._run(self._core.load(session_id, token))
+        except BaseException as exc:
+            signal = flights.land(session_id, flight, error=exc)
+            if signal is not None:
+                signal.set()
+            raise
+        signal = flights.land(session_id, flight, result)
+        if signal is not None:
+            signal.set()
+        return result
 
     def close(self) -> None:
         """Stop the listener thread, then close the client if this store created it."""

@@ -8,10 +8,12 @@ stops it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.cluster import RedisCluster
 
+from ..._core.flights import RETRY
 from ..._core.ops import Flow
 from ..._redis import LAST_UNCHECKED_HIT, REDIS_ERRORS, ClusteredStoreBase
 from ...session import Session
@@ -75,9 +77,49 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
             found = self.cached_load(session_id)
         return found if type(found) is Session or found is None else await found
 
+    async def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
+        """One Redis read for the concurrent misses of ``session_id`` (tasks await a future)."""
+        flights = self._flights
+        while True:
+            flight, leading = flights.take(session_id, token, asyncio.get_running_loop().create_future)
+            if leading:
+                break
+            await asyncio.shield(flight.signal)  # a cancelled follower leaves the flight alone
+            result = flight.outcome()
+            if result is not RETRY:
+                return result
+            token = self._cache.fill_token(session_id)  # type: ignore[union-attr]
+        try:
+            result = await self._run(self._core.load(session_id, token))
+        except BaseException as exc:
+            _fire(flights.land(session_id, flight, error=exc))
+            raise
+        _fire(flights.land(session_id, flight, result))
+        return result
+
     async def close(self) -> None:
         """Stop the listener, then close the client if this store created it."""
         coordinator = self._detach()
         if coordinator is not None:
             await coordinator.stop()
         await RedisStore.close(self)
+
+
+def _fire(signal: asyncio.Future[Any] | None) -> None:
+    """Wake the followers of a flight (their future may belong to another thread's loop)."""
+    if signal is None:
+        return
+    loop = signal.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        _resolve(signal)
+    else:
+        loop.call_soon_threadsafe(_resolve, signal)
+
+
+def _resolve(signal: asyncio.Future[Any]) -> None:
+    if not signal.done():
+        signal.set_result(None)

@@ -1,0 +1,330 @@
+"""Fewer trips to Redis, for both flavours: concurrent misses share one read, unknown ids
+are remembered as absent, and update mode replaces peers' copies instead of evicting them.
+
+Reads are counted by the Redis server itself (``INFO commandstats``: a ``GET`` inside the
+load script counts as a ``get``).  Concurrency is forced, not hoped for: the first read's
+reply is held (``hold_after``) until the other loads are waiting on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from fastsess import Session
+from fastsess._core.ops import GET_PTTL
+from fastsess.cluster import INVALIDATED, encode_message
+from fastsess.stores.base import new_session_id
+
+from .conftest import Blocking, ClusteredBackend, Nodes, barrier, hold_after, received, redis_command_calls, sync_store, wait_received, wait_until
+
+UPDATE = {"update_max_bytes": 4096}
+
+
+def saved(store: Any, data: dict[str, Any] | None = None) -> Session:
+    s = store.create({"user": 1} if data is None else data)
+    assert store.save(s) is True
+    return s
+
+
+def gets(backend: ClusteredBackend) -> int:
+    return redis_command_calls(backend.client, "get")
+
+
+def start_loads(backend: ClusteredBackend, store: Any, sid: str, n: int) -> Any:
+    """Start ``n`` loads of ``sid`` concurrently (threads, or tasks on the store's loop);
+    returns a function that waits for them and gives their results."""
+    if isinstance(store, Blocking):
+        target = store.wrapped
+        futures = [asyncio.run_coroutine_threadsafe(target.load(sid), backend.loop.loop) for _ in range(n)]
+        return lambda: [f.result(10) for f in futures]
+    results: list[Any] = []
+
+    def load() -> None:
+        try:
+            results.append(store.load(sid))
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            results.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(n)]
+    for t in threads:
+        t.start()
+
+    def finish() -> list[Any]:
+        for t in threads:
+            t.join(10)
+        return results
+
+    return finish
+
+
+def followers(store: Any, sid: str) -> int:
+    flight = sync_store(store)._flights.get(sid)
+    return 0 if flight is None else flight.followers
+
+
+# --- single flight --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [8])
+def test_concurrent_misses_of_one_id_share_one_get(clustered: ClusteredBackend, n: int) -> None:
+    writer, store = clustered.make(name="W"), clustered.make(name="R")
+    s = saved(writer, {"v": 1})
+    others: list[Any] = []
+
+    def during() -> None:  # the first read has its reply; the others start and must wait for it
+        others.append(start_loads(clustered, store, s.id, n - 1))
+        wait_until(lambda: followers(store, s.id) == n - 1, 5, what="the other loads to follow the first")
+
+    before = gets(clustered)
+    hold_after(store, GET_PTTL, during)
+    first = store.load(s.id)
+    rest = others[0]()
+    assert gets(clustered) - before == 1
+    results = [first, *rest]
+    assert len(results) == n and all(r is not None and r["v"] == 1 for r in results)
+    assert len({id(r) for r in results}) == n  # each caller gets its own copy
+    rest[0]["v"] = "changed by one caller"
+    assert first["v"] == 1 and rest[1]["v"] == 1 and store.load(s.id)["v"] == 1
+    assert len(sync_store(store)._flights) == 0
+
+
+def test_a_load_after_an_invalidation_does_not_follow_an_older_read(nodes: Nodes) -> None:
+    # B's first read returned v=1; then A writes v=2 and B applies the invalidation; a load
+    # on B that starts after that must read again (v=2), not share the older read (v=1).
+    A, B, _, _, backend = nodes
+    s = saved(A, {"v": 1})
+    late: list[Any] = []
+
+    def during() -> None:
+        before = received(B)
+        s["v"] = 2
+        A.save(s)
+        wait_received(B, before)
+        late.append(start_loads(backend, B, s.id, 1))
+
+    hold_after(B, GET_PTTL, during)
+    first = B.load(s.id)
+    assert first["v"] == 1  # read before the write
+    assert late[0]()[0]["v"] == 2
+    assert B.load(s.id)["v"] == 2
+
+
+def test_a_failed_read_fails_its_followers_too(clustered: ClusteredBackend) -> None:
+    from fastsess.errors import StoreUnavailable
+
+    store = clustered.make()
+    s = saved(store, {"v": 1})
+    store.evict_from_cache(s.id)
+    others: list[Any] = []
+
+    def during() -> None:
+        others.append(start_loads(clustered, store, s.id, 2))
+        wait_until(lambda: followers(store, s.id) == 2, 5, what="two followers")
+        raise StoreUnavailable("the leader's read failed")
+
+    hold_after(store, GET_PTTL, during)  # the reply arrives, then the read fails
+    with pytest.raises(StoreUnavailable):
+        store.load(s.id)
+    outcomes = _outcomes(others[0])
+    assert len(outcomes) == 2 and all(isinstance(o, StoreUnavailable) for o in outcomes)
+    assert store.load(s.id)["v"] == 1  # and the next load reads again
+
+
+def _outcomes(finish: Any) -> list[Any]:
+    try:
+        return list(finish())
+    except Exception as exc:  # noqa: BLE001 - asyncio: the first failure
+        return [exc, exc]
+
+
+# --- absent ids -------------------------------------------------------------------------------
+
+
+def test_an_unknown_id_is_remembered_as_absent(clustered: ClusteredBackend) -> None:
+    store = clustered.make()
+    sid = new_session_id()
+    before = gets(clustered)
+    assert store.load(sid) is None
+    assert [store.load(sid) for _ in range(5)] == [None] * 5
+    assert gets(clustered) - before == 1
+    exists = redis_command_calls(clustered.client, "exists")
+    assert store.exists(sid) is False  # exists still asks Redis
+    assert redis_command_calls(clustered.client, "exists") == exists + 1
+
+
+def test_negative_cache_off_reads_every_time(clustered: ClusteredBackend) -> None:
+    store = clustered.make(cluster={"negative_cache_ttl": 0})
+    sid = new_session_id()
+    before = gets(clustered)
+    for _ in range(3):
+        assert store.load(sid) is None
+    assert gets(clustered) - before == 3
+
+
+def test_absent_entries_expire(clustered: ClusteredBackend) -> None:
+    store = clustered.make(cluster={"negative_cache_ttl": 0.05})
+    sid = new_session_id()
+    before = gets(clustered)
+    assert store.load(sid) is None
+    wait_until(lambda: store.load(sid) is None and gets(clustered) - before == 2, 2, what="the absent entry to expire")
+
+
+def test_creating_the_id_on_another_node_clears_it(nodes: Nodes) -> None:
+    A, B, _, _, _ = nodes
+    sid = new_session_id()
+    assert B.load(sid) is None and B.load(sid) is None  # remembered as absent on B
+    before = received(B)
+    s = A.create({"v": "created"})
+    s.id = sid  # an id the application chose
+    assert A.save(s) is True
+    wait_received(B, before)
+    assert B.load(sid)["v"] == "created"
+
+
+def test_creating_the_id_locally_clears_it(clustered: ClusteredBackend) -> None:
+    store = clustered.make()
+    sid = new_session_id()
+    assert store.load(sid) is None
+    s = store.create({"v": "created"})
+    s.id = sid
+    assert store.save(s) is True
+    store.evict_from_cache(sid)  # the cached copy gone: the absent entry must be gone too
+    assert store.load(sid)["v"] == "created"
+
+
+def test_an_absent_entry_is_not_kept_when_the_id_was_created_during_the_read(nodes: Nodes) -> None:
+    # B's read finds nothing; before B acts on it, A creates the id and B applies A's message:
+    # B must not remember the id as absent.
+    A, B, _, _, _ = nodes
+    sid = new_session_id()
+
+    def during() -> None:
+        before = received(B)
+        s = A.create({"v": "created"})
+        s.id = sid
+        A.save(s)
+        wait_received(B, before)
+
+    hold_after(B, GET_PTTL, during)
+    assert B.load(sid) is None  # read before the create
+    assert B.load(sid)["v"] == "created"
+
+
+def test_absent_ids_go_with_a_local_flush(clustered: ClusteredBackend) -> None:
+    store = clustered.make()
+    sid = new_session_id()
+    assert store.load(sid) is None
+    clustered.behind_the_back(store, sid, {"v": 1})
+    assert store.load(sid) is None  # written behind fastsess's back: still remembered as absent
+    store.clear_local_cache()
+    assert store.load(sid)["v"] == 1
+
+
+# --- update mode ------------------------------------------------------------------------------
+
+
+def update_nodes(backend: ClusteredBackend, **extra: Any) -> tuple[Any, Any]:
+    return backend.make(name="A", cluster={**UPDATE, **extra}), backend.make(name="B", cluster={**UPDATE, **extra})
+
+
+def test_update_mode_replaces_the_peer_copy(clustered: ClusteredBackend) -> None:
+    A, B = update_nodes(clustered)
+    s = saved(A, {"v": 1})
+    assert B.load(s.id)["v"] == 1  # cached on B
+    for v in (2, 3):
+        before = received(B)
+        s["v"] = v
+        A.save(s)
+        wait_received(B, before)
+        reads = gets(clustered)
+        got = B.load(s.id)
+        assert got["v"] == v and got.version == s.version
+        assert gets(clustered) == reads  # served from B's replaced copy
+    assert sync_store(B)._cache.replaced == 2
+
+
+def test_update_mode_does_not_add_sessions_a_peer_never_read(clustered: ClusteredBackend) -> None:
+    A, B = update_nodes(clustered)
+    s = saved(A, {"v": 1})
+    before = received(B)
+    s["v"] = 2
+    A.save(s)
+    wait_received(B, before)
+    assert B.cache_stats().size == 0
+    assert B.load(s.id)["v"] == 2
+
+
+def test_update_mode_sends_only_small_sessions(clustered: ClusteredBackend) -> None:
+    A, B = update_nodes(clustered, update_max_bytes=200)
+    s = saved(A, {"blob": "x" * 500})
+    assert B.load(s.id) is not None
+    before, reads = received(B), gets(clustered)
+    s["blob"] = "y" * 500
+    A.save(s)  # too large to travel: B evicts
+    wait_received(B, before)
+    assert B.load(s.id)["blob"] == "y" * 500
+    assert gets(clustered) == reads + 1
+    assert sync_store(B)._cache.replaced == 0
+
+
+def test_an_update_never_installs_an_older_version(clustered: ClusteredBackend) -> None:
+    A, B = update_nodes(clustered)
+    s = saved(A, {"v": 1})
+    for v in (2, 3):
+        s["v"] = v
+        A.save(s)
+    assert B.load(s.id)["v"] == 3
+    serializer = sync_store(A).serializer
+    old = Session(s.id, {"v": "old"}, ttl=s.ttl, new=False, version=s.version - 1)
+    same = Session(s.id, {"v": "same version"}, ttl=s.ttl, new=False, version=s.version)
+    for stale in (old, same):  # late or reordered messages carrying older (or equal) versions
+        before = received(B)
+        clustered.client.publish(clustered.channel, encode_message(
+            INVALIDATED, s.id, "elsewhere/1", stale.version, s.ttl, serializer.encode(stale),
+        ))
+        wait_received(B, before)
+        assert B.load(s.id)["v"] == 3  # evicted, read again: never the older copy
+    assert sync_store(B)._cache.replaced == 0
+
+
+def test_an_update_that_does_not_decode_only_evicts(clustered: ClusteredBackend) -> None:
+    A, B = update_nodes(clustered)
+    s = saved(A, {"v": 1})
+    assert B.load(s.id)["v"] == 1
+    before = received(B)
+    clustered.client.publish(clustered.channel, encode_message(INVALIDATED, s.id, "elsewhere/1", 99, s.ttl, b"garbage"))
+    wait_received(B, before)
+    assert B.cache_stats().size == 0
+    assert B.load(s.id)["v"] == 1
+
+
+def test_a_session_read_on_two_nodes_alternately_stays_local(clustered: ClusteredBackend) -> None:
+    A, B = update_nodes(clustered)
+    s = saved(A, {"n": 0})
+    assert B.load(s.id)["n"] == 0
+    before = gets(clustered)
+    for n in range(1, 21):  # read-modify-write on alternate nodes, as behind a load balancer
+        node, other = (A, B) if n % 2 else (B, A)
+        got = node.load(s.id)
+        assert got["n"] == n - 1
+        got["n"] = n
+        node.save(got)
+        barrier(node, other)  # the update reached the other node
+    assert gets(clustered) == before  # every read was local
+    assert A.load(s.id)["n"] == B.load(s.id)["n"] == 20
+
+
+def test_a_copy_read_right_after_the_creation_survives_its_message(nodes: Nodes) -> None:
+    # the creation's message may arrive after B read the new session: it must not evict it
+    A, B, _, _, _ = nodes
+    before = received(B)
+    s = saved(A, {"v": 1})
+    assert B.load(s.id)["v"] == 1
+    wait_received(B, before)
+    reads = redis_command_calls(nodes.raw, "get")
+    assert B.load(s.id)["v"] == 1
+    assert redis_command_calls(nodes.raw, "get") == reads
