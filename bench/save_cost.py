@@ -16,8 +16,8 @@ Candidates:
   own listener subscribed (its own message comes back to it: the "echo");
 * ``... update mode``: the same, the message carrying the value (``update_max_bytes``);
 * two breakdown rows: the clustered save with its message published on a channel nobody
-  listens to (no echo: what the listener costs the writer), and the raw script alone,
-  without the store.
+  listens to (no echo: what the listener costs the writer), and the raw save script
+  alone, without the store (no compare: an empty base).
 
 ``--peer`` adds one subscriber in another process (``redis-cli SUBSCRIBE``), as a second
 node would be: the server then delivers every message twice.  A private ``redis-server``
@@ -40,7 +40,7 @@ import msgpack
 import redis
 
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
-from fastsess._core.ops import SET_PUBLISH
+from fastsess._core.ops import SAVE
 from fastsess.benchmarks.cluster import command_deltas, server_command_calls
 from fastsess.benchmarks.stores import SAMPLE_SESSION, TTL
 from fastsess.server import RedisServer
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
             s = store.create(dict(SAMPLE_SESSION))
             store.save(s)
             sessions[name] = (store, s)
-        sha = client.script_load(SET_PUBLISH.text)
+        sha = client.script_load(SAVE.text)
         message = node.coordinator.message("invalidated", sessions["node"][1].id, 1) if node.coordinator else b""
         client.set("bench:raw", b"x")
         client.set("bench:script", b"x")
@@ -116,8 +116,8 @@ def main(argv: list[str]) -> None:
             "ClusteredRedisStore.save": save("node"),
             "ClusteredRedisStore.save, update mode": save("update"),
             "  breakdown: clustered save, message where nobody listens (no echo)": save("quiet"),
-            "  breakdown: the write script alone (EVALSHA, nobody listens)": lambda i: client.execute_command(
-                "EVALSHA", sha, 1, "bench:script", msgpack.packb({**SAMPLE_SESSION, "n": i}), TTL, CHANNEL + ":nobody", message,
+            "  breakdown: the write script alone (EVALSHA, no compare, nobody listens)": lambda i: client.execute_command(
+                "EVALSHA", sha, 1, "bench:script", msgpack.packb({**SAMPLE_SESSION, "n": i}), TTL, "", CHANNEL + ":nobody", message,
             ),
         }
         names = list(candidates)

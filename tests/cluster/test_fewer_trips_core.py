@@ -29,7 +29,7 @@ SID = new_session_id()
 
 
 def test_an_update_message_round_trips() -> None:
-    data = encode_message(INVALIDATED, SID, "node/1", 7, 1800, b"\x00value")
+    data = encode_message(INVALIDATED, SID, "node/1", 7, 1800, payload=b"\x00value")
     assert decode_message(data) == {"t": INVALIDATED, "id": SID, "node": "node/1", "v": 7, "p": b"\x00value", "e": 1800}
 
 
@@ -38,17 +38,17 @@ def test_a_plain_message_has_no_payload_keys() -> None:
 
 
 def test_the_largest_update_fits_and_one_byte_more_is_refused() -> None:
-    data = encode_message(INVALIDATED, SID, "n" * 200, 2**62, 10**9, b"x" * MAX_UPDATE_BYTES)
+    data = encode_message(INVALIDATED, SID, "n" * 200, 2**62, 10**9, payload=b"x" * MAX_UPDATE_BYTES)
     assert len(data) <= MAX_UPDATE_MESSAGE_BYTES
     assert decode_message(data) is not None
     with pytest.raises(ValueError):
-        encode_message(INVALIDATED, SID, "n", 1, 60, b"x" * (MAX_UPDATE_BYTES + 1))
+        encode_message(INVALIDATED, SID, "n", 1, 60, payload=b"x" * (MAX_UPDATE_BYTES + 1))
 
 
 @pytest.mark.parametrize(("kind", "expires_in"), [(DELETED, 60), (INVALIDATED, None)])
 def test_a_payload_needs_an_invalidated_message_and_an_expiry(kind: str, expires_in: Any) -> None:
     with pytest.raises(ValueError):
-        encode_message(kind, SID, "n", 1, expires_in, b"x")
+        encode_message(kind, SID, "n", 1, expires_in, payload=b"x")
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,10 @@ def test_the_listener_registers_broadcast_tracking_for_the_prefix(tracked: Any, 
 
 def test_del_from_another_tool_evicts_within_milliseconds(tracked: Any, raw: redis.Redis) -> None:
     A, B = tracked
+    notified = B.coordinator.tracking.notifications
     s = saved(A, {"v": 1})
+    # the notification of the creation, which would evict a copy B read before it
+    wait_until(lambda: B.coordinator.tracking.notifications > notified, 5, what="B's notification of the creation")
     assert B.load(s.id) is not None and cached(B, s.id) and cached(A, s.id)
     started = time.monotonic()
     assert raw.delete(A.prefix + s.id) == 1

@@ -1,8 +1,8 @@
 """Fewer trips to Redis, for both flavours: concurrent misses share one read, unknown ids
 are remembered as absent, and update mode replaces peers' copies instead of evicting them.
 
-Reads are counted by the Redis server itself (``INFO commandstats``: a ``GET`` inside the
-load script counts as a ``get``).  Concurrency is forced, not hoped for: the first read's
+Reads are counted by the Redis server itself (``INFO commandstats``: the load script's
+``PTTL``, since a save's compare-and-set runs a ``GET`` too).  Concurrency is forced, not hoped for: the first read's
 reply is held (``hold_after``) until the other loads are waiting on it.
 """
 
@@ -31,7 +31,9 @@ def saved(store: Any, data: dict[str, Any] | None = None) -> Session:
 
 
 def gets(backend: ClusteredBackend) -> int:
-    return redis_command_calls(backend.client, "get")
+    """Reads by the load script (GET + PTTL): its PTTL, which nothing else runs (a save's
+    compare-and-set also runs a GET)."""
+    return redis_command_calls(backend.client, "pttl")
 
 
 def start_loads(backend: ClusteredBackend, store: Any, sid: str, n: int) -> Any:
@@ -72,18 +74,21 @@ def followers(store: Any, sid: str) -> int:
 @pytest.mark.parametrize("n", [8])
 def test_concurrent_misses_of_one_id_share_one_get(clustered: ClusteredBackend, n: int) -> None:
     writer, store = clustered.make(name="W"), clustered.make(name="R")
+    created = received(store)
     s = saved(writer, {"v": 1})
+    wait_received(store, created)  # the creation's message: arriving mid-read, it would start a new flight
     others: list[Any] = []
 
     def during() -> None:  # the first read has its reply; the others start and must wait for it
         others.append(start_loads(clustered, store, s.id, n - 1))
         wait_until(lambda: followers(store, s.id) == n - 1, 5, what="the other loads to follow the first")
 
-    before = gets(clustered)
+    before, before_get = gets(clustered), redis_command_calls(clustered.client, "get")
     hold_after(store, GET_PTTL, during)
     first = store.load(s.id)
     rest = others[0]()
     assert gets(clustered) - before == 1
+    assert redis_command_calls(clustered.client, "get") - before_get == 1  # N concurrent misses, 1 GET
     results = [first, *rest]
     assert len(results) == n and all(r is not None and r["v"] == 1 for r in results)
     assert len({id(r) for r in results}) == n  # each caller gets its own copy
@@ -284,7 +289,7 @@ def test_an_update_never_installs_an_older_version(clustered: ClusteredBackend) 
     for stale in (old, same):  # late or reordered messages carrying older (or equal) versions
         before = received(B)
         clustered.client.publish(clustered.channel, encode_message(
-            INVALIDATED, s.id, "elsewhere/1", stale.version, s.ttl, serializer.encode(stale),
+            INVALIDATED, s.id, "elsewhere/1", stale.version, s.ttl, payload=serializer.encode(stale),
         ))
         wait_received(B, before)
         assert B.load(s.id)["v"] == 3  # evicted, read again: never the older copy
@@ -296,7 +301,7 @@ def test_an_update_that_does_not_decode_only_evicts(clustered: ClusteredBackend)
     s = saved(A, {"v": 1})
     assert B.load(s.id)["v"] == 1
     before = received(B)
-    clustered.client.publish(clustered.channel, encode_message(INVALIDATED, s.id, "elsewhere/1", 99, s.ttl, b"garbage"))
+    clustered.client.publish(clustered.channel, encode_message(INVALIDATED, s.id, "elsewhere/1", 99, s.ttl, payload=b"garbage"))
     wait_received(B, before)
     assert B.cache_stats().size == 0
     assert B.load(s.id)["v"] == 1
@@ -325,6 +330,6 @@ def test_a_copy_read_right_after_the_creation_survives_its_message(nodes: Nodes)
     s = saved(A, {"v": 1})
     assert B.load(s.id)["v"] == 1
     wait_received(B, before)
-    reads = redis_command_calls(nodes.raw, "get")
+    reads = redis_command_calls(nodes.raw, "pttl")
     assert B.load(s.id)["v"] == 1
-    assert redis_command_calls(nodes.raw, "get") == reads
+    assert redis_command_calls(nodes.raw, "pttl") == reads

@@ -14,7 +14,8 @@
   deltas of ``INFO commandstats`` around each run, for every row alike.  On a
   private server nothing else runs commands; on a server given by
   ``REDIS_URL`` other clients' GETs during the run are counted too (the report
-  says which kind of server it was).
+  says which kind of server it was).  A save's compare-and-set also runs a ``GET``
+  inside its script: ``load_reads`` separates the loads' reads from those.
 """
 
 from __future__ import annotations
@@ -121,6 +122,20 @@ def zipf_sequence(n_items: int, length: int, rng: random.Random, exponent: float
 READ_COMMANDS = ("get", "getex", "mget")  # what a session load can send
 
 
+def load_reads(deltas: dict[str, int], clustered: bool) -> int:
+    """The GETs the loads of a run sent, from its ``command_deltas``.
+
+    A save is a compare-and-set script that also runs one ``GET`` (and one ``SET`` when
+    it writes), so the server's ``get`` count is not the loads' alone.  A clustered
+    store's load is the ``GET`` + ``PTTL`` script, the only command that runs ``PTTL``:
+    its ``pttl`` count.  A plain ``RedisStore`` load is a plain ``GET``: the ``get``
+    count less one per save that wrote (``set``; in this workload every save writes).
+    """
+    if clustered:
+        return deltas.get("pttl", 0)
+    return sum(deltas.get(name, 0) for name in READ_COMMANDS) - deltas.get("set", 0)
+
+
 def server_command_calls(client: Any) -> dict[str, int]:
     """Calls per command (lower-case name) since the server's stats were last reset, from ``INFO commandstats``.
 
@@ -222,7 +237,7 @@ def measure_read_load(
                 _run_workload(stores, ids, sequence, is_read, progress, label)
                 deltas = command_deltas(before, server_command_calls(client))
                 deltas.pop("info", None)  # the snapshots themselves
-                gets = sum(deltas.get(name, 0) for name in READ_COMMANDS)
+                gets = load_reads(deltas, clustered=bool(n_nodes))
                 entry: dict[str, Any] = {
                     "reads": ops,
                     "redis_gets": gets,
