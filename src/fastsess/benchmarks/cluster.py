@@ -14,8 +14,8 @@
   deltas of ``INFO commandstats`` around each run, for every row alike.  On a
   private server nothing else runs commands; on a server given by
   ``REDIS_URL`` other clients' GETs during the run are counted too (the report
-  says which kind of server it was).  A save's compare-and-set also runs a ``GET``
-  inside its script: ``load_reads`` separates the loads' reads from those.
+  says which kind of server it was).  A save's compare-and-set may run a ``GET``
+  inside its script: ``load_reads`` counts the loads' reads alone.
 """
 
 from __future__ import annotations
@@ -125,15 +125,14 @@ READ_COMMANDS = ("get", "getex", "mget")  # what a session load can send
 def load_reads(deltas: dict[str, int], clustered: bool) -> int:
     """The GETs the loads of a run sent, from its ``command_deltas``.
 
-    A save is a compare-and-set script that also runs one ``GET`` (and one ``SET`` when
-    it writes), so the server's ``get`` count is not the loads' alone.  A clustered
-    store's load is the ``GET`` + ``PTTL`` script, the only command that runs ``PTTL``:
-    its ``pttl`` count.  A plain ``RedisStore`` load is a plain ``GET``: the ``get``
-    count less one per save that wrote (``set``; in this workload every save writes).
+    A clustered store's load is the ``GET`` + ``PTTL`` script, the only command that runs
+    ``PTTL``: its ``pttl`` count (a save's compare-and-set may run a ``GET`` too, on a
+    conflict or for a value it compares by digest).  A plain ``RedisStore`` load is a
+    plain ``GET``; its saves here compare by prefix (``STRLEN`` + ``GETRANGE``), no ``GET``.
     """
     if clustered:
         return deltas.get("pttl", 0)
-    return sum(deltas.get(name, 0) for name in READ_COMMANDS) - deltas.get("set", 0)
+    return sum(deltas.get(name, 0) for name in READ_COMMANDS)
 
 
 def server_command_calls(client: Any) -> dict[str, int]:
