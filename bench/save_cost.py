@@ -16,8 +16,8 @@ Candidates:
   own listener subscribed (its own message comes back to it: the "echo");
 * ``... update mode``: the same, the message carrying the value (``update_max_bytes``);
 * two breakdown rows: the clustered save with its message published on a channel nobody
-  listens to (no echo: what the listener costs the writer), and the raw save script
-  alone, without the store (no compare: an empty base).
+  listens to (no echo: what the listener costs the writer), and the save script
+  alone, without the store (with its compare-and-set, on a channel nobody listens to).
 
 ``--peer`` adds one subscriber in another process (``redis-cli SUBSCRIBE``), as a second
 node would be: the server then delivers every message twice.  A private ``redis-server``
@@ -40,6 +40,7 @@ import msgpack
 import redis
 
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
+from fastsess._core.conflict import stamp
 from fastsess._core.ops import SAVE
 from fastsess.benchmarks.cluster import command_deltas, server_command_calls
 from fastsess.benchmarks.stores import SAMPLE_SESSION, TTL
@@ -99,7 +100,19 @@ def main(argv: list[str]) -> None:
         sha = client.script_load(SAVE.text)
         message = node.coordinator.message("invalidated", sessions["node"][1].id, 1) if node.coordinator else b""
         client.set("bench:raw", b"x")
-        client.set("bench:script", b"x")
+        # two stored values (serializer envelopes, as a store writes) to alternate between
+        envelopes = []
+        for n in range(2):
+            s = plain.create({**SAMPLE_SESSION, "n": n})
+            envelopes.append(plain.serializer.encode(s))
+        last = [envelopes[1]]  # what bench:script holds: the script compares with it, as a save would
+        client.set("bench:script", last[0])
+
+        def script_alone(i: int) -> None:
+            payload = envelopes[i % 2]
+            base = stamp(last[0])
+            client.execute_command("EVALSHA", sha, 1, "bench:script", payload, TTL, *base, CHANNEL + ":nobody", message)
+            last[0] = payload
 
         def save(name: str) -> Callable[[int], Any]:
             store, s = sessions[name]
@@ -116,9 +129,7 @@ def main(argv: list[str]) -> None:
             "ClusteredRedisStore.save": save("node"),
             "ClusteredRedisStore.save, update mode": save("update"),
             "  breakdown: clustered save, message where nobody listens (no echo)": save("quiet"),
-            "  breakdown: the write script alone (EVALSHA, no compare, nobody listens)": lambda i: client.execute_command(
-                "EVALSHA", sha, 1, "bench:script", msgpack.packb({**SAMPLE_SESSION, "n": i}), TTL, "", CHANNEL + ":nobody", message,
-            ),
+            "  breakdown: the save script alone (EVALSHA with its compare, nobody listens)": script_alone,
         }
         names = list(candidates)
         samples: dict[str, list[float]] = {n: [] for n in names}
