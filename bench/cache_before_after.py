@@ -14,7 +14,11 @@ Every round runs the same batch of 1,000 random hits on each candidate (``dict``
 the current ``LocalCache``, the older one if given, cachebox's ``LRUCache`` and
 ``TTLCache`` if installed), rotating which goes first, so drift of a shared
 machine hits all alike; figures are ns per ``get`` with the loop included,
-median and IQR of the rounds, and the ratio of medians to ``dict.get``.  Then
+median and IQR of the rounds, and the ratio of medians to ``dict.get``.  With an
+older core, the same for three more workloads of ``fastsess bench`` on the two
+``LocalCache`` cores alone: ``miss`` (``get`` of never-stored keys), ``mixed``
+(90% ``get``, 10% overwrites) and ``set_evict`` (``set`` of new keys into the full
+cache, one eviction each; it runs last, as it changes the contents).  Then
 the 1-vs-2-thread measurement of ``fastsess bench`` (``measure_threads``: the same
 total hits done by one thread and shared by two, alternating, ``thread_runs``
 times) for ``dict`` and each ``LocalCache``.  The load average is printed at the
@@ -31,7 +35,7 @@ from typing import Any
 
 from fastsess import _lru
 from fastsess.benchmarks import cache as engine
-from fastsess.benchmarks.timing import call_loop, summarize, time_rounds
+from fastsess.benchmarks.timing import call_loop, mixed_loop, set_call_loop, summarize, time_rounds
 
 
 def _local(module: Any, n: int) -> Any:
@@ -78,6 +82,23 @@ def main(argv: list[str]) -> None:
             s = summarize(values)
             print(f"{size:>9,} {name:<18} {s['median']:8.1f} ns  IQR {s['q1']:.1f}-{s['q3']:.1f}  {s['median'] / floor:.2f}x dict.get", flush=True)
         print(f"          (load average now {_load()})", flush=True)
+        pair = [name for name in names if name.startswith("LocalCache")]
+        if len(pair) == 2:
+            for label, loop, batches, target in (
+                ("miss", call_loop, workload.miss, lambda c: c.get),
+                ("mixed", mixed_loop, workload.mixed, lambda c: (c.get, c.set)),
+                ("set_evict", set_call_loop, workload.fresh, lambda c: c.set),
+            ):
+                runs: dict[str, list[float]] = {name: [] for name in pair}
+                for i, batch in enumerate(batches):
+                    for name in pair if i % 2 == 0 else pair[::-1]:
+                        runs[name] += time_rounds(loop, target(caches[name]), [batch])
+                now, old = (summarize(runs[name]) for name in pair)
+                print(
+                    f"{size:>9,} {label:<10} LocalCache {now['median']:7.1f} ns (IQR {now['q1']:.1f}-{now['q3']:.1f}), "
+                    f"before {old['median']:7.1f} ns (IQR {old['q1']:.1f}-{old['q3']:.1f}): {now['median'] / old['median']:.2f}x",
+                    flush=True,
+                )
         del caches
     for cand in cands:
         if not cand.name.startswith(("dict", "LocalCache")):

@@ -240,16 +240,14 @@ cdef extern from *:
        dict and the nodes stay the owners (the slot's pointers are borrowed); the
        index is kept in step by every structure update and holds exactly the
        cache's nodes with exact str/int/bytes keys, whose comparison runs no Python
-       code.  32 bytes a slot; a removed slot becomes a tombstone until the next
-       rebuild. */
+       code.  32 bytes a slot; a removal shifts the slots behind it back (no
+       tombstones), so the table is rebuilt only to grow. */
     typedef struct {
         Py_hash_t hash;      /* the key's hash, except bit 0: the entry's visited bit */
-        PyObject* key;       /* NULL: empty; FASTSESS_TOMB: removed */
+        PyObject* key;       /* NULL: empty */
         PyObject* value;
         double expires;
     } fastsess_slot;
-    static char fastsess_tomb_mark;
-    #define FASTSESS_TOMB ((PyObject*)&fastsess_tomb_mark)
 
     static inline size_t fastsess_pos(Py_hash_t h, int shift) {
         /* Fibonacci hashing of the hash without bit 0 (bit 0 of a slot's hash is the visited bit) */
@@ -281,7 +279,7 @@ cdef extern from *:
             PyObject* k = sl->key;
             if (k == key) return sl;
             if (k == NULL) return NULL;
-            if (((sl->hash ^ h) & ~(Py_hash_t)1) == 0 && k != FASTSESS_TOMB && fastsess_safe_eq(k, key)) return sl;
+            if (((sl->hash ^ h) & ~(Py_hash_t)1) == 0 && fastsess_safe_eq(k, key)) return sl;
             i = (i + 1) & mask;
         }
     }
@@ -297,11 +295,28 @@ cdef extern from *:
         }
     }
 
-    /* The first empty or removed slot of ``h``'s probe sequence (the key is known to be absent). */
+    /* The first empty slot of ``h``'s probe sequence (the key is known to be absent). */
     static inline fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) {
         size_t i = fastsess_pos(h, shift);
-        while (t[i].key != NULL && t[i].key != FASTSESS_TOMB) i = (i + 1) & mask;
+        while (t[i].key != NULL) i = (i + 1) & mask;
         return t + i;
+    }
+
+    /* Empty slot ``sl``, moving back each later slot of the run that may take its place
+       (one whose home is not between the hole and itself), so every probe still ends
+       at the first empty slot. */
+    static void fastsess_index_delete(fastsess_slot* t, size_t mask, int shift, fastsess_slot* sl) {
+        size_t hole = (size_t)(sl - t), j = hole, home;
+        for (;;) {
+            j = (j + 1) & mask;
+            if (t[j].key == NULL) break;
+            home = fastsess_pos(t[j].hash, shift);
+            if (((j - home) & mask) >= ((j - hole) & mask)) {
+                t[hole] = t[j];
+                hole = j;
+            }
+        }
+        memset(t + hole, 0, sizeof(fastsess_slot));
     }
 
     /* A new table of 2**bits slots holding the live slots of ``old`` (``old_cap`` slots; may be NULL).
@@ -312,7 +327,7 @@ cdef extern from *:
         fastsess_slot* t = (fastsess_slot*)PyMem_Calloc(cap, sizeof(fastsess_slot));
         if (t == NULL) return NULL;
         for (j = 0; j < old_cap; j++) {
-            if (old[j].key != NULL && old[j].key != FASTSESS_TOMB) {
+            if (old[j].key != NULL) {
                 *fastsess_index_free_slot(t, mask, shift, old[j].hash) = old[j];
             }
         }
@@ -324,11 +339,11 @@ cdef extern from *:
         PyObject* key
         PyObject* value
         double expires
-    PyObject* FASTSESS_TOMB
     fastsess_slot* fastsess_index_find(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
     fastsess_slot* fastsess_index_find_same(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
     fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) noexcept
     fastsess_slot* fastsess_index_rebuilt(fastsess_slot* old, size_t old_cap, int bits) noexcept
+    void fastsess_index_delete(fastsess_slot* t, size_t mask, int shift, fastsess_slot* sl) noexcept
 
 cdef extern from *:
     """
@@ -590,7 +605,6 @@ cdef class _Core:
     cdef size_t _index_mask   # slots - 1 (slots: a power of two)
     cdef int _index_bits      # log2(slots)
     cdef Py_ssize_t _index_used
-    cdef Py_ssize_t _index_tombs
     cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
     cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
     cdef object _omax         # maxsize as given
@@ -709,7 +723,7 @@ cdef class _Core:
         self._index = NULL
         self._index_mask = 0
         self._index_bits = 0
-        self._index_used = self._index_tombs = 0
+        self._index_used = 0
 
     @cython.final
     cdef int _index_reserve(self) except -1:
@@ -718,7 +732,7 @@ cdef class _Core:
         cdef fastsess_slot* grown
         if not self._indexed:
             return 0
-        if self._index is not NULL and (self._index_used + self._index_tombs + 1) * 10 <= <Py_ssize_t>(self._index_mask + 1) * 7:
+        if self._index is not NULL and (self._index_used + 1) * 10 <= <Py_ssize_t>(self._index_mask + 1) * 7:
             return 0
         bits = 3  # at least 8 slots; at most 40% full after a rebuild
         while (<Py_ssize_t>1 << bits) * 4 < (self._index_used + 1) * 10:
@@ -732,7 +746,6 @@ cdef class _Core:
         self._index = grown
         self._index_bits = bits
         self._index_mask = (<size_t>1 << bits) - 1
-        self._index_tombs = 0
         return 0
 
     @cython.final
@@ -746,8 +759,6 @@ cdef class _Core:
     cdef void _index_add(self, _Node node) noexcept:
         # the caller reserved the slot
         cdef fastsess_slot* sl = fastsess_index_free_slot(self._index, self._index_mask, 64 - self._index_bits, node.hash)
-        if sl.key == FASTSESS_TOMB:
-            self._index_tombs -= 1
         sl.hash = node.hash & ~(<Py_hash_t>1)  # not visited
         sl.key = <PyObject*>node.key
         sl.value = <PyObject*>node.value
@@ -758,10 +769,8 @@ cdef class _Core:
     cdef void _index_remove(self, _Node node) noexcept:
         cdef fastsess_slot* sl = self._slot_of(node)
         if sl is not NULL:
-            sl.key = FASTSESS_TOMB
-            sl.value = NULL
+            fastsess_index_delete(self._index, self._index_mask, 64 - self._index_bits, sl)
             self._index_used -= 1
-            self._index_tombs += 1
 
     @cython.final
     cdef void _index_sync(self, _Node node) noexcept:

@@ -4,7 +4,7 @@ The compiled LocalCache serves a hit of an exact str/int/bytes key from its own
 open-addressing index (a copy of the value, the expiry and the CLOCK bit per
 slot) instead of the dict.  These tests drive the cases where that index could
 disagree with the dict: equal keys that are different objects, colliding
-hashes, removed slots reused, the index rebuilt as it grows, keys of other
+hashes, slots shifted back after removals, the index rebuilt as it grows, keys of other
 types that compare equal to an int, overwrites that change the value or the
 expiry.  They run on the pure twin too (which has no index): same answers.
 """
@@ -56,7 +56,7 @@ def test_colliding_hashes_removed_slots_and_growth(impl: Any, clock: FakeClock) 
     for k in keys:
         assert cache.get(k) == (None if keys.index(k) % 3 == 0 else k)
     assert cache.get(7 + 99 * P) is None
-    for k in keys[::3]:  # back into removed slots
+    for k in keys[::3]:  # back in, after the removals shifted the others
         cache.set(k, -k)
     assert all(cache.get(k) == (-k if keys.index(k) % 3 == 0 else k) for k in keys)
     for i in range(3_000):  # many rebuilds of the index
