@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,19 @@ from fastsess._core.ops import GET_PTTL
 from fastsess.cluster import INVALIDATED, encode_message
 from fastsess.stores.base import new_session_id
 
-from .conftest import Blocking, ClusteredBackend, Nodes, barrier, hold_after, received, redis_command_calls, sync_store, wait_received, wait_until
+from .conftest import (
+    Blocking,
+    ClusteredBackend,
+    Nodes,
+    barrier,
+    hold_after,
+    make_backend,
+    received,
+    redis_command_calls,
+    sync_store,
+    wait_received,
+    wait_until,
+)
 
 UPDATE = {"update_max_bytes": 4096}
 
@@ -333,3 +346,46 @@ def test_a_copy_read_right_after_the_creation_survives_its_message(nodes: Nodes)
     reads = redis_command_calls(nodes.raw, "pttl")
     assert B.load(s.id)["v"] == 1
     assert redis_command_calls(nodes.raw, "pttl") == reads
+
+
+@pytest.fixture(params=[pytest.param(("clustered", "asyncio"), id="clustered-asyncio")])
+def async_clustered(request: pytest.FixtureRequest) -> Iterator[ClusteredBackend]:
+    """The asyncio clustered store alone: cancellation has no sync counterpart."""
+    backend = make_backend(request, *request.param)
+    assert isinstance(backend, ClusteredBackend)
+    yield backend
+    backend.close()
+
+
+def test_a_cancelled_read_leaves_its_followers_to_read_on_their_own(async_clustered: ClusteredBackend) -> None:
+    clustered = async_clustered
+    store = clustered.make()
+    s = saved(store, {"v": 1})
+    store.evict_from_cache(s.id)
+    target = sync_store(store)
+    release = threading.Event()
+    hold_after(store, GET_PTTL, lambda: release.wait(10))  # the leader's reply is held
+
+    async def scenario() -> tuple[bool, list[Any]]:
+        leader = asyncio.ensure_future(target.load(s.id))
+        while target._flights.get(s.id) is None:
+            await asyncio.sleep(0.001)
+        waiting = [asyncio.ensure_future(target.load(s.id)) for _ in range(2)]
+        while target._flights.get(s.id).followers < 2:
+            await asyncio.sleep(0.001)
+        leader.cancel()
+        try:
+            await leader
+        except asyncio.CancelledError:
+            cancelled = True
+        else:
+            cancelled = False
+        results = await asyncio.gather(*waiting)
+        return cancelled, results
+
+    try:
+        cancelled, results = clustered.loop.run(scenario())
+    finally:
+        release.set()
+    assert cancelled
+    assert [r["v"] for r in results] == [1, 1]  # they read again (the held reply was the leader's only)
