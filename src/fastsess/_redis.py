@@ -20,7 +20,6 @@ from redis.retry import Retry
 
 from ._core.breaker import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from ._core.conflict import OnConflict, check_on_conflict
-from ._core.flights import Flights
 from ._core.keys import KeySpace, is_valid_session_id
 from ._core.ops import Command, Flow, StoreCore
 from ._core.policy import CachePolicy
@@ -423,7 +422,6 @@ class ClusteredStoreBase(RedisStoreBase):
         self._policy = policy
         if policy is not None and self.coordinator is not None:
             self.coordinator.on_update = policy.updated
-        self._flights = Flights()  # cache misses in flight, shared by concurrent loads of one id
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
             self.on_conflict,

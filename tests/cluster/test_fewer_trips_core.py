@@ -213,3 +213,13 @@ def test_a_creation_voids_absent_fills_but_keeps_copies_and_their_fills() -> Non
     assert cache.fill(other, session(1), fill_token, 10.0) is True  # and so do fills in flight
     cache.invalidate(other)
     assert cache.fill(other, session(1), fill_token, 10.0) is False  # an invalidation still voids them
+
+
+def test_a_forked_child_does_not_follow_a_parent_threads_read() -> None:
+    # the fork hook calls after_fork on every coherent cache: the reads in flight go with it
+    cache = CoherentCache(100, 30.0)
+    parent_read, leading = cache.flights.take(SID, cache.fill_token(SID), object)
+    assert leading
+    cache.after_fork()
+    child_read, leading = cache.flights.take(SID, cache.fill_token(SID), object)
+    assert leading and child_read is not parent_read

@@ -77,7 +77,7 @@ def start_loads(backend: ClusteredBackend, store: Any, sid: str, n: int) -> Any:
 
 
 def followers(store: Any, sid: str) -> int:
-    flight = sync_store(store)._flights.get(sid)
+    flight = sync_store(store)._cache.flights.get(sid)
     return 0 if flight is None else flight.followers
 
 
@@ -107,7 +107,7 @@ def test_concurrent_misses_of_one_id_share_one_get(clustered: ClusteredBackend, 
     assert len({id(r) for r in results}) == n  # each caller gets its own copy
     rest[0]["v"] = "changed by one caller"
     assert first["v"] == 1 and rest[1]["v"] == 1 and store.load(s.id)["v"] == 1
-    assert len(sync_store(store)._flights) == 0
+    assert len(sync_store(store)._cache.flights) == 0
 
 
 def test_a_load_after_an_invalidation_does_not_follow_an_older_read(nodes: Nodes) -> None:
@@ -368,10 +368,10 @@ def test_a_cancelled_read_leaves_its_followers_to_read_on_their_own(async_cluste
 
     async def scenario() -> tuple[bool, list[Any]]:
         leader = asyncio.ensure_future(target.load(s.id))
-        while target._flights.get(s.id) is None:
+        while target._cache.flights.get(s.id) is None:
             await asyncio.sleep(0.001)
         waiting = [asyncio.ensure_future(target.load(s.id)) for _ in range(2)]
-        while target._flights.get(s.id).followers < 2:
+        while target._cache.flights.get(s.id).followers < 2:
             await asyncio.sleep(0.001)
         leader.cancel()
         try:

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..cache import CacheStats, LocalCache
 from ..config import DEFAULT_LOCAL_CACHE_MAX_BYTES, DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES
+from .flights import Flights
 from .messages import CLEARED
 
 GENERATION_SLOTS = 4096  # power of two
@@ -82,7 +83,7 @@ class CoherentCache:
 
     __slots__ = (
         "_bytes", "_epoch", "_generations", "_lock", "_max_bytes", "_max_item_bytes", "_max_tracked",
-        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "absent", "cache", "get", "replaced",
+        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "absent", "cache", "flights", "get", "replaced",
     )
 
     def __init__(
@@ -93,6 +94,9 @@ class CoherentCache:
         # Ids Redis did not hold, remembered for absent_ttl seconds (None: not remembered).
         self.absent: LocalCache[str, bool] | None = LocalCache(max_size=absent_max_size, ttl=absent_ttl) if absent_ttl > 0 else None
         self.replaced = 0  # copies replaced by update messages (see replace)
+        # The store's reads in flight (single flight): here so that a forked child, which
+        # gets a fresh cache, does not wait for a parent thread's read.
+        self.flights = Flights()
         self._ttl = ttl
         self.get = self.cache.get  # bound once: the cached-load path is a single C call
         self._lock = threading.Lock()
@@ -313,6 +317,7 @@ class CoherentCache:
         """In a child made by ``os.fork()``: a fresh lock (a parent thread may have held
         this one at the fork) and an empty cache."""
         self._lock = threading.Lock()
+        self.flights = Flights()  # the parent's reads in flight never land here
         self.flush()
 
     def stats(self) -> CacheStats:

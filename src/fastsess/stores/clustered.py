@@ -90,7 +90,7 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
 
     def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
         """One Redis read for the concurrent misses of ``session_id`` (threads wait on an Event)."""
-        flights = self._flights
+        flights = self._cache.flights  # type: ignore[union-attr]
         while True:
             flight, leading = flights.take(session_id, token, threading.Event)
             if leading:

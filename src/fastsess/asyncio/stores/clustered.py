@@ -79,7 +79,7 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
 
     async def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
         """One Redis read for the concurrent misses of ``session_id`` (tasks await a future)."""
-        flights = self._flights
+        flights = self._cache.flights  # type: ignore[union-attr]
         while True:
             flight, leading = flights.take(session_id, token, asyncio.get_running_loop().create_future)
             if leading:
