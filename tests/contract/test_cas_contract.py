@@ -389,3 +389,52 @@ def test_stale_cached_copy_saves_by_rebasing(nodes: Nodes) -> None:
     assert A.save(a) is True
     assert dict(B.load(s.id).data) == {"k": 0, "outside": 1, "a": 1}
     assert dict(A.load(s.id).data) == {"k": 0, "outside": 1, "a": 1}
+
+
+# --- regenerate --------------------------------------------------------------------------
+
+
+def test_regenerate_moves_a_concurrent_save_too(backend: Backend) -> None:
+    """Another request saved the session after this one loaded it: the move carries that
+    save's keys and this request's changes (single Redis: one script; MemoryStore: its lock)."""
+    store = backend.make()
+    a, b = two_requests(store, {"k": 0})
+    b["b"] = 1
+    assert store.save(b) is True
+    old_id = a.id
+    a["a"] = 1  # e.g. set at login, before the new id
+    assert store.regenerate(a) is a and a.id != old_id
+    assert not store.exists(old_id)
+    assert stored(store, a.id) == {"k": 0, "a": 1, "b": 1}
+    assert a.version == b.version + 1 and not a.modified
+
+
+def test_regenerate_raises_on_a_conflicting_key(backend: Backend) -> None:
+    store = backend.make(on_conflict="raise")
+    a, b = two_requests(store, {"k": 0})
+    b["k"] = 1
+    assert store.save(b) is True
+    old_id = a.id
+    a["k"] = 2
+    with pytest.raises(ConcurrentModification):
+        store.regenerate(a)
+    assert a.id == old_id and a["k"] == 2
+    assert stored(store, old_id) == {"k": 1}
+
+
+def test_regenerate_retry_after_unknown_outcome_still_idempotent(plain_redis: RedisBackend) -> None:
+    """The second run of a move whose first run landed finds the new key holding its
+    payload (the old key is gone, so there is nothing to compare): moved, not a conflict."""
+    from fastsess._core.conflict import stamp
+    from fastsess._core.ops import MOVE
+    from fastsess.stores.base import new_session_id
+
+    store = plain_redis.make()
+    s = saved(store, {"k": 0})
+    token = stamp(store.load(s.id)._base)
+    payload = b"any bytes: the script does not decode them"
+    keys = (store.prefix + s.id, store.prefix + new_session_id())
+    client = plain_redis.client
+    assert client.eval(MOVE.text, 2, *keys, payload, 60, *token) == 1
+    assert client.eval(MOVE.text, 2, *keys, payload, 60, *token) == 2
+    assert client.get(keys[1]) == payload and not client.exists(keys[0])

@@ -327,3 +327,38 @@ def test_missing_is_a_named_singleton() -> None:
     assert repr(MISSING) == "MISSING"
     assert copy.deepcopy(MISSING) is MISSING
     assert pickle.loads(pickle.dumps(MISSING)) is MISSING
+
+
+# --- the compare-and-set token: first bytes identify a write ---------------------------------
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_first_bytes_hold_the_version(codec: str) -> None:
+    """Where ``_core.conflict.stamp`` compares only the length and first PREFIX_BYTES bytes,
+    those bytes must differ between two writes of a key: they hold the version, even with
+    the widest times, TTL and version fastsess writes."""
+    from fastsess._core.conflict import PREFIX_BYTES, stamp
+    from fastsess.serializers import resolve_serializer
+    from fastsess.session import MAX_TTL
+
+    serializer = resolve_serializer(codec)
+    for created, refreshed in ((1764466800.1234567, 1764466801.7654321), (1.2345678901234567e300, -2.5e-300), (0, 1)):
+        tokens = set()
+        for version in (2**63 - 2, 2**63 - 1, 7, 8):
+            s = Session(new_session_id(), {"blob": "x" * 500}, ttl=MAX_TTL, created_at=created, version=version)
+            s.refreshed_at = refreshed
+            token = stamp(serializer.encode(s))
+            assert token is not None and token[0] == "p" and len(token[1]) == PREFIX_BYTES
+            tokens.add(token[1])
+        assert len(tokens) == 4
+
+
+def test_compressed_and_foreign_values_are_hashed() -> None:
+    from fastsess import MsgpackSerializer
+    from fastsess._core.conflict import stamp
+
+    s = Session(new_session_id(), {"blob": "x" * 500}, ttl=60)
+    compressed = MsgpackSerializer(compress_threshold=0).encode(s)
+    assert stamp(compressed)[0] == "h"
+    assert stamp(b"not a session")[0] == "h"
+    assert stamp(None) is None

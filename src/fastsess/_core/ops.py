@@ -94,16 +94,36 @@ def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Co
     return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
 
 
-# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl[, channel, message (deleted old id)].
-# SET new NX, and only if that succeeded DEL old (and PUBLISH, when a channel is given):
-# a collision never loses the old session.  Idempotent: if the new key already holds
-# exactly this payload, this very move already ran (a retry after an unknown outcome, or
-# the first attempt landing late): 2, no effect.
+# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, kind, token, length (as SAVE's
+# ARGV[3..5]; kind '' = no check)[, channel, message (deleted old id)].
+#   compare: if the old key still exists but no longer holds what this session was loaded
+#     from (another request saved it meanwhile), return what it holds: the caller
+#     re-applies its changes and moves again.  A missing old key is no conflict.
+#   move:    SET new NX, and only if that succeeded DEL old (and publish, when a channel
+#     is given): a collision never loses the old session.
+# Idempotent: if the new key already holds exactly this payload, this very move already
+# ran (a retry after an unknown outcome, or the first attempt landing late): 2, no effect.
+# Returns 1 (moved), 2 (had moved), 0 (the new id is taken) or the old key's bytes.
 MOVE = publish_script("""
+if ARGV[3] ~= '' then
+  local n = redis.call('STRLEN', KEYS[1])
+  if n > 0 then
+    if ARGV[3] == 'p' then
+      if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
+        return redis.call('GET', KEYS[1])
+      end
+    else
+      local cur = redis.call('GET', KEYS[1])
+      if redis.sha1hex(cur) ~= ARGV[4] then
+        return cur
+      end
+    end
+  end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
-  if ARGV[3] then
-    publish(ARGV[3], ARGV[4])
+  if ARGV[6] then
+    publish(ARGV[6], ARGV[7])
   end
   return 1
 end
@@ -220,8 +240,9 @@ NEVER_SENT = (CircuitOpen, PoolExhausted)
 
 
 def check_reply(reply: Any) -> Any:
-    """``SAVE``'s reply: True (written), False (no such key) or the stored bytes (conflict)."""
-    if reply == 1:
+    """``SAVE``'s or ``MOVE``'s reply: True (written, or moved before), False (no such key,
+    or the new id taken) or the stored bytes (conflict)."""
+    if reply == 1 or reply == 2:
         return True
     if isinstance(reply, (bytes, bytearray)):
         return bytes(reply)
@@ -443,9 +464,11 @@ class StoreCore:
             policy.written(session, written is True, token, started, len(payload))  # type: ignore[arg-type]
         return written
 
-    def _move(self, old_id: str, session: Session, payload: bytes) -> Flow:
+    def _move(self, old_id: str, session: Session, payload: bytes, base: Any = None) -> Flow:
         """Write ``session`` under its new id (NX) and delete ``old_id``; idempotent: a new
-        key that already holds this payload counts as moved."""
+        key that already holds this payload counts as moved.  True, False (the new id is
+        taken) or, on a single Redis with ``base`` (``stamp`` of what the session was loaded
+        from), the old key's bytes if another request saved it meanwhile."""
         old_key, new_key = self.keys.key(old_id), self.keys.key(session.id)
         messages, policy = self.messages, self.policy
         message = None if messages is None else messages.message(DELETED, old_id)
@@ -457,7 +480,8 @@ class StoreCore:
         try:
             if not self.is_cluster:  # one script: atomic
                 publish = () if message is None else (messages.channel_for(old_key), message)  # type: ignore[union-attr]
-                moved = bool((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *publish)))
+                check = base or ("", "", "")
+                moved = check_reply((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *check, *publish)))
             else:
                 # Redis Cluster: the two keys live in different slots, so no script can span
                 # them.  Write the new key first: if the DEL then fails, the old id still dies
@@ -476,9 +500,10 @@ class StoreCore:
             raise
         if policy is not None:
             policy.invalidate(old_id)
-        if moved:
-            session._base = payload
-        if moved and messages is not None:
+        if moved is not True:
+            return moved
+        session._base = payload
+        if messages is not None:
             messages.note_published()
             if policy is not None:
                 policy.written(session, True, token, started, len(payload))  # type: ignore[arg-type]
@@ -496,7 +521,9 @@ class StoreCore:
         if was_saved:
             check_session_id(session)
         t = self.clock()
-        for _ in range(MAX_ID_ATTEMPTS):
+        base = stamp(session._base) if was_saved else None
+        id_attempts = conflicts = 0
+        while id_attempts < MAX_ID_ATTEMPTS:
             session.id = new_session_id()
             if not was_saved:
                 return session
@@ -507,32 +534,42 @@ class StoreCore:
                     yield from self.principals.before_write(session, t)
                 payload = self.serializer.encode(session)
                 try:
-                    moved = yield from self._move(old_id, session, payload)
+                    moved = yield from self._move(old_id, session, payload, base)
                 except PoolExhausted:
                     raise  # never sent: the outcome is known, and a second wait would double it
                 except (FastsessError, CancelledError) as exc:
                     if isinstance(exc, CancelledError):
                         cancelled = exc
-                    moved = yield from self._move(old_id, session, payload)  # settle the unknown outcome
+                    moved = yield from self._move(old_id, session, payload, base)  # settle the unknown outcome
             except BaseException:
                 roll_back(session, old)
                 session.id = old_id
                 if cancelled is not None:
                     raise cancelled from None
                 raise
-            if cancelled is not None:
-                if moved:
-                    mark_saved(session, t)
-                else:
-                    roll_back(session, old)
-                    session.id = old_id
-                raise cancelled
-            if moved:
+            if moved is True:
                 mark_saved(session, t)
+                if cancelled is not None:
+                    raise cancelled
                 if self.principals is not None:  # a delete_all may have run since before_write
                     yield from self.principals.after_new_key(session)
                 return session
             roll_back(session, old)
+            session.id = old_id
+            if cancelled is not None:
+                raise cancelled
+            if moved is False:
+                id_attempts += 1
+                continue
+            # Another request saved the session since it was loaded: re-apply this
+            # request's changes on what it holds, and move that.
+            conflicts += 1
+            if conflicts > MAX_CONFLICT_RETRIES:
+                raise too_many_conflicts()
+            theirs = self.serializer.decode(old_id, moved)
+            theirs._base = moved
+            rebase(session, theirs, self.on_conflict)
+            base = stamp(session._base)
         session.id = old_id
         raise StoreUnavailable("could not allocate an unused session id")
 

@@ -158,27 +158,40 @@ class MemoryStore(SessionStore):
         return is_valid_session_id(session_id) and session_id in self._sessions
 
     def regenerate(self, session: Session) -> Session:
-        """Give ``session`` a new id, store it there and drop the old id.
+        """Give ``session`` a new id, store it there and drop the old id.  If another request
+        saved the session since this one was loaded, this request's changes are re-applied
+        on the stored session first (``on_conflict`` decides keys changed on both sides).
 
         Raises:
+            ConcurrentModification: ``on_conflict="raise"`` and a key changed on both sides.
             TypeError, SessionTooLarge: as ``save`` (id and state unchanged).
             InvalidSessionId: a saved session whose ``id`` is not a fastsess id.
         """
         old_id, was_saved = session.id, not session.new
         if was_saved:
             check_session_id(session)
-        state = (session.new, session._modified, session._untracked, session._changes)
+        state = (
+            session.new, session._modified, session._untracked, session._changes, session._data, session.version,
+            session.created_at, session.refreshed_at, session._base,
+        )
         session.id = new_session_id()
         if not was_saved:
             return session
-        session.new = session._modified = True  # written like a first save: NX under the new id
         try:
             with self._write_lock:
+                stored = self._sessions.get(old_id)
+                if stored is not None and session._base is not None and stored.version != session.version:
+                    # saved by another request since loaded: move what it holds plus this request's changes
+                    rebase(session, stored.copy(), self.on_conflict)
+                session.new = session._modified = True  # written like a first save: NX under the new id
                 self._save_locked(session, self.clock())
                 self._sessions.delete(old_id)
         except BaseException:
             session.id = old_id
-            session.new, session._modified, session._untracked, session._changes = state
+            (
+                session.new, session._modified, session._untracked, session._changes, session._data, session.version,
+                session.created_at, session.refreshed_at, session._base,
+            ) = state
             raise
         return session
 
