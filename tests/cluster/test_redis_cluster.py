@@ -95,6 +95,20 @@ def test_store_api_across_slots(stores: Any) -> None:
     assert A.count() == 0 and list(A.iter_ids()) == []
 
 
+def test_regenerate_never_recreates_a_session_deleted_meanwhile(stores: Any) -> None:
+    """On a cluster the new key is written before the old one is deleted (two slots): when
+    the old key turns out to be gone already, the new one is deleted again (cas13)."""
+    A, B, raw = stores
+    s = A.create({"user": 1})
+    assert A.save(s) is True
+    late = B.load(s.id)
+    assert A.delete(s.id) is True
+    late["x"] = 1
+    assert B.regenerate(late) is late
+    assert late.id == s.id and B.save(late) is False
+    assert A.count() == 0 and list(B.iter_ids()) == []
+
+
 def test_invalidations_cross_every_master(stores: Any) -> None:
     A, B, raw = stores
     sessions = sessions_on_every_master(A, raw)

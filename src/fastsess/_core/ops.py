@@ -96,28 +96,32 @@ def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Co
 
 # KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, kind, token, length (as SAVE's
 # ARGV[3..5]; kind '' = no check)[, channel, message (deleted old id)].
-#   compare: if the old key still exists but no longer holds what this session was loaded
-#     from (another request saved it meanwhile), return what it holds: the caller
-#     re-applies its changes and moves again.  A missing old key is no conflict.
+#   done:    if the new key already holds exactly this payload, this very move already
+#     ran (a retry after an unknown outcome, or the first attempt landing late): 2.
+#   gone:    the old key no longer exists (deleted, logged out, expired): -1, nothing
+#     written -- a session is never re-created under a new id.
+#   compare: the old key no longer holds what this session was loaded from (another
+#     request saved it meanwhile): its bytes, for the caller to re-apply its changes on.
 #   move:    SET new NX, and only if that succeeded DEL old (and publish, when a channel
-#     is given): a collision never loses the old session.
-# Idempotent: if the new key already holds exactly this payload, this very move already
-# ran (a retry after an unknown outcome, or the first attempt landing late): 2, no effect.
-# Returns 1 (moved), 2 (had moved), 0 (the new id is taken) or the old key's bytes.
+#     is given): a collision never loses the old session.  1, or 0 if the new id is taken.
+# Values are read with GETRANGE 0 -1 (not GET): INFO commandstats then counts only the
+# loads' GETs as reads.
 MOVE = publish_script("""
-if ARGV[3] ~= '' then
-  local n = redis.call('STRLEN', KEYS[1])
-  if n > 0 then
-    if ARGV[3] == 'p' then
-      if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
-        return redis.call('GET', KEYS[1])
-      end
-    else
-      local cur = redis.call('GET', KEYS[1])
-      if redis.sha1hex(cur) ~= ARGV[4] then
-        return cur
-      end
-    end
+if redis.pcall('GETRANGE', KEYS[2], 0, -1) == ARGV[1] then
+  return 2
+end
+local n = redis.call('STRLEN', KEYS[1])
+if n == 0 then
+  return -1
+end
+if ARGV[3] == 'p' then
+  if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
+    return redis.call('GETRANGE', KEYS[1], 0, -1)
+  end
+elseif ARGV[3] == 'h' then
+  local cur = redis.call('GETRANGE', KEYS[1], 0, -1)
+  if redis.sha1hex(cur) ~= ARGV[4] then
+    return cur
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
@@ -126,9 +130,6 @@ if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
     publish(ARGV[6], ARGV[7])
   end
   return 1
-end
-if redis.pcall('GET', KEYS[2]) == ARGV[1] then
-  return 2
 end
 return 0
 """)
@@ -142,7 +143,8 @@ return 0
 #   write:   SET with the new TTL.
 #   publish: only with a channel (a clustered store): the invalidation, in the same step.
 # KEYS[1]=key  ARGV: payload, ttl, kind ("p" or "h"), prefix or digest, length or "",
-# [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict).
+# [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict),
+# read with GETRANGE 0 -1 (not GET: INFO commandstats then counts only the loads' GETs).
 SAVE = publish_script("""
 local n = redis.call('STRLEN', KEYS[1])
 if n == 0 then
@@ -150,10 +152,10 @@ if n == 0 then
 end
 if ARGV[3] == 'p' then
   if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
-    return redis.call('GET', KEYS[1])
+    return redis.call('GETRANGE', KEYS[1], 0, -1)
   end
 else
-  local cur = redis.call('GET', KEYS[1])
+  local cur = redis.call('GETRANGE', KEYS[1], 0, -1)
   if redis.sha1hex(cur) ~= ARGV[4] then
     return cur
   end
@@ -231,6 +233,9 @@ class Indexing(Protocol):
 
 
 Flow = Generator[Command, Any, Any]
+
+# ``_move``'s answer when the old key no longer exists (nothing written).
+GONE = "gone"
 
 # Errors raised before a command left this process (the circuit breaker refused it, or no
 # pooled connection was free): the outcome is known, nothing changed.  A save or touch
@@ -467,8 +472,9 @@ class StoreCore:
     def _move(self, old_id: str, session: Session, payload: bytes, base: Any = None) -> Flow:
         """Write ``session`` under its new id (NX) and delete ``old_id``; idempotent: a new
         key that already holds this payload counts as moved.  True, False (the new id is
-        taken) or, on a single Redis with ``base`` (``stamp`` of what the session was loaded
-        from), the old key's bytes if another request saved it meanwhile."""
+        taken), GONE (the old key no longer exists: nothing written) or, on a single Redis
+        with ``base`` (``stamp`` of what the session was loaded from), the old key's bytes
+        if another request saved it meanwhile."""
         old_key, new_key = self.keys.key(old_id), self.keys.key(session.id)
         messages, policy = self.messages, self.policy
         message = None if messages is None else messages.message(DELETED, old_id)
@@ -481,19 +487,25 @@ class StoreCore:
             if not self.is_cluster:  # one script: atomic
                 publish = () if message is None else (messages.channel_for(old_key), message)  # type: ignore[union-attr]
                 check = base or ("", "", "")
-                moved = check_reply((yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *check, *publish)))
+                reply = yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *check, *publish)
+                moved = GONE if reply == -1 else check_reply(reply)
             else:
                 # Redis Cluster: the two keys live in different slots, so no script can span
                 # them.  Write the new key first: if the DEL then fails, the old id still dies
                 # with its TTL and the caller sees StoreUnavailable.
-                moved = bool((yield ("regenerate", None, ("SET", new_key, payload, "EX", session.ttl, "NX"))))
+                created = moved = bool((yield ("regenerate", None, ("SET", new_key, payload, "EX", session.ttl, "NX"))))
                 if not moved:
-                    moved = (yield ("regenerate", None, ("GET", new_key))) == payload
+                    moved = (yield ("regenerate", None, ("GET", new_key))) == payload  # this move, run before
                 if moved:
                     if message is None:
-                        yield ("regenerate", None, ("DEL", old_key))
+                        existed = yield ("regenerate", None, ("DEL", old_key))
                     else:
-                        yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel_for(old_key), message)  # type: ignore[union-attr]
+                        existed = yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel_for(old_key), message)  # type: ignore[union-attr]
+                    if created and existed == 0:
+                        # the old key was gone (deleted, logged out, expired): never re-create
+                        # the session under a new id -- take back what was just written
+                        yield ("regenerate", None, ("DEL", new_key))
+                        moved = GONE
         except BaseException:
             if policy is not None:
                 policy.uncertain(old_id, session.id)
@@ -516,6 +528,11 @@ class StoreCore:
         cancellation after it was sent) runs once more: the move is idempotent, so the
         second run moves the session or finds it moved, and ``session.id`` ends up naming
         the key that holds the data.  A cancellation is re-raised after that.
+
+        A session whose key no longer exists (deleted, logged out, expired meanwhile) is
+        not re-created: nothing is written and ``session`` keeps its id and state (its
+        next save returns False).  On a single Redis, a save by another request since
+        ``session`` was loaded is re-applied first, as ``save`` does.
         """
         old_id, was_saved = session.id, not session.new
         if was_saved:
@@ -558,6 +575,8 @@ class StoreCore:
             session.id = old_id
             if cancelled is not None:
                 raise cancelled
+            if moved is GONE:
+                return session  # deleted meanwhile: never re-created, left as it was
             if moved is False:
                 id_attempts += 1
                 continue

@@ -161,6 +161,8 @@ class MemoryStore(SessionStore):
         """Give ``session`` a new id, store it there and drop the old id.  If another request
         saved the session since this one was loaded, this request's changes are re-applied
         on the stored session first (``on_conflict`` decides keys changed on both sides).
+        A session deleted or expired meanwhile is not re-created: ``session`` is left as it
+        was, old id included (its next save returns False).
 
         Raises:
             ConcurrentModification: ``on_conflict="raise"`` and a key changed on both sides.
@@ -180,7 +182,10 @@ class MemoryStore(SessionStore):
         try:
             with self._write_lock:
                 stored = self._sessions.get(old_id)
-                if stored is not None and session._base is not None and stored.version != session.version:
+                if stored is None:  # deleted or expired meanwhile: never re-created under a new id
+                    session.id = old_id
+                    return session
+                if session._base is not None and stored.version != session.version:
                     # saved by another request since loaded: move what it holds plus this request's changes
                     rebase(session, stored.copy(), self.on_conflict)
                 session.new = session._modified = True  # written like a first save: NX under the new id
