@@ -7,7 +7,7 @@ Starts its own private ``redis-server`` on a free loopback port.  Each round mea
 tracking off and on (alternating which goes first), on fresh prefixes, two kinds of write:
 
 * ``update``: a modified, already saved session (SET XX + PUBLISH script);
-* ``create``: brand-new sessions (SET NX, no message without tracking);
+* ``create``: brand-new sessions (SET NX + PUBLISH of the creation message);
 
 first with node A alone in the process (its own listener only, as in a deployment with
 one node per process): A's writes per second and the process CPU time per write; then

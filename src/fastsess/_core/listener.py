@@ -399,8 +399,8 @@ class CoordinatorBase:
             self.shards, self._pending_shards = pending, None
 
     def expect_write(self, session_id: str) -> None:
-        """About to create ``session_id`` (a first save, which publishes nothing): with
-        tracking, its notification is this node's own write, not a change to evict."""
+        """About to create ``session_id`` (the new id of a regenerate, which publishes
+        nothing of its own): with tracking, its notification is this node's own write."""
         if self.tracking is not None:
             self.tracking.expect(session_id)
 

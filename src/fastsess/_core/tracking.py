@@ -14,8 +14,9 @@ notification does not say who wrote, but its order does: a write script publishe
 of an event-loop iteration only when the iteration ends, on the same connection (the
 shard's, on Redis Cluster).  So an own echo seen on a connection marks the id, and the
 next notification from that connection spares the marked ids and clears the marks.  A
-first save (``SET NX`` of a brand-new id) publishes nothing: its id is marked by the
-writer before the command is sent (``expect``), until a notification names it.
+first save publishes its creation message, which marks its id the same way; the new id
+of a regenerate (``SET NX``, whose message names the old id) is marked by the writer
+before the command is sent (``expect``), until a notification names it.
 
 What cannot be told apart: another client changing the same key in the same server
 event-loop iteration, right after this node's own write of it (the server names the
@@ -62,8 +63,8 @@ class TrackedChanges:
             marks.add(session_id)
 
     def expect(self, session_id: str) -> None:
-        """This node is about to create ``session_id`` (a first save): its notification is
-        this node's own write."""
+        """This node is about to create ``session_id`` (the new id of a regenerate): its
+        notification is this node's own write."""
         now = time.monotonic()
         fresh = self._fresh
         with self._lock:
