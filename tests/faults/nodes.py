@@ -7,7 +7,7 @@
   exception's type name.
 
 Every node answers ``create``, ``write``, ``read``, ``delete``, ``bind``, ``delete_all``,
-``state``, ``timed_reads`` and ``wait_subscribed``; ``caught(fn)`` gives the type name of what a call raised, for
+``state``, ``holds``, ``timed_reads`` and ``wait_subscribed``; ``caught(fn)`` gives the type name of what a call raised, for
 both kinds alike.  Everything the suite reads of a store's internals is in ``state()``.
 """
 
@@ -145,6 +145,11 @@ class LocalNode:
             "breaker": self.store.breaker.stats._asdict(),
         }
 
+    def holds(self, sids: list[str]) -> list[bool]:
+        """For each id: does this node's local cache hold a copy (no read, no counters)?"""
+        cache = self.store._cache
+        return [cache is not None and sid in cache.cache for sid in sids]
+
     def timed_reads(self, sids: list[str]) -> list[tuple[str | None, float]]:
         """``read`` each id in turn, in this process (so a child's figures carry no pipe
         round trip): per read, the exception type name (None: it returned) and its seconds."""
@@ -259,6 +264,9 @@ class ProcessNode:
 
     def timed_reads(self, sids: list[str]) -> list[tuple[str | None, float]]:
         return [(error, seconds) for error, seconds in self._send("timed_reads", sids=sids)]
+
+    def holds(self, sids: list[str]) -> list[bool]:
+        return [bool(held) for held in self._send("holds", sids=sids)]
 
     def close(self) -> None:
         try:
