@@ -159,21 +159,29 @@ def bench(
 @click.option("--sessions", type=click.IntRange(min=10, max=1_000_000), default=2_000, show_default=True, help="Sessions in the workload.")
 @click.option("--url", envvar="REDIS_URL", help="Redis to use (default: $REDIS_URL, else a private server).")
 @click.option("--no-invalidation", is_flag=True, help="Give each node its own channel, to see the stale reads fastsess prevents.")
-def demo(nodes: int, duration: float, sessions: int, url: str | None, no_invalidation: bool) -> None:
+@click.option("--drop-every", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Seconds between two nodes (in turn) breaking their listener's connection, to show the missed "
+                   "invalidations replayed (0: never).")
+def demo(nodes: int, duration: float, sessions: int, url: str | None, no_invalidation: bool, drop_every: float) -> None:
     """Run N node processes sharing one Redis under a read-heavy workload with writes
-    and deletes, with a live table per node (hit rate, invalidations, stale reads).
+    and deletes, with a live table per node (hit rate, invalidations, stale reads,
+    sequence gaps repaired by replay, lease state).
     Exit status 1 if any stale read was observed (expected with --no-invalidation)."""
     from .benchmarks.report import redis_for_bench
     from .demo import run_demo
 
     with redis_for_bench(url) as target:
         click.echo(f"Redis {target['version']}: {target['source']}")
-        result = run_demo(target["url"], nodes=nodes, duration=duration, sessions=sessions, out=click.echo, invalidation=not no_invalidation)
+        result = run_demo(
+            target["url"], nodes=nodes, duration=duration, sessions=sessions, out=click.echo, invalidation=not no_invalidation,
+            drop_every=drop_every,
+        )
     stale = sum(row["stale_reads"] for row in result["nodes"])
     errors = sum(row["errors"] for row in result["nodes"])
     click.echo(
         f"\n{result['reads']:,} reads, {result['writes']:,} writes, {result['deletes']:,} deletes, "
-        f"{errors:,} Redis errors; stale reads observed: {stale}"
+        f"{errors:,} Redis errors; listeners resynchronised by replay {result['replays']:,} times "
+        f"({result['replayed_ids']:,} ids evicted), full flushes {result['full_flushes']:,}; stale reads observed: {stale}"
     )
     if stale:
         sys.exit(EXIT_ERROR)

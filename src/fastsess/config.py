@@ -18,6 +18,8 @@ variable                            field                           example
 ``FASTSESS_SHARDED_PUBSUB``         ``sharded_pubsub``              ``true``
 ``FASTSESS_NEGATIVE_CACHE_TTL``     ``negative_cache_ttl``          ``2``
 ``FASTSESS_UPDATE_MAX_BYTES``       ``update_max_bytes``            ``4096``
+``FASTSESS_LEASE``                  ``lease``                       ``1.0``
+``FASTSESS_REPLAY_LOG_SIZE``        ``replay_log_size``             ``10000``
 =================================== =============================== ==================
 
 and ``FASTSESS_LOCAL_CACHE_MAX_BYTES`` / ``FASTSESS_LOCAL_CACHE_MAX_ITEM_BYTES``
@@ -102,6 +104,13 @@ class ClusterConfig:
             Above 0: a save whose stored value is at most this many bytes sends the value
             itself, and nodes that cache the session replace their copy with it (only by
             a newer version) instead of evicting it.  At most ``MAX_UPDATE_BYTES``.
+        lease: the staleness bound, in seconds: the local cache is served only while the
+            listener has proof, younger than this, that every invalidation published
+            before it was applied (a PONG on the subscribed connection, or a replay);
+            otherwise reads go to Redis until proven again.
+        replay_log_size: invalidations kept in Redis (a capped stream per channel, trimmed
+            approximately) for a listener that missed some to replay; missing more than
+            this flushes its cache.  Not used on Redis Cluster.
 
     Raises:
         ConfigError: a field out of range or of the wrong type.
@@ -123,6 +132,8 @@ class ClusterConfig:
     negative_cache_ttl: float = 2.0
     negative_cache_max_size: int = 10_000
     update_max_bytes: int = 0
+    lease: float = 1.0
+    replay_log_size: int = 10_000
 
     def __post_init__(self) -> None:
         for name in _BOOLS:
@@ -144,7 +155,9 @@ class ClusterConfig:
             raise ConfigError(f"channel must not start with '{{' (reserved for shard channels), not {self.channel!r}")
         _positive("local_cache_ttl", self.local_cache_ttl)
         _positive("subscribe_timeout", self.subscribe_timeout)
-        for name in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes", "negative_cache_max_size"):
+        _positive("lease", self.lease)
+        for name in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes", "negative_cache_max_size",
+                     "replay_log_size"):
             size = getattr(self, name)
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ConfigError(f"{name} must be a positive int, not {size!r}")
@@ -232,9 +245,10 @@ def _parse(variable: str, field: str, raw: str) -> Any:
             if lowered in _FALSE:
                 return False
             raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-        if field in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes", "negative_cache_max_size", "update_max_bytes"):
+        if field in ("local_cache_max_size", "local_cache_max_bytes", "local_cache_max_item_bytes", "negative_cache_max_size",
+                     "update_max_bytes", "replay_log_size"):
             return int(raw.replace("_", ""))
-        if field in ("local_cache_ttl", "subscribe_timeout", "negative_cache_ttl"):
+        if field in ("local_cache_ttl", "subscribe_timeout", "negative_cache_ttl", "lease"):
             return float(raw)
         if field == "reconnect_backoff":
             first, _, last = raw.partition(",")

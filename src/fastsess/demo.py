@@ -15,6 +15,15 @@ session) although the newer commit happened more than ``GRACE`` seconds
 before the read started.  Within the grace window an old copy is allowed: it
 is the pub/sub delivery time, which the README allows for (p99 is a few ms).
 The demo passes when every node reports zero stale reads.
+
+**Gaps repaired, lease state.**  Every ``drop_every`` seconds one node (in turn) breaks
+its own listener's connection, as a network failure would
+(``coordinator.drop_connection()``): writes go on meanwhile, so its listener misses
+some invalidations.  On resubscribing it replays the missed sequence numbers from the
+server's log and evicts only those ids (the ``replays``/``ids`` columns); a full flush
+(``flushes``) happens only when the log cannot tell.  ``lease`` is the time left on the
+node's proof that every invalidation arrived (``off``: the cache is bypassed).  The
+stale-read check above runs throughout: a replay that missed something would show.
 """
 
 from __future__ import annotations
@@ -37,14 +46,19 @@ ID_LENGTH = 43
 READ, WRITE, DELETE = 0, 1, 2
 
 
-def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: dict[str, Any], duration: float, conn: Any) -> None:
-    """One node process: serve requests, report counters every ``REPORT_EVERY`` seconds."""
+def _node(
+    index: int, nodes: int, url: str, channel: str, prefix: str, shared: dict[str, Any], duration: float, conn: Any,
+    drop_every: float = 0.0,
+) -> None:
+    """One node process: serve requests, report counters every ``REPORT_EVERY`` seconds,
+    and break its own listener's connection at its turn (every ``drop_every * nodes``
+    seconds, staggered by node; 0: never)."""
     ids, committed, committed_at = shared["ids"], shared["committed"], shared["committed_at"]
     sessions = len(committed)
     rng = random.Random(index)
     sequence = zipf_sequence(sessions, 50_000, rng)
     config = ClusterConfig(node_id=f"demo-node-{index}-{uuid.uuid4().hex[:6]}", channel=channel)
-    counts = {"reads": 0, "writes": 0, "deletes": 0, "stale_reads": 0, "worst_stale_ms": 0, "errors": 0}
+    counts = {"reads": 0, "writes": 0, "deletes": 0, "stale_reads": 0, "worst_stale_ms": 0, "errors": 0, "drops": 0}
 
     def session_id(i: int) -> str:
         return bytes(ids[i * ID_LENGTH : (i + 1) * ID_LENGTH]).decode("ascii", "replace")
@@ -70,8 +84,10 @@ def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: d
                 commit(i, created.version, created.id)
         conn.send(("ready", coordinator.wait_subscribed(5.0)))
         conn.recv()  # "go": every node starts together
-        deadline = time.monotonic() + duration
-        next_report = time.monotonic() + REPORT_EVERY
+        start = time.monotonic()
+        deadline = start + duration
+        next_report = start + REPORT_EVERY
+        next_drop = start + drop_every * (index + 1) if drop_every > 0 else float("inf")
         step = 0
         while time.monotonic() < deadline:
             i = sequence[step % len(sequence)]
@@ -108,6 +124,10 @@ def _node(index: int, nodes: int, url: str, channel: str, prefix: str, shared: d
                     counts["deletes"] += 1
             except Exception:  # noqa: BLE001 - Redis hiccup: count it, keep serving
                 counts["errors"] += 1
+            if started >= next_drop:
+                next_drop += drop_every * nodes
+                if coordinator.drop_connection():
+                    counts["drops"] += 1
             if started >= next_report:
                 next_report = started + REPORT_EVERY
                 conn.send(("stats", _row(index, store, counts)))
@@ -132,29 +152,50 @@ def _is_stale(session: Any, want: int, age: float) -> bool:
 
 def _row(index: int, store: ClusteredRedisStore, counts: dict[str, int]) -> dict[str, Any]:
     cache = store.cache_stats()
-    received = store.coordinator.stats.received if store.coordinator is not None else 0
-    return {"node": index, "hits": cache.hits, "misses": cache.misses, "hit_rate": cache.hit_rate, "invalidations": received, **counts}
+    coordinator = store.coordinator
+    assert coordinator is not None
+    stats = coordinator.stats
+    return {
+        "node": index, "hits": cache.hits, "misses": cache.misses, "hit_rate": cache.hit_rate, "invalidations": stats.received,
+        "sequence": stats.sequence, "gaps": stats.gaps, "replays": stats.replays, "replayed_ids": stats.replayed_ids,
+        "full_flushes": stats.full_flushes, "lease_left": stats.lease_left if stats.subscribed else 0.0,
+        "lease_lapses": stats.lease_lapses, **counts,
+    }
 
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The live table: one line per node."""
-    lines = [f"{'node':>4} {'reads':>9} {'hits':>9} {'misses':>8} {'hit rate':>9} {'writes':>7} {'deletes':>8} {'invalidations':>14} {'stale':>6}"]
+    """The live table: one line per node.
+
+    ``drops``: connections the node broke on purpose; ``replays``/``ids``: resubscriptions
+    and live gaps repaired by replaying the log, and the ids those replays evicted;
+    ``flushes``: full flushes (the log could not tell); ``lease``: ms left on the proof
+    that every invalidation arrived (``off``: bypassing the cache), then lapses so far.
+    """
+    lines = [
+        f"{'node':>4} {'reads':>9} {'hits':>9} {'misses':>8} {'hit rate':>9} {'writes':>7} {'deletes':>8} {'invalidations':>14} "
+        f"{'stale':>6} {'seq':>7} {'drops':>6} {'replays':>8} {'ids':>6} {'flushes':>8} {'lease':>11}"
+    ]
     for r in rows:
+        lease = f"{r['lease_left'] * 1000:.0f}ms" if r["lease_left"] > 0 else "off"
         lines.append(
             f"{r['node']:>4} {r['reads']:>9,} {r['hits']:>9,} {r['misses']:>8,} {r['hit_rate']:>9.1%} "
-            f"{r['writes']:>7,} {r['deletes']:>8,} {r['invalidations']:>14,} {r['stale_reads']:>6}"
+            f"{r['writes']:>7,} {r['deletes']:>8,} {r['invalidations']:>14,} {r['stale_reads']:>6} "
+            f"{r['sequence']:>7} {r['drops']:>6} {r['replays']:>8} {r['replayed_ids']:>6} {r['full_flushes']:>8} "
+            f"{lease + '/' + str(r['lease_lapses']):>11}"
         )
     return lines
 
 
 def run_demo(
     url: str, nodes: int = 3, duration: float = 10.0, sessions: int = 2_000, out: Callable[[str], None] = print,
-    invalidation: bool = True,
+    invalidation: bool = True, drop_every: float = 1.0,
 ) -> dict[str, Any]:
     """Start ``nodes`` processes against ``url`` for ``duration`` seconds; returns the final counters.
 
     ``invalidation=False`` puts every node on a channel of its own, so no node
     hears the others: the stale reads that fastsess exists to prevent show up.
+    ``drop_every``: seconds between two nodes breaking their listener's connection (in
+    turn; 0: never), to show the missed invalidations replayed.
 
     Raises:
         RuntimeError: a node process failed to start or died.
@@ -172,7 +213,7 @@ def run_demo(
         for index in range(nodes):
             parent, child = ctx.Pipe()
             node_channel = channel if invalidation else f"{channel}:{index}"
-            proc = ctx.Process(target=_node, args=(index, nodes, url, node_channel, prefix, shared, duration, child), daemon=True)
+            proc = ctx.Process(target=_node, args=(index, nodes, url, node_channel, prefix, shared, duration, child, drop_every), daemon=True)
             proc.start()
             pipes.append(parent)
             procs.append(proc)
@@ -218,6 +259,9 @@ def run_demo(
     final = [rows[k] for k in sorted(rows)]
     return {
         "nodes": final,
+        "replays": sum(r["replays"] for r in final),
+        "replayed_ids": sum(r["replayed_ids"] for r in final),
+        "full_flushes": sum(r["full_flushes"] for r in final),
         "reads": sum(r["reads"] for r in final),
         "writes": sum(r["writes"] for r in final),
         "deletes": sum(r["deletes"] for r in final),

@@ -177,7 +177,7 @@ def test_demo_three_nodes_no_stale_reads(runner: CliRunner, redis_url: str) -> N
     result = runner.invoke(main, ["demo", "--nodes", "3", "--duration", "2", "--sessions", "100", "--url", redis_url])
     assert result.exit_code == 0, result.output
     assert "stale reads observed: 0" in result.output
-    table = [row for row in (line.split() for line in result.output.splitlines()) if len(row) == 9 and row[0].isdigit()]
+    table = [row for row in (line.split() for line in result.output.splitlines()) if len(row) == 15 and row[0].isdigit()]
     nodes = {int(row[0]) for row in table}
     assert nodes == {0, 1, 2}
     last = {int(row[0]): row for row in table}
@@ -185,6 +185,12 @@ def test_demo_three_nodes_no_stale_reads(runner: CliRunner, redis_url: str) -> N
         reads, invalidations = int(row[1].replace(",", "")), int(row[7].replace(",", ""))
         assert reads > 0
         assert invalidations > 0  # every node applied writes/deletes from the others
+        assert int(row[9]) > 0  # sequence numbers applied
+    # Nodes 0 and 1 broke their listener's connection (at 1 s and 2 s): each resubscription
+    # replayed the log (no full flush), and no read was stale meanwhile.
+    drops, replays = sum(int(row[10]) for row in last.values()), sum(int(row[11]) for row in last.values())
+    assert drops >= 1 and replays >= 1, result.output
+    assert sum(int(row[13]) for row in last.values()) == 0, result.output
 
 
 def test_demo_detects_stale_reads_when_nodes_do_not_hear_each_other(runner: CliRunner, redis_url: str) -> None:

@@ -35,6 +35,7 @@ def test_collector_reports_live_counters(store: ClusteredRedisStore) -> None:
     registry = CollectorRegistry()
     register_metrics(store, registry)
     registry_node[0] = store.config.node_id
+    assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)  # the cache is served from then on
     session = store.create({"a": 1})
     store.save(session)
     store.evict_from_cache(session.id)

@@ -85,6 +85,8 @@ INVALID: list[tuple[str, Any]] = [
     ("negative_cache_ttl", float("inf")), ("negative_cache_max_size", 0), ("negative_cache_max_size", True),
     ("update_max_bytes", -1), ("update_max_bytes", 64 * 1024 + 1), ("update_max_bytes", 1.0), ("update_max_bytes", True),
     ("update_max_bytes", "4096"),
+    ("lease", 0), ("lease", -1.0), ("lease", float("inf")), ("lease", "1"), ("lease", None),
+    ("replay_log_size", 0), ("replay_log_size", 1.5), ("replay_log_size", True), ("replay_log_size", "10"),
 ]
 
 
@@ -130,6 +132,8 @@ FULL_ENV = {
     "FASTSESS_NEGATIVE_CACHE_TTL": "0.5",
     "FASTSESS_NEGATIVE_CACHE_MAX_SIZE": "1_000",
     "FASTSESS_UPDATE_MAX_BYTES": "4096",
+    "FASTSESS_LEASE": "0.5",
+    "FASTSESS_REPLAY_LOG_SIZE": "50_000",
 }
 
 
@@ -150,6 +154,7 @@ def test_from_env_parses_every_variable() -> None:
         local_cache_max_item_bytes=65536, subscribe_timeout=0.25, reconnect_backoff=(0.01, 2.0), stale_if_error=True,
         track_external_changes=True, sharded_pubsub=False,
         negative_cache_ttl=0.5, negative_cache_max_size=1000, update_max_bytes=4096,
+        lease=0.5, replay_log_size=50_000,
     )
 
 

@@ -15,17 +15,23 @@ from fastsess._core.listener import (
     CONNECT,
     FLUSH,
     LISTENING,
-    PING,
     SERVE,
     STOPPED,
     SUBSCRIBING,
+    SYNCING,
     WAITING,
     Dispatch,
+    Evict,
     ListenerMachine,
+    Ping,
     Reconnect,
+    Replay,
 )
+from fastsess._core.messages import append_sequence, decode_message, encode_message
 
 IDLE_TIMEOUT = 1.0
+LEASE = 1.0
+HEARTBEAT = 0.25  # lease / 4
 
 
 class Steps:
@@ -39,15 +45,15 @@ class Steps:
         return float(failures + 1)
 
 
-def machine(**config: object) -> ListenerMachine:
-    settings: dict[str, object] = {"channel": "ch", "subscribe_timeout": IDLE_TIMEOUT, **config}
-    return ListenerMachine(ClusterConfig(**settings), Steps())  # type: ignore[arg-type]
+def machine(sequenced: bool = False, **config: object) -> ListenerMachine:
+    settings: dict[str, object] = {"channel": "ch", "subscribe_timeout": IDLE_TIMEOUT, "lease": LEASE, **config}
+    return ListenerMachine(ClusterConfig(**settings), Steps(), sequenced)  # type: ignore[arg-type]
 
 
 def listening(**config: object) -> ListenerMachine:
     m = machine(**config)
     assert m.start(0.0) == (CONNECT,)
-    assert m.subscribed(0.1) == (FLUSH, SERVE)
+    assert m.subscribed(0.125) == (FLUSH, SERVE)
     return m
 
 
@@ -60,31 +66,60 @@ def test_start_connects_and_the_confirmation_flushes_then_serves() -> None:
     assert m.state == LISTENING and m.serving and m.reconnects == 0
 
 
-def test_a_message_is_dispatched_as_it_came_and_counts_as_input() -> None:
+def test_a_message_is_dispatched_decoded() -> None:
     m = listening()
-    assert m.message(b"payload", 0.9) == (Dispatch(b"payload"),)
-    assert m.idle(0.9 + IDLE_TIMEOUT - 0.01) == ()  # the message reset the silence clock
+    data = encode_message("invalidated", "a" * 43, "n/1", 3)
+    assert m.message(data, 0.2) == (Dispatch(decode_message(data)),)
+    assert m.message(b"junk", 0.2) == (Dispatch(None),)  # malformed: counted by the coordinator
     assert m.serving
 
 
-def test_silence_asks_for_one_ping_and_a_pong_clears_it() -> None:
-    m = listening()  # subscribed at 0.125 (times are exact binary fractions)
-    m.reply(0.125)
-    assert m.timeout(0.125) == IDLE_TIMEOUT
-    assert m.idle(0.5) == ()
-    assert m.idle(0.125 + IDLE_TIMEOUT) == (PING,)
-    assert m.idle(0.25 + IDLE_TIMEOUT) == ()  # one PING, not one per idle event
-    assert m.reply(0.375 + IDLE_TIMEOUT) == ()  # the PONG
-    assert m.serving and m.idle(0.5 + IDLE_TIMEOUT) == ()
-    assert m.idle(0.375 + 2 * IDLE_TIMEOUT) == (PING,)  # a new silence, a new PING
+def test_pings_go_out_every_quarter_lease_and_pongs_renew_the_lease() -> None:
+    m = listening()  # subscribed (proven) at 0.125
+    assert m.timeout(0.125) == HEARTBEAT
+    assert m.idle(0.25) == ()
+    assert m.idle(0.375) == (Ping(1),)
+    assert m.idle(0.5) == ()  # the next one is due a heartbeat later
+    assert m.timeout(0.5) == HEARTBEAT - 0.125
+    assert m.pong(b"1", 0.5) == ()  # still serving: nothing to do, proven as of 0.375
+    assert m.lease_until == 0.375 + LEASE
+    assert m.idle(0.625) == (Ping(2),)
+    assert m.pong(b"", 0.7) == () and m.pong(b"junk", 0.7) == ()  # not ours (no number, or an old one)
+    assert m.serving
+
+
+def test_a_lease_that_runs_out_bypasses_until_a_pong_proves_it_again() -> None:
+    """1.5 s of added latency: every PONG proves the cache current as of 1.5 s ago, older
+    than the lease, so the cache stays bypassed; when the latency goes, it is served again."""
+    m = listening(subscribe_timeout=5.0)  # the connection itself is not given up
+    assert m.idle(0.375) == (Ping(1),)
+    assert m.idle(0.625) == (Ping(2),)
+    assert m.idle(0.875) == (Ping(3),)
+    assert m.idle(1.125) == (BYPASS, Ping(4))  # proven at 0.125: the lease ran out at 1.125
+    assert not m.serving and m.lease_lapses == 1
+    assert m.pong(b"1", 1.875) == (Ping(5),)  # proves 0.375: older than the lease (and the next PING is due)
+    assert not m.serving
+    assert m.pong(b"2", 1.95) == () and m.pong(b"3", 2.0) == () and m.pong(b"4", 2.0625) == (SERVE,)  # proves 1.125
+    assert m.serving and m.lease_until == 1.125 + LEASE
+
+
+def test_a_pong_that_skips_a_ping_means_lost_input() -> None:
+    m = listening()
+    assert m.idle(0.375) == (Ping(1),)
+    assert m.idle(0.625) == (Ping(2),)
+    assert m.pong(b"2", 0.7) == (BYPASS, FLUSH, Reconnect(1.0))
+    assert m.last_error is not None and "went missing" in m.last_error
 
 
 def test_an_unanswered_ping_fails_the_connection_and_reconnects() -> None:
     m = listening()
-    assert m.idle(2.0) == (PING,)
-    assert m.timeout(2.5) == pytest.approx(IDLE_TIMEOUT - 0.5)
-    assert m.idle(2.0 + IDLE_TIMEOUT - 0.01) == ()
-    assert m.idle(2.0 + IDLE_TIMEOUT) == (BYPASS, FLUSH, Reconnect(1.0))
+    assert m.idle(0.375) == (Ping(1),)
+    assert m.timeout(0.5) == HEARTBEAT - 0.125
+    assert m.idle(0.625) == (Ping(2),)
+    assert m.idle(0.875) == (Ping(3),)
+    assert m.idle(1.125) == (BYPASS, Ping(4))  # the lease ran out first
+    assert m.timeout(1.25) == 0.125  # the first PING's deadline
+    assert m.idle(0.375 + IDLE_TIMEOUT) == (BYPASS, FLUSH, Reconnect(1.0))
     assert m.state == WAITING and not m.serving
     assert m.last_error == f"ConnectionError: no PONG within {IDLE_TIMEOUT:g} s on the invalidation channel"
     assert m.retry(5.0) == (CONNECT,) and m.state == SUBSCRIBING
@@ -215,7 +250,9 @@ def test_fork_starts_over_with_zeroed_counters() -> None:
 def test_an_error_outside_the_listener_bypasses_without_touching_the_connection() -> None:
     m = listening()
     assert m.outside_error(ConnectionError("no slot map")) == (BYPASS, FLUSH)
-    assert m.last_error == "ConnectionError: no slot map" and m.state == LISTENING
+    assert m.last_error == "ConnectionError: no slot map" and m.state == LISTENING and not m.serving
+    assert m.idle(0.375) == (Ping(1),)
+    assert m.pong(b"1", 0.4) == (SERVE,)  # the connection still proves the (flushed) cache current
 
 
 def test_the_core_modules_import_no_redis() -> None:
@@ -244,3 +281,118 @@ def test_both_coordinators_drive_the_same_machine() -> None:
         assert all(not c.subscribed and c.stats.reconnects == 0 for c in coordinators)
     finally:
         sync_client.close()
+
+
+# -- sequenced (standalone Redis, Sentinel) ------------------------------------------------
+
+EPOCH = "1700000000000001"
+SERVER = "run:replid"
+
+
+def numbered(seq: int, epoch: str = EPOCH, session_id: str = "a" * 43) -> bytes:
+    """A message as a sequenced write script publishes it."""
+    return append_sequence(encode_message("invalidated", session_id, "other/1", 1, sequenced=True), epoch, seq)
+
+
+def log_reply(last: int, entries: list[tuple[int, str]], epoch: str = EPOCH, server: str = SERVER) -> list[object]:
+    """The REPLAY script's reply, as redis-py hands it over (bytes)."""
+    return [server.encode(), epoch.encode(), last, [[f"{n}-0".encode(), [b"i", sid.encode()]] for n, sid in entries]]
+
+
+def in_sync(last: int = 5) -> ListenerMachine:
+    m = machine(sequenced=True)
+    assert m.start(0.0) == (CONNECT,)
+    assert m.subscribed(0.0625) == (Replay(None),) and m.state == SYNCING and not m.serving
+    assert m.replayed(log_reply(last, []), 0.0625, 0.125) == (FLUSH, SERVE)  # first sync: nothing known, flushed
+    assert m.serving and m.seq == last and m.epoch == EPOCH and m.identity == SERVER
+    return m
+
+
+def test_sequenced_messages_in_order_are_applied() -> None:
+    m = in_sync(5)
+    for n in (6, 7, 8):
+        (dispatch,) = m.message(numbered(n), 0.2)
+        assert isinstance(dispatch, Dispatch) and dispatch.data["sq"] == n
+    assert m.seq == 8 and m.gaps == 0 and m.serving
+
+
+def test_a_gap_bypasses_and_replays_the_missed_ids_only() -> None:
+    m = in_sync(5)
+    dispatch, bypass, replay = m.message(numbered(8), 0.2)  # 6 and 7 never arrived
+    assert isinstance(dispatch, Dispatch) and bypass == BYPASS and replay == Replay(6)
+    assert m.gaps == 1 and not m.serving and m.state == SYNCING
+    assert m.message(numbered(9), 0.21) == (Dispatch(decode_message(numbered(9))),)  # applied; the replay decides
+    actions = m.replayed(log_reply(9, [(6, "x" * 43), (7, "y" * 43), (8, "a" * 43), (9, "a" * 43)]), 0.22, 0.23)
+    assert actions == (Evict(("x" * 43, "y" * 43, "a" * 43, "a" * 43)), SERVE)
+    assert m.seq == 9 and m.replays == 1 and m.replayed_ids == 4 and m.full_flushes == 0 and m.serving
+    assert m.message(numbered(9), 0.24) == (Dispatch(decode_message(numbered(9))),)  # a repeat of what the replay read
+    assert m.full_flushes == 0 and m.message(numbered(10), 0.25)[0] == Dispatch(decode_message(numbered(10)))
+    assert m.seq == 10
+
+
+def test_a_resubscription_replays_from_the_last_number_and_keeps_the_cache() -> None:
+    m = in_sync(5)
+    assert m.error(ConnectionError("reset"), 1.0) == (BYPASS, Reconnect(1.0))  # sequenced: no flush
+    assert m.retry(2.0) == (CONNECT,)
+    assert m.subscribed(2.1) == (Replay(6),) and m.reconnects == 1
+    assert m.replayed(log_reply(7, [(6, "x" * 43), (7, "y" * 43)]), 2.1, 2.2) == (Evict(("x" * 43, "y" * 43)), SERVE)
+    m.error(ConnectionError("reset"), 3.0)
+    m.retry(4.0)
+    assert m.subscribed(4.1) == (Replay(8),)
+    assert m.replayed(log_reply(7, []), 4.1, 4.2) == (SERVE,)  # nothing was missed
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        (log_reply(9, [(8, "x" * 43), (9, "y" * 43)]), "the log was trimmed past 6"),
+        (log_reply(9, []), "the log is gone"),
+        (log_reply(9, [(6, "x" * 43), (7, "y" * 43)]), "fewer entries than numbers (the count limit)"),
+        (log_reply(9, [(6, "x" * 43), (7, "y" * 43), (8, "z" * 43), (9, "w" * 43)], epoch="1700000000000002"), "a new epoch (flushed)"),
+        (log_reply(9, [(6, "x" * 43), (7, "y" * 43), (8, "z" * 43), (9, "w" * 43)], server="other:server"), "restarted or failed over"),
+        (log_reply(3, []), "the sequence went back"),
+        (log_reply(6, [(6, "")]), "a clear"),
+    ],
+)
+def test_the_cache_is_flushed_when_the_log_cannot_tell_what_was_missed(reply: list[object], why: str) -> None:
+    m = in_sync(5)
+    m.error(ConnectionError("reset"), 1.0)
+    m.retry(2.0)
+    assert m.subscribed(2.1) == (Replay(6),)
+    actions = m.replayed(reply, 2.1, 2.2)
+    assert actions == (FLUSH, SERVE), why
+    assert m.serving and m.seq == reply[2]
+
+
+def test_a_new_epoch_on_a_live_connection_flushes() -> None:
+    m = in_sync(5)
+    (dispatch, flush) = m.message(numbered(1, epoch="1700000000000009"), 0.2)  # FLUSHDB, then a write
+    assert flush == FLUSH and m.epoch == "1700000000000009" and m.seq == 1 and m.full_flushes == 1 and m.serving
+
+
+def test_a_number_seen_before_that_no_replay_explains_resynchronises() -> None:
+    m = in_sync(5)
+    m.message(numbered(6), 0.2)
+    m.message(numbered(7), 0.2)
+    m._dup_top = 0  # long after the replay
+    (dispatch, bypass, replay) = m.message(numbered(6, session_id="b" * 43), 0.3)  # a failover under us: 6 again
+    assert bypass == BYPASS and replay == Replay(None) and m.full_flushes == 1
+    assert m.replayed(log_reply(6, []), 0.3, 0.31) == (FLUSH, SERVE)
+
+
+def test_a_malformed_replay_reply_is_a_connection_failure() -> None:
+    m = machine(sequenced=True)
+    m.start(0.0)
+    m.subscribed(0.1)
+    assert m.replayed([b"x"], 0.1, 0.2) == (BYPASS, Reconnect(1.0))
+    assert m.last_error is not None and m.last_error.startswith("ValueError: malformed replay reply")
+
+
+def test_a_replay_slower_than_the_lease_does_not_serve_until_a_pong() -> None:
+    m = machine(sequenced=True)
+    m.start(0.0)
+    m.subscribed(0.0)
+    assert m.replayed(log_reply(5, []), 0.0, 1.5) == (FLUSH,)  # proves 0.0: already older than the lease
+    assert not m.serving and m.state == LISTENING
+    (ping,) = m.idle(1.5)
+    assert isinstance(ping, Ping) and m.pong(str(ping.token).encode(), 1.6) == (SERVE,)

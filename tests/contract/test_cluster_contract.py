@@ -27,6 +27,12 @@ from ..support.pubsub import RawSubscriber
 from .conftest import Blocking, ClusteredBackend, Nodes, barrier, listener_threads, received, wait_received, wait_until
 
 
+def unnumbered(msg: dict[str, Any] | None) -> dict[str, Any]:
+    """A decoded message without its epoch and sequence number (``ep``, ``sq``)."""
+    assert msg is not None
+    return {k: v for k, v in msg.items() if k not in ("ep", "sq")}
+
+
 def saved(store: Any, data: dict[str, Any] | None = None, **kw: Any) -> Session:
     s = store.create({"user": 1, "roles": ["a"]} if data is None else data, **kw)
     assert store.save(s) is True
@@ -56,7 +62,7 @@ def test_is_a_redis_store_with_the_same_api(nodes: Nodes) -> None:
     base = backend.api.RedisStore
     assert isinstance(A.wrapped if isinstance(A, Blocking) else A, base)
     s = A.create({"user": 7})
-    assert s.new and is_valid_session_id(s.id) and raw.dbsize() == 0  # create writes nothing
+    assert s.new and is_valid_session_id(s.id) and raw.dbsize() == 0  # create writes nothing (the listener neither)
     assert A.load(s.id) is None and not A.exists(s.id)
     assert A.save(s) is True and s.new is False and s.version == 1
     assert A.save(s) is False  # unmodified: nothing to write
@@ -412,7 +418,7 @@ def test_first_save_publishes_the_new_id(nodes: Nodes, subscriber: Any) -> None:
     s["x"] = 1
     A.save(s)
     msg = decode_message(sub.next())
-    assert msg == {"t": INVALIDATED, "id": s.id, "node": A.coordinator.instance_id, "v": s.version}
+    assert unnumbered(msg) == {"t": INVALIDATED, "id": s.id, "node": A.coordinator.instance_id, "v": s.version}
 
 
 def test_messages_on_the_wire(nodes: Nodes, subscriber: Any) -> None:
@@ -431,6 +437,10 @@ def test_messages_on_the_wire(nodes: Nodes, subscriber: Any) -> None:
         (INVALIDATED, old), (INVALIDATED, old), (TOUCHED, old), (DELETED, old), (DELETED, s.id), (CLEARED, None),
     ]
     assert all(m["node"] == A.coordinator.instance_id for m in msgs)
+    # Standalone Redis: every write's script numbers its message, in the order they ran.
+    first = msgs[0]["sq"]
+    assert [m["sq"] for m in msgs] == list(range(first, first + len(msgs)))
+    assert len({m["ep"] for m in msgs}) == 1
 
 
 def test_default_channel(clustered: ClusteredBackend, subscriber: Any) -> None:
@@ -439,8 +449,8 @@ def test_default_channel(clustered: ClusteredBackend, subscriber: Any) -> None:
     s = saved(store)
     store.delete(s.id)
     node = store.coordinator.instance_id
-    assert decode_message(sub.next()) == {"t": INVALIDATED, "id": s.id, "node": node, "v": 1, "c": True}
-    assert decode_message(sub.next()) == {"t": DELETED, "id": s.id, "node": node, "v": 0}
+    assert unnumbered(decode_message(sub.next())) == {"t": INVALIDATED, "id": s.id, "node": node, "v": 1, "c": True}
+    assert unnumbered(decode_message(sub.next())) == {"t": DELETED, "id": s.id, "node": node, "v": 0}
 
 
 # --- configurations ----------------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_two_stores_with_different_prefixes_do_not_see_each_other(redis_backend:
     assert all(a.load(i) is None for i in b_ids)
     assert a.clear() == 3
     assert set(b.iter_ids()) == b_ids
-    assert redis_backend.client.dbsize() == 2
+    assert redis_backend.raw_count(a) == 2
 
 
 def test_prefix_with_glob_metacharacters_is_matched_literally(redis_backend: RedisBackend) -> None:

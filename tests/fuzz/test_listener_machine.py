@@ -2,19 +2,24 @@
 
 ``ListenerMachine`` (no I/O) turns what the listener's connection did into actions for
 the driver.  For any sequence of the events a driver can report (``POSSIBLE``) at
-non-decreasing times, with any payloads:
+non-decreasing times, with any payloads (random bytes, numbered messages with gaps,
+repeats and other epochs, PONGs of any number, replay replies of any shape), sequenced
+or not:
 
 * no event raises;
 * the driver, following only the actions (``Serve`` on, ``Bypass`` off), serves the
   cache exactly when the machine says it may (``serving``);
-* every ``Serve`` comes right after a ``Flush`` in the same answer: nothing cached before
-  a (re)subscription survives it;
-* without ``stale_if_error``, leaving the served state on a failure also flushes;
+* **the lease**: whenever the cache is served after an event at ``now``, the machine
+  holds a proof younger than the lease (``proven <= now < proven + lease``);
+* unsequenced, every ``Serve`` since the last (re)subscription comes after a ``Flush``;
+  sequenced, the cache is served only in sync (after a replay answered);
+* without ``stale_if_error``, an unsequenced machine that leaves the served state on a
+  failure also flushes;
 * ``last_heard`` (where ``stale_if_error`` starts counting an outage) is never later
-  than the last input that arrived while subscribed, and equals it while subscribed;
-* a connection that goes silent is given up at most ``2 x subscribe_timeout`` after the
-  last input when the driver calls ``idle`` when ``timeout(now)`` says: the staleness
-  window of a silent subscriber, without the driver's scheduling delays.
+  than the last input that arrived while subscribed, and equals it while listening;
+* a connection that goes silent is bypassed within ``lease`` of the last proof and given
+  up at most one heartbeat plus ``subscribe_timeout`` after the last PONG, when the
+  driver calls ``idle`` when ``timeout(now)`` says.
 """
 
 from __future__ import annotations
@@ -30,16 +35,20 @@ from fastsess._core.listener import (
     LISTENING,
     STOPPED,
     SUBSCRIBING,
+    SYNCING,
     WAITING,
     Bypass,
     Connect,
     Dispatch,
+    Evict,
     Flush,
     ListenerMachine,
     Ping,
     Reconnect,
+    Replay,
     Serve,
 )
+from fastsess._core.messages import append_sequence, encode_message
 
 from .test_fuzz import FUZZ_EXAMPLES
 
@@ -54,21 +63,41 @@ class Fixed:
 # What the driver can report in each state (it starts once, reads only from a connection it
 # has, retries only after a Reconnect, stops once).  A store reports an outside error
 # (``report_error``) before it starts the listener.
-CONNECTED = {"subscribed", "message", "reply", "unsubscribed", "idle", "idle_when_due", "error", "forked", "stop"}
+CONNECTED = {"subscribed", "message", "numbered", "pong", "reply", "unsubscribed", "idle", "idle_when_due", "error", "forked", "stop"}
 POSSIBLE = {
     IDLE: {"start", "idle", "idle_when_due", "outside_error", "forked", "stop"},
     SUBSCRIBING: CONNECTED | {"outside_error"},
+    SYNCING: CONNECTED | {"replayed"},
     LISTENING: CONNECTED,
     WAITING: {"retry", "idle", "idle_when_due", "outside_error", "forked", "stop"},
     STOPPED: set(),
 }
-EVENTS = ["start", "subscribed", "message", "reply", "unsubscribed", "idle", "idle_when_due", "error", "outside_error", "retry", "forked", "stop"]
-events = st.lists(st.tuples(st.sampled_from(EVENTS), st.floats(0, 3), st.binary(max_size=40)), max_size=60)
+EVENTS = ["start", "subscribed", "message", "numbered", "pong", "reply", "replayed", "unsubscribed", "idle", "idle_when_due",
+          "error", "outside_error", "retry", "forked", "stop"]
+EPOCHS = ["1700000000000001", "1700000000000002"]
+events = st.lists(
+    st.tuples(st.sampled_from(EVENTS), st.floats(0, 0.6), st.binary(max_size=40), st.integers(-2, 12), st.sampled_from(EPOCHS)),
+    max_size=60,
+)
 
 
-def feed(machine: ListenerMachine, kind: str, now: float, data: bytes) -> tuple[Any, ...]:
+def replay_reply(seq: int, epoch: str, first: int, data: bytes) -> list[Any]:
+    """A REPLAY reply: consecutive entries from ``first`` up to ``seq`` (some cut short by ``data``)."""
+    last = seq - (data[0] % 3 if data else 0)
+    entries = [[f"{n}-0".encode(), [b"i", b"x" * 43]] for n in range(max(1, first), last + 1)]
+    return [b"run:replid" if not data or data[-1] % 5 else b"other:server", epoch.encode(), max(seq, 0), entries]
+
+
+def feed(machine: ListenerMachine, kind: str, now: float, data: bytes, n: int, epoch: str) -> tuple[Any, ...]:
     if kind == "message":
         return machine.message(data, now)
+    if kind == "numbered":
+        return machine.message(append_sequence(encode_message("invalidated", "a" * 43, "o/1", 1, sequenced=True), epoch, max(n, 1)), now)
+    if kind == "pong":
+        return machine.pong(str(machine._ping_token - n % 3).encode() if n >= 0 else data, now)
+    if kind == "replayed":
+        since = machine.seq + 1
+        return machine.replayed(replay_reply(machine.seq + n, epoch, since, data) if n >= 0 else [data], now - 0.01, now)
     if kind in ("error", "outside_error"):
         exc = ConnectionError("fuzzed")
         return machine.error(exc, now) if kind == "error" else machine.outside_error(exc)
@@ -78,14 +107,16 @@ def feed(machine: ListenerMachine, kind: str, now: float, data: bytes) -> tuple[
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
-@given(script=events, stale_if_error=st.booleans(), idle=st.sampled_from([0.25, 1.0]))
-def test_the_cache_is_served_only_between_a_flushed_subscription_and_the_next_failure(
-    script: list[tuple[str, float, bytes]], stale_if_error: bool, idle: float,
+@given(script=events, stale_if_error=st.booleans(), sequenced=st.booleans(), idle=st.sampled_from([0.25, 1.0]),
+       lease=st.sampled_from([0.3, 1.0]))
+def test_the_cache_is_served_only_in_sync_and_within_the_lease(
+    script: list[tuple[str, float, bytes, int, str]], stale_if_error: bool, sequenced: bool, idle: float, lease: float,
 ) -> None:
-    machine = ListenerMachine(ClusterConfig(channel="fuzz", subscribe_timeout=idle, stale_if_error=stale_if_error), Fixed())
-    serving, now = False, 0.0
+    config = ClusterConfig(channel="fuzz", subscribe_timeout=idle, stale_if_error=stale_if_error, lease=lease)
+    machine = ListenerMachine(config, Fixed(), sequenced)
+    serving, flushed, now = False, False, 0.0
     heard = 0.0  # when input last proved the subscribed connection alive
-    for kind, dt, data in script:
+    for kind, dt, data, n, epoch in script:
         if kind not in POSSIBLE[machine.state]:
             continue
         now += dt
@@ -93,8 +124,9 @@ def test_the_cache_is_served_only_between_a_flushed_subscription_and_the_next_fa
             now += machine.timeout(now)
             kind = "idle"
         was, state_before = serving, machine.state
-        actions = feed(machine, kind, now, data)
-        if (kind == "subscribed" and machine.state == LISTENING) or (kind in ("message", "reply") and state_before == LISTENING):
+        actions = feed(machine, kind, now, data, n, epoch)
+        inputs = ("message", "numbered", "pong", "reply")
+        if kind == "subscribed" or (kind in inputs and state_before in (SYNCING, LISTENING)):
             heard = now
         elif kind == "forked":
             heard = 0.0
@@ -102,46 +134,67 @@ def test_the_cache_is_served_only_between_a_flushed_subscription_and_the_next_fa
         if machine.state == LISTENING:
             assert machine.last_heard == heard
         assert isinstance(actions, tuple)
-        for i, action in enumerate(actions):
+        if kind == "subscribed":
+            flushed = False
+        for action in actions:
             if isinstance(action, Serve):
-                assert i > 0 and isinstance(actions[i - 1], Flush), actions
+                assert sequenced or flushed, actions
                 serving = True
             elif isinstance(action, Bypass):
                 serving = False
+            elif isinstance(action, Flush):
+                flushed = True
             elif isinstance(action, Dispatch):
-                assert action.data == data and kind == "message"
+                assert kind in ("message", "numbered")
             elif isinstance(action, Reconnect):
                 assert action.delay == 0.05
+            elif isinstance(action, (Replay, Evict)):
+                assert sequenced, actions
+            else:
+                assert isinstance(action, (Ping, Connect)) or type(action).__name__ == "Close", action
         assert serving == machine.serving, (kind, actions)
-        if was and not serving and kind in ("error", "outside_error", "unsubscribed", "idle") and not stale_if_error:
+        if serving:
+            assert machine.proven <= now < machine.proven + lease, (kind, now, machine.proven)
+            assert machine.synced or not sequenced
+        if was and not serving and kind in ("error", "outside_error", "unsubscribed", "idle") and not stale_if_error and not sequenced:
             assert any(isinstance(a, Flush) for a in actions), actions
         assert machine.timeout(now) >= 0.0
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
-@given(idle=st.floats(0.05, 5.0), inputs=st.lists(st.floats(0, 10), max_size=10), late=st.floats(0, 1))
-def test_a_silent_connection_is_given_up_within_twice_the_idle_timeout(idle: float, inputs: list[float], late: float) -> None:
-    """Input arrives at some times, then stops; the driver calls ``idle`` when due (or
-    ``late`` of a timeout after).  The machine asks for one PING, then gives up the
-    connection no later than ``2 x idle`` (+ the lateness) after the last input."""
-    machine = ListenerMachine(ClusterConfig(channel="fuzz", subscribe_timeout=idle), Fixed())
+@given(idle=st.floats(0.05, 5.0), lease=st.floats(0.05, 5.0), inputs=st.lists(st.floats(0, 0.5), max_size=10),
+       late=st.floats(0, 1))
+def test_a_silent_connection_is_bypassed_within_the_lease_and_then_given_up(
+    idle: float, lease: float, inputs: list[float], late: float,
+) -> None:
+    """PONGs answer every PING for a while, then nothing arrives; the driver calls ``idle``
+    when due (``late`` of a heartbeat after).  The cache stops being served within the lease
+    of the last proof, and the connection is given up within a heartbeat plus the idle
+    timeout of the last PONG (plus the lateness, twice: of the PING, and of the check)."""
+    machine = ListenerMachine(ClusterConfig(channel="fuzz", subscribe_timeout=idle, lease=lease), Fixed())
     assert machine.start(0.0) == (Connect(),)
     now = 0.0
     assert Serve() in machine.subscribed(now)
     last_input = now
-    for gap in inputs:  # input keeps the connection alive however long the gaps between
-        if gap < idle:
-            now += gap
-            machine.reply(now)
-            last_input = now
-    pings = 0
-    for _ in range(10):
+    heartbeat = machine.heartbeat
+    for gap in inputs:  # answered PINGs keep the lease
+        now += gap * heartbeat
+        for action in machine.idle(now):
+            if isinstance(action, Ping):
+                machine.pong(str(action.token).encode(), now)
+                last_input = now
+    proof = machine.proven
+    bypassed_at = given_up_at = None
+    for _ in range(10_000):
         # 1 us past the deadline: a clock always moves on, and a float sum may land a hair short of it
-        now += machine.timeout(now) + late * idle + 1e-6
+        now += machine.timeout(now) + late * heartbeat + 1e-6
         actions = machine.idle(now)
-        pings += Ping() in actions
-        if not machine.serving:
+        if Bypass() in actions and bypassed_at is None:
+            bypassed_at = now
+        if any(isinstance(a, Reconnect) for a in actions):
+            given_up_at = now
             break
-    assert not machine.serving, "the silent connection was never given up"
-    assert now - last_input <= 2 * idle * (1 + late) + 3e-6, "the silent connection was served too long"
-    assert pings == 1
+    assert bypassed_at is not None and given_up_at is not None
+    slack = late * heartbeat + 3e-6  # one late idle call; the PING itself may go out late too
+    assert bypassed_at - proof <= lease + slack, "served past the lease"
+    assert given_up_at - last_input <= heartbeat + idle + 2 * slack, "the silent connection was kept too long"

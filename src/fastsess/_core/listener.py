@@ -7,22 +7,37 @@ order::
 
     events in                               actions out
     start(now)                              Connect
-    subscribed(now)    (confirmation)       Flush, Serve        (resubscribed: Flush)
-    message(data, now)                      Dispatch(data)
+    subscribed(now)    (confirmation)       sequenced: Replay(since)   else: Flush, Serve
+    replayed(reply, sent, now)              Evict(ids) | Flush, then Serve (lease permitting)
+    message(data, now)                      Dispatch(msg) [, Bypass, Replay(since)] | Flush
     tracked(keys, now) (tracking notice)    Tracked(keys)
-    reply(now)         (PONG, anything)     -
-    idle(now)          (nothing to read)    Ping | error: Bypass, Flush, Reconnect(delay)
-    error(exc, now)    (or unsubscribed)    Bypass, Flush, Reconnect(delay)
+    pong(payload, now)                      Serve (the lease is proven again)
+    reply(now)         (anything else)      -
+    idle(now)          (nothing to read)    Ping(n) | Bypass (lease lapsed) | error's actions
+    error(exc, now)    (or unsubscribed)    Bypass, [Flush,] Reconnect(delay)
     retry(now)         (the delay passed)   Connect
     forked()                                Bypass, Flush
     stop()                                  Bypass, Close
 
-``Flush`` is left out of an error's actions with ``stale_if_error`` (the copies stay as
-a fallback; they are flushed on resubscribe anyway).  A silent connection is caught by
-``idle``: after ``subscribe_timeout`` seconds without input it asks for a PING, and
-without an answer within as long again it fails the connection.  ``timeout(now)``
-says how long the driver may wait for input before calling ``idle``.  Reconnection
-delays come from a backoff object with redis-py's ``compute(failures)`` interface.
+**Sequenced** (``sequenced=True``: standalone Redis or Sentinel, see
+``fastsess._core.sequence``): every message carries the dataset epoch and a sequence
+number.  A message whose number skips ahead is a gap: the cache is bypassed and the
+missed ids are read back from the server's capped log (``Replay``) and evicted, the rest
+of the cache is kept.  A (re)subscription does the same from the last number applied.
+Everything is flushed only when the log no longer reaches back, the epoch changed (the
+dataset was flushed) or the server's identity changed (restarted, failed over).  An
+error therefore keeps the cache (bypassed); unsequenced, it flushes (unless
+``stale_if_error``: the copies stay as a fallback and are flushed on resubscribe).
+
+**The lease.**  The cache is served only while the machine holds proof, less than
+``lease`` seconds old, that it has applied every invalidation: the replay, or a PONG
+on the subscribed connection (numbered PINGs go out every ``lease / 4``; a PONG means
+every message published before its PING was delivered before it, and the numbers
+make a lost reply count as a broken connection).  When the proof is older than
+``lease``, ``idle`` returns ``Bypass``; the next PONG serves again.  A PING unanswered
+for ``subscribe_timeout`` fails the connection.  ``timeout(now)`` says how long the
+driver may wait for input before calling ``idle``.  Reconnection delays come from a
+backoff object with redis-py's ``compute(failures)`` interface.
 
 Identity: ``node_id`` is the configured label (``ClusterConfig.node_id``, for logs and
 metrics).  Messages carry ``instance_id``, random per store instance and renewed in a
@@ -35,6 +50,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -42,6 +59,8 @@ from typing import Any, NamedTuple, Protocol
 from ..config import ClusterConfig
 from .coherence import CoherentCache
 from .messages import CLEARED, DELETED, DELETED_MANY, INVALIDATED, decode_message, encode_message, new_instance_id
+from .ops import Command, script
+from .sequence import CLEARED_ID, REPLAY_LUA, log_keys, parse_replay
 from .slots import ShardMap, key_slot
 from .tracking import TrackedChanges
 
@@ -63,7 +82,7 @@ class Connect:
 
 @dataclass(frozen=True, slots=True)
 class Serve:
-    """The subscription is confirmed: the local cache may be served."""
+    """The subscription is confirmed and current: the local cache may be served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +97,14 @@ class Flush:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """Send a PING on the subscribed connection."""
+    """Send ``PING <token>`` on the subscribed connection; report its PONG with ``pong``."""
+
+    token: int = 0
 
 
 @dataclass(slots=True)  # not frozen: one is made per message, and a frozen __init__ costs more
 class Dispatch:
-    """Apply this message payload (``CoordinatorBase.handle_message``)."""
+    """Apply this decoded message (``CoordinatorBase.apply_message``; None: malformed)."""
 
     data: Any
 
@@ -94,6 +115,22 @@ class Tracked:
     keys, or None after a flush of the database."""
 
     data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Read the invalidation log from sequence ``since`` on (None: only the epoch and the
+    last sequence number), on a connection that is not the subscribed one; report the
+    reply with ``replayed(reply, sent_at, now)``, ``sent_at`` taken before sending."""
+
+    since: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Evict these ids (and void their fills in flight): invalidations a replay found."""
+
+    ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,40 +145,60 @@ class Close:
     """Close the connection and end: the listener is stopped."""
 
 
-Action = Connect | Serve | Bypass | Flush | Ping | Dispatch | Tracked | Reconnect | Close
+Action = Connect | Serve | Bypass | Flush | Ping | Dispatch | Tracked | Replay | Evict | Reconnect | Close
 
-CONNECT, SERVE, BYPASS, FLUSH, PING, CLOSE = Connect(), Serve(), Bypass(), Flush(), Ping(), Close()
+CONNECT, SERVE, BYPASS, FLUSH, CLOSE = Connect(), Serve(), Bypass(), Flush(), Close()
 NOTHING: tuple[Action, ...] = ()
 
 IDLE = "idle"  # not started
 SUBSCRIBING = "subscribing"  # connecting, or waiting for the subscription's confirmation
-LISTENING = "listening"  # subscribed: the cache may be served
+SYNCING = "syncing"  # subscribed, waiting for the replay (sequenced)
+LISTENING = "listening"  # subscribed and in sync: the cache may be served while the lease holds
 WAITING = "waiting"  # after a failure, until the reconnection delay has passed
 STOPPED = "stopped"
+
+LEASE_PINGS = 4  # PINGs per lease: the proof is renewed every lease / LEASE_PINGS seconds
+
+REPLAY = script(REPLAY_LUA)
+
+
+def replay_command(channel: str, since: int | None, limit: int) -> Command:
+    """The command a ``Replay(since)`` runs: the log of ``channel`` from sequence ``since``
+    on, at most ``limit`` entries (``since=None``: none, only the epoch and last number)."""
+    meta, log_key = log_keys(channel)
+    first, count = (0, 0) if since is None else (since, limit + 1)
+    return ("replay", REPLAY, ("EVALSHA", REPLAY.sha, 2, meta, log_key, first, count))
 
 
 class ListenerMachine:
     """The listener's connection lifecycle as a state machine (see the module doc). No I/O.
 
     Args:
-        config: ``subscribe_timeout`` (the subscription deadline, and the silence that
-            triggers a PING), ``stale_if_error`` (keep the cache on errors) and
-            ``channel`` (for messages).
+        config: ``subscribe_timeout`` (the subscription deadline, and how long a PING may
+            stay unanswered), ``lease`` (the staleness bound), ``replay_log_size`` (the
+            most entries a replay reads), ``stale_if_error`` (keep the cache on errors)
+            and ``channel`` (for messages).
         backoff: the reconnection delays: ``backoff.compute(n)`` after the (n+1)-th
             failure in a row (``n`` capped at ``MAX_BACKOFF_EXPONENT``).
+        sequenced: messages carry sequence numbers that a replay can fill in (a standalone
+            or Sentinel Redis); False on Redis Cluster (a resubscription flushes).
 
     Not thread-safe: one driver feeds it, from one thread at a time.
     """
 
-    def __init__(self, config: ClusterConfig, backoff: Backoff) -> None:
+    def __init__(self, config: ClusterConfig, backoff: Backoff, sequenced: bool = False) -> None:
         self.idle_timeout = config.subscribe_timeout
         self.keep_stale = config.stale_if_error
         self.channel = config.channel
+        self.lease = config.lease
+        self.heartbeat = min(config.lease / LEASE_PINGS, config.subscribe_timeout)
+        self.replay_limit = config.replay_log_size
         self.backoff = backoff
+        self.sequenced = sequenced
         self.reset()
 
     def reset(self) -> None:
-        """Back to a machine that never ran: not started, counters zeroed."""
+        """Back to a machine that never ran: not started, nothing known, counters zeroed."""
         self.state = IDLE
         self.failures = 0  # failed connections (or drops) since the last confirmed subscription
         self.reconnects = 0  # confirmed subscriptions after the first
@@ -151,8 +208,29 @@ class ListenerMachine:
         self.subscribed_at = -math.inf  # when the subscription was last confirmed (the breaker's early probe)
         self._heard_at_loss = 0.0  # last_heard while not listening: input last seen before the loss
         self._deadline = 0.0  # SUBSCRIBING: when an unconfirmed subscription fails
-        self._last_seen = 0.0  # LISTENING: when input last arrived
-        self._ping_sent: float | None = None  # LISTENING: when an unanswered PING went out
+        self._last_seen = 0.0  # when input last arrived
+        # The lease: proven = when the cache was last known current (a PING's send time,
+        # or a replay's); serving = the last of Serve/Bypass handed out was Serve.
+        self.proven = float("-inf")
+        self._serving = False
+        self._pings: deque[tuple[int, float]] = deque()  # unanswered PINGs: (token, sent at)
+        self._ping_token = 0
+        self._next_ping = 0.0
+        # LISTENING: input at or after this time also runs the idle checks (a busy channel
+        # must still send its PINGs and see its lease run out).  Never later than _due.
+        self._check_at = 0.0
+        # Sequencing: what the last replay found, and the last sequence number applied.
+        self.synced = False
+        self.identity: str | None = None
+        self.epoch: str | None = None
+        self.seq = 0
+        self._dup_top = 0  # messages numbered up to this may repeat what the last replay read
+        # Counters.
+        self.gaps = 0  # live gaps in the sequence (each repaired by a replay)
+        self.replays = 0  # replays that evicted what was missed and kept the rest
+        self.replayed_ids = 0  # ids evicted by those replays
+        self.full_flushes = 0  # flushes because the log did not reach back, or the epoch/server changed
+        self.lease_lapses = 0  # times the lease ran out while serving
 
     @property
     def last_heard(self) -> float:
@@ -164,8 +242,13 @@ class ListenerMachine:
 
     @property
     def serving(self) -> bool:
-        """True in the state where the local cache may be served (subscribed)."""
-        return self.state == LISTENING
+        """True while the local cache may be served (in sync, lease holding)."""
+        return self.state == LISTENING and self._serving
+
+    @property
+    def lease_until(self) -> float:
+        """When the current proof runs out (on the driver's clock)."""
+        return self.proven + self.lease
 
     # -- events -----------------------------------------------------------------------
 
@@ -175,62 +258,190 @@ class ListenerMachine:
 
     def subscribed(self, now: float) -> tuple[Action, ...]:
         """The server confirmed the subscription.  Messages published while we were not
-        subscribed are lost, so nothing cached may survive: flush, then serve."""
+        subscribed never reach us: sequenced, the log is read from the last number
+        applied (``Replay``); else nothing cached may survive: flush, then serve."""
         if self.state == STOPPED:
             return NOTHING
-        self._last_seen, self._ping_sent = now, None
+        self._last_seen = now
         self.subscribed_at = now
+        self._pings.clear()
         if self._ever_subscribed:
             self.reconnects += 1
-            log.warning("resubscribed to %s; local cache flushed", self.channel)
         self._ever_subscribed = True
         self.failures = 0
-        if self.state == LISTENING:  # redis-py reconnected and resubscribed under us
-            return (FLUSH,)
+        if self.sequenced:
+            since = self.seq + 1 if self.synced else None
+            if self.reconnects:
+                log.info("resubscribed to %s; replaying the invalidation log from %s", self.channel, since)
+            return self._sync(since)
+        if self.reconnects:
+            log.warning("resubscribed to %s; local cache flushed", self.channel)
         self.state = LISTENING
-        return (FLUSH, SERVE)
+        self.proven = now
+        self._next_ping = now + self.heartbeat
+        self._check_at = 0.0
+        return (FLUSH, *self._serve(now))
+
+    def replayed(self, reply: Any, sent: float, now: float) -> tuple[Action, ...]:
+        """The ``Replay`` answered ``reply`` (sent at ``sent``): evict what was missed, or
+        flush when the log cannot tell; then serve if the lease allows."""
+        if self.state != SYNCING:
+            return NOTHING
+        try:
+            found = parse_replay(reply)
+        except ValueError as exc:
+            return self.error(exc, now)
+        actions: list[Action] = []
+        since = self.seq + 1
+        if not self.synced:
+            actions.append(FLUSH)  # nothing known of what the cache holds
+        elif found.identity != self.identity or found.epoch != self.epoch or found.seq < self.seq:
+            self.full_flushes += 1
+            log.warning("%s: the Redis server or its data changed (restart, failover or flush); local cache flushed", self.channel)
+            actions.append(FLUSH)
+        elif found.seq > self.seq:
+            entries = found.entries
+            if not entries or entries[0][0] != since or entries[-1][0] < found.seq or len(entries) != found.seq - self.seq:
+                self.full_flushes += 1
+                log.warning("%s: the invalidation log no longer reaches back to %d; local cache flushed", self.channel, since)
+                actions.append(FLUSH)
+            else:
+                ids = tuple(i for _, logged in entries for i in logged.split(","))  # a batch: ids joined by commas
+                if CLEARED_ID in ids:
+                    actions.append(FLUSH)
+                else:
+                    actions.append(Evict(ids))
+                self.replays += 1
+                self.replayed_ids += len(ids)
+        self.identity, self.epoch = found.identity, found.epoch
+        self.seq = self._dup_top = found.seq
+        self.synced = True
+        self.state = LISTENING
+        self.proven = max(self.proven, sent)
+        self._next_ping = now + self.heartbeat if now < self.proven + self.lease else now
+        self._check_at = 0.0
+        actions.extend(self._serve(now))
+        return tuple(actions)
 
     def message(self, data: Any, now: float) -> tuple[Action, ...]:
-        """A message arrived on the channel."""
-        self._last_seen, self._ping_sent = now, None
-        return (Dispatch(data),)
+        """A message arrived on the channel: decoded, checked against the sequence."""
+        self._last_seen = now
+        msg = decode_message(data)
+        if now >= self._check_at and self.state == LISTENING:
+            return (*self._numbered(msg), *self.idle(now))
+        return self._numbered(msg)
+
+    def _numbered(self, msg: dict[str, Any] | None) -> tuple[Action, ...]:
+        """The actions for a decoded message: checked against the sequence when numbered."""
+        if msg is None or not self.sequenced or self.state != LISTENING:
+            return (Dispatch(msg),)  # SYNCING: the replay under way covers it
+        seq = msg.get("sq")
+        if seq is None:
+            return (Dispatch(msg),)  # from a sender that does not number its messages
+        if msg["ep"] != self.epoch:
+            if self.epoch is None and seq == 1 and self.seq == 0:
+                self.epoch, self.seq = msg["ep"], seq  # the first write since the sync: its epoch begins
+                return (Dispatch(msg),)
+            # The dataset was flushed or replaced under a live connection.
+            self.full_flushes += 1
+            log.warning("%s: the data set's epoch changed (flushed); local cache flushed", self.channel)
+            self.epoch, self.seq, self._dup_top = msg["ep"], seq, 0
+            return (Dispatch(msg), FLUSH)
+        expected = self.seq + 1
+        if seq == expected:
+            self.seq = seq
+            return (Dispatch(msg),)
+        if seq < expected:
+            if seq <= self._dup_top:
+                return (Dispatch(msg),)  # published before the replay read the log
+            # A number seen before that no replay explains: the history forked (a failover
+            # under this connection).  Nothing cached can be trusted.
+            self.full_flushes += 1
+            self.synced = False
+            log.warning("%s: sequence %d came after %d; resynchronising", self.channel, seq, self.seq)
+            return (Dispatch(msg), *self._sync(None))
+        self.gaps += 1
+        log.info("%s: sequence gap (%d after %d); replaying the missed invalidations", self.channel, seq, self.seq)
+        return (Dispatch(msg), *self._sync(expected))
+
+    def pong(self, payload: Any, now: float) -> tuple[Action, ...]:
+        """A PONG arrived: its PING's send time proves the cache current (serve again if
+        the lease had run out).  A PONG that skips an earlier PING means lost input."""
+        self._last_seen = now
+        try:
+            token = int(payload)
+        except (TypeError, ValueError):
+            return NOTHING  # not one of ours
+        pings = self._pings
+        if not pings or token < pings[0][0]:
+            return NOTHING
+        sent = 0.0
+        skipped = -1
+        while pings:
+            number, sent = pings.popleft()
+            skipped += 1
+            if number == token:
+                break
+        if skipped:
+            return self.error(ConnectionError(f"the replies to {skipped} PINGs went missing on the invalidation channel"), now)
+        if self.state != LISTENING:
+            return NOTHING
+        if sent > self.proven:
+            self.proven = sent
+        actions = self._serve(now)
+        return (*actions, *self.idle(now)) if now >= self._check_at else actions
 
     def tracked(self, data: Any, now: float) -> tuple[Action, ...]:
         """A tracking notification arrived (``track_external_changes``)."""
-        self._last_seen, self._ping_sent = now, None
+        self._last_seen = now
+        if now >= self._check_at and self.state == LISTENING:
+            return (Tracked(data), *self.idle(now))
         return (Tracked(data),)
 
     def reply(self, now: float) -> tuple[Action, ...]:
-        """Anything else arrived (a PONG): the connection is alive."""
-        self._last_seen, self._ping_sent = now, None
-        return NOTHING
+        """Anything else arrived: the connection is alive."""
+        self._last_seen = now
+        return self.idle(now) if now >= self._check_at and self.state == LISTENING else NOTHING
 
     def unsubscribed(self, now: float) -> tuple[Action, ...]:
         """The server ended our subscription: a failure."""
         return self.error(ConnectionError("unsubscribed from the invalidation channel"), now)
 
     def idle(self, now: float) -> tuple[Action, ...]:
-        """Nothing arrived for ``timeout(now)`` seconds."""
+        """Nothing arrived for ``timeout(now)`` seconds: check the deadlines."""
         state = self.state
         if state == SUBSCRIBING:
             if now >= self._deadline:
                 return self.error(TimeoutError(f"subscription to {self.channel!r} not confirmed within {self.idle_timeout:g} s"), now)
         elif state == LISTENING:
-            if self._ping_sent is not None:
-                if now - self._ping_sent >= self.idle_timeout:
-                    return self.error(ConnectionError(f"no PONG within {self.idle_timeout:g} s on the invalidation channel"), now)
-            elif now - self._last_seen >= self.idle_timeout:
-                self._ping_sent = now
-                return (PING,)
+            pings = self._pings
+            if pings and now - pings[0][1] >= self.idle_timeout:
+                return self.error(ConnectionError(f"no PONG within {self.idle_timeout:g} s on the invalidation channel"), now)
+            actions: list[Action] = []
+            if self._serving and now >= self.proven + self.lease:
+                self._serving = False
+                self.lease_lapses += 1
+                log.warning("%s: no proof within the %g s lease that every invalidation arrived; bypassing the local cache",
+                            self.channel, self.lease)
+                actions.append(BYPASS)
+            if now >= self._next_ping:
+                self._ping_token += 1
+                pings.append((self._ping_token, now))
+                self._next_ping = now + self.heartbeat
+                actions.append(Ping(self._ping_token))
+            self._check_at = self._due
+            return tuple(actions)
         return NOTHING
 
     def error(self, exc: BaseException, now: float) -> tuple[Action, ...]:
         """The connection failed (or could not be made): bypass the cache, flush it
-        (unless ``stale_if_error``), reconnect after the next backoff delay."""
+        (unsequenced, unless ``stale_if_error``), reconnect after the next backoff delay."""
         if self.state == STOPPED:
             return NOTHING
         was_serving = self.state == LISTENING
         self.state = WAITING
+        self._serving = False
+        self._pings.clear()
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.failures += 1
         self.last_delay = delay = self.backoff.compute(min(self.failures - 1, MAX_BACKOFF_EXPONENT))
@@ -239,16 +450,18 @@ class ListenerMachine:
             log.warning("lost the invalidation channel (%s); bypassing the local cache until resubscribed", self.last_error)
         else:
             log.debug("connecting the listener failed: %s; next attempt in %.3f s", self.last_error, delay)
-        if self.keep_stale:
+        if self.keep_stale or self.sequenced:
             return (BYPASS, Reconnect(delay))
         return (BYPASS, FLUSH, Reconnect(delay))
 
     def outside_error(self, exc: BaseException) -> tuple[Action, ...]:
         """A connection error the store saw on its own (e.g. loading a cluster's slot
-        map): recorded and treated like a drop, without touching the listener's connection."""
+        map): recorded and treated like a drop, without touching the listener's connection
+        (the next PONG serves again)."""
         self.last_error = f"{type(exc).__name__}: {exc}"
+        self._serving = False
         log.debug("connection error outside the listener: %s", self.last_error)
-        return (BYPASS,) if self.keep_stale else (BYPASS, FLUSH)
+        return (BYPASS,) if self.keep_stale or self.sequenced else (BYPASS, FLUSH)
 
     def retry(self, now: float) -> tuple[Action, ...]:
         """The reconnection delay has passed."""
@@ -264,6 +477,7 @@ class ListenerMachine:
     def stop(self) -> tuple[Action, ...]:
         """The driver stops listening."""
         self.state = STOPPED
+        self._serving = False
         return (BYPASS, CLOSE)
 
     # -- for the driver ---------------------------------------------------------------
@@ -274,17 +488,44 @@ class ListenerMachine:
         if state == SUBSCRIBING:
             left = self._deadline - now
         elif state == LISTENING:
-            since = self._ping_sent if self._ping_sent is not None else self._last_seen
-            left = since + self.idle_timeout - now
+            left = self._due - now
         else:
             left = self.idle_timeout
         return left if left > 0.0 else 0.0
 
+    @property
+    def _due(self) -> float:
+        """LISTENING: when ``idle`` has something to do (a PING, the lease, a PING's deadline)."""
+        until = self._next_ping
+        if self._pings:
+            until = min(until, self._pings[0][1] + self.idle_timeout)
+        if self._serving:
+            until = min(until, self.proven + self.lease)
+        return until
+
     def _connect(self, now: float) -> tuple[Action, ...]:
         self.state = SUBSCRIBING
         self._deadline = now + self.idle_timeout
-        self._ping_sent = None
+        self._pings.clear()
+        self._serving = False
+        self._check_at = 0.0
         return (CONNECT,)
+
+    def _sync(self, since: int | None) -> tuple[Action, ...]:
+        """Stop serving and read the log from ``since`` (None: only where it stands)."""
+        self.state = SYNCING
+        if self._serving:
+            self._serving = False
+            return (BYPASS, Replay(since))
+        return (Replay(since),)
+
+    def _serve(self, now: float) -> tuple[Action, ...]:
+        """``Serve`` if not serving and the proof is younger than the lease."""
+        if self._serving or now >= self.proven + self.lease:
+            return NOTHING
+        self._serving = True
+        self._check_at = 0.0  # the lease's end is a new deadline
+        return (SERVE,)
 
 
 class CoordinatorStats(NamedTuple):
@@ -295,9 +536,16 @@ class CoordinatorStats(NamedTuple):
     ignored_own: int  # this node's own messages, echoed back and ignored
     malformed: int  # messages that did not decode, counted and dropped
     reconnects: int  # successful resubscriptions after a drop
-    subscribed: bool  # listening right now (the local cache is served only then)
+    subscribed: bool  # the local cache is served right now (in sync, lease holding)
     last_error: str | None  # the last connection error, "Type: message"
     foreign_own_id: int = 0  # messages with our instance id that we did not send (applied)
+    sequence: int = 0  # the last sequence number applied (0: unsequenced, or none yet)
+    gaps: int = 0  # gaps in the sequence seen on a live connection, each repaired by a replay
+    replays: int = 0  # replays (after a gap or a resubscription) that evicted only what was missed
+    replayed_ids: int = 0  # ids those replays evicted
+    full_flushes: int = 0  # flushes because the log did not reach back, or the data set or server changed
+    lease_lapses: int = 0  # times the cache was bypassed because the lease ran out
+    lease_left: float = 0.0  # seconds the current proof still holds (<= 0: lapsed)
 
 
 class CoordinatorBase:
@@ -315,6 +563,7 @@ class CoordinatorBase:
 
     def __init__(
         self, config: ClusterConfig, cache: CoherentCache | None, backoff: Backoff | None = None, prefix: str | None = None,
+        sequenced: bool = False,
     ) -> None:
         self.config = config
         # track_external_changes: what tracking notifications mean for the cache (None: off).
@@ -331,7 +580,9 @@ class CoordinatorBase:
         self.cache = cache
         # Applies an update-mode message (id, value, expiry seconds): set by the store.
         self.on_update: Callable[[str, bytes, int], Any] | None = None
-        self.machine = ListenerMachine(config, backoff if backoff is not None else _Doubling(*config.reconnect_backoff))
+        self.sequenced = sequenced  # the write scripts number their messages (not on Redis Cluster)
+        self.log_size = config.replay_log_size
+        self.machine = ListenerMachine(config, backoff if backoff is not None else _Doubling(*config.reconnect_backoff), sequenced)
         self._count_lock = threading.Lock()
         self.subscribed = False
         self._reset_counters()
@@ -354,16 +605,23 @@ class CoordinatorBase:
         return CoordinatorStats(
             self._published, self._received, self._ignored_own, self._malformed,
             machine.reconnects, self.subscribed, machine.last_error, self._foreign_own_id,
+            machine.seq, machine.gaps, machine.replays, machine.replayed_ids, machine.full_flushes, machine.lease_lapses,
+            machine.lease_until - time.monotonic(),
         )
 
     def message(
         self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
-        payload: bytes | None = None, created: bool = False,
+        payload: bytes | None = None, created: bool = False, sequenced: bool | None = None,
     ) -> bytes:
-        """This node's wire message of type ``kind`` (for the store's write scripts)."""
+        """This node's wire message of type ``kind`` (for the store's write scripts).  When
+        ``sequenced`` (default: the coordinator's), the bytes a sequenced script completes;
+        else a whole message, to PUBLISH as it is."""
         with self._count_lock:
             self._issued += 1
-        return encode_message(kind, session_id, self.instance_id, version, expires_in, ids, payload, created)
+        return encode_message(
+            kind, session_id, self.instance_id, version, expires_in, ids, payload, created,
+            self.sequenced if sequenced is None else sequenced,
+        )
 
     def channel_for(self, key: str) -> str:
         """The channel a write script publishes the invalidation of ``key`` on: the shard
@@ -432,12 +690,19 @@ class CoordinatorBase:
     def handle_message(self, data: Any) -> None:
         """Apply one raw pub/sub payload: evict, flush, or count it as own/malformed. Never raises.
 
+        (The listener goes through its machine, which checks the sequence, then
+        ``apply_message``; this is the same without the sequence check.)
+        """
+        self.apply_message(decode_message(data))
+
+    def apply_message(self, msg: dict[str, Any] | None) -> None:
+        """Apply one decoded message (None: malformed, counted). Never raises.
+
         A message carrying our ``instance_id`` is our own echo, unless we already saw
         as many echoes as we built messages: then another process uses our id (a
         forged or replayed message, or a copy of this process); it is counted in
         ``foreign_own_id`` and applied like any other node's message.
         """
-        msg = decode_message(data)
         if msg is None:
             self._malformed += 1
             log.debug("dropped a malformed message (%d so far)", self._malformed)
@@ -481,14 +746,18 @@ class CoordinatorBase:
         self.apply(self.machine.outside_error(exc))
 
     def apply(self, actions: Sequence[Action]) -> None:
-        """Carry out the actions that need no connection: ``Serve``, ``Bypass``, ``Flush``
-        and ``Dispatch`` (the others are the driver's)."""
+        """Carry out the actions that need no connection: ``Serve``, ``Bypass``, ``Flush``,
+        ``Evict`` and ``Dispatch`` (the others are the driver's)."""
         for action in actions:
             kind = type(action)
             if kind is Dispatch:
-                self.handle_message(action.data)  # type: ignore[union-attr]
+                self.apply_message(action.data)  # type: ignore[union-attr]
             elif kind is Tracked:
                 self.apply_tracked(action.data)  # type: ignore[union-attr]
+            elif kind is Evict:
+                if self.cache is not None:
+                    for session_id in action.ids:  # type: ignore[union-attr]
+                        self.cache.invalidate(session_id)
             elif kind is Flush:
                 if self.cache is not None:
                     self.cache.flush()

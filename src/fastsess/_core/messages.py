@@ -11,6 +11,13 @@ with: a node caching that session may replace its copy instead of evicting it.  
 first save of a new id publishes an ``invalidated`` with ``c`` (created) true: nodes
 forget the id as absent and keep any copy they hold (nobody can hold one older than the
 creation).  Encoding and decoding only: no I/O.
+
+A **sequenced** message (a standalone or Sentinel Redis: see ``fastsess._core.sequence``)
+also carries ``ep``, the dataset epoch, and ``sq``, its sequence number, both added by
+the write script on the server: the client's bytes (``encode_message(sequenced=True)``)
+are a map whose header counts two more pairs and which ends with the key ``ep``; the
+script appends ``<epoch> "sq" <sequence>``, both as short strings (``append_sequence``
+builds the same bytes in Python).  ``decode_message`` gives ``sq`` as an int.
 """
 
 from __future__ import annotations
@@ -47,12 +54,15 @@ def new_instance_id(label: str) -> str:
 
 def encode_message(
     kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None,
-    ids: list[str] | None = None, payload: bytes | None = None, created: bool = False,
+    ids: list[str] | None = None, payload: bytes | None = None, created: bool = False, sequenced: bool = False,
 ) -> bytes:
     """The wire form of one invalidation: msgpack ``{t, id, node, v}`` (plus ``x`` for
     ``touched``, ``ids`` for ``deleted_many``; plus ``p`` and ``e`` for an ``invalidated``
     carrying ``payload``, stored for ``expires_in`` seconds; plus ``c`` for the
     ``invalidated`` of a creation).
+
+    ``sequenced``: the bytes a sequenced write script completes (see the module doc);
+    not a valid message until ``ep`` and ``sq`` are appended.
 
     Raises:
         ValueError: unknown ``kind``, ``touched`` without ``expires_in``, ``deleted_many``
@@ -81,7 +91,20 @@ def encode_message(
             raise ValueError("only an invalidated message marks a creation")
         msg["c"] = True
     packed: bytes = msgpack.packb(msg)
+    if sequenced:  # a fixmap (fewer than 16 pairs): the header byte is 0x80 | pairs
+        packed = bytes((packed[0] + 2,)) + packed[1:] + _EP_KEY
     return packed
+
+
+_EP_KEY: bytes = msgpack.packb("ep")
+_SQ_KEY: bytes = msgpack.packb("sq")
+
+
+def append_sequence(message: bytes, epoch: str, seq: int) -> bytes:
+    """What the write script publishes: ``message`` (``encode_message(sequenced=True)``)
+    completed with the epoch and the sequence number (as the Lua publish step does)."""
+    tail: bytes = msgpack.packb(epoch) + _SQ_KEY + msgpack.packb(str(seq))
+    return message + tail
 
 
 def decode_message(data: Any) -> dict[str, Any] | None:
@@ -104,6 +127,11 @@ def decode_message(data: Any) -> dict[str, Any] | None:
     node, session_id, version = msg.get("node"), msg.get("id"), msg.get("v", 0)
     if not isinstance(node, str) or not isinstance(version, int) or isinstance(version, bool):
         return None
+    if "sq" in msg:
+        seq, epoch = msg["sq"], msg.get("ep")
+        if not isinstance(seq, str) or not seq.isdigit() or not seq.isascii() or len(seq) > 20 or not isinstance(epoch, str):
+            return None
+        msg["sq"] = int(seq)
     if kind == DELETED_MANY:
         ids = msg.get("ids")
         if type(ids) is not list or not 0 < len(ids) <= MAX_IDS or not all(isinstance(i, str) for i in ids):

@@ -36,6 +36,7 @@ from ..session import Session, check_ttl
 from .conflict import MAX_CONFLICT_RETRIES, OnConflict, rebase, replace, stamp, too_many_conflicts
 from .keys import KeySpace, check_session_id, is_valid_session_id, new_session_id
 from .policy import CachePolicy
+from .sequence import SEQUENCE_LUA, log_keys
 
 MAX_ID_ATTEMPTS = 3
 
@@ -71,7 +72,14 @@ Command = tuple[str, "Script | None", tuple[Any, ...]]
 # channel's slot (the writer's slot map is out of date), the message goes out with PUBLISH
 # on the plain channel instead (every listener also subscribes that one), so the write
 # never lands without its invalidation.  Any other channel: PUBLISH.
-PUBLISH_LUA = """local function publish(channel, message)
+#
+# With ``meta`` (standalone Redis, Sentinel: ``StoreCore._announce``), the message is
+# numbered first: ``SEQUENCE_LUA`` advances the channel's sequence, logs (sequence, id)
+# in the capped stream ``log`` and completes the message (``fastsess._core.sequence``).
+PUBLISH_LUA = SEQUENCE_LUA + """local function publish(channel, message, meta, log, cap, id)
+  if meta then
+    message = sequence(message, meta, log, cap, id)
+  end
   if string.byte(channel, 1) == 123 then
     local sent = redis.pcall('SPUBLISH', channel, message)
     if type(sent) ~= 'table' then
@@ -85,7 +93,9 @@ end
 
 
 def publish_script(text: str) -> Script:
-    """A write ``Script`` for ``text``, which may call ``publish(channel, message)``."""
+    """A write ``Script`` for ``text``, which may call ``publish(channel, message[, meta, log,
+    cap, id])``: its calls pass ``KEYS[n + 1], KEYS[n + 2]`` (``n``: the script's own keys)
+    and the two ARGV after its own, which ``StoreCore._announce`` appends when sequenced."""
     return script(PUBLISH_LUA + text)
 
 
@@ -93,6 +103,9 @@ def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Co
     """An ``EVALSHA`` of ``lua`` over ``keys`` with ``args``."""
     return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
 
+
+# Sequenced (``StoreCore._announce``): two more KEYS (the channel's sequence hash and log)
+# and two more ARGV (the log's cap and the session id), after the script's own.
 
 # KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, kind, token, length (as SAVE's
 # ARGV[3..5]; kind '' = no check)[, channel, message (deleted old id)].
@@ -127,7 +140,7 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
   if ARGV[6] then
-    publish(ARGV[6], ARGV[7])
+    publish(ARGV[6], ARGV[7], KEYS[3], KEYS[4], ARGV[8], ARGV[9])
   end
   return 1
 end
@@ -162,7 +175,7 @@ else
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[6] then
-  publish(ARGV[6], ARGV[7])
+  publish(ARGV[6], ARGV[7], KEYS[2], KEYS[3], ARGV[8], ARGV[9])
 end
 return 1
 """)
@@ -173,7 +186,7 @@ return 1
 # listener that the notification of this key is this node's own write.
 SET_NX_PUBLISH = publish_script("""
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  publish(ARGV[3], ARGV[4])
+  publish(ARGV[3], ARGV[4], KEYS[2], KEYS[3], ARGV[5], ARGV[6])
   return 1
 end
 return 0
@@ -183,7 +196,7 @@ return 0
 # still cache a copy of a session that expired in Redis.
 DELETE_PUBLISH = publish_script("""
 local n = redis.call('DEL', KEYS[1])
-publish(ARGV[1], ARGV[2])
+publish(ARGV[1], ARGV[2], KEYS[2], KEYS[3], ARGV[3], ARGV[4])
 return n
 """)
 
@@ -192,7 +205,7 @@ return n
 TOUCH_PUBLISH = publish_script("""
 local n = redis.call('EXPIRE', KEYS[1], ARGV[1])
 if n == 1 then
-  publish(ARGV[2], ARGV[3])
+  publish(ARGV[2], ARGV[3], KEYS[2], KEYS[3], ARGV[4], ARGV[5])
 end
 return n
 """)
@@ -203,7 +216,14 @@ GET_PTTL = script("""
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """)
 
-SCRIPTS = (MOVE, SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, GET_PTTL)
+# KEYS: the channel's sequence hash and log.  ARGV: channel, message, cap.  A clear,
+# logged with the id "" (a listener that replays it flushes).
+CLEAR_PUBLISH = publish_script("""
+publish(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3], '')
+return 1
+""")
+
+SCRIPTS = (MOVE, SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL)
 
 
 class Messages(Protocol):
@@ -211,6 +231,8 @@ class Messages(Protocol):
 
     channel: str
     update_max_bytes: int  # update mode: a value up to this size travels in the message (0: off)
+    sequenced: bool  # the write scripts number the messages (see fastsess._core.sequence)
+    log_size: int  # the cap of the channel's invalidation log
 
     def channel_for(self, key: str) -> str: ...
 
@@ -218,7 +240,7 @@ class Messages(Protocol):
 
     def message(
         self, kind: str, session_id: str | None, version: int = 0, expires_in: int | None = None, ids: list[str] | None = None,
-        payload: bytes | None = None, created: bool = False,
+        payload: bytes | None = None, created: bool = False, sequenced: bool | None = None,
     ) -> bytes: ...
 
     def note_published(self, count: int = 1) -> None: ...
@@ -307,7 +329,8 @@ class StoreCore:
     """
 
     __slots__ = (
-        "clock", "is_cluster", "keys", "messages", "on_conflict", "policy", "principals", "refresh_fraction", "serializer", "ttl",
+        "_log", "clock", "is_cluster", "keys", "messages", "on_conflict", "policy", "principals", "refresh_fraction", "serializer",
+        "ttl",
     )
 
     def __init__(
@@ -325,6 +348,15 @@ class StoreCore:
         self.policy = policy
         self.messages = messages
         self.principals: Indexing | None = None  # set by the store: re-indexes bound sessions
+        # The channel's sequence hash and log, when the write scripts number their messages.
+        self._log = log_keys(messages.channel) if messages is not None and messages.sequenced and not is_cluster else None
+
+    def _announce(self, label: str, lua: Script, keys: tuple[str, ...], session_id: str, *args: Any) -> Command:
+        """Run a ``publish_script``: when sequenced, with the log's keys, its cap and
+        ``session_id`` appended (see ``fastsess._core.sequence``)."""
+        if self._log is None:
+            return run_script(label, lua, keys, *args)
+        return run_script(label, lua, (*keys, *self._log), *args, self.messages.log_size, session_id)  # type: ignore[union-attr]
 
     def load(self, session_id: str, token: tuple[int, int] | None = None) -> Flow:
         """Read ``session_id`` (already validated) from Redis; with a fill ``token``, also its
@@ -445,16 +477,16 @@ class StoreCore:
         try:
             if nx:  # a new id: no node holds a copy, but some may remember it as absent
                 message = messages.message(INVALIDATED, session.id, session.version, created=True)
-                written = bool((yield run_script(
-                    "SET", SET_NX_PUBLISH, (key,), payload, session.ttl, messages.channel_for(key), message,
+                written = bool((yield self._announce(
+                    "SET", SET_NX_PUBLISH, (key,), session.id, payload, session.ttl, messages.channel_for(key), message,
                 )))
             else:
                 update = payload if len(payload) <= messages.update_max_bytes else None  # update mode
                 message = messages.message(
                     INVALIDATED, session.id, session.version, session.ttl if update else None, payload=update,
                 )
-                written = check_reply((yield run_script(
-                    "SET", SAVE, (key,), payload, session.ttl, *base, messages.channel_for(key), message,  # type: ignore[misc]
+                written = check_reply((yield self._announce(
+                    "SET", SAVE, (key,), session.id, payload, session.ttl, *base, messages.channel_for(key), message,  # type: ignore[misc]
                 )))
             if written is True:
                 messages.note_published()
@@ -485,9 +517,13 @@ class StoreCore:
             messages.expect_write(session.id)
         try:
             if not self.is_cluster:  # one script: atomic
-                publish = () if message is None else (messages.channel_for(old_key), message)  # type: ignore[union-attr]
                 check = base or ("", "", "")
-                reply = yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *check, *publish)
+                if message is None:
+                    reply = yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *check)
+                else:
+                    reply = yield self._announce(
+                        "regenerate", MOVE, (old_key, new_key), old_id, payload, session.ttl, *check, messages.channel_for(old_key), message,  # type: ignore[union-attr]
+                    )
                 moved = GONE if reply == -1 else check_reply(reply)
             else:
                 # Redis Cluster: the two keys live in different slots, so no script can span
@@ -500,7 +536,9 @@ class StoreCore:
                     if message is None:
                         existed = yield ("regenerate", None, ("DEL", old_key))
                     else:
-                        existed = yield run_script("regenerate", DELETE_PUBLISH, (old_key,), messages.channel_for(old_key), message)  # type: ignore[union-attr]
+                        existed = yield self._announce(
+                            "regenerate", DELETE_PUBLISH, (old_key,), old_id, messages.channel_for(old_key), message,  # type: ignore[union-attr]
+                        )
                     if created and existed == 0:
                         # the old key was gone (deleted, logged out, expired): never re-create
                         # the session under a new id -- take back what was just written
@@ -602,7 +640,7 @@ class StoreCore:
             return (yield ("DEL", None, ("DEL", key))) == 1
         try:
             message = messages.message(DELETED, session_id)
-            existed: bool = (yield run_script("DEL", DELETE_PUBLISH, (key,), messages.channel_for(key), message)) == 1
+            existed: bool = (yield self._announce("DEL", DELETE_PUBLISH, (key,), session_id, messages.channel_for(key), message)) == 1
         except BaseException:
             if self.policy is not None:
                 self.policy.uncertain(session_id)  # the DEL may have landed, or may land later
@@ -624,7 +662,9 @@ class StoreCore:
             return bool((yield ("EXPIRE", None, ("EXPIRE", key, seconds))))
         try:
             message = messages.message(TOUCHED, session_id, expires_in=seconds)
-            touched: bool = (yield run_script("EXPIRE", TOUCH_PUBLISH, (key,), seconds, messages.channel_for(key), message)) == 1
+            touched: bool = (yield self._announce(
+                "EXPIRE", TOUCH_PUBLISH, (key,), session_id, seconds, messages.channel_for(key), message,
+            )) == 1
         except BaseException as exc:
             if self.policy is not None and not isinstance(exc, NEVER_SENT):
                 self.policy.uncertain(session_id)  # the EXPIRE may have landed, or may land later
@@ -647,5 +687,8 @@ class StoreCore:
             self.policy.flush()
         messages = self.messages
         if messages is not None:
-            yield ("PUBLISH", None, ("PUBLISH", messages.channel, messages.message(CLEARED, None)))
+            if self._log is None:
+                yield ("PUBLISH", None, ("PUBLISH", messages.channel, messages.message(CLEARED, None)))
+            else:
+                yield run_script("PUBLISH", CLEAR_PUBLISH, self._log, messages.channel, messages.message(CLEARED, None), messages.log_size)
             messages.note_published()

@@ -58,6 +58,7 @@ from .keys import KeySpace, check_session_id, is_valid_session_id
 from .messages import DELETED_MANY, MAX_IDS
 from .ops import Command, Flow, Messages, Script, publish_script, run_script, script
 from .policy import CachePolicy
+from .sequence import log_keys
 
 PRINCIPAL_KEY = "_fastsess_principal"  # reserved session key: [principal, indexed id, covered until]
 MAX_PRINCIPAL_LENGTH = 1024  # characters; a user id, an email address, a UUID all fit
@@ -120,15 +121,23 @@ end
 return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[n + 2]) - 1)
 """)
 
-# KEYS[1]=index, KEYS[2..]=the batch's session keys  ARGV: batch, ids[, channel, message].
-# delete_all's batch on one Redis (not a cluster: the keys span slots), atomically: UNLINK
-# the sessions, drop them from the index, publish; returns {deleted, the next batch of ids}.
+# KEYS[1]=index, KEYS[2..n+1]=the batch's session keys[, the channel's sequence hash and
+# log]  ARGV: batch, n ids[, channel, message[, the log's cap]].  delete_all's batch on one
+# Redis (not a cluster: the keys span slots), atomically: UNLINK the sessions, drop them
+# from the index, publish; returns {deleted, the next batch of ids}.  Sequenced (the log's
+# keys given, so that #ARGV == #KEYS + 1; ``fastsess._core.sequence``): the batch is
+# logged as one entry, its ids joined by commas.
 DELETE_BATCH = publish_script("""
-local n = #KEYS - 1
-local deleted = redis.call('UNLINK', unpack(KEYS, 2))
+local logged = #ARGV == #KEYS + 1
+local n = #KEYS - (logged and 3 or 1)
+local deleted = redis.call('UNLINK', unpack(KEYS, 2, n + 1))
 redis.call('ZREM', KEYS[1], unpack(ARGV, 2, n + 1))
 if ARGV[n + 2] then
-  publish(ARGV[n + 2], ARGV[n + 3])
+  if logged then
+    publish(ARGV[n + 2], ARGV[n + 3], KEYS[n + 2], KEYS[n + 3], ARGV[n + 4], table.concat(ARGV, ',', 2, n + 1))
+  else
+    publish(ARGV[n + 2], ARGV[n + 3])
+  end
 end
 return {deleted, redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)}
 """)
@@ -355,6 +364,8 @@ class PrincipalCore:
                     reply = yield run_script("delete_all", INDEX_REMOVE, (key,), len(victims), *victims, BATCH, *publish)
                 else:  # one atomic script: deleted, dropped from the index and announced together
                     keys = (key, *(self.keys.key(i) for i in victims))
+                    if messages is not None and messages.sequenced:  # numbered and logged (fastsess._core.sequence)
+                        keys, publish = (*keys, *log_keys(messages.channel)), (*publish, messages.log_size)
                     n, reply = yield run_script("delete_all", DELETE_BATCH, keys, BATCH, *victims, *publish)
             except BaseException:
                 if policy is not None:

@@ -71,5 +71,5 @@ class ClusterCoordinator(ThreadedCoordinator):
             redis.RedisError: the PUBLISH failed.
         """
         # execute_command: redis-py 5.0's asyncio RedisCluster has no publish() method
-        await self.client.execute_command("PUBLISH", self.channel, self.message(kind, session_id, version))
+        await self.client.execute_command("PUBLISH", self.channel, self.message(kind, session_id, version, sequenced=False))
         self.note_published()

@@ -33,6 +33,11 @@ def is_asyncio_client(client: Any) -> bool:
     return type(client).__module__.startswith("redis.asyncio")
 
 
+def is_cluster_client(client: Any) -> bool:
+    """True for a sync or asyncio ``RedisCluster`` client."""
+    return hasattr(client, "nodes_manager")
+
+
 def _accepted(cls: type) -> set[str]:
     """Keyword arguments ``cls`` (a redis-py connection or client class) takes, along its MRO."""
     names: set[str] = set()
@@ -185,7 +190,7 @@ class Link:
     (one connection).
     """
 
-    __slots__ = ("fds", "made", "pubsub", "read")
+    __slots__ = ("commands", "fds", "made", "pubsub", "read")
     source = 0
 
     def __init__(self, client: Any) -> None:
@@ -193,6 +198,7 @@ class Link:
             redis.RedisError: the listener's client could not be built (see ``listener_client``).
         """
         listener, self.made = listener_client(client)
+        self.commands: Any = listener  # for commands on another connection than the subscribed one (replays)
         self.pubsub: Any = listener.pubsub()
         self.read: Callable[[float], Any] | None = None
         self.fds: list[int] = []
@@ -224,13 +230,13 @@ class Link:
         message = self.pubsub.get_message(timeout=timeout)
         return None if message is None else (message["type"], message["data"])
 
-    def ping(self) -> None:
-        """Send a PING (its PONG arrives as an event).
+    def ping(self, message: str | None = None) -> None:
+        """Send a PING (its PONG, carrying ``message``, arrives as an event).
 
         Raises:
             redis.RedisError / OSError: the connection failed.
         """
-        self.pubsub.ping()
+        self.pubsub.ping(message)
 
     def shutdown(self) -> None:
         """Shut the socket down (not close: the fd stays valid for a thread still reading
@@ -362,6 +368,7 @@ class NodeLink:
         self._pending = 0  # subscription confirmations still to come
         self._last: list[float] = []
         self._pinged: list[float | None] = []
+        self._pongs: dict[bytes, int] = {}  # numbered PINGs: how many connections answered
         self._next = 0
         self._topology: dict[tuple[str, int], list[tuple[int, int]]] | None = None
         self._probe: Any = None  # a plain connection asking for the slot map
@@ -424,6 +431,12 @@ class NodeLink:
             )
         self.shards = ShardMap(self.channel, [masters[a] for a in order]) if self.sharded else None
         return connections
+
+    @property
+    def commands(self) -> Any:
+        """A client for commands on other connections than these (replays): the one made
+        for a standalone or Sentinel-managed server (None on a cluster: never needed)."""
+        return self._made
 
     def _open_single(self) -> list[Any]:
         listener, self._made = listener_client(self.client, own=True)
@@ -533,19 +546,35 @@ class NodeLink:
             return ("subscribe", None) if self._pending == 0 else ("reply", None)
         if kind in (b"unsubscribe", b"sunsubscribe"):
             return ("unsubscribe", None)
+        if kind == b"pong" and reply[-1] in self._pongs:
+            answered = self._pongs[reply[-1]] + 1
+            if answered < len(self.connections):
+                self._pongs[reply[-1]] = answered
+                return ("reply", None)
+            del self._pongs[reply[-1]]
+            return ("pong", reply[-1])
         return ("reply", None)
 
-    def ping(self) -> None:
-        """PING every connection that has no PING outstanding (the PONGs arrive as events).
+    def ping(self, message: str | None = None) -> None:
+        """PING every connection that has no PING outstanding (the PONGs arrive as events);
+        with ``message`` (the lease's numbered PINGs), every connection: its PONG comes out
+        as ``("pong", message)`` once every connection answered it.
 
         Raises:
             redis.RedisError / OSError: a connection failed.
         """
         now = time.monotonic()
         for i, connection in enumerate(self.connections):
-            if self._pinged[i] is None:
+            if message is not None:
+                connection.send_command("PING", message)
+            elif self._pinged[i] is None:
                 connection.send_command("PING")
+            else:
+                continue
+            if self._pinged[i] is None:
                 self._pinged[i] = now
+        if message is not None:
+            self._pongs[message.encode()] = 0
 
     def shutdown(self) -> None:
         """Shut every socket down, so a blocking read returns at once."""

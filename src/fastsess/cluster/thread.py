@@ -1,9 +1,10 @@
 """The listener thread: the driver of both coordinators (sync and asyncio).
 
 The thread reads a pub/sub connection of its own, made by ``listener_client`` from the
-store's client settings (RESP2, no redis-py retries: every drop reaches it, so every
-reconnect flushes the cache and is counted).  It feeds the thread-safe
-``CoherentCache``, so invalidations apply even while an event loop never yields.
+store's client settings (RESP2, no redis-py retries: every drop reaches it, and every
+reconnect replays the missed invalidations, or flushes the cache, and is counted).  It
+feeds the thread-safe ``CoherentCache``, so invalidations apply even while an event loop
+never yields.  Replays run on a second connection of the same client, in this thread.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import NoScriptError
 
 from .._core.coherence import CoherentCache
-from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Serve, Tracked
+from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Replay, Serve, Tracked, replay_command
 from ..config import ClusterConfig
-from .redis_adapter import Link, NodeLink, is_asyncio_client
+from .redis_adapter import Link, NodeLink, is_asyncio_client, is_cluster_client
 from .registry import register
 
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
@@ -41,7 +43,8 @@ class ThreadedCoordinator(CoordinatorBase):
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None, prefix: str | None = None) -> None:
         first, cap = config.reconnect_backoff
         # With jitter: nodes that lose Redis together do not all retry (and flush) together.
-        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first), prefix)
+        # Sequenced everywhere but on Redis Cluster (see fastsess._core.sequence).
+        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first), prefix, sequenced=not is_cluster_client(client))
         self.prefix = prefix
         self.client = client
         self._pid = os.getpid()
@@ -78,6 +81,16 @@ class ThreadedCoordinator(CoordinatorBase):
         if link is not None and os.getpid() == self._pid:  # never the parent's socket, in a forked child
             link.shutdown()
         return thread
+
+    def drop_connection(self) -> bool:
+        """Break the listener's connection as a network failure would (for the demo and
+        tests): the listener notices, reconnects and replays what it missed meanwhile.
+        True if there was a connection to break."""
+        link = self._link
+        if link is None or os.getpid() != self._pid:
+            return False
+        link.shutdown()
+        return True
 
     def after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's thread, connection, cache and identity;
@@ -152,9 +165,15 @@ class ThreadedCoordinator(CoordinatorBase):
         for action in actions:
             kind = type(action)
             if kind is Dispatch:
-                self.handle_message(action.data)  # type: ignore[union-attr]
+                self.apply_message(action.data)  # type: ignore[union-attr]
             elif kind is Tracked:
                 self.apply_tracked(action.data)  # type: ignore[union-attr]
+            elif kind is Replay:
+                if link is None:
+                    continue
+                sent = time.monotonic()
+                reply = self._replay(link, action.since)  # type: ignore[union-attr]
+                return link, self.machine.replayed(reply, sent, time.monotonic())
             elif kind is Connect:
                 link = self._link = self._new_link()
                 if stop.is_set():
@@ -181,10 +200,25 @@ class ThreadedCoordinator(CoordinatorBase):
                 return None, self.machine.retry(time.monotonic())
             elif kind is Ping:
                 if link is not None:
-                    link.ping()
-            else:  # Flush, Close
+                    link.ping(str(action.token))  # type: ignore[union-attr]
+            else:  # Flush, Evict, Close
                 self.apply((action,))
         return link, ()
+
+    def _replay(self, link: Link | NodeLink, since: int | None) -> Any:
+        """Run the replay command on the listener's client (not on the subscribed connection).
+
+        Raises:
+            Exception: the command failed.
+        """
+        command = replay_command(self.channel, since, self.log_size)
+        client = link.commands
+        try:
+            return client.execute_command(*command[2])
+        except NoScriptError:
+            script = command[1]
+            assert script is not None
+            return client.execute_command("EVAL", script.text, *command[2][2:])
 
     def _next_event(self, link: Link | NodeLink) -> Sequence[Action]:
         """Wait for the next reply on ``link`` (at most until the machine's next timeout)
@@ -219,6 +253,8 @@ class ThreadedCoordinator(CoordinatorBase):
             return machine.message(data, now)
         if kind == "tracked":
             return machine.tracked(data, now)
+        if kind == "pong":
+            return machine.pong(data, now)
         if kind == "subscribe":
             link.listening()
             if isinstance(link, NodeLink):
@@ -238,8 +274,12 @@ class ThreadedCoordinator(CoordinatorBase):
         switch interval only if the holder did not release the GIL meanwhile, and every
         short system call counts as a release.  Invalidations would then wait for
         the busy thread.  So: if the listener has left its wait (it has input and needs
-        the GIL) or input is waiting on its socket, sleep ``LISTENER_YIELD`` seconds.
+        the GIL), input is waiting on its socket, or the lease ran out (the listener must
+        wake up to bypass the cache), sleep ``LISTENER_YIELD`` seconds.
         """
+        if time.monotonic() >= self.machine.lease_until:
+            time.sleep(LISTENER_YIELD)
+            return
         if self._waiting:
             fds = self._fds
             if not fds:
@@ -307,6 +347,6 @@ class ClusterCoordinator(ThreadedCoordinator):
         Raises:
             redis.RedisError: the PUBLISH failed (the stores map it to ``StoreUnavailable``).
         """
-        self.client.publish(self.channel, self.message(kind, session_id, version))
+        self.client.publish(self.channel, self.message(kind, session_id, version, sequenced=False))
         self.note_published()
 
