@@ -65,10 +65,13 @@ def test_delete_all_logs_a_principal_out_everywhere(backend: Backend) -> None:
     assert store.sessions_of("42") == []
     assert store.load(other.id) is not None and store.sessions_of("43") == [other.id]
     assert store.delete_all("42") == 0  # nothing left: nothing to do
-    # a late save of a session logged out meanwhile does not bring it back
+    # a late save or regenerate of a session logged out meanwhile does not bring it back
     mine[0]["b"] = 2
     assert store.save(mine[0]) is False
     assert store.load(mine[0].id) is None
+    old_id = mine[1].id
+    store.regenerate(mine[1])
+    assert mine[1].id == old_id and store.count() == 1 and store.sessions_of("42") == []
 
 
 def test_delete_all_keeps_except_id(backend: Backend) -> None:
