@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
             s = store.create(dict(SAMPLE_SESSION))
             store.save(s)
             sessions[name] = (store, s)
-        sha = client.script_load(SAVE.text)
+        client.script_load(SAVE.text)
         message = node.coordinator.message("invalidated", sessions["node"][1].id, 1) if node.coordinator else b""
         client.set("bench:raw", b"x")
         # two stored values (serializer envelopes, as a store writes) to alternate between
@@ -108,10 +108,12 @@ def main(argv: list[str]) -> None:
         last = [envelopes[1]]  # what bench:script holds: the script compares with it, as a save would
         client.set("bench:script", last[0])
 
-        def script_alone(i: int) -> None:
+        def script_alone(i: int) -> None:  # the command the quiet store sends (sequenced as it is), built here
             payload = envelopes[i % 2]
-            base = stamp(last[0])
-            client.execute_command("EVALSHA", sha, 1, "bench:script", payload, TTL, *base, CHANNEL + ":nobody", message)
+            command = quiet._core._announce(
+                "SET", SAVE, ("bench:script",), "bench-script", payload, TTL, *stamp(last[0]), CHANNEL + ":nobody", message,
+            )
+            client.execute_command(*command[2])
             last[0] = payload
 
         def save(name: str) -> Callable[[int], Any]:
