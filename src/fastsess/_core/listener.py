@@ -66,6 +66,9 @@ from .tracking import TrackedChanges
 
 log = logging.getLogger("fastsess.cluster")
 
+# After the slot map changed, writers publish on the plain channel for this many
+# subscribe_timeouts before using the new shard channels (see adopt_shards).
+SHARD_MAP_WAIT = 4
 MAX_BACKOFF_EXPONENT = 32  # failures beyond this give the same (capped) delay; 2**n stays a float
 
 
@@ -633,10 +636,10 @@ class CoordinatorBase:
         """The listener subscribed with slot map ``shards`` (None: no sharded pub/sub).
 
         The first map, or the same one again, is used at once.  A changed one (slots
-        moved between masters) only after ``2 * subscribe_timeout`` seconds, during which
-        writers publish on the plain channel: another node's listener may still hold the
-        old map (each notices a change within ``subscribe_timeout``) and would not hear
-        a shard channel it does not know.
+        moved between masters) only after ``SHARD_MAP_WAIT * subscribe_timeout`` seconds,
+        during which writers publish on the plain channel: another node's listener may
+        still hold the old map (each checks every ``subscribe_timeout``, and the node it
+        asks may learn the change later) and would not hear a shard channel it does not know.
         """
         if shards is None:
             self.shards = self._pending_shards = None
@@ -647,8 +650,9 @@ class CoordinatorBase:
             self._shards_at = self._shards_at or now
             return
         self.shards, self._pending_shards = None, shards
-        self._shards_at = now + 2 * self.config.subscribe_timeout
-        log.info("the cluster's slot map changed: plain PUBLISH for %.1f s", 2 * self.config.subscribe_timeout)
+        wait = SHARD_MAP_WAIT * self.config.subscribe_timeout
+        self._shards_at = now + wait
+        log.info("the cluster's slot map changed: plain PUBLISH for %.1f s", wait)
 
     def shards_due(self, now: float) -> None:
         """Use a changed slot map once its wait is over (see ``adopt_shards``)."""
