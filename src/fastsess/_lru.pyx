@@ -11,17 +11,22 @@ Layout (every operation O(1), per-entry TTLs O(log n)):
   ``TTLCache`` keep it in exact recency order (a hit relinks its node at the
   newest end).  ``LocalCache`` uses CLOCK (second chance, as FIFO with
   reinsertion): a new node goes in unvisited at the newest end, a hit only sets
-  the ``visited`` flag of the node it already read (no relink, no neighbour
-  written), and eviction looks at the oldest node: visited, it moves to the
-  newest end with its flag cleared; unvisited, it is evicted.
+  the entry's visited flag (no relink, no neighbour written), and eviction looks
+  at the oldest node: visited, it moves to the newest end with its flag cleared;
+  unvisited, it is evicted.
+* hit index (``LocalCache``): an open-addressing table from each exact
+  str/int/bytes key to a copy of its value and expiry and its visited flag
+  (``fastsess_slot``), so that a hit reads one slot and no node.  It holds
+  borrowed pointers and is updated by the same structure updates as the lists.
 * write-order list: a second intrusive list through the entries that use the
   cache's single TTL; with one TTL, write order is expiry order, so expiry pops
   from its head.
 * heap: a binary min-heap (a C array) on ``expires`` for entries given their own
   TTL (``LocalCache.set(..., ttl=...)``); each node knows its heap index.
 
-The links and the heap hold borrowed ``PyObject*`` pointers (the dict holds the
-only strong reference to a node), so relinking never touches a reference count.
+The links, the heap and the index hold borrowed ``PyObject*`` pointers (the dict
+holds the only strong reference to a node, the node to its key and value), so
+relinking never touches a reference count.
 
 Never a crash, whatever the keys and callbacks do:
 
