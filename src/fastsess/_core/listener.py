@@ -352,7 +352,8 @@ class ListenerMachine:
             return (Dispatch(msg), FLUSH)
         expected = self.seq + 1
         if seq == expected:
-            self.seq = seq
+            # Repeats of what the last replay read all come before the first new message.
+            self.seq, self._dup_top = seq, 0
             return (Dispatch(msg),)
         if seq < expected:
             if seq <= self._dup_top:

@@ -169,8 +169,8 @@ class ThreadedCoordinator(CoordinatorBase):
             elif kind is Tracked:
                 self.apply_tracked(action.data)  # type: ignore[union-attr]
             elif kind is Replay:
-                if link is None:
-                    continue
+                if link is None:  # nothing to replay on: start over
+                    return None, self.machine.error(ConnectionError("no connection to replay on"), time.monotonic())
                 sent = time.monotonic()
                 reply = self._replay(link, action.since)  # type: ignore[union-attr]
                 return link, self.machine.replayed(reply, sent, time.monotonic())
