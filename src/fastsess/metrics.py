@@ -44,6 +44,13 @@ _CLUSTER_COUNTERS = (
     ("pubsub_reconnects", "reconnects", "Times the invalidation listener re-subscribed."),
 )
 
+_TRACKING_COUNTERS = (  # with ClusterConfig(track_external_changes=True) only
+    ("tracking_notifications", "notifications", "Tracking notifications (changed keys under the prefix) received."),
+    ("tracking_evictions", "evicted", "Sessions evicted because a tracking notification named them."),
+    ("tracking_own_writes", "own", "Tracking notifications of this node's own writes, which keep its copy."),
+    ("tracking_flushes", "flushes", "Local cache flushes after a FLUSHDB/FLUSHALL notification."),
+)
+
 _BREAKER_COUNTERS = (
     ("breaker_opened", "opened", "Times the circuit breaker opened after repeated connection failures."),
     ("breaker_rejected", "rejected", "Calls failed fast by the open circuit breaker, without a Redis call."),
@@ -89,6 +96,12 @@ class StoreCollector(Collector):
         subscribed = GaugeMetricFamily(f"{ns}_subscribed", "1 while the invalidation listener is subscribed (cache served).", labels=["node"])
         subscribed.add_metric(labels, 1.0 if cstats.subscribed else 0.0)
         yield subscribed
+        tracking = getattr(coordinator, "tracking", None)
+        if tracking is not None:
+            for suffix, attr, text in _TRACKING_COUNTERS:
+                family = CounterMetricFamily(f"{ns}_{suffix}", text, labels=["node"])
+                family.add_metric(labels, getattr(tracking, attr))
+                yield family
 
 
     def _breaker(self, stats: Any) -> Iterator[Any]:

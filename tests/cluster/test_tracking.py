@@ -294,3 +294,20 @@ def test_tracking_through_sentinel(sentinel: Any, prefix: str, channel: str) -> 
     finally:
         store.close()
         client.close()
+
+
+def test_metrics_count_notifications_evictions_and_own_writes(tracked: Any, raw: redis.Redis) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from fastsess.metrics import register_metrics
+
+    A, B = tracked
+    registry = CollectorRegistry()
+    register_metrics(A, registry)
+    node = {"node": A.config.node_id}
+    s = saved(A, {"v": 1})
+    wait_until(lambda: registry.get_sample_value("fastsess_tracking_own_writes_total", node) == 1, 2, what="the own write")
+    raw.delete(A.prefix + s.id)
+    wait_until(lambda: registry.get_sample_value("fastsess_tracking_evictions_total", node) == 1, 2, what="the eviction")
+    assert registry.get_sample_value("fastsess_tracking_notifications_total", node) == 2
+    assert registry.get_sample_value("fastsess_tracking_flushes_total", node) == 0
