@@ -115,6 +115,22 @@ def test_regenerate_never_recreates_a_session_deleted_meanwhile(stores: Any) -> 
     assert A.count() == 0 and list(B.iter_ids()) == []
 
 
+def test_regenerate_moves_a_concurrent_save_too(stores: Any) -> None:
+    """The old key is compared before it is deleted (cas13): a save by another request since
+    this one loaded the session is re-applied and moved, and the moved copy is what lands."""
+    A, B, raw = stores
+    s = A.create({"k": 0})
+    assert A.save(s) is True
+    mine, theirs = B.load(s.id), A.load(s.id)
+    theirs["theirs"] = 1
+    assert A.save(theirs) is True
+    mine["mine"] = 1
+    B.regenerate(mine)
+    assert mine.id != s.id and not A.exists(s.id)
+    assert dict(A.load(mine.id)) == {"k": 0, "theirs": 1, "mine": 1}
+    assert A.count() == 1
+
+
 def test_invalidations_cross_every_master(stores: Any) -> None:
     A, B, raw = stores
     sessions = sessions_on_every_master(A, raw)

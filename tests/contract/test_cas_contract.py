@@ -464,3 +464,18 @@ def test_regenerate_of_a_gone_session_on_two_nodes(nodes: Nodes) -> None:
     before = raw.dbsize()
     B.regenerate(late)
     assert late.id == s.id and raw.dbsize() == before
+
+
+def test_mark_for_save_writes_without_claiming_changes(backend: Backend) -> None:
+    """``mark_for_save`` makes the next save write (e.g. a new ttl) without claiming any key:
+    a concurrent save's changes survive it."""
+    store = backend.make()
+    a, b = two_requests(store, {"k": 0})
+    b["k"] = 1
+    assert store.save(b) is True
+    a.ttl = 120
+    a.mark_for_save()
+    assert a.modified and a.changes == {}
+    assert store.save(a) is True
+    assert stored(store, a.id) == {"k": 1}
+    backend.assert_ttl(store, a.id, 120)

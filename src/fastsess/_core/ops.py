@@ -200,6 +200,33 @@ publish(ARGV[1], ARGV[2], KEYS[2], KEYS[3], ARGV[3], ARGV[4])
 return n
 """)
 
+# Redis Cluster's second step of a move (the new key is written already, in another slot):
+# KEYS[1]=old key  ARGV: kind, token, length (SAVE's ARGV[3..5]; kind '' = no check)
+# [, channel, message (deleted old id)].  -1 if the old key is gone, its bytes if it no
+# longer holds what the session was loaded from (the caller deletes the new key again),
+# else DEL it (and publish): 1.
+CHECK_DELETE = publish_script("""
+local n = redis.call('STRLEN', KEYS[1])
+if n == 0 then
+  return -1
+end
+if ARGV[1] == 'p' then
+  if n ~= tonumber(ARGV[3]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) ~= ARGV[2] then
+    return redis.call('GETRANGE', KEYS[1], 0, -1)
+  end
+elseif ARGV[1] == 'h' then
+  local cur = redis.call('GETRANGE', KEYS[1], 0, -1)
+  if redis.sha1hex(cur) ~= ARGV[2] then
+    return cur
+  end
+end
+redis.call('DEL', KEYS[1])
+if ARGV[4] then
+  publish(ARGV[4], ARGV[5], KEYS[2], KEYS[3], ARGV[6], ARGV[7])
+end
+return 1
+""")
+
 # KEYS[1]=key  ARGV: ttl, channel, message.  Other nodes drop their copy, whose local
 # expiry was computed from the old TTL.
 TOUCH_PUBLISH = publish_script("""
@@ -223,7 +250,7 @@ publish(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3], '')
 return 1
 """)
 
-SCRIPTS = (MOVE, SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL)
+SCRIPTS = (MOVE, SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, CHECK_DELETE, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL)
 
 
 class Messages(Protocol):
@@ -504,9 +531,9 @@ class StoreCore:
     def _move(self, old_id: str, session: Session, payload: bytes, base: Any = None) -> Flow:
         """Write ``session`` under its new id (NX) and delete ``old_id``; idempotent: a new
         key that already holds this payload counts as moved.  True, False (the new id is
-        taken), GONE (the old key no longer exists: nothing written) or, on a single Redis
-        with ``base`` (``stamp`` of what the session was loaded from), the old key's bytes
-        if another request saved it meanwhile."""
+        taken), GONE (the old key no longer exists: nothing written) or, with ``base``
+        (``stamp`` of what the session was loaded from), the old key's bytes if another
+        request saved it meanwhile (nothing written)."""
         old_key, new_key = self.keys.key(old_id), self.keys.key(session.id)
         messages, policy = self.messages, self.policy
         message = None if messages is None else messages.message(DELETED, old_id)
@@ -527,23 +554,23 @@ class StoreCore:
                 moved = GONE if reply == -1 else check_reply(reply)
             else:
                 # Redis Cluster: the two keys live in different slots, so no script can span
-                # them.  Write the new key first: if the DEL then fails, the old id still dies
-                # with its TTL and the caller sees StoreUnavailable.
-                created = moved = bool((yield ("regenerate", None, ("SET", new_key, payload, "EX", session.ttl, "NX"))))
-                if not moved:
-                    moved = (yield ("regenerate", None, ("GET", new_key))) == payload  # this move, run before
-                if moved:
-                    if message is None:
-                        existed = yield ("regenerate", None, ("DEL", old_key))
-                    else:
-                        existed = yield self._announce(
-                            "regenerate", DELETE_PUBLISH, (old_key,), old_id, messages.channel_for(old_key), message,  # type: ignore[union-attr]
-                        )
-                    if created and existed == 0:
-                        # the old key was gone (deleted, logged out, expired): never re-create
-                        # the session under a new id -- take back what was just written
+                # them.  Write the new key first, then compare and delete the old one
+                # (CHECK_DELETE); if the old key is gone, or another request saved it
+                # meanwhile, delete the new key again.  If a step fails, the caller sees
+                # StoreUnavailable and runs the move once more (idempotent: a new key that
+                # holds this payload is this move's).
+                created = bool((yield ("regenerate", None, ("SET", new_key, payload, "EX", session.ttl, "NX"))))
+                ours = created or (yield ("regenerate", None, ("GETRANGE", new_key, 0, -1))) == payload
+                moved = False
+                if ours:
+                    check = base or ("", "", "")
+                    publish = () if message is None else (messages.channel_for(old_key), message)  # type: ignore[union-attr]
+                    reply = yield self._announce("regenerate", CHECK_DELETE, (old_key,), old_id, *check, *publish)
+                    if reply == 1 or (reply == -1 and not created):  # moved (now, or by the first run)
+                        moved = True
+                    else:  # gone, or changed meanwhile: take back what was just written
                         yield ("regenerate", None, ("DEL", new_key))
-                        moved = GONE
+                        moved = GONE if reply == -1 else check_reply(reply)
         except BaseException:
             if policy is not None:
                 policy.uncertain(old_id, session.id)

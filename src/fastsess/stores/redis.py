@@ -160,8 +160,11 @@ class RedisStore(RedisStoreBase, SessionStore):
 
         Atomic on a single Redis (one Lua script: SET NX new, then DEL old).  On
         Redis Cluster the keys sit in different slots: the new key is written
-        first, then the old one deleted (two round trips).  A session never
-        saved just gets a new id.
+        first, then the old one compared and deleted (two round trips).  A session
+        never saved just gets a new id.  As with ``save``: if another request saved
+        the session since it was loaded, this request's changes are re-applied on
+        that and the result moved; a session deleted meanwhile is not re-created
+        (nothing written, ``session`` keeps its old id and state).
 
         A move whose outcome is unknown (a timeout: it may have run, or may still
         run) is run once more: the move is idempotent (same new id, same payload),
