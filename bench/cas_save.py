@@ -11,10 +11,11 @@ the medians (and interquartile ranges) are printed:
 * ``cas``: ``store.save`` as shipped: the session remembers the bytes it was stored as,
   hashes them (SHA-1) and runs the ``SAVE`` script, which GETs the value, compares its
   SHA-1 and SETs (clustered: and PUBLISHes);
-* ``before``: the same ``store.save`` with the write step as it was before the
-  compare-and-set (``StoreCore._write`` swapped for ``before_write`` below, a copy of the
-  former code, for these rounds): ``RedisStore`` sends a plain ``SET ... EX ttl XX``, the
-  clustered store runs the former ``SET_PUBLISH`` script (``SET XX``, then PUBLISH).
+* ``before``: the same ``store.save`` with the write step without its compare part
+  (``StoreCore._write`` swapped for ``before_write`` below for these rounds), as it was
+  before the compare-and-set: ``RedisStore`` sends a plain ``SET ... EX ttl XX``, the
+  clustered store runs ``SET XX`` and the publish step as shipped (same message,
+  sequencing, update mode), so only the compare differs.
 
 Every save rewrites a modified session (one key changed), one at a time: a round trip
 each, on loopback.
@@ -45,10 +46,11 @@ from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
 from fastsess._core import ops
 from fastsess.server import RedisServer
 
-# The save script before the compare-and-set (KEYS[1]=key  ARGV: payload, ttl, channel, message).
+# The save script without its compare part: SET XX, then the publish step as shipped
+# (KEYS[1]=key  ARGV: payload, ttl, channel, message, then the sequencing arguments).
 SET_PUBLISH = ops.publish_script("""
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
-  publish(ARGV[3], ARGV[4])
+  publish(ARGV[3], ARGV[4], KEYS[2], KEYS[3], ARGV[5], ARGV[6])
   return 1
 end
 return 0
@@ -57,19 +59,27 @@ CAS = ops.SAVE
 CAS_WRITE = ops.StoreCore._write
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def before_write(self: Any, session: Any, payload: bytes) -> ops.Flow:
-    """``StoreCore._write`` as it was before the compare-and-set."""
+    """``StoreCore._write`` for an existing session without the compare-and-set: a bare
+    ``SET XX`` (``RedisStore``) or ``SET XX`` + the publish step as shipped (clustered:
+    the same message, sequencing and update mode as ``_write``)."""
     key = self.keys.key(session.id)
-    nx = session.new
     messages, policy = self.messages, self.policy
     if messages is None:
-        return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX" if nx else "XX"))))
+        return bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "XX"))))
     token = started = None
     if policy is not None:
         token, started = policy.token(session.id), policy.clock()
     try:
-        message = messages.message(ops.INVALIDATED, session.id, session.version)
-        written = bool((yield ops.run_script("SET", SET_PUBLISH, (key,), payload, session.ttl, messages.channel_for(key), message)))
+        update = payload if len(payload) <= messages.update_max_bytes else None
+        message = messages.message(ops.INVALIDATED, session.id, session.version, session.ttl if update else None, payload=update)
+        written = bool((yield self._announce(
+            "SET", SET_PUBLISH, (key,), session.id, payload, session.ttl, messages.channel_for(key), message,
+        )))
         if written:
             messages.note_published()
     except BaseException:
@@ -79,10 +89,6 @@ def before_write(self: Any, session: Any, payload: bytes) -> ops.Flow:
     if policy is not None:
         policy.written(session, written, token, started, len(payload))
     return written
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run(store: Any, sids: tuple[str, str], saves: int) -> dict[bool, list[float]]:
@@ -110,13 +116,13 @@ def run(store: Any, sids: tuple[str, str], saves: int) -> dict[bool, list[float]
 
 def lost(store: Any, pairs: int, checked: bool) -> int:
     """Of ``pairs`` concurrent load-modify-save pairs (two threads), how many lost a key."""
+    ids = []
+    for _ in range(pairs):
+        s = store.create({"n": 0})
+        assert store.save(s)
+        ids.append(s.id)
     ops.StoreCore._write = CAS_WRITE if checked else before_write  # type: ignore[method-assign]
     try:
-        ids = []
-        for _ in range(pairs):
-            s = store.create({"n": 0})
-            assert store.save(s)
-            ids.append(s.id)
         gate = threading.Barrier(2)
 
         def request(key: str) -> None:
