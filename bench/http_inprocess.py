@@ -155,6 +155,9 @@ def _profile(fn: Any) -> None:
     prof.enable()
     fn()
     prof.disable()
+    dump = os.environ.get("HTTP_INPROCESS_PROFILE_DUMP")
+    if dump:  # raw stats for pstats (e.g. to filter by module)
+        prof.dump_stats(dump)
     pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
 
 

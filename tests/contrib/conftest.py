@@ -71,5 +71,6 @@ def redis_writes(client: object) -> int:
 
 
 def session_keys(client: object, prefix: str) -> list[bytes]:
-    """The keys under ``prefix`` (SCAN)."""
-    return sorted(client.scan_iter(match=prefix + "*"))  # type: ignore[attr-defined]
+    """The session keys under ``prefix`` (SCAN; string keys only: the invalidation channel's
+    sequence hash and replay stream live under the prefix too)."""
+    return sorted(client.scan_iter(match=prefix + "*", _type="string"))  # type: ignore[attr-defined]

@@ -351,3 +351,55 @@ def test_cluster_config_setting(apps: list[Flask], redis_url: str, prefix: str) 
     client = plain.test_client()
     client.get("/incr")
     assert client.get("/incr").json == {"count": 2}
+
+
+@pytest.mark.parametrize("config", [
+    {},
+    {"SESSION_PERMANENT": False},
+    {"SESSION_COOKIE_SECURE": True, "SESSION_COOKIE_SAMESITE": "Strict", "SESSION_COOKIE_NAME": "sid",
+     "SESSION_COOKIE_PATH": "/a b;c", "SESSION_COOKIE_DOMAIN": ".example.test:8000"},
+    {"SESSION_COOKIE_PARTITIONED": True, "SESSION_COOKIE_SAMESITE": None, "SESSION_COOKIE_NAME": "s\u00e9ssion"},
+    {"PERMANENT_SESSION_LIFETIME": timedelta(seconds=5)},
+])
+def test_set_cookie_header_is_werkzeugs_byte_for_byte(config: dict[str, Any]) -> None:
+    """The read path's Set-Cookie comes from a per-second template: it is exactly the header
+    ``response.set_cookie`` writes for the same arguments, second after second."""
+    from flask.sessions import SessionMixin
+
+    from fastsess import MemoryStore
+    from fastsess.contrib.flask import FlaskSession
+
+    app = Flask(__name__)
+    app.secret_key = SECRET
+    app.config.update(config)
+    interface = FastSession(app, store=MemoryStore()).init_app(app)
+    sessions = [FlaskSession({"user": "ada"}, sid=new_session_id(), permanent=app.config.get("SESSION_PERMANENT", True)) for _ in range(3)]
+
+    class Plain(app.response_class):  # type: ignore[name-defined,misc]
+        def set_cookie(self, *args: Any, **kwargs: Any) -> None:  # an override: the drop-in calls it as before
+            super().set_cookie(*args, **kwargs)
+
+    def werkzeugs(session: SessionMixin) -> str:
+        response = Plain()
+        interface._set_cookie(app, session, response)  # type: ignore[arg-type]
+        return response.headers["Set-Cookie"]  # type: ignore[no-any-return]
+
+    lifetime = app.permanent_session_lifetime
+    with app.test_request_context():
+        for step in range(3):  # the expiry moves by whole seconds, as it does over time
+            app.permanent_session_lifetime = lifetime + timedelta(seconds=step)
+            for session in sessions:
+                response = app.response_class()
+                interface._set_cookie(app, session, response)  # type: ignore[arg-type]
+                assert interface._cookie_template is not None and interface._cookie_template.head is not None
+                assert response.headers.getlist("Set-Cookie") == [werkzeugs(session)]
+
+
+def test_oversized_cookie_warns_on_every_response(apps: list[Flask], redis_url: str, prefix: str) -> None:
+    """As werkzeug's set_cookie: a cookie over MAX_COOKIE_SIZE warns each time it is set."""
+    app = make_app(FASTSESS_REDIS_URL=redis_url, SESSION_KEY_PREFIX=prefix, MAX_COOKIE_SIZE=60)
+    apps.append(app)
+    client = app.test_client()
+    for path in ("/incr", "/read", "/read"):
+        with pytest.warns(UserWarning, match="cookie is too large"):
+            assert "Set-Cookie" in client.get(path).headers

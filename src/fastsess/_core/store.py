@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..session import Session, check_ttl
 from .keys import KeySpace, new_session_id
+from .ops import needs_write
 
 DEFAULT_TTL = 1800  # seconds: 30 minutes, like most frameworks' session defaults
 DEFAULT_PREFIX = "fastsess:"
@@ -43,6 +44,13 @@ class StoreBase:
         self.ttl = check_ttl(ttl)
         self.refresh_fraction = check_refresh_fraction(refresh_fraction)
         self.clock: Callable[[], float] = time.time if clock is None else clock
+
+    def save_due(self, session: Session) -> bool:
+        """Whether ``save(session)`` would write now (no I/O): ``session`` is modified, or
+        was saved before and its TTL refresh is due (``refresh_fraction`` of its TTL has
+        passed since it was last written).  False: ``save`` would return False without
+        a Redis call, so a caller may skip it (the framework drop-ins do, on reads)."""
+        return needs_write(session, self.clock(), self.refresh_fraction)
 
     def create(self, data: Mapping[str, Any] | None = None, ttl: int | None = None) -> Session:
         """A new, unsaved session (``new=True``); nothing is written until ``save``.

@@ -39,12 +39,15 @@ fastsess under a new id with a new cookie, and deleted from the old key.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import warnings
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
+from werkzeug.http import dump_cookie
+from werkzeug.sansio.response import Response as SansIOResponse
 
 from ..config import ClusterConfig
 from ..crypto import encryption_from_setting
@@ -118,6 +121,41 @@ def _has_data(session: FlaskSession) -> bool:
     return any(key != "_permanent" for key in dict.keys(session))
 
 
+# werkzeug's Response.set_cookie: the fast path below builds exactly its header
+_WERKZEUG_SET_COOKIE = SansIOResponse.set_cookie
+_PLACEHOLDER = "x"  # a cookie-value character werkzeug never quotes (signed values use [A-Za-z0-9_.-])
+
+
+class _CookieTemplate:
+    """The Set-Cookie header werkzeug's ``dump_cookie`` writes for one set of arguments
+    (expiry to the second, attributes, size limit) and any value of one length, split
+    around the value: ``head + value + tail``.
+
+    Made by ``dump_cookie`` itself with a placeholder value of that length, so the header
+    is byte for byte werkzeug's.  No template (``head`` None) when that header is over
+    ``max_size`` (werkzeug warns on each such cookie: those keep calling it) or the
+    value is not where werkzeug puts it (a different werkzeug): then ``set_cookie`` is called.
+    """
+
+    __slots__ = ("head", "key", "tail")
+
+    def __init__(self, key: tuple[Any, ...], name: str, length: int, arguments: dict[str, Any]) -> None:
+        self.key = key
+        self.head: str | None = None
+        self.tail = ""
+        placeholder = _PLACEHOLDER * length
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an oversized cookie: no template, werkzeug warns per request
+            header = dump_cookie(name, placeholder, **arguments)
+        max_size = arguments["max_size"]
+        head = f"{name.encode().decode('latin1')}="
+        if (max_size and len(header) > max_size) or header[len(head):len(head) + length] != placeholder:
+            return
+        if not header.startswith(head):
+            return
+        self.head, self.tail = head, header[len(head) + length:]
+
+
 class FastSessionInterface(SessionInterface):
     """The ``SessionInterface`` ``FastSession`` installs (see the module doc).
 
@@ -155,6 +193,7 @@ class FastSessionInterface(SessionInterface):
         self.store = store
         self._signer: CookieSigner | None = None
         self._signer_secret: Any = None
+        self._cookie_template: _CookieTemplate | None = None  # the last Set-Cookie template (see _set_cookie)
 
     def _sign(self, app: Flask) -> CookieSigner:
         secret = app.secret_key
@@ -279,15 +318,31 @@ class FastSessionInterface(SessionInterface):
         if partitioned is not None:
             kwargs["partitioned"] = partitioned(app)
         assert session.sid is not None
+        name = self.get_cookie_name(app)
+        value = self._sign(app).sign(session.sid)
+        expires = self.get_expiration_time(app, session)
+        domain = self.get_cookie_domain(app)
+        path = self.get_cookie_path(app)
+        secure = self.get_cookie_secure(app)
+        samesite = self.get_cookie_samesite(app)
+        if type(response).set_cookie is _WERKZEUG_SET_COOKIE:
+            # The header werkzeug's set_cookie would add, from a template werkzeug made for
+            # the same arguments but the value (see _CookieTemplate): no per-request
+            # formatting of the date and attributes, on the read that refreshes the cookie.
+            max_size = response.max_cookie_size
+            when = expires.replace(microsecond=0) if isinstance(expires, datetime) else expires
+            key = (name, len(value), when, domain, path, secure, samesite, max_size, tuple(kwargs.items()))
+            template = self._cookie_template
+            if template is None or template.key != key:
+                template = self._cookie_template = _CookieTemplate(key, name, len(value), dict(
+                    expires=expires, path=path, domain=domain, secure=secure, httponly=True,
+                    samesite=samesite, max_size=max_size, **kwargs,
+                ))
+            if template.head is not None:
+                response.headers.add("Set-Cookie", f"{template.head}{value}{template.tail}")
+                return
         response.set_cookie(
-            self.get_cookie_name(app),
-            self._sign(app).sign(session.sid),
-            expires=self.get_expiration_time(app, session),
-            httponly=True,
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
+            name, value, expires=expires, httponly=True, domain=domain, path=path, secure=secure, samesite=samesite,
             **kwargs,
         )
 
@@ -339,8 +394,8 @@ class FastSessionInterface(SessionInterface):
             session.stored = record
             self._set_cookie(app, session, response)
             return
-        if session.stored is not None:
-            self.store.save(session.stored)  # writes only when the TTL refresh is due
+        if session.stored is not None and self.store.save_due(session.stored):
+            self.store.save(session.stored)  # only when the TTL refresh is due
         if session.rotated or self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 

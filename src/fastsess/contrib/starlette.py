@@ -351,7 +351,7 @@ class SessionMiddleware:
             if not await store.save(self._record(session, stored)):
                 return self._expired_cookie()  # deleted meanwhile (logged out elsewhere): never resurrected
             return self._cookie(stored.id)
-        if await store.save(stored):  # only when the TTL refresh is due
+        if store.save_due(stored) and await store.save(stored):  # only when the TTL refresh is due
             return self._cookie(stored.id)
         return None
 
