@@ -548,3 +548,19 @@ async def test_async_views_through_the_async_client(async_engine: Any, redis_cli
     assert response.cookies["sessionid"].value != first
     assert (await client.get("/aread")).json() == {"user": "ada", "count": 2}
     assert session_keys(redis_client, prefix) == [(prefix + client.cookies["sessionid"].value).encode()]
+
+
+def test_construction_sets_what_sessionbase_sets() -> None:
+    """SessionStore does not call SessionBase.__init__ (which imports SESSION_SERIALIZER on
+    every construction): it sets the same attributes, ``serializer`` on first access."""
+    from django.contrib.sessions.backends.base import SessionBase
+
+    from fastsess.stores.base import new_session_id
+
+    for key in (None, "short", new_session_id()):
+        theirs = SessionBase(key)
+        ours = backend(key)
+        assert ours.session_key == (key if key is not None and is_valid_session_id(key) else None)
+        assert (ours.accessed, ours.modified) == (theirs.accessed, theirs.modified) == (False, False)
+        assert ours.serializer is theirs.serializer
+        assert set(vars(theirs)) <= set(vars(ours))
