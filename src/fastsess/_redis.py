@@ -420,7 +420,9 @@ class ClusteredStoreBase(RedisStoreBase):
             else CachePolicy(cfg, self._cache, breaker=self.breaker, listener=listener, decode=self._codec.decode)
         )
         self._policy = policy
-        if policy is not None and self.coordinator is not None:
+        if policy is not None and self.coordinator is not None and cfg.update_max_bytes > 0:
+            # Only a node in update mode installs values carried by messages: elsewhere an
+            # update message only evicts, so a publisher on the channel cannot plant data.
             self.coordinator.on_update = policy.updated
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,

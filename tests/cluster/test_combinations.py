@@ -1,0 +1,129 @@
+"""Features that each lane tested alone, tested together (the ways production combines them).
+
+* update mode x the pub/sub channel's trust (SECURITY.md): a forged update message makes
+  no node serve data Redis does not hold, unless that node turned update mode on (and
+  then encryption makes a forged value only an eviction);
+* tracking x sequenced replay: changes made outside fastsess while a listener was away
+  are not covered by the replay log, so a resubscription of a tracking listener flushes;
+* tracking x update mode: the tracking notification of another node's update does not
+  evict the copy that update just installed;
+* the invalidation log and the principal index x garbage planted by a Redis writer:
+  the listener neither wedges nor skips evictions, log out everywhere still works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from fastsess import ClusteredRedisStore, Session
+from fastsess._core.principals import index_key
+from fastsess._core.sequence import log_keys
+from fastsess.cluster import INVALIDATED, encode_message
+from fastsess.crypto import Encryption
+
+from ..support import RedisServer
+from ..support.waiting import barrier
+from .conftest import StoreFactory, received, wait_received, wait_until
+
+
+def saved(store: ClusteredRedisStore, data: dict[str, Any]) -> Session:
+    s = store.create(data)
+    assert store.save(s) is True
+    return s
+
+
+def cached(store: ClusteredRedisStore, session_id: str) -> bool:
+    assert store._cache is not None
+    return store._cache.cached(session_id)
+
+
+def cache_on(store: ClusteredRedisStore, session_id: str) -> None:
+    """Load until cached (a fill may be voided by the message of the session's own write)."""
+    wait_until(lambda: store.load(session_id) is not None and cached(store, session_id), 2, what="a cached copy")
+
+
+def subscribed(*stores: ClusteredRedisStore) -> None:
+    for store in stores:
+        assert store.coordinator is not None
+        assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
+
+
+@pytest.fixture
+def server(redis_server_factory: Any) -> RedisServer:
+    return redis_server_factory()
+
+
+@pytest.fixture
+def raw(server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url)
+    yield client
+    client.close()
+
+
+# --- update mode x the channel's trust --------------------------------------------------------
+
+
+def forge_update(raw: redis.Redis, store: ClusteredRedisStore, s: Session, data: dict[str, Any]) -> None:
+    """Publish what an attacker on the channel can: an update message for ``s`` carrying
+    ``data`` under a higher version, encoded with the store's (unencrypted) serializer."""
+    forged = Session(s.id, data, ttl=s.ttl, new=False, version=s.version + 1)
+    before = received(store)
+    raw.publish(store.config.channel, encode_message(
+        INVALIDATED, s.id, "attacker/1", forged.version, s.ttl, payload=store.serializer.encode(forged),
+    ))
+    wait_received(store, before)
+
+
+def test_a_forged_update_plants_nothing_on_a_node_without_update_mode(make_store: StoreFactory, server: RedisServer, raw: redis.Redis) -> None:
+    """Default settings (update mode off): a message carrying a value only evicts, so a
+    publisher on the channel cannot make the node serve data Redis does not hold."""
+    B = make_store(server.url, name="B")
+    subscribed(B)
+    s = saved(B, {"user": "bob"})
+    cache_on(B, s.id)
+    forge_update(raw, B, s, {"user": "admin"})
+    assert not cached(B, s.id)
+    assert B.load(s.id)["user"] == "bob"
+    assert B._cache is not None and B._cache.replaced == 0
+
+
+def test_with_update_mode_and_encryption_a_forged_update_only_evicts(make_store: StoreFactory, server: RedisServer, raw: redis.Redis) -> None:
+    """Update mode on: the value in a message is installed only if it opens under the
+    store's keys for that very id (a forged, unencrypted value is SessionCorrupt)."""
+    enc = Encryption([Encryption.generate_key()])
+    B = make_store(server.url, name="B", update_max_bytes=4096, store_kwargs={"encryption": enc})
+    subscribed(B)
+    s = saved(B, {"user": "bob"})
+    cache_on(B, s.id)
+    forge_update(raw, B, s, {"user": "admin"})
+    assert not cached(B, s.id)
+    assert B.load(s.id)["user"] == "bob"
+
+
+def test_update_mode_with_encryption_installs_copies_that_save_by_compare_and_set(make_store: StoreFactory, server: RedisServer) -> None:
+    """A peer installs the ciphertext it got in a message (decrypted with its own key list,
+    a rotation in progress: each node encrypts with another key, both read both) and its
+    next save compares with exactly those bytes."""
+    old, new = Encryption.generate_key(), Encryption.generate_key()
+    A = make_store(server.url, name="A", update_max_bytes=4096, store_kwargs={"encryption": Encryption([old, new])})
+    B = make_store(server.url, name="B", update_max_bytes=4096, store_kwargs={"encryption": Encryption([new, old])})
+    subscribed(A, B)
+    s = saved(A, {"a": 1})
+    cache_on(B, s.id)
+    before = received(B)
+    mine = A.load(s.id)
+    mine["x"] = 2
+    assert A.save(mine)
+    wait_received(B, before)
+    assert B._cache is not None and B._cache.replaced == 1
+    copy = B.load(s.id)
+    assert copy.data == {"a": 1, "x": 2}
+    copy["y"] = 3
+    before = received(A)
+    assert B.save(copy)  # no conflict: its base is the bytes A stored
+    wait_received(A, before)
+    assert A.load(s.id).data == {"a": 1, "x": 2, "y": 3}
