@@ -127,3 +127,21 @@ def test_update_mode_with_encryption_installs_copies_that_save_by_compare_and_se
     assert B.save(copy)  # no conflict: its base is the bytes A stored
     wait_received(A, before)
     assert A.load(s.id).data == {"a": 1, "x": 2, "y": 3}
+
+
+# --- tracking x sequenced replay ---------------------------------------------------------------
+
+
+def test_a_tracking_listener_that_was_away_does_not_serve_an_outside_delete(make_store: StoreFactory, server: RedisServer, raw: redis.Redis) -> None:
+    """The replay log holds fastsess's own writes only: a DEL by another tool while the
+    listener was away (its tracking notification lost with the connection) is not in it."""
+    A = make_store(server.url, name="A", track_external_changes=True)
+    B = make_store(server.url, name="B", track_external_changes=True)
+    subscribed(A, B)
+    s = saved(A, {"v": 1})
+    cache_on(B, s.id)
+    assert B.coordinator is not None
+    B.coordinator.stop()  # as a dropped connection: nothing heard until it subscribes again
+    raw.delete(B.prefix + s.id)  # logged out by an admin tool
+    assert B.coordinator.start(5.0)
+    assert B.load(s.id) is None

@@ -198,6 +198,9 @@ class ListenerMachine:
         self.replay_limit = config.replay_log_size
         self.backoff = backoff
         self.sequenced = sequenced
+        # Tracking notifications (changes made outside fastsess) are in no replay log: one
+        # missed while unsubscribed cannot be replayed, so every subscription flushes.
+        self.tracks_outside = config.track_external_changes
         self.reset()
 
     def reset(self) -> None:
@@ -262,7 +265,9 @@ class ListenerMachine:
     def subscribed(self, now: float) -> tuple[Action, ...]:
         """The server confirmed the subscription.  Messages published while we were not
         subscribed never reach us: sequenced, the log is read from the last number
-        applied (``Replay``); else nothing cached may survive: flush, then serve."""
+        applied (``Replay``); else nothing cached may survive: flush, then serve.  With
+        tracking (``track_external_changes``) a sequenced machine flushes too, after a
+        replay that only reads where the log stands: outside changes are in no log."""
         if self.state == STOPPED:
             return NOTHING
         self._last_seen = now
@@ -273,6 +278,8 @@ class ListenerMachine:
         self._ever_subscribed = True
         self.failures = 0
         if self.sequenced:
+            if self.tracks_outside:
+                self.synced = False  # the replay then only finds where the log stands, and flushes
             since = self.seq + 1 if self.synced else None
             if self.reconnects:
                 log.info("resubscribed to %s; replaying the invalidation log from %s", self.channel, since)
