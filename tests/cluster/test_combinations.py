@@ -145,3 +145,21 @@ def test_a_tracking_listener_that_was_away_does_not_serve_an_outside_delete(make
     raw.delete(B.prefix + s.id)  # logged out by an admin tool
     assert B.coordinator.start(5.0)
     assert B.load(s.id) is None
+
+
+def test_a_tracking_listener_keeps_the_copy_an_update_installed(make_store: StoreFactory, server: RedisServer) -> None:
+    """The tracking notification of another node's update comes right after its message on
+    the same connection and names the same write: it must not evict the copy just installed."""
+    A = make_store(server.url, name="A", track_external_changes=True, update_max_bytes=4096)
+    B = make_store(server.url, name="B", track_external_changes=True, update_max_bytes=4096)
+    subscribed(A, B)
+    s = saved(A, {"n": 0})
+    cache_on(B, s.id)
+    for n in (1, 2, 3):
+        mine = A.load(s.id)
+        mine["n"] = n
+        assert A.save(mine)
+        barrier(A, B)  # the update, its notification and then the marker reached B
+        assert cached(B, s.id)
+        assert B.load(s.id)["n"] == n
+    assert B._cache is not None and B._cache.replaced == 3

@@ -743,7 +743,10 @@ class CoordinatorBase:
             elif "c" in msg:
                 self.cache.created(msg["id"])  # forget it as absent; a copy read since stays
             elif "p" in msg and self.on_update is not None:
-                self.on_update(msg["id"], msg["p"], msg["e"])  # update mode: replace a cached copy
+                # update mode: replace a cached copy; with tracking, this write's notification
+                # follows on this connection and must not evict the copy (as for an own echo)
+                if self.on_update(msg["id"], msg["p"], msg["e"]) and self.tracking is not None:
+                    self.tracking.echoed(self.source, msg["id"])
             else:
                 self.cache.invalidate(msg["id"])
         self._received += 1  # after applying it: a reader that sees the count sees the eviction
