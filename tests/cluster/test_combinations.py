@@ -163,3 +163,28 @@ def test_a_tracking_listener_keeps_the_copy_an_update_installed(make_store: Stor
         assert cached(B, s.id)
         assert B.load(s.id)["n"] == n
     assert B._cache is not None and B._cache.replaced == 3
+
+
+# --- garbage planted by a Redis writer ------------------------------------------------------
+
+
+def test_a_garbage_entry_in_the_invalidation_log_does_not_wedge_the_listener(make_store: StoreFactory, server: RedisServer, raw: redis.Redis) -> None:
+    """An entry without a session id in the replay range makes the log useless for that
+    replay: the listener flushes and serves again, instead of failing every resubscription."""
+    A, B = make_store(server.url, name="A"), make_store(server.url, name="B")
+    subscribed(A, B)
+    kept = saved(A, {"v": 0})
+    cache_on(B, kept.id)
+    assert B.coordinator is not None
+    B.coordinator.stop()
+    missed = saved(A, {"v": 1})  # B misses this one
+    meta, log = log_keys(A.config.channel)
+    seq = int(raw.hget(meta, "s"))
+    raw.xadd(log, {"junk": "1"}, id=f"{seq}-5")  # after the last entry, in B's replay range
+    assert B.coordinator.start(5.0), B.coordinator.stats.last_error
+    assert not cached(B, kept.id)  # the log could not say what B missed: flushed
+    cache_on(B, missed.id)
+    reconnects = B.coordinator.stats.reconnects
+    B.coordinator.drop_connection()  # the next replay starts after the junk
+    wait_until(lambda: B.coordinator.stats.reconnects > reconnects and B.coordinator.subscribed, 5, what="resubscription")
+    assert cached(B, missed.id)

@@ -94,6 +94,9 @@ def _text(value: Any) -> str:
 def parse_replay(reply: Any) -> ReplayResult:
     """The ``REPLAY`` script's reply as a ``ReplayResult``.
 
+    An entry without a usable session id (planted by another Redis client) reads as a
+    clear: the replay that reaches it flushes.
+
     Raises:
         ValueError: the reply does not have the script's shape.
     """
@@ -103,8 +106,11 @@ def parse_replay(reply: Any) -> ReplayResult:
         for entry_id, fields in raw_entries:
             number = int(_text(entry_id).partition("-")[0])
             values = dict(zip(fields[::2], fields[1::2]))
-            session_id = values.get(b"i", values.get("i"))
-            entries.append((number, _text(session_id)))
+            try:
+                logged = _text(values.get(b"i", values.get("i")))
+            except ValueError:  # no id, or not ASCII: not logged by fastsess, so it tells nothing
+                logged = CLEARED_ID  # replaying it flushes, instead of failing every replay
+            entries.append((number, logged))
         return ReplayResult(_text(identity), _text(epoch) or None, int(seq), entries)
     except (TypeError, ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed replay reply: {exc}") from exc
