@@ -188,3 +188,40 @@ def test_a_garbage_entry_in_the_invalidation_log_does_not_wedge_the_listener(mak
     B.coordinator.drop_connection()  # the next replay starts after the junk
     wait_until(lambda: B.coordinator.stats.reconnects > reconnects and B.coordinator.subscribed, 5, what="resubscription")
     assert cached(B, missed.id)
+
+
+def test_garbage_in_a_principal_index_does_not_stop_log_out_everywhere(make_store: StoreFactory, server: RedisServer, raw: redis.Redis) -> None:
+    """Members that are not session ids (not UTF-8, another key's name, a huge string) are
+    dropped from the index: the real sessions are listed, deleted and evicted on every
+    node, and no other key is touched."""
+    A, B = make_store(server.url, name="A"), make_store(server.url, name="B")
+    subscribed(A, B)
+    sessions = []
+    for i in range(3):
+        s = A.create({"i": i})
+        A.bind(s, "alice")
+        assert A.save(s)
+        sessions.append(s)
+    for s in sessions:
+        cache_on(B, s.id)
+    key = index_key(A._keys, "alice")
+    bystander = index_key(A._keys, "bob")
+    raw.set(bystander, b"not a session")
+    garbage = [b"\xff\xfe", bystander[len(A.prefix):].encode(), b"x" * 70_000]
+    raw.zadd(key, {member: 1e12 for member in garbage})
+    assert sorted(A.sessions_of("alice")) == sorted(s.id for s in sessions)
+    raw.zadd(key, {member: 1e12 for member in garbage})
+    before = received(B)
+    assert A.delete_all("alice") == 3
+    wait_received(B, before)
+    for s in sessions:
+        assert not cached(B, s.id)
+        assert B.load(s.id) is None
+    assert raw.get(bystander) == b"not a session"
+    assert raw.zcard(key) == 0
+    raw.zadd(key, {member: 0 for member in garbage})  # past their cover: bind looks at them
+    s = A.create({"i": 3})
+    A.bind(s, "alice")
+    assert A.save(s)
+    assert raw.zrange(key, 0, -1) == [s.id.encode()]
+    assert raw.get(bystander) == b"not a session"

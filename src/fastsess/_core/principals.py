@@ -219,9 +219,20 @@ def needs_index(session: Session, now: float) -> str | None:
     return None
 
 
-def _ids(pairs: Any) -> list[str]:
-    """The ids of a ``ZSCAN`` reply's (member, score) pairs (redis-py parses them so)."""
-    return [pair[0].decode() for pair in pairs]
+def _split(members: Any) -> tuple[list[str], list[bytes]]:
+    """An index's ``members`` as (the session ids, the members that are not session ids).
+    fastsess writes only session ids; anything else (not ASCII, another key's name, too
+    long) was planted by another Redis client: it names no session, and is dropped
+    rather than turned into a key or put in a message."""
+    ids: list[str] = []
+    junk: list[bytes] = []
+    for member in members:
+        session_id = member.decode("ascii", "replace")
+        if is_valid_session_id(session_id):
+            ids.append(session_id)
+        else:
+            junk.append(member)
+    return ids, junk
 
 
 def indexed_entry(session: Session) -> tuple[str, float] | None:
@@ -284,12 +295,12 @@ class PrincipalCore:
         check_session_id(session)
         now = self.clock()
         previous = rebound_from(session, principal)
-        ended = [m.decode() for m in (yield self._index(session, principal, now, BATCH))]
+        ended, junk = _split((yield self._index(session, principal, now, BATCH)))
         if previous is not None:  # bound to someone else before: their index forgets it
             yield run_script("bind", INDEX_PRUNE, (index_key(self.keys, previous),), session.id)
-        if ended:
-            left = yield ("PTTL", PIPELINE, tuple(("PTTL", self.keys.key(i)) for i in ended))
-            dead = [i for i, ms in zip(ended, left) if ms == -2]
+        if ended or junk:
+            left = (yield ("PTTL", PIPELINE, tuple(("PTTL", self.keys.key(i)) for i in ended))) if ended else []
+            dead: list[Any] = [*junk, *(i for i, ms in zip(ended, left) if ms == -2)]
             alive = [x for i, ms in zip(ended, left) if ms != -2 for x in (i, ms if ms > 0 else COVER * session.ttl * 1000)]
             key = index_key(self.keys, principal)
             yield run_script("bind", INDEX_TRIM, (key,), now, len(dead), *dead, *alive)
@@ -330,14 +341,16 @@ class PrincipalCore:
         cursor: Any = 0
         while True:
             cursor, pairs = yield ("ZSCAN", None, ("ZSCAN", key, cursor, "COUNT", BATCH))
-            ids = [i for i in _ids(pairs) if i not in seen]  # ZSCAN may return an id twice
+            ids, junk = _split(pair[0] for pair in pairs)  # redis-py parses the reply as (member, score) pairs
+            ids = [i for i in ids if i not in seen]  # ZSCAN may return an id twice
             seen.update(ids)
+            gone: list[Any] = list(junk)
             if ids:
                 found = yield ("EXISTS", PIPELINE, tuple(("EXISTS", self.keys.key(i)) for i in ids))
                 live.extend(i for i, n in zip(ids, found) if n)
-                gone = [i for i, n in zip(ids, found) if not n]
-                if gone:
-                    yield run_script("ZREM", INDEX_PRUNE, (key,), *gone)
+                gone.extend(i for i, n in zip(ids, found) if not n)
+            if gone:
+                yield run_script("ZREM", INDEX_PRUNE, (key,), *gone)
             if int(cursor) == 0:
                 return live
 
@@ -353,8 +366,17 @@ class PrincipalCore:
         messages, policy = self.messages, self.policy
         keep = except_id if is_valid_session_id(except_id) else None
         deleted = 0
-        ids = [m.decode() for m in (yield ("ZRANGE", None, ("ZRANGE", key, 0, BATCH - 1)))]
-        while victims := [i for i in ids if i != keep]:
+        members = yield ("ZRANGE", None, ("ZRANGE", key, 0, BATCH - 1))
+        while True:
+            ids, junk = _split(members)
+            victims = [i for i in ids if i != keep]
+            if junk:  # not session ids: dropped, never deleted as keys nor sent in a message
+                yield run_script("delete_all", INDEX_PRUNE, (key,), *junk)
+                if not victims:  # the batch held nothing else: read on
+                    members = yield ("ZRANGE", None, ("ZRANGE", key, 0, BATCH - 1))
+                    continue
+            if not victims:
+                break
             publish: tuple[Any, ...] = ()
             if messages is not None:  # one message for the batch (see the module doc)
                 publish = (messages.channel, messages.message(DELETED_MANY, None, ids=victims))
@@ -377,7 +399,7 @@ class PrincipalCore:
                     policy.invalidate(session_id)
             if messages is not None:
                 messages.note_published()
-            ids = [m.decode() for m in reply]
+            members = reply
         return deleted
 
 
