@@ -376,8 +376,7 @@ def test_a_ignores_its_own_messages(nodes: Nodes) -> None:
     own, got_a, got_b = A.coordinator.stats.ignored_own, received(A), received(B)
     s = saved(A)  # the creation publishes too (negative caches forget the id)
     wait_until(lambda: A.coordinator.stats.ignored_own >= own + 1, 5, what="the creation's echo")
-    wait_received(B, got_b)
-    own, got_b = own + 1, got_b + 1
+    own += 1
     s["x"] = 1
     A.save(s)
     A.touch(s.id)

@@ -25,11 +25,13 @@ from .conftest import (
     ClusteredBackend,
     Nodes,
     barrier,
+    created,
     hold_after,
     make_backend,
     received,
     redis_command_calls,
     sync_store,
+    wait_created,
     wait_received,
     wait_until,
 )
@@ -87,9 +89,9 @@ def followers(store: Any, sid: str) -> int:
 @pytest.mark.parametrize("n", [8])
 def test_concurrent_misses_of_one_id_share_one_get(clustered: ClusteredBackend, n: int) -> None:
     writer, store = clustered.make(name="W"), clustered.make(name="R")
-    created = received(store)
+    before = created(store)
     s = saved(writer, {"v": 1})
-    wait_received(store, created)  # the creation's message: arriving mid-read, it would start a new flight
+    wait_created(store, before)  # the creation's message: arriving mid-read, it would start a new flight
     others: list[Any] = []
 
     def during() -> None:  # the first read has its reply; the others start and must wait for it
@@ -195,11 +197,11 @@ def test_creating_the_id_on_another_node_clears_it(nodes: Nodes) -> None:
     A, B, _, _, _ = nodes
     sid = new_session_id()
     assert B.load(sid) is None and B.load(sid) is None  # remembered as absent on B
-    before = received(B)
+    before = created(B)
     s = A.create({"v": "created"})
     s.id = sid  # an id the application chose
     assert A.save(s) is True
-    wait_received(B, before)
+    wait_created(B, before)
     assert B.load(sid)["v"] == "created"
 
 
@@ -221,11 +223,11 @@ def test_an_absent_entry_is_not_kept_when_the_id_was_created_during_the_read(nod
     sid = new_session_id()
 
     def during() -> None:
-        before = received(B)
+        before = created(B)
         s = A.create({"v": "created"})
         s.id = sid
         A.save(s)
-        wait_received(B, before)
+        wait_created(B, before)
 
     hold_after(B, GET_PTTL, during)
     assert B.load(sid) is None  # read before the create
@@ -339,10 +341,10 @@ def test_a_session_read_on_two_nodes_alternately_stays_local(clustered: Clustere
 def test_a_copy_read_right_after_the_creation_survives_its_message(nodes: Nodes) -> None:
     # the creation's message may arrive after B read the new session: it must not evict it
     A, B, _, _, _ = nodes
-    before = received(B)
+    before = created(B)
     s = saved(A, {"v": 1})
     assert B.load(s.id)["v"] == 1
-    wait_received(B, before)
+    wait_created(B, before)
     reads = redis_command_calls(nodes.raw, "pttl")
     assert B.load(s.id)["v"] == 1
     assert redis_command_calls(nodes.raw, "pttl") == reads

@@ -557,6 +557,7 @@ class CoordinatorStats(NamedTuple):
     full_flushes: int = 0  # flushes because the log did not reach back, or the data set or server changed
     lease_lapses: int = 0  # times the cache was bypassed because the lease ran out
     lease_left: float = 0.0  # seconds the current proof still holds (<= 0: lapsed)
+    created: int = 0  # of ``received``: creation messages (first saves elsewhere), which evict nothing
 
 
 class CoordinatorBase:
@@ -605,6 +606,7 @@ class CoordinatorBase:
         self._published = 0
         self._issued = 0  # messages built by message(): an upper bound on our own echoes
         self._received = 0
+        self._created = 0
         self._ignored_own = 0
         self._foreign_own_id = 0
         self._malformed = 0
@@ -614,10 +616,10 @@ class CoordinatorBase:
         """A snapshot of the counters (see ``CoordinatorStats``)."""
         machine = self.machine
         return CoordinatorStats(
-            self._published, self._received, self._ignored_own, self._malformed,
+            self._published, self._received + self._created, self._ignored_own, self._malformed,
             machine.reconnects, self.subscribed, machine.last_error, self._foreign_own_id,
             machine.seq, machine.gaps, machine.replays, machine.replayed_ids, machine.full_flushes, machine.lease_lapses,
-            machine.lease_until - time.monotonic(),
+            machine.lease_until - time.monotonic(), self._created,
         )
 
     def message(
@@ -749,7 +751,12 @@ class CoordinatorBase:
                     self.tracking.echoed(self.source, msg["id"])
             else:
                 self.cache.invalidate(msg["id"])
-        self._received += 1  # after applying it: a reader that sees the count sees the eviction
+        # After applying it: a reader that sees the count sees the eviction.  One counter per
+        # message, so ``received`` (their sum) and ``received - created`` both only grow.
+        if "c" in msg:
+            self._created += 1
+        else:
+            self._received += 1
         log.debug("applied %s from node %s", msg["t"], msg["node"])
         if self.on_message is not None:
             self.on_message(msg)
