@@ -6,14 +6,19 @@ same round trip as the write (see ``stores.clustered``); every other node's
 coordinator evicts that id.
 
 Pub/sub is at-most-once: a message published while a node is disconnected is lost
-for that node.  So the coordinator flushes the whole local cache on every
-(re)subscribe, and reports ``subscribed=False`` from the moment it sees the
-connection drop until it has resubscribed and flushed; the store bypasses the cache
-meanwhile.
+for that node.  So on one Redis (standalone, Sentinel) every message is numbered and
+logged by its write script, and on every (re)subscribe, or a gap in the numbers, the
+coordinator replays the missed ids from the log and evicts them
+(``fastsess._core.sequence``); on Redis Cluster it flushes the whole local cache.  It
+reports ``subscribed=False`` from the moment it sees the connection drop until it has
+resubscribed and replayed (or flushed), and whenever its lease runs out (no proof,
+younger than ``ClusterConfig.lease``, that every invalidation arrived); the store
+bypasses the cache meanwhile.
 
 Where things live:
 
 * ``fastsess._core.messages``: the wire format (encode/decode);
+* ``fastsess._core.sequence``: the numbering, the capped log and its replay;
 * ``fastsess._core.coherence``: ``CoherentCache`` (epoch and generations, uncertain ids);
 * ``fastsess._core.listener``: the listener's state and message handling;
 * ``thread``: the listener thread (the driver of the sync and asyncio coordinators);

@@ -34,7 +34,8 @@ unknown outcome (timeout, dropped connection, cancellation) marks its id
 uncertain (``CachePolicy.uncertain``): evicted now, and this node's own
 echo of that write, should it land later, invalidates it like another node's.
 
-While the coordinator is not subscribed (start-up, Redis down, reconnecting)
+While the coordinator is not subscribed (start-up, Redis down, reconnecting,
+replaying what it missed, or its lease ran out: ``ClusterConfig.lease``)
 the cache is bypassed: reads go to Redis, and fail with ``StoreUnavailable``
 when it is down, unless ``ClusterConfig(stale_if_error=N)`` allows a cached
 copy to be served instead, for at most N seconds into the outage (never a session
