@@ -2,8 +2,9 @@
 connection through a TCP proxy, A writing meanwhile (``tests/faults/subscriber_outage.py``).
 
 * **Outage** (blackholed both ways, then reset): B's listener resubscribes, replays the
-  invalidations it missed from the server's log and evicts only those ids; no full
-  flush, most of the cache kept, and no read after the resubscription is stale.
+  invalidations it missed from the server's log and evicts only those ids (re-reading
+  the ones it had cached); no full flush, the cache kept, and no read after the
+  resubscription is stale.
 * **Blackhole** (downstream) and **delay** (every chunk to B's listener held 1.5 s), 1 s:
   B hears nothing (in time), its lease runs out and it reads Redis until proven again;
   no read is older than the lease plus delivery and scheduling time.
@@ -36,6 +37,7 @@ def test_an_outage_replays_the_missed_invalidations_and_keeps_the_rest() -> None
     listener = r["listener"]
     assert listener["reconnects"] == 1 and listener["replays"] == 1 and listener["full_flushes"] == 0, listener
     assert 0 < listener["replayed_ids"] <= r["writes"]
+    assert 0 < listener["refilled"] <= listener["replayed_ids"]  # the cached ones, read again at once
     assert r["warmed"] == 1000 and r["cached_at_end"] >= 1000 - r["writes"]  # only written ids were evicted
     assert r["stale_100ms_after_resubscribing"] == 0
     report("outage 1 s, replay", "process", **summary(r))

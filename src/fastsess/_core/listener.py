@@ -558,6 +558,7 @@ class CoordinatorStats(NamedTuple):
     lease_lapses: int = 0  # times the cache was bypassed because the lease ran out
     lease_left: float = 0.0  # seconds the current proof still holds (<= 0: lapsed)
     created: int = 0  # of ``received``: creation messages (first saves elsewhere), which evict nothing
+    refilled: int = 0  # ids a replay evicted that were cached, re-read and cached again
 
 
 class CoordinatorBase:
@@ -590,6 +591,9 @@ class CoordinatorBase:
         self.channel = config.channel
         self.update_max_bytes = config.update_max_bytes
         self.cache = cache
+        # Caches a value the listener re-read after a replay evicted it (id, raw bytes,
+        # fill token, request start, PTTL ms): set by the store.
+        self.on_refill: Callable[[str, bytes, tuple[int, int], float, int], Any] | None = None
         # Applies an update-mode message (id, value, expiry seconds): set by the store.
         self.on_update: Callable[[str, bytes, int], Any] | None = None
         self.sequenced = sequenced  # the write scripts number their messages (not on Redis Cluster)
@@ -610,6 +614,7 @@ class CoordinatorBase:
         self._ignored_own = 0
         self._foreign_own_id = 0
         self._malformed = 0
+        self.refilled = 0  # ids re-read (and cached again) after a replay evicted them
 
     @property
     def stats(self) -> CoordinatorStats:
@@ -619,7 +624,7 @@ class CoordinatorBase:
             self._published, self._received + self._created, self._ignored_own, self._malformed,
             machine.reconnects, self.subscribed, machine.last_error, self._foreign_own_id,
             machine.seq, machine.gaps, machine.replays, machine.replayed_ids, machine.full_flushes, machine.lease_lapses,
-            machine.lease_until - time.monotonic(), self._created,
+            machine.lease_until - time.monotonic(), self._created, self.refilled,
         )
 
     def message(

@@ -109,6 +109,21 @@ class CachePolicy:
             cached._base = stamp(cached._base)  # a token, not a second copy of the bytes
             self.cache.fill(session.id, cached, token, ttl, size)
 
+    def refill(self, session_id: str, raw: bytes, token: Token, started: float, pttl: int) -> bool:
+        """Cache ``raw`` (read from Redis with its ``pttl``, request sent at ``started``),
+        unless an invalidation came in since ``token``: the listener re-reads what a replay
+        evicted, so the cache is warm again when it is served.  Never raises (a value that
+        does not decode is just not cached).  True if decoded."""
+        if self.decode is None:
+            return False
+        try:
+            session = self.decode(session_id, raw)
+        except Exception:  # noqa: BLE001 - left to the next load, which reports it
+            return False
+        session._base = raw
+        self.filled(session, len(raw), token, started, pttl)
+        return True
+
     def absent(self, session_id: str, token: Token) -> None:
         """Redis did not hold ``session_id`` (read after ``token`` was taken): remember it
         as absent for a short while, unless an invalidation came in since."""

@@ -9,6 +9,7 @@ never yields.  Replays run on a second connection of the same client, in this th
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
@@ -20,12 +21,29 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import NoScriptError
 
 from .._core.coherence import CoherentCache
-from .._core.listener import Action, Bypass, Connect, CoordinatorBase, Dispatch, Ping, Reconnect, Replay, Serve, Tracked, replay_command
+from .._core.listener import (
+    Action,
+    Bypass,
+    Connect,
+    CoordinatorBase,
+    Dispatch,
+    Evict,
+    Ping,
+    Reconnect,
+    Replay,
+    Serve,
+    Tracked,
+    replay_command,
+)
+from .._core.ops import GET_PTTL
 from ..config import ClusterConfig
 from .redis_adapter import Link, NodeLink, is_asyncio_client, is_cluster_client
 from .registry import register
 
+log = logging.getLogger("fastsess.cluster")
+
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
+MAX_REFILL = 2000  # cached ids a replay evicted that the listener re-reads at most (one pipeline)
 # A cache hit checks every HITS_PER_CHECK hits whether the listener thread needs the GIL
 # (see ThreadedCoordinator.yield_to_listener) and, if so, sleeps LISTENER_YIELD seconds.
 HITS_PER_CHECK = 256
@@ -201,9 +219,39 @@ class ThreadedCoordinator(CoordinatorBase):
             elif kind is Ping:
                 if link is not None:
                     link.ping(str(action.token))  # type: ignore[union-attr]
-            else:  # Flush, Evict, Close
+            elif kind is Evict:
+                self._evict(action.ids, link)  # type: ignore[union-attr]
+            else:  # Flush, Close
                 self.apply((action,))
         return link, ()
+
+    def _evict(self, ids: tuple[str, ...], link: Link | NodeLink | None) -> None:
+        """Evict what a replay found missed; then re-read those that were cached (one
+        pipeline on the listener's second connection) and cache them again, so the cache
+        is warm when it is served.  A failed re-read leaves them evicted (misses)."""
+        cache, refill = self.cache, self.on_refill
+        if cache is None:
+            return
+        warm = [i for i in dict.fromkeys(ids) if cache.cached(i)][:MAX_REFILL] if refill is not None else []
+        for session_id in ids:
+            cache.invalidate(session_id)
+        client = None if link is None else link.commands
+        if not warm or client is None or refill is None:
+            return
+        tokens = [cache.fill_token(i) for i in warm]  # before the read: a later invalidation voids the fill
+        prefix = self.prefix or ""
+        try:
+            pipe = client.pipeline(transaction=False)
+            for session_id in warm:
+                pipe.execute_command("EVAL", GET_PTTL.text, 1, prefix + session_id)
+            started = time.monotonic()
+            replies = pipe.execute()
+        except Exception:  # noqa: BLE001 - the ids stay evicted: the next loads read Redis
+            log.debug("re-reading %d replayed ids failed", len(warm), exc_info=True)
+            return
+        for session_id, token, (raw, pttl) in zip(warm, tokens, replies):
+            if raw is not None and refill(session_id, raw, token, started, pttl):
+                self.refilled += 1
 
     def _replay(self, link: Link | NodeLink, since: int | None) -> Any:
         """Run the replay command on the listener's client (not on the subscribed connection).
