@@ -424,7 +424,8 @@ class ClusteredStoreBase(RedisStoreBase):
             # Only a node in update mode installs values carried by messages: elsewhere an
             # update message only evicts, so a publisher on the channel cannot plant data.
             self.coordinator.on_update = policy.updated
-            self.coordinator.on_refill = policy.refill  # re-reads what a replay evicted
+        if policy is not None and self.coordinator is not None:
+            self.coordinator.on_refill = policy.refill  # re-reads from Redis what a replay evicted
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster, policy, self.coordinator,
             self.on_conflict,
