@@ -381,12 +381,15 @@ class NodeLink:
         return connection.read_response()
 
     @staticmethod
-    def _masters(slots_reply: Any) -> dict[tuple[str, int], list[tuple[int, int]]]:
-        """``{(host, port): sorted slot ranges}`` of the masters in a CLUSTER SLOTS reply."""
+    def _masters(slots_reply: Any, asked: str) -> dict[tuple[str, int], list[tuple[int, int]]]:
+        """``{(host, port): sorted slot ranges}`` of the masters in a CLUSTER SLOTS reply
+        from the node at ``asked`` (an empty or unknown endpoint means that node's host)."""
         masters: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for entry in slots_reply:
             first, last, master = int(entry[0]), int(entry[1]), entry[2]
             host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            if host in ("", "?"):
+                host = asked
             masters.setdefault((host, int(master[1])), []).append((first, last))
         for ranges in masters.values():
             ranges.sort()
@@ -412,7 +415,7 @@ class NodeLink:
             break
         if not slots_reply:
             raise redis.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {last_error}")
-        self._topology = masters = self._masters(slots_reply)
+        self._topology = masters = self._masters(slots_reply, self._probe.host)
         self._next_check = time.monotonic() + self.idle_timeout
         order = sorted(masters)
         connections = []
@@ -493,7 +496,7 @@ class NodeLink:
         if self._probe is None or now < self._next_check:
             return
         self._next_check = now + self.idle_timeout
-        if self._masters(self._command(self._probe, "CLUSTER", "SLOTS")) != self._topology:
+        if self._masters(self._command(self._probe, "CLUSTER", "SLOTS"), self._probe.host) != self._topology:
             raise redis.ConnectionError("the cluster's slot map changed; subscribing again with the new one")
 
     def _check_alive(self, now: float) -> None:
