@@ -8,7 +8,8 @@
 * tracking x update mode: the tracking notification of another node's update does not
   evict the copy that update just installed;
 * the invalidation log and the principal index x garbage planted by a Redis writer:
-  the listener neither wedges nor skips evictions, log out everywhere still works.
+  the listener neither wedges nor skips evictions, log out everywhere still works;
+* stale_if_error x the lease: the window counts from the listener's last proof.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from typing import Any
 import pytest
 import redis
 
-from fastsess import ClusteredRedisStore, Session
+from fastsess import ClusterConfig, ClusteredRedisStore, Session
+from fastsess._core.breaker import CircuitBreaker
+from fastsess._core.coherence import CoherentCache
+from fastsess._core.listener import ListenerMachine, Ping
+from fastsess._core.policy import CachePolicy
 from fastsess._core.principals import index_key
 from fastsess._core.sequence import log_keys
 from fastsess.cluster import INVALIDATED, encode_message
 from fastsess.crypto import Encryption
+from fastsess.stores.base import new_session_id
 
 from ..support import RedisServer
 from ..support.waiting import barrier
@@ -225,3 +231,45 @@ def test_garbage_in_a_principal_index_does_not_stop_log_out_everywhere(make_stor
     assert A.save(s)
     assert raw.zrange(key, 0, -1) == [s.id.encode()]
     assert raw.get(bystander) == b"not a session"
+
+
+# --- stale_if_error x the lease (no I/O) -------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _NoBackoff:
+    def compute(self, failures: int) -> float:
+        return 1.0
+
+
+def test_stale_if_error_counts_from_the_last_proof_on_a_delayed_listener_link() -> None:
+    """A listener link that delays everything by 1.5 s still delivers PONGs, so input keeps
+    arriving; but a PONG proves only what was published before its PING was sent.  The
+    stale window must count from that proof (``machine.proven``), not from the PONG's
+    arrival, or a copy deleted meanwhile is served for the window plus the delay."""
+    clock = _Clock()
+    config = ClusterConfig(stale_if_error=1.0, lease=1.0, subscribe_timeout=5.0, local_cache_ttl=30.0)
+    machine = ListenerMachine(config, _NoBackoff())
+    cache = CoherentCache(100, 30.0)
+    breaker = CircuitBreaker(3, 1.0, clock=clock)
+    policy = CachePolicy(config, cache, clock, breaker=breaker, listener=machine)
+    s = Session(new_session_id(), {"v": 1}, ttl=1800)
+    cache.fill(s.id, s, cache.fill_token(s.id), 30.0, 10)
+    machine.start(0.0)
+    machine.subscribed(0.0)
+    assert Ping(1) in machine.idle(0.25)
+    machine.pong("1", 1.75)  # the PING sent at 0.25, answered 1.5 s late
+    assert machine.last_heard == 1.75 and machine.proven == 0.25
+    clock.now = 1.8
+    breaker.failed(ConnectionError("timed out"))  # commands fail from here on
+    outage = policy.outage_started()
+    assert outage is not None and outage <= 0.25  # nothing published after 0.25 is known to have arrived
+    clock.now = 1.9
+    assert policy.stale(s.id) is None  # 1.65 s since the last proof: past the 1 s window

@@ -52,6 +52,10 @@ class Heard(Protocol):
     @property
     def last_heard(self) -> float: ...  # noqa: D102
 
+    # when the cache was last proven current: the send time of the last answered PING (or
+    # of the replay); on a delayed link earlier than last_heard, the arrival of its PONG
+    proven: float
+
 
 class CachePolicy:
     """Decisions about one node's ``CoherentCache``.
@@ -179,14 +183,16 @@ class CachePolicy:
     def outage_started(self) -> float | None:
         """When the current outage began (on ``clock``), or None if there is none: the first
         connection failure of the breaker's current run, or earlier, the last time the
-        listener heard from Redis if that was before (a session deleted since may have
-        been missed; one deleted before was evicted here)."""
+        listener heard from Redis or was proven current (``proven``: what a PONG proves
+        on a delayed link) if that was before (a session deleted since may have been
+        missed; one deleted before was evicted here)."""
         breaker = self.breaker
         started = None if breaker is None else breaker.outage_started
         if started is None:
             return None
-        if self.listener is not None:
-            started = min(started, self.listener.last_heard)
+        listener = self.listener
+        if listener is not None:
+            started = min(started, listener.last_heard, listener.proven)
         return started
 
     def stale(self, session_id: str) -> Session | None:
