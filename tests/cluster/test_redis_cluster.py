@@ -700,3 +700,39 @@ def test_slots_moving_to_a_new_master_are_noticed_and_followed(own_cluster: Redi
             store.client.close()
         raw.close()
         newcomer.close()
+
+
+async def test_async_store_tracks_on_every_master(cluster: list[RedisServer]) -> None:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    from fastsess.asyncio import ClusteredRedisStore as AsyncStore
+
+    prefix = f"at{uuid.uuid4().hex[:6]}:"
+    client = AsyncRedisCluster(host="127.0.0.1", port=cluster[1].port)
+    raw = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    config = ClusterConfig(node_id=f"aT-{uuid.uuid4().hex[:6]}", channel=f"at:{uuid.uuid4().hex[:8]}",
+                           track_external_changes=True, **FAST)
+    store = AsyncStore(client=client, config=config, prefix=prefix)
+    try:
+        await client.initialize()
+        assert await store.start() or await store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
+        assert len(store.coordinator.shards.channels) == 3
+        sessions, nodes = [], set()
+        while len(nodes) < 3:
+            s = store.create({"i": len(sessions)})
+            assert await store.save(s)
+            sessions.append(s)
+            nodes.add(raw.get_node_from_key(prefix + s.id).name)
+        for s in sessions:  # own first saves: hits
+            hits = store.cache_stats().hits
+            assert (await store.load(s.id))["i"] == s["i"] and store.cache_stats().hits == hits + 1
+        for s in sessions:
+            raw.delete(prefix + s.id)
+        deadline = time.monotonic() + 0.5
+        while any(store._cache.get(s.id) is not None for s in sessions):
+            assert time.monotonic() < deadline, "outside DELs not seen"
+            time.sleep(0.0002)
+    finally:
+        await store.close()
+        await client.aclose()
+        raw.close()
