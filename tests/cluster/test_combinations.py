@@ -9,11 +9,14 @@
   evict the copy that update just installed;
 * the invalidation log and the principal index x garbage planted by a Redis writer:
   the listener neither wedges nor skips evictions, log out everywhere still works;
-* stale_if_error x the lease: the window counts from the listener's last proof.
+* stale_if_error x the lease: the window counts from the listener's last proof;
+* fork() x tracking: a child's listener never waits on a lock a parent thread held.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -273,3 +276,39 @@ def test_stale_if_error_counts_from_the_last_proof_on_a_delayed_listener_link() 
     assert outage is not None and outage <= 0.25  # nothing published after 0.25 is known to have arrived
     clock.now = 1.9
     assert policy.stale(s.id) is None  # 1.65 s since the last proof: past the 1 s window
+
+
+# --- fork() x tracking --------------------------------------------------------------------------
+
+
+def _child_subscribes(store: ClusteredRedisStore, conn: Any) -> None:
+    try:
+        assert store.coordinator is not None
+        conn.send(store.coordinator.wait_subscribed(5.0))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(repr(exc))
+    finally:
+        os._exit(0)  # no cleanup: a listener thread stuck on an inherited lock must not hang the exit
+
+
+def test_a_forked_child_of_a_tracking_store_subscribes_whatever_lock_the_parent_held(make_store: StoreFactory, server: RedisServer) -> None:
+    """gunicorn --preload: the parent's threads keep running while it forks.  A thread
+    inside the tracking bookkeeping's lock at that instant (a regenerate marking its new
+    id) must not leave the child's listener waiting on a lock nobody will release."""
+    store = make_store(server.url, name="parent", track_external_changes=True)
+    subscribed(store)
+    assert store.coordinator is not None and store.coordinator.tracking is not None
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    lock = store.coordinator.tracking._lock
+    with lock:  # held by this (parent) thread at the fork
+        proc = ctx.Process(target=_child_subscribes, args=(store, theirs))
+        proc.start()
+    try:
+        assert ours.poll(20), "the child did not report"
+        assert ours.recv() is True
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)

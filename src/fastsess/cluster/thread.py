@@ -36,6 +36,7 @@ from .._core.listener import (
     replay_command,
 )
 from .._core.ops import GET_PTTL
+from .._core.tracking import TrackedChanges
 from ..config import ClusterConfig
 from .redis_adapter import Link, NodeLink, is_asyncio_client, is_cluster_client
 from .registry import register
@@ -121,6 +122,8 @@ class ThreadedCoordinator(CoordinatorBase):
         self._ready = threading.Event()
         self._count_lock = threading.Lock()
         self._reset_counters()
+        if self.tracking is not None:  # its lock may have been held by a parent thread
+            self.tracking = TrackedChanges(self.prefix or "")
         if self.cache is not None:
             self.cache.after_fork()
         self.apply(self.machine.forked())
