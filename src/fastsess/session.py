@@ -128,13 +128,24 @@ class Session(MutableMapping[str, Any]):
         other.refreshed_at = self.refreshed_at
         other.version = self.version
         other.new = self.new
-        other._modified = self._modified
-        other._untracked = self._untracked
-        changes = self._changes
-        other._changes = None if changes is None else changes.copy()
         other._base = self._base
         other.accessed = False
+        # An unmodified session has no changes: its copy (the cache's hand-outs) leaves
+        # ``_changes``/``_untracked`` unset, read only through ``_tracking``/``_modified``.
+        if self._modified:
+            other._modified = True
+            changes, other._untracked = self._tracking()
+            other._changes = None if changes is None else changes.copy()
+        else:
+            other._modified = False
         return other
+
+    def _tracking(self) -> tuple[dict[str, Any] | None, bool]:
+        """The recorded changes and whether ``modified`` was set by hand (None, False for
+        an unmodified session, whose copy may not hold them at all)."""
+        if not self._modified:
+            return None, False
+        return self._changes, self._untracked
 
     @property
     def modified(self) -> bool:
@@ -146,31 +157,38 @@ class Session(MutableMapping[str, Any]):
         """Set by hand (``True``): changed in a way the mapping could not see (a nested value
         mutated in place); on a conflict every key this session holds counts as set here.
         ``False`` also forgets the recorded changes."""
-        self._modified = self._untracked = bool(value)
-        if not value:
+        if not value or not self._modified:
             self._changes = None
+        self._modified = self._untracked = bool(value)
 
     def mark_for_save(self) -> None:
         """Make the next ``save`` write although no key changed (to rewrite the session, e.g.
         with a new ``ttl``).  Unlike ``modified = True`` it claims no change of its own: if
         another request wrote the session meanwhile, this save re-applies nothing over it."""
-        self._modified = True
+        if not self._modified:
+            self._changes, self._untracked = None, False
+            self._modified = True
 
     @property
     def changes(self) -> dict[str, Any]:
         """The top-level keys this request set or deleted since the session was loaded or
         last saved, each mapped to the value it held before its first change here
         (``MISSING``: it did not exist).  A copy; the current values are the session's."""
-        return {} if self._changes is None else dict(self._changes)
+        changes = self._tracking()[0]
+        return {} if changes is None else dict(changes)
 
     def _record(self, key: str) -> None:
         """Note a change of ``key`` (its value before this request's first change of it)."""
+        if not self._modified:  # the first change (``_changes``/``_untracked`` may be unset)
+            self._changes = {key: self._data.get(key, MISSING)}
+            self._untracked = False
+            self._modified = True
+            return
         changes = self._changes
         if changes is None:
             self._changes = {key: self._data.get(key, MISSING)}
         elif key not in changes:
             changes[key] = self._data.get(key, MISSING)
-        self._modified = True
 
     def _saved(self) -> None:
         """Forget the changes (they are stored now)."""

@@ -418,7 +418,7 @@ def test_regenerate_raises_on_a_conflicting_key(backend: Backend) -> None:
     a["k"] = 2
     with pytest.raises(ConcurrentModification):
         store.regenerate(a)
-    assert a.id == old_id and a["k"] == 2
+    assert a.id == old_id and a["k"] == 2 and a.changes == {"k": 0} and a.modified
     assert stored(store, old_id) == {"k": 1}
 
 

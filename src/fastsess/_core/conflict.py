@@ -110,8 +110,9 @@ def rebase(session: Session, theirs: Session, on_conflict: OnConflict) -> None:
         Exception: whatever an ``on_conflict`` callable raises (``session`` is unchanged).
     """
     mine = session._data
-    changes: dict[str, Any] = dict(session._changes or ())
-    if session._untracked:
+    recorded, untracked = session._tracking()
+    changes: dict[str, Any] = dict(recorded or ())
+    if untracked:
         # modified set by hand: which keys changed is unknown, so every key held counts,
         # with no known previous value
         for key in mine:

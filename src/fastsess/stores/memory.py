@@ -173,7 +173,7 @@ class MemoryStore(SessionStore):
         if was_saved:
             check_session_id(session)
         state = (
-            session.new, session._modified, session._untracked, session._changes, session._data, session.version,
+            session.new, session._modified, *session._tracking(), session._data, session.version,
             session.created_at, session.refreshed_at, session._base,
         )
         session.id = new_session_id()
@@ -188,13 +188,14 @@ class MemoryStore(SessionStore):
                 if session._base is not None and stored.version != session.version:
                     # saved by another request since loaded: move what it holds plus this request's changes
                     rebase(session, stored.copy(), self.on_conflict)
-                session.new = session._modified = True  # written like a first save: NX under the new id
+                session.new = True  # written like a first save: NX under the new id
+                session.mark_for_save()
                 self._save_locked(session, self.clock())
                 self._sessions.delete(old_id)
         except BaseException:
             session.id = old_id
             (
-                session.new, session._modified, session._untracked, session._changes, session._data, session.version,
+                session.new, session._modified, session._changes, session._untracked, session._data, session.version,
                 session.created_at, session.refreshed_at, session._base,
             ) = state
             raise
