@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._core.sequence import log_keys
 from ..config import ClusterConfig
 from ..stores.clustered import ClusteredRedisStore
 from ..stores.redis import RedisStore
@@ -99,6 +100,7 @@ def measure_invalidation_latency(url: str, samples: int = 500, progress: Callabl
                 if progress and i % 100 == 99:
                     progress("invalidation latency")
             store.clear()
+            store.client.delete(*log_keys(channel))  # the channel's invalidation log, after the clear it logged
     finally:
         parent.send("stop")
         proc.join(5)
@@ -250,6 +252,7 @@ def measure_read_load(
                     entry["first_reads"] = sum(len(set(sequence[k::n_nodes])) for k in range(n_nodes))
                 results[label] = entry
                 writer.clear()
+                client.delete(*log_keys(channel))  # the channel's invalidation log, after the clear it logged
             finally:
                 for store in stores:
                     store.close()
