@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -21,7 +22,7 @@ from redis.retry import Retry
 from ._core.breaker import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from ._core.conflict import OnConflict, check_on_conflict
 from ._core.keys import KeySpace, is_valid_session_id
-from ._core.ops import Command, Flow, StoreCore
+from ._core.ops import PAUSE, Command, Flow, StoreCore
 from ._core.policy import CachePolicy
 from ._core.principals import PIPELINE, PrincipalCore
 from ._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, StoreBase
@@ -196,6 +197,9 @@ class Run:
         """The breaker is not closed: admit ``command`` (maybe as the probe), or throw
         ``CircuitOpen`` into the flow and try its next command, until one goes or it ends."""
         while True:
+            if command[1] is PAUSE:  # not a Redis call: no admission, never the probe
+                self.command = command
+                return
             try:
                 self.probe = self.breaker.admit()
             except CircuitOpen as exc:
@@ -211,7 +215,7 @@ class Run:
     def reply(self, reply: Any) -> None:
         """The command succeeded with ``reply``."""
         breaker = self.breaker
-        if breaker.failures or self.probe:
+        if (breaker.failures or self.probe) and self.command[1] is not PAUSE:  # a pause proves nothing
             breaker.succeeded(self.probe)
             self.probe = False
         try:
@@ -264,6 +268,9 @@ def execute(client: Any, command: Command) -> Any:
     """
     if command[1] is PIPELINE:
         return pipeline(client, command[2]).execute()
+    if command[1] is PAUSE:
+        time.sleep(command[2][0])
+        return None
     try:
         return client.execute_command(*command[2])
     except NoScriptError:
@@ -281,6 +288,9 @@ async def execute_async(client: Any, command: Command) -> Any:
     """
     if command[1] is PIPELINE:
         return await pipeline(client, command[2]).execute()
+    if command[1] is PAUSE:
+        await asyncio.sleep(command[2][0])
+        return None
     try:
         return await client.execute_command(*command[2])
     except NoScriptError:

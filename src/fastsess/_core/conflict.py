@@ -24,6 +24,7 @@ the store's ``on_conflict`` decides:
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -34,6 +35,13 @@ from ..session import MISSING, Session
 # A save re-applies its changes on a fresh copy at most this many times; a session
 # written by others even faster than that raises ConcurrentModification.
 MAX_CONFLICT_RETRIES = 50
+
+# Between conflicts the save waits a random time ("full jitter"): none before the first
+# retry (one other writer is the common case), then up to FIRST_PAUSE, doubling per
+# conflict up to MAX_PAUSE.  Without it, requests that keep arriving with a fresh copy
+# can win every race against one that is retrying, which then gives up.
+FIRST_PAUSE = 0.001  # seconds
+MAX_PAUSE = 0.05  # seconds
 
 Resolver = Callable[[str, Any, Any, Any], Any]
 OnConflict: TypeAlias = "str | Resolver"
@@ -161,6 +169,15 @@ def replace(session: Session, theirs: Session) -> None:
     version and base, so that its write is a compare-and-set with a higher version."""
     session.version = theirs.version
     session._base = theirs._base
+
+
+def conflict_pause(conflicts: int, draw: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before the retry that follows conflict number ``conflicts`` (1, 2, ...):
+    0 after the first, then a random time below ``FIRST_PAUSE * 2**(conflicts - 2)``,
+    capped at ``MAX_PAUSE``."""
+    if conflicts <= 1:
+        return 0.0
+    return draw() * min(MAX_PAUSE, FIRST_PAUSE * 2.0 ** min(conflicts - 2, 16))
 
 
 def too_many_conflicts() -> ConcurrentModification:

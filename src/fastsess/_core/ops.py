@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 from ..errors import CircuitOpen, FastsessError, PoolExhausted, StoreUnavailable
 from ..serializers import Serializer
 from ..session import Session, check_ttl
-from .conflict import MAX_CONFLICT_RETRIES, OnConflict, rebase, replace, stamp, too_many_conflicts
+from .conflict import MAX_CONFLICT_RETRIES, OnConflict, conflict_pause, rebase, replace, stamp, too_many_conflicts
 from .keys import KeySpace, check_session_id, is_valid_session_id, new_session_id
 from .policy import CachePolicy
 from .sequence import SEQUENCE_LUA, log_keys
@@ -102,6 +102,16 @@ def publish_script(text: str) -> Script:
 def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Command:
     """An ``EVALSHA`` of ``lua`` over ``keys`` with ``args``."""
     return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
+
+
+# A driver answers a ``PAUSE`` command by waiting ``args[0]`` seconds (``time.sleep`` or
+# ``asyncio.sleep``) and replying None; it sends nothing to Redis.
+PAUSE = Script("-- a pause, not a script", "pause")
+
+
+def pause(seconds: float) -> Command:
+    """A command that makes the driver wait ``seconds`` (no Redis call)."""
+    return ("PAUSE", PAUSE, (seconds,))
 
 
 # Sequenced (``StoreCore._announce``): two more KEYS (the channel's sequence hash and log)
@@ -467,6 +477,9 @@ class StoreCore:
             conflicts += 1
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise too_many_conflicts()
+            delay = conflict_pause(conflicts)
+            if delay:
+                yield pause(delay)
             theirs = self.serializer.decode(session.id, written)
             theirs._base = written
             if whole:
@@ -650,6 +663,9 @@ class StoreCore:
             conflicts += 1
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise too_many_conflicts()
+            delay = conflict_pause(conflicts)
+            if delay:
+                yield pause(delay)
             theirs = self.serializer.decode(old_id, moved)
             theirs._base = moved
             rebase(session, theirs, self.on_conflict)
