@@ -564,3 +564,41 @@ def test_construction_sets_what_sessionbase_sets() -> None:
         assert (ours.accessed, ours.modified) == (theirs.accessed, theirs.modified) == (False, False)
         assert ours.serializer is theirs.serializer
         assert set(vars(theirs)) <= set(vars(ours))
+
+
+async def test_a_write_through_either_store_is_read_at_once_through_the_other(async_engine: Any) -> None:
+    """Django's SessionMiddleware saves through the sync store even after an async view, and
+    the sync and async methods have a cache each: the next read through the other store
+    sees the write at once, not the copy it cached before (pub/sub would tell it a moment later)."""
+    from asgiref.sync import sync_to_async
+
+    from fastsess.contrib.django import get_async_store, get_store
+
+    astore = get_async_store()
+    assert await astore.start()
+    assert await sync_to_async(lambda: get_store().coordinator.wait_subscribed(5))()
+    for i in range(1, 21):
+        first = backend()
+        await first.aset("n", 0)
+        await first.asave()
+        key = first.session_key
+        hits = astore.cache_stats().hits
+        assert await backend(key).aget("n") == 0 and await backend(key).aget("n") == 0
+        assert astore.cache_stats().hits > hits  # served from the async store's cache
+
+        def sync_write(key: str = key, value: int = i) -> None:
+            session = backend(key)
+            session["n"] = value
+            session.save()
+            assert backend(key)["n"] == value  # now cached in the sync store too
+
+        await sync_to_async(sync_write)()
+        assert await backend(key).aget("n") == i  # the async store's copy was evicted
+
+        later = backend(key)
+        await later.aset("n", -i)
+        await later.asave()
+        assert await sync_to_async(lambda key=key: backend(key)["n"])() == -i  # and the other way round
+        await later.acycle_key()
+        await later.asave()
+        assert await sync_to_async(lambda key=key: backend(key).load())() == {}  # the old key: gone on both

@@ -233,6 +233,23 @@ def get_async_store() -> AsyncClusteredRedisStore:
     return store
 
 
+def _written(store: Any, *session_ids: str) -> None:
+    """After ``store`` wrote or deleted ``session_ids``: evict them from this process's other stores.
+
+    The sync and the async methods use different stores (Django's ``SessionMiddleware``
+    saves through the sync one even after an async view), each with its own cache, and a
+    cache hears of another store's writes through Redis pub/sub only a moment later.
+    Evicting here, before the response goes out, keeps the next request of this process
+    from reading the copy from before the last one's write.
+    """
+    others: list[Any] = [s for s in list(_sync_stores.values()) if s is not store]
+    for loop_stores in list(_async_stores.values()):
+        others.extend(s for s in list(loop_stores.values()) if s is not store)
+    for other in others:
+        for session_id in session_ids:
+            other.evict_from_cache(session_id)
+
+
 def close_stores() -> None:
     """Close every sync store this module created (tests, or a clean shutdown)."""
     global _sync_store
@@ -535,6 +552,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         if ttl <= 0:
             if not must_create:
                 store.delete(self.session_key)
+                _written(store, self.session_key)
             self._stored = None
             return None
         session = self._to_write(data, ttl, must_create)
@@ -545,6 +563,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
                 raise CreateError
         elif not store.save(session):
             raise UpdateError
+        _written(store, session.id)
         self._stored = session
         return None
 
@@ -558,7 +577,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             if self.session_key is None:
                 return
             session_key = self.session_key
-        get_store().delete(session_key)
+        store = get_store()
+        store.delete(session_key)
+        _written(store, session_key)
         if self._stored is not None and self._stored.id == session_key:
             self._stored = None
 
@@ -578,7 +599,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             super().cycle_key()
             return
         session = self._to_write(data, ttl, must_create=False)
-        get_store().regenerate(session)
+        store = get_store()
+        store.regenerate(session)
+        _written(store, key, session.id)
         self._session_key = session.id
         self._session_cache = data
         self._stored = session
@@ -649,6 +672,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         if ttl <= 0:
             if not must_create:
                 await store.delete(self.session_key)
+                _written(store, self.session_key)
             self._stored = None
             return None
         session = self._to_write(data, ttl, must_create)
@@ -659,6 +683,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
                 raise CreateError
         elif not await store.save(session):
             raise UpdateError
+        _written(store, session.id)
         self._stored = session
         return None
 
@@ -668,7 +693,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             if self.session_key is None:
                 return
             session_key = self.session_key
-        await get_async_store().delete(session_key)
+        store = get_async_store()
+        await store.delete(session_key)
+        _written(store, session_key)
         if self._stored is not None and self._stored.id == session_key:
             self._stored = None
 
@@ -684,7 +711,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             await super().acycle_key()
             return
         session = self._to_write(data, ttl, must_create=False)
-        await get_async_store().regenerate(session)
+        store = get_async_store()
+        await store.regenerate(session)
+        _written(store, key, session.id)
         self._session_key = session.id
         self._session_cache = data
         self._stored = session
