@@ -81,3 +81,8 @@ def test_cited_test_files_and_tests_exist() -> None:
             if not re.search(rf"def {name}\b", tests):
                 missing.append(f"{doc.name}: {name}")
     assert missing == []
+
+
+def test_security_md_points_nowhere_outside_the_repository() -> None:
+    text = (REPO / "SECURITY.md").read_text(encoding="utf-8")
+    assert [n for n in ("DESIGN" + ".md", "STYLE" + ".md", "../" + "shared") if n in text] == []
