@@ -99,6 +99,36 @@ def publish_script(text: str) -> Script:
     return script(PUBLISH_LUA + text)
 
 
+# ``compare(key, kind, token, length)``: whether ``key`` still holds the value a session was
+# loaded from, recognised by ``_core.conflict.stamp``'s token: "p" = its first bytes
+# (``token``) and ``length``, "h" = the SHA-1 hex of the whole value, "" = no check.  False if
+# the key is gone, true if it holds that value, else the stored bytes (read with
+# GETRANGE 0 -1, not GET: INFO commandstats then counts only the loads' GETs as reads).
+COMPARE_LUA = """local function compare(key, kind, token, length)
+  local n = redis.call('STRLEN', key)
+  if n == 0 then
+    return false
+  end
+  if kind == 'p' then
+    if n ~= tonumber(length) or redis.call('GETRANGE', key, 0, #token - 1) ~= token then
+      return redis.call('GETRANGE', key, 0, -1)
+    end
+  elseif kind == 'h' then
+    local cur = redis.call('GETRANGE', key, 0, -1)
+    if redis.sha1hex(cur) ~= token then
+      return cur
+    end
+  end
+  return true
+end
+"""
+
+
+def compare_script(text: str) -> Script:
+    """A write ``Script`` (``publish_script``) that may also call ``compare(...)`` (above)."""
+    return publish_script(COMPARE_LUA + text)
+
+
 def run_script(label: str, lua: Script, keys: tuple[str, ...], *args: Any) -> Command:
     """An ``EVALSHA`` of ``lua`` over ``keys`` with ``args``."""
     return (label, lua, ("EVALSHA", lua.sha, len(keys), *keys, *args))
@@ -129,23 +159,16 @@ def pause(seconds: float) -> Command:
 #     is given): a collision never loses the old session.  1, or 0 if the new id is taken.
 # Values are read with GETRANGE 0 -1 (not GET): INFO commandstats then counts only the
 # loads' GETs as reads.
-MOVE = publish_script("""
+MOVE = compare_script("""
 if redis.pcall('GETRANGE', KEYS[2], 0, -1) == ARGV[1] then
   return 2
 end
-local n = redis.call('STRLEN', KEYS[1])
-if n == 0 then
+local found = compare(KEYS[1], ARGV[3], ARGV[4], ARGV[5])
+if not found then
   return -1
 end
-if ARGV[3] == 'p' then
-  if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
-    return redis.call('GETRANGE', KEYS[1], 0, -1)
-  end
-elseif ARGV[3] == 'h' then
-  local cur = redis.call('GETRANGE', KEYS[1], 0, -1)
-  if redis.sha1hex(cur) ~= ARGV[4] then
-    return cur
-  end
+if found ~= true then
+  return found
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
@@ -168,20 +191,13 @@ return 0
 # KEYS[1]=key  ARGV: payload, ttl, kind ("p" or "h"), prefix or digest, length or "",
 # [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict),
 # read with GETRANGE 0 -1 (not GET: INFO commandstats then counts only the loads' GETs).
-SAVE = publish_script("""
-local n = redis.call('STRLEN', KEYS[1])
-if n == 0 then
+SAVE = compare_script("""
+local found = compare(KEYS[1], ARGV[3], ARGV[4], ARGV[5])
+if not found then
   return 0
 end
-if ARGV[3] == 'p' then
-  if n ~= tonumber(ARGV[5]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[4] - 1) ~= ARGV[4] then
-    return redis.call('GETRANGE', KEYS[1], 0, -1)
-  end
-else
-  local cur = redis.call('GETRANGE', KEYS[1], 0, -1)
-  if redis.sha1hex(cur) ~= ARGV[4] then
-    return cur
-  end
+if found ~= true then
+  return found
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[6] then
@@ -215,20 +231,13 @@ return n
 # [, channel, message (deleted old id)].  -1 if the old key is gone, its bytes if it no
 # longer holds what the session was loaded from (the caller deletes the new key again),
 # else DEL it (and publish): 1.
-CHECK_DELETE = publish_script("""
-local n = redis.call('STRLEN', KEYS[1])
-if n == 0 then
+CHECK_DELETE = compare_script("""
+local found = compare(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not found then
   return -1
 end
-if ARGV[1] == 'p' then
-  if n ~= tonumber(ARGV[3]) or redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) ~= ARGV[2] then
-    return redis.call('GETRANGE', KEYS[1], 0, -1)
-  end
-elseif ARGV[1] == 'h' then
-  local cur = redis.call('GETRANGE', KEYS[1], 0, -1)
-  if redis.sha1hex(cur) ~= ARGV[2] then
-    return cur
-  end
+if found ~= true then
+  return found
 end
 redis.call('DEL', KEYS[1])
 if ARGV[4] then
