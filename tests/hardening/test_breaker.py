@@ -4,6 +4,8 @@ and the ``stale_if_error`` window of ``CachePolicy.stale`` that counts on it."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from typing import Any
 
@@ -313,3 +315,28 @@ def test_the_breaker_and_the_policy_import_no_redis() -> None:
         "assert 'redis' not in sys.modules, sorted(m for m in sys.modules if m.startswith('redis'))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork() only")
+def test_a_forked_child_gets_a_usable_breaker_whatever_the_parent_held() -> None:
+    """A parent thread inside the breaker (its lock held) or probing at the fork must not wedge
+    the child: the child's breaker has a new lock, and a probe in flight in the parent is
+    given up (the child's next call probes)."""
+    clock = [0.0]
+    breaker = CircuitBreaker(threshold=1, cooldown=1.0, clock=lambda: clock[0])
+    breaker.failed(ConnectionError("down"))
+    clock[0] = 2.0
+    assert breaker.admit() is True  # this thread is the probe: half-open
+    with breaker._lock:  # and another thread is inside the breaker right now
+        pid = os.fork()
+        if pid == 0:  # the child: every call must return, and the next call probes
+            signal.alarm(5)
+            try:
+                ok = breaker.admit() is True and breaker.state == "half-open"
+                breaker.succeeded(probe=True)
+                ok = ok and breaker.closed and breaker.stats.state == "closed"
+            finally:
+                os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert breaker.state == "half-open"  # the parent's own state is untouched

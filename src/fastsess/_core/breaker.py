@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -93,7 +95,8 @@ class CircuitBreaker:
 
     __slots__ = (
         "_clock", "_last_cause", "_lock", "_opened", "_opened_at", "_probes", "_rejected",
-        "_retry_at", "_state", "closed", "cooldown", "failures", "outage_started", "resubscribed_at", "threshold",
+        "_retry_at", "_state", "__weakref__", "closed", "cooldown", "failures", "outage_started", "resubscribed_at",
+        "threshold",
     )
 
     def __init__(
@@ -112,6 +115,15 @@ class CircuitBreaker:
         self._retry_at = 0.0  # when a call may probe
         self._last_cause: BaseException | None = None
         self._opened = self._rejected = self._probes = 0
+        _live.add(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a child made by ``os.fork()``: a new lock (a parent thread may have held the
+        old one at the fork), and a probe that was in flight in a parent thread, which
+        does not exist here, is given up (the child's next call probes)."""
+        self._lock = threading.Lock()
+        if self._state == HALF_OPEN:
+            self._state = OPEN
 
     @property
     def state(self) -> str:
@@ -230,3 +242,16 @@ class CircuitBreaker:
         with self._lock:
             if self._state == HALF_OPEN:
                 self._state = OPEN  # _retry_at has passed: the next admit probes
+
+
+# Every breaker of this process (weakly), for the fork hook.
+_live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for breaker in list(_live):
+        breaker.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
