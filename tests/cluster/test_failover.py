@@ -4,8 +4,8 @@ Sync only; what both flavours share (kill and recover, stale_if_error, close whi
 reconnecting) is in ``tests/contract/test_cluster_failover.py``.
 
 While unsubscribed the cache is bypassed and reads fail
-closed with ``StoreUnavailable`` (unless ``stale_if_error``); every resubscribe flushes
-the cache; ``close()`` stops the listener thread.
+closed with ``StoreUnavailable`` (unless ``stale_if_error``); a resubscribe after Redis
+restarted flushes the cache (a new server: its log cannot tell what was missed); ``close()`` stops the listener thread.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Redis going away and coming back, for both flavours (each test has its own server).
 
 While unsubscribed the cache is bypassed and reads fail closed with ``StoreUnavailable``
-(unless ``stale_if_error``); every resubscribe flushes the cache; ``close()`` ends the
+(unless ``stale_if_error``); a resubscribe after Redis restarted flushes the cache (a
+new server: its invalidation log cannot tell what was missed); ``close()`` ends the
 listener promptly even while it is reconnecting.
 """
 

@@ -1,8 +1,8 @@
 """Lost updates: what ``save`` does when another request wrote the session first. No I/O.
 
 A save of a loaded session is a compare-and-set: it writes only if the stored session
-is still the one this request loaded (Redis: the SHA-1 of the stored bytes, compared in
-the write's Lua script; ``MemoryStore``: the version, under its lock).  When it is not,
+is still the one this request loaded (Redis: the stored value's length and first bytes,
+or the SHA-1 of the whole value, compared in the write's Lua script: see ``stamp``; ``MemoryStore``: the version, under its lock).  When it is not,
 the save *rebases*: it takes the stored session as the new starting point and re-applies
 this request's changes (``Session.changes``: the top-level keys it set or deleted), then
 tries again (at most ``MAX_CONFLICT_RETRIES`` times).
