@@ -10,7 +10,8 @@ shared machine does not count).
 Each (framework, mode) runs in its own process (Django settings are per
 process); modes alternate over ``--reps`` repetitions and the median is kept.
 
-``--profile FRAMEWORK:MODE:ENDPOINT`` prints a cProfile of that cell instead.
+``--profile FRAMEWORK:MODE:ENDPOINT`` prints a cProfile of that cell instead (with
+``HTTP_INPROCESS_PROFILE_DUMP=file`` also writes the raw stats there, for ``pstats``).
 Redis is a private ``redis-server`` on a free port (fastsess.server.RedisServer).
 This is a diagnostic, not the benchmark of record: ``bench/http_bench.py`` is.
 """
