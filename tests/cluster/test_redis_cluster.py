@@ -510,7 +510,7 @@ def test_a_failover_keeps_invalidations_flowing_without_stale_reads(replicated: 
         for t in threads:
             t.start()
         try:
-            time.sleep(0.3)
+            wait_until(lambda: len(committed) >= 5 and len(reads) >= 50, 10, what="writes and reads before the failover")
             paused.set()  # let the replica catch up: an unreplicated write would be lost by the kill
             time.sleep(0.05)
             replica_port, offset = replica_of(victim)
@@ -522,7 +522,11 @@ def test_a_failover_keeps_invalidations_flowing_without_stale_reads(replicated: 
             paused.clear()
             wait_until(lambda: all(s.coordinator.stats.reconnects >= 1 and s.coordinator.subscribed for s in made), 15,
                        what="both listeners back on the new master")
-            time.sleep(0.3)
+            after, read_after = len(committed), len(reads)
+            # writes and reads on both masters again, the promoted one included (counted, not timed:
+            # a loaded machine writes slowly)
+            wait_until(lambda: len(committed) >= after + 6 and len(reads) >= read_after + 100, 15,
+                       what="writes and reads after the failover")
         finally:
             stop.set()
             for t in threads:

@@ -484,20 +484,35 @@ class StoreCore:
             # Another request wrote the session since it was loaded: ``written`` is the
             # stored value.  Re-apply this request's changes on it and try again.
             conflicts += 1
-            if conflicts > MAX_CONFLICT_RETRIES:
-                raise too_many_conflicts()
-            delay = conflict_pause(conflicts)
-            if delay:  # let the others land, then start again from what is stored then
-                yield pause(delay)
-                written = yield from self._current(session.id)
-                if written is None:
-                    return False  # deleted or expired meanwhile: never resurrected
-            theirs = self.serializer.decode(session.id, written)
-            theirs._base = written
+            theirs = yield from self._theirs(session.id, conflicts, written)
+            if theirs is None:
+                return False  # deleted or expired meanwhile: never resurrected
             if whole:
                 replace(session, theirs)
             else:
                 rebase(session, theirs, self.on_conflict)
+
+    def _theirs(self, session_id: str, conflicts: int, stored: bytes) -> Flow:
+        """The stored session to re-apply this request's changes on after conflict number
+        ``conflicts`` (``stored``: the bytes the conflict reply carried), or None if the
+        session is gone.  From the second conflict in a row on it first pauses (letting
+        the others land) and reads what is stored then.
+
+        Raises:
+            ConcurrentModification: more than ``MAX_CONFLICT_RETRIES`` conflicts in a row.
+        """
+        if conflicts > MAX_CONFLICT_RETRIES:
+            raise too_many_conflicts()
+        delay = conflict_pause(conflicts)
+        if delay:
+            yield pause(delay)
+            current = yield from self._current(session_id)
+            if current is None:
+                return None
+            stored = current
+        theirs = self.serializer.decode(session_id, stored)
+        theirs._base = stored
+        return theirs
 
     def _current(self, session_id: str) -> Flow:
         """The bytes stored for ``session_id`` now, or None: read with GETRANGE 0 -1 as the
@@ -679,16 +694,9 @@ class StoreCore:
             # Another request saved the session since it was loaded: re-apply this
             # request's changes on what it holds, and move that.
             conflicts += 1
-            if conflicts > MAX_CONFLICT_RETRIES:
-                raise too_many_conflicts()
-            delay = conflict_pause(conflicts)
-            if delay:  # let the others land, then start again from what is stored then
-                yield pause(delay)
-                moved = yield from self._current(old_id)
-                if moved is None:
-                    return session  # deleted meanwhile: never re-created, left as it was
-            theirs = self.serializer.decode(old_id, moved)
-            theirs._base = moved
+            theirs = yield from self._theirs(old_id, conflicts, moved)
+            if theirs is None:
+                return session  # deleted meanwhile: never re-created, left as it was
             rebase(session, theirs, self.on_conflict)
             base = stamp(session._base)
         session.id = old_id
