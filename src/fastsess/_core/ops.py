@@ -99,15 +99,16 @@ def publish_script(text: str) -> Script:
     return script(PUBLISH_LUA + text)
 
 
-# ``compare(key, kind, token, length)``: whether ``key`` still holds the value a session was
-# loaded from, recognised by ``_core.conflict.stamp``'s token: "p" = its first bytes
-# (``token``) and ``length``, "h" = the SHA-1 hex of the whole value, "" = no check.  False if
-# the key is gone, true if it holds that value, else the stored bytes (read with
+# ``changed(key, kind, token, length, gone)``: nil if ``key`` still holds the value a
+# session was loaded from, recognised by ``_core.conflict.stamp``'s token ("p" = its first
+# bytes (``token``) and ``length``, "h" = the SHA-1 hex of the whole value, "" = no
+# check); ``gone`` if the key no longer exists; else the stored bytes (read with
 # GETRANGE 0 -1, not GET: INFO commandstats then counts only the loads' GETs as reads).
-COMPARE_LUA = """local function compare(key, kind, token, length)
+# A script returns whatever it answers: ``local c = changed(...) if c then return c end``.
+COMPARE_LUA = """local function changed(key, kind, token, length, gone)
   local n = redis.call('STRLEN', key)
   if n == 0 then
-    return false
+    return gone
   end
   if kind == 'p' then
     if n ~= tonumber(length) or redis.call('GETRANGE', key, 0, #token - 1) ~= token then
@@ -119,13 +120,13 @@ COMPARE_LUA = """local function compare(key, kind, token, length)
       return cur
     end
   end
-  return true
+  return nil
 end
 """
 
 
 def compare_script(text: str) -> Script:
-    """A write ``Script`` (``publish_script``) that may also call ``compare(...)`` (above)."""
+    """A write ``Script`` (``publish_script``) that may also call ``changed(...)`` (above)."""
     return publish_script(COMPARE_LUA + text)
 
 
@@ -163,12 +164,9 @@ MOVE = compare_script("""
 if redis.pcall('GETRANGE', KEYS[2], 0, -1) == ARGV[1] then
   return 2
 end
-local found = compare(KEYS[1], ARGV[3], ARGV[4], ARGV[5])
-if not found then
-  return -1
-end
-if found ~= true then
-  return found
+local answer = changed(KEYS[1], ARGV[3], ARGV[4], ARGV[5], -1)
+if answer then
+  return answer
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
@@ -192,12 +190,9 @@ return 0
 # [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict),
 # read with GETRANGE 0 -1 (not GET: INFO commandstats then counts only the loads' GETs).
 SAVE = compare_script("""
-local found = compare(KEYS[1], ARGV[3], ARGV[4], ARGV[5])
-if not found then
-  return 0
-end
-if found ~= true then
-  return found
+local answer = changed(KEYS[1], ARGV[3], ARGV[4], ARGV[5], 0)
+if answer then
+  return answer
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[6] then
@@ -232,12 +227,9 @@ return n
 # longer holds what the session was loaded from (the caller deletes the new key again),
 # else DEL it (and publish): 1.
 CHECK_DELETE = compare_script("""
-local found = compare(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-if not found then
-  return -1
-end
-if found ~= true then
-  return found
+local answer = changed(KEYS[1], ARGV[1], ARGV[2], ARGV[3], -1)
+if answer then
+  return answer
 end
 redis.call('DEL', KEYS[1])
 if ARGV[4] then
