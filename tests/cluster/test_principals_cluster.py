@@ -146,3 +146,36 @@ def test_a_failed_batch_on_a_cluster_is_finished_by_a_second_call(stores: Stores
     assert A.delete_all("user-9") == 0  # nothing left to delete, but the batch is finished
     assert raw.exists(key) == 0
     wait_until(lambda: all(B._cache.get(s.id) is None for s in sessions), 5, what="B to drop its copies")
+
+
+def test_touch_renews_index_entries_on_a_cluster(stores: Stores, cluster: list[RedisServer]) -> None:  # noqa: F811
+    """``touch`` of bound sessions on every master, through a clustered store and a plain
+    ``RedisStore``: each entry covers twice the new TTL and the index key (another slot)
+    lives as long."""
+    from fastsess import RedisStore
+
+    A, _B, raw = stores
+    plain = RedisStore(client=RedisCluster(host="127.0.0.1", port=cluster[1].port), prefix=A.prefix, ttl=60)
+    try:
+        sessions: list[Session] = []
+        masters: set[str] = set()
+        while len(sessions) < 6 or len(masters) < 3:
+            assert len(sessions) < 200
+            s = A.create({"i": len(sessions)}, ttl=60)
+            A.bind(s, "user-touch")
+            assert A.save(s)
+            sessions.append(s)
+            masters.add(owner(raw, A.prefix + s.id))
+        key = index_key(A._keys, "user-touch")
+        assert raw.pttl(key) <= COVER * 60 * 1000
+        for i, s in enumerate(sessions):
+            assert (A if i % 2 else plain).touch(s.id, 5000)
+        now = time.time()
+        for s in sessions:
+            assert raw.zscore(key, s.id) >= now + COVER * 5000 - 5
+            assert raw.pttl(A.prefix + s.id) > 4_990_000
+        assert raw.pttl(key) > (COVER * 5000 - 5) * 1000
+        assert sorted(A.sessions_of("user-touch")) == sorted(s.id for s in sessions)
+        assert plain.delete_all("user-touch") == len(sessions)
+    finally:
+        plain.close()

@@ -189,12 +189,51 @@ def test_a_session_kept_alive_by_touch_stays_bound(backend: Backend) -> None:
     assert store.delete_all("erin") == 2
 
 
+def test_touch_renews_a_bound_sessions_index_entry(redis_backend: RedisBackend) -> None:
+    """A session kept alive by ``touch`` alone, with no save and no other ``bind``: its entry
+    and the index key outlive it, so ``delete_all`` still finds it after its first cover."""
+    store = redis_backend.make(ttl=10)
+    key = index_key(sync_store(store)._keys, "judy")
+    kept, plain = bound(store, "judy"), store.create({"p": 1})
+    assert store.save(plain)
+    assert redis_backend.client.pttl(key) <= COVER * 10 * 1000  # the first cover: 20 s
+    redis_backend.age(kept, 8)
+    assert store.touch(kept.id, 1000)
+    assert store.touch(plain.id, 1000)  # not bound: no index is made for it
+    entries = dict(redis_backend.client.zrange(key, 0, -1, withscores=True))
+    assert entries[kept.id.encode()] >= redis_backend.now() + COVER * 1000 - 1  # covers twice the new TTL
+    assert redis_backend.client.pttl(key) > (COVER * 1000 - 5) * 1000  # and the index key lives as long
+    assert redis_backend.client.pttl(store.prefix + kept.id) > 990_000
+    assert len(redis_backend.client.keys(store.prefix + "principal:*")) == 1
+    # the first cover (and the key's first life) would have ended here: it is still listed
+    redis_backend.age(kept, COVER * 10 + 1)
+    assert store.sessions_of("judy") == [kept.id]
+    assert store.touch(kept.id, 5)  # a shorter TTL keeps the longer cover
+    assert dict(redis_backend.client.zrange(key, 0, -1, withscores=True))[kept.id.encode()] >= entries[kept.id.encode()]
+    assert store.delete_all("judy") == 1
+    assert store.load(kept.id) is None and store.load(plain.id) is not None
+
+
+def test_touch_of_an_unreadable_value_still_extends_it(redis_backend: RedisBackend) -> None:
+    """A value this store cannot decode (another tool's, planted) is touched as before."""
+    store = redis_backend.make(ttl=10)
+    planted = new_session_id()
+    redis_backend.client.set(store.prefix + planted, b"not a session", ex=10)
+    assert store.touch(planted, 500)
+    assert redis_backend.client.pttl(store.prefix + planted) > 490_000
+    hashed = new_session_id()
+    redis_backend.client.hset(store.prefix + hashed, "x", "1")  # not even a string
+    assert store.touch(hashed, 500)
+    assert redis_backend.client.pttl(store.prefix + hashed) > 490_000
+    assert store.touch(new_session_id(), 500) is False
+
+
 def test_a_bind_trims_by_what_redis_holds(redis_backend: RedisBackend) -> None:
     store = redis_backend.make(ttl=10)
     key = index_key(sync_store(store)._keys, "ivan")
     expired, touched = bound(store, "ivan"), bound(store, "ivan")
     redis_backend.client.delete(store.prefix + expired.id)  # as if it had expired
-    assert store.touch(touched.id, 1000)
+    assert redis_backend.client.expire(store.prefix + touched.id, 1000)  # kept alive by another tool
     redis_backend.age(touched, COVER * 10 + 1)
     fresh = bound(store, "ivan")
     entries = dict(redis_backend.client.zrange(key, 0, -1, withscores=True))
@@ -263,12 +302,12 @@ def test_the_index_key_expires_after_its_sessions(redis_backend: RedisBackend) -
     assert redis_backend.client.type(key) == b"zset"
     assert 199_000 < redis_backend.client.pttl(key) <= 200_000  # COVER x the session's TTL
     assert redis_backend.client.zscore(key, s.id) == pytest.approx(redis_backend.now() + COVER * 100)
-    assert store.touch(s.id, 1000)  # touch does not know the principal: the index key is unchanged
-    assert redis_backend.client.pttl(key) <= 200_000
     bound(store, "frank", ttl=10)  # a shorter session never shortens it
     assert 199_000 < redis_backend.client.pttl(key) <= 200_000
     bound(store, "frank", ttl=1000)
     assert 1_999_000 < redis_backend.client.pttl(key) <= 2_000_000
+    assert store.touch(s.id, 3000)  # touch renews the bound session's entry: the key lives longer too
+    assert 5_999_000 < redis_backend.client.pttl(key) <= 6_000_000
     # a session that expired in Redis is not listed, and its entry is dropped
     redis_backend.client.delete(store.prefix + s.id)
     assert s.id not in store.sessions_of("frank")

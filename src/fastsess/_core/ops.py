@@ -30,7 +30,7 @@ from asyncio import CancelledError
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple, Protocol
 
-from ..errors import CircuitOpen, FastsessError, PoolExhausted, StoreUnavailable
+from ..errors import CircuitOpen, FastsessError, PoolExhausted, SessionCorrupt, StoreUnavailable
 from ..serializers import Serializer
 from ..session import Session, check_ttl
 from .conflict import MAX_CONFLICT_RETRIES, OnConflict, conflict_pause, rebase, replace, stamp, too_many_conflicts
@@ -239,13 +239,18 @@ return 1
 """)
 
 # KEYS[1]=key  ARGV: ttl, channel, message.  Other nodes drop their copy, whose local
-# expiry was computed from the old TTL.
+# expiry was computed from the old TTL.  Returns the value (nil: no such session; 1: not
+# a string), for ``touch`` to renew a bound session's index entry.
 TOUCH_PUBLISH = publish_script("""
-local n = redis.call('EXPIRE', KEYS[1], ARGV[1])
-if n == 1 then
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'table' then
+  value = 1  -- not a string (planted by another tool): extended as it is, nothing to read
+end
+if value then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   publish(ARGV[2], ARGV[3], KEYS[2], KEYS[3], ARGV[4], ARGV[5])
 end
-return n
+return value
 """)
 
 # KEYS[1]=key.  The value and its remaining TTL in ms (-2: no key, -1: no expiry), read
@@ -290,6 +295,8 @@ class Indexing(Protocol):
     def before_write(self, session: Session, now: float) -> Generator[Command, Any, None]: ...
 
     def after_new_key(self, session: Session) -> Generator[Command, Any, None]: ...
+
+    def after_touch(self, session: Session, seconds: int) -> Generator[Command, Any, None]: ...
 
 
 Flow = Generator[Command, Any, Any]
@@ -716,28 +723,40 @@ class StoreCore:
 
     def touch(self, session_id: str, ttl: int | None = None) -> Flow:
         """Set the session's expiry to ``ttl`` (default: the store's); True if it exists.
-        Clustered: every node drops its copy (its local expiry followed the old TTL)."""
+        Clustered: every node drops its copy (its local expiry followed the old TTL).
+        The value is read in the same step (``GETEX``, or the script's ``GET``): a session
+        bound to a principal gets its index entry renewed to cover the new expiry."""
         if not is_valid_session_id(session_id):
             return False  # a malformed id is answered before anything else, bad ttl included
         seconds = self.ttl if ttl is None else check_ttl(ttl)
         key = self.keys.key(session_id)
         messages = self.messages
         if messages is None:
-            return bool((yield ("EXPIRE", None, ("EXPIRE", key, seconds))))
-        try:
-            message = messages.message(TOUCHED, session_id, expires_in=seconds)
-            touched: bool = (yield self._announce(
-                "EXPIRE", TOUCH_PUBLISH, (key,), session_id, seconds, messages.channel_for(key), message,
-            )) == 1
-        except BaseException as exc:
-            if self.policy is not None and not isinstance(exc, NEVER_SENT):
-                self.policy.uncertain(session_id)  # the EXPIRE may have landed, or may land later
-            raise
-        if self.policy is not None:
-            self.policy.invalidate(session_id)  # the next fill reads the new expiry (PTTL)
-        if touched:
-            messages.note_published()
-        return touched
+            try:
+                raw = yield ("EXPIRE", None, ("GETEX", key, "EX", seconds))
+            except SessionCorrupt:  # not a string (planted by another tool): extended as it is
+                return bool((yield ("EXPIRE", None, ("EXPIRE", key, seconds))))
+        else:
+            try:
+                message = messages.message(TOUCHED, session_id, expires_in=seconds)
+                raw = yield self._announce("EXPIRE", TOUCH_PUBLISH, (key,), session_id, seconds, messages.channel_for(key), message)
+            except BaseException as exc:
+                if self.policy is not None and not isinstance(exc, NEVER_SENT):
+                    self.policy.uncertain(session_id)  # the EXPIRE may have landed, or may land later
+                raise
+            if self.policy is not None:
+                self.policy.invalidate(session_id)  # the next fill reads the new expiry (PTTL)
+            if raw is not None:
+                messages.note_published()
+        if raw is None:
+            return False
+        if self.principals is not None and type(raw) is bytes:
+            try:
+                session = self.serializer.decode(session_id, raw)
+            except SessionCorrupt:
+                return True  # not a session this store can read: it names no principal
+            yield from self.principals.after_touch(session, seconds)
+        return True
 
     def exists(self, session_id: str) -> Flow:
         """True if a session is stored under ``session_id`` (malformed ids: False, no command)."""

@@ -21,8 +21,10 @@ its id is not the indexed one (a regenerate, a first save that changed a collidi
 So with saves every ``ttl`` seconds at most one write in two costs one more round trip
 (a small script on the index key), and usually far fewer.  Every ``bind`` trims up to
 ``BATCH`` entries past their cover: it asks for their keys' TTL (one pipeline) and drops
-the entries whose session is gone, and covers the others (kept alive by ``touch``, which
-does not know the principal) until their key's expiry.  Entries of sessions deleted or
+the entries whose session is gone, and covers the others until their key's expiry.
+``touch`` reads the value it extends in the same step: a bound session's entry is
+renewed to cover the new expiry (one more round trip), so a session kept alive by
+``touch`` alone stays listed.  Entries of sessions deleted or
 moved meanwhile are dropped lazily: ``sessions_of`` checks that each listed session
 exists (and removes those that do not); ``delete_all`` deletes whatever is listed.
 
@@ -83,6 +85,16 @@ if ARGV[5] == '0' then
   return {}
 end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, ARGV[5])
+""")
+
+# KEYS[1]=index  ARGV: id, covered until, index ttl (ms).  ``touch``'s renewal: the entry's
+# cover only ever grows (a missing entry is added), and so does the index key's life.
+INDEX_RENEW = script("""
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
 """)
 
 # KEYS[1]=index  ARGV: now, n, n dead ids, then (id, ms left) pairs of live ones.  Drops the
@@ -147,7 +159,7 @@ INDEX_PRUNE = script("""
 return redis.call('ZREM', KEYS[1], unpack(ARGV))
 """)
 
-SCRIPTS = (INDEX_ADD, INDEX_TRIM, INDEX_REMOVE, DELETE_BATCH, INDEX_PRUNE)
+SCRIPTS = (INDEX_ADD, INDEX_RENEW, INDEX_TRIM, INDEX_REMOVE, DELETE_BATCH, INDEX_PRUNE)
 
 
 def check_principal(principal: Any) -> str:
@@ -311,6 +323,22 @@ class PrincipalCore:
         principal = needs_index(session, now)
         if principal is not None:
             yield self._index(session, principal, now)
+
+    def after_touch(self, session: Session, seconds: int) -> Flow:
+        """Run by ``touch`` with the session it just gave ``seconds`` more (decoded from the
+        value read in the same step): if it is bound and indexed under its id, its entry is
+        made to cover it for ``COVER`` times ``seconds`` from now (never less than it did)
+        and the index key to live as long, so a session kept alive by ``touch`` alone stays
+        listed.  One round trip, or none (not bound).
+
+        Raises:
+            StoreUnavailable: Redis failed (the expiry was set; touching again renews the entry).
+        """
+        entry = indexed_entry(session)
+        if entry is None:
+            return
+        ttl_ms = int(COVER * seconds * 1000)
+        yield run_script("touch", INDEX_RENEW, (index_key(self.keys, entry[0]),), session.id, self.clock() + COVER * seconds, ttl_ms)
 
     def after_new_key(self, session: Session) -> Flow:
         """Run by ``save`` after the first write of ``session`` and by ``regenerate`` after the

@@ -139,7 +139,9 @@ class RedisStore(RedisStoreBase, SessionStore):
         return bool(self._run(self._core.delete(session_id)))
 
     def touch(self, session_id: str, ttl: int | None = None) -> bool:
-        """Set the session's expiry to ``ttl`` seconds (default: the store's). One EXPIRE.
+        """Set the session's expiry to ``ttl`` seconds (default: the store's); True if it exists.
+        One ``GETEX`` (clustered: one script that also publishes); a session bound to a
+        principal also gets its index entry renewed (one more small script).
 
         Raises:
             ConfigError: ``ttl`` is not an int from 1 to ``MAX_TTL``.
