@@ -5,12 +5,17 @@ library stored into plain data fastsess can store: msgpack and JSON always, pick
 only when the caller opts in, and then only through ``SafeUnpickler``, which
 rebuilds plain containers, str, bytes, numbers, bool, None, datetime/date/time/
 timedelta/timezone, Decimal and UUID and refuses every other global.
+
+``migrated_session_id`` names the fastsess id a migrated session is stored under: derived
+from the old id, so every request still carrying the old cookie finds the same session.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import decimal
+import hashlib
 import io
 import json
 import pickle
@@ -19,7 +24,24 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["LegacyDataError", "SafeUnpickler", "decode_legacy", "safe_unpickle", "to_storable"]
+__all__ = ["LegacyDataError", "SafeUnpickler", "decode_legacy", "migrated_session_id", "safe_unpickle", "to_storable"]
+
+#: Mixed into every derived id, so it never equals a hash of the old id taken for another purpose.
+MIGRATED_PURPOSE = b"fastsess-migrated:"
+
+
+def migrated_session_id(legacy_id: str) -> str:
+    """The fastsess id a session moved from the old backend under ``legacy_id`` is stored under.
+
+    ``base64url(sha256(b"fastsess-migrated:" + legacy_id))`` without padding: 43 characters
+    of ``[A-Za-z0-9_-]``, the form of the ids fastsess issues, so the stores accept it and
+    ``iter_ids``/``count``/``clear`` see it.  Deterministic: concurrent requests carrying
+    the same old cookie all name the same session, and only a holder of the old id (the
+    old bearer secret) can name it.  No I/O; never raises for a str.
+    """
+    digest = hashlib.sha256(MIGRATED_PURPOSE + legacy_id.encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest)[:43].decode("ascii")
+
 
 
 class LegacyDataError(ValueError):

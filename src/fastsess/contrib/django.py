@@ -22,12 +22,16 @@ Settings (``django.conf.settings``):
 Session keys are fastsess ids (43 characters, 256 bits); any other key, e.g. one
 written by Django's own backends, is treated as unknown and gets a new session --
 unless ``FASTSESS_MIGRATE_FROM`` names the engine the app used before (e.g.
-``"django.contrib.sessions.backends.db"``): then a key fastsess does not know is
-looked up there (by that engine's own code and settings), and a session found is
-stored in fastsess under a new key (the response carries the new cookie) and
-deleted from the old backend.  Nobody is logged out by the switch.  The old data is
-decoded by fastsess's legacy reader, never the app's deserializer: JSON or msgpack,
-and pickles (what Django's cache framework stores) only with
+``"django.contrib.sessions.backends.db"``): then such a key keeps working as the same
+session.  It is stored in fastsess under an id derived from it
+(``_legacy.migrated_session_id``); the first request that finds nothing there looks
+the key up in the old engine (by that engine's own code and settings), writes the
+session found under the derived id if nothing is there yet (so concurrent first
+requests end with one session) and deletes it from the old backend.  The key the app
+and the cookie see stays the old one (no new cookie); ``cycle_key`` (login) moves the
+session to a fresh fastsess key as usual.  Nobody is logged out by the switch.  The
+old data is decoded by fastsess's legacy reader, never the app's deserializer: JSON or
+msgpack, and pickles (what Django's cache framework stores) only with
 ``FASTSESS_MIGRATE_PICKLE = True``, through the allow-list unpickler.
 Each session is stored with a Redis TTL of ``get_expiry_age()``, so expired
 sessions vanish by themselves (``clear_expired`` does nothing).
@@ -59,7 +63,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
@@ -71,7 +75,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_PREFIX, is_valid_session_id, new_session_id
 from ..stores.clustered import ClusteredRedisStore
 from ._common import mark_principal, plain_copy, updated
-from ._legacy import LegacyDataError, decode_legacy, to_storable
+from ._legacy import LegacyDataError, decode_legacy, migrated_session_id, to_storable
 
 __all__ = [
     "SessionStore", "aclose_async_store", "alog_out_everywhere", "bind_on_login", "close_stores", "get_async_store",
@@ -172,6 +176,41 @@ def _config(cluster: tuple[tuple[str, Any], ...], node_suffix: str | None) -> Cl
 def _legacy_engine() -> str | None:
     """``FASTSESS_MIGRATE_FROM``: the session engine to read unknown keys from, or None."""
     return _resolve()[1]
+
+
+def _store_id(session_key: Any) -> Any:
+    """The fastsess id ``session_key`` is stored under: the key itself, or, for a key of the
+    old engine while migrating (``FASTSESS_MIGRATE_FROM``), the id derived from it."""
+    if type(session_key) is str and not is_valid_session_id(session_key) and _legacy_engine():
+        return migrated_session_id(session_key)
+    return session_key
+
+
+def _legacy_session(session_key: Any) -> Any:
+    """The old engine's session for ``session_key`` when migrating and the key is not a fastsess
+    id, else None.
+
+    It is the engine's own ``SessionStore`` with two parts replaced, so that no
+    deserializer but fastsess's legacy reader ever sees the old data: its serializer
+    (``_LegacySerializer``) and, for the cache-based engines, its cache (``_LegacyCache``).
+    """
+    _, engine, allow_pickle = _resolve()
+    if not engine or type(session_key) is not str or is_valid_session_id(session_key):
+        return None
+    legacy = import_module(engine).SessionStore(session_key)
+    legacy.serializer = _LegacyPickleSerializer if allow_pickle else _LegacySerializer
+    cache = getattr(legacy, "_cache", None)
+    if cache is not None:
+        legacy._cache = _LegacyCache(cache, allow_pickle)
+    return legacy
+
+
+def _reload(store: ClusteredRedisStore, session_id: str) -> Session | None:
+    """``store.load(session_id)`` from Redis (this node's cached copy or absent mark dropped first):
+    after the old engine had nothing, a concurrent request may have just moved the session there."""
+    store.evict_from_cache(session_id)
+    found: Session | None = store.load(session_id)
+    return found
 
 
 def get_store() -> ClusteredRedisStore:
@@ -364,6 +403,14 @@ class _LegacyCache:
     def __contains__(self, key: str) -> bool:
         return key in self._cache
 
+    def has_key(self, key: str, version: int | None = None) -> bool:
+        """The cache's own ``has_key``."""
+        return bool(self._cache.has_key(key, version=version))
+
+    async def ahas_key(self, key: str, version: int | None = None) -> bool:
+        """The cache's own ``ahas_key``."""
+        return bool(await self._cache.ahas_key(key, version=version))
+
 
 class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type information
     """A Django session backed by a fastsess ``ClusteredRedisStore`` (see the module doc).
@@ -382,7 +429,6 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
 
     def __init__(self, session_key: str | None = None) -> None:
         self._stored: Session | None = None  # what load() found / save() wrote, for its metadata
-        self._migrating: Any = None  # the legacy engine's session being moved into fastsess
         # SessionBase.__init__ sets these three and ``serializer``, which it imports by name
         # on every construction (a third of a cached read's cost here); this backend never
         # uses it (FASTSESS_SERIALIZER), so ``serializer`` is imported on first access.
@@ -428,43 +474,100 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         self._stored = found
         return plain_copy(found.data)  # type: ignore[no-any-return]
 
-    def _legacy_candidate(self) -> Any:
-        """The old engine's session for this key, when migrating and the key is not a fastsess id.
-
-        It is the engine's own ``SessionStore`` with two parts replaced, so that no
-        deserializer but fastsess's legacy reader ever sees the old data: its
-        serializer (``_LegacySerializer``) and, for the cache-based engines, its
-        cache (``_LegacyCache``).
-        """
-        _, engine, allow_pickle = _resolve()
-        key = self.session_key
-        if not engine or key is None or is_valid_session_id(key):
-            return None
-        legacy = import_module(engine).SessionStore(key)
-        legacy.serializer = _LegacyPickleSerializer if allow_pickle else _LegacySerializer
-        cache = getattr(legacy, "_cache", None)
-        if cache is not None:
-            legacy._cache = _LegacyCache(cache, allow_pickle)
-        return legacy
-
-    def _adopt_legacy(self, legacy: Any, data: dict[str, Any]) -> dict[str, Any]:
-        """Serve ``data`` found in the old backend; the next save stores it under a new key."""
+    def _legacy_record(self, session_id: str, data: dict[str, Any]) -> Session | None:
+        """A new fastsess session (``session_id``) holding ``data`` found in the old engine, or
+        None: nothing in it, a value fastsess cannot store, or an expiry already past."""
         try:
             storable = to_storable(data)
         except LegacyDataError as exc:
             logger.warning("Legacy session not migrated: %s", exc)
-            return {}
-        self._session_key = None  # save() creates a fresh fastsess key ...
-        self._migrating = legacy  # ... and then deletes the old one
-        self.modified = bool(storable)
-        return storable  # type: ignore[no-any-return]
+            return None
+        if not storable:
+            return None
+        ttl = int(self.get_expiry_age(expiry=storable.get("_session_expiry")))  # no load: the data is given
+        if ttl <= 0:
+            return None
+        session = Session(session_id, storable, ttl=ttl, new=True)
+        session.modified = True
+        return session
 
-    def _migrated(self) -> Any:
-        legacy, self._migrating = self._migrating, None
-        return legacy
+    def _from_legacy(self) -> Session | None:
+        """For a key of the old engine while migrating (else None): the session stored under the
+        id derived from it, else the old engine's session moved there now.
+
+        The move writes only if nothing is stored under that id yet (SET NX) and then deletes
+        the old copy, so concurrent first requests end with one session (the loser reads the
+        winner's), and a request that finds the old copy gone reads what its mover wrote.  A
+        move whose old copy is gone once it has written (another request moved it, and the
+        session was ended since: logout, ``cycle_key``) is undone: never resurrected.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        key = self.session_key
+        legacy = _legacy_session(key)
+        if legacy is None:
+            return None
+        session_id = migrated_session_id(key)
+        store = get_store()
+        try:
+            found: Session | None = store.load(session_id)
+            if found is not None:
+                return found
+            record = self._legacy_record(session_id, legacy.load())
+            if record is None:  # nothing (more) in the old engine: moved meanwhile?
+                return _reload(store, session_id)
+            store.save(record)
+            if record.id != session_id:  # another request moved it first: the store put ours under a fresh id
+                store.delete(record.id)
+                _written(store, record.id)
+                return _reload(store, session_id)
+        except SessionCorrupt as exc:
+            self._corrupt(exc)
+            return None
+        _written(store, session_id)
+        if not legacy.exists(key):  # moved and ended meanwhile: undo
+            store.delete(session_id)
+            _written(store, session_id)
+            return None
+        legacy.delete(key)  # moved: the old backend forgets it
+        return record
+
+    async def _afrom_legacy(self) -> Session | None:
+        """Async ``_from_legacy``."""
+        key = self.session_key
+        legacy = _legacy_session(key)
+        if legacy is None:
+            return None
+        session_id = migrated_session_id(key)
+        store = get_async_store()
+        try:
+            found = await store.load(session_id)
+            if found is not None:
+                return found
+            record = self._legacy_record(session_id, await legacy.aload())
+            if record is None:
+                store.evict_from_cache(session_id)
+                return await store.load(session_id)
+            await store.save(record)
+            if record.id != session_id:
+                await store.delete(record.id)
+                _written(store, record.id)
+                store.evict_from_cache(session_id)
+                return await store.load(session_id)
+        except SessionCorrupt as exc:
+            self._corrupt(exc)
+            return None
+        _written(store, session_id)
+        if not await legacy.aexists(key):
+            await store.delete(session_id)
+            _written(store, session_id)
+            return None
+        await legacy.adelete(key)
+        return record
 
     def _to_write(self, data: dict[str, Any], ttl: int, must_create: bool) -> Session:
-        key = self.session_key
+        key = _store_id(self.session_key)
         assert key is not None
         prev = self._stored if self._stored is not None and self._stored.id == key else None
         if prev is not None and not must_create:  # a copy of it with the keys this request changed
@@ -497,20 +600,25 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         except SessionCorrupt as exc:
             self._corrupt(exc)
             found = None
-        legacy = self._legacy_candidate() if found is None else None
-        if legacy is not None:
-            data = legacy.load()
-            if data:
-                return self._adopt_legacy(legacy, data)
+        if found is None:  # an old engine's key while migrating: its derived id, or moved now
+            found = self._from_legacy()
         return self._loaded(found)
 
     def exists(self, session_key: str | None) -> bool:
-        """True if a session is stored under ``session_key`` (False for None or a malformed key).
+        """True if a session is stored under ``session_key`` (False for None or a malformed key;
+        for an old engine's key while migrating: under its derived id, or in the old engine).
 
         Raises:
             StoreUnavailable: Redis failed.
         """
-        return bool(session_key) and get_store().exists(session_key)  # type: ignore[arg-type]
+        if not session_key:
+            return False
+        if get_store().exists(_store_id(session_key)):
+            return True
+        legacy = _legacy_session(session_key)
+        with contextlib.suppress(SuspiciousOperation):  # a key the old engine refuses (file)
+            return legacy is not None and bool(legacy.exists(session_key))
+        return False
 
     def create(self) -> None:
         """Store the current data under a new key (SET NX) and mark the session modified.
@@ -526,9 +634,6 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             except CreateError:
                 continue
             self.modified = True
-            legacy = self._migrated()
-            if legacy is not None:
-                legacy.delete()  # moved: the old backend forgets it
             return
         raise RuntimeError("could not create a session with an unused key")
 
@@ -551,14 +656,13 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         store = get_store()
         if ttl <= 0:
             if not must_create:
-                store.delete(self.session_key)
-                _written(store, self.session_key)
+                self.delete()
             self._stored = None
             return None
         session = self._to_write(data, ttl, must_create)
         if must_create:
             store.save(session)
-            if session.id != self.session_key:  # the store moved a colliding new id: undo, report
+            if session.id != _store_id(self.session_key):  # the store moved a colliding new id: undo, report
                 store.delete(session.id)
                 raise CreateError
         elif not store.save(session):
@@ -568,7 +672,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         return None
 
     def delete(self, session_key: str | None = None) -> None:
-        """Delete ``session_key`` (default: this session's key) from Redis and every node's cache.
+        """Delete ``session_key`` (default: this session's key) from Redis and every node's cache
+        (an old engine's key while migrating: its derived id, and its copy in the old engine).
 
         Raises:
             StoreUnavailable: Redis failed.
@@ -577,11 +682,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             if self.session_key is None:
                 return
             session_key = self.session_key
+        session_id = _store_id(session_key)
         store = get_store()
-        store.delete(session_key)
-        _written(store, session_key)
-        if self._stored is not None and self._stored.id == session_key:
+        store.delete(session_id)
+        _written(store, session_id)
+        if self._stored is not None and self._stored.id == session_id:
             self._stored = None
+        legacy = _legacy_session(session_key)
+        if legacy is not None:  # not moved yet (or moved by a request that failed before deleting it)
+            with contextlib.suppress(SuspiciousOperation):  # a key the old engine refuses (file)
+                legacy.delete(session_key)
 
     def cycle_key(self) -> None:
         """Move the data to a new key and delete the old one (one atomic script on one Redis).
@@ -590,7 +700,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             StoreUnavailable: Redis failed; the session keeps its old key.
         """
         data = self._session
-        key = self.session_key
+        key = _store_id(self.session_key)
         if key is None or self._stored is None or self._stored.id != key:
             super().cycle_key()  # nothing stored under this key: create() + delete
             return
@@ -636,16 +746,20 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         except SessionCorrupt as exc:
             self._corrupt(exc)
             found = None
-        legacy = self._legacy_candidate() if found is None else None
-        if legacy is not None:
-            data = await legacy.aload()
-            if data:
-                return self._adopt_legacy(legacy, data)
+        if found is None:
+            found = await self._afrom_legacy()
         return self._loaded(found)
 
     async def aexists(self, session_key: str | None) -> bool:
         """Async ``exists``."""
-        return bool(session_key) and await get_async_store().exists(session_key)  # type: ignore[arg-type]
+        if not session_key:
+            return False
+        if await get_async_store().exists(_store_id(session_key)):
+            return True
+        legacy = _legacy_session(session_key)
+        with contextlib.suppress(SuspiciousOperation):
+            return legacy is not None and bool(await legacy.aexists(session_key))
+        return False
 
     async def acreate(self) -> None:
         """Async ``create``."""
@@ -656,9 +770,6 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             except CreateError:
                 continue
             self.modified = True
-            legacy = self._migrated()
-            if legacy is not None:
-                await legacy.adelete()
             return
         raise RuntimeError("could not create a session with an unused key")
 
@@ -671,14 +782,13 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         store = get_async_store()
         if ttl <= 0:
             if not must_create:
-                await store.delete(self.session_key)
-                _written(store, self.session_key)
+                await self.adelete()
             self._stored = None
             return None
         session = self._to_write(data, ttl, must_create)
         if must_create:
             await store.save(session)
-            if session.id != self.session_key:
+            if session.id != _store_id(self.session_key):
                 await store.delete(session.id)
                 raise CreateError
         elif not await store.save(session):
@@ -693,16 +803,21 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
             if self.session_key is None:
                 return
             session_key = self.session_key
+        session_id = _store_id(session_key)
         store = get_async_store()
-        await store.delete(session_key)
-        _written(store, session_key)
-        if self._stored is not None and self._stored.id == session_key:
+        await store.delete(session_id)
+        _written(store, session_id)
+        if self._stored is not None and self._stored.id == session_id:
             self._stored = None
+        legacy = _legacy_session(session_key)
+        if legacy is not None:
+            with contextlib.suppress(SuspiciousOperation):
+                await legacy.adelete(session_key)
 
     async def acycle_key(self) -> None:
         """Async ``cycle_key``."""
         data = await self._aget_session()
-        key = self.session_key
+        key = _store_id(self.session_key)
         if key is None or self._stored is None or self._stored.id != key:
             await super().acycle_key()
             return
@@ -748,7 +863,7 @@ def log_out_everywhere(user: Any, request: Any = None) -> int:
     Raises:
         StoreUnavailable: Redis failed (call again).
     """
-    keep = None if request is None else request.session.session_key
+    keep = None if request is None else _store_id(request.session.session_key)
     return get_store().delete_all(str(user.pk), except_id=keep)
 
 
@@ -758,5 +873,5 @@ async def alog_out_everywhere(user: Any, request: Any = None) -> int:
     Raises:
         StoreUnavailable: Redis failed (call again).
     """
-    keep = None if request is None else request.session.session_key
+    keep = None if request is None else _store_id(request.session.session_key)
     return await get_async_store().delete_all(str(user.pk), except_id=keep)

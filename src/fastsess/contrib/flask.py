@@ -30,10 +30,14 @@ password change: see the store's ``bind``/``delete_all``.
 Zero-logout migration from Flask-Session's Redis backend: set
 ``FASTSESS_MIGRATE_PREFIX`` to the prefix Flask-Session used (its default is
 ``"session:"``; same Redis as the store).  A cookie fastsess did not sign is then
-read as a Flask-Session id (bare, or signed by Flask-Session's ``SESSION_USE_SIGNER``);
-a session found under it is decoded (msgpack or JSON; pickle only with
-``FASTSESS_MIGRATE_PICKLE = True``, through an allow-list unpickler), stored in
-fastsess under a new id with a new cookie, and deleted from the old key.
+read as a Flask-Session id (bare, or signed by Flask-Session's ``SESSION_USE_SIGNER``).
+Its session lives in fastsess under an id derived from it (``_legacy.migrated_session_id``);
+the first request that finds nothing there reads Flask-Session's key, decodes it
+(msgpack or JSON; pickle only with ``FASTSESS_MIGRATE_PICKLE = True``, through an
+allow-list unpickler), writes it under the derived id if nothing is there yet (so
+concurrent requests carrying the old cookie end with one session) and deletes the old
+key.  Each such response sets the signed cookie of the derived id.  An old cookie
+Flask-Session does not hold (and never held) gets a fresh session, as any unknown cookie.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from ..stores.base import DEFAULT_PREFIX, SessionStore, new_session_id
 from ..stores.clustered import ClusteredRedisStore
 from ..stores.redis import REDIS_ERRORS, map_redis_error
 from ._common import CookieSigner, mark_principal, plain_copy, updated
-from ._legacy import LegacyDataError, decode_legacy
+from ._legacy import LegacyDataError, decode_legacy, migrated_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +84,7 @@ class FlaskSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
         super().__init__(initial, on_update)
         self.sid = sid
         self.stored = stored
-        self.rotated = False
-        self.legacy_key: str | None = None  # Flask-Session key this session is being moved from
+        self.rotated = False  # the response must set the cookie (a new id, or one moved from Flask-Session)
         if permanent:
             self.permanent = permanent
         self.modified = False
@@ -231,7 +234,8 @@ class FastSessionInterface(SessionInterface):
         return FlaskSession(sid=None, permanent=app.config.get("SESSION_PERMANENT", True))
 
     def _from_flask_session(self, app: Flask, cookie: str) -> FlaskSession | None:
-        """The session Flask-Session stored for ``cookie``, as a new (unsaved, modified) session.
+        """The session of the Flask-Session id in ``cookie``: stored under the id derived from it,
+        or moved there now from Flask-Session's key (see ``_move``); None if neither holds one.
 
         Raises:
             StoreUnavailable: Redis failed.
@@ -246,22 +250,71 @@ class FastSessionInterface(SessionInterface):
                 return None
         if not legacy_id or len(legacy_id) > 256:
             return None
-        key = app.config["FASTSESS_MIGRATE_PREFIX"] + legacy_id
+        session_id = migrated_session_id(legacy_id)
+        stored = self._load(session_id, fresh=False)
+        if stored is None:
+            stored = self._move(app, app.config["FASTSESS_MIGRATE_PREFIX"] + legacy_id, session_id)
+            if stored is None:
+                return None
+        session = FlaskSession(plain_copy(stored.data), sid=session_id, stored=stored)
+        session.rotated = True  # the response sets the signed cookie in place of the old one
+        return session
+
+    def _load(self, session_id: str, fresh: bool) -> Session | None:
+        """``store.load(session_id)`` (None for data that is not a session); ``fresh``: from Redis,
+        not this node's cached copy or absent mark.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if fresh:
+            evict = getattr(self.store, "evict_from_cache", None)
+            if evict is not None:
+                evict(session_id)
         try:
-            raw = self.store.client.get(key)  # type: ignore[attr-defined]
+            return self.store.load(session_id)
+        except SessionCorrupt:
+            return None
+
+    def _move(self, app: Flask, key: str, session_id: str) -> Session | None:
+        """Move Flask-Session's session under ``key`` to ``session_id``, or read what a concurrent
+        request moved there; None if there is nothing (or it cannot be read).
+
+        Written only if nothing is stored under ``session_id`` yet (SET NX), then the old key
+        is deleted.  If that key was gone by then, another request had moved it and the session
+        was ended since (logout, ``regenerate``): the write is undone, never resurrected.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        client = self.store.client  # type: ignore[attr-defined]
+        try:
+            raw = client.get(key)
         except REDIS_ERRORS as exc:
             raise map_redis_error("GET", exc) from exc
-        if raw is None:
-            return None
+        if raw is None:  # nothing (more) there: moved meanwhile?
+            return self._load(session_id, fresh=True)
         try:
             data = decode_legacy(raw, allow_pickle=bool(app.config.get("FASTSESS_MIGRATE_PICKLE", False)))
         except LegacyDataError as exc:
             logger.warning("Flask-Session session not migrated: %s", exc)
             return None
-        session = FlaskSession(data, sid=None)
-        session.modified = True
-        session.legacy_key = key
-        return session
+        record = None
+        if any(name != "_permanent" for name in data):
+            record = Session(session_id, data, ttl=self._ttl(app), new=True)
+            record.modified = True
+            self.store.save(record)  # SET NX: if taken, the store puts it under a fresh id
+            if record.id != session_id:  # another request moved it first: read that
+                self.store.delete(record.id)
+                return self._load(session_id, fresh=True)
+        try:
+            deleted = client.delete(key)
+        except REDIS_ERRORS as exc:
+            raise map_redis_error("DEL", exc) from exc
+        if record is not None and not deleted:  # moved and ended meanwhile: undo
+            self.store.delete(session_id)
+            return None
+        return record
 
     def regenerate(self, session: FlaskSession) -> None:
         """Give ``session`` a new id now (same data, old id deleted); the response sets the cookie.
@@ -375,11 +428,6 @@ class FastSessionInterface(SessionInterface):
                 self.store.save(record)  # SET NX; a (never expected) collision takes another id
                 session.sid, session.stored = record.id, record
                 self._set_cookie(app, session, response)
-            if session.legacy_key is not None:  # moved into fastsess (or emptied): drop the old key
-                try:
-                    self.store.client.delete(session.legacy_key)  # type: ignore[attr-defined]
-                except REDIS_ERRORS as exc:
-                    raise map_redis_error("DEL", exc) from exc
             return
         if session.modified:
             if not _has_data(session):

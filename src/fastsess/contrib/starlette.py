@@ -22,9 +22,12 @@ password change: see the store's ``bind``/``delete_all``.
 
 Zero-logout migration from starsessions' ``RedisStore``: ``migrate_prefix=
 "starsessions."`` (its default prefix; same Redis as ``store``).  A cookie this
-middleware did not sign is then read as a starsessions id; a session found under
-it (JSON, as starsessions writes it) is served, stored under a new fastsess id with
-a new cookie, and its old key deleted.
+middleware did not sign is then read as a starsessions id.  Its session lives in
+fastsess under an id derived from it (``_legacy.migrated_session_id``); the first
+request that finds nothing there reads starsessions' key (JSON, as starsessions
+writes it), writes it under the derived id if nothing is there yet (so concurrent
+requests carrying the old cookie end with one session) and deletes the old key.
+Each such response sets the signed cookie of the derived id.
 
 ``StarsessionsStore(store)`` is starsessions' ``SessionStore`` (``read``, ``write``,
 ``remove``, ``exists``) on a ``fastsess.asyncio`` store, for apps that keep
@@ -49,7 +52,7 @@ from ..session import Session
 from ..stores.base import DEFAULT_TTL, new_session_id
 from ..stores.redis import REDIS_ERRORS, map_redis_error
 from ._common import CookieSigner, copy_into, mark_principal, plain_copy, updated
-from ._legacy import LegacyDataError, decode_legacy
+from ._legacy import LegacyDataError, decode_legacy, migrated_session_id
 
 __all__ = ["SessionDict", "SessionMiddleware", "StarsessionsStore", "bind", "log_out_everywhere", "regenerate"]
 
@@ -233,22 +236,20 @@ class SessionMiddleware:
                 stored = await self.store.load(sid)
             except SessionCorrupt:
                 stored = None
-        legacy_key: str | None = None
+        migrated = False
+        if stored is None and sid is None and cookie and self.migrate_prefix is not None:
+            stored = await self._from_starsessions(cookie)
+            migrated = stored is not None  # the response sets the signed cookie in place of the old one
         session = SessionDict(sid=None if stored is None else stored.id, store=self.store)
         if stored is not None:
             copy_into(session, stored.data)
-        elif sid is None and cookie and self.migrate_prefix is not None:
-            legacy_key, legacy_data = await self._from_starsessions(cookie)
-            if legacy_key is not None:
-                dict.update(session, legacy_data)
-                session.modified = bool(legacy_data)  # stored under a new id at response time
         scope["session"] = session
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 cookie_value = await self._commit(session, stored)
-                if legacy_key is not None:
-                    await self._drop_legacy(legacy_key)
+                if cookie_value is None and migrated:
+                    cookie_value = self._cookie(stored.id)  # type: ignore[union-attr]
                 if cookie_value is not None:
                     headers = MutableHeaders(scope=message)
                     headers.append("Set-Cookie", cookie_value)
@@ -279,33 +280,69 @@ class SessionMiddleware:
                         found = cookie_parser(chunk).get(name)
         return found
 
-    async def _from_starsessions(self, cookie: str) -> tuple[str | None, dict[str, Any]]:
-        """(key, data) of the starsessions session ``cookie`` names, or (None, {}).
+    async def _from_starsessions(self, cookie: str) -> Session | None:
+        """The session of the starsessions id ``cookie``: stored under the id derived from it, or
+        moved there now from starsessions' key; None if neither holds one.
+
+        The move writes only if nothing is stored under the derived id yet (SET NX), then
+        deletes the old key; if that key was gone by then, another request had moved it and
+        the session was ended since (logout, ``regenerate``): the write is undone.
 
         Raises:
             StoreUnavailable: Redis failed.
         """
         if len(cookie) > 256:
-            return None, {}
+            return None
+        session_id = migrated_session_id(cookie)
+        store = self.store
+        found = await self._load(session_id, fresh=False)
+        if found is not None:
+            return found
         key = f"{self.migrate_prefix}{cookie}"
+        client = store.client  # type: ignore[attr-defined]
         try:
-            raw = await self.store.client.get(key)  # type: ignore[attr-defined]
+            raw = await client.get(key)
         except REDIS_ERRORS as exc:
             raise map_redis_error("GET", exc) from exc
-        if raw is None:
-            return None, {}
+        if raw is None:  # nothing (more) there: moved meanwhile?
+            return await self._load(session_id, fresh=True)
         try:
             data = decode_legacy(raw)
         except LegacyDataError:
-            return None, {}
+            return None
         data.pop("__metadata__", None)  # starsessions' own bookkeeping
-        return key, data
-
-    async def _drop_legacy(self, key: str) -> None:
+        record = None
+        if data:
+            record = Session(session_id, data, ttl=self.ttl, new=True)
+            record.modified = True
+            await store.save(record)  # SET NX: if taken, the store puts it under a fresh id
+            if record.id != session_id:  # another request moved it first: read that
+                await store.delete(record.id)
+                return await self._load(session_id, fresh=True)
         try:
-            await self.store.client.delete(key)  # type: ignore[attr-defined]
+            deleted = await client.delete(key)
         except REDIS_ERRORS as exc:
             raise map_redis_error("DEL", exc) from exc
+        if record is not None and not deleted:  # moved and ended meanwhile: undo
+            await store.delete(session_id)
+            return None
+        return record
+
+    async def _load(self, session_id: str, fresh: bool) -> Session | None:
+        """``store.load(session_id)`` (None for data that is not a session); ``fresh``: from Redis,
+        not this node's cached copy or absent mark.
+
+        Raises:
+            StoreUnavailable: Redis failed.
+        """
+        if fresh:
+            evict = getattr(self.store, "evict_from_cache", None)
+            if evict is not None:
+                evict(session_id)
+        try:
+            return await self.store.load(session_id)
+        except SessionCorrupt:
+            return None
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
