@@ -411,6 +411,19 @@ def test_django_without_the_setting_a_moved_session_is_not_reached(race_hooks: A
     assert session_keys(redis_client, prefix) == [(prefix + migrated_session_id(old_key)).encode()]
 
 
+@pytest.mark.parametrize("engine", ["fastsess.contrib.django", "django.contrib.sessions.backends.signed_cookies", 7])
+def test_django_migrate_from_names_an_engine_with_server_side_sessions(engine: Any, django_settings: Any) -> None:
+    """signed_cookies is refused: the session lives in the cookie, so the old copy could never be
+    deleted and a copy of an old cookie would come back after every logout."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test.utils import override_settings
+
+    from fastsess.contrib.django import SessionStore
+
+    with override_settings(FASTSESS_MIGRATE_FROM=engine), pytest.raises(ImproperlyConfigured, match="FASTSESS_MIGRATE_FROM"):
+        SessionStore("q1w2e3r4t5y6u7i8o9p0a1s2d3f4g5h6").load()
+
+
 def test_django_without_the_setting_nobody_is_migrated(legacy_cache: Any) -> None:
     from django.test import Client
 

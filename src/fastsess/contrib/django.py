@@ -153,6 +153,10 @@ def _resolve() -> tuple[tuple[Any, ...], str | None, bool]:
         engine = getattr(settings, "FASTSESS_MIGRATE_FROM", None)
         if engine is not None and (not isinstance(engine, str) or engine == __name__):
             raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM must name another session engine module")
+        if engine == "django.contrib.sessions.backends.signed_cookies":
+            # no server copy: it could not be deleted once moved, so a copy of an old cookie would
+            # bring the session back after every logout (and a move is undone when the copy is gone)
+            raise ImproperlyConfigured("FASTSESS_MIGRATE_FROM cannot be signed_cookies: its sessions have no server copy to move")
         resolved = _resolved = (options, engine, bool(getattr(settings, "FASTSESS_MIGRATE_PICKLE", False)))
     return resolved
 
