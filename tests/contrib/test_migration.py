@@ -694,6 +694,13 @@ def test_flask_unknown_old_cookie_starts_a_fresh_random_session(hooked_flask: An
     from .test_flask import sid_of
 
     app, _ = hooked_flask
+
+    def gets() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+    before = gets()
+    assert _flask_get(app, "/read", "never-stored").json == {"user": None, "count": 0}
+    assert gets() - before == 2  # the old key, then the derived id: two Redis reads
     for cookie in ("never-stored", migrated_session_id("x"), "x" * 300):
         response = _flask_get(app, "/incr", cookie)
         assert response.json == {"count": 1}

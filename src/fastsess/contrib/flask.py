@@ -31,12 +31,13 @@ Zero-logout migration from Flask-Session's Redis backend: set
 ``FASTSESS_MIGRATE_PREFIX`` to the prefix Flask-Session used (its default is
 ``"session:"``; same Redis as the store).  A cookie fastsess did not sign is then
 read as a Flask-Session id (bare, or signed by Flask-Session's ``SESSION_USE_SIGNER``).
-Its session lives in fastsess under an id derived from it (``_legacy.migrated_session_id``);
-the first request that finds nothing there reads Flask-Session's key, decodes it
-(msgpack or JSON; pickle only with ``FASTSESS_MIGRATE_PICKLE = True``, through an
-allow-list unpickler), writes it under the derived id if nothing is there yet (so
-concurrent requests carrying the old cookie end with one session) and deletes the old
-key.  Each such response sets the signed cookie of the derived id.  An old cookie
+Its session moves to fastsess under an id derived from it (``_legacy.migrated_session_id``):
+a request with it reads Flask-Session's key, decodes it (msgpack or JSON; pickle only
+with ``FASTSESS_MIGRATE_PICKLE = True``, through an allow-list unpickler), writes it
+under the derived id if nothing is there yet (so concurrent requests carrying the old
+cookie end with one session) and deletes the old key; once that key is gone, the
+session under the derived id is served.  Each such response sets the signed cookie of
+the derived id.  An old cookie
 Flask-Session does not hold (and never held) gets a fresh session, as any unknown cookie.
 """
 
@@ -234,8 +235,8 @@ class FastSessionInterface(SessionInterface):
         return FlaskSession(sid=None, permanent=app.config.get("SESSION_PERMANENT", True))
 
     def _from_flask_session(self, app: Flask, cookie: str) -> FlaskSession | None:
-        """The session of the Flask-Session id in ``cookie``: stored under the id derived from it,
-        or moved there now from Flask-Session's key (see ``_move``); None if neither holds one.
+        """The session of the Flask-Session id in ``cookie``: moved now from Flask-Session's key to
+        the id derived from it, or moved there before (see ``_move``); None if neither holds one.
 
         Raises:
             StoreUnavailable: Redis failed.
@@ -251,38 +252,37 @@ class FastSessionInterface(SessionInterface):
         if not legacy_id or len(legacy_id) > 256:
             return None
         session_id = migrated_session_id(legacy_id)
-        stored = self._load(session_id, fresh=False)
+        stored = self._move(app, app.config["FASTSESS_MIGRATE_PREFIX"] + legacy_id, session_id)
         if stored is None:
-            stored = self._move(app, app.config["FASTSESS_MIGRATE_PREFIX"] + legacy_id, session_id)
-            if stored is None:
-                return None
+            return None
         session = FlaskSession(plain_copy(stored.data), sid=session_id, stored=stored)
         session.rotated = True  # the response sets the signed cookie in place of the old one
         return session
 
-    def _load(self, session_id: str, fresh: bool) -> Session | None:
-        """``store.load(session_id)`` (None for data that is not a session); ``fresh``: from Redis,
-        not this node's cached copy or absent mark.
+    def _load_fresh(self, session_id: str) -> Session | None:
+        """``store.load(session_id)`` from Redis, not this node's cached copy or absent mark (None
+        for data that is not a session): another node may have just moved the session there.
 
         Raises:
             StoreUnavailable: Redis failed.
         """
-        if fresh:
-            evict = getattr(self.store, "evict_from_cache", None)
-            if evict is not None:
-                evict(session_id)
+        evict = getattr(self.store, "evict_from_cache", None)
+        if evict is not None:
+            evict(session_id)
         try:
             return self.store.load(session_id)
         except SessionCorrupt:
             return None
 
     def _move(self, app: Flask, key: str, session_id: str) -> Session | None:
-        """Move Flask-Session's session under ``key`` to ``session_id``, or read what a concurrent
-        request moved there; None if there is nothing (or it cannot be read).
+        """Move Flask-Session's session under ``key`` to ``session_id``, or read what an earlier or
+        concurrent request moved there; None if there is nothing (or it cannot be read).
 
-        Written only if nothing is stored under ``session_id`` yet (SET NX), then the old key
-        is deleted.  If that key was gone by then, another request had moved it and the session
-        was ended since (logout, ``regenerate``): the write is undone, never resurrected.
+        The old key is read first (an old cookie comes back rarely once moved: the response
+        replaces it, while unknown cookies cost one round trip less).  Written only if nothing
+        is stored under ``session_id`` yet (SET NX), then the old key is deleted.  If that key
+        was gone by then, another request had moved it and the session was ended since
+        (logout, ``regenerate``): the write is undone, never resurrected.
 
         Raises:
             StoreUnavailable: Redis failed.
@@ -292,8 +292,8 @@ class FastSessionInterface(SessionInterface):
             raw = client.get(key)
         except REDIS_ERRORS as exc:
             raise map_redis_error("GET", exc) from exc
-        if raw is None:  # nothing (more) there: moved meanwhile?
-            return self._load(session_id, fresh=True)
+        if raw is None:  # nothing (more) there: moved before (or meanwhile)?
+            return self._load_fresh(session_id)
         try:
             data = decode_legacy(raw, allow_pickle=bool(app.config.get("FASTSESS_MIGRATE_PICKLE", False)))
         except LegacyDataError as exc:
@@ -306,7 +306,7 @@ class FastSessionInterface(SessionInterface):
             self.store.save(record)  # SET NX: if taken, the store puts it under a fresh id
             if record.id != session_id:  # another request moved it first: read that
                 self.store.delete(record.id)
-                return self._load(session_id, fresh=True)
+                return self._load_fresh(session_id)
         try:
             deleted = client.delete(key)
         except REDIS_ERRORS as exc:

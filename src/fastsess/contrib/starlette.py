@@ -22,12 +22,12 @@ password change: see the store's ``bind``/``delete_all``.
 
 Zero-logout migration from starsessions' ``RedisStore``: ``migrate_prefix=
 "starsessions."`` (its default prefix; same Redis as ``store``).  A cookie this
-middleware did not sign is then read as a starsessions id.  Its session lives in
-fastsess under an id derived from it (``_legacy.migrated_session_id``); the first
-request that finds nothing there reads starsessions' key (JSON, as starsessions
-writes it), writes it under the derived id if nothing is there yet (so concurrent
-requests carrying the old cookie end with one session) and deletes the old key.
-Each such response sets the signed cookie of the derived id.
+middleware did not sign is then read as a starsessions id.  Its session moves to
+fastsess under an id derived from it (``_legacy.migrated_session_id``): a request with
+it reads starsessions' key (JSON, as starsessions writes it), writes it under the
+derived id if nothing is there yet (so concurrent requests carrying the old cookie end
+with one session) and deletes the old key; once that key is gone, the session under
+the derived id is served.  Each such response sets the signed cookie of the derived id.
 
 ``StarsessionsStore(store)`` is starsessions' ``SessionStore`` (``read``, ``write``,
 ``remove``, ``exists``) on a ``fastsess.asyncio`` store, for apps that keep
@@ -281,12 +281,14 @@ class SessionMiddleware:
         return found
 
     async def _from_starsessions(self, cookie: str) -> Session | None:
-        """The session of the starsessions id ``cookie``: stored under the id derived from it, or
-        moved there now from starsessions' key; None if neither holds one.
+        """The session of the starsessions id ``cookie``: moved now from starsessions' key to the id
+        derived from it, or moved there before; None if neither holds one.
 
-        The move writes only if nothing is stored under the derived id yet (SET NX), then
-        deletes the old key; if that key was gone by then, another request had moved it and
-        the session was ended since (logout, ``regenerate``): the write is undone.
+        The old key is read first (an old cookie comes back rarely once moved: the response
+        replaces it, while unknown cookies cost one round trip less).  The move writes only
+        if nothing is stored under the derived id yet (SET NX), then deletes the old key; if
+        that key was gone by then, another request had moved it and the session was ended
+        since (logout, ``regenerate``): the write is undone.
 
         Raises:
             StoreUnavailable: Redis failed.
@@ -295,17 +297,14 @@ class SessionMiddleware:
             return None
         session_id = migrated_session_id(cookie)
         store = self.store
-        found = await self._load(session_id, fresh=False)
-        if found is not None:
-            return found
         key = f"{self.migrate_prefix}{cookie}"
         client = store.client  # type: ignore[attr-defined]
         try:
             raw = await client.get(key)
         except REDIS_ERRORS as exc:
             raise map_redis_error("GET", exc) from exc
-        if raw is None:  # nothing (more) there: moved meanwhile?
-            return await self._load(session_id, fresh=True)
+        if raw is None:  # nothing (more) there: moved before (or meanwhile)?
+            return await self._load_fresh(session_id)
         try:
             data = decode_legacy(raw)
         except LegacyDataError:
@@ -318,7 +317,7 @@ class SessionMiddleware:
             await store.save(record)  # SET NX: if taken, the store puts it under a fresh id
             if record.id != session_id:  # another request moved it first: read that
                 await store.delete(record.id)
-                return await self._load(session_id, fresh=True)
+                return await self._load_fresh(session_id)
         try:
             deleted = await client.delete(key)
         except REDIS_ERRORS as exc:
@@ -328,17 +327,16 @@ class SessionMiddleware:
             return None
         return record
 
-    async def _load(self, session_id: str, fresh: bool) -> Session | None:
-        """``store.load(session_id)`` (None for data that is not a session); ``fresh``: from Redis,
-        not this node's cached copy or absent mark.
+    async def _load_fresh(self, session_id: str) -> Session | None:
+        """``store.load(session_id)`` from Redis, not this node's cached copy or absent mark (None
+        for data that is not a session): another node may have just moved the session there.
 
         Raises:
             StoreUnavailable: Redis failed.
         """
-        if fresh:
-            evict = getattr(self.store, "evict_from_cache", None)
-            if evict is not None:
-                evict(session_id)
+        evict = getattr(self.store, "evict_from_cache", None)
+        if evict is not None:
+            evict(session_id)
         try:
             return await self.store.load(session_id)
         except SessionCorrupt:
