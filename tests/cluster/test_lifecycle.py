@@ -541,3 +541,29 @@ async def test_async_reconnects_flush_and_are_counted(writer_node: Any, yield_to
     finally:
         await store.close()
         raw.close()
+
+
+class AppRedis(redis.asyncio.Redis):
+    """An application's own subclass of the asyncio client, defined outside redis-py."""
+
+
+async def test_a_subclass_of_the_asyncio_client_is_treated_as_asyncio(redis_url: str, prefix: str) -> None:
+    """The listener's connection, the fork/close paths and the store all see an asyncio
+    client, whatever module its class was defined in."""
+    from fastsess.cluster.redis_adapter import is_asyncio_client
+
+    client = AppRedis.from_url(redis_url)
+    assert is_asyncio_client(client) and not is_asyncio_client(redis.Redis.from_url(redis_url))
+    store = AsyncClusteredRedisStore(client=client, config=config(f"lc:{uuid.uuid4().hex[:8]}"), prefix=prefix)
+    try:
+        assert await store.start()
+        session = store.create({"n": 1})
+        assert await store.save(session)
+        assert (await store.load(session.id))["n"] == 1
+        assert (await store.load(session.id))["n"] == 1  # from the local cache
+        await client.set(prefix + session.id, b"x")  # an outside write: no message, so the copy stays...
+        assert await store.delete(session.id) is True  # ...until a delete through the store
+        assert await store.load(session.id) is None
+    finally:
+        await store.close()
+        await client.aclose()

@@ -30,7 +30,9 @@ _CONNECTION_CLASSES = ("Connection", "SSLConnection", "UnixDomainSocketConnectio
 
 
 def is_asyncio_client(client: Any) -> bool:
-    return type(client).__module__.startswith("redis.asyncio")
+    """True for a redis-py asyncio client (``redis.asyncio.Redis``, its ``RedisCluster``),
+    also when it is an instance of the application's own subclass of one."""
+    return any(klass.__module__.startswith("redis.asyncio") for klass in type(client).__mro__)
 
 
 def is_cluster_client(client: Any) -> bool:
