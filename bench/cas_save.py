@@ -4,13 +4,17 @@
     python bench/cas_save.py --saves 2000 --sizes 200 4000 60000
 
 Starts its own private ``redis-server`` (``fastsess.server.RedisServer``) on a free
-loopback port.  One sync store of each kind in this process; per payload size the two
-ways run interleaved, save by save (alternating which goes first), each timed alone, and
-the medians (and interquartile ranges) are printed:
+loopback port.  One sync store of each kind in this process; per payload size the ways
+run interleaved, save by save (rotating which goes first), each timed alone, and the
+medians (and interquartile ranges) are printed:
 
-* ``cas``: ``store.save`` as shipped: the session remembers the bytes it was stored as,
-  hashes them (SHA-1) and runs the ``SAVE`` script, which GETs the value, compares its
-  SHA-1 and SETs (clustered: and PUBLISHes);
+* ``cas``: ``store.save`` as shipped: the session remembers the bytes it was stored as
+  and its save compares their first 128 bytes (or SHA-1) with the stored value's, in a
+  Lua script, before writing.  ``RedisStore``: below ``ops.STAGE_FROM`` bytes one
+  script (``SAVE_PLAIN``: GETRANGE, compare, SET), from it on a ``SET`` of a staged copy
+  plus a script that compares and RENAMEs it over the key (``STAGED_SAVE``), both in one
+  round trip; the two are also timed each at every size (``script`` and ``staged``
+  columns).  Clustered: ``SAVE`` (GETRANGE, compare, SET, PUBLISH);
 * ``before``: the same ``store.save`` with the write step without its compare part
   (``StoreCore._write`` swapped for ``before_write`` below for these rounds), as it was
   before the compare-and-set: ``RedisStore`` sends a plain ``SET ... EX ttl XX``, the
@@ -20,8 +24,10 @@ the medians (and interquartile ranges) are printed:
 Every save rewrites a modified session (one key changed), one at a time: a round trip
 each, on loopback.
 
-Then Redis's own time per call (``INFO commandstats``) of a bare ``SET XX``, an empty
-script given the same arguments, and ``SAVE`` comparing by first bytes and by SHA-1.
+Then Redis's own time per save (``INFO commandstats``: the microseconds of all commands
+over the saves) of a bare ``SET XX``, an empty script given the same arguments,
+``SAVE_PLAIN`` comparing by first bytes and by SHA-1, and a staged save (``SET`` +
+``STAGED_SAVE``).
 
 Then the lost updates themselves (``--pairs``, default 300): for each of that many
 sessions, two threads each load it, wait for each other, set a key of their own and save;
@@ -44,6 +50,7 @@ import redis
 
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
 from fastsess._core import ops
+from fastsess._core.conflict import stamp
 from fastsess.server import RedisServer
 
 # The save script without its compare part: SET XX, then the publish step as shipped
@@ -55,7 +62,6 @@ if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX') then
 end
 return 0
 """)
-CAS = ops.SAVE
 CAS_WRITE = ops.StoreCore._write
 
 
@@ -91,26 +97,36 @@ def before_write(self: Any, session: Any, payload: bytes) -> ops.Flow:
     return written
 
 
-def run(store: Any, sids: tuple[str, str], saves: int) -> dict[bool, list[float]]:
-    """Per-save seconds of ``saves`` modified saves each way, the two ways interleaved save
-    by save (alternating which goes first), each way on a session of its own (``sids``,
-    same data): a load spike hits both alike."""
-    sessions = {True: store.load(sids[0]), False: store.load(sids[1])}
-    times: dict[bool, list[float]] = {True: [], False: []}
+# The ways timed per store: name -> (write step, ops.STAGE_FROM for it; None: as shipped).
+WAYS: dict[str, tuple[Any, int | None]] = {"cas": (CAS_WRITE, None), "before": (before_write, None)}
+PLAIN_WAYS: dict[str, tuple[Any, int | None]] = {**WAYS, "script": (CAS_WRITE, 1 << 62), "staged": (CAS_WRITE, 0)}
+SHIPPED_STAGE_FROM = ops.STAGE_FROM
+
+
+def run(store: Any, sids: dict[str, str], saves: int, ways: dict[str, tuple[Any, int | None]]) -> dict[str, list[float]]:
+    """Per-save seconds of ``saves`` modified saves each way, the ways interleaved save by
+    save (rotating which goes first), each way on a session of its own (``sids``, same
+    data): a load spike hits all alike."""
+    sessions = {name: store.load(sid) for name, sid in sids.items()}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    names = list(ways)
     clock = time.perf_counter
     try:
         for i in range(saves):
-            for checked in ((True, False) if i % 2 == 0 else (False, True)):
-                ops.StoreCore._write = CAS_WRITE if checked else before_write  # type: ignore[method-assign]
-                s = sessions[checked]
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                write, stage_from = ways[name]
+                ops.StoreCore._write = write  # type: ignore[method-assign]
+                ops.STAGE_FROM = SHIPPED_STAGE_FROM if stage_from is None else stage_from
+                s = sessions[name]
                 s["n"] = i
                 started = clock()
                 written = store.save(s)
-                times[checked].append(clock() - started)
+                times[name].append(clock() - started)
                 if not written:
                     raise AssertionError("a save did not write")
     finally:
         ops.StoreCore._write = CAS_WRITE  # type: ignore[method-assign]
+        ops.STAGE_FROM = SHIPPED_STAGE_FROM
     return times
 
 
@@ -146,29 +162,42 @@ EMPTY = ops.script("return 1")
 
 
 def server_times(url: str, size: int, calls: int = 5000) -> str:
-    """Redis's own time per call (``INFO commandstats`` usec_per_call) for a bare ``SET XX``,
-    an empty script given the same arguments, ``SAVE`` by first bytes and ``SAVE`` by
-    SHA-1, each rewriting a ``size``-byte value."""
+    """Redis's own time per save (``INFO commandstats``: the microseconds of every command
+    over the ``calls`` saves) for a bare ``SET XX``, an empty script given the same
+    arguments, ``SAVE_PLAIN`` by first bytes and by SHA-1, and a staged save, each
+    rewriting a ``size``-byte value (the script's compare succeeds every time)."""
     client = redis.Redis.from_url(url)
     try:
-        value = b"FS\x01\x01\x00" + b"x" * max(0, size - 5)  # an uncompressed msgpack envelope's header
-        client.set("bench:server", value)
-        prefix_token = ("p", value[:128], len(value))
-        sha_token = ("h", hashlib.sha1(value).hexdigest(), "")  # noqa: S324 - what Redis compares with
-        ways = {
-            "SET XX": ("set", ("SET", "bench:server", value, "EX", 1800, "XX")),
-            "empty script": ("evalsha", ("EVALSHA", EMPTY.sha, 1, "bench:server", value, 1800, *prefix_token)),
-            "SAVE, first bytes": ("evalsha", ("EVALSHA", CAS.sha, 1, "bench:server", value, 1800, *prefix_token)),
-            "SAVE, SHA-1": ("evalsha", ("EVALSHA", CAS.sha, 1, "bench:server", value, 1800, *sha_token)),
+        def value(i: int) -> bytes:  # an uncompressed msgpack envelope's header, a version
+            head = b"FS\x01\x01\x00" + i.to_bytes(8, "big")
+            return head + b"x" * max(0, size - len(head))
+
+        def staged(i: int, old: bytes) -> None:
+            staged = ops.staged_key("bench:server")
+            client.set(staged, value(i), ex=1800)
+            client.execute_command("EVALSHA", ops.STAGED_SAVE.sha, 2, "bench:server", staged, *stamp(old))
+
+        ways: dict[str, Any] = {
+            "SET XX": lambda i, old: client.execute_command("SET", "bench:server", value(i), "EX", 1800, "XX"),
+            "empty script": lambda i, old: client.execute_command(
+                "EVALSHA", EMPTY.sha, 1, "bench:server", value(i), 1800, *stamp(old)),
+            "SAVE_PLAIN, first bytes": lambda i, old: client.execute_command(
+                "EVALSHA", ops.SAVE_PLAIN.sha, 1, "bench:server", value(i), 1800, *stamp(old)),
+            "SAVE_PLAIN, SHA-1": lambda i, old: client.execute_command(
+                "EVALSHA", ops.SAVE_PLAIN.sha, 1, "bench:server", value(i), 1800, "h", hashlib.sha1(old).hexdigest()),  # noqa: S324
+            "staged (SET + STAGED_SAVE)": staged,
         }
-        for script in (EMPTY, CAS):
+        for script in (EMPTY, ops.SAVE_PLAIN, ops.STAGED_SAVE):
             client.script_load(script.text)
         out = []
-        for name, (stat, command) in ways.items():
+        for name, save in ways.items():
+            client.set("bench:server", value(0))
             client.config_resetstat()
-            for _ in range(calls):
-                client.execute_command(*command)
-            out.append(f"{name} {client.info('commandstats')[f'cmdstat_{stat}']['usec_per_call']:.2f} us")
+            for i in range(1, calls + 1):
+                save(i, value(i - 1))
+            stats = client.info("commandstats")
+            usec = sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_set", "cmdstat_evalsha"))
+            out.append(f"{name} {usec / calls:.2f} us")
         return ", ".join(out)
     finally:
         client.close()
@@ -192,17 +221,23 @@ def main() -> None:
         assert clustered.coordinator is not None and clustered.coordinator.wait_subscribed(5.0)
         for size in args.sizes:
             for name, store in stores.items():
-                pair = store.create({"blob": "x" * size, "n": 0}), store.create({"blob": "x" * size, "n": 0})
-                assert all(store.save(s) for s in pair)
-                sids = (pair[0].id, pair[1].id)
-                run(store, sids, 200)  # warm up
-                times = run(store, sids, args.saves)
-                cas, before = statistics.median(times[True]), statistics.median(times[False])
-                q = {k: statistics.quantiles(v, n=4) for k, v in times.items()}
+                ways = PLAIN_WAYS if name == "RedisStore" else WAYS
+                sids = {}
+                for way in ways:
+                    s = store.create({"blob": "x" * size, "n": 0})
+                    assert store.save(s)
+                    sids[way] = s.id
+                run(store, sids, 200, ways)  # warm up
+                times = run(store, sids, args.saves, ways)
+                med = {way: statistics.median(t) for way, t in times.items()}
+                q = {way: statistics.quantiles(t, n=4) for way, t in times.items()}
+                cells = "  ".join(
+                    f"{way} {med[way] * 1e6:6.1f} us (IQR {q[way][0] * 1e6:.1f}-{q[way][2] * 1e6:.1f})" for way in ways
+                )
+                extra = "".join(f"  {way}/before {med[way] / med['before']:.3f}" for way in ways if way not in WAYS)
                 print(
-                    f"{name:20s} {size:>6d} B  cas {cas * 1e6:7.1f} us (IQR {q[True][0] * 1e6:.1f}-{q[True][2] * 1e6:.1f})  "
-                    f"before {before * 1e6:7.1f} us (IQR {q[False][0] * 1e6:.1f}-{q[False][2] * 1e6:.1f})  "
-                    f"ratio {cas / before:.3f}  ({args.saves} saves each, load {load()})",
+                    f"{name:20s} {size:>6d} B  {cells}  ratio {med['cas'] / med['before']:.3f}{extra}"
+                    f"  ({args.saves} saves each, load {load()})",
                     flush=True,
                 )
         for size in args.sizes:

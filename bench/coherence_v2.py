@@ -79,7 +79,7 @@ def save_cost_block(rounds: int, calls: int = 2000) -> None:
         key, payload = "bench:key", b"x" * 200
         client.set(key, payload)
         meta, log = log_keys("bench:channel")
-        compare = ("p", payload[:16], len(payload))  # what a loaded session compares with
+        compare = ("p", payload[:16])  # what a loaded session compares with
         numbered = encode_message("invalidated", "a" * 43, "bench/1", 1, sequenced=True)
         whole = encode_message("invalidated", "a" * 43, "bench/1", 1)
 

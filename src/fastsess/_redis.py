@@ -8,6 +8,7 @@ The stores' logic lives in ``_core.ops`` (generators of commands); the sync
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
 import time
 import weakref
@@ -16,13 +17,13 @@ from typing import Any, ClassVar
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 from ._core.breaker import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from ._core.conflict import OnConflict, check_on_conflict
 from ._core.keys import KeySpace, is_valid_session_id
-from ._core.ops import PAUSE, Command, Flow, StoreCore
+from ._core.ops import PAUSE, STAGE, Command, Flow, Script, StoreCore
 from ._core.policy import CachePolicy
 from ._core.principals import PIPELINE, PrincipalCore
 from ._core.store import DEFAULT_PREFIX, DEFAULT_REFRESH_FRACTION, DEFAULT_TTL, StoreBase
@@ -266,6 +267,8 @@ def execute(client: Any, command: Command) -> Any:
     Raises:
         redis.RedisError, OSError: the command failed.
     """
+    if command[1] is STAGE:
+        return stage(client, *command[2])
     if command[1] is PIPELINE:
         return pipeline(client, command[2]).execute()
     if command[1] is PAUSE:
@@ -286,6 +289,8 @@ async def execute_async(client: Any, command: Command) -> Any:
     Raises:
         redis.RedisError, OSError: the command failed.
     """
+    if command[1] is STAGE:
+        return await stage_async(client, *command[2])
     if command[1] is PIPELINE:
         return await pipeline(client, command[2]).execute()
     if command[1] is PAUSE:
@@ -298,6 +303,104 @@ async def execute_async(client: Any, command: Command) -> Any:
         if script is None:
             raise
         return await client.execute_command("EVAL", script.text, *command[2][2:])
+
+
+# redis-py < 5.3 wants a command name for ``ConnectionPool.get_connection``; later ones
+# warn when given one.
+_POOL_ARGS: tuple[str, ...] = (
+    () if getattr(inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name"), "default", None) is None
+    else ("SET",)
+)
+
+
+def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one write on ``connection`` and read every reply (an error reply
+    as its ``ResponseError``, so that the connection stays in step)."""
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+def _staged_reply(replies: list[Any]) -> Any:
+    """The script's reply of a ``STAGE`` exchange; raises the first error reply."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies[-1]
+
+
+def _stage_sync(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if isinstance(client, redis.Redis) and client.connection is None:
+        # one connection from the pool, redis-py's retry (as execute_command): no pipeline
+        # object, whose bookkeeping costs more than the second command
+        pool = client.connection_pool
+        connection: Any = pool.get_connection(*_POOL_ARGS)
+        try:
+            replies: list[Any] = connection.retry.call_with_retry(
+                lambda: _exchange(connection, commands), lambda _error: connection.disconnect(),
+            )
+            return replies
+        finally:
+            pool.release(connection)
+    return pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+
+def stage(client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...]) -> Any:
+    """A ``STAGE`` command (``fastsess._core.ops.STAGE``) with a sync client: ``write`` then
+    the ``EVALSHA`` ``call`` of ``lua``, in one round trip on one connection; the
+    script's reply.  NOSCRIPT: both again, the script sent whole (``EVAL``).
+
+    Raises:
+        redis.RedisError, OSError: either command failed.
+    """
+    replies = _stage_sync(client, [write, call])
+    if isinstance(replies[-1], NoScriptError):
+        replies = _stage_sync(client, [write, ("EVAL", lua.text, *call[2:])])
+    return _staged_reply(replies)
+
+
+async def _exchange_async(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``_exchange`` on a ``redis.asyncio`` connection (which disconnects itself if the
+    exchange is interrupted, a cancellation included: no reply is left unread)."""
+    await connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def _stage_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if isinstance(client, redis.asyncio.Redis) and client.connection is None and not client.single_connection_client:
+        pool: Any = client.connection_pool
+        connection: Any = await pool.get_connection(*_POOL_ARGS)
+        try:
+            replies: list[Any] = await connection.retry.call_with_retry(
+                lambda: _exchange_async(connection, commands), lambda _error: connection.disconnect(),
+            )
+            return replies
+        finally:
+            await pool.release(connection)
+    return await pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+
+async def stage_async(client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...]) -> Any:
+    """``stage`` with a ``redis.asyncio`` client.
+
+    Raises:
+        redis.RedisError, OSError: either command failed.
+    """
+    replies = await _stage_async(client, [write, call])
+    if isinstance(replies[-1], NoScriptError):
+        replies = await _stage_async(client, [write, ("EVAL", lua.text, *call[2:])])
+    return _staged_reply(replies)
 
 
 def pipeline(client: Any, commands: tuple[tuple[Any, ...], ...]) -> Any:

@@ -22,6 +22,18 @@ def saved(store: Any, data: dict[str, Any]) -> Session:
     return s
 
 
+@pytest.fixture(autouse=True, params=["script", "staged"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice for ``RedisStore`` on a single Redis: as shipped (these sessions are
+    small: one script, ``SAVE_PLAIN``) and with every save of an existing session staged
+    (``ops.STAGE_FROM`` 0: a SET of a staged copy + ``STAGED_SAVE``)."""
+    from fastsess._core import ops
+
+    if request.param == "staged":
+        monkeypatch.setattr(ops, "STAGE_FROM", 0)
+    return str(request.param)
+
+
 def two_requests(store: Any, data: dict[str, Any]) -> tuple[Session, Session]:
     s = saved(store, data)
     a, b = store.load(s.id), store.load(s.id)
@@ -182,18 +194,71 @@ def test_on_conflict_is_validated(backend: Backend) -> None:
             backend.make(on_conflict=bad)
 
 
-def test_unconflicted_save_is_one_round_trip(redis_backend: RedisBackend) -> None:
-    """One script, which recognises the stored value by its length and first bytes
-    (STRLEN + GETRANGE): no GET of the whole value, whatever its size."""
+@pytest.mark.parametrize("blob", [10, 5000, 60000])
+def test_unconflicted_save_is_one_round_trip(redis_backend: RedisBackend, blob: int) -> None:
+    """One script, which recognises the stored value by its first bytes (one GETRANGE): no
+    GET of the whole value, whatever its size.  A plain ``RedisStore`` (a single Redis)
+    sends a value of ``STAGE_FROM`` bytes or more as a staged copy (SET) that the script
+    RENAMEs over the key, in the same round trip; a smaller one, or any clustered
+    store's, is SET by the script itself."""
+    from fastsess._core import ops
+
     store = redis_backend.make()
-    s = saved(store, {"k": 0, "blob": "x" * 5000})
+    s = saved(store, {"k": 0, "blob": "x" * blob})
     loaded = store.load(s.id)
+    loaded["k"] = 0
+    assert store.save(loaded) is True  # the server learns the script (NOSCRIPT, then EVAL)
     loaded["k"] = 1
     client = redis_backend.client
-    before = {c: redis_command_calls(client, c) for c in ("evalsha", "eval", "get", "getrange", "strlen")}
+    commands = ("get", "getrange", "strlen", "set", "rename", "publish", "spublish")
+    scripts = redis_command_calls(client, "evalsha", "eval")
+    before = {c: redis_command_calls(client, c) for c in commands}
     assert store.save(loaded) is True
-    after = {c: redis_command_calls(client, c) - before[c] for c in before}
-    assert after == {"evalsha": 1, "eval": 0, "get": 0, "getrange": 1, "strlen": 1}
+    after = {c: redis_command_calls(client, c) - before[c] for c in commands}
+    assert redis_command_calls(client, "evalsha", "eval") - scripts == 1
+    staged = redis_backend.kind == "redis" and len(loaded._base) >= ops.STAGE_FROM
+    assert {c: after[c] for c in ("get", "getrange", "strlen", "set", "rename")} == {
+        "get": 0, "getrange": 1, "strlen": 0, "set": 1, "rename": int(staged),
+    }
+    assert not [k for k in client.scan_iter(match=store.prefix + "*~*")]  # no staged copy left behind
+    assert stored(store, s.id)["k"] == 1
+
+
+def staged_copies(redis_backend: RedisBackend, store: Any) -> list[bytes]:
+    """Staged copies (``ops.staged_key``: key + "~" + 16 hex) left in Redis."""
+    return list(redis_backend.client.scan_iter(match=store.prefix + "*~*"))
+
+
+def test_no_staged_copy_outlives_its_save(redis_backend: RedisBackend) -> None:
+    """Written, conflicted (re-applied) or refused (the session was deleted): the staged
+    copy is renamed over the key or deleted in the same script; none is left behind, and
+    none counts as a session."""
+    store = redis_backend.make()
+    a, b = two_requests(store, {"k": 0, "blob": "x" * 3000})
+    a["a"] = 1
+    b["b"] = 1
+    assert store.save(a) is True
+    assert store.save(b) is True  # a conflict first: the staged copy of the first attempt is dropped
+    assert stored(store, a.id)["a"] == stored(store, a.id)["b"] == 1
+    c = store.load(a.id)
+    assert store.delete(a.id) is True
+    c["c"] = 1
+    assert store.save(c) is False and not store.exists(a.id)
+    assert staged_copies(redis_backend, store) == []
+    assert store.count() == 0 and list(store.iter_ids()) == []
+
+
+def test_a_server_without_the_scripts_learns_them(redis_backend: RedisBackend) -> None:
+    """After SCRIPT FLUSH (or a restart) a save sends its script whole (EVAL), staged or not."""
+    store = redis_backend.make()
+    for blob in (10, 60000):
+        s = saved(store, {"k": 0, "blob": "x" * blob})
+        loaded = store.load(s.id)
+        redis_backend.client.script_flush()
+        loaded["k"] = 1
+        assert store.save(loaded) is True
+        assert stored(store, s.id)["k"] == 1
+    assert staged_copies(redis_backend, store) == []
 
 
 def test_conflict_costs_one_more_round_trip(redis_backend: RedisBackend) -> None:

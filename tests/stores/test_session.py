@@ -334,7 +334,7 @@ def test_missing_is_a_named_singleton() -> None:
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
 def test_first_bytes_hold_the_version(codec: str) -> None:
-    """Where ``_core.conflict.stamp`` compares only the length and first PREFIX_BYTES bytes,
+    """Where ``_core.conflict.stamp`` compares only the first PREFIX_BYTES bytes,
     those bytes must differ between two writes of a key: they hold the version, even with
     the widest times, TTL and version fastsess writes."""
     from fastsess._core.conflict import PREFIX_BYTES, stamp

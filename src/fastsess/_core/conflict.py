@@ -1,8 +1,8 @@
 """Lost updates: what ``save`` does when another request wrote the session first. No I/O.
 
 A save of a loaded session is a compare-and-set: it writes only if the stored session
-is still the one this request loaded (Redis: the stored value's length and first bytes,
-or the SHA-1 of the whole value, compared in the write's Lua script: see ``stamp``; ``MemoryStore``: the version, under its lock).  When it is not,
+is still the one this request loaded (Redis: the stored value's first bytes, or the
+SHA-1 of the whole value, compared in the write's Lua script: see ``stamp``; ``MemoryStore``: the version, under its lock).  When it is not,
 the save *rebases*: it takes the stored session as the new starting point and re-applies
 this request's changes (``Session.changes``: the top-level keys it set or deleted), then
 tries again (at most ``MAX_CONFLICT_RETRIES`` times).
@@ -64,36 +64,37 @@ def check_on_conflict(on_conflict: Any) -> OnConflict:
 
 # How a save recognises the value its session was loaded from (``Session._base``):
 #
-# * "p" (prefix): the value's length and first PREFIX_BYTES bytes.  Exact for the values
+# * "p" (prefix): the value's first PREFIX_BYTES bytes (all of a shorter value).  Exact for the values
 #   fastsess writes in the clear with a built-in codec and no compression: those bytes
 #   hold the envelope header and the session's created_at, refreshed_at, ttl and version
 #   (msgpack: within 38 bytes, JSON: within 90), and every write of a key stores a higher
 #   version (each save of an existing session is a compare-and-set of the previous one,
 #   or, for a Session not loaded from the store, reads the stored version first); and for
-#   encrypted values, whose header carries a fresh random 96-bit nonce per write.  Redis
-#   compares with STRLEN + GETRANGE: constant work, whatever the session's size.
+#   encrypted values, whose header carries a fresh random 96-bit nonce per write.  So two
+#   values of a key with equal first bytes are the same value, and their length need not
+#   be compared.  Redis compares with one GETRANGE: constant work, whatever the session's size.
 # * "h" (hash): the SHA-1 of the whole value, for anything else (compressed bodies, custom
 #   codecs, values fastsess did not write): Redis GETs the value and hashes it.
 PREFIX_BYTES = 128
 _BUILTIN_CODECS = (MsgpackSerializer.codec_id, JSONSerializer.codec_id)
 
-Token = tuple[str, Any, Any]  # SAVE's ARGV[3], ARGV[4], ARGV[5]
+Token = tuple[str, Any]  # the write scripts' kind and token arguments (``_core.ops.COMPARE_LUA``)
 
 
 def stamp(base: Any) -> Token | None:
     """The compare-and-set token of the stored value ``base`` (see above): ``("p", first
-    bytes, length)`` or ``("h", SHA-1 hex, "")``; None (unknown: no check) for None.
+    bytes)`` or ``("h", SHA-1 hex)``; None (unknown: no check) for None.
 
     ``Session._base`` holds the raw bytes a session was read from or last wrote (turned
     into a token only when a save or the cache needs it) or, already, the token."""
     if type(base) is not bytes:
-        return base if type(base) is tuple and len(base) == 3 else None
+        return base if type(base) is tuple and len(base) == 2 else None
     if len(base) >= HEADER_SIZE and base[:2] == MAGIC and (
         (base[2] == ENVELOPE_VERSION and base[3] in _BUILTIN_CODECS and base[4] == 0)
         or base[2] == ENCRYPTED_ENVELOPE_VERSION
     ):
-        return ("p", base[:PREFIX_BYTES], len(base))
-    return ("h", hashlib.sha1(base).hexdigest(), "")  # noqa: S324 - an equality token, as Redis's sha1hex
+        return ("p", base[:PREFIX_BYTES])
+    return ("h", hashlib.sha1(base).hexdigest())  # noqa: S324 - an equality token, as Redis's sha1hex
 
 
 def _same(a: Any, b: Any) -> bool:

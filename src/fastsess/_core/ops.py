@@ -26,6 +26,7 @@ fetch the key's remaining TTL with the value.
 from __future__ import annotations
 
 import hashlib
+import random
 from asyncio import CancelledError
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple, Protocol
@@ -99,28 +100,38 @@ def publish_script(text: str) -> Script:
     return script(PUBLISH_LUA + text)
 
 
-# ``changed(key, kind, token, length, gone)``: nil if ``key`` still holds the value a
-# session was loaded from, recognised by ``_core.conflict.stamp``'s token ("p" = its first
-# bytes (``token``) and ``length``, "h" = the SHA-1 hex of the whole value, "" = no
-# check); ``gone`` if the key no longer exists; else the stored bytes (read with
-# GETRANGE 0 -1, not GET: INFO commandstats then counts only the loads' GETs as reads).
-# A script returns whatever it answers: ``local c = changed(...) if c then return c end``.
-COMPARE_LUA = """local function changed(key, kind, token, length, gone)
-  local n = redis.call('STRLEN', key)
-  if n == 0 then
+# ``changed(key, kind, token, gone)``: nil if ``key`` still holds the value a session was
+# loaded from, recognised by ``_core.conflict.stamp``'s token: "p" = its first bytes
+# (``token``: one GETRANGE of that many bytes), "h" = the SHA-1 hex of the whole value,
+# "" = no check (only that the key exists); ``gone`` if the key no longer exists; else
+# the stored bytes (read with GETRANGE 0 -1, not GET: INFO commandstats then counts only
+# the loads' GETs as reads).  One Redis call when the value is the expected one (every
+# ``redis.call`` from a script costs several times a plain command).  A script returns
+# whatever it answers: ``local c = changed(...) if c then return c end``.
+COMPARE_LUA = """local function changed(key, kind, token, gone)
+  local cur
+  if kind == 'p' then
+    cur = redis.call('GETRANGE', key, 0, #token - 1)
+    if cur == token then
+      return nil
+    end
+  elseif kind == 'h' then
+    cur = redis.call('GETRANGE', key, 0, -1)
+    if cur ~= '' and redis.sha1hex(cur) == token then
+      return nil
+    end
+  elseif redis.call('STRLEN', key) ~= 0 then
+    return nil
+  else
+    return gone
+  end
+  if cur == '' then
     return gone
   end
   if kind == 'p' then
-    if n ~= tonumber(length) or redis.call('GETRANGE', key, 0, #token - 1) ~= token then
-      return redis.call('GETRANGE', key, 0, -1)
-    end
-  elseif kind == 'h' then
-    local cur = redis.call('GETRANGE', key, 0, -1)
-    if redis.sha1hex(cur) ~= token then
-      return cur
-    end
+    return redis.call('GETRANGE', key, 0, -1)
   end
-  return nil
+  return cur
 end
 """
 
@@ -148,8 +159,8 @@ def pause(seconds: float) -> Command:
 # Sequenced (``StoreCore._announce``): two more KEYS (the channel's sequence hash and log)
 # and two more ARGV (the log's cap and the session id), after the script's own.
 
-# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, kind, token, length (as SAVE's
-# ARGV[3..5]; kind '' = no check)[, channel, message (deleted old id)].
+# KEYS[1]=old key, KEYS[2]=new key  ARGV: payload, ttl, kind, token (as SAVE's
+# ARGV[3..4]; kind '' = no check)[, channel, message (deleted old id)].
 #   done:    if the new key already holds exactly this payload, this very move already
 #     ran (a retry after an unknown outcome, or the first attempt landing late): 2.
 #   gone:    the old key no longer exists (deleted, logged out, expired): -1, nothing
@@ -164,14 +175,14 @@ MOVE = compare_script("""
 if redis.pcall('GETRANGE', KEYS[2], 0, -1) == ARGV[1] then
   return 2
 end
-local answer = changed(KEYS[1], ARGV[3], ARGV[4], ARGV[5], -1)
+local answer = changed(KEYS[1], ARGV[3], ARGV[4], -1)
 if answer then
   return answer
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then
   redis.call('DEL', KEYS[1])
-  if ARGV[6] then
-    publish(ARGV[6], ARGV[7], KEYS[3], KEYS[4], ARGV[8], ARGV[9])
+  if ARGV[5] then
+    publish(ARGV[5], ARGV[6], KEYS[3], KEYS[4], ARGV[7], ARGV[8])
   end
   return 1
 end
@@ -180,26 +191,78 @@ return 0
 
 # The save of a session that exists (a compare-and-set), in three parts:
 #   compare: the key must still exist (never resurrect a deleted or expired session: 0)
-#     and still hold the value this session was loaded from, recognised by ARGV[3..5]
-#     (``_core.conflict.stamp``): "p" = its first bytes (ARGV[4]) and length (ARGV[5]),
-#     "h" = the SHA-1 hex of the whole value (ARGV[4]); else the stored value is returned,
+#     and still hold the value this session was loaded from, recognised by ARGV[3..4]
+#     (``_core.conflict.stamp``): "p" = its first bytes (ARGV[4]), "h" = the SHA-1 hex
+#     of the whole value (ARGV[4]); else the stored value is returned,
 #     for the caller to re-apply its changes on and retry.
 #   write:   SET with the new TTL.
 #   publish: only with a channel (a clustered store): the invalidation, in the same step.
-# KEYS[1]=key  ARGV: payload, ttl, kind ("p" or "h"), prefix or digest, length or "",
-# [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict),
+# KEYS[1]=key  ARGV: payload, ttl, kind ("p" or "h"), prefix or digest, [channel, message].  Returns 1 (written), 0 (no such key) or the stored bytes (conflict),
 # read with GETRANGE 0 -1 (not GET: INFO commandstats then counts only the loads' GETs).
-SAVE = compare_script("""
-local answer = changed(KEYS[1], ARGV[3], ARGV[4], ARGV[5], 0)
+SAVE_BODY = """
+local answer = changed(KEYS[1], ARGV[3], ARGV[4], 0)
 if answer then
   return answer
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[6] then
-  publish(ARGV[6], ARGV[7], KEYS[2], KEYS[3], ARGV[8], ARGV[9])
+"""
+SAVE = compare_script(SAVE_BODY + """if ARGV[5] then
+  publish(ARGV[5], ARGV[6], KEYS[2], KEYS[3], ARGV[7], ARGV[8])
 end
 return 1
 """)
+
+# ``SAVE`` without a publish step (``RedisStore``), and so without the publish and
+# sequencing functions, whose definitions every run of a script re-creates.
+SAVE_PLAIN = script(COMPARE_LUA + SAVE_BODY + "return 1\n")
+
+# ``RedisStore``'s save of a session that exists, for a value of ``STAGE_FROM`` bytes or
+# more, without the value passing through Lua (Redis turns every script argument into a
+# Lua string, at about 1 ns a byte: an empty script given a 60 KB argument took 67 us of
+# server time where a SET of it took 0.6 us, bench/README.md).  Two commands sent in
+# one round trip on one connection (``stage``): a plain ``SET staged payload EX ttl``
+# under a fresh name of its own (``staged_key``: the key plus a random suffix, never
+# matched by the SCANs of ``iter_ids``/``clear``), then this script, which compares as
+# ``SAVE`` does and either RENAMEs the staged value over the key (RENAME moves it and its
+# TTL, copying nothing) or deletes it.  The compare and the write are still one atomic
+# step on the server; the staged key is seen by nobody else (its name is this attempt's
+# alone), and if the connection fails between the two commands it is left to expire
+# with the session's TTL.  Not on Redis Cluster (the two keys are in different slots:
+# ``SAVE`` there).
+# KEYS[1]=key, KEYS[2]=staged key  ARGV: kind, token (as SAVE's ARGV[3..4]).
+# Returns 1 (written), 0 (no such key) or the stored bytes (conflict), each time with the
+# staged copy gone; the compare's error (WRONGTYPE: ``SessionCorrupt``) after deleting
+# the staged copy; an error if the staged copy vanished meanwhile (deleted by hand,
+# evicted: nothing written, ``StoreUnavailable``).
+STAGED_SAVE = script(COMPARE_LUA + """
+local ok, answer = pcall(changed, KEYS[1], ARGV[1], ARGV[2], 0)
+if not ok or answer then
+  redis.call('DEL', KEYS[2])
+  if not ok then
+    error(answer, 0)
+  end
+  return answer
+end
+redis.call('RENAME', KEYS[2], KEYS[1])
+return 1
+""")
+
+# Payloads from this size on are saved by ``STAGED_SAVE`` (two commands), smaller ones by
+# ``SAVE_PLAIN`` (one), whose Lua copy of them then costs less than the second command.
+STAGE_FROM = 2048
+
+
+def staged_key(key: str) -> str:
+    """A fresh name for one staged write of ``key``: ``key`` + ``"~"`` + 16 random hex
+    digits (unique among the writes of one key in flight at once; not a secret)."""
+    return f"{key}~{random.getrandbits(64):016x}"  # noqa: S311 - a unique name, not a secret
+
+
+# A driver answers a ``STAGE`` command, args ``(write, lua, call)``, by sending the command
+# ``write`` and the ``EVALSHA`` ``call`` of ``lua`` in one round trip on one connection, in
+# that order, and replying the script's reply (an error reply of either raises; NOSCRIPT:
+# both again, with ``EVAL``).
+STAGE = Script("-- a write and a script, not a script", "stage")
 
 # KEYS[1]=key  ARGV: payload, ttl, channel, message.  The first save of a new id: SET NX,
 # and only if that succeeded publish (marked as a creation), so that nodes remembering the
@@ -222,18 +285,18 @@ return n
 """)
 
 # Redis Cluster's second step of a move (the new key is written already, in another slot):
-# KEYS[1]=old key  ARGV: kind, token, length (SAVE's ARGV[3..5]; kind '' = no check)
+# KEYS[1]=old key  ARGV: kind, token (SAVE's ARGV[3..4]; kind '' = no check)
 # [, channel, message (deleted old id)].  -1 if the old key is gone, its bytes if it no
 # longer holds what the session was loaded from (the caller deletes the new key again),
 # else DEL it (and publish): 1.
 CHECK_DELETE = compare_script("""
-local answer = changed(KEYS[1], ARGV[1], ARGV[2], ARGV[3], -1)
+local answer = changed(KEYS[1], ARGV[1], ARGV[2], -1)
 if answer then
   return answer
 end
 redis.call('DEL', KEYS[1])
-if ARGV[4] then
-  publish(ARGV[4], ARGV[5], KEYS[2], KEYS[3], ARGV[6], ARGV[7])
+if ARGV[3] then
+  publish(ARGV[3], ARGV[4], KEYS[2], KEYS[3], ARGV[5], ARGV[6])
 end
 return 1
 """)
@@ -266,7 +329,7 @@ publish(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3], '')
 return 1
 """)
 
-SCRIPTS = (MOVE, SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, CHECK_DELETE, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL)
+SCRIPTS = (MOVE, SAVE, SAVE_PLAIN, STAGED_SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, CHECK_DELETE, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL)
 
 
 class Messages(Protocol):
@@ -538,8 +601,13 @@ class StoreCore:
         if messages is None:
             if nx:
                 written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
+            elif len(payload) >= STAGE_FROM and not self.is_cluster:
+                staged = staged_key(key)
+                written = check_reply((yield ("SET", STAGE, (
+                    ("SET", staged, payload, "EX", session.ttl), STAGED_SAVE, ("EVALSHA", STAGED_SAVE.sha, 2, key, staged, *base),  # type: ignore[misc]
+                ))))
             else:
-                written = check_reply((yield run_script("SET", SAVE, (key,), payload, session.ttl, *base)))  # type: ignore[misc]
+                written = check_reply((yield run_script("SET", SAVE_PLAIN, (key,), payload, session.ttl, *base)))  # type: ignore[misc]
             if written is True:
                 session._base = payload  # what the next save compares with (made a token only then)
             return written
@@ -589,7 +657,7 @@ class StoreCore:
             messages.expect_write(session.id)
         try:
             if not self.is_cluster:  # one script: atomic
-                check = base or ("", "", "")
+                check = base or ("", "")
                 if message is None:
                     reply = yield run_script("regenerate", MOVE, (old_key, new_key), payload, session.ttl, *check)
                 else:
@@ -608,7 +676,7 @@ class StoreCore:
                 ours = created or (yield ("regenerate", None, ("GETRANGE", new_key, 0, -1))) == payload
                 moved = False
                 if ours:
-                    check = base or ("", "", "")
+                    check = base or ("", "")
                     publish = () if message is None else (messages.channel_for(old_key), message)  # type: ignore[union-attr]
                     reply = yield self._announce("regenerate", CHECK_DELETE, (old_key,), old_id, *check, *publish)
                     if reply == 1 or (reply == -1 and not created):  # moved (now, or by the first run)
