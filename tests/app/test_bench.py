@@ -221,3 +221,21 @@ def test_memory_per_entry_is_measured_in_child_processes() -> None:
     floor, ours = by_name["dict"], by_name["fastsess LocalCache (py)"]
     assert 0 < floor["traced_bytes_per_entry"] < ours["traced_bytes_per_entry"]  # entries beyond a dict slot cost memory
     assert ours["rss_bytes_per_entry"] is not None and result["entries"] == 5_000
+
+
+def test_freethreaded_script_reports_every_candidate_shape_and_thread_count() -> None:
+    """``bench/freethreaded.py`` runs on any build (GIL builds included) and prints each ratio it promises."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "freethreaded.py"), "2000", "2", "2", "3"],
+        capture_output=True, text=True, timeout=120, check=True, cwd=REPO,
+    ).stdout
+    assert "GIL" in out.splitlines()[0]
+    for name in ("dict ", "LocalCache (", "dict (own copy)"):
+        assert name in out
+    for shape in ("shared", "own"):
+        assert f" {shape} " in out
+    for n in (2, 3):
+        assert out.count(f"{n} threads / 1, wall: median") == 5  # dict and LocalCache in both shapes, the private copy
+        assert out.count(f"{n} threads kept") == 5
