@@ -187,6 +187,21 @@ def test_cached_load_returns_a_private_copy(nodes: Nodes) -> None:
     assert A.load(s.id)["name"] == "x"
 
 
+def test_load_shared_hands_out_the_cached_session_itself(nodes: Nodes) -> None:
+    A, B, _, _, backend = nodes
+    if backend.is_async:
+        pytest.skip("load_shared is the sync store's (the Django drop-in's read)")
+    s = saved(A, {"user": 1, "roles": ["a"]})
+    missed = B.load_shared(s.id)  # a miss reads Redis: a session of its own, cached after
+    hit = B.load_shared(s.id)
+    assert missed is not None and hit is not None and hit is not missed
+    assert dict(hit) == dict(missed) == {"user": 1, "roles": ["a"]}
+    assert B.load_shared(s.id) is hit  # the cached object (no copy): never changed by its reader
+    loaded = B.load(s.id)
+    assert loaded is not hit and dict(loaded) == dict(hit)  # load still hands out copies
+    assert B.load_shared(new_session_id()) is None and B.load_shared("not an id") is None
+
+
 def test_cache_is_really_used_and_stats_count(nodes: Nodes) -> None:
     A, B, _, _, backend = nodes
     s = saved(A, {"v": 1})

@@ -566,6 +566,36 @@ def test_construction_sets_what_sessionbase_sets() -> None:
         assert set(vars(theirs)) <= set(vars(ours))
 
 
+def test_the_read_path_overrides_keep_sessionbase_semantics() -> None:
+    """SessionStore's own key properties, _get_session, get, [], in and is_empty (faster
+    than SessionBase's) answer and set the flags as SessionBase's do."""
+    stored = backend()
+    stored["user"] = "ada"
+    stored["cart"] = [1]
+    stored.save()
+    key = stored.session_key
+    for read in (lambda s: s.get("user"), lambda s: s["user"], lambda s: "user" in s, lambda s: s._session["user"]):
+        s = backend(key)
+        assert not hasattr(s, "_session_cache") and not s.is_empty() and not s.accessed
+        assert read(s) in ("ada", True)
+        assert s.accessed and not s.modified and s._session_cache == {"user": "ada", "cart": [1]}
+        s._session_cache["cart"].append(2)  # the data is the request's own: the cache keeps [1]
+        assert backend(key)["cart"] == [1]
+    with pytest.raises(KeyError):
+        backend(key)["missing"]
+    s = backend(key)
+    with pytest.raises(AttributeError):
+        s.session_key = "x" * 43  # read-only, as SessionBase's
+    s._session_key = "short"  # the validating setter
+    assert s.session_key is None and s._session_key is None and s.is_empty()
+    unknown = backend("y" * 43)  # well-formed, never stored
+    assert unknown.session_key == "y" * 43 and not unknown.is_empty()
+    assert unknown.get("user") is None and unknown.session_key is None and unknown.is_empty()
+    cleared = backend(key)
+    cleared.clear()  # SessionBase's, on the data not yet loaded: nothing is loaded over it
+    assert cleared.get("user") is None and cleared.modified
+
+
 async def test_a_write_through_either_store_is_read_at_once_through_the_other(async_engine: Any) -> None:
     """Django's SessionMiddleware saves through the sync store even after an async view, and
     the sync and async methods have a cache each: the next read through the other store

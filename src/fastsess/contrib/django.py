@@ -54,6 +54,7 @@ import contextlib
 import functools
 import json
 import logging
+import operator
 import threading
 import uuid
 import weakref
@@ -67,6 +68,7 @@ from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from .._core.keys import _ID
 from ..asyncio.stores.clustered import ClusteredRedisStore as AsyncClusteredRedisStore
 from ..config import ClusterConfig
 from ..crypto import encryption_from_setting
@@ -91,6 +93,9 @@ _async_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[A
 )
 _async_count = 0
 _CREATE_ATTEMPTS = 10
+_UNLOADED: Any = object()  # ``_session_cache`` not set: the data is not loaded yet
+_key_of = operator.attrgetter("_SessionBase__session_key")  # SessionBase's private key attribute
+_match_id = _ID.match  # is_valid_session_id without its call (after a type(key) is str check)
 
 
 #: Settings this module reads; a change of any (``override_settings``) drops the resolved copy.
@@ -428,7 +433,6 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
     not a fastsess session is logged and treated as no session.
     """
 
-    _session_key: Any  # SessionBase's validating property
     _session_cache: dict[str, Any]
 
     def __init__(self, session_key: str | None = None) -> None:
@@ -436,9 +440,45 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         # SessionBase.__init__ sets these three and ``serializer``, which it imports by name
         # on every construction (a third of a cached read's cost here); this backend never
         # uses it (FASTSESS_SERIALIZER), so ``serializer`` is imported on first access.
-        self._session_key = session_key
+        if type(session_key) is str and _match_id(session_key) is not None:
+            # a fastsess id: what the validating setter (_validate_session_key) keeps, set
+            # without its two Python calls; anything else goes through it
+            self._SessionBase__session_key = session_key
+        else:
+            self._session_key = session_key
         self.accessed = False
         self.modified = False
+
+    # SessionBase's ``session_key`` / ``_session_key`` properties (the latter validating on
+    # assignment), with a C getter instead of a Python method: the middleware and load() read
+    # the key several times per request.
+    session_key = property(_key_of, doc="The session key (None until a session is stored).")
+    _session_key = property(_key_of, SessionBase._set_session_key)
+
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        """``SessionBase._get_session``: the data, loaded on first access (``accessed`` set),
+        found absent by ``getattr`` with a default instead of a raised AttributeError."""
+        self.accessed = True
+        data = getattr(self, "_session_cache", _UNLOADED)
+        if data is _UNLOADED:
+            data = self._session_cache = {} if no_load or self._SessionBase__session_key is None else self.load()
+        return data  # type: ignore[no-any-return]
+
+    _session = property(_get_session)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get_session()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._get_session()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``session[key]``, or ``default``."""
+        return self._get_session().get(key, default)
+
+    def is_empty(self) -> bool:
+        """True when there is no session key and no data (``SessionBase.is_empty``)."""
+        return not self._SessionBase__session_key and not getattr(self, "_session_cache", None)
 
     @functools.cached_property
     def serializer(self) -> Any:
@@ -599,8 +639,11 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         Raises:
             StoreUnavailable: Redis failed.
         """
+        key = self._SessionBase__session_key
         try:
-            found = get_store().load(self.session_key) if self.session_key else None
+            # a cache hit is the cached session itself: only read here (its data is copied
+            # out by _loaded, and saves write copies of it: _to_write)
+            found = get_store().load_shared(key) if key else None
         except SessionCorrupt as exc:
             self._corrupt(exc)
             found = None

@@ -25,6 +25,8 @@ with the cache.  Mutating a nested value in place and then *not* saving would
 change this node's cached copy only, so: after an in-place nested mutation,
 set ``session.modified = True`` and save (as Django and Flask require anyway),
 or replace the nested value instead of mutating it.
+``load_shared`` skips even that copy on a hit (the cached session itself), for
+callers that only read it: the framework drop-ins, which copy its data out.
 
 A miss reads the value and its remaining TTL in one round trip (``GET`` + ``PTTL``
 in a small Lua script: atomic, and one slot on Redis Cluster) and caches the
@@ -51,8 +53,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from .._core.flights import RETRY
-from .._redis import ClusteredStoreBase
+from .._redis import LAST_UNCHECKED_HIT, ClusteredStoreBase
 from ..cluster import ClusterCoordinator
+from ..session import Session
 from .redis import RedisStore
 
 
@@ -88,6 +91,23 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
 
     # A cache hit is answered here without a generator; a miss runs ``ops.load``.
     load = ClusteredStoreBase.cached_load
+
+    def load_shared(self, session_id: str) -> Session | None:
+        """``load``, but a cache hit hands out the cached ``Session`` itself, not a copy: for
+        a caller that copies the data out anyway and never changes that session (the
+        framework drop-ins), one copy fewer per read.  Misses and errors as ``load``.
+
+        Raises:
+            SessionCorrupt, StoreUnavailable: as ``load``.
+        """
+        cache = self._cache
+        if cache is not None and self.coordinator.subscribed and type(session_id) is str:  # type: ignore[union-attr]
+            cached: Session | None = cache.get(session_id)
+            if cached is not None and self._hits_unchecked < LAST_UNCHECKED_HIT:
+                self._hits_unchecked += 1
+                return cached
+            return self.after_lookup(session_id, cached)  # type: ignore[no-any-return]
+        return self.cached_load(session_id)  # type: ignore[no-any-return]  # the cache is bypassed
 
     def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
         """One Redis read for the concurrent misses of ``session_id`` (threads wait on an Event)."""
