@@ -596,6 +596,18 @@ def test_the_read_path_overrides_keep_sessionbase_semantics() -> None:
     assert cleared.get("user") is None and cleared.modified
 
 
+def test_remembered_valid_keys_stay_bounded() -> None:
+    from fastsess.contrib import django as engine
+    from fastsess.stores.base import new_session_id
+
+    for _ in range(engine._KNOWN_IDS_MAX + 10):
+        key = new_session_id()
+        assert backend(key).session_key == key and key in engine._known_ids
+    assert 0 < len(engine._known_ids) <= engine._KNOWN_IDS_MAX
+    for bad in ("short", "x" * 42 + "!", "é" * 43):
+        assert backend(bad).session_key is None and bad not in engine._known_ids
+
+
 async def test_a_write_through_either_store_is_read_at_once_through_the_other(async_engine: Any) -> None:
     """Django's SessionMiddleware saves through the sync store even after an async view, and
     the sync and async methods have a cache each: the next read through the other store

@@ -40,8 +40,12 @@ def plain_copy(value: Any) -> Any:
     """
     kind = type(value)
     if kind is dict:
+        if _IMMUTABLE.issuperset(map(type, value.values())):  # flat (the usual session): all in C
+            return value.copy()
         return {k: v if type(v) in _IMMUTABLE else plain_copy(v) for k, v in value.items()}
     if kind is list:
+        if _IMMUTABLE.issuperset(map(type, value)):
+            return value.copy()
         return [v if type(v) in _IMMUTABLE else plain_copy(v) for v in value]
     if isinstance(value, dict):
         return {k: plain_copy(v) for k, v in value.items()}

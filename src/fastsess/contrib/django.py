@@ -95,7 +95,22 @@ _async_count = 0
 _CREATE_ATTEMPTS = 10
 _UNLOADED: Any = object()  # ``_session_cache`` not set: the data is not loaded yet
 _key_of = operator.attrgetter("_SessionBase__session_key")  # SessionBase's private key attribute
-_match_id = _ID.match  # is_valid_session_id without its call (after a type(key) is str check)
+_match_id = _ID.match
+#: Session keys that passed ``is_valid_session_id`` lately (bounded: emptied when full): a
+#: request's key is checked by a dict lookup instead of the regular expression (a tenth of
+#: the cost, and the key's hash is then ready for the cache lookup).
+_known_ids: dict[str, None] = {}
+_KNOWN_IDS_MAX = 4096
+
+
+def _valid_id(key: str) -> bool:
+    """``is_valid_session_id`` for a str, remembering the valid ones in ``_known_ids``."""
+    if _match_id(key) is None:
+        return False
+    if len(_known_ids) >= _KNOWN_IDS_MAX:
+        _known_ids.clear()
+    _known_ids[key] = None
+    return True
 
 
 #: Settings this module reads; a change of any (``override_settings``) drops the resolved copy.
@@ -440,7 +455,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         # SessionBase.__init__ sets these three and ``serializer``, which it imports by name
         # on every construction (a third of a cached read's cost here); this backend never
         # uses it (FASTSESS_SERIALIZER), so ``serializer`` is imported on first access.
-        if type(session_key) is str and _match_id(session_key) is not None:
+        if type(session_key) is str and (session_key in _known_ids or _valid_id(session_key)):
             # a fastsess id: what the validating setter (_validate_session_key) keeps, set
             # without its two Python calls; anything else goes through it
             self._SessionBase__session_key = session_key
@@ -466,15 +481,25 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
 
     _session = property(_get_session)
 
+    # get and [] with _get_session inline: a view's first read loads the session
+
     def __getitem__(self, key: str) -> Any:
-        return self._get_session()[key]
+        self.accessed = True
+        data = getattr(self, "_session_cache", _UNLOADED)
+        if data is _UNLOADED:
+            data = self._session_cache = {} if self._SessionBase__session_key is None else self.load()
+        return data[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self._get_session()
 
     def get(self, key: str, default: Any = None) -> Any:
         """``session[key]``, or ``default``."""
-        return self._get_session().get(key, default)
+        self.accessed = True
+        data = getattr(self, "_session_cache", _UNLOADED)
+        if data is _UNLOADED:
+            data = self._session_cache = {} if self._SessionBase__session_key is None else self.load()
+        return data.get(key, default)
 
     def is_empty(self) -> bool:
         """True when there is no session key and no data (``SessionBase.is_empty``)."""
@@ -643,7 +668,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
         try:
             # a cache hit is the cached session itself: only read here (its data is copied
             # out by _loaded, and saves write copies of it: _to_write)
-            found = get_store().load_shared(key) if key else None
+            found = (_sync_store or get_store()).load_shared(key) if key else None
         except SessionCorrupt as exc:
             self._corrupt(exc)
             found = None
