@@ -417,6 +417,9 @@ def measure_memory(cands: Sequence[Candidate], entries: int = MEMORY_ENTRIES, se
 def measure_threads(cand: Candidate, hits: int, runs: int, seed: int = SEED) -> dict[str, Any]:
     """Wall time of ``hits`` ``get`` hits done by one thread, then shared by two, ``runs`` times.
 
+    Every key maps to a value object of its own and every thread calls its own bound
+    ``get``, as threads of a server reading different sessions do.
+
     The order of the two alternates from run to run, so slow drift of a shared
     machine hits both alike.  ``ratio`` summarizes two / one over the runs.
 
@@ -428,12 +431,15 @@ def measure_threads(cand: Candidate, hits: int, runs: int, seed: int = SEED) -> 
     rng = random.Random(f"{seed}:threads")
     keys = random_keys(THREAD_SIZE, rng, STORED_LEN)
     cache = cand.build(THREAD_SIZE)
-    set_call_loop(cand.write_function(cache), keys)
+    write = cand.write_function(cache)
+    for key in keys:  # a value object per key, as every session is its own object
+        write(key, object())
     probes = rng.choices(keys, k=hits)
-    read = cache.get
 
     def work(part: Sequence[str]) -> None:
-        call_loop(read, part)
+        # each thread binds its own get: on a free-threaded build one bound method (or one
+        # value) shared by every thread makes each hit write the same reference counts
+        call_loop(cache.get, part)
 
     work(probes[: min(hits, 100_000)])  # warm-up
     ones: list[float] = []
