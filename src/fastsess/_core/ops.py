@@ -249,9 +249,9 @@ return 1
 
 # Payloads from this size on are saved by ``STAGED_SAVE`` (two commands), smaller ones by
 # ``SAVE_PLAIN`` (one), whose Lua copy of them then costs less than the second command
-# (bench/cas_save.py, 2026-11-30: one script ahead up to 8 KB, even at 16-32 KB, the
-# staged save ahead at 60 KB: 1.26x against 1.48x of a bare SET XX).
-STAGE_FROM = 16384
+# (2026-11-30, load 3-4, the commands alone: one script 1.36x / 1.37x / 1.48x / 1.84x a
+# bare SET XX at 4 / 8 / 16 / 60 KB, staged 1.42x / 1.36x / 1.37x / 1.27x).
+STAGE_FROM = 8192
 
 
 def staged_key(key: str) -> str:
