@@ -5,7 +5,7 @@
 
 Starts its own private ``redis-server`` (``fastsess.server.RedisServer``) on a free
 loopback port.  One sync store of each kind in this process; per payload size the ways
-run interleaved, save by save (rotating which goes first), each timed alone, and the
+run interleaved, save by save (in a fresh random order each time), each timed alone, and the
 medians (and interquartile ranges) are printed:
 
 * ``cas``: ``store.save`` as shipped: the session remembers the bytes it was stored as
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import statistics
 import threading
 import time
@@ -105,20 +106,23 @@ SHIPPED_STAGE_FROM = ops.STAGE_FROM
 
 def run(store: Any, sids: dict[str, str], saves: int, ways: dict[str, tuple[Any, int | None]]) -> dict[str, list[float]]:
     """Per-save seconds of ``saves`` modified saves each way, the ways interleaved save by
-    save (rotating which goes first), each way on a session of its own (``sids``, same
-    data): a load spike hits all alike."""
+    save in a fresh random order each time (so that no way always follows the same other
+    one, whose after-effects it would then pay), each way on a session of its own
+    (``sids``, same data): a load spike hits all alike."""
     sessions = {name: store.load(sid) for name, sid in sids.items()}
     times: dict[str, list[float]] = {name: [] for name in ways}
     names = list(ways)
+    shuffle = random.Random(0).shuffle
     clock = time.perf_counter
     try:
-        for i in range(saves):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+        for _ in range(saves):
+            shuffle(names)
+            for name in names:
                 write, stage_from = ways[name]
                 ops.StoreCore._write = write  # type: ignore[method-assign]
                 ops.STAGE_FROM = SHIPPED_STAGE_FROM if stage_from is None else stage_from
                 s = sessions[name]
-                s["n"] = i
+                s["n"] = len(times[name])
                 started = clock()
                 written = store.save(s)
                 times[name].append(clock() - started)

@@ -249,9 +249,10 @@ return 1
 
 # Payloads from this size on are saved by ``STAGED_SAVE`` (two commands), smaller ones by
 # ``SAVE_PLAIN`` (one), whose Lua copy of them then costs less than the second command
-# (2026-11-30, load 3-4, the commands alone: one script 1.36x / 1.37x / 1.48x / 1.84x a
-# bare SET XX at 4 / 8 / 16 / 60 KB, staged 1.42x / 1.36x / 1.37x / 1.27x).
-STAGE_FROM = 8192
+# (bench/cas_save.py, 2026-11-30, load 3.5-5, a RedisStore save against one with a bare
+# SET XX: one script 1.14x / 1.15x / 1.21x / 1.17-1.20x / 1.22x / 1.50-1.58x at 1 / 2 / 3 /
+# 4 / 8 / 60 KB, staged 1.15x / 1.15x / 1.17x / 1.13-1.16x / 1.14x / 1.08-1.10x).
+STAGE_FROM = 2048
 
 
 def staged_key(key: str) -> str:

@@ -130,7 +130,7 @@ def load_reads(deltas: dict[str, int], clustered: bool) -> int:
     A clustered store's load is the ``GET`` + ``PTTL`` script, the only command that runs
     ``PTTL``: its ``pttl`` count (a save's compare-and-set may run a ``GET`` too, on a
     conflict or for a value it compares by digest).  A plain ``RedisStore`` load is a
-    plain ``GET``; its saves here compare by prefix (``STRLEN`` + ``GETRANGE``), no ``GET``.
+    plain ``GET``; its saves here compare by prefix (one ``GETRANGE``), no ``GET``.
     """
     if clustered:
         return deltas.get("pttl", 0)
