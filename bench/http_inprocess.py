@@ -12,6 +12,14 @@ process); modes alternate over ``--reps`` repetitions and the median is kept.
 
 ``--profile FRAMEWORK:MODE:ENDPOINT`` prints a cProfile of that cell instead (with
 ``HTTP_INPROCESS_PROFILE_DUMP=file`` also writes the raw stats there, for ``pstats``).
+``--callgrind`` counts instructions instead of timing (needs ``valgrind``): each child
+runs under callgrind, which counts only the requests (they run inside ``math.fsum``:
+``--toggle-collect=math_fsum``), after a warmup and ``gc.freeze()``, with
+``PYTHONHASHSEED`` = the round number.  Unlike CPU time this does not change with what
+else the machine runs (callgrind is about 50x slower: use a small ``-n``).  For Django's
+fastsess cell the store gets a 120 s lease (else its slowed listener lets it lapse and
+reads bypass the cache); Flask's and Starlette's stores keep theirs, so their counts may
+include reads from Redis.
 Redis is a private ``redis-server`` on a free port (fastsess.server.RedisServer).
 This is a diagnostic, not the benchmark of record: ``bench/http_bench.py`` is.
 """
@@ -20,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +114,14 @@ def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile:
     sys.path.insert(0, str(APPS))
     module = __import__(f"{framework}_app")
     results: dict[str, list[float]] = {}
+    counted = os.environ.get("HTTP_INPROCESS_CALLGRIND")
+    endpoints = (counted,) if counted else ("read", "write")
+    if counted and framework == "django" and mode == "fastsess":
+        from django.conf import settings
+
+        # under callgrind the listener thread is ~50x slower too: a 1 s lease would run out and
+        # the store bypass its cache (reading Redis), which a real server does not do
+        settings.FASTSESS_CLUSTER = {"lease": 120.0}
     if framework == "starlette":
         app = module.app
         loop = asyncio.new_event_loop()
@@ -110,7 +129,7 @@ def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile:
         # lifespan is not run: the middleware builds its store at construction (no startup needed)
         login = _asgi_caller(app, "/login", "")
         cookie = _cookie_of(loop.run_until_complete(login()))
-        for ep in ("read", "write"):
+        for ep in endpoints:
             call = _asgi_caller(app, f"/{ep}", cookie)
 
             async def many(call: Any = call) -> None:
@@ -121,6 +140,9 @@ def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile:
             if profile == ep:
                 _profile(lambda: loop.run_until_complete(many()))
                 return
+            if counted:
+                _counted(lambda: loop.run_until_complete(many()))
+                continue
             for _ in range(reps):
                 t = time.process_time()
                 loop.run_until_complete(many())
@@ -128,7 +150,7 @@ def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile:
     else:
         app = module.application if framework == "django" else module.app
         cookie = _cookie_of(_wsgi_caller(app, "/login", "")())
-        for ep in ("read", "write"):
+        for ep in endpoints:
             call = _wsgi_caller(app, f"/{ep}", cookie)
 
             def many(call: Any = call) -> None:
@@ -139,6 +161,9 @@ def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile:
             if profile == ep:
                 _profile(many)
                 return
+            if counted:
+                _counted(many)
+                continue
             for _ in range(reps):
                 t = time.process_time()
                 many()
@@ -146,6 +171,24 @@ def child(framework: str, mode: str, redis_url: str, n: int, reps: int, profile:
     if mode != "none" and not cookie:
         raise SystemExit(f"{framework}/{mode}: /login set no cookie")
     print(json.dumps(results))
+
+
+def _counted(fn: Any) -> None:
+    """Run ``fn`` once inside ``math.fsum``: callgrind collects only there (``--callgrind``)."""
+    gc.collect()
+    gc.freeze()  # the warm heap is not traversed by the collections the counted requests cause
+
+    def inside() -> Any:
+        fn()
+        yield 0.0
+
+    math.fsum(inside())
+
+
+def _instructions(out_file: str) -> int:
+    """The instruction count callgrind wrote to ``out_file`` (its ``summary:`` line)."""
+    with open(out_file) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("summary:"))
 
 
 def _profile(fn: Any) -> None:
@@ -171,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5, help="timed batches per cell; median kept (default 5)")
     p.add_argument("--rounds", type=int, default=3, help="child processes per cell, modes interleaved (default 3)")
     p.add_argument("--profile", help="FRAMEWORK:MODE:ENDPOINT: print a cProfile of that cell")
+    p.add_argument("--callgrind", action="store_true", help="count instructions per request under valgrind instead")
     p.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "MODE", "URL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -180,12 +224,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from fastsess.server import RedisServer
 
-    def run(fw: str, mode: str, url: str, profile: str | None = None) -> str:
+    def run(fw: str, mode: str, url: str, profile: str | None = None, rnd: int = 0) -> str:
         env = dict(os.environ)
         if profile:
             env["HTTP_INPROCESS_PROFILE"] = profile
         cmd = [sys.executable, __file__, "--child", fw, mode, url, "-n", str(args.n), "--reps", str(args.reps)]
-        return subprocess.run(cmd, env=env, capture_output=not profile, text=True, check=True).stdout
+        if not args.callgrind:
+            return subprocess.run(cmd, env=env, capture_output=not profile, text=True, check=True).stdout
+        counts = {}
+        for ep in ("read", "write"):  # one child per endpoint: callgrind counts all that runs in math.fsum
+            env.update(HTTP_INPROCESS_CALLGRIND=ep, PYTHONHASHSEED=str(rnd))
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "callgrind.out")
+                subprocess.run(
+                    ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=math_fsum",
+                     f"--callgrind-out-file={out}", *cmd],
+                    env=env, capture_output=True, text=True, check=True,
+                )
+                counts[ep] = [_instructions(out) / args.n]
+        return json.dumps(counts)
 
     with RedisServer() as server:
         if args.profile:
@@ -198,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for fw in frameworks:
                 for mode in (modes if rnd % 2 == 0 else tuple(reversed(modes))):
-                    out = json.loads(run(fw, mode, server.url).strip().splitlines()[-1])
+                    out = json.loads(run(fw, mode, server.url, rnd=rnd).strip().splitlines()[-1])
                     for ep, values in out.items():
                         times.setdefault((fw, mode, ep), []).extend(values)
-    print(f"CPU us per request, in process (median of {args.rounds} x {args.reps} batches of {args.n}); cost = mode - none")
+    if args.callgrind:
+        print(f"instructions per request, in process (median of {args.rounds} rounds of {args.n}); cost = mode - none")
+    else:
+        print(f"CPU us per request, in process (median of {args.rounds} x {args.reps} batches of {args.n}); cost = mode - none")
     for fw in frameworks:
         for ep in ("read", "write"):
             med = {m: statistics.median(times[(fw, m, ep)]) for m in modes}

@@ -467,7 +467,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no type i
     # SessionBase's ``session_key`` / ``_session_key`` properties (the latter validating on
     # assignment), with a C getter instead of a Python method: the middleware and load() read
     # the key several times per request.
-    session_key = property(_key_of, doc="The session key (None until a session is stored).")
+    session_key = property(_key_of, doc="The session key, or None (no session yet, or the cookie held no valid key).")
     _session_key = property(_key_of, SessionBase._set_session_key)
 
     def _get_session(self, no_load: bool = False) -> dict[str, Any]:
