@@ -37,15 +37,17 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from fastsess.benchmarks.cache import STORED_LEN, THREAD_SIZE, random_keys
 from fastsess.benchmarks.timing import VALUE, summarize
 from fastsess.cache import IMPLEMENTATION, LocalCache
 
+K = TypeVar("K")
 
-def _timed(get_reader: Callable[[], Callable[[Any], Any]], keys: Sequence[str], threads: int) -> tuple[float, float]:
+
+def timed(get_reader: Callable[[], Callable[[Any], Any]], keys: Sequence[str], threads: int) -> tuple[float, float]:
     """Wall and process CPU seconds for ``threads`` threads to read ``keys`` (split evenly).
 
     ``get_reader()`` is called in each thread for the ``get`` that thread calls.
@@ -69,9 +71,27 @@ def _timed(get_reader: Callable[[], Callable[[Any], Any]], keys: Sequence[str], 
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _fixed(read: Callable[[Any], Any]) -> Callable[[], Callable[[Any], Any]]:
+def fixed(read: Callable[[Any], Any]) -> Callable[[], Callable[[Any], Any]]:
     """A reader factory handing every thread the same bound ``get``."""
     return lambda: read
+
+
+def interleaved(
+    readers: Mapping[K, Callable[[], Callable[[Any], Any]]], probes: Sequence[str], counts: Sequence[int], runs: int,
+) -> tuple[dict[tuple[K, int], list[float]], dict[tuple[K, int], list[float]]]:
+    """Wall and process CPU seconds of every (reader, thread count), 1 thread and each of
+    ``counts``: ``runs`` rounds, each measuring every cell once (``timed``) in an order that
+    rotates from round to round, so a shared machine's drift hits them alike."""
+    cells = [(name, n) for name in readers for n in [1, *counts]]
+    wall: dict[tuple[K, int], list[float]] = {c: [] for c in cells}
+    cpu: dict[tuple[K, int], list[float]] = {c: [] for c in cells}
+    for i in range(runs):
+        k = i % len(cells)
+        for name, n in cells[k:] + cells[:k]:
+            w, c = timed(readers[name], probes, n)
+            wall[(name, n)].append(w)
+            cpu[(name, n)].append(c)
+    return wall, cpu
 
 
 def _bound_in_thread(cache: Any, copy: bool = False) -> Callable[[], Callable[[Any], Any]]:
@@ -97,8 +117,8 @@ def _readers(keys: Sequence[str]) -> dict[tuple[str, str], Callable[[], Callable
             d[k] = value
             local.set(k, value)
         if shape == "shared":
-            out[("dict", shape)] = _fixed(d.get)
-            out[(local_name, shape)] = _fixed(local.get)
+            out[("dict", shape)] = fixed(d.get)
+            out[(local_name, shape)] = fixed(local.get)
         else:
             out[("dict", shape)] = _bound_in_thread(d)
             out[(local_name, shape)] = _bound_in_thread(local)
@@ -123,18 +143,10 @@ def main(argv: list[str]) -> None:
     probes = rng.choices(keys, k=hits)
     readers = _readers(keys)
     for get_reader in readers.values():  # warm-up
-        _timed(get_reader, probes[:100_000], 1)
+        timed(get_reader, probes[:100_000], 1)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; CPython {sys.version.split()[0]} "
           f"({_gil_state()}); {os.cpu_count()} CPUs; {hits:,} hits on {THREAD_SIZE:,} entries, {runs} runs", flush=True)
-    cells = [(name, n) for name in readers for n in [1, *counts]]
-    wall: dict[tuple[tuple[str, str], int], list[float]] = {c: [] for c in cells}
-    cpu: dict[tuple[tuple[str, str], int], list[float]] = {c: [] for c in cells}
-    for i in range(runs):
-        k = i % len(cells)
-        for name, n in cells[k:] + cells[:k]:
-            w, c = _timed(readers[name], probes, n)
-            wall[(name, n)].append(w)
-            cpu[(name, n)].append(c)
+    wall, cpu = interleaved(readers, probes, counts, runs)
     for name in readers:
         one_wall = summarize(wall[(name, 1)])
         print(f"{name[0]:<16} {name[1]:<6} 1 thread: {one_wall['median'] * 1e3:.0f} ms wall "

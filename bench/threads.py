@@ -17,31 +17,13 @@ from __future__ import annotations
 import os
 import random
 import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
 from typing import Any
+
+from freethreaded import fixed, interleaved, timed  # bench/, this script's directory
 
 from fastsess.benchmarks.cache import STORED_LEN, random_keys
 from fastsess.benchmarks.timing import VALUE, summarize
 from fastsess.cache import IMPLEMENTATION, LocalCache
-
-
-def _timed(read: Callable[[Any], Any], keys: Sequence[str], threads: int) -> tuple[float, float]:
-    """Wall and process CPU seconds for ``threads`` threads to read ``keys`` (split evenly)."""
-
-    def work(part: Sequence[str]) -> None:
-        for k in part:
-            read(k)
-
-    parts = [keys[i::threads] for i in range(threads)]
-    workers = [threading.Thread(target=work, args=(part,)) for part in parts]
-    c0, t0 = time.process_time(), time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv: list[str]) -> None:
@@ -57,20 +39,12 @@ def main(argv: list[str]) -> None:
     for k in keys:
         d[k] = VALUE
         local.set(k, VALUE)
-    readers = {"dict": d.get, f"LocalCache ({IMPLEMENTATION})": local.get}
-    for read in readers.values():  # warm-up
-        _timed(read, probes[:100_000], 1)
+    readers = {"dict": fixed(d.get), f"LocalCache ({IMPLEMENTATION})": fixed(local.get)}
+    for get_reader in readers.values():  # warm-up
+        timed(get_reader, probes[:100_000], 1)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; CPython {sys.version.split()[0]}; "
           f"{hits:,} hits on {size:,} entries, {runs} runs", flush=True)
-    cells = [(name, n) for name in readers for n in (1, 2)]
-    wall: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
-    cpu: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
-    for i in range(runs):
-        k = i % len(cells)
-        for name, n in cells[k:] + cells[:k]:
-            w, c = _timed(readers[name], probes, n)
-            wall[(name, n)].append(w)
-            cpu[(name, n)].append(c)
+    wall, cpu = interleaved(readers, probes, [2], runs)
     for name in readers:
         for label, table in (("wall", wall), ("CPU", cpu)):
             ratios = [two / one for one, two in zip(table[(name, 1)], table[(name, 2)])]
