@@ -260,27 +260,103 @@ def breaker_failed(breaker: CircuitBreaker, exc: BaseException) -> None:
         breaker.failed(exc)
 
 
-def execute(client: Any, command: Command) -> Any:
-    """Send one command with a sync client (an unknown script is sent whole with EVAL; a
-    ``PIPELINE`` command's commands go as one non-transactional pipeline).
+# Commands a store sends on its hot paths (load, save, touch) whose raw reply is what the
+# store expects (redis-py's response callbacks for them only turn SET's OK into True,
+# and the store takes bool() of it): ``execute`` sends these straight on a pooled
+# connection.  redis-py's ``execute_command`` costs ~25 us of Python per command on
+# redis-py 8 (observability hooks, option parsing, the callback lookup), a quarter of a
+# loopback round trip.
+DIRECT = frozenset({"GET", "GETRANGE", "GETEX", "SET", "EVALSHA", "EVAL"})
+
+
+def _direct_pool(client: Any) -> Any:
+    """The connection pool to send ``DIRECT`` commands on for ``client``, or None: only a
+    plain ``redis.Redis``/``redis.asyncio.Redis`` on a pool (not a single-connection
+    client, not a cluster, not redis-py's own client-side cache, which its
+    ``execute_command`` serves)."""
+    if client.connection is not None or getattr(client, "single_connection_client", False):
+        return None
+    pool = client.connection_pool
+    if getattr(pool, "cache", None) is not None or getattr(pool, "_cache", None) is not None:
+        return None
+    return pool
+
+
+def _fail_callback(client: Any, connection: Any) -> Callable[[Exception], Any]:
+    """What ``connection.retry`` does after a failed attempt, as the client's own
+    ``execute_command`` does: redis-py 5.x disconnects and re-raises an error its
+    ``retry_on_error`` does not name; later ones leave that to the ``Retry`` and disconnect."""
+    disconnect_raise = getattr(client, "_disconnect_raise", None)
+    if disconnect_raise is not None:
+        return lambda error: disconnect_raise(connection, error)
+    return lambda _error: connection.disconnect()
+
+
+def _send(connection: Any, args: tuple[Any, ...]) -> Any:
+    connection.send_packed_command(connection.pack_command(*args))
+    return connection.read_response()
+
+
+def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
+    """``client.execute_command(*args)`` for a ``DIRECT`` command, without its overhead:
+    one pooled connection, the client's retry policy, the raw reply.
 
     Raises:
         redis.RedisError, OSError: the command failed.
     """
-    if command[1] is STAGE:
-        return stage(client, *command[2])
-    if command[1] is PIPELINE:
-        return pipeline(client, command[2]).execute()
-    if command[1] is PAUSE:
-        time.sleep(command[2][0])
-        return None
+    connection = pool.get_connection(*_POOL_ARGS)
     try:
-        return client.execute_command(*command[2])
+        return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+    finally:
+        pool.release(connection)
+
+
+def execute(client: Any, command: Command) -> Any:
+    """Send one command with a sync client (an unknown script is sent whole with EVAL; a
+    ``PIPELINE`` command's commands go as one non-transactional pipeline; a ``DIRECT``
+    command on a plain client straight on a pooled connection).
+
+    Raises:
+        redis.RedisError, OSError: the command failed.
+    """
+    script, args = command[1], command[2]
+    if script is STAGE:
+        return stage(client, *args)
+    if script is PIPELINE:
+        return pipeline(client, args).execute()
+    if script is PAUSE:
+        time.sleep(args[0])
+        return None
+    pool = _direct_pool(client) if args[0] in DIRECT and isinstance(client, redis.Redis) else None
+    try:
+        if pool is not None:
+            return _direct(client, pool, args)
+        return client.execute_command(*args)
     except NoScriptError:
-        script = command[1]
         if script is None:
             raise
-        return client.execute_command("EVAL", script.text, *command[2][2:])
+        if pool is not None:
+            return _direct(client, pool, ("EVAL", script.text, *args[2:]))
+        return client.execute_command("EVAL", script.text, *args[2:])
+
+
+async def _send_async(connection: Any, args: tuple[Any, ...]) -> Any:
+    await connection.send_packed_command(connection.pack_command(*args))
+    return await connection.read_response()
+
+
+async def _direct_async(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
+    """``_direct`` with a ``redis.asyncio`` client (its connection disconnects itself if
+    the exchange is interrupted, a cancellation included: no reply is left unread).
+
+    Raises:
+        redis.RedisError, OSError: the command failed.
+    """
+    connection = await pool.get_connection(*_POOL_ARGS)
+    try:
+        return await connection.retry.call_with_retry(lambda: _send_async(connection, args), _fail_callback(client, connection))
+    finally:
+        await pool.release(connection)
 
 
 async def execute_async(client: Any, command: Command) -> Any:
@@ -289,20 +365,25 @@ async def execute_async(client: Any, command: Command) -> Any:
     Raises:
         redis.RedisError, OSError: the command failed.
     """
-    if command[1] is STAGE:
-        return await stage_async(client, *command[2])
-    if command[1] is PIPELINE:
-        return await pipeline(client, command[2]).execute()
-    if command[1] is PAUSE:
-        await asyncio.sleep(command[2][0])
+    script, args = command[1], command[2]
+    if script is STAGE:
+        return await stage_async(client, *args)
+    if script is PIPELINE:
+        return await pipeline(client, args).execute()
+    if script is PAUSE:
+        await asyncio.sleep(args[0])
         return None
+    pool = _direct_pool(client) if args[0] in DIRECT and isinstance(client, redis.asyncio.Redis) else None
     try:
-        return await client.execute_command(*command[2])
+        if pool is not None:
+            return await _direct_async(client, pool, args)
+        return await client.execute_command(*args)
     except NoScriptError:
-        script = command[1]
         if script is None:
             raise
-        return await client.execute_command("EVAL", script.text, *command[2][2:])
+        if pool is not None:
+            return await _direct_async(client, pool, ("EVAL", script.text, *args[2:]))
+        return await client.execute_command("EVAL", script.text, *args[2:])
 
 
 # redis-py < 5.3 wants a command name for ``ConnectionPool.get_connection``; later ones
