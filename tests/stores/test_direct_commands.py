@@ -20,6 +20,7 @@ import redis.asyncio
 
 import fastsess.asyncio as fa
 from fastsess import RedisStore
+from fastsess._redis import _direct_pool
 from fastsess.errors import SessionCorrupt, StoreUnavailable
 
 
@@ -220,3 +221,16 @@ async def test_async_cancelled_direct_commands_leave_the_store_usable(redis_url:
             assert (await store.load(s.id)).data["n"] in (steps - 1, steps, -1)
     finally:
         await store.close()
+
+
+def test_a_client_with_redis_py_client_side_cache_keeps_execute_command() -> None:
+    """redis-py's own client-side cache answers in ``execute_command``: such a client keeps it.
+    (redis-py refuses that cache below Redis 7.4, so this checks the decision, not a round trip.)"""
+    plain = redis.Redis(port=1)
+    assert _direct_pool(plain) is plain.connection_pool
+    try:
+        from redis.cache import CacheConfig
+    except ImportError:  # redis-py before 5.1 has no CacheConfig and no pool-level cache
+        assert tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 1)
+        return
+    assert _direct_pool(redis.Redis(port=1, protocol=3, cache_config=CacheConfig())) is None
