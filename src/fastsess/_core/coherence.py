@@ -272,6 +272,11 @@ class CoherentCache:
                     return
             uncertain[session_id] = max(until, uncertain.get(session_id, 0.0))
 
+    def watching(self) -> bool:
+        """True while some id has a write of unknown outcome (``mark_uncertain``): then this
+        node's own messages must go through ``own_message``."""
+        return bool(self._uncertain or self._uncertain_all)
+
     def own_message(self, kind: str, session_id: str | None) -> bool:
         """Apply one of this node's own messages, echoed back by Redis: normally nothing
         (the write already updated this cache), an invalidation if a write of that id had

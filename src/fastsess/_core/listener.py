@@ -58,7 +58,16 @@ from typing import Any, NamedTuple, Protocol
 
 from ..config import ClusterConfig
 from .coherence import CoherentCache
-from .messages import CLEARED, DELETED, DELETED_MANY, INVALIDATED, decode_message, encode_message, new_instance_id
+from .messages import (
+    CLEARED,
+    DELETED,
+    DELETED_MANY,
+    INVALIDATED,
+    MAX_MESSAGE_BYTES,
+    decode_message,
+    encode_message,
+    new_instance_id,
+)
 from .ops import Command, script
 from .sequence import CLEARED_ID, REPLAY_LUA, log_keys, parse_replay
 from .slots import ShardMap, key_slot
@@ -69,6 +78,7 @@ log = logging.getLogger("fastsess.cluster")
 # After the slot map changed, writers publish on the plain channel for this many
 # subscribe_timeouts before using the new shard channels (see adopt_shards).
 SHARD_MAP_WAIT = 4
+MAX_PENDING_ECHOES = 1024  # own messages remembered for CoordinatorBase.own_echo
 MAX_BACKOFF_EXPONENT = 32  # failures beyond this give the same (capped) delay; 2**n stays a float
 
 
@@ -231,6 +241,7 @@ class ListenerMachine:
         self.epoch: str | None = None
         self.seq = 0
         self._dup_top = 0  # messages numbered up to this may repeat what the last replay read
+        self._epoch_bytes: tuple[str | None, bytes] = (None, b"")  # next_tail's packed epoch, for this epoch
         # Counters.
         self.gaps = 0  # live gaps in the sequence (each repaired by a replay)
         self.replays = 0  # replays that evicted what was missed and kept the rest
@@ -374,6 +385,30 @@ class ListenerMachine:
         self.gaps += 1
         log.info("%s: sequence gap (%d after %d); replaying the missed invalidations", self.channel, seq, self.seq)
         return (Dispatch(msg), *self._sync(expected))
+
+    def next_tail(self) -> bytes | None:
+        """LISTENING and sequenced: the bytes the next message in sequence ends with (the
+        epoch and sequence number the write script appends, ``SEQUENCE_LUA``); else None."""
+        epoch = self.epoch
+        if epoch is None or not self.sequenced or self.state != LISTENING:
+            return None
+        head = self._epoch_bytes
+        if head[0] is not epoch:
+            raw = epoch.encode()
+            head = self._epoch_bytes = (epoch, bytes((160 + len(raw),)) + raw + b"\xa2sq")
+        number = b"%d" % (self.seq + 1)
+        return head[1] + bytes((160 + len(number),)) + number
+
+    def own_echo(self, now: float) -> tuple[Action, ...]:
+        """A message arrived that is this node's own, well formed, and (sequenced) ends
+        with ``next_tail()``: what ``message`` does for it, without decoding it again."""
+        self._last_seen = now
+        if self.sequenced:
+            self.seq += 1
+            self._dup_top = 0
+        if now >= self._check_at and self.state == LISTENING:
+            return self.idle(now)
+        return NOTHING
 
     def pong(self, payload: Any, now: float) -> tuple[Action, ...]:
         """A PONG arrived: its PING's send time proves the cache current (serve again if
@@ -609,6 +644,10 @@ class CoordinatorBase:
         self.instance_id = new_instance_id(self.node_id)
         self._published = 0
         self._issued = 0  # messages built by message(): an upper bound on our own echoes
+        # Messages built by message() whose echo has not been recognised by own_echo yet:
+        # bytes -> how many (see own_echo).  Bounded: cleared when full (echoes of what was
+        # dropped take the general path).
+        self._pending: dict[bytes, int] = {}
         self._received = 0
         self._created = 0
         self._ignored_own = 0
@@ -634,12 +673,50 @@ class CoordinatorBase:
         """This node's wire message of type ``kind`` (for the store's write scripts).  When
         ``sequenced`` (default: the coordinator's), the bytes a sequenced script completes;
         else a whole message, to PUBLISH as it is."""
+        numbered = self.sequenced if sequenced is None else sequenced
+        data = encode_message(kind, session_id, self.instance_id, version, expires_in, ids, payload, created, numbered)
         with self._count_lock:
             self._issued += 1
-        return encode_message(
-            kind, session_id, self.instance_id, version, expires_in, ids, payload, created,
-            self.sequenced if sequenced is None else sequenced,
-        )
+            if numbered == self.sequenced and len(data) <= MAX_MESSAGE_BYTES:
+                pending = self._pending
+                if len(pending) >= MAX_PENDING_ECHOES:
+                    pending.clear()
+                pending[data] = pending.get(data, 0) + 1
+        return data
+
+    def own_echo(self, data: Any, now: float) -> tuple[Action, ...] | None:
+        """The listener's shortcut for this node's own echo: if ``data`` is, byte for byte,
+        a message ``message()`` built (and, sequenced, completed with the epoch and the
+        next sequence number), count it as ignored and advance the sequence; returns the
+        machine's actions.  None: not such a message, or something needs the general path
+        (``ListenerMachine.message`` then ``apply_message``), which does the same for it:
+        tracking on, an id with a write of unknown outcome, more echoes than messages
+        built (``foreign_own_id``), not listening, another epoch or sequence number.
+        """
+        if self.tracking is not None or type(data) is not bytes:
+            return None
+        cache = self.cache
+        if cache is not None and cache.watching():
+            return None
+        machine = self.machine
+        if self.sequenced:
+            tail = machine.next_tail()
+            if tail is None or not data.endswith(tail):
+                return None
+            data = data[:-len(tail)]
+        elif machine.state != LISTENING:
+            return None
+        pending = self._pending
+        with self._count_lock:
+            left = pending.get(data)
+            if left is None or self._ignored_own >= self._issued:
+                return None
+            if left == 1:
+                del pending[data]
+            else:
+                pending[data] = left - 1
+            self._ignored_own += 1
+        return machine.own_echo(now)
 
     def channel_for(self, key: str) -> str:
         """The channel a write script publishes the invalidation of ``key`` on: the shard

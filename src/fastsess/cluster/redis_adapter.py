@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 
+from .resp import MORE, SocketReader, plain_socket
+
 log = logging.getLogger("fastsess.cluster")
 
 # Settings that are redis-py objects of the sync *or* asyncio flavour, or that the
@@ -183,16 +185,23 @@ async def aclose_quietly(client: Any) -> None:
 
 
 class Link:
-    """The listener's connection: a ``PubSub`` of its own, and how to read and wake it.
+    """The listener's connection, and how to read and wake it.
 
-    Until the subscription is confirmed it is read through ``get_message`` (which keeps
-    redis-py's own subscription state); from ``listening()`` on, straight off the socket
-    when ``raw_reader`` can (RESP2), and ``fds`` holds the socket to wait on with ``select``
-    (empty: none exposed, read with a blocking timeout instead).  ``source`` is always 0
-    (one connection).
+    When ``listener_client`` made a private client (a standalone or Sentinel-managed
+    server: RESP2, no retries), the connection is one of its pool's, used raw: SUBSCRIBE
+    is sent on it and every reply is read off its socket by a ``SocketReader`` (TLS:
+    redis-py's ``read_response``), so redis-py's pub/sub bookkeeping costs nothing per
+    message.  Otherwise (the application's own client: a sync ``RedisCluster``, a sync
+    Sentinel-managed client, a custom connection class, possibly RESP3) it is a
+    ``PubSub``, read through ``get_message`` until the subscription is confirmed, then
+    straight off the connection when ``raw_reader`` can (RESP2).
+
+    ``fds`` holds the socket to wait on with ``select`` (empty: none exposed, read with a
+    blocking timeout instead); after ``select`` says it is readable, ``receive()`` reads
+    it and ``next_event(0)`` hands out what was read.  ``source`` is always 0.
     """
 
-    __slots__ = ("commands", "fds", "made", "pubsub", "read")
+    __slots__ = ("commands", "connection", "fds", "made", "pubsub", "read", "socket_reader")
     source = 0
 
     def __init__(self, client: Any) -> None:
@@ -201,8 +210,13 @@ class Link:
         """
         listener, self.made = listener_client(client)
         self.commands: Any = listener  # for commands on another connection than the subscribed one (replays)
-        self.pubsub: Any = listener.pubsub()
+        self.connection: Any = None  # raw mode: the subscribed connection
+        self.pubsub: Any = None
+        pool = getattr(listener, "connection_pool", None)
+        if self.made is None or pool is None or is_cluster_client(listener):
+            self.pubsub = listener.pubsub()
         self.read: Callable[[float], Any] | None = None
+        self.socket_reader: SocketReader | None = None
         self.fds: list[int] = []
 
     def subscribe(self, channel: str) -> None:
@@ -211,24 +225,64 @@ class Link:
         Raises:
             redis.RedisError / OSError: the connection failed.
         """
-        self.pubsub.subscribe(channel)
+        if self.pubsub is not None:
+            self.pubsub.subscribe(channel)
+            return
+        connection = self.connection = _pool_connection(self.commands.connection_pool)
+        connection.connect()
+        sock = getattr(connection, "_sock", None)
+        if sock is not None and plain_socket(sock):
+            self.socket_reader = SocketReader(sock)
+        else:
+            self.read = _reader(connection)
+        connection.send_command("SUBSCRIBE", channel)
+        if sock is not None:
+            self.fds = [sock.fileno()]
 
     def listening(self) -> None:
-        """The subscription is confirmed: read raw RESP from now on, if possible."""
+        """The subscription is confirmed: a ``PubSub`` is read raw from now on, if possible."""
+        if self.pubsub is None:
+            return
         self.read = raw_reader(self.pubsub)
         sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
         self.fds = [sock.fileno()] if sock is not None else []
 
+    def receive(self) -> None:
+        """After ``select`` found the socket readable: read what it holds (only a
+        ``SocketReader`` reads here; the other ways read in ``next_event``).
+
+        Raises:
+            redis.ConnectionError / OSError: the connection failed.
+        """
+        if self.socket_reader is not None:
+            self.socket_reader.receive()
+
     def next_event(self, timeout: float) -> tuple[str, Any] | None:
-        """The next reply as (type, payload), or None if nothing came within ``timeout`` seconds.
+        """The next reply as (type, payload), or None if nothing came within ``timeout``
+        seconds (with a ``SocketReader`` and ``timeout`` 0: nothing read yet, see ``receive``).
 
         Raises:
             redis.RedisError / OSError: the connection failed.
         """
+        reader = self.socket_reader
+        if reader is not None:
+            reply = reader.reply()
+            if reply is MORE:
+                if timeout <= 0 or not select.select(self.fds, [], [], timeout)[0]:
+                    return None
+                reader.receive()
+                reply = reader.reply()
+                if reply is MORE:
+                    return None
+            return _event(reply)
         read = self.read
         if read is not None:
             reply = read(timeout)
-            return None if reply is None else (reply[0].decode("ascii", "replace"), reply[-1])
+            if reply is None:
+                return None
+            if self.pubsub is None:
+                return _event(reply)
+            return (reply[0].decode("ascii", "replace"), reply[-1])
         message = self.pubsub.get_message(timeout=timeout)
         return None if message is None else (message["type"], message["data"])
 
@@ -238,12 +292,18 @@ class Link:
         Raises:
             redis.RedisError / OSError: the connection failed.
         """
-        self.pubsub.ping(message)
+        if self.pubsub is not None:
+            self.pubsub.ping(message)
+        elif message is None:
+            self.connection.send_command("PING")
+        else:
+            self.connection.send_command("PING", message)
 
     def shutdown(self) -> None:
         """Shut the socket down (not close: the fd stays valid for a thread still reading
         it), so a blocking read returns at once."""
-        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        connection = self.connection if self.pubsub is None else getattr(self.pubsub, "connection", None)
+        sock = getattr(connection, "_sock", None)
         if sock is None:
             return
         try:
@@ -252,10 +312,35 @@ class Link:
             pass
 
     def close(self) -> None:
-        """Close the pub/sub connection and the client made for it; never raises."""
-        close_quietly(self.pubsub)
+        """Close the subscribed connection and the client made for it; never raises."""
+        if self.pubsub is not None:
+            close_quietly(self.pubsub)
+        elif self.connection is not None:
+            close_quietly(_Disconnect(self.connection))
         if self.made is not None:
             close_quietly(self.made)
+
+
+def _event(reply: Any) -> tuple[str, Any]:
+    """A raw RESP2 reply of a subscribed connection as ``Link.next_event``'s (type, payload).
+
+    Raises:
+        redis.ResponseError: an error reply.
+    """
+    if type(reply) is not list or not reply:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return ("reply", None)
+    kind = reply[0]
+    if kind == b"message" and len(reply) == 3:
+        return ("message", reply[2])
+    if kind == b"pong":
+        return ("pong", reply[-1])
+    if kind == b"subscribe":
+        return ("subscribe", None)
+    if kind == b"unsubscribe":
+        return ("unsubscribe", None)
+    return ("reply", None)
 
 
 # -- NodeLink: raw RESP2 connections, one per master ------------------------------------------
@@ -486,6 +571,9 @@ class NodeLink:
 
     def listening(self) -> None:
         """Nothing to switch: replies are read raw from the start."""
+
+    def receive(self) -> None:
+        """Nothing: ``next_event`` reads."""
 
     # -- reading ----------------------------------------------------------------------
 

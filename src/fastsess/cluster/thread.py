@@ -292,6 +292,7 @@ class ThreadedCoordinator(CoordinatorBase):
                 ready = select.select(fds, [], [], wait)[0]
                 self._waiting = False
                 if ready:
+                    link.receive()
                     event = link.next_event(0)
         else:
             event = link.next_event(wait)
@@ -301,6 +302,10 @@ class ThreadedCoordinator(CoordinatorBase):
         kind, data = event
         self.source = link.source
         if kind == "message":
+            if self._pending:
+                actions = self.own_echo(data, now)
+                if actions is not None:
+                    return actions
             return machine.message(data, now)
         if kind == "tracked":
             return machine.tracked(data, now)

@@ -1,0 +1,228 @@
+"""The listener's own RESP2 reading (``fastsess.cluster.resp``): replies cut right however
+the bytes arrive, garbage refused, and the listener reading a real server with it."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastsess import ClusterConfig, ClusteredRedisStore
+from fastsess.cluster.redis_adapter import Link, _event
+from fastsess.cluster.resp import MORE, ProtocolError, RespParser, SocketReader
+
+from ..support.waiting import wait_until
+
+
+def encode(value: Any) -> bytes:
+    """RESP2 bytes of ``value``: bytes -> bulk, int -> integer, list -> array, None -> null bulk."""
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    return b"*%d\r\n" % len(value) + b"".join(encode(v) for v in value)
+
+
+def all_replies(parser: RespParser) -> list[Any]:
+    out = []
+    while (reply := parser.gets()) is not MORE:
+        out.append(reply)
+    return out
+
+
+MESSAGE = [b"message", b"ch", b"\x86\xa1t\xabinvalidated\r\n$3\r\n*3\r\n"]  # CRLFs and RESP inside the payload
+REPLIES = [
+    [b"subscribe", b"ch", 1],
+    MESSAGE,
+    [b"pong", b"17"],
+    [b"message", b"ch", b""],
+    [b"unsubscribe", b"ch", 0],
+    [b"message", b"other", b"x" * 70_000],
+    [b"pong", b""],
+]
+STREAM = b"".join(encode(r) for r in REPLIES)
+
+
+def test_every_reply_of_a_subscribed_connection() -> None:
+    p = RespParser()
+    p.feed(STREAM)
+    assert all_replies(p) == REPLIES and p.buffered == 0
+
+
+def test_split_at_every_byte_gives_the_same_replies() -> None:
+    stream = b"".join(encode(r) for r in REPLIES[:5])
+    for cut in range(len(stream) + 1):
+        p = RespParser()
+        p.feed(stream[:cut])
+        got = all_replies(p)
+        p.feed(stream[cut:])
+        assert got + all_replies(p) == REPLIES[:5], cut
+
+
+def test_one_byte_at_a_time() -> None:
+    p = RespParser()
+    got = []
+    for i in range(len(STREAM)):
+        p.feed(STREAM[i:i + 1])
+        got += all_replies(p)
+    assert got == REPLIES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_any_split_into_reads(cuts: list[int]) -> None:
+    p = RespParser()
+    got: list[Any] = []
+    edges = [0, *sorted(cuts), len(STREAM)]
+    for a, b in zip(edges, edges[1:]):
+        p.feed(STREAM[a:b])
+        got += all_replies(p)
+    assert got == REPLIES
+
+
+def test_other_reply_types() -> None:
+    p = RespParser()
+    p.feed(b"+OK\r\n:-3\r\n$-1\r\n*-1\r\n*0\r\n*2\r\n*1\r\n:1\r\n$0\r\n\r\n-ERR wrong\r\n")
+    ok, number, null, null_array, empty, nested, error = all_replies(p)
+    assert (ok, number, null, null_array, empty, nested) == (b"OK", -3, None, None, [], [[1], b""])
+    assert isinstance(error, redis.ResponseError) and str(error) == "ERR wrong"
+
+
+@pytest.mark.parametrize("garbage", [
+    b"?what\r\n",  # no such type
+    b"$abc\r\n",  # not a length
+    b"$-5\r\n",  # a negative length other than -1
+    b"*-2\r\n",
+    b"$ 3\r\nabc\r\n",  # int() would take it; RESP does not
+    b"$3\r\nabcd\r\n",  # the bulk string is longer than it says
+    b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabcd\r\n",  # the same inside a message
+    b"*3\r\n$7\r\nmessage\r\n$x\r\nch\r\n",
+    b"$99999999999999999999999\r\n",
+    b"*9\r\n" + b"*1\r\n" * 9 + b":1\r\n",  # nested too deep
+    b"+" + b"a" * 70_000,  # a line that never ends
+    b":1_000\r\n",
+])
+def test_garbage_is_a_protocol_error(garbage: bytes) -> None:
+    p = RespParser()
+    p.feed(garbage)
+    with pytest.raises(ProtocolError):
+        p.gets()
+    assert issubclass(ProtocolError, redis.ConnectionError)  # the listener reconnects, as for a drop
+
+
+def test_an_incomplete_message_waits_for_the_rest() -> None:
+    frame = encode(MESSAGE)
+    p = RespParser()
+    p.feed(frame[:-1])  # all but the final LF
+    assert p.gets() is MORE and p.buffered == len(frame) - 1
+    p.feed(frame[-1:] + frame[:3])
+    assert p.gets() == MESSAGE and p.gets() is MORE
+    p.feed(frame[3:])
+    assert p.gets() == MESSAGE
+
+
+def test_events_of_raw_replies() -> None:
+    assert _event([b"message", b"ch", b"data"]) == ("message", b"data")
+    assert _event([b"subscribe", b"ch", 1]) == ("subscribe", None)
+    assert _event([b"unsubscribe", b"ch", 0]) == ("unsubscribe", None)
+    assert _event([b"pong", b"3"]) == ("pong", b"3")
+    assert _event([b"psubscribe", b"x", 1]) == _event(b"OK") == _event([]) == ("reply", None)
+    with pytest.raises(redis.ResponseError):
+        _event(redis.ResponseError("ERR no"))
+
+
+def test_a_long_reply_in_many_small_reads_is_joined_once() -> None:
+    big = [b"message", b"ch", bytes(range(256)) * 8192]  # 2 MB
+    frame = encode(big)
+    p = RespParser()
+    started = time.perf_counter()
+    for i in range(0, len(frame), 1024):
+        p.feed(frame[i:i + 1024])
+        if i + 1024 < len(frame):
+            assert p.gets() is MORE
+    assert p.gets() == big and p.buffered == 0
+    assert time.perf_counter() - started < 2.0  # not quadratic: 2048 reads of 1 KB
+
+
+def test_socket_reader_reads_what_arrived_and_reports_the_end() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        reader = SocketReader(ours)
+        assert reader.reply() is MORE
+        frame = encode(MESSAGE)
+        theirs.sendall(frame[:10])
+        reader.receive()
+        assert reader.reply() is MORE
+        theirs.sendall(frame[10:] + encode([b"pong", b"1"]))
+        reader.receive()
+        assert reader.reply() == MESSAGE and reader.reply() == [b"pong", b"1"] and reader.reply() is MORE
+        theirs.shutdown(socket.SHUT_WR)
+        with pytest.raises(redis.ConnectionError):
+            reader.receive()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_socket_reader_on_a_socket_with_a_timeout_and_nothing_to_read() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        ours.settimeout(5.0)  # non-blocking underneath: a read with nothing there is no failure
+        reader = SocketReader(ours)
+        reader.receive()
+        assert reader.reply() is MORE
+    finally:
+        ours.close()
+        theirs.close()
+
+
+# -- the listener reading a real server this way --------------------------------------------
+
+
+def test_the_listener_reads_its_socket_itself(redis_url: str) -> None:
+    store = ClusteredRedisStore(url=redis_url, prefix="resp:", config=ClusterConfig(channel="resp:ch"))
+    try:
+        c = store.coordinator
+        assert c is not None and c.wait_subscribed(5.0)
+        link = c._link  # type: ignore[attr-defined]
+        assert isinstance(link, Link) and link.socket_reader is not None and link.pubsub is None
+        s = store.create({"n": 0})
+        store.save(s)
+        for n in range(1, 30):
+            s["n"] = n
+            assert store.save(s)
+        wait_until(lambda: c.stats.ignored_own == 30, 5, what="the 30 echoes")
+        assert c.stats.sequence >= 30 and c.stats.gaps == 0
+        # Every echo but the first went the short way (the first write on a fresh server
+        # begins the epoch: the general way, which leaves its bytes remembered, harmlessly).
+        assert len(c._pending) <= 1
+    finally:
+        store.close()
+
+
+def test_garbage_and_huge_messages_on_the_channel_are_dropped_not_fatal(redis_url: str) -> None:
+    store = ClusteredRedisStore(url=redis_url, prefix="resp2:", config=ClusterConfig(channel="resp2:ch"))
+    other = redis.Redis.from_url(redis_url)
+    try:
+        c = store.coordinator
+        assert c is not None and c.wait_subscribed(5.0)
+        s = store.create({"n": 0})
+        store.save(s)
+        before = c.stats
+        for data in (b"\r\n*3\r\n$7\r\nmessage\r\n", b"x" * 3_000_000, b"", b"$-1\r\n"):
+            other.publish("resp2:ch", data)
+        wait_until(lambda: c.stats.malformed == before.malformed + 4, 5, what="4 malformed messages")
+        time.sleep(0.05)
+        assert c.subscribed and c.stats.reconnects == before.reconnects
+        loaded = store.load(s.id)
+        assert loaded is not None and loaded["n"] == 0
+    finally:
+        other.close()
+        store.close()
