@@ -151,10 +151,11 @@ def test_a_long_reply_in_many_small_reads_is_joined_once() -> None:
     assert time.perf_counter() - started < 2.0  # not quadratic: 2048 reads of 1 KB
 
 
-def test_socket_reader_reads_what_arrived_and_reports_the_end() -> None:
+@pytest.mark.parametrize("use_hiredis", [True, False], ids=["hiredis-if-installed", "RespParser"])
+def test_socket_reader_reads_what_arrived_and_reports_the_end(use_hiredis: bool) -> None:
     ours, theirs = socket.socketpair()
     try:
-        reader = SocketReader(ours)
+        reader = SocketReader(ours, use_hiredis)
         assert reader.reply() is MORE
         frame = encode(MESSAGE)
         theirs.sendall(frame[:10])
@@ -163,6 +164,10 @@ def test_socket_reader_reads_what_arrived_and_reports_the_end() -> None:
         theirs.sendall(frame[10:] + encode([b"pong", b"1"]))
         reader.receive()
         assert reader.reply() == MESSAGE and reader.reply() == [b"pong", b"1"] and reader.reply() is MORE
+        theirs.sendall(b"?garbage\r\n")
+        reader.receive()
+        with pytest.raises(ProtocolError):
+            reader.reply()
         theirs.shutdown(socket.SHUT_WR)
         with pytest.raises(redis.ConnectionError):
             reader.receive()

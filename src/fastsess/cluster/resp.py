@@ -193,24 +193,40 @@ def plain_socket(sock: Any) -> bool:
     return isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket) and sock.fileno() >= 0
 
 
+def new_parser(use_hiredis: bool = True) -> Any:
+    """A parser with ``feed(bytes)`` and ``gets()`` (``MORE`` or False: no whole reply yet):
+    hiredis's ``Reader`` when hiredis is installed (and ``use_hiredis``), else ``RespParser``.
+    Both give the same replies, and both raise ``ProtocolError`` for what is not RESP2."""
+    if use_hiredis:
+        try:
+            import hiredis
+        except ImportError:
+            pass
+        else:
+            return hiredis.Reader(protocolError=ProtocolError, replyError=ResponseError)
+    return RespParser()
+
+
 class SocketReader:
     """Replies of one plain socket, read by the caller when ``select`` says it is readable.
 
     ``reply()`` is the next reply already read (``MORE``: none), without I/O;
     ``receive()`` reads once what the socket holds (never blocks when the socket is
     readable).  On POSIX ``os.read`` on the descriptor (one system call, whatever the
-    socket's timeout); elsewhere ``socket.recv``.
+    socket's timeout); elsewhere ``socket.recv``.  The replies are cut by ``new_parser()``.
 
     Raises (``receive``):
         redis.ConnectionError: the server closed the connection (or it was shut down).
         OSError: the read failed.
     """
 
-    __slots__ = ("_read", "fd", "parser")
+    __slots__ = ("_feed", "_gets", "_read", "fd", "parser")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, use_hiredis: bool = True) -> None:
         self.fd = sock.fileno()
-        self.parser = RespParser()
+        self.parser = new_parser(use_hiredis)
+        self._feed = self.parser.feed
+        self._gets = self.parser.gets
         if os.name == "posix":
             fd = self.fd
             self._read: Any = lambda: os.read(fd, READ_SIZE)
@@ -225,7 +241,7 @@ class SocketReader:
             return
         if not data:
             raise RedisConnectionError("the server closed the invalidation connection")
-        self.parser.feed(data)
+        self._feed(data)
 
     def reply(self) -> Any:
         """The next complete reply read so far, or ``MORE``.
@@ -233,4 +249,5 @@ class SocketReader:
         Raises:
             ProtocolError: the bytes are not RESP2.
         """
-        return self.parser.gets()
+        reply = self._gets()
+        return MORE if reply is False else reply  # hiredis: False (RESP2 has no booleans)
