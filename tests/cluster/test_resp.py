@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsess import ClusterConfig, ClusteredRedisStore
-from fastsess.cluster.redis_adapter import Link, _event
+from fastsess.cluster.redis_adapter import Link, link_event
 from fastsess.cluster.resp import MORE, ProtocolError, RespParser, SocketReader
 
 from ..support.waiting import wait_until
@@ -129,13 +129,13 @@ def test_an_incomplete_message_waits_for_the_rest() -> None:
 
 
 def test_events_of_raw_replies() -> None:
-    assert _event([b"message", b"ch", b"data"]) == ("message", b"data")
-    assert _event([b"subscribe", b"ch", 1]) == ("subscribe", None)
-    assert _event([b"unsubscribe", b"ch", 0]) == ("unsubscribe", None)
-    assert _event([b"pong", b"3"]) == ("pong", b"3")
-    assert _event([b"psubscribe", b"x", 1]) == _event(b"OK") == _event([]) == ("reply", None)
+    assert link_event([b"message", b"ch", b"data"]) == ("message", b"data")
+    assert link_event([b"subscribe", b"ch", 1]) == ("subscribe", None)
+    assert link_event([b"unsubscribe", b"ch", 0]) == ("unsubscribe", None)
+    assert link_event([b"pong", b"3"]) == ("pong", b"3")
+    assert link_event([b"psubscribe", b"x", 1]) == link_event(b"OK") == link_event([]) == ("reply", None)
     with pytest.raises(redis.ResponseError):
-        _event(redis.ResponseError("ERR no"))
+        link_event(redis.ResponseError("ERR no"))
 
 
 def test_a_long_reply_in_many_small_reads_is_joined_once() -> None:

@@ -708,12 +708,12 @@ class CoordinatorBase:
             return None
         pending = self._pending
         with self._count_lock:
-            left = pending.get(data)
-            if left is None or self._ignored_own >= self._issued:
+            if self._ignored_own >= self._issued:
                 return None
-            if left == 1:
-                del pending[data]
-            else:
+            left = pending.pop(data, 0)
+            if not left:
+                return None
+            if left > 1:
                 pending[data] = left - 1
             self._ignored_own += 1
         return machine.own_echo(now)

@@ -197,8 +197,8 @@ class Link:
     straight off the connection when ``raw_reader`` can (RESP2).
 
     ``fds`` holds the socket to wait on with ``select`` (empty: none exposed, read with a
-    blocking timeout instead); after ``select`` says it is readable, ``receive()`` reads
-    it and ``next_event(0)`` hands out what was read.  ``source`` is always 0.
+    blocking timeout instead).  The listener thread reads a ``socket_reader`` itself
+    (``ThreadedCoordinator._next_read``).  ``source`` is always 0.
     """
 
     __slots__ = ("commands", "connection", "fds", "made", "pubsub", "read", "socket_reader")
@@ -247,16 +247,6 @@ class Link:
         sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
         self.fds = [sock.fileno()] if sock is not None else []
 
-    def receive(self) -> None:
-        """After ``select`` found the socket readable: read what it holds (only a
-        ``SocketReader`` reads here; the other ways read in ``next_event``).
-
-        Raises:
-            redis.ConnectionError / OSError: the connection failed.
-        """
-        if self.socket_reader is not None:
-            self.socket_reader.receive()
-
     def next_event(self, timeout: float) -> tuple[str, Any] | None:
         """The next reply as (type, payload), or None if nothing came within ``timeout``
         seconds (with a ``SocketReader`` and ``timeout`` 0: nothing read yet, see ``receive``).
@@ -274,14 +264,14 @@ class Link:
                 reply = reader.reply()
                 if reply is MORE:
                     return None
-            return _event(reply)
+            return link_event(reply)
         read = self.read
         if read is not None:
             reply = read(timeout)
             if reply is None:
                 return None
             if self.pubsub is None:
-                return _event(reply)
+                return link_event(reply)
             return (reply[0].decode("ascii", "replace"), reply[-1])
         message = self.pubsub.get_message(timeout=timeout)
         return None if message is None else (message["type"], message["data"])
@@ -321,7 +311,7 @@ class Link:
             close_quietly(self.made)
 
 
-def _event(reply: Any) -> tuple[str, Any]:
+def link_event(reply: Any) -> tuple[str, Any]:
     """A raw RESP2 reply of a subscribed connection as ``Link.next_event``'s (type, payload).
 
     Raises:
@@ -571,9 +561,6 @@ class NodeLink:
 
     def listening(self) -> None:
         """Nothing to switch: replies are read raw from the start."""
-
-    def receive(self) -> None:
-        """Nothing: ``next_event`` reads."""
 
     # -- reading ----------------------------------------------------------------------
 
