@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from fastsess import ClusterConfig, ClusteredRedisStore
 from fastsess.cluster.redis_adapter import Link, link_event
 from fastsess.cluster.resp import MORE, ProtocolError, RespParser, SocketReader
+from fastsess.server import free_port
 
 from ..support.waiting import wait_until
 
@@ -231,3 +233,86 @@ def test_garbage_and_huge_messages_on_the_channel_are_dropped_not_fatal(redis_ur
     finally:
         other.close()
         store.close()
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate and its key for 127.0.0.1, as PEM files in ``directory``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def _two_nodes_agree(client_a: Any, client_b: Any, channel: str) -> tuple[ClusteredRedisStore, ClusteredRedisStore]:
+    """Stores A and B on these clients: B's cached copy is evicted by A's save, and each
+    store's own echo is counted as its own."""
+    a = ClusteredRedisStore(client=client_a, prefix="t:", config=ClusterConfig(channel=channel, node_id="A"))
+    b = ClusteredRedisStore(client=client_b, prefix="t:", config=ClusterConfig(channel=channel, node_id="B"))
+    for store in (a, b):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = a.create({"n": 0})
+    assert a.save(s)
+    wait_until(lambda: b.load(s.id) is not None and b._cache is not None and b._cache.get(s.id) is not None, 5, what="B caching")
+    s["n"] = 1
+    assert a.save(s)
+    wait_until(lambda: b._cache is not None and b._cache.get(s.id) is None, 5, what="B's copy evicted")
+    loaded = b.load(s.id)
+    assert loaded is not None and loaded["n"] == 1
+    assert a.coordinator is not None and b.coordinator is not None
+    wait_until(lambda: a.coordinator.stats.ignored_own == 2, 5, what="A's two echoes")  # type: ignore[union-attr]
+    assert a.coordinator.stats.foreign_own_id == b.coordinator.stats.foreign_own_id == 0
+    return a, b
+
+
+def test_over_a_unix_socket_the_listener_reads_it_itself(redis_server_factory: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "redis.sock")
+    redis_server_factory(extra_args=("--unixsocket", path, "--unixsocketperm", "700"))
+    clients = [redis.Redis(unix_socket_path=path) for _ in range(2)]
+    a, b = _two_nodes_agree(*clients, "unix:ch")
+    try:
+        link = b.coordinator._link  # type: ignore[union-attr]
+        assert isinstance(link, Link) and link.socket_reader is not None
+    finally:
+        a.close()
+        b.close()
+        for client in clients:
+            client.close()
+
+
+def test_over_tls_the_listener_reads_through_redis_py(redis_server_factory: Any, tmp_path: Path) -> None:
+    """A TLS socket is not read raw (the bytes are encrypted): redis-py's reader on the
+    listener's own connection, as before."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    redis_server_factory(extra_args=(
+        "--tls-port", str(port), "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
+        "--tls-auth-clients", "no",
+    ))
+    clients = [redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=cert) for _ in range(2)]
+    a, b = _two_nodes_agree(*clients, "tls:ch")
+    try:
+        link = b.coordinator._link  # type: ignore[union-attr]
+        assert isinstance(link, Link) and link.socket_reader is None and link.read is not None and link.pubsub is None
+    finally:
+        a.close()
+        b.close()
+        for client in clients:
+            client.close()
