@@ -148,7 +148,7 @@ class ThreadedCoordinator(CoordinatorBase):
                         continue
                     # Nothing to do but read; without a connection (the machine was told
                     # something by an older thread meanwhile) start over instead of spinning.
-                    actions = self._next_event(link) if link is not None else machine.start(time.monotonic())
+                    actions = self._next_event(link, stop) if link is not None else machine.start(time.monotonic())
                 except Exception as exc:  # noqa: BLE001 - the listener must survive anything
                     if stop.is_set():
                         break  # woken by stop(): not a connection problem
@@ -272,7 +272,7 @@ class ThreadedCoordinator(CoordinatorBase):
             assert script is not None
             return client.execute_command("EVAL", script.text, *command[2][2:])
 
-    def _next_event(self, link: Link | NodeLink) -> Sequence[Action]:
+    def _next_event(self, link: Link | NodeLink, stop: threading.Event) -> Sequence[Action]:
         """Wait for the next reply on ``link`` (at most until the machine's next timeout)
         and report it.
 
@@ -283,7 +283,7 @@ class ThreadedCoordinator(CoordinatorBase):
         if self._pending_shards is not None:
             self.shards_due(time.monotonic())
         if isinstance(link, Link) and link.socket_reader is not None:
-            return self._next_read(link, link.socket_reader)
+            return self._next_read(link, link.socket_reader, stop)
         wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
         fds = link.fds
         if fds:
@@ -303,41 +303,43 @@ class ThreadedCoordinator(CoordinatorBase):
             return machine.idle(now)
         return self._report(link, event, now)
 
-    def _next_read(self, link: Link, reader: SocketReader) -> Sequence[Action]:
+    def _next_read(self, link: Link, reader: SocketReader, stop: threading.Event) -> Sequence[Action]:
         """``_next_event`` for a ``Link`` read by its ``SocketReader``: the next reply read,
         else wait for the socket with select (which leaves the bytes in the socket until
         it is read: yield_to_listener sees them there) and read it once.  This node's own
-        echoes take ``own_echo``'s short way, as many in a row as were read.
+        echoes take ``own_echo``'s short way, one after another, waiting for more in
+        between without returning, until something else arrives, the machine has actions,
+        or its next timeout comes.
 
         Raises:
             Exception: the connection failed.
         """
         machine = self.machine
-        reply = reader.reply()
-        if reply is MORE:
-            wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
-            fds = link.fds
-            self._fds, self._waiting = fds, True
-            ready = select.select(fds, [], [], wait)[0]
-            self._waiting = False
-            if not ready:
-                return machine.idle(time.monotonic())
-            reader.receive()
-            reply = reader.reply()
-            if reply is MORE:  # part of a reply
-                return machine.idle(time.monotonic())
-        now = time.monotonic()
+        fds = link.fds
         self.source = 0
-        while type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+        while True:
+            reply = reader.reply()
+            if reply is MORE:
+                if stop.is_set():
+                    return ()
+                wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
+                self._fds, self._waiting = fds, True
+                ready = select.select(fds, [], [], wait)[0]
+                self._waiting = False
+                if not ready:
+                    return machine.idle(time.monotonic())
+                reader.receive()
+                reply = reader.reply()
+                if reply is MORE:  # part of a reply
+                    return machine.idle(time.monotonic())
+            now = time.monotonic()
+            if type(reply) is not list or len(reply) != 3 or reply[0] != b"message":
+                return self._report(link, link_event(reply), now)
             actions = self.own_echo(reply[2], now) if self._pending else None
             if actions is None:
                 return machine.message(reply[2], now)
             if actions:
                 return actions
-            reply = reader.reply()
-            if reply is MORE:
-                return actions
-        return self._report(link, link_event(reply), now)
 
     def _report(self, link: Link | NodeLink, event: tuple[str, Any], now: float) -> Sequence[Action]:
         """Tell the machine about ``event`` (a reply of ``link``, received at ``now``)."""
