@@ -316,26 +316,27 @@ class ThreadedCoordinator(CoordinatorBase):
         """
         machine = self.machine
         fds = link.fds
+        next_reply, receive, wait_for, clock, own_echo = reader.reply, reader.receive, select.select, time.monotonic, self.own_echo
         self.source = 0
         while True:
-            reply = reader.reply()
+            reply = next_reply()
             if reply is MORE:
                 if stop.is_set():
                     return ()
-                wait = min(POLL_INTERVAL, machine.timeout(time.monotonic()))
+                wait = min(POLL_INTERVAL, machine.timeout(clock()))
                 self._fds, self._waiting = fds, True
-                ready = select.select(fds, [], [], wait)[0]
+                ready = wait_for(fds, [], [], wait)[0]
                 self._waiting = False
                 if not ready:
-                    return machine.idle(time.monotonic())
-                reader.receive()
-                reply = reader.reply()
+                    return machine.idle(clock())
+                receive()
+                reply = next_reply()
                 if reply is MORE:  # part of a reply
-                    return machine.idle(time.monotonic())
-            now = time.monotonic()
+                    return machine.idle(clock())
+            now = clock()
             if type(reply) is not list or len(reply) != 3 or reply[0] != b"message":
                 return self._report(link, link_event(reply), now)
-            actions = self.own_echo(reply[2], now) if self._pending else None
+            actions = own_echo(reply[2], now) if self._pending else None
             if actions is None:
                 return machine.message(reply[2], now)
             if actions:
