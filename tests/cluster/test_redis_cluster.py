@@ -320,6 +320,7 @@ def test_one_shard_channel_per_master(cluster: list[RedisServer], stores: Any) -
     assert shards is not None and B.coordinator.shards is not None
     assert shards.channels == B.coordinator.shards.channels  # both nodes derive the same names
     assert len(shards.channels) == 3
+    assert len(A.coordinator._link.socket_readers) == 3  # one plain socket per master, read by the listener itself
     channel = A.coordinator.channel
     for name in shards.channels:
         assert name.startswith("{") and name.endswith("}" + channel)

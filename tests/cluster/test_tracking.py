@@ -87,6 +87,8 @@ def test_the_listener_registers_broadcast_tracking_for_the_prefix(tracked: Any, 
         assert c["redir"] == c["id"]  # notifications go to the subscribed connection itself
         assert "t" in c["flags"] and "B" in c["flags"]  # tracking on, BCAST mode
         assert int(c["sub"]) == 2  # the invalidation channel and __redis__:invalidate
+    link = A.coordinator._link
+    assert link is not None and len(link.socket_readers) == 1  # its plain socket, read by the listener itself
 
 
 def test_del_from_another_tool_evicts_within_milliseconds(tracked: Any, raw: redis.Redis) -> None:

@@ -436,6 +436,9 @@ class NodeLink:
         self.idle_timeout = idle_timeout
         self.connections: list[Any] = []
         self.readers: list[Callable[[float], Any]] = []
+        # Plain sockets are read by a SocketReader (by descriptor): their reader above only
+        # hands out what was read; next_event reads the sockets select finds readable.
+        self.socket_readers: dict[int, SocketReader] = {}
         self.fds: list[int] = []
         self.source = 0
         self.shards: Any = None  # a ShardMap when sharded pub/sub is used
@@ -552,8 +555,13 @@ class NodeLink:
             if self.sharded:
                 connection.send_command("SSUBSCRIBE", self.shards.channels[i])
                 self._pending += 1
-            self.readers.append(_reader(connection))
             sock = getattr(connection, "_sock", None)
+            if sock is not None and plain_socket(sock):
+                reader = SocketReader(sock)
+                self.socket_readers[sock.fileno()] = reader
+                self.readers.append(_buffered(reader))
+            else:
+                self.readers.append(_reader(connection))
             if sock is not None:
                 self.fds.append(sock.fileno())
             self._last.append(now)
@@ -610,6 +618,16 @@ class NodeLink:
                     self._last[i], self._pinged[i] = time.monotonic(), None
                     return self._event(reply)
             left = deadline - time.monotonic()
+            if self.socket_readers:
+                # Even with no time left, read what the sockets already hold.
+                ready = select.select(self.fds, [], [], max(left, 0.0))[0]
+                if not ready:
+                    return None
+                for fd in ready:
+                    reader = self.socket_readers.get(fd)
+                    if reader is not None:
+                        reader.receive()
+                continue
             if left <= 0 or not self.fds:
                 return None
             if not select.select(self.fds, [], [], left)[0]:
@@ -674,6 +692,24 @@ class NodeLink:
             close_quietly(_Disconnect(self._probe))
         if self._made is not None:
             close_quietly(self._made)
+
+
+def _buffered(reader: SocketReader) -> Callable[[float], Any]:
+    """``NodeLink``'s reader of a plain socket: the next reply its ``SocketReader`` has read
+    (None: none yet; the timeout is ignored: ``next_event`` reads the socket itself).
+
+    Raises:
+        redis.ResponseError: the reply is an error reply.
+        ProtocolError: the bytes read are not RESP2.
+    """
+    def read(timeout: float) -> Any:
+        reply = reader.reply()
+        if reply is MORE:
+            return None
+        if isinstance(reply, redis.ResponseError):
+            raise reply  # as redis-py's read_response does
+        return reply
+    return read
 
 
 class _Disconnect:
