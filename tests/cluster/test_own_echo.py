@@ -148,17 +148,47 @@ def test_an_own_echo_of_an_uncertain_write_still_invalidates() -> None:
     cache.mark_uncertain(sid)
     cached(cache, sid)
     cached(cache, other)
-    fast, _ = deliver(c, echo(c, 6, sid))
-    assert not fast and cache.get(sid) is None  # the write may have landed after what was cached
-    assert c.stats.ignored_own == 1 and c.stats.sequence == 6
+    assert deliver(c, echo(c, 6, sid))[0]
+    assert cache.get(sid) is None  # the write may have landed after what was cached
+    assert deliver(c, echo(c, 7, other))[0]
+    assert cache.get(other) is not None  # no unknown outcome for this one: kept
+    assert c.stats.ignored_own == 2 and c.stats.sequence == 7
 
 
-def test_with_tracking_the_echo_goes_the_general_way() -> None:
+def test_with_tracking_the_echo_marks_the_own_write() -> None:
+    """Tracking: the own echo tells the listener that the notification of that key on the
+    same connection is this node's own write (kept), as the general path does."""
     c = in_sync(CoherentCache(100, 60.0))
     c.tracking = TrackedChanges("p:")
-    sid = new_session_id()
-    assert not deliver(c, echo(c, 6, sid))[0]
+    c.source = 1
+    sid, outside = new_session_id(), new_session_id()
+    assert deliver(c, echo(c, 6, sid))[0]
+    assert c.tracking.notified(1, [b"p:" + sid.encode(), b"p:" + outside.encode()]) == [outside]
     assert c.stats.ignored_own == 1 and c.stats.sequence == 6
+
+
+def test_the_short_way_and_the_general_way_leave_the_same_state() -> None:
+    """The same echoes through both: same counters, sequence, cache, tracking marks."""
+    states = []
+    for short in (True, False):
+        cache = CoherentCache(100, 60.0)
+        c = in_sync(cache)
+        c.tracking = TrackedChanges("p:")
+        ids = [new_session_id() for _ in range(4)]
+        for sid in ids:
+            cached(cache, sid)
+        cache.mark_uncertain(ids[0])
+        cached(cache, ids[0])
+        messages = [echo(c, 6 + n, sid, n) for n, sid in enumerate(ids)]
+        messages.append(append_sequence(c.message(TOUCHED, ids[1], expires_in=30), EPOCH, 10))
+        for data in messages:
+            actions = c.own_echo(data, 0.5) if short else None
+            assert (actions is not None) == short
+            c.apply(actions if actions is not None else c.machine.message(data, 0.5))
+        kept = c.tracking.notified(0, [b"p:" + sid.encode() for sid in ids])
+        states.append((c.stats._replace(lease_left=0), [cache.get(sid) is not None for sid in ids], kept))
+    assert states[0] == states[1]
+    assert states[0][1] == [False, True, True, True] and states[0][2] == []
 
 
 def test_while_syncing_the_echo_goes_the_general_way() -> None:

@@ -645,9 +645,9 @@ class CoordinatorBase:
         self._published = 0
         self._issued = 0  # messages built by message(): an upper bound on our own echoes
         # Messages built by message() whose echo has not been recognised by own_echo yet:
-        # bytes -> how many (see own_echo).  Bounded: cleared when full (echoes of what was
-        # dropped take the general path).
-        self._pending: dict[bytes, int] = {}
+        # bytes -> (how many, type, session id) (see own_echo).  Bounded: cleared when full
+        # (echoes of what was dropped take the general path).
+        self._pending: dict[bytes, tuple[int, str, str | None]] = {}
         self._received = 0
         self._created = 0
         self._ignored_own = 0
@@ -677,26 +677,26 @@ class CoordinatorBase:
         data = encode_message(kind, session_id, self.instance_id, version, expires_in, ids, payload, created, numbered)
         with self._count_lock:
             self._issued += 1
-            if numbered == self.sequenced and len(data) <= MAX_MESSAGE_BYTES:
+            if numbered == self.sequenced and kind != DELETED_MANY and len(data) <= MAX_MESSAGE_BYTES:
                 pending = self._pending
                 if len(pending) >= MAX_PENDING_ECHOES:
                     pending.clear()
-                pending[data] = pending.get(data, 0) + 1
+                entry = pending.get(data)
+                pending[data] = (1 if entry is None else entry[0] + 1, kind, session_id)
         return data
 
     def own_echo(self, data: Any, now: float) -> tuple[Action, ...] | None:
         """The listener's shortcut for this node's own echo: if ``data`` is, byte for byte,
         a message ``message()`` built (and, sequenced, completed with the epoch and the
-        next sequence number), count it as ignored and advance the sequence; returns the
-        machine's actions.  None: not such a message, or something needs the general path
-        (``ListenerMachine.message`` then ``apply_message``), which does the same for it:
-        tracking on, an id with a write of unknown outcome, more echoes than messages
-        built (``foreign_own_id``), not listening, another epoch or sequence number.
+        next sequence number), do what the general path (``ListenerMachine.message`` then
+        ``apply_message``) does for it without decoding it: count it as ignored, advance
+        the sequence, mark it for tracking (``tracking.echoed``), let the cache see it
+        (``own_message``: an id with a write of unknown outcome); returns the machine's
+        actions.  None: not such a message (another node's, a forged or garbled one, a gap,
+        another epoch, more echoes than messages built: ``foreign_own_id``), or not
+        listening: the general path decides.
         """
-        if self.tracking is not None or type(data) is not bytes:
-            return None
-        cache = self.cache
-        if cache is not None and cache.watching():
+        if type(data) is not bytes:
             return None
         machine = self.machine
         if self.sequenced:
@@ -710,12 +710,18 @@ class CoordinatorBase:
         with self._count_lock:
             if self._ignored_own >= self._issued:
                 return None
-            left = pending.pop(data, 0)
-            if not left:
+            entry = pending.pop(data, None)
+            if entry is None:
                 return None
-            if left > 1:
-                pending[data] = left - 1
+            count, kind, session_id = entry
+            if count > 1:
+                pending[data] = (count - 1, kind, session_id)
             self._ignored_own += 1
+        if self.tracking is not None and kind == INVALIDATED and session_id is not None:
+            self.tracking.echoed(self.source, session_id)
+        cache = self.cache
+        if cache is not None and cache.watching():  # an invalidation after an unknown write outcome
+            cache.own_message(kind, session_id)
         return machine.own_echo(now)
 
     def channel_for(self, key: str) -> str:
