@@ -276,6 +276,9 @@ class Link:
         message = self.pubsub.get_message(timeout=timeout)
         return None if message is None else (message["type"], message["data"])
 
+    def receive(self, ready: list[int]) -> None:
+        """Nothing: ``next_event`` reads (a ``socket_reader`` is read by the listener thread)."""
+
     def ping(self, message: str | None = None) -> None:
         """Send a PING (its PONG, carrying ``message``, arrives as an event).
 
@@ -596,7 +599,9 @@ class NodeLink:
 
     def next_event(self, timeout: float) -> tuple[str, Any] | None:
         """The next reply of any connection as (type, payload), or None if nothing came
-        within ``timeout`` seconds; ``source`` says which connection it came from.
+        within ``timeout`` seconds; ``source`` says which connection it came from.  With
+        ``timeout`` 0, a plain socket is not read: after ``select`` found it readable,
+        ``receive`` reads it.
 
         Raises:
             redis.RedisError / OSError: a connection failed (or stayed silent after a PING).
@@ -618,20 +623,26 @@ class NodeLink:
                     self._last[i], self._pinged[i] = time.monotonic(), None
                     return self._event(reply)
             left = deadline - time.monotonic()
-            if self.socket_readers:
-                # Even with no time left, read what the sockets already hold.
-                ready = select.select(self.fds, [], [], max(left, 0.0))[0]
-                if not ready:
-                    return None
-                for fd in ready:
-                    reader = self.socket_readers.get(fd)
-                    if reader is not None:
-                        reader.receive()
-                continue
             if left <= 0 or not self.fds:
                 return None
-            if not select.select(self.fds, [], [], left)[0]:
+            ready = select.select(self.fds, [], [], left)[0]
+            if not ready:
                 return None
+            self.receive(ready)
+
+    def receive(self, ready: list[int]) -> None:
+        """Read the plain sockets among ``ready`` (descriptors ``select`` found readable)
+        into their ``SocketReader``s; ``next_event`` hands out what they read (the others,
+        TLS, are read by ``next_event`` itself).
+
+        Raises:
+            redis.ConnectionError / OSError: a connection failed.
+        """
+        readers = self.socket_readers
+        for fd in ready:
+            reader = readers.get(fd)
+            if reader is not None:
+                reader.receive()
 
     def _event(self, reply: Any) -> tuple[str, Any]:
         kind = reply[0]

@@ -295,6 +295,7 @@ class ThreadedCoordinator(CoordinatorBase):
                 ready = select.select(fds, [], [], wait)[0]
                 self._waiting = False
                 if ready:
+                    link.receive(ready)
                     event = link.next_event(0)
         else:
             event = link.next_event(wait)
