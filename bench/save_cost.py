@@ -15,9 +15,12 @@ Candidates:
 * ``ClusteredRedisStore.save``: the script that writes and publishes, with this node's
   own listener subscribed (its own message comes back to it: the "echo");
 * ``... update mode``: the same, the message carrying the value (``update_max_bytes``);
-* two breakdown rows: the clustered save with its message published on a channel nobody
-  listens to (no echo: what the listener costs the writer), and the save script
-  alone, without the store (with its compare-and-set, on a channel nobody listens to).
+* three breakdown rows: the clustered save with its message published on a channel nobody
+  listens to (no echo: what the listener costs the writer); the same with the message
+  read instead by a bare thread of this process that only waits with ``select`` and
+  ``os.read``s it (the floor of any listener that must wake up for its own messages);
+  and the save script alone, without the store (with its compare-and-set, on a channel
+  nobody listens to).
 
 ``--peer`` adds one subscriber in another process (``redis-cli SUBSCRIBE``), as a second
 node would be: the server then delivers every message twice.  A private ``redis-server``
@@ -28,10 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +73,9 @@ def main(argv: list[str]) -> None:
     server = RedisServer().start()
     listener: subprocess.Popen[bytes] | None = None
     stores: list[Any] = []
+    bare_stop = threading.Event()
+    bare_sock: socket.socket | None = None
+    bare_thread: threading.Thread | None = None
     try:
         client = redis.Redis.from_url(server.url)
         if peer:
@@ -83,17 +92,32 @@ def main(argv: list[str]) -> None:
             url=server.url, prefix="bench:u:", config=ClusterConfig(channel=CHANNEL + ":u", update_max_bytes=4096),
         )
         quiet = ClusteredRedisStore(url=server.url, prefix="bench:q:", config=ClusterConfig(channel=CHANNEL + ":q"))
-        stores += [plain, node, update, quiet]
-        for store in (node, update, quiet):
+        bare = ClusteredRedisStore(url=server.url, prefix="bench:b:", config=ClusterConfig(channel=CHANNEL + ":b"))
+        stores += [plain, node, update, quiet, bare]
+        for store in (node, update, quiet, bare):
             assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
-        assert quiet.coordinator is not None
+        assert quiet.coordinator is not None and bare.coordinator is not None
         quiet.coordinator.channel = CHANNEL + ":nobody"  # publishes where nobody listens; still listens on its own
+        # publishes where only a bare thread listens: it wakes up and reads, nothing else
+        bare.coordinator.channel = CHANNEL + ":bare"
+        bare_sock = socket.create_connection(("127.0.0.1", server.port))
+        bare_sock.sendall(f"SUBSCRIBE {CHANNEL}:bare\r\n".encode())
+        bare_sock.recv(4096)  # the confirmation
+
+        def bare_reader(sock: socket.socket = bare_sock) -> None:
+            fd = sock.fileno()
+            while not bare_stop.is_set():
+                if select.select([fd], [], [], 0.25)[0] and not os.read(fd, 65536):
+                    return
+
+        bare_thread = threading.Thread(target=bare_reader, name="bare-reader", daemon=True)
+        bare_thread.start()
         if peer:
             deadline = time.monotonic() + 5
             while client.pubsub_numsub(CHANNEL)[0][1] < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
         sessions = {}
-        for name, store in (("plain", plain), ("node", node), ("update", update), ("quiet", quiet)):
+        for name, store in (("plain", plain), ("node", node), ("update", update), ("quiet", quiet), ("bare", bare)):
             s = store.create(dict(SAMPLE_SESSION))
             store.save(s)
             sessions[name] = (store, s)
@@ -131,6 +155,7 @@ def main(argv: list[str]) -> None:
             "ClusteredRedisStore.save": save("node"),
             "ClusteredRedisStore.save, update mode": save("update"),
             "  breakdown: clustered save, message where nobody listens (no echo)": save("quiet"),
+            "  breakdown: the same, message read by a bare select + read thread (the wake-up alone)": save("bare"),
             "  breakdown: the save script alone (EVALSHA with its compare, nobody listens)": script_alone,
         }
         names = list(candidates)
@@ -158,6 +183,12 @@ def main(argv: list[str]) -> None:
             per = ", ".join(f"{cmd} {n / total:g}" for cmd, n in sorted(commands[name].items()))
             print(f"| {name.strip()} | {p50 / 1e3:.1f} | {p50 / base:.2f}x | {per} |")
     finally:
+        bare_stop.set()
+        if bare_sock is not None:
+            bare_sock.shutdown(socket.SHUT_RDWR)  # wakes the bare reader: it reads the end
+            if bare_thread is not None:
+                bare_thread.join(5)
+            bare_sock.close()
         for store in stores:
             store.close()
         if listener is not None:
