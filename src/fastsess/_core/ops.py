@@ -26,6 +26,7 @@ fetch the key's remaining TTL with the value.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from asyncio import CancelledError
 from collections.abc import Callable, Generator
@@ -40,6 +41,8 @@ from .policy import CachePolicy
 from .sequence import SEQUENCE_LUA, log_keys
 
 MAX_ID_ATTEMPTS = 3
+
+log = logging.getLogger("fastsess.store")
 
 # Message types (the wire format's ``t``).
 INVALIDATED = "invalidated"
@@ -377,6 +380,16 @@ GONE = "gone"
 NEVER_SENT = (CircuitOpen, PoolExhausted)
 
 
+# ``StoreCore._native_save``'s answer when the server refused ``SET ... IFEQ``.
+NO_IFEQ = object()
+
+
+def is_syntax_error(exc: BaseException | None) -> bool:
+    """True if ``exc`` is Redis answering "syntax error" (what a server without an option
+    of a command answers, before running anything)."""
+    return exc is not None and type(exc).__name__ == "ResponseError" and str(exc).lower().startswith(("syntax error", "err syntax error"))
+
+
 def check_reply(reply: Any) -> Any:
     """``SAVE``'s or ``MOVE``'s reply: True (written, or moved before), False (no such key,
     or the new id taken) or the stored bytes (conflict)."""
@@ -440,8 +453,8 @@ class StoreCore:
     """
 
     __slots__ = (
-        "_log", "clock", "is_cluster", "keys", "messages", "on_conflict", "policy", "principals", "refresh_fraction", "serializer",
-        "ttl",
+        "_log", "clock", "is_cluster", "keys", "messages", "native_cas", "on_conflict", "policy", "principals", "refresh_fraction",
+        "serializer", "ttl",
     )
 
     def __init__(
@@ -459,6 +472,9 @@ class StoreCore:
         self.policy = policy
         self.messages = messages
         self.principals: Indexing | None = None  # set by the store: re-indexes bound sessions
+        # A store without messages compares-and-sets with ``SET ... IFEQ ... GET`` while the
+        # server takes it (``native_save``); the first "syntax error" turns this off for good.
+        self.native_cas = messages is None
         # The channel's sequence hash and log, when the write scripts number their messages.
         self._log = log_keys(messages.channel) if messages is not None and messages.sequenced and not is_cluster else None
 
@@ -511,8 +527,8 @@ class StoreCore:
         if not needs_write(session, t, self.refresh_fraction):
             return False
         id_attempts = conflicts = 0
-        if not session.new:
-            session._base = stamp(session._base)
+        if not session.new and not (self.native_cas and type(session._base) is bytes):
+            session._base = stamp(session._base)  # (``native_save`` needs the bytes themselves)
         whole = not session.new and session._base is None  # not loaded from the store
         if whole:
             # No stored value to compare with: read the stored version first, then replace
@@ -604,6 +620,11 @@ class StoreCore:
         if messages is None:
             if nx:
                 written = bool((yield ("SET", None, ("SET", key, payload, "EX", session.ttl, "NX"))))
+            elif self.native_cas and type(session._base) is bytes:
+                written = yield from self._native_save(key, payload, session.ttl, session._base)
+                if written is NO_IFEQ:
+                    written = yield from self._write(session, payload)  # the script, from now on
+                    return written
             elif len(payload) >= STAGE_FROM and not self.is_cluster:
                 staged = staged_key(key)
                 written = check_reply((yield ("SET", STAGE, (
@@ -643,6 +664,39 @@ class StoreCore:
             # a conflict or a missing key: drop this node's copy, which may be older
             policy.written(session, written is True, token, started, len(payload))  # type: ignore[arg-type]
         return written
+
+    def _native_save(self, key: str, payload: bytes, ttl: int, base: bytes) -> Flow:
+        """The compare-and-set as one plain command, ``SET key payload IFEQ base GET EX ttl``
+        (Valkey >= 8.1, Redis >= 8.4): written only if the key holds exactly ``base``; the
+        reply is the value it held.  From ``STAGE_FROM`` bytes on without ``GET`` (the
+        reply would carry the big value back every time): a refused write is followed by
+        a ``GETRANGE 0 -1`` that tells gone from changed.  True (written), False (no such key: never
+        resurrected), the stored bytes (a conflict: nothing written), or ``NO_IFEQ`` if the
+        server does not know IFEQ (a syntax error, nothing written), after which this
+        store uses the script (``SAVE_PLAIN``/``STAGED_SAVE``).
+
+        Raises:
+            SessionCorrupt: the key holds a non-string value (WRONGTYPE).
+            StoreUnavailable: Redis failed.
+        """
+        small = len(base) < STAGE_FROM  # GET: the stored value in the same reply (a big one only when needed)
+        try:
+            reply = yield ("SET", None, ("SET", key, payload, "IFEQ", base, *(("GET",) if small else ()), "EX", ttl))
+        except StoreUnavailable as exc:
+            if not is_syntax_error(exc.cause):
+                raise
+            self.native_cas = False
+            log.info("Redis has no SET ... IFEQ (Valkey >= 8.1, Redis >= 8.4): saves compare in a Lua script")
+            return NO_IFEQ
+        if small:
+            if reply is None:
+                return False
+            stored = bytes(reply)
+            return True if stored == base else stored
+        if reply is not None:  # OK: written
+            return True
+        current = yield ("GETRANGE", None, ("GETRANGE", key, 0, -1))  # not written: gone, or changed
+        return bytes(current) if current else False  # a missing key reads as b""
 
     def _move(self, old_id: str, session: Session, payload: bytes, base: Any = None) -> Flow:
         """Write ``session`` under its new id (NX) and delete ``old_id``; idempotent: a new
