@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import queue
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -293,8 +295,78 @@ def _fail_callback(client: Any, connection: Any) -> Callable[[Exception], Any]:
 
 
 def _send(connection: Any, args: tuple[Any, ...]) -> Any:
-    connection.send_packed_command(connection.pack_command(*args))
-    return connection.read_response()
+    try:
+        connection.send_packed_command(connection.pack_command(*args))
+        return connection.read_response()
+    except ResponseError:  # an error reply: read whole, the connection is in step
+        raise
+    except BaseException:
+        # anything else (a timeout, an interrupt between the write and the read) may leave
+        # a reply unread: the connection is dropped and reconnects on its next command
+        connection.disconnect()
+        raise
+
+
+class _Held:
+    """One thread's leased connection (see ``ConnectionLease``): handed back to the pool
+    once, by ``release`` or when the thread ends (its thread-local copy is dropped)."""
+
+    __slots__ = ("connection", "pid", "pool")
+
+    def __init__(self, pool: Any, connection: Any) -> None:
+        self.pool, self.connection, self.pid = pool, connection, os.getpid()
+
+    def release(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None and self.pid == os.getpid():  # a forked child never hands back its parent's
+            try:
+                pool.release(self.connection)
+            except Exception:  # noqa: BLE001 - a closed pool, interpreter shutdown: nothing to give back to
+                pass
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class ConnectionLease(threading.local):
+    """Per thread, the pooled connection this thread's last ``DIRECT`` command used, kept
+    for its next one instead of going back to the pool: on redis-py 8 a pool round
+    (``get_connection`` + ``release``: locks, a queue, a readiness poll, metrics hooks)
+    costs about as much as the loopback round trip itself.
+
+    Only for a client the store built from its URL (nobody else draws on that pool).
+    Each thread holds at most one connection: before a command of another kind
+    (``execute_command``, a pipeline, a SCAN) the thread hands its lease back
+    (``release``), so the pool never needs more connections than threads using the store
+    at once; a thread that ends hands it back too, as does a forked child's first use
+    (the parent's connection is left alone).  A failed command that may have left a reply
+    unread drops the connection (``_send``).
+    """
+
+    held: _Held | None = None
+
+    def connection(self, pool: Any) -> Any:
+        """This thread's leased connection of ``pool`` (taken from it on first use).
+
+        Raises:
+            redis.ConnectionError: the pool had no free connection in time.
+        """
+        held = self.held
+        if held is not None:
+            if held.pid == os.getpid() and held.pool is pool:
+                return held.connection
+            self.held = None
+            held.release()
+        connection = pool.get_connection(*_POOL_ARGS)
+        self.held = _Held(pool, connection)
+        return connection
+
+    def release(self) -> None:
+        """Hand this thread's leased connection back to its pool (if it holds one)."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            held.release()
 
 
 def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
@@ -311,15 +383,37 @@ def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
         pool.release(connection)
 
 
-def execute(client: Any, command: Command) -> Any:
+def _leased(client: Any, lease: ConnectionLease, args: tuple[Any, ...]) -> Any:
+    """``_direct`` on this thread's leased connection (``ConnectionLease``).
+
+    Raises:
+        redis.RedisError, OSError: the command failed.
+    """
+    connection = lease.connection(client.connection_pool)
+    return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+
+
+def execute(client: Any, command: Command, lease: ConnectionLease | None = None) -> Any:
     """Send one command with a sync client (an unknown script is sent whole with EVAL; a
     ``PIPELINE`` command's commands go as one non-transactional pipeline; a ``DIRECT``
-    command on a plain client straight on a pooled connection).
+    command on a plain client straight on a pooled connection: with a ``lease``, on the
+    calling thread's leased one, which any other command hands back first).
 
     Raises:
         redis.RedisError, OSError: the command failed.
     """
     script, args = command[1], command[2]
+    if lease is not None:
+        if script is STAGE:
+            return stage(client, *args, lease)
+        if args[0] in DIRECT:
+            try:
+                return _leased(client, lease, args)
+            except NoScriptError:
+                if script is None:
+                    raise
+                return _leased(client, lease, ("EVAL", script.text, *args[2:]))
+        lease.release()
     if script is STAGE:
         return stage(client, *args)
     if script is PIPELINE:
@@ -412,6 +506,16 @@ def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return replies
 
 
+def _exchange_guarded(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``_exchange`` on a connection that is not handed back to a pool (leased): anything
+    but an error reply (kept in the list) drops the connection, which may hold unread replies."""
+    try:
+        return _exchange(connection, commands)
+    except BaseException:
+        connection.disconnect()
+        raise
+
+
 def _staged_reply(replies: list[Any]) -> Any:
     """The script's reply of a ``STAGE`` exchange; raises the first error reply."""
     for reply in replies:
@@ -420,7 +524,13 @@ def _staged_reply(replies: list[Any]) -> Any:
     return replies[-1]
 
 
-def _stage_sync(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _stage_sync(client: Any, commands: list[tuple[Any, ...]], lease: ConnectionLease | None = None) -> list[Any]:
+    if lease is not None:
+        leased: Any = lease.connection(client.connection_pool)
+        result: list[Any] = leased.retry.call_with_retry(
+            lambda: _exchange_guarded(leased, commands), lambda _error: leased.disconnect(),
+        )
+        return result
     if isinstance(client, redis.Redis) and client.connection is None:
         # one connection from the pool, redis-py's retry (as execute_command): no pipeline
         # object, whose bookkeeping costs more than the second command
@@ -436,17 +546,20 @@ def _stage_sync(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
-def stage(client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...]) -> Any:
+def stage(
+    client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...], lease: ConnectionLease | None = None,
+) -> Any:
     """A ``STAGE`` command (``fastsess._core.ops.STAGE``) with a sync client: ``write`` then
-    the ``EVALSHA`` ``call`` of ``lua``, in one round trip on one connection; the
-    script's reply.  NOSCRIPT: both again, the script sent whole (``EVAL``).
+    the ``EVALSHA`` ``call`` of ``lua``, in one round trip on one connection (``lease``:
+    the calling thread's leased one); the script's reply.  NOSCRIPT: both again, the
+    script sent whole (``EVAL``).
 
     Raises:
         redis.RedisError, OSError: either command failed.
     """
-    replies = _stage_sync(client, [write, call])
+    replies = _stage_sync(client, [write, call], lease)
     if isinstance(replies[-1], NoScriptError):
-        replies = _stage_sync(client, [write, ("EVAL", lua.text, *call[2:])])
+        replies = _stage_sync(client, [write, ("EVAL", lua.text, *call[2:])], lease)
     return _staged_reply(replies)
 
 
@@ -553,6 +666,11 @@ class RedisStoreBase(StoreBase):
         # what the operations encode and decode with: the serializer, or it encrypted under each session's key
         self._codec = self.serializer if self.encryption is None else self.encryption.bind(self.serializer, self._keys)
         self.is_cluster = isinstance(self.client, self._cluster_type)
+        # a sync client built from the URL: each thread keeps its connection (ConnectionLease)
+        self._lease = (
+            ConnectionLease() if self._owns_client and isinstance(self.client, redis.Redis) and _direct_pool(self.client) is not None
+            else None
+        )
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster,
             on_conflict=self.on_conflict,
