@@ -403,7 +403,7 @@ def execute(client: Any, command: Command, lease: ConnectionLease | None = None)
         redis.RedisError, OSError: the command failed.
     """
     script, args = command[1], command[2]
-    if lease is not None:
+    if lease is not None and isinstance(client, redis.Redis):  # (not a wrapper put in its place)
         if script is STAGE:
             return stage(client, *args, lease)
         if args[0] in DIRECT:
