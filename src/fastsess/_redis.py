@@ -307,66 +307,116 @@ def _send(connection: Any, args: tuple[Any, ...]) -> Any:
         raise
 
 
-class _Held:
-    """One thread's leased connection (see ``ConnectionLease``): handed back to the pool
-    once, by ``release`` or when the thread ends (its thread-local copy is dropped)."""
+class IdleConnections:
+    """Pooled connections a store keeps between its hot commands (``DIRECT``: load, save,
+    touch), last in first out, instead of handing each back to the pool: on redis-py 8 a
+    pool round (``get_connection`` + ``release``: locks, a queue, a readiness poll,
+    metrics hooks) costs about as much as a loopback round trip.
 
-    __slots__ = ("connection", "pid", "pool")
-
-    def __init__(self, pool: Any, connection: Any) -> None:
-        self.pool, self.connection, self.pid = pool, connection, os.getpid()
-
-    def release(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is not None and self.pid == os.getpid():  # a forked child never hands back its parent's
-            try:
-                pool.release(self.connection)
-            except Exception:  # noqa: BLE001 - a closed pool, interpreter shutdown: nothing to give back to
-                pass
-
-    def __del__(self) -> None:
-        self.release()
-
-
-class ConnectionLease(threading.local):
-    """Per thread, the pooled connection this thread's last ``DIRECT`` command used, kept
-    for its next one instead of going back to the pool: on redis-py 8 a pool round
-    (``get_connection`` + ``release``: locks, a queue, a readiness poll, metrics hooks)
-    costs about as much as the loopback round trip itself.
-
-    Only for a client the store built from its URL (nobody else draws on that pool).
-    Each thread holds at most one connection: before a command of another kind
-    (``execute_command``, a pipeline, a SCAN) the thread hands its lease back
-    (``release``), so the pool never needs more connections than threads using the store
-    at once; a thread that ends hands it back too, as does a forked child's first use
-    (the parent's connection is left alone).  A failed command that may have left a reply
-    unread drops the connection (``_send``).
+    Only for a client the store built from its URL.  A connection is kept only while
+    nobody waits for the pool: ``take`` looks here first and registers as a waiter
+    before it blocks on the pool, and ``give`` hands a connection to the pool instead
+    while a waiter is registered (both under one lock, so no waiter misses a kept
+    connection).  At most ``max_idle`` (half the pool) are kept, so anything else drawing
+    on the pool always finds half of it; a command of another kind (``execute_command``,
+    a pipeline, SCAN) first hands every kept one back (``drain``).  A forked child drops
+    its parent's (never used, never closed: ``take`` checks the pid).  A failed command
+    that may have left a reply unread disconnects its connection before it is kept
+    (``_send``).  The asyncio twin is ``AsyncIdleConnections``.
     """
 
-    held: _Held | None = None
+    __slots__ = ("_idle", "_lock", "_pid", "_waiting", "max_idle", "pool")
 
-    def connection(self, pool: Any) -> Any:
-        """This thread's leased connection of ``pool`` (taken from it on first use).
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.max_idle = max(0, int(getattr(pool, "max_connections", 2) or 2) // 2)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._pid = os.getpid()
+
+    def _forked(self) -> None:
+        self._idle, self._lock, self._waiting, self._pid = [], threading.Lock(), 0, os.getpid()
+
+    def take(self) -> Any:
+        """A kept connection, else one from the pool (waiting for it as the pool does).
 
         Raises:
             redis.ConnectionError: the pool had no free connection in time.
         """
-        held = self.held
-        if held is not None:
-            if held.pid == os.getpid() and held.pool is pool:
-                return held.connection
-            self.held = None
-            held.release()
-        connection = pool.get_connection(*_POOL_ARGS)
-        self.held = _Held(pool, connection)
-        return connection
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            self._waiting += 1
+        try:
+            return self.pool.get_connection(*_POOL_ARGS)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
-    def release(self) -> None:
-        """Hand this thread's leased connection back to its pool (if it holds one)."""
-        held = self.held
-        if held is not None:
-            self.held = None
-            held.release()
+    def give(self, connection: Any) -> None:
+        """Keep ``connection`` for the next command, or hand it to the pool (a waiter, or full)."""
+        with self._lock:
+            if self._pid == os.getpid() and not self._waiting and len(self._idle) < self.max_idle:
+                self._idle.append(connection)
+                return
+        self.pool.release(connection)
+
+    def drain(self) -> None:
+        """Hand every kept connection back to the pool (before anything else uses it)."""
+        if not self._idle or self._pid != os.getpid():
+            return
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            self.pool.release(connection)
+
+
+class AsyncIdleConnections:
+    """``IdleConnections`` for a ``redis.asyncio`` pool, used from one event loop: no lock
+    (nothing awaits between a check and its action)."""
+
+    __slots__ = ("_idle", "_pid", "_waiting", "max_idle", "pool")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.max_idle = max(0, int(getattr(pool, "max_connections", 2) or 2) // 2)
+        self._idle: list[Any] = []
+        self._waiting = 0
+        self._pid = os.getpid()
+
+    async def take(self) -> Any:
+        """A kept connection, else one from the pool.
+
+        Raises:
+            redis.ConnectionError: the pool had no free connection in time.
+        """
+        if self._pid != os.getpid():
+            self._idle, self._waiting, self._pid = [], 0, os.getpid()
+        if self._idle:
+            return self._idle.pop()
+        self._waiting += 1
+        try:
+            return await self.pool.get_connection(*_POOL_ARGS)
+        finally:
+            self._waiting -= 1
+
+    async def give(self, connection: Any) -> None:
+        """Keep ``connection`` for the next command, or hand it to the pool."""
+        if self._pid == os.getpid() and not self._waiting and len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+            return
+        await self.pool.release(connection)
+
+    async def drain(self) -> None:
+        """Hand every kept connection back to the pool."""
+        if self._pid != os.getpid():
+            return
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self.pool.release(connection)
 
 
 def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
@@ -383,37 +433,41 @@ def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
         pool.release(connection)
 
 
-def _leased(client: Any, lease: ConnectionLease, args: tuple[Any, ...]) -> Any:
-    """``_direct`` on this thread's leased connection (``ConnectionLease``).
+def _kept(client: Any, idle: IdleConnections, args: tuple[Any, ...]) -> Any:
+    """``_direct`` on a connection of ``idle`` (``IdleConnections``), kept again afterwards.
 
     Raises:
         redis.RedisError, OSError: the command failed.
     """
-    connection = lease.connection(client.connection_pool)
-    return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+    connection = idle.take()
+    try:
+        return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+    finally:
+        idle.give(connection)
 
 
-def execute(client: Any, command: Command, lease: ConnectionLease | None = None) -> Any:
+def execute(client: Any, command: Command, idle: IdleConnections | None = None) -> Any:
     """Send one command with a sync client (an unknown script is sent whole with EVAL; a
     ``PIPELINE`` command's commands go as one non-transactional pipeline; a ``DIRECT``
-    command on a plain client straight on a pooled connection: with a ``lease``, on the
-    calling thread's leased one, which any other command hands back first).
+    command on a plain client straight on a pooled connection: with ``idle``, a kept
+    one, which any other command hands back to the pool first).
 
     Raises:
         redis.RedisError, OSError: the command failed.
     """
     script, args = command[1], command[2]
-    if lease is not None and isinstance(client, redis.Redis):  # (not a wrapper put in its place)
+    if idle is not None and isinstance(client, redis.Redis):  # (not a wrapper put in its place)
         if script is STAGE:
-            return stage(client, *args, lease)
+            write, lua, call = args
+            return stage(client, write, lua, call, idle)
         if args[0] in DIRECT:
             try:
-                return _leased(client, lease, args)
+                return _kept(client, idle, args)
             except NoScriptError:
                 if script is None:
                     raise
-                return _leased(client, lease, ("EVAL", script.text, *args[2:]))
-        lease.release()
+                return _kept(client, idle, ("EVAL", script.text, *args[2:]))
+        idle.drain()
     if script is STAGE:
         return stage(client, *args)
     if script is PIPELINE:
@@ -435,8 +489,27 @@ def execute(client: Any, command: Command, lease: ConnectionLease | None = None)
 
 
 async def _send_async(connection: Any, args: tuple[Any, ...]) -> Any:
-    await connection.send_packed_command(connection.pack_command(*args))
-    return await connection.read_response()
+    try:
+        await connection.send_packed_command(connection.pack_command(*args))
+        return await connection.read_response()
+    except ResponseError:  # an error reply: read whole, the connection is in step
+        raise
+    except BaseException:  # a timeout, a cancellation: maybe a reply unread (see ``_send``)
+        await connection.disconnect(nowait=True)
+        raise
+
+
+async def _kept_async(client: Any, idle: AsyncIdleConnections, args: tuple[Any, ...]) -> Any:
+    """``_kept`` for asyncio.
+
+    Raises:
+        redis.RedisError, OSError: the command failed.
+    """
+    connection = await idle.take()
+    try:
+        return await connection.retry.call_with_retry(lambda: _send_async(connection, args), _fail_callback(client, connection))
+    finally:
+        await idle.give(connection)
 
 
 async def _direct_async(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
@@ -453,13 +526,25 @@ async def _direct_async(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
         await pool.release(connection)
 
 
-async def execute_async(client: Any, command: Command) -> Any:
+async def execute_async(client: Any, command: Command, idle: AsyncIdleConnections | None = None) -> Any:
     """``execute`` with a ``redis.asyncio`` client.
 
     Raises:
         redis.RedisError, OSError: the command failed.
     """
     script, args = command[1], command[2]
+    if idle is not None and isinstance(client, redis.asyncio.Redis):  # (not a wrapper put in its place)
+        if script is STAGE:
+            write, lua, call = args
+            return await stage_async(client, write, lua, call, idle)
+        if args[0] in DIRECT:
+            try:
+                return await _kept_async(client, idle, args)
+            except NoScriptError:
+                if script is None:
+                    raise
+                return await _kept_async(client, idle, ("EVAL", script.text, *args[2:]))
+        await idle.drain()
     if script is STAGE:
         return await stage_async(client, *args)
     if script is PIPELINE:
@@ -507,8 +592,9 @@ def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
 
 
 def _exchange_guarded(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """``_exchange`` on a connection that is not handed back to a pool (leased): anything
-    but an error reply (kept in the list) drops the connection, which may hold unread replies."""
+    """``_exchange`` on a connection that is kept rather than handed back to a pool (whose
+    readiness check would catch leftovers): anything but an error reply (kept in the
+    list) drops the connection, which may hold unread replies."""
     try:
         return _exchange(connection, commands)
     except BaseException:
@@ -524,12 +610,15 @@ def _staged_reply(replies: list[Any]) -> Any:
     return replies[-1]
 
 
-def _stage_sync(client: Any, commands: list[tuple[Any, ...]], lease: ConnectionLease | None = None) -> list[Any]:
-    if lease is not None:
-        leased: Any = lease.connection(client.connection_pool)
-        result: list[Any] = leased.retry.call_with_retry(
-            lambda: _exchange_guarded(leased, commands), lambda _error: leased.disconnect(),
-        )
+def _stage_sync(client: Any, commands: list[tuple[Any, ...]], idle: IdleConnections | None = None) -> list[Any]:
+    if idle is not None:
+        kept: Any = idle.take()
+        try:
+            result: list[Any] = kept.retry.call_with_retry(
+                lambda: _exchange_guarded(kept, commands), lambda _error: kept.disconnect(),
+            )
+        finally:
+            idle.give(kept)
         return result
     if isinstance(client, redis.Redis) and client.connection is None:
         # one connection from the pool, redis-py's retry (as execute_command): no pipeline
@@ -547,19 +636,18 @@ def _stage_sync(client: Any, commands: list[tuple[Any, ...]], lease: ConnectionL
 
 
 def stage(
-    client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...], lease: ConnectionLease | None = None,
+    client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...], idle: IdleConnections | None = None,
 ) -> Any:
     """A ``STAGE`` command (``fastsess._core.ops.STAGE``) with a sync client: ``write`` then
-    the ``EVALSHA`` ``call`` of ``lua``, in one round trip on one connection (``lease``:
-    the calling thread's leased one); the script's reply.  NOSCRIPT: both again, the
-    script sent whole (``EVAL``).
+    the ``EVALSHA`` ``call`` of ``lua``, in one round trip on one connection (``idle``:
+    a kept one); the script's reply.  NOSCRIPT: both again, the script sent whole (``EVAL``).
 
     Raises:
         redis.RedisError, OSError: either command failed.
     """
-    replies = _stage_sync(client, [write, call], lease)
+    replies = _stage_sync(client, [write, call], idle)
     if isinstance(replies[-1], NoScriptError):
-        replies = _stage_sync(client, [write, ("EVAL", lua.text, *call[2:])], lease)
+        replies = _stage_sync(client, [write, ("EVAL", lua.text, *call[2:])], idle)
     return _staged_reply(replies)
 
 
@@ -576,7 +664,16 @@ async def _exchange_async(connection: Any, commands: list[tuple[Any, ...]]) -> l
     return replies
 
 
-async def _stage_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+async def _stage_async(client: Any, commands: list[tuple[Any, ...]], idle: AsyncIdleConnections | None = None) -> list[Any]:
+    if idle is not None:
+        kept: Any = await idle.take()
+        try:
+            result: list[Any] = await kept.retry.call_with_retry(
+                lambda: _exchange_async(kept, commands), lambda _error: kept.disconnect(),
+            )
+        finally:
+            await idle.give(kept)
+        return result
     if isinstance(client, redis.asyncio.Redis) and client.connection is None and not client.single_connection_client:
         pool: Any = client.connection_pool
         connection: Any = await pool.get_connection(*_POOL_ARGS)
@@ -590,15 +687,17 @@ async def _stage_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any
     return await pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
-async def stage_async(client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...]) -> Any:
+async def stage_async(
+    client: Any, write: tuple[Any, ...], lua: Script, call: tuple[Any, ...], idle: AsyncIdleConnections | None = None,
+) -> Any:
     """``stage`` with a ``redis.asyncio`` client.
 
     Raises:
         redis.RedisError, OSError: either command failed.
     """
-    replies = await _stage_async(client, [write, call])
+    replies = await _stage_async(client, [write, call], idle)
     if isinstance(replies[-1], NoScriptError):
-        replies = await _stage_async(client, [write, ("EVAL", lua.text, *call[2:])])
+        replies = await _stage_async(client, [write, ("EVAL", lua.text, *call[2:])], idle)
     return _staged_reply(replies)
 
 
@@ -666,11 +765,13 @@ class RedisStoreBase(StoreBase):
         # what the operations encode and decode with: the serializer, or it encrypted under each session's key
         self._codec = self.serializer if self.encryption is None else self.encryption.bind(self.serializer, self._keys)
         self.is_cluster = isinstance(self.client, self._cluster_type)
-        # a sync client built from the URL: each thread keeps its connection (ConnectionLease)
-        self._lease = (
-            ConnectionLease() if self._owns_client and isinstance(self.client, redis.Redis) and _direct_pool(self.client) is not None
-            else None
-        )
+        # a client built from the URL: connections kept between hot commands (IdleConnections)
+        self._idle: Any = None
+        if self._owns_client and _direct_pool(self.client) is not None:
+            if isinstance(self.client, redis.Redis):
+                self._idle = IdleConnections(self.client.connection_pool)
+            elif isinstance(self.client, redis.asyncio.Redis):
+                self._idle = AsyncIdleConnections(self.client.connection_pool)
         self._core = StoreCore(
             self._keys, self._codec, self.ttl, self.refresh_fraction, self.clock, self.is_cluster,
             on_conflict=self.on_conflict,

@@ -540,8 +540,8 @@ async def test_pool_exhaustion_is_pool_exhausted_not_redis_unavailable(rmake: Ma
     s = await saved(store, {"a": 1})
     pool = store.client.connection_pool
     assert pool.max_connections == 3
-    if getattr(store, "_lease", None) is not None:
-        store._lease.release()  # this thread's kept connection (ConnectionLease) back to the pool too
+    if store._idle is not None:
+        await call(store._idle.drain())  # the connections the store keeps between commands: back to the pool
     if rmake.kind.startswith("a"):
         held = await _atake_every_connection(pool)
     else:

@@ -87,10 +87,10 @@ class RedisStore(RedisStoreBase, SessionStore):
 
     def _run(self, flow: Flow) -> Any:
         """Drive one operation: send its commands, report replies and failures."""
-        run, client, lease = Run(flow, self.breaker), self.client, self._lease
+        run, client, idle = Run(flow, self.breaker), self.client, self._idle
         while not run.done:
             try:
-                reply = execute(client, run.command, lease)
+                reply = execute(client, run.command, idle)
             except BaseException as exc:
                 run.failed(exc)
             else:
@@ -227,8 +227,8 @@ class RedisStore(RedisStoreBase, SessionStore):
         """
         keys = self._keys
         self.breaker.check()
-        if self._lease is not None:
-            self._lease.release()  # SCAN takes a pooled connection of its own
+        if self._idle is not None:
+            self._idle.drain()  # SCAN takes pooled connections of its own
         try:
             for key in self.client.scan_iter(match=keys.match, count=SCAN_BATCH):
                 if (session_id := keys.id_of(key)) is not None:
@@ -258,7 +258,7 @@ class RedisStore(RedisStoreBase, SessionStore):
     def close(self) -> None:
         """Close the client and its pool if this store created them (from ``url``)."""
         if self._owns_client:
-            if self._lease is not None:
-                self._lease.release()
+            if self._idle is not None:
+                self._idle.drain()
             self.client.close()
             self.client.connection_pool.disconnect()  # also where Redis.close() leaves the pool open (and leased ones)

@@ -47,10 +47,10 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
     async def _run(self, flow: Flow) -> Any:
         """Drive one operation: await its commands, report replies and failures (a cancellation too:
         a write it interrupts has an unknown outcome)."""
-        run, client = Run(flow, self.breaker), self.client
+        run, client, idle = Run(flow, self.breaker), self.client, self._idle
         while not run.done:
             try:
-                reply = await execute_async(client, run.command)
+                reply = await execute_async(client, run.command, idle)
             except BaseException as exc:
                 run.failed(exc)
             else:
@@ -106,6 +106,8 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
         """See ``fastsess.RedisStore.iter_ids`` (an async iterator)."""
         keys = self._keys
         self.breaker.check()
+        if self._idle is not None:
+            await self._idle.drain()  # SCAN takes pooled connections of its own
         try:
             async for key in self.client.scan_iter(match=keys.match, count=SCAN_BATCH):
                 if (session_id := keys.id_of(key)) is not None:
@@ -137,5 +139,7 @@ class RedisStore(RedisStoreBase, AsyncSessionStore):
     async def close(self) -> None:
         """Close the client and its pool if this store created them (from ``url``)."""
         if self._owns_client:
+            if self._idle is not None:
+                await self._idle.drain()
             await self.client.aclose()
             await self.client.connection_pool.disconnect()  # also where aclose() leaves the pool open

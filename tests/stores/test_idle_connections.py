@@ -1,14 +1,15 @@
-"""``ConnectionLease``: a sync store built from a URL keeps, per thread, the pooled
-connection of its last hot command (load, save, touch) for the next one instead of a
-pool round per command.  Here: one connection per thread, handed back before any other
-kind of command (so a pool of one connection still serves everything), when the thread
-ends, after a fork and at close; an interrupted command drops its connection instead of
-leaving a reply to be read by the next one.
+"""``IdleConnections`` / ``AsyncIdleConnections``: a store built from a URL keeps the
+pooled connections of its hot commands (load, save, touch, staged saves) between
+commands instead of a pool round per command.  Here: one connection serves one thread's
+commands; threads and tasks beyond the pool still queue and never fail (a waiter gets
+the next connection handed back); a command of another kind finds the pool; an
+interrupted command drops its connection instead of leaving a reply for the next one;
+a forked child takes its own; close disconnects all.
 """
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import os
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+import fastsess.asyncio as fa
 from fastsess import ClusterConfig, ClusteredRedisStore, RedisStore
 from fastsess._core import ops
 
@@ -43,16 +45,17 @@ def test_one_thread_uses_one_connection(server: Any) -> None:
             loaded["n"] = n
             assert store.save(loaded) is True
         assert connections(admin) == 1
-        assert store._lease is not None and store._lease.held is not None
+        assert store._idle is not None and len(store._idle._idle) == 1
     finally:
         store.close()
         admin.close()
 
 
-def test_a_pool_of_one_serves_every_kind_of_command(server: Any) -> None:
-    """The lease goes back to the pool before a command of another kind, so even one
-    connection serves loads, saves, staged saves, EXISTS, SCAN, UNLINK pipelines."""
-    store = RedisStore(url=server.url, prefix="l2:", pool_size=1, pool_timeout=0.5)
+@pytest.mark.parametrize("pool_size", [1, 2])
+def test_a_small_pool_serves_every_kind_of_command(server: Any, pool_size: int) -> None:
+    """Kept connections go back to the pool before a command of another kind, and at most
+    half the pool is kept: a pool of one or two still serves everything."""
+    store = RedisStore(url=server.url, prefix="l2:", pool_size=pool_size, pool_timeout=0.5)
     try:
         small = store.create({"n": 0})
         big = store.create({"blob": "x" * (ops.STAGE_FROM + 10)})
@@ -60,10 +63,12 @@ def test_a_pool_of_one_serves_every_kind_of_command(server: Any) -> None:
         loaded = store.load(big.id)
         assert loaded is not None
         loaded["k"] = 1
-        assert store.save(loaded) is True  # staged: SET + script on the leased connection
-        assert store.exists(small.id) is True  # EXISTS: execute_command, after handing the lease back
-        assert sorted(store.iter_ids()) == sorted([small.id, big.id])  # SCAN
+        assert store.save(loaded) is True  # staged: SET + script on a kept connection
+        assert len(store._idle._idle) == pool_size // 2  # type: ignore[union-attr]
+        assert store.exists(small.id) is True  # EXISTS: execute_command, after the hand-back
+        assert store._idle._idle == []  # type: ignore[union-attr]
         assert store.load(small.id).data == {"n": 0}  # type: ignore[union-attr]
+        assert sorted(store.iter_ids()) == sorted([small.id, big.id])  # SCAN
         assert store.touch(small.id) is True
         assert store.clear() == 2  # UNLINK pipeline
         assert store.load(small.id) is None
@@ -71,42 +76,14 @@ def test_a_pool_of_one_serves_every_kind_of_command(server: Any) -> None:
         store.close()
 
 
-def test_a_thread_that_ends_hands_its_connection_back(server: Any) -> None:
-    store = RedisStore(url=server.url, prefix="l3:", pool_size=2, pool_timeout=0.5)
-    try:
-        s = store.create({"n": 0})
-        assert store.save(s) is True
-        store._lease.release()  # type: ignore[union-attr]
-        errors: list[BaseException] = []
-
-        def request(n: int) -> None:
-            try:
-                loaded = store.load(s.id)
-                assert loaded is not None
-                loaded[f"t{n}"] = n
-                assert store.save(loaded) is True
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        for n in range(10):  # ten threads one after the other on a pool of two
-            t = threading.Thread(target=request, args=(n,))
-            t.start()
-            t.join()
-        gc.collect()
-        assert errors == []
-        assert set(store.load(s.id).data) == {"n"} | {f"t{n}" for n in range(10)}  # type: ignore[union-attr]
-    finally:
-        store.close()
-
-
-def test_threads_at_once_each_keep_one(server: Any) -> None:
+def test_more_threads_than_connections_queue_and_never_fail(server: Any) -> None:
+    """12 threads on a pool of 4 (2 kept at most): a thread that waits for the pool gets
+    the next connection a command is done with, so nobody times out."""
     admin = redis.Redis.from_url(server.url)
-    store = RedisStore(url=server.url, prefix="l4:", pool_size=4, pool_timeout=2)
+    store = RedisStore(url=server.url, prefix="l3:", pool_size=4, pool_timeout=2)
     try:
         s = store.create({"n": 0})
         assert store.save(s) is True
-        store._lease.release()  # type: ignore[union-attr]
-        gate = threading.Barrier(4)
         errors: list[BaseException] = []
 
         def request(me: int) -> None:
@@ -116,18 +93,19 @@ def test_threads_at_once_each_keep_one(server: Any) -> None:
                     assert loaded is not None
                     loaded[f"t{me}-{i}"] = i
                     assert store.save(loaded) is True
-                gate.wait()  # all four still hold their lease here
+                    assert store.exists(s.id) is True  # another kind of command now and then
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=request, args=(me,)) for me in range(4)]
+        threads = [threading.Thread(target=request, args=(me,)) for me in range(12)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert errors == []
         assert connections(admin) <= 4
-        assert len(store.load(s.id).data) == 1 + 4 * 30  # type: ignore[union-attr]
+        assert len(store.load(s.id).data) == 1 + 12 * 30  # type: ignore[union-attr]
+        assert len(store._idle._idle) <= 2  # type: ignore[union-attr]
     finally:
         store.close()
         admin.close()
@@ -144,9 +122,7 @@ def test_an_interrupted_command_drops_its_connection(server: Any) -> None:
     try:
         a, b = store.create({"who": "a"}), store.create({"who": "b"})
         assert store.save(a) is True and store.save(b) is True
-        held = store._lease.held  # type: ignore[union-attr]
-        assert held is not None
-        connection = held.connection
+        connection = store._idle._idle[-1]  # type: ignore[union-attr]
         original = connection.read_response
 
         def interrupted(*args: Any, **kwargs: Any) -> Any:
@@ -167,7 +143,7 @@ def test_a_forked_child_takes_its_own_connection(server: Any) -> None:
     try:
         s = store.create({"n": 0})
         assert store.save(s) is True
-        parent_connection = store._lease.held.connection  # type: ignore[union-attr]
+        parent_connection = store._idle._idle[-1]  # type: ignore[union-attr]
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: answers through the pipe, never returns into pytest
@@ -175,7 +151,7 @@ def test_a_forked_child_takes_its_own_connection(server: Any) -> None:
             try:
                 loaded = store.load(s.id)
                 ok = loaded is not None and loaded.data == {"n": 0}
-                ok = ok and store._lease.held.connection is not parent_connection  # type: ignore[union-attr]
+                ok = ok and store._idle._idle[-1] is not parent_connection  # type: ignore[union-attr]
                 loaded["child"] = 1  # type: ignore[index]
                 ok = ok and store.save(loaded) is True  # type: ignore[arg-type]
                 os.write(write, b"ok" if ok else b"no")
@@ -186,34 +162,60 @@ def test_a_forked_child_takes_its_own_connection(server: Any) -> None:
         assert os.read(read, 2) == b"ok"
         os.close(read)
         assert os.waitpid(pid, 0)[1] == 0
-        loaded = store.load(s.id)  # the parent's connection still in step
+        loaded = store.load(s.id)  # the parent's kept connection still in step
         assert loaded is not None and loaded.data == {"n": 0, "child": 1}
-        assert store._lease.held.connection is parent_connection  # type: ignore[union-attr]
+        assert store._idle._idle[-1] is parent_connection  # type: ignore[union-attr]
     finally:
         store.close()
 
 
-def test_close_hands_the_lease_back_and_disconnects(server: Any) -> None:
+def test_close_disconnects_the_kept_connections(server: Any) -> None:
     admin = redis.Redis.from_url(server.url)
     store = ClusteredRedisStore(url=server.url, prefix="l7:", config=ClusterConfig(enabled=False))
     try:
         s = store.create({"n": 0})
         assert store.save(s) is True
-        assert store._lease is not None and store._lease.held is not None
+        assert store._idle is not None and len(store._idle._idle) == 1
         store.close()
-        assert store._lease.held is None
+        assert store._idle._idle == []
         assert connections(admin) == 0
     finally:
         admin.close()
 
 
-def test_a_client_of_the_caller_gets_no_lease(server: Any) -> None:
+def test_a_client_of_the_caller_keeps_none(server: Any) -> None:
     client = redis.Redis.from_url(server.url)
     store = RedisStore(client=client, prefix="l8:")
     try:
-        assert store._lease is None
+        assert store._idle is None
         s = store.create({"n": 0})
         assert store.save(s) is True
         assert store.load(s.id).data == {"n": 0}  # type: ignore[union-attr]
     finally:
         client.close()
+
+
+async def test_async_tasks_beyond_the_pool_queue_and_reuse_connections(server: Any) -> None:
+    admin = redis.Redis.from_url(server.url)
+    store: Any = fa.RedisStore(url=server.url, prefix="l9:", pool_size=4, pool_timeout=2)
+    try:
+        s = store.create({"n": 0})
+        assert await store.save(s) is True
+        for _ in range(5):
+            assert (await store.load(s.id)).data == {"n": 0}
+        assert connections(admin) == 1  # one task: one connection, kept between commands
+
+        async def request(me: int) -> None:
+            for i in range(10):
+                loaded = await store.load(s.id)
+                loaded[f"t{me}-{i}"] = i
+                assert await store.save(loaded) is True
+                assert await store.exists(s.id) is True
+
+        await asyncio.gather(*(request(me) for me in range(40)))
+        assert connections(admin) <= 4
+        assert len((await store.load(s.id)).data) == 1 + 40 * 10
+        assert len(store._idle._idle) <= 2
+    finally:
+        await store.close()
+        admin.close()
