@@ -62,7 +62,8 @@ class RedisStore(RedisStoreBase, SessionStore):
             of ``pool_size`` connections (default 100); an operation that finds them
             all busy waits up to ``pool_timeout`` seconds (default 10) for one, then
             raises ``PoolExhausted``.  Size it to the threads (or asyncio tasks) that
-            use the store at once.
+            use the store at once.  Up to half the pool is kept between loads and
+            saves (``_redis.IdleConnections``), never while someone waits for one.
         clock: wall-clock seconds for ``refreshed_at`` and the refresh decision
             (default ``time.time``).
         encryption: an ``Encryption`` (``fastsess[crypto]``): every session is stored
