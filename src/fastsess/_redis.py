@@ -375,10 +375,12 @@ class IdleConnections:
 
 
 class AsyncIdleConnections:
-    """``IdleConnections`` for a ``redis.asyncio`` pool, used from one event loop: no lock
-    (nothing awaits between a check and its action)."""
+    """``IdleConnections`` for a ``redis.asyncio`` pool: no lock (nothing awaits between a
+    check and its action).  Connections belong to the event loop that made them: kept
+    ones are dropped (not reused, not handed back) when the store is next used from
+    another loop (``asyncio.run`` twice, a forked child's loop)."""
 
-    __slots__ = ("_idle", "_pid", "_waiting", "max_idle", "pool")
+    __slots__ = ("_idle", "_loop", "_pid", "_waiting", "max_idle", "pool")
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
@@ -386,6 +388,13 @@ class AsyncIdleConnections:
         self._idle: list[Any] = []
         self._waiting = 0
         self._pid = os.getpid()
+        self._loop: Any = None
+
+    def _current(self) -> None:
+        """Drop what another loop or process kept (never reused, never handed back)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._pid != os.getpid():
+            self._idle, self._waiting, self._pid, self._loop = [], 0, os.getpid(), loop
 
     async def take(self) -> Any:
         """A kept connection, else one from the pool.
@@ -393,8 +402,7 @@ class AsyncIdleConnections:
         Raises:
             redis.ConnectionError: the pool had no free connection in time.
         """
-        if self._pid != os.getpid():
-            self._idle, self._waiting, self._pid = [], 0, os.getpid()
+        self._current()
         if self._idle:
             return self._idle.pop()
         self._waiting += 1
@@ -405,18 +413,28 @@ class AsyncIdleConnections:
 
     async def give(self, connection: Any) -> None:
         """Keep ``connection`` for the next command, or hand it to the pool."""
-        if self._pid == os.getpid() and not self._waiting and len(self._idle) < self.max_idle:
+        if (
+            self._loop is asyncio.get_running_loop() and self._pid == os.getpid()
+            and not self._waiting and len(self._idle) < self.max_idle
+        ):
             self._idle.append(connection)
             return
-        await self.pool.release(connection)
+        await _release_async(self.pool, connection)
 
     async def drain(self) -> None:
         """Hand every kept connection back to the pool."""
-        if self._pid != os.getpid():
-            return
+        self._current()
         idle, self._idle = self._idle, []
         for connection in idle:
-            await self.pool.release(connection)
+            await _release_async(self.pool, connection)
+
+
+async def _release_async(pool: Any, connection: Any) -> None:
+    """``pool.release(connection)``; a connection the pool forgot (``pool.reset()``) is dropped."""
+    try:
+        await pool.release(connection)
+    except (KeyError, ValueError):
+        pass
 
 
 def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:

@@ -366,15 +366,16 @@ def test_a_cancelled_read_leaves_its_followers_to_read_on_their_own(async_cluste
     store.evict_from_cache(s.id)
     target = sync_store(store)
     release = threading.Event()
-    hold_after(store, GET_PTTL, lambda: release.wait(10))  # the leader's reply is held
+    held = hold_after(store, GET_PTTL, lambda: release.wait(10))  # the leader's reply is held
 
     async def scenario() -> tuple[bool, list[Any]]:
         leader = asyncio.ensure_future(target.load(s.id))
         while target._cache.flights.get(s.id) is None:
             await asyncio.sleep(0.001)
         waiting = [asyncio.ensure_future(target.load(s.id)) for _ in range(2)]
-        while target._cache.flights.get(s.id).followers < 2:
+        while target._cache.flights.get(s.id).followers < 2 or not held:
             await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)  # the hold's thread started: the leader awaits it
         leader.cancel()
         try:
             await leader

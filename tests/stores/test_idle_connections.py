@@ -247,3 +247,26 @@ async def test_async_cancelled_commands_leave_kept_connections_in_step(server: A
             assert (await store.load(s.id)).data["n"] in (steps - 1, steps, -1)
     finally:
         await store.close()
+
+
+def test_an_async_store_used_from_a_second_loop_drops_the_first_loops_connections(server: Any) -> None:
+    """``asyncio.run`` twice on one store: the kept connections of the first (closed) loop
+    are never handed to the second.  (redis-py's own pool must be reset in between, as
+    for any redis.asyncio client moved to another loop.)"""
+    store: Any = fa.RedisStore(url=server.url, prefix="l11:", pool_size=4)
+    s = store.create({"n": 0})
+
+    async def first() -> Any:
+        assert await store.save(s) is True
+        assert len(store._idle._idle) == 1
+        return store._idle._idle[-1]
+
+    old = asyncio.run(first())
+    store.client.connection_pool.reset()
+
+    async def second() -> None:
+        assert (await store.load(s.id)).data == {"n": 0}
+        assert old not in store._idle._idle
+        await store.close()
+
+    asyncio.run(second())
