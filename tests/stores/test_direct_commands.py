@@ -197,9 +197,12 @@ async def test_async_single_connection_client_keeps_execute_command(redis_url: s
         await client.aclose()
 
 
-async def test_async_cancelled_direct_commands_leave_the_store_usable(redis_url: str, prefix: str) -> None:
-    """Cancelled at any await of a load or a save, the next commands read their own replies."""
-    store: Any = fa.RedisStore(url=redis_url, prefix=prefix, pool_size=1)
+@pytest.mark.parametrize("pool_size", [1, 4])
+async def test_async_cancelled_direct_commands_leave_the_store_usable(redis_url: str, prefix: str, pool_size: int) -> None:
+    """Cancelled at any await of a load or a save, the next commands read their own replies
+    (a pool of one keeps no connection between commands; of four, up to two are kept:
+    ``AsyncIdleConnections``, whose kept ones must be in step too)."""
+    store: Any = fa.RedisStore(url=redis_url, prefix=prefix, pool_size=pool_size)
     try:
         s = store.create({"n": -1})
         assert await store.save(s) is True
@@ -215,6 +218,7 @@ async def test_async_cancelled_direct_commands_leave_the_store_usable(redis_url:
                     await task
                 except asyncio.CancelledError:
                     pass
+            assert len(store._idle._idle) <= pool_size // 2
             other = store.create({"m": steps})
             assert await store.save(other) is True
             assert (await store.load(other.id)).data == {"m": steps}

@@ -221,34 +221,6 @@ async def test_async_tasks_beyond_the_pool_queue_and_reuse_connections(server: A
         admin.close()
 
 
-async def test_async_cancelled_commands_leave_kept_connections_in_step(server: Any) -> None:
-    """A load or save cancelled at any await: its connection is dropped or in step, never
-    kept with a reply unread (the next commands read their own replies)."""
-    store: Any = fa.RedisStore(url=server.url, prefix="l10:", pool_size=4)
-    try:
-        s = store.create({"n": -1})
-        assert await store.save(s) is True
-        for steps in range(10):
-            loaded = await store.load(s.id)
-            loaded["n"] = steps
-            for op in (store.save(loaded), store.load(s.id)):
-                task = asyncio.ensure_future(op)
-                for _ in range(steps):
-                    await asyncio.sleep(0)
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-            assert len(store._idle._idle) <= 2
-            other = store.create({"m": steps})
-            assert await store.save(other) is True
-            assert (await store.load(other.id)).data == {"m": steps}
-            assert (await store.load(s.id)).data["n"] in (steps - 1, steps, -1)
-    finally:
-        await store.close()
-
-
 def test_an_async_store_used_from_a_second_loop_drops_the_first_loops_connections(server: Any) -> None:
     """``asyncio.run`` twice on one store: the kept connections of the first (closed) loop
     are never handed to the second.  (redis-py's own pool must be reset in between, as
