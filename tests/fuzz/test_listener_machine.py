@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastsess import ClusterConfig
@@ -106,9 +106,19 @@ def feed(machine: ListenerMachine, kind: str, now: float, data: bytes, n: int, e
     return getattr(machine, kind)(now)
 
 
+# Two scripts hypothesis found (2026-11-30): a lease that ran out while the connection still
+# listens bypasses the cache without a flush, and an input that is not the awaited proof
+# (a PONG of no PING of ours, here) arriving after the lease's end ends serving too.
+LATE = "1700000000000001"
+
+
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(script=events, stale_if_error=st.booleans(), sequenced=st.booleans(), idle=st.sampled_from([0.25, 1.0]),
        lease=st.sampled_from([0.3, 1.0]))
+@example(script=[("start", 0.0, b"", 0, LATE), ("start", 0.0, b"", 0, LATE), ("subscribed", 0.0, b"", 0, LATE),
+                 ("idle", 0.5, b"", 0, LATE)], stale_if_error=False, sequenced=False, idle=0.25, lease=0.3)
+@example(script=[("start", 0.0, b"", 0, LATE), ("start", 0.0, b"", 0, LATE), ("subscribed", 0.0, b"", 0, LATE),
+                 ("pong", 0.5, b"", -1, LATE)], stale_if_error=False, sequenced=False, idle=0.25, lease=0.3)
 def test_the_cache_is_served_only_in_sync_and_within_the_lease(
     script: list[tuple[str, float, bytes, int, str]], stale_if_error: bool, sequenced: bool, idle: float, lease: float,
 ) -> None:
@@ -156,7 +166,13 @@ def test_the_cache_is_served_only_in_sync_and_within_the_lease(
         if serving:
             assert machine.proven <= now < machine.proven + lease, (kind, now, machine.proven)
             assert machine.synced or not sequenced
-        if was and not serving and kind in ("error", "outside_error", "unsubscribed", "idle") and not stale_if_error and not sequenced:
+        if (
+            was and not serving and kind in ("error", "outside_error", "unsubscribed", "idle") and not stale_if_error
+            and not sequenced and machine.state != LISTENING
+        ):
+            # The connection was given up: what it may have missed is unknown.  (A lease
+            # that ran out on a connection still listening only bypasses the cache until a
+            # PONG proves every earlier message arrived: nothing to flush.)
             assert any(isinstance(a, Flush) for a in actions), actions
         assert machine.timeout(now) >= 0.0
 

@@ -417,10 +417,10 @@ class ListenerMachine:
         try:
             token = int(payload)
         except (TypeError, ValueError):
-            return NOTHING  # not one of ours
+            return self._deadlines(now)  # not one of ours
         pings = self._pings
         if not pings or token < pings[0][0]:
-            return NOTHING
+            return self._deadlines(now)
         sent = 0.0
         skipped = -1
         while pings:
@@ -447,6 +447,12 @@ class ListenerMachine:
     def reply(self, now: float) -> tuple[Action, ...]:
         """Anything else arrived: the connection is alive."""
         self._last_seen = now
+        return self._deadlines(now)
+
+    def _deadlines(self, now: float) -> tuple[Action, ...]:
+        """What ``idle`` does if one of its deadlines (the lease's end, the next PING) has
+        passed: an input that arrives late (a starved thread) must not let the cache be
+        served past its lease just because it was not the proof awaited."""
         return self.idle(now) if now >= self._check_at and self.state == LISTENING else NOTHING
 
     def unsubscribed(self, now: float) -> tuple[Action, ...]:
