@@ -324,12 +324,75 @@ cdef extern from *:
         memset(t + hole, 0, sizeof(fastsess_slot));
     }
 
+    /* The table's memory.  On Linux a table of 2 MiB or more is mapped on its own,
+       2-MiB-aligned, and advised to use transparent huge pages (MADV_HUGEPAGE: a hint,
+       honoured when THP is "always" or "madvise"): a hit reads one random slot, and
+       with 4 KiB pages a table of several MiB also misses the TLB on most hits.  The
+       mapping is registered with tracemalloc, as PyMem memory is.  Smaller tables, and
+       every table elsewhere, come from PyMem_Calloc.  Both are zero-filled. */
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+    #define FASTSESS_HUGE_INDEX 1
+    #define FASTSESS_HUGE_PAGE ((size_t)2 << 20)
+    #define FASTSESS_TRACE_DOMAIN 0x46535353u  /* tracemalloc domain of the mapped tables */
+    static inline size_t fastsess_index_mapped_bytes(size_t cap) {
+        /* 0: not mapped (PyMem); else the length of the mapping */
+        size_t bytes = cap * sizeof(fastsess_slot);
+        if (bytes < FASTSESS_HUGE_PAGE) return 0;
+        return (bytes + FASTSESS_HUGE_PAGE - 1) & ~(FASTSESS_HUGE_PAGE - 1);
+    }
+    #else
+    #define FASTSESS_HUGE_INDEX 0
+    #endif
+
+    static fastsess_slot* fastsess_index_alloc(size_t cap) {
+    #if FASTSESS_HUGE_INDEX
+        size_t len = fastsess_index_mapped_bytes(cap), span;
+        char *raw, *t;
+        if (len != 0) {
+            if (len > ((size_t)-1) / 2) return NULL;
+            span = len + FASTSESS_HUGE_PAGE;  /* room to align the start */
+            raw = (char*)mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (raw == (char*)MAP_FAILED) return NULL;
+            t = (char*)(((uintptr_t)raw + FASTSESS_HUGE_PAGE - 1) & ~(uintptr_t)(FASTSESS_HUGE_PAGE - 1));
+            if (t > raw) munmap(raw, (size_t)(t - raw));
+            if (t + len < raw + span) munmap(t + len, (size_t)(raw + span - (t + len)));
+            (void)madvise(t, len, MADV_HUGEPAGE);  /* refused: small pages, still correct */
+    #if !defined(PYPY_VERSION)
+            (void)PyTraceMalloc_Track(FASTSESS_TRACE_DOMAIN, (uintptr_t)t, len);
+    #endif
+            return (fastsess_slot*)t;
+        }
+    #endif
+        return (fastsess_slot*)PyMem_Calloc(cap, sizeof(fastsess_slot));
+    }
+
+    /* Release a table of ``cap`` slots from fastsess_index_alloc (NULL: nothing). */
+    static void fastsess_index_free(fastsess_slot* t, size_t cap) {
+        if (t == NULL) return;
+    #if FASTSESS_HUGE_INDEX
+        {
+            size_t len = fastsess_index_mapped_bytes(cap);
+            if (len != 0) {
+    #if !defined(PYPY_VERSION)
+                (void)PyTraceMalloc_Untrack(FASTSESS_TRACE_DOMAIN, (uintptr_t)t);
+    #endif
+                munmap((void*)t, len);
+                return;
+            }
+        }
+    #endif
+        PyMem_Free(t);
+    }
+
     /* A new table of 2**bits slots holding the live slots of ``old`` (``old_cap`` slots; may be NULL).
        NULL on failure (nothing changed). */
     static fastsess_slot* fastsess_index_rebuilt(fastsess_slot* old, size_t old_cap, int bits) {
         size_t cap = (size_t)1 << bits, mask = cap - 1, j;
         int shift = 64 - bits;
-        fastsess_slot* t = (fastsess_slot*)PyMem_Calloc(cap, sizeof(fastsess_slot));
+        fastsess_slot* t = fastsess_index_alloc(cap);
         if (t == NULL) return NULL;
         for (j = 0; j < old_cap; j++) {
             if (old[j].key != NULL) {
@@ -348,6 +411,7 @@ cdef extern from *:
     fastsess_slot* fastsess_index_find_same(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
     fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) noexcept
     fastsess_slot* fastsess_index_rebuilt(fastsess_slot* old, size_t old_cap, int bits) noexcept
+    void fastsess_index_free(fastsess_slot* t, size_t cap) noexcept
     void fastsess_index_delete(fastsess_slot* t, size_t mask, int shift, fastsess_slot* sl) noexcept
 
 cdef extern from *:
@@ -635,8 +699,7 @@ cdef class _Core:
     def __dealloc__(self):
         PyMem_Free(self._heap)
         self._heap = NULL
-        PyMem_Free(self._index)
-        self._index = NULL
+        self._index_drop()
         if self._stripes is not NULL:
             fastsess_stripes_fini(self._stripes)
         PyMem_Free(self._stripe_mem)
@@ -724,7 +787,7 @@ cdef class _Core:
     @cython.final
     cdef void _index_drop(self) noexcept:
         """Forget the index (the nodes it described are gone or unlinked)."""
-        PyMem_Free(self._index)
+        fastsess_index_free(self._index, 0 if self._index is NULL else self._index_mask + 1)
         self._index = NULL
         self._index_mask = 0
         self._index_bits = 0
@@ -747,7 +810,7 @@ cdef class _Core:
         grown = fastsess_index_rebuilt(self._index, 0 if self._index is NULL else self._index_mask + 1, bits)
         if grown is NULL:
             raise MemoryError()
-        PyMem_Free(self._index)
+        fastsess_index_free(self._index, 0 if self._index is NULL else self._index_mask + 1)
         self._index = grown
         self._index_bits = bits
         self._index_mask = (<size_t>1 << bits) - 1
