@@ -349,10 +349,11 @@ cdef extern from *:
 
     static fastsess_slot* fastsess_index_alloc(size_t cap) {
     #if FASTSESS_HUGE_INDEX
-        size_t len = fastsess_index_mapped_bytes(cap), span;
+        size_t len, span;
         char *raw, *t;
+        if (cap > ((size_t)-1) / 2 / sizeof(fastsess_slot)) return NULL;  /* the size would overflow */
+        len = fastsess_index_mapped_bytes(cap);
         if (len != 0) {
-            if (len > ((size_t)-1) / 2) return NULL;
             span = len + FASTSESS_HUGE_PAGE;  /* room to align the start */
             raw = (char*)mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (raw == (char*)MAP_FAILED) return NULL;
