@@ -15,9 +15,11 @@ Layout (every operation O(1), per-entry TTLs O(log n)):
   at the oldest node: visited, it moves to the newest end with its flag cleared;
   unvisited, it is evicted.
 * hit index (``LocalCache``): an open-addressing table from each exact
-  str/int/bytes key to a copy of its value and expiry and its visited flag
-  (``fastsess_slot``), so that a hit reads one slot and no node.  It holds
-  borrowed pointers and is updated by the same structure updates as the lists.
+  str/int/bytes key to a copy of its value, a rounded-down copy of its expiry and
+  its visited flag (``fastsess_slot``, 24 bytes), so that a hit reads one slot and
+  no node.  It holds borrowed pointers and is updated by the same structure updates
+  as the lists.  It is at most 80% full; on Linux a table of 2 MiB or more is
+  mapped on its own and advised to use transparent huge pages.
 * write-order list: a second intrusive list through the entries that use the
   cache's single TTL; with one TTL, write order is expiry order, so expiry pops
   from its head.
@@ -59,6 +61,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject, PyObject_Hash
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport uint32_t
 
 import copy as _copy
 import copyreg as _copyreg
@@ -245,18 +248,54 @@ cdef extern from *:
        dict and the nodes stay the owners (the slot's pointers are borrowed); the
        index is kept in step by every structure update and holds exactly the
        cache's nodes with exact str/int/bytes keys, whose comparison runs no Python
-       code.  32 bytes a slot; a removal shifts the slots behind it back (no
-       tombstones), so the table is rebuilt only to grow. */
+       code.  24 bytes a slot; a removal shifts the slots behind it back (no
+       tombstones), so the table is rebuilt only to grow.
+
+       The expiry is kept relative to the index's epoch (the first finite expiry it
+       stored) as a float rounded down, so a slot proves an entry live ("now - epoch <
+       expires" implies "now < the entry's expiry": rounding is monotonic) but cannot
+       prove it expired: a hit that fails the test takes the exact path through the
+       entry itself.  That happens in the last float-ulp of an entry's life, 1/128 s
+       a day after the epoch, 2 s a year after. */
+    #include <stdint.h>
+    #include <float.h>
+    #include <math.h>
     typedef struct {
-        Py_hash_t hash;      /* the key's hash, except bit 0: the entry's visited bit */
         PyObject* key;       /* NULL: empty */
         PyObject* value;
-        double expires;
+        uint32_t tag;        /* 32 bits folded from the key's hash, except bit 0: the entry's visited bit */
+        float expires;       /* expiry - epoch, rounded down (+inf: never) */
     } fastsess_slot;
 
-    static inline size_t fastsess_pos(Py_hash_t h, int shift) {
-        /* Fibonacci hashing of the hash without bit 0 (bit 0 of a slot's hash is the visited bit) */
-        return (size_t)((((unsigned long long)h | 1ULL) * 0x9E3779B97F4A7C15ULL) >> shift);
+    static inline uint32_t fastsess_tag(Py_hash_t h) {
+        /* bit 0 clear: not visited */
+        unsigned long long u = (unsigned long long)h;
+        return (uint32_t)(u ^ (u >> 32)) & ~(uint32_t)1;
+    }
+
+    static inline size_t fastsess_pos(uint32_t tag, int shift) {
+        /* Fibonacci hashing of the tag without bit 0 (the visited bit); shift >= 32 */
+        return (size_t)((((unsigned long long)tag | 1ULL) * 0x9E3779B97F4A7C15ULL) >> shift);
+    }
+
+    /* ``expires - epoch`` as a float no larger than the double difference. */
+    static inline float fastsess_rel_expiry(double expires, double epoch) {
+        double d = expires - epoch;
+        float f;
+        if (!(d < (double)FLT_MAX)) return d == HUGE_VAL ? HUGE_VALF : FLT_MAX;  /* FLT_MAX <= d: below d; NaN: never */
+        if (d < -(double)FLT_MAX) return -HUGE_VALF;
+        f = (float)d;
+        if ((double)f > d) {  /* rounded up: one float down (no libm call) */
+            if (f > 0.0f) {
+                uint32_t bits;
+                memcpy(&bits, &f, sizeof bits);
+                bits -= 1;
+                memcpy(&f, &bits, sizeof f);
+            } else {
+                f = -HUGE_VALF;  /* at or before the epoch: left to the exact path */
+            }
+        }
+        return f;
     }
 
     /* Equality of two exact str/int/bytes objects, in C (what their __eq__ does). */
@@ -278,20 +317,21 @@ cdef extern from *:
 
     /* The slot whose key equals ``key`` (an exact str/int/bytes hashing to ``h``), or NULL. */
     static inline fastsess_slot* fastsess_index_find(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) {
-        size_t i = fastsess_pos(h, shift);
+        uint32_t tag = fastsess_tag(h);
+        size_t i = fastsess_pos(tag, shift);
         for (;;) {
             fastsess_slot* sl = t + i;
             PyObject* k = sl->key;
             if (k == key) return sl;
             if (k == NULL) return NULL;
-            if (((sl->hash ^ h) & ~(Py_hash_t)1) == 0 && fastsess_safe_eq(k, key)) return sl;
+            if (((sl->tag ^ tag) & ~(uint32_t)1) == 0 && fastsess_safe_eq(k, key)) return sl;
             i = (i + 1) & mask;
         }
     }
 
     /* The slot holding this very key object (a node's own key), or NULL: pointer comparisons only. */
     static inline fastsess_slot* fastsess_index_find_same(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) {
-        size_t i = fastsess_pos(h, shift);
+        size_t i = fastsess_pos(fastsess_tag(h), shift);
         for (;;) {
             fastsess_slot* sl = t + i;
             if (sl->key == key) return sl;
@@ -300,9 +340,9 @@ cdef extern from *:
         }
     }
 
-    /* The first empty slot of ``h``'s probe sequence (the key is known to be absent). */
-    static inline fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) {
-        size_t i = fastsess_pos(h, shift);
+    /* The first empty slot of ``tag``'s probe sequence (the key is known to be absent). */
+    static inline fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, uint32_t tag) {
+        size_t i = fastsess_pos(tag, shift);
         while (t[i].key != NULL) i = (i + 1) & mask;
         return t + i;
     }
@@ -315,7 +355,7 @@ cdef extern from *:
         for (;;) {
             j = (j + 1) & mask;
             if (t[j].key == NULL) break;
-            home = fastsess_pos(t[j].hash, shift);
+            home = fastsess_pos(t[j].tag, shift);
             if (((j - home) & mask) >= ((j - hole) & mask)) {
                 t[hole] = t[j];
                 hole = j;
@@ -338,10 +378,12 @@ cdef extern from *:
     #define FASTSESS_HUGE_PAGE ((size_t)2 << 20)
     #define FASTSESS_TRACE_DOMAIN 0x46535353u  /* tracemalloc domain of the mapped tables */
     static inline size_t fastsess_index_mapped_bytes(size_t cap) {
-        /* 0: not mapped (PyMem); else the length of the mapping */
+        /* 0: not mapped (PyMem); else the length of the mapping: the table, rounded up
+           to 64 KiB (a multiple of any page size; the start is 2 MiB-aligned, so the
+           whole 2 MiB stretches are huge pages and the tail, if any, small ones) */
         size_t bytes = cap * sizeof(fastsess_slot);
         if (bytes < FASTSESS_HUGE_PAGE) return 0;
-        return (bytes + FASTSESS_HUGE_PAGE - 1) & ~(FASTSESS_HUGE_PAGE - 1);
+        return (bytes + 0xFFFF) & ~(size_t)0xFFFF;
     }
     #else
     #define FASTSESS_HUGE_INDEX 0
@@ -397,20 +439,22 @@ cdef extern from *:
         if (t == NULL) return NULL;
         for (j = 0; j < old_cap; j++) {
             if (old[j].key != NULL) {
-                *fastsess_index_free_slot(t, mask, shift, old[j].hash) = old[j];
+                *fastsess_index_free_slot(t, mask, shift, old[j].tag) = old[j];
             }
         }
         return t;
     }
     """
     ctypedef struct fastsess_slot:
-        Py_hash_t hash
         PyObject* key
         PyObject* value
-        double expires
+        uint32_t tag
+        float expires
+    uint32_t fastsess_tag(Py_hash_t h) noexcept nogil
+    float fastsess_rel_expiry(double expires, double epoch) noexcept nogil
     fastsess_slot* fastsess_index_find(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
     fastsess_slot* fastsess_index_find_same(fastsess_slot* t, size_t mask, int shift, PyObject* key, Py_hash_t h) noexcept
-    fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, Py_hash_t h) noexcept
+    fastsess_slot* fastsess_index_free_slot(fastsess_slot* t, size_t mask, int shift, uint32_t tag) noexcept
     fastsess_slot* fastsess_index_rebuilt(fastsess_slot* old, size_t old_cap, int bits) noexcept
     void fastsess_index_free(fastsess_slot* t, size_t cap) noexcept
     void fastsess_index_delete(fastsess_slot* t, size_t mask, int shift, fastsess_slot* sl) noexcept
@@ -675,6 +719,8 @@ cdef class _Core:
     cdef size_t _index_mask   # slots - 1 (slots: a power of two)
     cdef int _index_bits      # log2(slots)
     cdef Py_ssize_t _index_used
+    cdef double _index_epoch  # slots keep expiry - epoch (see fastsess_slot)
+    cdef bint _index_epoch_set
     cdef bint _sized          # sizes come from getsizeof: _osum and _omax do the accounting
     cdef object _osum         # sum of the sizes (Python int or float: exact, never overflows)
     cdef object _omax         # maxsize as given
@@ -793,6 +839,8 @@ cdef class _Core:
         self._index_mask = 0
         self._index_bits = 0
         self._index_used = 0
+        self._index_epoch = 0.0
+        self._index_epoch_set = False
 
     @cython.final
     cdef int _index_reserve(self) except -1:
@@ -808,7 +856,7 @@ cdef class _Core:
         bits = 3  # at least 8 slots; at most half full after a rebuild (so growing doubles)
         while (<Py_ssize_t>1 << bits) < (self._index_used + 1) * 2:
             bits += 1
-        if bits > 40:
+        if bits > 31:  # the home of a slot comes from its 32-bit tag
             raise MemoryError()
         grown = fastsess_index_rebuilt(self._index, 0 if self._index is NULL else self._index_mask + 1, bits)
         if grown is NULL:
@@ -829,12 +877,21 @@ cdef class _Core:
     @cython.final
     cdef void _index_add(self, _Node node) noexcept:
         # the caller reserved the slot
-        cdef fastsess_slot* sl = fastsess_index_free_slot(self._index, self._index_mask, 64 - self._index_bits, node.hash)
-        sl.hash = node.hash & ~(<Py_hash_t>1)  # not visited
+        cdef uint32_t tag = fastsess_tag(node.hash)  # not visited
+        cdef fastsess_slot* sl = fastsess_index_free_slot(self._index, self._index_mask, 64 - self._index_bits, tag)
+        sl.tag = tag
         sl.key = <PyObject*>node.key
         sl.value = <PyObject*>node.value
-        sl.expires = node.expires
+        sl.expires = self._slot_expiry(node.expires)
         self._index_used += 1
+
+    @cython.final
+    cdef inline float _slot_expiry(self, double expires) noexcept:
+        """What a slot keeps of ``expires``: relative to the epoch, which the first finite expiry sets."""
+        if not self._index_epoch_set and expires < INF and expires > -INF:
+            self._index_epoch = expires
+            self._index_epoch_set = True
+        return fastsess_rel_expiry(expires, self._index_epoch)
 
     @cython.final
     cdef void _index_remove(self, _Node node) noexcept:
@@ -849,15 +906,15 @@ cdef class _Core:
         cdef fastsess_slot* sl = self._slot_of(node)
         if sl is not NULL:
             sl.value = <PyObject*>node.value
-            sl.expires = node.expires
+            sl.expires = self._slot_expiry(node.expires)
 
     @cython.final
     cdef inline void _mark(self, _Node node) noexcept:
         """CLOCK: mark ``node`` visited (in its slot if it has one), writing only if it was not."""
         cdef fastsess_slot* sl = self._slot_of(node)
         if sl is not NULL:
-            if not (sl.hash & 1):
-                sl.hash |= 1
+            if not (sl.tag & 1):
+                sl.tag |= 1
         elif not node.visited:
             node.visited = True
 
@@ -867,8 +924,8 @@ cdef class _Core:
         cdef fastsess_slot* sl = self._slot_of(node)
         cdef bint marked
         if sl is not NULL:
-            marked = sl.hash & 1
-            sl.hash &= ~(<Py_hash_t>1)
+            marked = sl.tag & 1
+            sl.tag &= ~(<uint32_t>1)
             return marked
         marked = node.visited
         node.visited = False
@@ -1926,9 +1983,9 @@ cdef PyObject* _local_get_striped(LocalCache self, object key, PyObject* default
             stripe.misses += 1
             result = default
             fastsess_incref(result)
-        elif now < sl.expires:
-            if not (sl.hash & 1):
-                sl.hash |= 1
+        elif now - self._index_epoch < sl.expires:  # sure to be live (else: the exact path)
+            if not (sl.tag & 1):
+                sl.tag |= 1
             stripe.hits += 1
             result = sl.value
             fastsess_incref(result)  # before the stripe is let go: no release can come between
@@ -1961,9 +2018,9 @@ cdef object _local_get(LocalCache self, object key, object default):
         if sl is NULL:
             self._count_lookup(False)
             return default
-        if now < sl.expires:
-            if not (sl.hash & 1):  # written once, not on every hit
-                sl.hash |= 1
+        if now - self._index_epoch < sl.expires:  # sure to be live (else: the exact path decides)
+            if not (sl.tag & 1):  # written once, not on every hit
+                sl.tag |= 1
             self._count_lookup(True)
             return <object>sl.value
     return self._get(key, default, now)

@@ -126,3 +126,41 @@ def test_the_visited_bit_of_a_hit_protects_the_entry(impl: Any, clock: FakeClock
     for i in range(50):
         cache.set(f"new{i}", i)  # the 50 unmarked ones go first
     assert sorted(cache.keys()) == sorted([f"k{i}" for i in range(0, 100, 2)] + [f"new{i}" for i in range(50)])
+
+
+def test_expiry_is_exact_far_from_the_index_epoch(impl: Any, clock: FakeClock) -> None:
+    # The compiled index keeps each expiry as a float relative to the first one it
+    # stored: 1e7 s later a float step is 1 s, so for this entry's whole 0.75 s life
+    # the slot cannot prove it live and every hit takes the exact path.
+    cache = impl.LocalCache(max_size=100, ttl=30, timer=clock)
+    cache.set("first", 1)  # sets the epoch
+    clock.advance(1e7)
+    cache.set("short", 2, ttl=0.75)
+    cache.set("forever", 3, ttl=float("inf"))
+    for _ in range(3):
+        clock.advance(0.25 - 1e-6)
+        assert cache.get("short") == 2 and cache.get("forever") == 3
+    clock.advance(3e-6)  # 0.75 s and a hair: expired
+    assert cache.get("short") is None and cache.get("forever") == 3
+    assert cache.get("first") is None  # long expired
+    stats = cache.stats
+    assert (stats.hits, stats.misses, stats.expirations) == (7, 2, 2)
+    clock.now = 1e300  # expiries beyond a float's range from the epoch
+    cache.set("huge", 4, ttl=1e299)
+    clock.advance(1e299 * 0.5)
+    assert cache.get("huge") == 4 and cache.get("forever") == 3
+    clock.advance(1e299 * 0.6)
+    assert cache.get("huge") is None and cache.get("forever") == 3
+
+
+def test_an_entry_near_its_expiry_still_counts_as_visited(impl: Any, clock: FakeClock) -> None:
+    # A hit served by the exact path (the slot could not prove the entry live) marks
+    # it visited as a fast hit does: CLOCK then keeps it over an unvisited one.
+    cache = impl.LocalCache(max_size=2, ttl=30, timer=clock)
+    cache.set("epoch", 0)
+    clock.advance(1e7)
+    cache.set("a", 1, ttl=0.5)  # shorter than a float step (1 s) this far from the epoch
+    cache.set("b", 2, ttl=100)  # evicts "epoch"
+    assert cache.get("a") == 1  # the exact path
+    cache.set("c", 3)  # evicts "b", the unvisited one
+    assert sorted(cache.keys()) == ["a", "c"]

@@ -1,4 +1,4 @@
-"""LocalCache's hit index once its table reaches 2 MiB (65,536 slots of 32 bytes).
+"""LocalCache's hit index once its table reaches 2 MiB (from 131,072 slots of 24 bytes).
 
 From that size on, the compiled core maps the table on its own on Linux,
 2-MiB-aligned, advised to use transparent huge pages, and registers it with
@@ -77,11 +77,11 @@ def test_a_big_table_is_one_hinted_mapping_freed_with_the_cache(impl: Any) -> No
     gc.collect()
     before = hinted_mappings()
     cache = impl.LocalCache(max_size=100_000, ttl=100)
-    for i in range(60_000):  # 2**17 slots: 4 MiB
+    for i in range(60_000):  # 2**17 slots: 3 MiB
         cache.set(f"key-{i}", i)
     new = {start: length for start, length in hinted_mappings().items() if before.get(start) != length}
     if mapped_tables(impl):
-        assert sum(new.values()) == 4 * MIB and all(start % (2 * MIB) == 0 for start in new)
+        assert sum(new.values()) == 3 * MIB and all(start % (2 * MIB) == 0 for start in new)
     else:
         assert new == {}
     assert cache.get("key-59999") == 59_999
@@ -102,7 +102,7 @@ def test_tracemalloc_counts_a_mapped_table(impl: Any) -> None:
             cache.set(f"key-{i}", i)
         traced = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(True, TRACE_DOMAIN)])
         total = sum(stat.size for stat in traced.statistics("filename"))
-        expected = 4 * MIB if impl.__name__ == "fastsess._lru" and sys.platform.startswith("linux") else 0
+        expected = 3 * MIB if impl.__name__ == "fastsess._lru" and sys.platform.startswith("linux") else 0
         assert total == expected
         assert cache.get("key-0") == 0
         del cache
