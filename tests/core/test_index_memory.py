@@ -76,18 +76,26 @@ def test_a_big_index_agrees_with_a_dict(impl: Any, clock: FakeClock) -> None:
 def test_a_big_table_is_one_hinted_mapping_freed_with_the_cache(impl: Any) -> None:
     gc.collect()
     before = hinted_mappings()
-    cache = impl.LocalCache(max_size=100_000, ttl=100)
-    for i in range(60_000):  # 2**17 slots: 3 MiB
+    cache = impl.LocalCache(max_size=200_000, ttl=100)
+
+    def added() -> dict[int, int]:
+        return {start: length for start, length in hinted_mappings().items() if before.get(start) != length}
+
+    for i in range(104_857):  # 2**17 slots (3 MiB), 80% full: the most before growing
         cache.set(f"key-{i}", i)
-    new = {start: length for start, length in hinted_mappings().items() if before.get(start) != length}
     if mapped_tables(impl):
-        assert sum(new.values()) == 3 * MIB and all(start % (2 * MIB) == 0 for start in new)
+        assert sum(added().values()) == 3 * MIB and all(start % (2 * MIB) == 0 for start in added())
     else:
-        assert new == {}
-    assert cache.get("key-59999") == 59_999
+        assert added() == {}
+    cache.set("one-more", 0)  # 2**18 slots (6 MiB); the old table is unmapped
+    if mapped_tables(impl):
+        assert sum(added().values()) == 6 * MIB and all(start % (2 * MIB) == 0 for start in added())
+    else:
+        assert added() == {}
+    assert cache.get("key-104856") == 104_856 and cache.get("one-more") == 0
     cache.clear()
     assert hinted_mappings() == before
-    for i in range(60_000):
+    for i in range(60_000):  # 2**17 slots again
         cache.set(f"key-{i}", i)
     del cache
     gc.collect()
