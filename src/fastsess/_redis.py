@@ -53,6 +53,17 @@ _MAX_CONNECTIONS_ERROR: tuple[type[BaseException], ...] = tuple(
 LAST_UNCHECKED_HIT = HITS_PER_CHECK - 1
 
 
+def _check_next_hit(store_ref: Callable[[], Any]) -> Callable[[], None]:
+    """For the listener thread (``ThreadedCoordinator.on_input``): make the next cache hit of
+    the store ``store_ref`` refers to (a weak reference: the listener keeps no store alive)
+    call ``yield_to_listener``, instead of up to ``HITS_PER_CHECK`` hits later."""
+    def check_next_hit() -> None:
+        store = store_ref()
+        if store is not None:
+            store._hits_unchecked = LAST_UNCHECKED_HIT
+    return check_next_hit
+
+
 def is_pool_exhausted(exc: BaseException) -> bool:
     """True if ``exc`` is redis-py saying its connection pool had no free connection.
 
@@ -868,6 +879,8 @@ class ClusteredStoreBase(RedisStoreBase):
         )
         self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, self.is_cluster, policy, self.coordinator)
         self._hits_unchecked = 0  # cache hits since the last yield_to_listener check
+        if self.coordinator is not None:  # input on the listener's socket: the next hit checks
+            self.coordinator.on_input = _check_next_hit(weakref.ref(self))
         # A store dropped without close() still releases its listener and connections
         # (with a ResourceWarning, like an unclosed file); close() detaches this.
         self._finalizer = weakref.finalize(

@@ -46,10 +46,10 @@ from .._core.messages import (
 )
 from .redis_adapter import listener_client
 from .registry import release_unclosed
-from .thread import HITS_PER_CHECK, LISTENER_YIELD, POLL_INTERVAL, ClusterCoordinator, ThreadedCoordinator
+from .thread import HITS_PER_CHECK, LISTENER_CATCH_UP, LISTENER_YIELD, POLL_INTERVAL, ClusterCoordinator, ThreadedCoordinator
 
 __all__ = [
-    "CLEARED", "DELETED", "DELETED_MANY", "EXPIRY_MARGIN", "GENERATION_SLOTS", "HITS_PER_CHECK", "INVALIDATED", "LISTENER_YIELD",
+    "CLEARED", "DELETED", "DELETED_MANY", "EXPIRY_MARGIN", "GENERATION_SLOTS", "HITS_PER_CHECK", "INVALIDATED", "LISTENER_CATCH_UP", "LISTENER_YIELD",
     "MAX_IDS", "MAX_MANY_BYTES", "MAX_MESSAGE_BYTES", "MAX_UNCERTAIN", "MESSAGE_TYPES", "POLL_INTERVAL", "TOUCHED", "UNCERTAIN_WINDOW",
     "ClusterCoordinator", "CoherentCache", "CoordinatorBase", "CoordinatorStats", "ThreadedCoordinator",
     "decode_message", "encode_message", "listener_client", "new_instance_id", "release_unclosed",

@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.backoff import EqualJitterBackoff
@@ -46,10 +46,12 @@ log = logging.getLogger("fastsess.cluster")
 
 POLL_INTERVAL = 0.25  # longest blocking wait of the listener, so stop() is prompt
 MAX_REFILL = 2000  # cached ids a replay evicted that the listener re-reads at most (one pipeline)
-# A cache hit checks every HITS_PER_CHECK hits whether the listener thread needs the GIL
-# (see ThreadedCoordinator.yield_to_listener) and, if so, sleeps LISTENER_YIELD seconds.
+# A cache hit checks every HITS_PER_CHECK hits whether the listener thread has input to
+# apply (see ThreadedCoordinator.yield_to_listener) and, if so, sleeps LISTENER_YIELD seconds...
 HITS_PER_CHECK = 256
 LISTENER_YIELD = 0.0002
+# ... and, while the listener still has input to apply, sleeps again, at most this long.
+LISTENER_CATCH_UP = 0.1
 
 
 class ThreadedCoordinator(CoordinatorBase):
@@ -76,6 +78,9 @@ class ThreadedCoordinator(CoordinatorBase):
         # waiting there (False from the moment it has input until it waits again).
         self._fds: list[int] = []
         self._waiting = True
+        # Called by the listener thread when input arrives on its socket (set by the store:
+        # its next cache hit then calls yield_to_listener at once).
+        self.on_input: Callable[[], Any] | None = None
         register(self)
 
     @property
@@ -295,6 +300,8 @@ class ThreadedCoordinator(CoordinatorBase):
                 ready = select.select(fds, [], [], wait)[0]
                 self._waiting = False
                 if ready:
+                    if self.on_input is not None:
+                        self.on_input()
                     link.receive(ready)
                     event = link.next_event(0)
         else:
@@ -330,6 +337,8 @@ class ThreadedCoordinator(CoordinatorBase):
                 self._waiting = False
                 if not ready:
                     return machine.idle(clock())
+                if self.on_input is not None:
+                    self.on_input()
                 receive()
                 reply = next_reply()
                 if reply is MORE:  # part of a reply
@@ -368,33 +377,47 @@ class ThreadedCoordinator(CoordinatorBase):
         return machine.reply(now)
 
     def yield_to_listener(self) -> None:
-        """Let the listener thread run if it has input to apply; cache hits call this
-        every ``HITS_PER_CHECK`` hits.
+        """Let the listener thread apply the input it has before the next cache hits are
+        served; cache hits call this every ``HITS_PER_CHECK`` hits, and at the next hit
+        after input arrived on the listener's socket (``on_input``).
 
         A thread that does nothing but cache hits and short system calls (an event loop
-        polling with a zero timeout, a request loop checking a pipe) can keep the GIL
-        from the listener for as long as it runs: CPython forces a hand-over after the
-        switch interval only if the holder did not release the GIL meanwhile, and every
-        short system call counts as a release.  Invalidations would then wait for
-        the busy thread.  So: if the listener has left its wait (it has input and needs
-        the GIL), input is waiting on its socket, or the lease ran out (the listener must
-        wake up to bypass the cache), sleep ``LISTENER_YIELD`` seconds.
+        polling with a zero timeout, a request loop checking a pipe) can keep the listener
+        from running for as long as it runs.  With the GIL: CPython forces a hand-over
+        after the switch interval only if the holder did not release the GIL meanwhile,
+        and every short system call counts as a release.  Without it (a free-threaded
+        build): the busy threads never wait for anything, so the listener is one runnable
+        thread among many and, on a machine with fewer CPUs than busy threads, gets too
+        little CPU time to keep up (invalidations applied hundreds of ms late).  Either way
+        invalidations would wait for the busy thread.  So: while the listener has input
+        to apply (it has left its wait, or input is waiting on its socket), sleep
+        ``LISTENER_YIELD`` seconds at a time, until it is back in its wait with nothing
+        to read, for at most ``LISTENER_CATCH_UP`` seconds; and sleep once if the lease ran
+        out (the listener must wake up to bypass the cache).  The hit that called this is
+        served as it was looked up; the ones after it see what the listener applied.
         """
         if time.monotonic() >= self.machine.lease_until:
             time.sleep(LISTENER_YIELD)
             return
-        if self._waiting:
-            fds = self._fds
-            if not fds:
-                return
-            try:
-                if not select.select(fds, [], [], 0)[0]:
+        deadline = 0.0
+        while True:
+            if self._waiting:
+                fds = self._fds
+                if not fds:
                     return
-            except (OSError, ValueError):  # closed under us: the listener reconnects
+                try:
+                    if not select.select(fds, [], [], 0)[0]:
+                        return
+                except (OSError, ValueError):  # closed under us: the listener reconnects
+                    return
+            elif self._thread is None:
                 return
-        elif self._thread is None:
-            return
-        time.sleep(LISTENER_YIELD)
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + LISTENER_CATCH_UP
+            elif now >= deadline:
+                return
+            time.sleep(LISTENER_YIELD)
 
 
 class ClusterCoordinator(ThreadedCoordinator):
