@@ -52,6 +52,9 @@ HITS_PER_CHECK = 256
 LISTENER_YIELD = 0.0002
 # ... and, while the listener still has input to apply, sleeps again, at most this long.
 LISTENER_CATCH_UP = 0.1
+# ... after first yielding the CPU this many times (os.sched_yield, no sleep).
+LISTENER_YIELDS = 16
+_give_way = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))  # (no sched_yield on Windows)
 
 
 class ThreadedCoordinator(CoordinatorBase):
@@ -400,6 +403,7 @@ class ThreadedCoordinator(CoordinatorBase):
             time.sleep(LISTENER_YIELD)
             return
         deadline = 0.0
+        yields = 0
         while True:
             if self._waiting:
                 fds = self._fds
@@ -412,6 +416,13 @@ class ThreadedCoordinator(CoordinatorBase):
                     return
             elif self._thread is None:
                 return
+            if yields < LISTENER_YIELDS:
+                # First give the CPU (and the GIL) away without sleeping: a listener that
+                # only has to apply a message or two (this node's own echo, typically) is
+                # done within a few yields, where a sleep costs a timer tick (~0.25 ms).
+                yields += 1
+                _give_way()
+                continue
             now = time.monotonic()
             if not deadline:
                 deadline = now + LISTENER_CATCH_UP
