@@ -103,10 +103,14 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
         cache = self._cache
         if cache is not None and self.coordinator.subscribed and type(session_id) is str:  # type: ignore[union-attr]
             cached: Session | None = cache.get(session_id)
-            if cached is not None and self._hits_unchecked < LAST_UNCHECKED_HIT:
-                self._hits_unchecked += 1
+            if cached is not None:
+                if self._hits_unchecked < LAST_UNCHECKED_HIT:
+                    self._hits_unchecked += 1
+                else:  # a hit that first lets a listener with input apply it (as ``after_lookup``)
+                    self._hits_unchecked = 0
+                    self.coordinator.yield_to_listener()  # type: ignore[union-attr]
                 return cached
-            return self.after_lookup(session_id, cached)  # type: ignore[no-any-return]
+            return self.after_lookup(session_id, None)  # type: ignore[no-any-return]
         return self.cached_load(session_id)  # type: ignore[no-any-return]  # the cache is bypassed
 
     def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
