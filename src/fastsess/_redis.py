@@ -448,6 +448,11 @@ async def _release_async(pool: Any, connection: Any) -> None:
         pass
 
 
+def _call(client: Any, connection: Any, args: tuple[Any, ...]) -> Any:
+    """``args`` on ``connection`` under the client's retry policy (``_send``, ``_fail_callback``)."""
+    return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+
+
 def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
     """``client.execute_command(*args)`` for a ``DIRECT`` command, without its overhead:
     one pooled connection, the client's retry policy, the raw reply.
@@ -457,7 +462,7 @@ def _direct(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
     """
     connection = pool.get_connection(*_POOL_ARGS)
     try:
-        return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+        return _call(client, connection, args)
     finally:
         pool.release(connection)
 
@@ -470,9 +475,24 @@ def _kept(client: Any, idle: IdleConnections, args: tuple[Any, ...]) -> Any:
     """
     connection = idle.take()
     try:
-        return connection.retry.call_with_retry(lambda: _send(connection, args), _fail_callback(client, connection))
+        return _call(client, connection, args)
     finally:
         idle.give(connection)
+
+
+def _sender(client: Any, name: str, idle: IdleConnections | None) -> Callable[[tuple[Any, ...]], Any]:
+    """How ``execute`` sends a command named ``name``: a ``DIRECT`` one on a plain client
+    on a kept connection (``idle``) or a pooled one, anything else through
+    ``execute_command``, after handing the kept connections back to the pool."""
+    if name in DIRECT and isinstance(client, redis.Redis):  # (not a wrapper put in its place)
+        if idle is not None:
+            return lambda args: _kept(client, idle, args)
+        pool = _direct_pool(client)
+        if pool is not None:
+            return lambda args: _direct(client, pool, args)
+    elif idle is not None:
+        idle.drain()
+    return lambda args: client.execute_command(*args)
 
 
 def execute(client: Any, command: Command, idle: IdleConnections | None = None) -> Any:
@@ -485,36 +505,23 @@ def execute(client: Any, command: Command, idle: IdleConnections | None = None) 
         redis.RedisError, OSError: the command failed.
     """
     script, args = command[1], command[2]
-    if idle is not None and isinstance(client, redis.Redis):  # (not a wrapper put in its place)
-        if script is STAGE:
-            write, lua, call = args
-            return stage(client, write, lua, call, idle)
-        if args[0] in DIRECT:
-            try:
-                return _kept(client, idle, args)
-            except NoScriptError:
-                if script is None:
-                    raise
-                return _kept(client, idle, ("EVAL", script.text, *args[2:]))
-        idle.drain()
-    if script is STAGE:
-        return stage(client, *args)
-    if script is PIPELINE:
-        return pipeline(client, args).execute()
     if script is PAUSE:
         time.sleep(args[0])
         return None
-    pool = _direct_pool(client) if args[0] in DIRECT and isinstance(client, redis.Redis) else None
+    if script is STAGE:
+        write, lua, call = args
+        return stage(client, write, lua, call, idle if isinstance(client, redis.Redis) else None)
+    if script is PIPELINE:
+        if idle is not None:
+            idle.drain()
+        return pipeline(client, args).execute()
+    send = _sender(client, args[0], idle)
     try:
-        if pool is not None:
-            return _direct(client, pool, args)
-        return client.execute_command(*args)
+        return send(args)
     except NoScriptError:
         if script is None:
             raise
-        if pool is not None:
-            return _direct(client, pool, ("EVAL", script.text, *args[2:]))
-        return client.execute_command("EVAL", script.text, *args[2:])
+        return send(("EVAL", script.text, *args[2:]))
 
 
 async def _send_async(connection: Any, args: tuple[Any, ...]) -> Any:
@@ -528,6 +535,11 @@ async def _send_async(connection: Any, args: tuple[Any, ...]) -> Any:
         raise
 
 
+async def _call_async(client: Any, connection: Any, args: tuple[Any, ...]) -> Any:
+    """``_call`` for asyncio."""
+    return await connection.retry.call_with_retry(lambda: _send_async(connection, args), _fail_callback(client, connection))
+
+
 async def _kept_async(client: Any, idle: AsyncIdleConnections, args: tuple[Any, ...]) -> Any:
     """``_kept`` for asyncio.
 
@@ -536,7 +548,7 @@ async def _kept_async(client: Any, idle: AsyncIdleConnections, args: tuple[Any, 
     """
     connection = await idle.take()
     try:
-        return await connection.retry.call_with_retry(lambda: _send_async(connection, args), _fail_callback(client, connection))
+        return await _call_async(client, connection, args)
     finally:
         await idle.give(connection)
 
@@ -550,9 +562,22 @@ async def _direct_async(client: Any, pool: Any, args: tuple[Any, ...]) -> Any:
     """
     connection = await pool.get_connection(*_POOL_ARGS)
     try:
-        return await connection.retry.call_with_retry(lambda: _send_async(connection, args), _fail_callback(client, connection))
+        return await _call_async(client, connection, args)
     finally:
         await pool.release(connection)
+
+
+async def _sender_async(client: Any, name: str, idle: AsyncIdleConnections | None) -> Callable[[tuple[Any, ...]], Any]:
+    """``_sender`` for a ``redis.asyncio`` client (the sender returns an awaitable)."""
+    if name in DIRECT and isinstance(client, redis.asyncio.Redis):  # (not a wrapper put in its place)
+        if idle is not None:
+            return lambda args: _kept_async(client, idle, args)
+        pool = _direct_pool(client)
+        if pool is not None:
+            return lambda args: _direct_async(client, pool, args)
+    elif idle is not None:
+        await idle.drain()
+    return lambda args: client.execute_command(*args)
 
 
 async def execute_async(client: Any, command: Command, idle: AsyncIdleConnections | None = None) -> Any:
@@ -562,36 +587,23 @@ async def execute_async(client: Any, command: Command, idle: AsyncIdleConnection
         redis.RedisError, OSError: the command failed.
     """
     script, args = command[1], command[2]
-    if idle is not None and isinstance(client, redis.asyncio.Redis):  # (not a wrapper put in its place)
-        if script is STAGE:
-            write, lua, call = args
-            return await stage_async(client, write, lua, call, idle)
-        if args[0] in DIRECT:
-            try:
-                return await _kept_async(client, idle, args)
-            except NoScriptError:
-                if script is None:
-                    raise
-                return await _kept_async(client, idle, ("EVAL", script.text, *args[2:]))
-        await idle.drain()
-    if script is STAGE:
-        return await stage_async(client, *args)
-    if script is PIPELINE:
-        return await pipeline(client, args).execute()
     if script is PAUSE:
         await asyncio.sleep(args[0])
         return None
-    pool = _direct_pool(client) if args[0] in DIRECT and isinstance(client, redis.asyncio.Redis) else None
+    if script is STAGE:
+        write, lua, call = args
+        return await stage_async(client, write, lua, call, idle if isinstance(client, redis.asyncio.Redis) else None)
+    if script is PIPELINE:
+        if idle is not None:
+            await idle.drain()
+        return await pipeline(client, args).execute()
+    send = await _sender_async(client, args[0], idle)
     try:
-        if pool is not None:
-            return await _direct_async(client, pool, args)
-        return await client.execute_command(*args)
+        return await send(args)
     except NoScriptError:
         if script is None:
             raise
-        if pool is not None:
-            return await _direct_async(client, pool, ("EVAL", script.text, *args[2:]))
-        return await client.execute_command("EVAL", script.text, *args[2:])
+        return await send(("EVAL", script.text, *args[2:]))
 
 
 # redis-py < 5.3 wants a command name for ``ConnectionPool.get_connection``; later ones
