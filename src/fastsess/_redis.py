@@ -633,9 +633,9 @@ def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
 
 
 def _exchange_guarded(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """``_exchange`` on a connection that is kept rather than handed back to a pool (whose
-    readiness check would catch leftovers): anything but an error reply (kept in the
-    list) drops the connection, which may hold unread replies."""
+    """``_exchange``, but anything other than an error reply (those stay in the list)
+    drops the connection, which may hold unread replies: a kept connection is not
+    readiness-checked by a pool before its next use."""
     try:
         return _exchange(connection, commands)
     except BaseException:
@@ -652,28 +652,23 @@ def _staged_reply(replies: list[Any]) -> Any:
 
 
 def _stage_sync(client: Any, commands: list[tuple[Any, ...]], idle: IdleConnections | None = None) -> list[Any]:
+    # one connection (a kept one, else one from the pool), redis-py's retry (as
+    # execute_command): no pipeline object, whose bookkeeping costs more than the second command
     if idle is not None:
-        kept: Any = idle.take()
-        try:
-            result: list[Any] = kept.retry.call_with_retry(
-                lambda: _exchange_guarded(kept, commands), lambda _error: kept.disconnect(),
-            )
-        finally:
-            idle.give(kept)
-        return result
-    if isinstance(client, redis.Redis) and client.connection is None:
-        # one connection from the pool, redis-py's retry (as execute_command): no pipeline
-        # object, whose bookkeeping costs more than the second command
+        take, give = idle.take, idle.give
+    elif isinstance(client, redis.Redis) and client.connection is None:
         pool = client.connection_pool
-        connection: Any = pool.get_connection(*_POOL_ARGS)
-        try:
-            replies: list[Any] = connection.retry.call_with_retry(
-                lambda: _exchange(connection, commands), lambda _error: connection.disconnect(),
-            )
-            return replies
-        finally:
-            pool.release(connection)
-    return pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
+        take, give = (lambda: pool.get_connection(*_POOL_ARGS)), pool.release
+    else:
+        return pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
+    connection = take()
+    try:
+        replies: list[Any] = connection.retry.call_with_retry(
+            lambda: _exchange_guarded(connection, commands), lambda _error: connection.disconnect(),
+        )
+        return replies
+    finally:
+        give(connection)
 
 
 def stage(
@@ -707,25 +702,20 @@ async def _exchange_async(connection: Any, commands: list[tuple[Any, ...]]) -> l
 
 async def _stage_async(client: Any, commands: list[tuple[Any, ...]], idle: AsyncIdleConnections | None = None) -> list[Any]:
     if idle is not None:
-        kept: Any = await idle.take()
-        try:
-            result: list[Any] = await kept.retry.call_with_retry(
-                lambda: _exchange_async(kept, commands), lambda _error: kept.disconnect(),
-            )
-        finally:
-            await idle.give(kept)
-        return result
-    if isinstance(client, redis.asyncio.Redis) and client.connection is None and not client.single_connection_client:
+        take, give = idle.take, idle.give
+    elif isinstance(client, redis.asyncio.Redis) and client.connection is None and not client.single_connection_client:
         pool: Any = client.connection_pool
-        connection: Any = await pool.get_connection(*_POOL_ARGS)
-        try:
-            replies: list[Any] = await connection.retry.call_with_retry(
-                lambda: _exchange_async(connection, commands), lambda _error: connection.disconnect(),
-            )
-            return replies
-        finally:
-            await pool.release(connection)
-    return await pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
+        take, give = (lambda: pool.get_connection(*_POOL_ARGS)), pool.release
+    else:
+        return await pipeline(client, tuple(commands)).execute(raise_on_error=False)  # type: ignore[no-any-return]
+    connection = await take()
+    try:
+        replies: list[Any] = await connection.retry.call_with_retry(
+            lambda: _exchange_async(connection, commands), lambda _error: connection.disconnect(),
+        )
+        return replies
+    finally:
+        await give(connection)
 
 
 async def stage_async(
