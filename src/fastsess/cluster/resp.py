@@ -30,6 +30,20 @@ GATHER_FROM = 16 * 1024  # a reply longer than this that spans reads is joined o
 _MESSAGE = b"*3\r\n$7\r\nmessage\r\n$"  # how every pub/sub message reply starts
 
 
+def _bulk(buf: bytes, p: int, after: bytes) -> tuple[int, int] | None:
+    """The span of a bulk string whose length line starts at ``p`` (just after its ``$``)
+    and which is followed by ``after``; None if incomplete or malformed."""
+    eol = buf.find(b"\r\n", p, p + 12)
+    line = buf[p:eol]
+    if eol < 0 or not line.isdigit():
+        return None
+    start = eol + 2
+    end = start + int(line)
+    if buf[end:end + len(after)] != after:
+        return None
+    return start, end
+
+
 class ProtocolError(RedisConnectionError):
     """The connection sent bytes that are not RESP2: the listener drops it and reconnects."""
 
@@ -119,24 +133,14 @@ class RespParser:
     def _message(self, buf: bytes, pos: int) -> list[bytes] | None:
         """A whole well-formed ``message`` reply at ``pos`` (which starts with ``_MESSAGE``),
         consumed; else None (incomplete or malformed: the general parse decides)."""
-        p = pos + len(_MESSAGE)
-        eol = buf.find(b"\r\n", p, p + 12)
-        line = buf[p:eol]
-        if eol < 0 or not line.isdigit():
+        channel = _bulk(buf, pos + len(_MESSAGE), b"\r\n$")
+        if channel is None:
             return None
-        start = eol + 2
-        end = start + int(line)
-        if buf[end:end + 3] != b"\r\n$":
+        start, end = channel
+        data = _bulk(buf, end + 3, b"\r\n")
+        if data is None:
             return None
-        p = end + 3
-        eol = buf.find(b"\r\n", p, p + 12)
-        line = buf[p:eol]
-        if eol < 0 or not line.isdigit():
-            return None
-        first = eol + 2
-        last = first + int(line)
-        if buf[last:last + 2] != b"\r\n":
-            return None
+        first, last = data
         self._pos = last + 2
         return [b"message", buf[start:end], buf[first:last]]
 
