@@ -176,6 +176,7 @@ def cluster_text(cluster: dict[str, Any]) -> str:
         labels = {
             "without_cache": "RedisStore, no local cache", "nodes_1": "ClusteredRedisStore, 1 node",
             "nodes_2": "ClusteredRedisStore, 2 nodes", "nodes_2_update": "ClusteredRedisStore, 2 nodes, update mode",
+            "nodes_2_warm": "ClusteredRedisStore, 2 nodes, update mode + warm_peers",
         }
         body = [
             [label, f"{load[key]['redis_gets']:,}", f"{load[key]['redis_gets_per_1000']:.1f}", fmt(load[key]["served_locally"], "%")]

@@ -844,6 +844,10 @@ class ClusteredStoreBase(RedisStoreBase):
         breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
         breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
     ) -> None:
+        if config is not None and config.warm_peers and isinstance(client, self._cluster_type):
+            # A fill and a later write of the same session could reach a node on two
+            # connections (a stale slot map publishes on the plain channel): no order to rely on.
+            raise ConfigError("warm_peers is not available on Redis Cluster")
         super().__init__(
             client, url, prefix=prefix, ttl=ttl, serializer=serializer, refresh_fraction=refresh_fraction,
             socket_timeout=socket_timeout, retries=retries, pool_size=pool_size, pool_timeout=pool_timeout, clock=clock,
@@ -873,6 +877,8 @@ class ClusteredStoreBase(RedisStoreBase):
             # Only a node in update mode installs values carried by messages: elsewhere an
             # update message only evicts, so a publisher on the channel cannot plant data.
             self.coordinator.on_update = policy.updated
+        if policy is not None and self.coordinator is not None and cfg.warm_peers:
+            self.coordinator.on_fill = policy.warm  # other nodes' reads, added where not cached
         if policy is not None and self.coordinator is not None:
             self.coordinator.on_refill = policy.refill  # re-reads from Redis what a replay evicted
         self._core = StoreCore(

@@ -18,6 +18,7 @@ variable                            field                           example
 ``FASTSESS_SHARDED_PUBSUB``         ``sharded_pubsub``              ``true``
 ``FASTSESS_NEGATIVE_CACHE_TTL``     ``negative_cache_ttl``          ``2``
 ``FASTSESS_UPDATE_MAX_BYTES``       ``update_max_bytes``            ``4096``
+``FASTSESS_WARM_PEERS``             ``warm_peers``                  ``true``
 ``FASTSESS_LEASE``                  ``lease``                       ``1.0``
 ``FASTSESS_REPLAY_LOG_SIZE``        ``replay_log_size``             ``10000``
 =================================== =============================== ==================
@@ -49,8 +50,10 @@ DEFAULT_LOCAL_CACHE_MAX_ITEM_BYTES = 256 * 1024  # larger sessions are not cache
 # to this much bigger than a plain one, whatever its own update_max_bytes.
 MAX_UPDATE_BYTES = 64 * 1024
 
-_BOOLS = ("enabled", "local_cache_enabled", "track_external_changes", "sharded_pubsub")  # stale_if_error: a bool or seconds
+_BOOLS = ("enabled", "local_cache_enabled", "track_external_changes", "sharded_pubsub", "warm_peers")  # stale_if_error: a bool or seconds
 _TRUE = {"1", "true", "yes", "on"}
+# What a field needs beside it to be valid on its own (``from_env`` checks each variable alone).
+_ALONE: dict[str, dict[str, Any]] = {"warm_peers": {"update_max_bytes": 1}}
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -104,6 +107,13 @@ class ClusterConfig:
             Above 0: a save whose stored value is at most this many bytes sends the value
             itself, and nodes that cache the session replace their copy with it (only by
             a newer version) instead of evicting it.  At most ``MAX_UPDATE_BYTES``.
+        warm_peers: False (default).  True (needs ``update_max_bytes`` above 0; not on
+            Redis Cluster): every node keeps every session up to ``update_max_bytes`` that
+            any node reads or writes, not only those it read itself: a load that misses
+            publishes the value it read (in the same script, no extra round trip), and an
+            update-mode message installs its value where the session is not cached.  For
+            nodes behind a load balancer without sticky sessions, where every node sees
+            every session: each session is fetched from Redis once, not once per node.
         lease: the staleness bound, in seconds: the local cache is served only while the
             listener has proof, younger than this, that every invalidation published
             before it was applied (a PONG on the subscribed connection, or a replay);
@@ -132,6 +142,7 @@ class ClusterConfig:
     negative_cache_ttl: float = 2.0
     negative_cache_max_size: int = 10_000
     update_max_bytes: int = 0
+    warm_peers: bool = False
     lease: float = 1.0
     replay_log_size: int = 10_000
 
@@ -166,6 +177,8 @@ class ClusterConfig:
         update = self.update_max_bytes
         if isinstance(update, bool) or not isinstance(update, int) or not 0 <= update <= MAX_UPDATE_BYTES:
             raise ConfigError(f"update_max_bytes must be an int from 0 to {MAX_UPDATE_BYTES}, not {update!r}")
+        if self.warm_peers and not update:
+            raise ConfigError("warm_peers needs update mode (update_max_bytes above 0): the messages carry the values")
         backoff = self.reconnect_backoff
         if not isinstance(backoff, tuple) or len(backoff) != 2:
             raise ConfigError(f"reconnect_backoff must be a (first, max) tuple, not {backoff!r}")
@@ -204,7 +217,8 @@ class ClusterConfig:
                 continue
             value = _parse(name, field.name, raw.strip())
             try:
-                cls(**{field.name: value})  # validate alone, so the error can name the variable
+                # validate alone (with what a cross-field rule needs), so the error can name the variable
+                cls(**{**_ALONE.get(field.name, {}), field.name: value})
             except ConfigError as exc:
                 raise ConfigError(f"{name}={raw.strip()!r}: {exc}") from exc
             values[field.name] = value

@@ -188,10 +188,14 @@ def test_read_load_gets_are_counted_on_the_server(redis_url: str) -> None:
     result: dict[str, Any] = measure_read_load(redis_url, sessions=40, ops=400, private_server=True)
     assert result["without_cache"]["redis_gets"] == 400
     assert result["without_cache"]["served_locally"] == 0.0
-    for key in ("nodes_1", "nodes_2", "nodes_2_update"):
+    for key in ("nodes_1", "nodes_2", "nodes_2_update", "nodes_2_warm"):
         row = result[key]
         assert row["redis_gets"] == row["store_misses"] == row["commands"]["pttl"]  # the load script's reads
         assert 0 < row["redis_gets"] < 400
+    # warm_peers: a session's first read on either node serves both (each miss publishes once)
+    warm = result["nodes_2_warm"]
+    assert warm["redis_gets"] < result["nodes_2_update"]["redis_gets"]
+    assert warm["first_reads"] == result["nodes_1"]["first_reads"] <= warm["redis_gets"]
     assert result["private_server"] is True
 
 

@@ -27,6 +27,7 @@ from fastsess import ClusterConfig, ClusteredRedisStore, Session
 from fastsess._core.breaker import CircuitBreaker
 from fastsess._core.coherence import CoherentCache
 from fastsess._core.listener import ListenerMachine, Ping
+from fastsess._core.messages import complete_fill, fill_prefix
 from fastsess._core.policy import CachePolicy
 from fastsess._core.principals import index_key
 from fastsess._core.sequence import log_keys
@@ -312,3 +313,92 @@ def test_a_forked_child_of_a_tracking_store_subscribes_whatever_lock_the_parent_
         if proc.is_alive():
             proc.kill()
             proc.join(5)
+
+
+# --- warm_peers x encryption, tracking ----------------------------------------
+
+
+def test_with_warm_peers_and_encryption_a_planted_fill_adds_nothing(make_store: StoreFactory, server: RedisServer, raw: redis.Redis) -> None:
+    """warm_peers adds sessions a node never read: with encryption, only a value that opens
+    under the store's keys for that very id is added (a planted plain value is not)."""
+    enc = Encryption([Encryption.generate_key()])
+    B = make_store(server.url, name="B", update_max_bytes=4096, warm_peers=True, store_kwargs={"encryption": enc})
+    subscribed(B)
+    sid = new_session_id()
+    planted = Session(sid, {"user": "admin"}, ttl=600, new=False, version=1)
+    before = B.coordinator.stats.fills  # type: ignore[union-attr]
+    raw.publish(B.config.channel, complete_fill(fill_prefix(sid, "attacker/1"), 600, B.serializer.encode(planted)))
+    wait_until(lambda: B.coordinator.stats.fills > before, 5, what="B applying the planted message")  # type: ignore[union-attr]
+    assert not cached(B, sid) and B.load(sid) is None
+
+
+def test_with_warm_peers_and_tracking_a_new_session_stays_cached_on_the_peer(make_store: StoreFactory, server: RedisServer) -> None:
+    """The creation's tracking notification follows its message on the same connection:
+    it must not evict the copy the message just added."""
+    A = make_store(server.url, name="A", track_external_changes=True, update_max_bytes=4096, warm_peers=True)
+    B = make_store(server.url, name="B", track_external_changes=True, update_max_bytes=4096, warm_peers=True)
+    subscribed(A, B)
+    for n in range(3):
+        s = saved(A, {"n": n})
+        barrier(A, B)  # the creation, its notification and then the marker reached B
+        assert cached(B, s.id)
+        assert B.load(s.id)["n"] == n
+    assert B._cache is not None and B._cache.warmed == 3
+
+
+
+def test_warm_peers_under_concurrent_reads_and_writes_serves_nothing_stale(make_store: StoreFactory, server: RedisServer) -> None:
+    """Two warm nodes, a writer alternating between them and a reader thread on each, for
+    1.5 s over 20 sessions (one-key reads and read-modify-writes: misses publish fills,
+    saves publish updates, fills race writes).  No read returns a version older than one
+    committed 100 ms before the read began."""
+    import random
+    import threading
+    import time
+
+    A = make_store(server.url, name="A", update_max_bytes=4096, warm_peers=True)
+    B = make_store(server.url, name="B", update_max_bytes=4096, warm_peers=True)
+    subscribed(A, B)
+    ids = [saved(A, {"n": 0}).id for _ in range(20)]
+    committed: dict[str, list[tuple[float, int]]] = {sid: [(0.0, 1)] for sid in ids}
+    reads: list[tuple[str, float, int]] = []
+    stop = time.monotonic() + 1.5
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        rng = random.Random(1)
+        try:
+            while time.monotonic() < stop:
+                node = rng.choice((A, B))
+                sid = rng.choice(ids)
+                s = node.load(sid)
+                s["n"] += 1
+                node.save(s)
+                committed[sid].append((time.monotonic(), s.version))
+                if rng.random() < 0.3:  # now and then a peer drops its copy: its next read misses and fills
+                    rng.choice((A, B))._cache.invalidate(rng.choice(ids))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def reader(node: ClusteredRedisStore, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while time.monotonic() < stop:
+                sid = rng.choice(ids)
+                began = time.monotonic()
+                reads.append((sid, began, node.load(sid).version))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader, args=(A, 2)), threading.Thread(target=reader, args=(B, 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    stale = [
+        (sid, began, version) for sid, began, version in reads
+        if version < max(v for at, v in committed[sid] if at <= began - 0.1)
+    ]
+    assert len(reads) > 1000 and not stale, stale[:5]
+    assert A._cache is not None and B._cache is not None and A._cache.warmed + B._cache.warmed > 0

@@ -84,7 +84,7 @@ INVALID: list[tuple[str, Any]] = [
     ("negative_cache_ttl", -1), ("negative_cache_ttl", False), ("negative_cache_ttl", "2"), ("negative_cache_ttl", float("nan")),
     ("negative_cache_ttl", float("inf")), ("negative_cache_max_size", 0), ("negative_cache_max_size", True),
     ("update_max_bytes", -1), ("update_max_bytes", 64 * 1024 + 1), ("update_max_bytes", 1.0), ("update_max_bytes", True),
-    ("update_max_bytes", "4096"),
+    ("update_max_bytes", "4096"), ("warm_peers", 1), ("warm_peers", "true"), ("warm_peers", True),
     ("lease", 0), ("lease", -1.0), ("lease", float("inf")), ("lease", "1"), ("lease", None),
     ("replay_log_size", 0), ("replay_log_size", 1.5), ("replay_log_size", True), ("replay_log_size", "10"),
 ]
@@ -132,9 +132,22 @@ FULL_ENV = {
     "FASTSESS_NEGATIVE_CACHE_TTL": "0.5",
     "FASTSESS_NEGATIVE_CACHE_MAX_SIZE": "1_000",
     "FASTSESS_UPDATE_MAX_BYTES": "4096",
+    "FASTSESS_WARM_PEERS": "yes",
     "FASTSESS_LEASE": "0.5",
     "FASTSESS_REPLAY_LOG_SIZE": "50_000",
 }
+
+
+def test_warm_peers_needs_update_mode() -> None:
+    with pytest.raises(ConfigError, match="update_max_bytes"):
+        ClusterConfig(warm_peers=True)
+    assert ClusterConfig(update_max_bytes=1, warm_peers=True).warm_peers is True
+    assert ClusterConfig().warm_peers is False
+    assert ClusterConfig.from_env({"FASTSESS_WARM_PEERS": "on", "FASTSESS_UPDATE_MAX_BYTES": "4096"}).warm_peers is True
+    with pytest.raises(ConfigError, match="warm_peers needs update mode"):  # each variable parses; together they do not hold
+        ClusterConfig.from_env({"FASTSESS_WARM_PEERS": "on"})
+    with pytest.raises(ConfigError, match="FASTSESS_WARM_PEERS='maybe'"):
+        ClusterConfig.from_env({"FASTSESS_WARM_PEERS": "maybe", "FASTSESS_UPDATE_MAX_BYTES": "4096"})
 
 
 def test_module_doc_lists_every_field() -> None:
@@ -153,7 +166,7 @@ def test_from_env_parses_every_variable() -> None:
         local_cache_ttl=12.5, local_cache_max_size=10_000, local_cache_max_bytes=8 * 1024 * 1024,
         local_cache_max_item_bytes=65536, subscribe_timeout=0.25, reconnect_backoff=(0.01, 2.0), stale_if_error=True,
         track_external_changes=True, sharded_pubsub=False,
-        negative_cache_ttl=0.5, negative_cache_max_size=1000, update_max_bytes=4096,
+        negative_cache_ttl=0.5, negative_cache_max_size=1000, update_max_bytes=4096, warm_peers=True,
         lease=0.5, replay_log_size=50_000,
     )
 

@@ -3,6 +3,7 @@ and replacements, and ``Flights`` (single-flight bookkeeping)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import msgpack
@@ -13,12 +14,16 @@ from fastsess._core.coherence import CoherentCache
 from fastsess._core.flights import RETRY, Flights
 from fastsess._core.messages import (
     DELETED,
+    FILLED,
     INVALIDATED,
     MAX_MESSAGE_BYTES,
     MAX_UPDATE_MESSAGE_BYTES,
+    complete_fill,
     decode_message,
     encode_message,
+    fill_prefix,
 )
+from fastsess._core.ops import GET_PTTL_FILL
 from fastsess.config import MAX_UPDATE_BYTES
 from fastsess.stores.base import new_session_id
 
@@ -223,3 +228,47 @@ def test_a_forked_child_does_not_follow_a_parent_threads_read() -> None:
     cache.after_fork()
     child_read, leading = cache.flights.take(SID, cache.fill_token(SID), object)
     assert leading and child_read is not parent_read
+
+
+# --- filled messages (warm_peers) -------------------------------------------------------------
+
+
+def test_a_filled_message_round_trips_and_is_never_numbered() -> None:
+    data = complete_fill(fill_prefix("sid", "n/1"), 90, b"\x81\xa1k\x01")
+    assert decode_message(data) == {"t": FILLED, "id": "sid", "node": "n/1", "e": 90, "p": b"\x81\xa1k\x01"}
+    numbered = msgpack.packb({"t": FILLED, "id": "sid", "node": "n/1", "e": 90, "p": b"x", "ep": "1", "sq": "7"})
+    assert decode_message(numbered) is None  # a filled message must not move a listener's sequence
+
+
+@pytest.mark.parametrize("fields", [
+    {"e": 90}, {"p": b"x"}, {"p": "text", "e": 90}, {"p": b"x", "e": 0}, {"p": b"x", "e": "90"}, {"p": b"x", "e": 90, "c": True},
+])
+def test_malformed_filled_messages_are_dropped(fields: dict[str, Any]) -> None:
+    assert decode_message(msgpack.packb({"t": FILLED, "id": "sid", "node": "n/1", **fields})) is None
+
+
+def test_a_filled_message_is_built_only_by_fill_prefix() -> None:
+    with pytest.raises(ValueError, match="fill_prefix"):
+        encode_message(FILLED, "sid", "n/1")
+
+
+def test_the_load_script_publishes_what_complete_fill_builds(redis_client: Any) -> None:
+    """The Lua step and its Python twin give the same bytes (uint 32 expiry, bin 32 value)."""
+    key, channel, value = f"fill-test:{uuid.uuid4().hex}", f"fill-test:{uuid.uuid4().hex}", b"v" * 300
+    redis_client.set(key, value, ex=100)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(channel)
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        prefix = fill_prefix("sid", "n/1")
+        got, pttl = redis_client.eval(GET_PTTL_FILL.text, 1, key, channel, prefix, 4096)
+        assert got == value and 99_000 <= pttl <= 100_000
+        msg = pubsub.get_message(timeout=5)
+        assert msg is not None and msg["data"] == complete_fill(prefix, pttl // 1000, value)
+        redis_client.eval(GET_PTTL_FILL.text, 1, key, channel, prefix, 299)  # larger than the limit: not published
+        redis_client.persist(key)
+        redis_client.eval(GET_PTTL_FILL.text, 1, key, channel, prefix, 4096)  # no expiry: not published
+        assert pubsub.get_message(timeout=0.2) is None
+    finally:
+        pubsub.close()
+        redis_client.delete(key)

@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 
 from fastsess import ClusterConfig, ClusteredRedisStore, Session
 from fastsess._core.slots import ShardMap, key_slot
-from fastsess.errors import StoreUnavailable
+from fastsess.errors import ConfigError, StoreUnavailable
 
 from ..support import RedisClusterNodes, RedisServer, kill
 from .conftest import FAST, received, wait_received, wait_until
@@ -741,3 +741,11 @@ async def test_async_store_tracks_on_every_master(cluster: list[RedisServer]) ->
         await store.close()
         await client.aclose()
         raw.close()
+
+
+def test_warm_peers_is_refused_on_redis_cluster(stores: Any) -> None:
+    """A fill and a later write of one session could reach a node on two connections
+    (a writer with an out-of-date slot map publishes on the plain channel): refused."""
+    raw = stores[2]
+    with pytest.raises(ConfigError, match="warm_peers"):
+        ClusteredRedisStore(client=raw, config=ClusterConfig(update_max_bytes=4096, warm_peers=True))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from fastsess import Session
+from fastsess._core.messages import complete_fill, fill_prefix
 from fastsess._core.ops import GET_PTTL
 from fastsess.cluster import INVALIDATED, encode_message
 from fastsess.stores.base import new_session_id
@@ -392,3 +394,98 @@ def test_a_cancelled_read_leaves_its_followers_to_read_on_their_own(async_cluste
         release.set()
     assert cancelled
     assert [r["v"] for r in results] == [1, 1]  # they read again (the held reply was the leader's only)
+
+
+# --- warm peers: every node keeps what any node reads or writes ------------------------------
+
+WARM = {**UPDATE, "warm_peers": True}
+
+
+def warmed(store: Any) -> int:
+    return int(sync_store(store)._cache.warmed)
+
+
+def fills(store: Any) -> int:
+    return int(store.coordinator.stats.fills)
+
+
+def test_warm_peers_a_miss_on_one_node_fills_the_other(clustered: ClusteredBackend) -> None:
+    A, B = (clustered.make(name=n, cluster=WARM) for n in "AB")
+    writer = clustered.make(name="W")  # not warm: its creation message carries nothing
+    s = saved(writer, {"v": 1})
+    before_fills, reads = fills(B), gets(clustered)
+    assert A.load(s.id)["v"] == 1  # a miss: one GET, whose script publishes the value read
+    assert gets(clustered) == reads + 1
+    wait_until(lambda: fills(B) > before_fills, 5.0, what="B applying A's filled message")
+    got = B.load(s.id)
+    assert got["v"] == 1 and got.version == s.version
+    assert gets(clustered) == reads + 1  # B answered from its cache: no second GET
+    assert warmed(B) == 1 and warmed(A) == 0  # a node ignores its own filled message
+    # An unnumbered message on a numbered channel: no gap, no flush; the next write still applies.
+    assert B.coordinator.stats.gaps == 0 and B.coordinator.stats.full_flushes == 0
+    before = received(B)
+    s["v"] = 2
+    writer.save(s)
+    wait_received(B, before)
+    assert B.load(s.id)["v"] == 2
+    assert B.coordinator.stats.gaps == 0
+
+
+def test_warm_peers_a_new_session_is_cached_on_every_node(clustered: ClusteredBackend) -> None:
+    A, B = (clustered.make(name=n, cluster=WARM) for n in "AB")
+    before, reads = created(B), gets(clustered)
+    s = saved(A, {"v": "new"})
+    wait_created(B, before)
+    assert B.load(s.id)["v"] == "new" and gets(clustered) == reads  # no GET anywhere
+    assert warmed(B) == 1
+
+
+def test_warm_peers_an_update_adds_the_session_where_it_was_not_cached(clustered: ClusteredBackend) -> None:
+    A, B = (clustered.make(name=n, cluster=WARM) for n in "AB")
+    s = saved(clustered.make(name="W"), {"v": 1})
+    loaded = A.load(s.id)
+    wait_until(lambda: fills(B) > 0, 5.0, what="B applying A's filled message")
+    sync_store(B).clear_local_cache()  # B no longer holds it
+    before, reads = received(B), gets(clustered)
+    loaded["v"] = 2
+    A.save(loaded)  # update mode: the value travels; B adds it
+    wait_received(B, before)
+    assert B.load(s.id)["v"] == 2 and gets(clustered) == reads
+    assert warmed(B) == 2  # the first by A's filled message, the second by its update
+
+
+def test_warm_peers_a_filled_message_keeps_a_cached_copy(clustered: ClusteredBackend) -> None:
+    B = clustered.make(name="B", cluster=WARM)
+    s = saved(clustered.make(name="W"), {"v": 1})
+    assert B.load(s.id)["v"] == 1  # cached on B
+    other = Session(s.id, {"v": "other"}, ttl=s.ttl, new=False, version=s.version + 1)
+    before = fills(B)
+    clustered.client.publish(clustered.channel, complete_fill(
+        fill_prefix(s.id, "elsewhere/1"), 60, sync_store(B).serializer.encode(other),
+    ))
+    wait_until(lambda: fills(B) > before, 5.0, what="B applying the filled message")
+    assert warmed(B) == 0 and B.load(s.id)["v"] == 1  # kept: a read changes nothing, its copy is as new
+
+
+def test_warm_peers_values_that_do_not_decode_or_are_too_large_are_not_added(clustered: ClusteredBackend) -> None:
+    A, B = (clustered.make(name=n, cluster={**WARM, "update_max_bytes": 300}) for n in "AB")
+    big = saved(clustered.make(name="W"), {"blob": "x" * 500})
+    before_publish = redis_command_calls(clustered.client, "publish")
+    A.load(big.id)  # larger than update_max_bytes: read, not shared
+    assert redis_command_calls(clustered.client, "publish") == before_publish
+    sid = new_session_id()
+    prefix = fill_prefix(sid, "elsewhere/1")
+    before = fills(B)
+    for payload in (b"\x00garbage", b"\x92\x01\x02"):  # not a session envelope
+        clustered.client.publish(clustered.channel, complete_fill(prefix, 60, payload))
+    wait_until(lambda: fills(B) >= before + 2, 5.0, what="B applying the planted messages")
+    assert warmed(B) == 0 and B.cache_stats().size == 0
+
+
+def test_a_node_without_warm_peers_ignores_filled_messages(clustered: ClusteredBackend) -> None:
+    A = clustered.make(name="A", cluster=WARM)
+    B = clustered.make(name="B", cluster=UPDATE)  # update mode only
+    s = saved(clustered.make(name="W"), {"v": 1})
+    A.load(s.id)
+    time.sleep(0.2)  # the filled message has reached B by now (loopback)
+    assert warmed(B) == 0 and B.cache_stats().size == 0 and fills(B) == 0

@@ -83,7 +83,7 @@ class CoherentCache:
 
     __slots__ = (
         "_bytes", "_epoch", "_generations", "_lock", "_max_bytes", "_max_item_bytes", "_max_tracked",
-        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "absent", "cache", "flights", "get", "replaced",
+        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "absent", "cache", "flights", "get", "replaced", "warmed",
     )
 
     def __init__(
@@ -94,6 +94,7 @@ class CoherentCache:
         # Ids Redis did not hold, remembered for absent_ttl seconds (None: not remembered).
         self.absent: LocalCache[str, bool] | None = LocalCache(max_size=absent_max_size, ttl=absent_ttl) if absent_ttl > 0 else None
         self.replaced = 0  # copies replaced by update messages (see replace)
+        self.warmed = 0  # copies added from other nodes' messages (warm_peers: see replace, warm)
         # The store's reads in flight (single flight): here so that a forked child, which
         # gets a fresh cache, does not wait for a parent thread's read.
         self.flights = Flights()
@@ -194,21 +195,43 @@ class CoherentCache:
         absent = self.absent
         return absent is not None and session_id in absent
 
-    def replace(self, session_id: str, value: Any, ttl: float, size: int) -> bool:
+    def replace(self, session_id: str, value: Any, ttl: float, size: int, add: bool = False) -> bool:
         """Install ``value`` (a session carried by another node's update) in place of the
-        cached copy if that copy's ``version`` is lower, else evict it; void fills in flight
-        either way.  True if replaced."""
+        cached copy if that copy's ``version`` is lower (with ``add``, also where nothing
+        is cached: ``warm_peers``), else evict it; void fills in flight either way.  True
+        if installed."""
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
             self._generations[slot] += INVALIDATION
             current = self.cache.pop(session_id, None)
             if (
-                current is not None and current.version < value.version and ttl > 0
+                (add if current is None else current.version < value.version) and ttl > 0
                 and size <= self._max_item_bytes and self._set(session_id, value, ttl, size)
             ):
-                self.replaced += 1
+                if current is None:
+                    self.warmed += 1
+                else:
+                    self.replaced += 1
                 return True
             self._drop(session_id)
+            return False
+
+    def warm(self, session_id: str, value: Any, ttl: float, size: int) -> bool:
+        """Add ``value`` (what another node's load read, ``warm_peers``) if nothing is
+        cached for ``session_id``; a cached copy stays (it is as new: every write since it
+        was cached would have evicted it).  Voids fills in flight when it adds, and so
+        does a write of this node in flight (``put_if``): either may be older than the
+        value added.  True if added."""
+        if ttl <= 0 or size > self._max_item_bytes:
+            return False
+        slot = hash(session_id) & _SLOT_MASK
+        with self._lock:
+            if session_id in self.cache:
+                return False
+            self._generations[slot] += INVALIDATION
+            if self._set(session_id, value, ttl, size):
+                self.warmed += 1
+                return True
             return False
 
     def cached(self, session_id: str) -> bool:

@@ -62,10 +62,12 @@ from .messages import (
     CLEARED,
     DELETED,
     DELETED_MANY,
+    FILLED,
     INVALIDATED,
     MAX_MESSAGE_BYTES,
     decode_message,
     encode_message,
+    fill_prefix,
     new_instance_id,
 )
 from .ops import Command, script
@@ -600,6 +602,7 @@ class CoordinatorStats(NamedTuple):
     lease_left: float = 0.0  # seconds the current proof still holds (<= 0: lapsed)
     created: int = 0  # of ``received``: creation messages (first saves elsewhere), which evict nothing
     refilled: int = 0  # ids a replay evicted that were cached, re-read and cached again
+    fills: int = 0  # other nodes' filled messages (warm_peers: what their loads read), not in ``received``
 
 
 class CoordinatorBase:
@@ -637,6 +640,10 @@ class CoordinatorBase:
         self.on_refill: Callable[[str, bytes, tuple[int, int], float, int], Any] | None = None
         # Applies an update-mode message (id, value, expiry seconds): set by the store.
         self.on_update: Callable[[str, bytes, int], Any] | None = None
+        # Applies another node's ``filled`` message (warm_peers; same arguments): set by the store.
+        self.on_fill: Callable[[str, bytes, int], Any] | None = None
+        # warm_peers: a load that misses publishes what it read (``fill_prefix``).
+        self.warm_peers = config.warm_peers
         self.sequenced = sequenced  # the write scripts number their messages (not on Redis Cluster)
         self.log_size = config.replay_log_size
         self.machine = ListenerMachine(config, backoff if backoff is not None else _Doubling(*config.reconnect_backoff), sequenced)
@@ -660,6 +667,7 @@ class CoordinatorBase:
         self._foreign_own_id = 0
         self._malformed = 0
         self.refilled = 0  # ids re-read (and cached again) after a replay evicted them
+        self._fills = 0  # other nodes' filled messages applied (warm_peers)
 
     @property
     def stats(self) -> CoordinatorStats:
@@ -669,7 +677,7 @@ class CoordinatorBase:
             self._published, self._received + self._created, self._ignored_own, self._malformed,
             machine.reconnects, self.subscribed, machine.last_error, self._foreign_own_id,
             machine.seq, machine.gaps, machine.replays, machine.replayed_ids, machine.full_flushes, machine.lease_lapses,
-            machine.lease_until - time.monotonic(), self._created, self.refilled,
+            machine.lease_until - time.monotonic(), self._created, self.refilled, self._fills,
         )
 
     def message(
@@ -690,6 +698,11 @@ class CoordinatorBase:
                 entry = pending.get(data)
                 pending[data] = (1 if entry is None else entry[0] + 1, kind, session_id)
         return data
+
+    def fill_prefix(self, session_id: str) -> bytes:
+        """The client's bytes of this node's ``filled`` message for ``session_id`` (warm_peers:
+        the load script completes them with the expiry and the value it read)."""
+        return fill_prefix(session_id, self.instance_id)
 
     def own_echo(self, data: Any, now: float) -> tuple[Action, ...] | None:
         """The listener's shortcut for this node's own echo: if ``data`` is, byte for byte,
@@ -815,6 +828,11 @@ class CoordinatorBase:
             self._malformed += 1
             log.debug("dropped a malformed message (%d so far)", self._malformed)
             return
+        if msg["t"] == FILLED:  # not an invalidation: another node's read, to add if not cached
+            if msg["node"] != self.instance_id and self.on_fill is not None:
+                self.on_fill(msg["id"], msg["p"], msg["e"])
+                self._fills += 1
+            return
         if msg["node"] == self.instance_id:
             if self._ignored_own < self._issued:
                 self._ignored_own += 1
@@ -838,6 +856,9 @@ class CoordinatorBase:
                     self.cache.invalidate(session_id)
             elif "c" in msg:
                 self.cache.created(msg["id"])  # forget it as absent; a copy read since stays
+                # warm_peers: the new session, added here (with tracking, as for an update below)
+                if "p" in msg and self.on_fill is not None and self.on_fill(msg["id"], msg["p"], msg["e"]) and self.tracking is not None:
+                    self.tracking.echoed(self.source, msg["id"])
             elif "p" in msg and self.on_update is not None:
                 # update mode: replace a cached copy; with tracking, this write's notification
                 # follows on this connection and must not evict the copy (as for an own echo)

@@ -12,6 +12,12 @@ first save of a new id publishes an ``invalidated`` with ``c`` (created) true: n
 forget the id as absent and keep any copy they hold (nobody can hold one older than the
 creation).  Encoding and decoding only: no I/O.
 
+A ``filled`` message (``warm_peers``) is not an invalidation: a load that missed
+publishes the value it read, ``{t, id, node, e, p}``, from inside its script (the client
+sends the bytes up to the key ``e``; the script appends the expiry and the value:
+``complete_fill`` builds the same bytes in Python), and nodes that do not cache the
+session add it.  It is never sequenced: losing one costs a round trip, not coherence.
+
 A **sequenced** message (a standalone or Sentinel Redis: see ``fastsess._core.sequence``)
 also carries ``ep``, the dataset epoch, and ``sq``, its sequence number, both added by
 the write script on the server: the client's bytes (``encode_message(sequenced=True)``)
@@ -34,7 +40,8 @@ DELETED = "deleted"
 CLEARED = "cleared"
 TOUCHED = "touched"  # carries "x": the new expiry in seconds
 DELETED_MANY = "deleted_many"  # carries "ids": the deleted session ids
-MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED, TOUCHED, DELETED_MANY})
+FILLED = "filled"  # warm_peers: carries "p" and "e", the value a load read and its expiry
+MESSAGE_TYPES = frozenset({INVALIDATED, DELETED, CLEARED, TOUCHED, DELETED_MANY, FILLED})
 MAX_MESSAGE_BYTES = 1024  # a real message is < 120 bytes; anything bigger is not ours
 MAX_IDS = 1000  # ids in one deleted_many message (delete_all's batch)
 MAX_MANY_BYTES = 64 * 1024  # a deleted_many message of MAX_IDS ids is ~46 KB
@@ -70,8 +77,8 @@ def encode_message(
             ``invalidated``, without ``expires_in`` or larger than ``MAX_UPDATE_BYTES``,
             or ``created`` on another kind than ``invalidated``.
     """
-    if kind not in MESSAGE_TYPES:
-        raise ValueError(f"unknown message type {kind!r}")
+    if kind not in MESSAGE_TYPES or kind == FILLED:
+        raise ValueError(f"unknown message type {kind!r}" if kind != FILLED else "a filled message is built by fill_prefix")
     msg: dict[str, Any] = {"t": kind, "id": session_id, "node": node_id, "v": version}
     if kind == DELETED_MANY:
         if not ids or len(ids) > MAX_IDS:
@@ -97,6 +104,21 @@ def encode_message(
 
 
 _EP_KEY: bytes = msgpack.packb("ep")
+_E_KEY: bytes = msgpack.packb("e")
+_P_KEY: bytes = msgpack.packb("p")
+
+
+def fill_prefix(session_id: str, node_id: str) -> bytes:
+    """The client's part of a ``filled`` message: a map of five pairs that ends with the
+    key ``e``; the load script appends the expiry and the value (``complete_fill``)."""
+    packed: bytes = msgpack.packb({"t": FILLED, "id": session_id, "node": node_id})
+    return bytes((packed[0] + 2,)) + packed[1:] + _E_KEY
+
+
+def complete_fill(prefix: bytes, expires_in: int, payload: bytes) -> bytes:
+    """What the load script publishes: ``prefix`` (``fill_prefix``) completed with the
+    expiry (uint 32) and the value (bin 32), as the Lua step does."""
+    return prefix + b"\xce" + expires_in.to_bytes(4, "big") + _P_KEY + b"\xc6" + len(payload).to_bytes(4, "big") + payload
 _SQ_KEY: bytes = msgpack.packb("sq")
 
 
@@ -128,6 +150,8 @@ def decode_message(data: Any) -> dict[str, Any] | None:
     if not isinstance(node, str) or not isinstance(version, int) or isinstance(version, bool):
         return None
     if "sq" in msg:
+        if kind == FILLED:  # never numbered: it must not move a listener's sequence
+            return None
         seq, epoch = msg["sq"], msg.get("ep")
         if not isinstance(seq, str) or not seq.isdigit() or not seq.isascii() or len(seq) > 20 or not isinstance(epoch, str):
             return None
@@ -137,13 +161,13 @@ def decode_message(data: Any) -> dict[str, Any] | None:
         if type(ids) is not list or not 0 < len(ids) <= MAX_IDS or not all(isinstance(i, str) for i in ids):
             return None
         return msg
-    if "p" in msg:  # update mode: the value and its expiry, on an invalidated message only
+    if "p" in msg:  # update mode: the value and its expiry, on an invalidated or filled message only
         payload, expires_in = msg["p"], msg.get("e")
-        if kind != INVALIDATED or not isinstance(payload, bytes) or type(expires_in) is not int or expires_in < 1:
+        if kind not in (INVALIDATED, FILLED) or not isinstance(payload, bytes) or type(expires_in) is not int or expires_in < 1:
             return None
         if len(data) > MAX_MESSAGE_BYTES + len(payload):  # the rest is as small as a plain message
             return None
-    elif len(data) > MAX_MESSAGE_BYTES:  # only deleted_many and updates may be longer
+    elif len(data) > MAX_MESSAGE_BYTES or kind == FILLED:  # only deleted_many and updates may be longer
         return None
     if msg["t"] != CLEARED and not isinstance(session_id, str):
         return None

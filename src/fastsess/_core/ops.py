@@ -328,6 +328,22 @@ GET_PTTL = script("""
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """)
 
+# KEYS[1]=key.  ARGV: channel, the client's bytes of a ``filled`` message
+# (``messages.fill_prefix``), the largest value to share.  GET_PTTL, and a value of at
+# most that size with at least a second to live is also published (warm_peers), with the
+# expiry in seconds (uint 32) and the value (bin 32) appended: ``messages.complete_fill``.
+GET_PTTL_FILL = script("""
+local v = redis.call('GET', KEYS[1])
+local t = redis.call('PTTL', KEYS[1])
+if v and #v <= tonumber(ARGV[3]) and t >= 1000 then
+  local function u32(n)
+    return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+  end
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\206' .. u32(math.floor(t / 1000)) .. '\\161p\\198' .. u32(#v) .. v)
+end
+return {v, t}
+""")
+
 # KEYS: the channel's sequence hash and log.  ARGV: channel, message, cap.  A clear,
 # logged with the id "" (a listener that replays it flushes).
 CLEAR_PUBLISH = publish_script("""
@@ -335,7 +351,10 @@ publish(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3], '')
 return 1
 """)
 
-SCRIPTS = (MOVE, SAVE, SAVE_PLAIN, STAGED_SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, CHECK_DELETE, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL)
+SCRIPTS = (
+    MOVE, SAVE, SAVE_PLAIN, STAGED_SAVE, SET_NX_PUBLISH, DELETE_PUBLISH, CHECK_DELETE, TOUCH_PUBLISH, CLEAR_PUBLISH, GET_PTTL,
+    GET_PTTL_FILL,
+)
 
 
 class Messages(Protocol):
@@ -345,8 +364,11 @@ class Messages(Protocol):
     update_max_bytes: int  # update mode: a value up to this size travels in the message (0: off)
     sequenced: bool  # the write scripts number the messages (see fastsess._core.sequence)
     log_size: int  # the cap of the channel's invalidation log
+    warm_peers: bool  # a load that misses publishes what it read (``GET_PTTL_FILL``)
 
     def channel_for(self, key: str) -> str: ...
+
+    def fill_prefix(self, session_id: str) -> bytes: ...
 
     def expect_write(self, session_id: str) -> None: ...
 
@@ -496,7 +518,13 @@ class StoreCore:
                 raw = yield ("GET", None, ("GET", key))
             else:
                 started = policy.clock()
-                raw, pttl = yield run_script("GET", GET_PTTL, (key,))
+                messages = self.messages
+                if messages is not None and messages.warm_peers and not self.is_cluster:
+                    raw, pttl = yield run_script(
+                        "GET", GET_PTTL_FILL, (key,), messages.channel, messages.fill_prefix(session_id), messages.update_max_bytes,
+                    )
+                else:
+                    raw, pttl = yield run_script("GET", GET_PTTL, (key,))
         except FastsessError:
             stale = None if policy is None else policy.stale(session_id)
             if stale is None:
@@ -640,7 +668,11 @@ class StoreCore:
             token, started = policy.token(session.id), policy.clock()
         try:
             if nx:  # a new id: no node holds a copy, but some may remember it as absent
-                message = messages.message(INVALIDATED, session.id, session.version, created=True)
+                # warm_peers: the new session travels too, and nodes add it (see ``fill_prefix``)
+                share = payload if messages.warm_peers and len(payload) <= messages.update_max_bytes else None
+                message = messages.message(
+                    INVALIDATED, session.id, session.version, session.ttl if share else None, payload=share, created=True,
+                )
                 written = bool((yield self._announce(
                     "SET", SET_NX_PUBLISH, (key,), session.id, payload, session.ttl, messages.channel_for(key), message,
                 )))

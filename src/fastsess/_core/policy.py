@@ -73,7 +73,7 @@ class CachePolicy:
         decode: the store's codec's ``decode(id, bytes)``, for update-mode messages.
     """
 
-    __slots__ = ("_local_ttl", "_stale_window", "breaker", "cache", "clock", "decode", "listener")
+    __slots__ = ("_local_ttl", "_stale_window", "_warm", "breaker", "cache", "clock", "decode", "listener")
 
     def __init__(
         self, config: ClusterConfig, cache: CoherentCache, clock: Callable[[], float] = time.monotonic,
@@ -87,6 +87,7 @@ class CachePolicy:
         self.decode = decode  # the store's codec's decode, for update messages
         self._local_ttl = config.local_cache_ttl
         self._stale_window = config.stale_window
+        self._warm = config.warm_peers  # messages add sessions not cached here (see warm)
 
     def local_ttl(self, started: float, key_ttl: float) -> float:
         """Seconds this node may cache what a request sent at ``started`` (on ``clock``)
@@ -144,7 +145,8 @@ class CachePolicy:
         here is not added.  True if replaced.  Never raises (a payload that does not
         decode just evicts)."""
         cache = self.cache
-        if self.decode is None or not cache.cached(session_id):
+        add = self._warm
+        if self.decode is None or not (add or cache.cached(session_id)):
             cache.invalidate(session_id)
             return False
         try:
@@ -154,7 +156,22 @@ class CachePolicy:
             return False
         session._base = stamp(payload)  # what a save of this copy compares with (compare-and-set)
         ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
-        return cache.replace(session_id, session, ttl, len(payload))
+        return cache.replace(session_id, session, ttl, len(payload), add)
+
+    def warm(self, session_id: str, payload: bytes, expires_in: int) -> bool:
+        """Another node's load read ``payload`` for ``session_id`` with ``expires_in`` seconds
+        left (a ``filled`` message, ``warm_peers``): cache it unless a copy is cached here.
+        True if added.  Never raises (a payload that does not decode is ignored: this message
+        changes nothing in Redis, so nothing cached here needs evicting)."""
+        if self.decode is None or not self._warm or self.cache.cached(session_id):
+            return False
+        try:
+            session = self.decode(session_id, payload)
+        except Exception:  # noqa: BLE001 - planted or garbled: not cached
+            return False
+        session._base = stamp(payload)
+        ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
+        return self.cache.warm(session_id, session, ttl, len(payload))
 
     def written(self, session: Session, written: bool, token: Token, started: float, size: int) -> None:
         """After a write of ``session`` (``size`` bytes, sent at ``started``): cache what was

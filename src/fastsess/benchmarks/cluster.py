@@ -176,7 +176,7 @@ def measure_read_load(
     private_server: bool = False,
 ) -> dict[str, Any]:
     """GETs reaching Redis per 1,000 requests, counted on the server, without a local cache and with 1 and 2 nodes
-    (``nodes_2_update``: 2 nodes in update mode).
+    (``nodes_2_update``: 2 nodes in update mode; ``nodes_2_warm``: the same with ``warm_peers``).
 
     Every request loads its session (10% then save it back), so requests and
     reads are the same number.  Each row: ``{"reads", "redis_gets" (server
@@ -203,8 +203,9 @@ def measure_read_load(
     }
     client = redis.Redis.from_url(url)
     try:
-        for label, n_nodes in (("without_cache", 0), ("nodes_1", 1), ("nodes_2", 2), ("nodes_2_update", 2)):
-            update = UPDATE_MAX_BYTES if label == "nodes_2_update" else 0
+        rows = (("without_cache", 0), ("nodes_1", 1), ("nodes_2", 2), ("nodes_2_update", 2), ("nodes_2_warm", 2))
+        for label, n_nodes in rows:
+            update = UPDATE_MAX_BYTES if label in ("nodes_2_update", "nodes_2_warm") else 0
             tag = uuid.uuid4().hex[:8]
             channel, prefix = f"fastsess-bench:{tag}:invalidate", f"fastsess-bench:{tag}:"
             stores: list[Any]
@@ -216,6 +217,7 @@ def measure_read_load(
                         url=url, prefix=prefix,
                         config=ClusterConfig(
                             node_id=f"bench-{tag}-{k}", channel=channel, local_cache_max_size=max(sessions, 1), update_max_bytes=update,
+                            warm_peers=label == "nodes_2_warm",
                         ),
                     )
                     for k in range(n_nodes)
@@ -231,6 +233,9 @@ def measure_read_load(
                     writer.save(session)
                     ids.append(session.id)
                 if n_nodes:  # start cold: every node fills its cache from Redis
+                    deadline = time.monotonic() + READY_TIMEOUT  # once the creation messages are in (warm_peers adds)
+                    while any(store.coordinator.stats.created < sessions for store in stores[1:]) and time.monotonic() < deadline:
+                        time.sleep(0.01)
                     for store in stores:
                         store.clear_local_cache()
                         store.reset_cache_stats()
@@ -248,8 +253,11 @@ def measure_read_load(
                 }
                 if n_nodes:
                     entry["store_misses"] = sum(store.cache_stats().misses for store in stores)
-                    # the floor for a node that caches only what it read: each node's first read of each session
-                    entry["first_reads"] = sum(len(set(sequence[k::n_nodes])) for k in range(n_nodes))
+                    # the floor for a node that caches only what it read: each node's first read of each
+                    # session (with warm_peers, a session's first read on any node serves them all)
+                    entry["first_reads"] = (
+                        len(set(sequence)) if label == "nodes_2_warm" else sum(len(set(sequence[k::n_nodes])) for k in range(n_nodes))
+                    )
                 results[label] = entry
                 writer.clear()
                 client.delete(*log_keys(channel))  # the channel's invalidation log, after the clear it logged
