@@ -327,7 +327,10 @@ def format_cluster(cluster: dict[str, Any]) -> list[str]:
         lines.append(f"  {label:<34}{row['redis_gets']:>9,}{row['redis_gets_per_1000']:>17.1f}{fmt(row['served_locally'], '%'):>16}")
     if "first_reads" in load.get("nodes_2", {}):
         floor = load["nodes_2"]["first_reads"]
-        lines.append(f"  (2 nodes: each node's first reads alone are {floor:,} GETs, at most {fmt(1 - floor / load['ops'], '%')} served locally)")
+        lines.append(
+            f"  (2 nodes caching only what they read: each node's first reads alone are {floor:,} GETs, "
+            f"at most {fmt(1 - floor / load['ops'], '%')} served locally; warm_peers shares first reads)",
+        )
     return lines
 
 
