@@ -76,11 +76,21 @@ def test_readers_racing_writers_see_only_their_own_keys_values(impl: Any) -> Non
 
 
 def test_the_compiled_core_leaves_a_free_threaded_interpreter_without_a_gil() -> None:
-    """On 3.14t, importing the cache core must not switch the GIL back on (the compiled core declares itself free-threading safe)."""
+    """On a free-threaded build (3.13t, 3.14t), importing the cache core must not switch the GIL back on (the compiled core declares itself free-threading safe)."""
+    import os
     import subprocess
     import sys
     import sysconfig
 
-    code = "import sys, fastsess.cache; print(getattr(sys, '_is_gil_enabled', lambda: True)())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
-    assert out == str(not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    from .conftest import NO_EXTENSIONS
+
+    # the compiled core itself, not the pure-Python twin, unless it was deliberately not built
+    module = "fastsess._lru_py" if NO_EXTENSIONS else "fastsess._lru"
+    code = f"import sys, {module}, fastsess.cache; print(getattr(sys, '_is_gil_enabled', lambda: True)(), fastsess.cache.IMPLEMENTATION)"
+    # PYTHON_GIL=0 would keep the GIL off whatever the module declares: the interpreter's default decides
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, env=env)
+    gil, implementation = done.stdout.split()
+    assert gil == str(not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert implementation == ("py" if NO_EXTENSIONS else "c")
+    assert "GIL" not in done.stderr, done.stderr  # no "enabled the GIL" RuntimeWarning

@@ -79,6 +79,17 @@ def test_cibuildwheel_config_is_accepted_by_current_cibuildwheel() -> None:
     assert "cp314t-*" in config["build"]
 
 
+def test_cibuildwheel_tests_the_free_threaded_wheel_with_the_gil_off() -> None:
+    """Every wheel, cp314t included, runs tests/core (whose GIL check needs the interpreter's own default)."""
+    config = PYPROJECT["tool"]["cibuildwheel"]
+    assert "314t" not in config.get("test-skip", "") and config.get("test-skip", "") != "*"
+    assert 'python -c "import fastsess._lru"' in config["test-command"]
+    assert "pytest {project}/tests/core" in config["test-command"]
+    # PYTHON_GIL=0 (or -Xgil=0) would hide a core that switches the GIL back on
+    assert "PYTHON_GIL" not in str(config) and "gil=" not in str(config).lower()
+    assert "PYTHON_GIL" not in job("wheels") and "CIBW_" not in job("wheels")
+
+
 def test_workflow_runners_lint_and_publish() -> None:
     wheels = job("wheels")
     assert "macos-13" not in wheels and "macos-15-intel" in wheels  # macos-13 runners are gone
