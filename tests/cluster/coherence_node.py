@@ -4,7 +4,7 @@ Run as ``python -m tests.cluster.coherence_node`` from the repository root.  One
 command per line on stdin, one JSON line per answer on stdout: ``{"ok": result}`` or
 ``{"error": "ExceptionType", "message": ...}``.
 
-``init(mode="async")`` runs an asyncio ``ClusteredRedisStore`` on an event loop that
+``init(cluster=True)`` takes ``url`` as a node of a Redis Cluster.  ``init(mode="async")`` runs an asyncio ``ClusteredRedisStore`` on an event loop that
 runs all the time in a thread of its own (so its listener task is scheduled between
 commands too); ``mode="sync"`` the threaded store.  ``init(skew=-20)`` makes
 ``time.time()`` in this process run 20 s behind the real clock (a reader with a skewed
@@ -50,15 +50,22 @@ def snapshot(s: Session | None) -> Any:
 
 def op_init(
     url: str, node_id: str, channel: str, prefix: str, mode: str = "sync", ttl: int = 3600,
-    socket_timeout: float = 1.0, skew: float = 0.0, config: dict[str, Any] | None = None,
+    socket_timeout: float = 1.0, skew: float = 0.0, config: dict[str, Any] | None = None, cluster: bool = False,
 ) -> Any:
     global store, loop
     if skew:
         real_time = time.time
         time.time = lambda: real_time() + skew  # type: ignore[assignment]
     settings: dict[str, Any] = {"subscribe_timeout": 0.5, "reconnect_backoff": (0.02, 0.2), **(config or {})}
+    settings["reconnect_backoff"] = tuple(settings["reconnect_backoff"])  # a JSON list
     cfg = ClusterConfig(node_id=node_id, channel=channel, **settings)
     if mode == "sync":
+        if cluster:  # url: one node of a Redis Cluster
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(url, socket_timeout=socket_timeout)
+            store = SyncStore(client=client, config=cfg, prefix=prefix, ttl=ttl)
+            return store.coordinator.wait_subscribed(5.0)
         store = SyncStore(url=url, config=cfg, prefix=prefix, ttl=ttl, socket_timeout=socket_timeout)
         return store.coordinator.wait_subscribed(5.0)
     loop = asyncio.new_event_loop()
@@ -66,7 +73,12 @@ def op_init(
 
     async def start() -> bool:
         global store
-        store = AsyncStore(url=url, config=cfg, prefix=prefix, ttl=ttl, socket_timeout=socket_timeout)
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+            store = AsyncStore(client=AsyncCluster.from_url(url, socket_timeout=socket_timeout), config=cfg, prefix=prefix, ttl=ttl)
+        else:
+            store = AsyncStore(url=url, config=cfg, prefix=prefix, ttl=ttl, socket_timeout=socket_timeout)
         await store.start()
         deadline = time.monotonic() + 5.0
         while not store.coordinator.subscribed:

@@ -396,3 +396,108 @@ def test_a_replay_slower_than_the_lease_does_not_serve_until_a_pong() -> None:
     assert not m.serving and m.state == LISTENING
     (ping,) = m.idle(1.5)
     assert isinstance(ping, Ping) and m.pong(str(ping.token).encode(), 1.6) == (SERVE,)
+
+
+# --- one sequence per shard channel (Redis Cluster) ----------------------------------------
+
+SHARDS = ("{0}ch", "{1}ch", "{3}ch")
+
+
+def sharded_in_sync(last: int = 5) -> ListenerMachine:
+    m = machine(sequenced=True)
+    m.shard_names = SHARDS
+    assert m.start(0.0) == (CONNECT,)
+    assert m.subscribed(0.0625) == (Replay(None, SHARDS[0]),)  # one replay at a time, one per shard
+    assert m.replayed(log_reply(last, []), 0.07, 0.08) == (FLUSH, Replay(None, SHARDS[1]))
+    assert m.replayed(log_reply(last + 1, []), 0.08, 0.09) == (FLUSH, Replay(None, SHARDS[2]))
+    assert not m.serving and m.state == SYNCING
+    assert m.replayed(log_reply(last + 2, []), 0.09, 0.1) == (FLUSH, SERVE)
+    assert m.serving and m.synced and [m.sequence_of(s).seq for s in SHARDS] == [last, last + 1, last + 2]  # type: ignore[union-attr]
+    assert m.proven == 0.07  # every shard current as of the earliest replay
+    return m
+
+
+def test_each_shard_channel_has_its_own_sequence() -> None:
+    m = sharded_in_sync(5)
+    assert m.message(numbered(6), 0.2, SHARDS[0]) == (Dispatch(decode_message(numbered(6))),)
+    assert m.message(numbered(7), 0.2, SHARDS[1]) == (Dispatch(decode_message(numbered(7))),)
+    assert m.message(numbered(8), 0.2, SHARDS[2]) == (Dispatch(decode_message(numbered(8))),)
+    assert [m.sequence_of(s).seq for s in SHARDS] == [6, 7, 8] and m.gaps == 0  # type: ignore[union-attr]
+    assert m.next_tail(SHARDS[1]) == numbered(8)[-len(m.next_tail(SHARDS[1]) or b""):]  # type: ignore[index]
+    assert m.message(numbered(1), 0.2) == (Dispatch(decode_message(numbered(1))),)  # the plain channel: not numbered
+
+
+def test_a_gap_on_one_shard_replays_that_shard_only() -> None:
+    m = sharded_in_sync(5)
+    dispatch, bypass, replay = m.message(numbered(8), 0.2, SHARDS[0])  # 6 and 7 never arrived
+    assert bypass == BYPASS and replay == Replay(6, SHARDS[0]) and m.gaps == 1 and not m.serving
+    assert m.message(numbered(9), 0.21, SHARDS[0]) == (Dispatch(decode_message(numbered(9))),)  # the replay covers it
+    # another shard is still checked meanwhile: its gap waits for the replay under way
+    dispatch, = m.message(numbered(9), 0.21, SHARDS[1])
+    assert m.gaps == 2
+    actions = m.replayed(log_reply(9, [(6, "x" * 43), (7, "y" * 43), (8, "a" * 43), (9, "a" * 43)]), 0.22, 0.23)
+    assert actions == (Evict(("x" * 43, "y" * 43, "a" * 43, "a" * 43)), Replay(7, SHARDS[1]))
+    assert m.replayed(log_reply(9, [(7, "c" * 43), (8, "d" * 43), (9, "e" * 43)], server=SERVER), 0.24, 0.25) == (
+        Evict(("c" * 43, "d" * 43, "e" * 43)), SERVE)
+    assert m.full_flushes == 0 and m.replays == 2 and m.sequence_of(SHARDS[2]).seq == 7  # type: ignore[union-attr]
+
+
+def test_a_failed_over_shard_flushes() -> None:
+    m = sharded_in_sync(5)
+    m.error(ConnectionError("master down"), 1.0)
+    m.retry(2.0)
+    assert m.subscribed(2.1) == (Replay(6, SHARDS[0]),)
+    assert m.replayed(log_reply(5, []), 2.1, 2.2) == (Replay(7, SHARDS[1]),)
+    assert m.replayed(log_reply(6, [], server="promoted:replica"), 2.2, 2.3) == (FLUSH, Replay(8, SHARDS[2]))
+    assert m.replayed(log_reply(7, []), 2.3, 2.4) == (SERVE,)
+    assert m.full_flushes == 1 and m.sequence_of(SHARDS[1]).identity == "promoted:replica"  # type: ignore[union-attr]
+
+
+def test_forgetting_flushes_at_the_next_replays_and_a_dropped_shard_is_forgotten() -> None:
+    m = sharded_in_sync(5)
+    m.error(ConnectionError("slot map changed"), 1.0)
+    m.retry(2.0)
+    m.forget()
+    assert m.full_flushes == 1
+    m.shard_names = SHARDS[:2]
+    assert m.subscribed(2.1) == (Replay(None, SHARDS[0]),)
+    assert m.sequence_of(SHARDS[2]) is None
+    assert m.replayed(log_reply(5, []), 2.1, 2.2) == (FLUSH, Replay(None, SHARDS[1]))
+    assert m.replayed(log_reply(6, []), 2.2, 2.3) == (FLUSH, SERVE)
+
+
+def test_a_changed_slot_map_makes_the_next_subscriptions_flush_for_a_while() -> None:
+    """Messages on the plain channel are not numbered: writers send them while a changed map
+    waits (``SHARD_MAP_WAIT`` subscribe_timeouts) or when theirs is out of date.  A
+    subscription with a changed map, or soon after one, replays nothing it knew: it flushes."""
+    from fastsess._core.listener import SHARD_MAP_WAIT, CoordinatorBase
+    from fastsess._core.slots import ShardMap
+
+    config = ClusterConfig(channel="ch", subscribe_timeout=0.5, lease=LEASE)
+    c = CoordinatorBase(config, None, Steps(), sequenced=True)
+    c.is_cluster = True
+    m = c.machine
+    one = ShardMap("ch", [[(0, 8000)], [(8001, 16383)]])
+    two = ShardMap("ch", [[(0, 7000)], [(7001, 16383)]])
+
+    def subscribe(shards: ShardMap, now: float) -> None:
+        m.error(ConnectionError("reconnect"), now) if m.state != "idle" else m.start(now)
+        m.retry(now)
+        c.adopt_shards(shards, now)
+        actions = m.subscribed(now)
+        while actions and isinstance(actions[-1], Replay):
+            actions = m.replayed(log_reply(3, []), now, now)
+
+    subscribe(one, 0.0)
+    assert m.shard_names == tuple(one.channels) and m.synced and m.full_flushes == 0
+    subscribe(one, 1.0)  # the same map: replays, no flush
+    assert m.full_flushes == 0
+    subscribe(two, 2.0)  # a changed map
+    assert m.full_flushes == 1 and m.shard_names == tuple(two.channels)
+    window = (SHARD_MAP_WAIT + 2) * config.subscribe_timeout
+    subscribe(two, 2.0 + window - 0.1)  # the same map again, but writers may still publish plain
+    assert m.full_flushes == 2
+    subscribe(two, 2.0 + window + 0.1)
+    assert m.full_flushes == 2
+    c.adopt_shards(None, 9.0)  # masters older than Redis 7 (or sharding off): unnumbered, flushes on resubscribe
+    assert not m.sequenced

@@ -136,9 +136,12 @@ class Tracked:
 class Replay:
     """Read the invalidation log from sequence ``since`` on (None: only the epoch and the
     last sequence number), on a connection that is not the subscribed one; report the
-    reply with ``replayed(reply, sent_at, now)``, ``sent_at`` taken before sending."""
+    reply with ``replayed(reply, sent_at, now)``, ``sent_at`` taken before sending.
+    ``shard``: the shard channel whose log to read, on the master serving it (Redis
+    Cluster); None: the channel's own log (a standalone or Sentinel Redis)."""
 
     since: int | None
+    shard: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,21 @@ LEASE_PINGS = 4  # PINGs per lease: the proof is renewed every lease / LEASE_PIN
 REPLAY = script(REPLAY_LUA)
 
 
+class ShardSequence:
+    """What the listener knows of one numbered channel's history: the channel itself (a
+    standalone or Sentinel Redis), or one shard channel (Redis Cluster)."""
+
+    __slots__ = ("dup_top", "epoch", "epoch_bytes", "identity", "seq", "synced")
+
+    def __init__(self) -> None:
+        self.synced = False  # a replay found where the log stands, and nothing since was missed
+        self.identity: str | None = None  # the server that answered the last replay
+        self.epoch: str | None = None
+        self.seq = 0  # the last sequence number applied
+        self.dup_top = 0  # messages numbered up to this may repeat what the last replay read
+        self.epoch_bytes: tuple[str | None, bytes] = (None, b"")  # next_tail's packed epoch, for this epoch
+
+
 def replay_command(channel: str, since: int | None, limit: int) -> Command:
     """The command a ``Replay(since)`` runs: the log of ``channel`` from sequence ``since``
     on, at most ``limit`` entries (``since=None``: none, only the epoch and last number)."""
@@ -196,7 +214,9 @@ class ListenerMachine:
         backoff: the reconnection delays: ``backoff.compute(n)`` after the (n+1)-th
             failure in a row (``n`` capped at ``MAX_BACKOFF_EXPONENT``).
         sequenced: messages carry sequence numbers that a replay can fill in (a standalone
-            or Sentinel Redis); False on Redis Cluster (a resubscription flushes).
+            or Sentinel Redis, or a Redis Cluster with sharded pub/sub: one sequence per
+            shard channel, named in ``shard_names`` by the driver before each subscription);
+            False: a resubscription flushes.
 
     Not thread-safe: one driver feeds it, from one thread at a time.
     """
@@ -237,13 +257,15 @@ class ListenerMachine:
         # LISTENING: input at or after this time also runs the idle checks (a busy channel
         # must still send its PINGs and see its lease run out).  Never later than _due.
         self._check_at = 0.0
-        # Sequencing: what the last replay found, and the last sequence number applied.
-        self.synced = False
-        self.identity: str | None = None
-        self.epoch: str | None = None
-        self.seq = 0
-        self._dup_top = 0  # messages numbered up to this may repeat what the last replay read
-        self._epoch_bytes: tuple[str | None, bytes] = (None, b"")  # next_tail's packed epoch, for this epoch
+        # Sequencing: per numbered channel (None: the channel itself; on Redis Cluster, each
+        # shard channel), what the last replay found and the last sequence number applied.
+        self.shard_names: tuple[str | None, ...] = (None,)  # the channels a subscription replays
+        self._seqs: dict[str | None, ShardSequence] = {}
+        self._queued: dict[str | None, int | None] = {}  # replays still to send this round: shard -> since
+        self._replaying = False  # a Replay was handed out and not answered yet
+        self._replay_shard: str | None = None  # ... for this shard
+        self._round: set[str | None] = set()  # shards replayed since SYNCING began
+        self._round_sent = math.inf  # the earliest send time of those replays
         # Counters.
         self.gaps = 0  # live gaps in the sequence (each repaired by a replay)
         self.replays = 0  # replays that evicted what was missed and kept the rest
@@ -258,6 +280,42 @@ class ListenerMachine:
         Every message Redis published before it sent that input was received: the start
         of an outage for ``stale_if_error`` is never later than this."""
         return self._last_seen if self.state == LISTENING else self._heard_at_loss
+
+    @property
+    def synced(self) -> bool:
+        """True once every numbered channel was replayed and nothing since was missed."""
+        return bool(self._seqs) and all(state.synced for state in self._seqs.values())
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number applied (Redis Cluster: their sum over the shards)."""
+        return sum(state.seq for state in self._seqs.values())
+
+    @property
+    def epoch(self) -> str | None:
+        """The channel's data set epoch (None: unknown, or Redis Cluster: see ``sequence_of``)."""
+        state = self._seqs.get(None)
+        return None if state is None else state.epoch
+
+    @property
+    def identity(self) -> str | None:
+        """The server of the last replay (None: unknown, or Redis Cluster: see ``sequence_of``)."""
+        state = self._seqs.get(None)
+        return None if state is None else state.identity
+
+    def sequence_of(self, shard: str | None) -> ShardSequence | None:
+        """What is known of ``shard``'s history (None: the channel's own), if anything."""
+        return self._seqs.get(shard)
+
+    def forget(self) -> None:
+        """Nothing known of any numbered channel: the next replay of each flushes (the
+        driver's slot map changed: an unnumbered message may have been missed); counted in
+        ``full_flushes`` if anything was known."""
+        if any(state.synced for state in self._seqs.values()):
+            self.full_flushes += 1
+            log.warning("%s: the cluster's slot map changed; local cache flushed", self.channel)
+        for state in self._seqs.values():
+            state.synced = False
 
     @property
     def serving(self) -> bool:
@@ -291,12 +349,22 @@ class ListenerMachine:
         self._ever_subscribed = True
         self.failures = 0
         if self.sequenced:
-            if self.tracks_outside:
-                self.synced = False  # the replay then only finds where the log stands, and flushes
-            since = self.seq + 1 if self.synced else None
+            seqs, names = self._seqs, self.shard_names
+            for name in [n for n in seqs if n not in names]:  # shards of an older slot map
+                del seqs[name]
+            wanted: dict[str | None, int | None] = {}
+            for name in names:
+                state = seqs.get(name)
+                if state is None:
+                    state = seqs[name] = ShardSequence()
+                if self.tracks_outside:
+                    state.synced = False  # the replay then only finds where the log stands, and flushes
+                wanted[name] = state.seq + 1 if state.synced else None
             if self.reconnects:
-                log.info("resubscribed to %s; replaying the invalidation log from %s", self.channel, since)
-            return self._sync(since)
+                log.info("resubscribed to %s; replaying the invalidation log of %d channel(s)", self.channel, len(names))
+            self._queued.clear()
+            self._replaying = False
+            return self._sync(wanted)
         if self.reconnects:
             log.warning("resubscribed to %s; local cache flushed", self.channel)
         self.state = LISTENING
@@ -307,26 +375,32 @@ class ListenerMachine:
 
     def replayed(self, reply: Any, sent: float, now: float) -> tuple[Action, ...]:
         """The ``Replay`` answered ``reply`` (sent at ``sent``): evict what was missed, or
-        flush when the log cannot tell; then serve if the lease allows."""
-        if self.state != SYNCING:
+        flush when the log cannot tell; then the next shard's ``Replay``, or serve if the
+        lease allows."""
+        if self.state != SYNCING or not self._replaying:
             return NOTHING
         try:
             found = parse_replay(reply)
         except ValueError as exc:
             return self.error(exc, now)
+        shard = self._replay_shard
+        state = self._seqs.get(shard)
+        if state is None:
+            state = self._seqs[shard] = ShardSequence()
+        where = self.channel if shard is None else shard
         actions: list[Action] = []
-        since = self.seq + 1
-        if not self.synced:
+        since = state.seq + 1
+        if not state.synced:
             actions.append(FLUSH)  # nothing known of what the cache holds
-        elif found.identity != self.identity or found.epoch != self.epoch or found.seq < self.seq:
+        elif found.identity != state.identity or found.epoch != state.epoch or found.seq < state.seq:
             self.full_flushes += 1
-            log.warning("%s: the Redis server or its data changed (restart, failover or flush); local cache flushed", self.channel)
+            log.warning("%s: the Redis server or its data changed (restart, failover or flush); local cache flushed", where)
             actions.append(FLUSH)
-        elif found.seq > self.seq:
+        elif found.seq > state.seq:
             entries = found.entries
-            if not entries or entries[0][0] != since or entries[-1][0] < found.seq or len(entries) != found.seq - self.seq:
+            if not entries or entries[0][0] != since or entries[-1][0] < found.seq or len(entries) != found.seq - state.seq:
                 self.full_flushes += 1
-                log.warning("%s: the invalidation log no longer reaches back to %d; local cache flushed", self.channel, since)
+                log.warning("%s: the invalidation log no longer reaches back to %d; local cache flushed", where, since)
                 actions.append(FLUSH)
             else:
                 ids = tuple(i for _, logged in entries for i in logged.split(","))  # a batch: ids joined by commas
@@ -336,78 +410,94 @@ class ListenerMachine:
                     actions.append(Evict(ids))
                 self.replays += 1
                 self.replayed_ids += len(ids)
-        self.identity, self.epoch = found.identity, found.epoch
-        self.seq = self._dup_top = found.seq
-        self.synced = True
+        state.identity, state.epoch = found.identity, found.epoch
+        state.seq = state.dup_top = found.seq
+        state.synced = True
+        self._replaying = False
+        self._round.add(shard)
+        self._round_sent = min(self._round_sent, sent)
+        if self._queued:
+            actions.append(self._next_replay())
+            return tuple(actions)
         self.state = LISTENING
-        self.proven = max(self.proven, sent)
+        if self._round.issuperset(self.shard_names):  # every channel is proven current as of the earliest replay
+            self.proven = max(self.proven, self._round_sent)
+        self._round, self._round_sent = set(), math.inf
         self._next_ping = now + self.heartbeat if now < self.proven + self.lease else now
         self._check_at = 0.0
         actions.extend(self._serve(now))
         return tuple(actions)
 
-    def message(self, data: Any, now: float) -> tuple[Action, ...]:
-        """A message arrived on the channel: decoded, checked against the sequence."""
+    def message(self, data: Any, now: float, shard: str | None = None) -> tuple[Action, ...]:
+        """A message arrived on the channel (``shard``: on that shard channel, Redis
+        Cluster): decoded, checked against that channel's sequence."""
         self._last_seen = now
         msg = decode_message(data)
         if now >= self._check_at and self.state == LISTENING:
-            return (*self._numbered(msg), *self.idle(now))
-        return self._numbered(msg)
+            return (*self._numbered(msg, shard), *self.idle(now))
+        return self._numbered(msg, shard)
 
-    def _numbered(self, msg: dict[str, Any] | None) -> tuple[Action, ...]:
-        """The actions for a decoded message: checked against the sequence when numbered."""
-        if msg is None or not self.sequenced or self.state != LISTENING:
-            return (Dispatch(msg),)  # SYNCING: the replay under way covers it
+    def _numbered(self, msg: dict[str, Any] | None, shard: str | None = None) -> tuple[Action, ...]:
+        """The actions for a decoded message: checked against its channel's sequence when numbered."""
+        if msg is None or not self.sequenced or (self.state != LISTENING and self.state != SYNCING):
+            return (Dispatch(msg),)
         seq = msg.get("sq")
         if seq is None:
             return (Dispatch(msg),)  # from a sender that does not number its messages
-        if msg["ep"] != self.epoch:
-            if self.epoch is None and seq == 1 and self.seq == 0:
-                self.epoch, self.seq = msg["ep"], seq  # the first write since the sync: its epoch begins
+        state = self._seqs.get(shard)
+        if state is None or shard in self._queued or (self._replaying and shard == self._replay_shard):
+            return (Dispatch(msg),)  # the replay under way (or to come) covers it; or not a channel we number
+        where = self.channel if shard is None else shard
+        if msg["ep"] != state.epoch:
+            if state.epoch is None and seq == 1 and state.seq == 0:
+                state.epoch, state.seq = msg["ep"], seq  # the first write since the sync: its epoch begins
                 return (Dispatch(msg),)
             # The dataset was flushed or replaced under a live connection.
             self.full_flushes += 1
-            log.warning("%s: the data set's epoch changed (flushed); local cache flushed", self.channel)
-            self.epoch, self.seq, self._dup_top = msg["ep"], seq, 0
+            log.warning("%s: the data set's epoch changed (flushed); local cache flushed", where)
+            state.epoch, state.seq, state.dup_top = msg["ep"], seq, 0
             return (Dispatch(msg), FLUSH)
-        expected = self.seq + 1
+        expected = state.seq + 1
         if seq == expected:
             # Repeats of what the last replay read all come before the first new message.
-            self.seq, self._dup_top = seq, 0
+            state.seq, state.dup_top = seq, 0
             return (Dispatch(msg),)
         if seq < expected:
-            if seq <= self._dup_top:
+            if seq <= state.dup_top:
                 return (Dispatch(msg),)  # published before the replay read the log
             # A number seen before that no replay explains: the history forked (a failover
             # under this connection).  Nothing cached can be trusted.
             self.full_flushes += 1
-            self.synced = False
-            log.warning("%s: sequence %d came after %d; resynchronising", self.channel, seq, self.seq)
-            return (Dispatch(msg), *self._sync(None))
+            state.synced = False
+            log.warning("%s: sequence %d came after %d; resynchronising", where, seq, state.seq)
+            return (Dispatch(msg), *self._sync({shard: None}))
         self.gaps += 1
-        log.info("%s: sequence gap (%d after %d); replaying the missed invalidations", self.channel, seq, self.seq)
-        return (Dispatch(msg), *self._sync(expected))
+        log.info("%s: sequence gap (%d after %d); replaying the missed invalidations", where, seq, state.seq)
+        return (Dispatch(msg), *self._sync({shard: expected}))
 
-    def next_tail(self) -> bytes | None:
-        """LISTENING and sequenced: the bytes the next message in sequence ends with (the
-        epoch and sequence number the write script appends, ``SEQUENCE_LUA``); else None."""
-        epoch = self.epoch
-        if epoch is None or not self.sequenced or self.state != LISTENING:
+    def next_tail(self, shard: str | None = None) -> bytes | None:
+        """LISTENING and sequenced: the bytes the next message in sequence on ``shard``
+        (None: the channel) ends with (the epoch and sequence number the write script
+        appends, ``SEQUENCE_LUA``); else None."""
+        state = self._seqs.get(shard)
+        if state is None or state.epoch is None or not self.sequenced or self.state != LISTENING:
             return None
-        head = self._epoch_bytes
+        epoch = state.epoch
+        head = state.epoch_bytes
         if head[0] is not epoch:
             raw = epoch.encode()
-            head = self._epoch_bytes = (epoch, bytes((160 + len(raw),)) + raw + b"\xa2sq")
-        number = b"%d" % (self.seq + 1)
+            head = state.epoch_bytes = (epoch, bytes((160 + len(raw),)) + raw + b"\xa2sq")
+        number = b"%d" % (state.seq + 1)
         return head[1] + bytes((160 + len(number),)) + number
 
-    def own_echo(self, now: float) -> tuple[Action, ...]:
+    def own_echo(self, now: float, shard: str | None = None) -> tuple[Action, ...]:
         """A message arrived that is this node's own, well formed, and (sequenced) ends
-        with ``next_tail()``: what ``message`` does for it, without decoding it again."""
+        with ``next_tail(shard)``: what ``message`` does for it, without decoding it again."""
         self._last_seen = now
         if self.sequenced:
-            self.seq += 1
-            self._dup_top = 0
+            state = self._seqs[shard]
+            state.seq += 1
+            state.dup_top = 0
         if now >= self._check_at and self.state == LISTENING:
             return self.idle(now)
         return NOTHING
@@ -565,13 +655,32 @@ class ListenerMachine:
         self._check_at = 0.0
         return (CONNECT,)
 
-    def _sync(self, since: int | None) -> tuple[Action, ...]:
-        """Stop serving and read the log from ``since`` (None: only where it stands)."""
+    def _sync(self, wanted: dict[str | None, int | None]) -> tuple[Action, ...]:
+        """Stop serving and read the logs of ``wanted`` (shard -> from which sequence number;
+        None: only where it stands), one ``Replay`` at a time."""
+        if self.state != SYNCING:
+            self._round, self._round_sent = set(), math.inf
         self.state = SYNCING
+        queued = self._queued
+        for shard, since in wanted.items():
+            if shard in queued:
+                before = queued[shard]
+                since = None if before is None or since is None else min(before, since)
+            queued[shard] = since
+        actions: list[Action] = []
         if self._serving:
             self._serving = False
-            return (BYPASS, Replay(since))
-        return (Replay(since),)
+            actions.append(BYPASS)
+        if not self._replaying:
+            actions.append(self._next_replay())
+        return tuple(actions)
+
+    def _next_replay(self) -> Replay:
+        """The next queued replay, handed out."""
+        shard = next(iter(self._queued))
+        since = self._queued.pop(shard)
+        self._replaying, self._replay_shard = True, shard
+        return Replay(since, shard)
 
     def _serve(self, now: float) -> tuple[Action, ...]:
         """``Serve`` if not serving and the proof is younger than the lease."""
@@ -630,7 +739,12 @@ class CoordinatorBase:
         self.shards: ShardMap | None = None
         self._pending_shards: ShardMap | None = None
         self._shards_at = 0.0
+        self.is_cluster = False  # set by the driver: shard channels are numbered one by one
+        self._mapped = False  # a subscription on a Redis Cluster was made (then _subscribed_map is its map)
+        self._subscribed_map: list[str] | None = None  # by_slot of the last subscription's map
+        self._map_changed_at = -math.inf  # when the listener last saw the slot map change
         self.source = 0  # the listener connection the message being applied came from
+        self.shard: str | None = None  # the shard channel it came on (None: the plain channel)
         self.node_id = config.node_id
         self.channel = config.channel
         self.update_max_bytes = config.update_max_bytes
@@ -644,7 +758,7 @@ class CoordinatorBase:
         self.on_fill: Callable[[str, bytes, int], Any] | None = None
         # warm_peers: a load that misses publishes what it read (``fill_prefix``).
         self.warm_peers = config.warm_peers
-        self.sequenced = sequenced  # the write scripts number their messages (not on Redis Cluster)
+        self.sequenced = sequenced  # the write scripts number their messages (see fastsess._core.sequence)
         self.log_size = config.replay_log_size
         self.machine = ListenerMachine(config, backoff if backoff is not None else _Doubling(*config.reconnect_backoff), sequenced)
         self._count_lock = threading.Lock()
@@ -719,7 +833,7 @@ class CoordinatorBase:
             return None
         machine = self.machine
         if self.sequenced:
-            tail = machine.next_tail()
+            tail = machine.next_tail(self.shard)
             if tail is None or not data.endswith(tail):
                 return None
             data = data[:-len(tail)]
@@ -741,13 +855,18 @@ class CoordinatorBase:
         cache = self.cache
         if cache is not None and cache.watching():  # an invalidation after an unknown write outcome
             cache.own_message(kind, session_id)
-        return machine.own_echo(now)
+        return machine.own_echo(now, self.shard)
 
     def channel_for(self, key: str) -> str:
         """The channel a write script publishes the invalidation of ``key`` on: the shard
         channel of its master (sharded pub/sub on Redis Cluster), else ``channel``."""
         shards = self.shards
         return self.channel if shards is None else shards.by_slot[key_slot(key.encode())]
+
+    def shard_channels(self) -> tuple[str, ...]:
+        """The shard channels writers publish on now (empty: the plain channel only)."""
+        shards = self.shards
+        return () if shards is None else tuple(shards.channels)
 
     def adopt_shards(self, shards: ShardMap | None, now: float) -> None:
         """The listener subscribed with slot map ``shards`` (None: no sharded pub/sub).
@@ -757,7 +876,15 @@ class CoordinatorBase:
         during which writers publish on the plain channel: another node's listener may
         still hold the old map (each checks every ``subscribe_timeout``, and the node it
         asks may learn the change later) and would not hear a shard channel it does not know.
+
+        Sequenced (Redis Cluster with sharded pub/sub): the machine numbers each shard
+        channel of ``shards``.  Messages on the plain channel are not numbered (nor logged):
+        writers send them while a changed map waits, or when their map is out of date.  So
+        a subscription whose map differs from the previous subscription's, or that comes
+        less than ``(SHARD_MAP_WAIT + 2) * subscribe_timeout`` after the listener saw the
+        map change, trusts nothing it knew (``ListenerMachine.forget``: its replays flush).
         """
+        self._number_shards(shards, now)
         if shards is None:
             self.shards = self._pending_shards = None
             return
@@ -770,6 +897,20 @@ class CoordinatorBase:
         wait = SHARD_MAP_WAIT * self.config.subscribe_timeout
         self._shards_at = now + wait
         log.info("the cluster's slot map changed: plain PUBLISH for %.1f s", wait)
+
+    def _number_shards(self, shards: ShardMap | None, now: float) -> None:
+        """Tell the machine which shard channels the subscription numbers (see ``adopt_shards``)."""
+        if not self.is_cluster:
+            return
+        machine = self.machine
+        by_slot = None if shards is None else shards.by_slot
+        if self._mapped and by_slot != self._subscribed_map:
+            self._map_changed_at = now
+        self._mapped, self._subscribed_map = True, by_slot
+        machine.sequenced = self.sequenced and shards is not None
+        machine.shard_names = () if shards is None else tuple(shards.channels)
+        if now < self._map_changed_at + (SHARD_MAP_WAIT + 2) * self.config.subscribe_timeout:
+            machine.forget()
 
     def shards_due(self, now: float) -> None:
         """Use a changed slot map once its wait is over (see ``adopt_shards``)."""

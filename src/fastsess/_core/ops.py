@@ -80,9 +80,31 @@ Command = tuple[str, "Script | None", tuple[Any, ...]]
 # With ``meta`` (standalone Redis, Sentinel: ``StoreCore._announce``), the message is
 # numbered first: ``SEQUENCE_LUA`` advances the channel's sequence, logs (sequence, id)
 # in the capped stream ``log`` and completes the message (``fastsess._core.sequence``).
+# With ``cap`` but no ``meta`` (Redis Cluster): the shard channel's own sequence hash and
+# log, ``<channel>:seq`` and ``<channel>:log``, are in the channel's slot, on this master
+# but (usually) not in the slot of the script's keys, so they are not declared (redis-py's
+# cluster client refuses a command whose keys span slots; a script without flags may
+# touch other slots of its node).  If the channel is not a shard channel or its slot is
+# not served here (a stale slot map), the message is not numbered: its two extra pairs
+# are cut off again (``messages.encode_message``: the map header counts 2 pairs fewer,
+# the trailing "ep" key goes) and it goes out whole, with PUBLISH on the plain channel.
 PUBLISH_LUA = SEQUENCE_LUA + """local function publish(channel, message, meta, log, cap, id)
   if meta then
     message = sequence(message, meta, log, cap, id)
+  elseif cap then
+    local ok, numbered = false, nil
+    if string.byte(channel, 1) == 123 then
+      ok, numbered = pcall(sequence, message, channel .. ':seq', channel .. ':log', cap, id)
+    end
+    if ok then
+      message = numbered
+    else
+      message = string.char(string.byte(message, 1) - 2) .. string.sub(message, 2, -4)
+      if string.byte(channel, 1) == 123 then
+        channel = string.sub(channel, string.find(channel, '}', 1, true) + 1)
+      end
+      return redis.call('PUBLISH', channel, message)
+    end
   end
   if string.byte(channel, 1) == 123 then
     local sent = redis.pcall('SPUBLISH', channel, message)
@@ -344,10 +366,12 @@ end
 return {v, t}
 """)
 
-# KEYS: the channel's sequence hash and log.  ARGV: channel, message, cap.  A clear,
-# logged with the id "" (a listener that replays it flushes).
+# KEYS: the channel's sequence hash and log.  ARGV: channel, message, cap[, logged ids].
+# A message of its own, numbered and logged: a clear (no ids: logged as "", which a
+# listener that replays it flushes), or on Redis Cluster ``delete_all``'s batch for one
+# shard (its ids joined by commas).
 CLEAR_PUBLISH = publish_script("""
-publish(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3], '')
+publish(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3], ARGV[4] or '')
 return 1
 """)
 
@@ -369,6 +393,8 @@ class Messages(Protocol):
     def channel_for(self, key: str) -> str: ...
 
     def fill_prefix(self, session_id: str) -> bytes: ...
+
+    def shard_channels(self) -> tuple[str, ...]: ...
 
     def expect_write(self, session_id: str) -> None: ...
 
@@ -475,7 +501,7 @@ class StoreCore:
     """
 
     __slots__ = (
-        "_log", "clock", "is_cluster", "keys", "messages", "native_cas", "on_conflict", "policy", "principals", "refresh_fraction",
+        "_log", "_shard_log", "clock", "is_cluster", "keys", "messages", "native_cas", "on_conflict", "policy", "principals", "refresh_fraction",
         "serializer", "ttl",
     )
 
@@ -498,12 +524,18 @@ class StoreCore:
         # server takes it (``native_save``); the first "syntax error" turns this off for good.
         self.native_cas = messages is None
         # The channel's sequence hash and log, when the write scripts number their messages.
-        self._log = log_keys(messages.channel) if messages is not None and messages.sequenced and not is_cluster else None
+        sequenced = messages is not None and messages.sequenced
+        self._log = log_keys(messages.channel) if sequenced and not is_cluster else None  # type: ignore[union-attr]
+        # Redis Cluster: each shard channel has its own sequence and log (named after the
+        # channel by the script, not declared: they are in another slot of the same master).
+        self._shard_log = sequenced and is_cluster
 
     def _announce(self, label: str, lua: Script, keys: tuple[str, ...], session_id: str, *args: Any) -> Command:
-        """Run a ``publish_script``: when sequenced, with the log's keys, its cap and
-        ``session_id`` appended (see ``fastsess._core.sequence``)."""
+        """Run a ``publish_script``: when sequenced, with the log's keys (none on Redis
+        Cluster), its cap and ``session_id`` appended (see ``fastsess._core.sequence``)."""
         if self._log is None:
+            if self._shard_log:
+                return run_script(label, lua, keys, *args, self.messages.log_size, session_id)  # type: ignore[union-attr]
             return run_script(label, lua, keys, *args)
         return run_script(label, lua, (*keys, *self._log), *args, self.messages.log_size, session_id)  # type: ignore[union-attr]
 
@@ -928,7 +960,10 @@ class StoreCore:
         messages = self.messages
         if messages is not None:
             if self._log is None:
-                yield ("PUBLISH", None, ("PUBLISH", messages.channel, messages.message(CLEARED, None)))
+                yield ("PUBLISH", None, ("PUBLISH", messages.channel, messages.message(CLEARED, None, sequenced=False)))
+                if self._shard_log:  # and numbered on every shard: a listener that missed it replays it
+                    for channel in messages.shard_channels():
+                        yield run_script("PUBLISH", CLEAR_PUBLISH, log_keys(channel), channel, messages.message(CLEARED, None), messages.log_size)
             else:
                 yield run_script("PUBLISH", CLEAR_PUBLISH, self._log, messages.channel, messages.message(CLEARED, None), messages.log_size)
             messages.note_published()

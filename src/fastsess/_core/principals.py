@@ -58,7 +58,7 @@ from ..errors import FastsessError
 from ..session import Session
 from .keys import KeySpace, check_session_id, is_valid_session_id
 from .messages import DELETED_MANY, MAX_IDS
-from .ops import Command, Flow, Messages, Script, publish_script, run_script, script
+from .ops import CLEAR_PUBLISH, Command, Flow, Messages, Script, publish_script, run_script, script
 from .policy import CachePolicy
 from .sequence import log_keys
 
@@ -382,6 +382,17 @@ class PrincipalCore:
             if int(cursor) == 0:
                 return live
 
+    def _shards(self, ids: list[str]) -> dict[str, list[str]]:
+        """Redis Cluster with numbered messages and a slot map: ``ids`` grouped by the shard
+        channel of their key; else empty (one message on the plain channel)."""
+        messages = self.messages
+        if not self.is_cluster or messages is None or not messages.sequenced or not messages.shard_channels():
+            return {}
+        groups: dict[str, list[str]] = {}
+        for session_id in ids:
+            groups.setdefault(messages.channel_for(self.keys.key(session_id)), []).append(session_id)
+        return groups
+
     def delete_all(self, principal: str, except_id: str | None = None) -> Flow:
         """Delete every session indexed under ``principal`` (but ``except_id``) and drop their
         index entries, ``BATCH`` at a time; clustered: every node drops its cached copies.
@@ -406,12 +417,18 @@ class PrincipalCore:
             if not victims:
                 break
             publish: tuple[Any, ...] = ()
-            if messages is not None:  # one message for the batch (see the module doc)
-                publish = (messages.channel, messages.message(DELETED_MANY, None, ids=victims))
+            shards = self._shards(victims)
+            if messages is not None and not shards:  # one message for the batch (see the module doc)
+                publish = (messages.channel, messages.message(DELETED_MANY, None, ids=victims, sequenced=False if self.is_cluster else None))
             try:
                 if self.is_cluster:  # the keys live in many slots: a pipeline, then the index's script
                     n = sum((yield ("UNLINK", PIPELINE, tuple(("UNLINK", self.keys.key(i)) for i in victims))))
                     reply = yield run_script("delete_all", INDEX_REMOVE, (key,), len(victims), *victims, BATCH, *publish)
+                    for channel, group in shards.items():  # sequenced: one numbered, logged message per shard
+                        yield run_script(
+                            "delete_all", CLEAR_PUBLISH, log_keys(channel), channel,
+                            messages.message(DELETED_MANY, None, ids=group), messages.log_size, ",".join(group),  # type: ignore[union-attr]
+                        )
                 else:  # one atomic script: deleted, dropped from the index and announced together
                     keys = (key, *(self.keys.key(i) for i in victims))
                     if messages is not None and messages.sequenced:  # numbered and logged (fastsess._core.sequence)

@@ -203,6 +203,7 @@ class Link:
 
     __slots__ = ("commands", "connection", "fds", "made", "pubsub", "read", "socket_reader")
     source = 0
+    shard = None
 
     def __init__(self, client: Any) -> None:
         """Raises:
@@ -444,7 +445,10 @@ class NodeLink:
         self.socket_readers: dict[int, SocketReader] = {}
         self.fds: list[int] = []
         self.source = 0
+        self.shard: str | None = None  # the shard channel of the last message (None: the plain channel)
         self.shards: Any = None  # a ShardMap when sharded pub/sub is used
+        self._replayers: dict[int, Any] = {}  # per master: a second connection, for replays
+        self._connect_args: tuple[Any, dict[str, Any]] | None = None
         self.sharded = False
         self.versions: list[tuple[int, ...]] = []
         self._made: Any = None
@@ -501,6 +505,7 @@ class NodeLink:
         self._topology = masters = self._masters(slots_reply, self._probe.host)
         self._next_check = time.monotonic() + self.idle_timeout
         order = sorted(masters)
+        self._connect_args = (cls, kwargs)
         connections = []
         for host, port in order:
             connection = cls(host=host, port=port, **kwargs)
@@ -644,11 +649,40 @@ class NodeLink:
             if reader is not None:
                 reader.receive()
 
+    def replay(self, shard: str, args: tuple[Any, ...], text: str) -> Any:
+        """Run a replay command (``EVALSHA`` ``args``; ``EVAL`` of ``text`` if the server
+        lacks the script) on the master serving ``shard``, on a second connection to it
+        (made on first use, kept until ``close``).
+
+        Raises:
+            redis.RedisError / OSError: the command failed (a ``MOVED`` reply included:
+                the slot map changed).
+        """
+        index = self.shards.channels.index(shard)
+        connection = self._replayers.get(index)
+        if connection is None:
+            assert self._connect_args is not None
+            cls, kwargs = self._connect_args
+            master = self.connections[index]
+            connection = self._replayers[index] = cls(host=master.host, port=master.port, **kwargs)
+        try:
+            return self._command(connection, *args)
+        except redis.exceptions.NoScriptError:
+            return self._command(connection, "EVAL", text, *args[2:])
+        except (redis.RedisError, OSError):
+            self._replayers.pop(index, None)
+            close_quietly(_Disconnect(connection))
+            raise
+
     def _event(self, reply: Any) -> tuple[str, Any]:
         kind = reply[0]
-        if kind in (b"message", b"smessage"):
-            if kind == b"message" and reply[1] == b"__redis__:invalidate":
+        if kind == b"smessage":
+            self.shard = self.shards.channels[self.source]
+            return ("message", reply[2])
+        if kind == b"message":
+            if reply[1] == b"__redis__:invalidate":
                 return ("tracked", reply[2])
+            self.shard = None
             return ("message", reply[2])
         if kind in (b"subscribe", b"ssubscribe"):
             self._pending -= 1
@@ -698,6 +732,8 @@ class NodeLink:
     def close(self) -> None:
         """Close every connection (never returned to a pool) and the client made for them; never raises."""
         for connection in self.connections:
+            close_quietly(_Disconnect(connection))
+        for connection in self._replayers.values():
             close_quietly(_Disconnect(connection))
         if self._probe is not None:
             close_quietly(_Disconnect(self._probe))

@@ -68,8 +68,11 @@ class ThreadedCoordinator(CoordinatorBase):
     def __init__(self, client: Any, config: ClusterConfig, cache: CoherentCache | None = None, prefix: str | None = None) -> None:
         first, cap = config.reconnect_backoff
         # With jitter: nodes that lose Redis together do not all retry (and flush) together.
-        # Sequenced everywhere but on Redis Cluster (see fastsess._core.sequence).
-        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first), prefix, sequenced=not is_cluster_client(client))
+        # Sequenced (see fastsess._core.sequence): on Redis Cluster per shard channel, so
+        # only with sharded pub/sub (a master older than Redis 7: not numbered after all).
+        cluster = is_cluster_client(client)
+        super().__init__(config, cache, EqualJitterBackoff(cap=cap, base=first), prefix, sequenced=not cluster or config.sharded_pubsub)
+        self.is_cluster = cluster
         self.prefix = prefix
         self.client = client
         self._pid = os.getpid()
@@ -202,7 +205,7 @@ class ThreadedCoordinator(CoordinatorBase):
                 if link is None:  # nothing to replay on: start over
                     return None, self.machine.error(ConnectionError("no connection to replay on"), time.monotonic())
                 sent = time.monotonic()
-                reply = self._replay(link, action.since)  # type: ignore[union-attr]
+                reply = self._replay(link, action.since, action.shard)  # type: ignore[union-attr]
                 return link, self.machine.replayed(reply, sent, time.monotonic())
             elif kind is Connect:
                 link = self._link = self._new_link()
@@ -265,13 +268,16 @@ class ThreadedCoordinator(CoordinatorBase):
             if raw is not None and refill(session_id, raw, token, started, pttl):
                 self.refilled += 1
 
-    def _replay(self, link: Link | NodeLink, since: int | None) -> Any:
-        """Run the replay command on the listener's client (not on the subscribed connection).
+    def _replay(self, link: Link | NodeLink, since: int | None, shard: str | None = None) -> Any:
+        """Run the replay command on the listener's client (not on the subscribed connection);
+        for a ``shard`` channel, on the master serving it (``NodeLink.replay``).
 
         Raises:
             Exception: the command failed.
         """
-        command = replay_command(self.channel, since, self.log_size)
+        command = replay_command(self.channel if shard is None else shard, since, self.log_size)
+        if shard is not None and isinstance(link, NodeLink):
+            return link.replay(shard, command[2], command[1].text)  # type: ignore[union-attr]
         client = link.commands
         try:
             return client.execute_command(*command[2])
@@ -329,6 +335,7 @@ class ThreadedCoordinator(CoordinatorBase):
         fds = link.fds
         next_reply, receive, wait_for, clock, own_echo = reader.reply, reader.receive, select.select, time.monotonic, self.own_echo
         self.source = 0
+        self.shard = None
         while True:
             reply = next_reply()
             if reply is MORE:
@@ -361,11 +368,12 @@ class ThreadedCoordinator(CoordinatorBase):
         kind, data = event
         self.source = link.source
         if kind == "message":
+            self.shard = link.shard
             if self._pending:
                 actions = self.own_echo(data, now)
                 if actions is not None:
                     return actions
-            return machine.message(data, now)
+            return machine.message(data, now, self.shard)
         if kind == "tracked":
             return machine.tracked(data, now)
         if kind == "pong":
