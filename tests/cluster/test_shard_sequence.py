@@ -143,6 +143,8 @@ def test_a_missed_stretch_is_replayed_per_shard_keeping_the_rest(stores: Stores)
     after = B.coordinator.stats
     assert after.replays == stats.replays + 3 and after.replayed_ids == stats.replayed_ids + 5
     assert after.full_flushes == stats.full_flushes
+    assert after.refilled == stats.refilled  # not read again on a cluster: their next loads miss
+    assert not any(cached(B, s.id) for s in (*changed, gone, touched))
     kept = [s for s in sessions if s not in (*changed, gone, touched)]
     assert kept and all(cached(B, s.id) for s in kept)  # the rest of the cache is kept
     for s in changed:  # no stale read: the missed saves were evicted

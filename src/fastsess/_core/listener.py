@@ -19,9 +19,11 @@ order::
     forked()                                Bypass, Flush
     stop()                                  Bypass, Close
 
-**Sequenced** (``sequenced=True``: standalone Redis or Sentinel, see
-``fastsess._core.sequence``): every message carries the dataset epoch and a sequence
-number.  A message whose number skips ahead is a gap: the cache is bypassed and the
+**Sequenced** (``sequenced=True``: standalone Redis or Sentinel, or Redis Cluster with
+sharded pub/sub, see ``fastsess._core.sequence``): every message carries the dataset
+epoch and a sequence number, of its channel (on Redis Cluster: of its shard channel;
+the machine keeps one ``ShardSequence`` per channel named in ``shard_names``, and
+``Replay``s them one at a time).  A message whose number skips ahead is a gap: the cache is bypassed and the
 missed ids are read back from the server's capped log (``Replay``) and evicted, the rest
 of the cache is kept.  A (re)subscription does the same from the last number applied.
 Everything is flushed only when the log no longer reaches back, the epoch changed (the

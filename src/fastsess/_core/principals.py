@@ -43,7 +43,8 @@ fixed before anyone binds it, and one slot for all of a principal's sessions is 
 
 **One message per batch.**  A clustered store publishes one ``deleted_many`` message per
 batch (up to 1,000 ids, ~46 KB), on the store's plain channel, which reaches every node
-(also on Redis Cluster).  Measured against one ``deleted`` message per id (bench/principals.py):
+(on Redis Cluster with sharded pub/sub: one per shard holding ids of the batch, on that
+shard channel, numbered and logged there, ``fastsess._core.sequence``).  Measured against one ``deleted`` message per id (bench/principals.py):
 for 10,000 sessions the other node's listener spent about a quarter of the CPU time, and
 the sender's own listener skips 10 echoes instead of 10,000.
 """
@@ -118,7 +119,9 @@ return n
 # KEYS[1]=index  ARGV: n, n ids, batch[, channel, message...].  Removes the ids (their
 # sessions were just deleted), publishes the message(s), returns the next batch of ids.
 # The channel is the store's plain one (not a shard channel): the ids live on every
-# master, and every listener subscribes the plain channel.
+# master, and every listener subscribes the plain channel.  Only when the writer has no
+# shard channels (no sharded pub/sub, or a changed slot map waits): else the message is
+# numbered and logged on each shard instead, one per shard (``CLEAR_PUBLISH``).
 INDEX_REMOVE = publish_script("""
 local n = tonumber(ARGV[1])
 if n > 0 then

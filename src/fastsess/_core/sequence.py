@@ -1,7 +1,7 @@
 """Sequenced invalidations: the server-side sequence, the capped log and the replay. No I/O.
 
-Every write script of a clustered store (standalone Redis or Sentinel) publishes through
-the same step, ``SEQUENCE_LUA`` then ``PUBLISH``: it advances the channel's sequence
+Every write script of a clustered store publishes through the same step, ``SEQUENCE_LUA``
+then ``PUBLISH``/``SPUBLISH`` (``ops.PUBLISH_LUA``): it advances the channel's sequence
 (``HINCRBY <channel>:seq s 1``), appends ``(sequence, session id)`` to a capped Redis
 Stream (``XADD <channel>:log MAXLEN ~ <cap> <sequence>-0 i <id>``) and publishes the
 message with the dataset epoch and the sequence appended (``messages.append_sequence``
@@ -14,9 +14,26 @@ server's identity (``run_id`` and ``master_replid``), read by the ``REPLAY`` scr
 restart or a failover changes it, and then nothing it remembers of the old history is
 trusted (a full flush).
 
-On Redis Cluster no script may touch keys of two slots, and session keys are spread over
-all of them: the scripts there publish without a sequence, and the listener flushes on
-every resubscription, as before.
+**Standalone Redis, Sentinel:** one sequence, on the store's channel; the scripts
+declare ``<channel>:seq`` and ``<channel>:log`` as keys.
+
+**Redis Cluster** (sharded pub/sub: every master Redis >= 7): one sequence per shard
+channel ``{t}<channel>`` (``fastsess._core.slots``), kept in ``{t}<channel>:seq`` and
+``{t}<channel>:log``, which live in the tag's slot on the master serving that channel.
+A write script runs on its key's master and numbers its message on that master's shard
+channel: the log's keys are in another slot of the same node, which a script without
+flags (no ``#!lua`` line) may touch; they are not declared (redis-py's cluster client
+refuses a command whose keys span slots), the script derives them from the channel.  If
+the key's master does not serve the channel's slot (the writer's slot map is out of
+date) the script cannot number the message: it publishes it whole, unnumbered, with
+PUBLISH on the plain channel.  A listener replays each shard's log on its master; a
+master that failed over answers with another identity (its ``master_replid`` changes),
+which flushes.  ``clear`` logs its message on every shard; ``delete_all`` logs one entry
+per shard, naming that shard's ids.  Messages on the plain channel (that fallback,
+writers whose changed slot map still waits, nodes with ``sharded_pubsub=False``) are in
+no log: a listener whose slot map changed flushes at its next subscriptions
+(``CoordinatorBase.adopt_shards``).  Masters older than Redis 7, or
+``sharded_pubsub=False``: not numbered, and every resubscription flushes.
 """
 
 from __future__ import annotations
