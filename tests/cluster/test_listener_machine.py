@@ -501,3 +501,33 @@ def test_a_changed_slot_map_makes_the_next_subscriptions_flush_for_a_while() -> 
     assert m.full_flushes == 2
     c.adopt_shards(None, 9.0)  # masters older than Redis 7 (or sharding off): unnumbered, flushes on resubscribe
     assert not m.sequenced
+
+
+def test_a_higher_configuration_epoch_flushes_even_with_the_same_map() -> None:
+    """Slots that moved and came back while the listener was away: the same map, but the
+    cluster's configuration epoch went up, so unnumbered messages may have been missed."""
+    from fastsess._core.listener import CoordinatorBase
+    from fastsess._core.slots import ShardMap
+
+    c = CoordinatorBase(ClusterConfig(channel="ch", subscribe_timeout=0.5, lease=LEASE), None, Steps(), sequenced=True)
+    c.is_cluster = True
+    m = c.machine
+    one = ShardMap("ch", [[(0, 8000)], [(8001, 16383)]])
+
+    def subscribe(now: float, epoch: int | None) -> None:
+        m.error(ConnectionError("reconnect"), now) if m.state != "idle" else m.start(now)
+        m.retry(now)
+        c.adopt_shards(one, now, epoch)
+        actions = m.subscribed(now)
+        while actions and isinstance(actions[-1], Replay):
+            actions = m.replayed(log_reply(3, []), now, now)
+
+    subscribe(0.0, 6)
+    subscribe(10.0, 6)
+    subscribe(20.0, None)  # unknown: nothing to compare
+    assert m.full_flushes == 0
+    subscribe(30.0, 8)
+    assert m.full_flushes == 1
+    subscribe(40.0, 7)  # a node that learned less: never below the highest seen
+    subscribe(50.0, 8)
+    assert m.full_flushes == 1

@@ -298,3 +298,63 @@ def test_a_subscriber_outage_across_processes_is_repaired_by_replay(cluster: lis
         for node in nodes:
             node.close()
         raw.close()
+
+
+# --- slots that move while a listener is away ------------------------------------------------
+
+
+def test_slots_moved_and_back_while_away_flush_at_the_resubscription() -> None:
+    """While B's listener is stopped, slots move to another master and back (``redis-cli
+    --cluster reshard``).  A's listener sees the change and, while the changed map waits,
+    A publishes unnumbered on the plain channel: in no log.  B comes back to the very map
+    it left, but the cluster's configuration epoch went up: it flushes (no replay could
+    tell what it missed), and reads A's save fresh."""
+    import subprocess
+
+    from fastsess.server import find_cli_binary
+
+    from ..support import RedisClusterNodes
+
+    with RedisClusterNodes(masters=3) as nodes:
+        servers = nodes.servers
+        channel, prefix = f"mb:{uuid.uuid4().hex[:8]}", f"mb{uuid.uuid4().hex[:6]}:"
+        raw = RedisCluster(host="127.0.0.1", port=servers[0].port)
+        made: list[ClusteredRedisStore] = []
+        try:
+            for name in "AB":
+                config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
+                made.append(ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=servers[0].port), config=config, prefix=prefix))
+            A, B = made
+            for store in made:
+                assert store.coordinator.wait_subscribed(5)
+            sessions = sessions_on_every_master(A, raw, n=6)
+            warm(B, sessions)
+            before_map = list(B.coordinator.shards.by_slot)
+            flushes = B.coordinator.stats.full_flushes
+            ids = {s.port: redis.Redis(port=s.port).execute_command("CLUSTER", "MYID").decode() for s in servers}
+            cli, entry = find_cli_binary(), f"127.0.0.1:{servers[0].port}"
+
+            def reshard(source: int, target: int) -> None:
+                subprocess.run([cli, "--cluster", "reshard", entry, "--cluster-from", ids[servers[source].port],
+                                "--cluster-to", ids[servers[target].port], "--cluster-slots", "5", "--cluster-yes"],
+                               check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+            B.coordinator.stop()
+            reconnects = A.coordinator.stats.reconnects
+            reshard(0, 1)
+            wait_until(lambda: A.coordinator.stats.reconnects > reconnects and A.coordinator.shards is None, 5,
+                       what="A to see the change (its new map waiting)")
+            s = sessions[0]
+            s["i"] = 777
+            assert A.save(s) is True  # unnumbered, on the plain channel: B is not listening
+            reshard(1, 0)
+            wait_until(lambda: A.coordinator.stats.reconnects > reconnects + 1, 5, what="A to see the slots come back")
+            assert B.coordinator.start(timeout=5.0)
+            assert list(B.coordinator.shards.by_slot) == before_map  # the very map B left
+            assert B.coordinator.stats.full_flushes == flushes + 1
+            assert B.load(s.id)["i"] == 777
+        finally:
+            for store in made:
+                store.close()
+                store.client.close()
+            raw.close()

@@ -744,6 +744,7 @@ class CoordinatorBase:
         self.is_cluster = False  # set by the driver: shard channels are numbered one by one
         self._mapped = False  # a subscription on a Redis Cluster was made (then _subscribed_map is its map)
         self._subscribed_map: list[str] | None = None  # by_slot of the last subscription's map
+        self._config_epoch: int | None = None  # the highest cluster configuration epoch seen at a subscription
         self._map_changed_at = -math.inf  # when the listener last saw the slot map change
         self.source = 0  # the listener connection the message being applied came from
         self.shard: str | None = None  # the shard channel it came on (None: the plain channel)
@@ -870,8 +871,9 @@ class CoordinatorBase:
         shards = self.shards
         return () if shards is None else tuple(shards.channels)
 
-    def adopt_shards(self, shards: ShardMap | None, now: float) -> None:
-        """The listener subscribed with slot map ``shards`` (None: no sharded pub/sub).
+    def adopt_shards(self, shards: ShardMap | None, now: float, config_epoch: int | None = None) -> None:
+        """The listener subscribed with slot map ``shards`` (None: no sharded pub/sub), read
+        when the cluster's configuration epoch was ``config_epoch`` (None: unknown).
 
         The first map, or the same one again, is used at once.  A changed one (slots
         moved between masters) only after ``SHARD_MAP_WAIT * subscribe_timeout`` seconds,
@@ -882,11 +884,13 @@ class CoordinatorBase:
         Sequenced (Redis Cluster with sharded pub/sub): the machine numbers each shard
         channel of ``shards``.  Messages on the plain channel are not numbered (nor logged):
         writers send them while a changed map waits, or when their map is out of date.  So
-        a subscription whose map differs from the previous subscription's, or that comes
-        less than ``(SHARD_MAP_WAIT + 2) * subscribe_timeout`` after the listener saw the
-        map change, trusts nothing it knew (``ListenerMachine.forget``: its replays flush).
+        a subscription whose map differs from the previous subscription's, whose
+        configuration epoch is higher than the previous one's (slots moved, or a failover,
+        meanwhile: also when the map changed back), or that comes less than
+        ``(SHARD_MAP_WAIT + 2) * subscribe_timeout`` after the listener saw the map change,
+        trusts nothing it knew (``ListenerMachine.forget``: its replays flush).
         """
-        self._number_shards(shards, now)
+        self._number_shards(shards, now, config_epoch)
         if shards is None:
             self.shards = self._pending_shards = None
             return
@@ -900,15 +904,19 @@ class CoordinatorBase:
         self._shards_at = now + wait
         log.info("the cluster's slot map changed: plain PUBLISH for %.1f s", wait)
 
-    def _number_shards(self, shards: ShardMap | None, now: float) -> None:
+    def _number_shards(self, shards: ShardMap | None, now: float, config_epoch: int | None) -> None:
         """Tell the machine which shard channels the subscription numbers (see ``adopt_shards``)."""
         if not self.is_cluster:
             return
         machine = self.machine
         by_slot = None if shards is None else shards.by_slot
-        if self._mapped and by_slot != self._subscribed_map:
+        last_epoch = self._config_epoch
+        if self._mapped and (by_slot != self._subscribed_map or (
+                config_epoch is not None and last_epoch is not None and config_epoch > last_epoch)):
             self._map_changed_at = now
         self._mapped, self._subscribed_map = True, by_slot
+        if config_epoch is not None:
+            self._config_epoch = config_epoch if last_epoch is None else max(last_epoch, config_epoch)
         machine.sequenced = self.sequenced and shards is not None
         machine.shard_names = () if shards is None else tuple(shards.channels)
         if now < self._map_changed_at + (SHARD_MAP_WAIT + 2) * self.config.subscribe_timeout:

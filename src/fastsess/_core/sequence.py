@@ -31,8 +31,8 @@ master that failed over answers with another identity (its ``master_replid`` cha
 which flushes.  ``clear`` logs its message on every shard; ``delete_all`` logs one entry
 per shard, naming that shard's ids.  Messages on the plain channel (that fallback,
 writers whose changed slot map still waits, nodes with ``sharded_pubsub=False``) are in
-no log: a listener whose slot map changed flushes at its next subscriptions
-(``CoordinatorBase.adopt_shards``).  Masters older than Redis 7, or
+no log: a listener whose slot map changed, or whose cluster configuration epoch went
+up, flushes at its next subscriptions (``CoordinatorBase.adopt_shards``).  Masters older than Redis 7, or
 ``sharded_pubsub=False``: not numbered, and every resubscription flushes.
 """
 

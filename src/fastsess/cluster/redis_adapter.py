@@ -447,6 +447,9 @@ class NodeLink:
         self.source = 0
         self.shard: str | None = None  # the shard channel of the last message (None: the plain channel)
         self.shards: Any = None  # a ShardMap when sharded pub/sub is used
+        # The cluster's configuration epoch (CLUSTER INFO cluster_current_epoch) when the
+        # slot map was read: every slot move and failover raises it (None: not a cluster).
+        self.config_epoch: int | None = None
         self._replayers: dict[int, Any] = {}  # per master: a second connection, for replays
         self._connect_args: tuple[Any, dict[str, Any]] | None = None
         self.sharded = False
@@ -494,11 +497,13 @@ class NodeLink:
             probe = cls(host=host, port=port, **kwargs)
             try:
                 slots_reply = self._command(probe, "CLUSTER", "SLOTS")
+                info = self._command(probe, "CLUSTER", "INFO")
             except (redis.RedisError, OSError) as exc:
                 last_error = exc
                 probe.disconnect()
                 continue
             self._probe = probe  # kept: it asks again every idle_timeout (_check_topology)
+            self.config_epoch = _current_epoch(info)
             break
         if not slots_reply:
             raise redis.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {last_error}")
@@ -739,6 +744,16 @@ class NodeLink:
             close_quietly(_Disconnect(self._probe))
         if self._made is not None:
             close_quietly(self._made)
+
+
+def _current_epoch(info: Any) -> int | None:
+    """``cluster_current_epoch`` of a ``CLUSTER INFO`` reply (RESP2 bulk string; None if absent)."""
+    text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "cluster_current_epoch" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def _buffered(reader: SocketReader) -> Callable[[float], Any]:

@@ -381,7 +381,7 @@ class ThreadedCoordinator(CoordinatorBase):
         if kind == "subscribe":
             link.listening()
             if isinstance(link, NodeLink):
-                self.adopt_shards(link.shards, now)
+                self.adopt_shards(link.shards, now, link.config_epoch)
             return machine.subscribed(now)
         if kind == "unsubscribe":
             return machine.unsubscribed(now)
