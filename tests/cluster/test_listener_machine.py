@@ -436,9 +436,9 @@ def test_a_gap_on_one_shard_replays_that_shard_only() -> None:
     dispatch, = m.message(numbered(9), 0.21, SHARDS[1])
     assert m.gaps == 2
     actions = m.replayed(log_reply(9, [(6, "x" * 43), (7, "y" * 43), (8, "a" * 43), (9, "a" * 43)]), 0.22, 0.23)
-    assert actions == (Evict(("x" * 43, "y" * 43, "a" * 43, "a" * 43)), Replay(7, SHARDS[1]))
+    assert actions == (Evict(("x" * 43, "y" * 43, "a" * 43, "a" * 43), SHARDS[0]), Replay(7, SHARDS[1]))
     assert m.replayed(log_reply(9, [(7, "c" * 43), (8, "d" * 43), (9, "e" * 43)], server=SERVER), 0.24, 0.25) == (
-        Evict(("c" * 43, "d" * 43, "e" * 43)), SERVE)
+        Evict(("c" * 43, "d" * 43, "e" * 43), SHARDS[1]), SERVE)
     assert m.full_flushes == 0 and m.replays == 2 and m.sequence_of(SHARDS[2]).seq == 7  # type: ignore[union-attr]
 
 

@@ -148,9 +148,12 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class Evict:
-    """Evict these ids (and void their fills in flight): invalidations a replay found."""
+    """Evict these ids (and void their fills in flight): invalidations a replay found, in
+    the log of ``shard`` (None: the channel's own log; on Redis Cluster the shard channel,
+    whose master holds those ids' keys)."""
 
     ids: tuple[str, ...]
+    shard: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +412,7 @@ class ListenerMachine:
                 if CLEARED_ID in ids:
                     actions.append(FLUSH)
                 else:
-                    actions.append(Evict(ids))
+                    actions.append(Evict(ids, shard))
                 self.replays += 1
                 self.replayed_ids += len(ids)
         state.identity, state.epoch = found.identity, found.epoch

@@ -654,6 +654,48 @@ class NodeLink:
             if reader is not None:
                 reader.receive()
 
+    def _side(self, shard: str) -> Any:
+        """The second connection to the master serving ``shard`` (made on first use)."""
+        index = self.shards.channels.index(shard)
+        connection = self._replayers.get(index)
+        if connection is None:
+            assert self._connect_args is not None
+            cls, kwargs = self._connect_args
+            master = self.connections[index]
+            connection = self._replayers[index] = cls(host=master.host, port=master.port, **kwargs)
+        return connection
+
+    def _drop_side(self, connection: Any) -> None:
+        for index, kept in list(self._replayers.items()):
+            if kept is connection:
+                del self._replayers[index]
+        close_quietly(_Disconnect(connection))
+
+    def pipeline(self, shard: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one round trip on the second connection to the master serving
+        ``shard``; their replies, in order.
+
+        Raises:
+            redis.RedisError / OSError: a command failed (an error reply, ``MOVED`` included);
+                the connection is dropped (the next use makes a new one).
+        """
+        connection = self._side(shard)
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            replies = []
+            failed: Exception | None = None
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:  # read on: the other replies still come
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+            return replies
+        except (redis.RedisError, OSError):
+            self._drop_side(connection)
+            raise
+
     def replay(self, shard: str, args: tuple[Any, ...], text: str) -> Any:
         """Run a replay command (``EVALSHA`` ``args``; ``EVAL`` of ``text`` if the server
         lacks the script) on the master serving ``shard``, on a second connection to it
@@ -663,20 +705,13 @@ class NodeLink:
             redis.RedisError / OSError: the command failed (a ``MOVED`` reply included:
                 the slot map changed).
         """
-        index = self.shards.channels.index(shard)
-        connection = self._replayers.get(index)
-        if connection is None:
-            assert self._connect_args is not None
-            cls, kwargs = self._connect_args
-            master = self.connections[index]
-            connection = self._replayers[index] = cls(host=master.host, port=master.port, **kwargs)
+        connection = self._side(shard)
         try:
             return self._command(connection, *args)
         except redis.exceptions.NoScriptError:
             return self._command(connection, "EVAL", text, *args[2:])
         except (redis.RedisError, OSError):
-            self._replayers.pop(index, None)
-            close_quietly(_Disconnect(connection))
+            self._drop_side(connection)
             raise
 
     def _event(self, reply: Any) -> tuple[str, Any]:

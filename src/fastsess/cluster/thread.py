@@ -235,32 +235,41 @@ class ThreadedCoordinator(CoordinatorBase):
                 if link is not None:
                     link.ping(str(action.token))  # type: ignore[union-attr]
             elif kind is Evict:
-                self._evict(action.ids, link)  # type: ignore[union-attr]
+                self._evict(action.ids, link, action.shard)  # type: ignore[union-attr]
             else:  # Flush, Close
                 self.apply((action,))
         return link, ()
 
-    def _evict(self, ids: tuple[str, ...], link: Link | NodeLink | None) -> None:
+    def _evict(self, ids: tuple[str, ...], link: Link | NodeLink | None, shard: str | None = None) -> None:
         """Evict what a replay found missed; then re-read those that were cached (one
-        pipeline on the listener's second connection) and cache them again, so the cache
-        is warm when it is served.  A failed re-read leaves them evicted (misses)."""
+        pipeline on the listener's second connection; on Redis Cluster on its second
+        connection to the master of ``shard``, which holds their keys) and cache them
+        again, so the cache is warm when it is served.  A failed re-read (a slot moved
+        meanwhile included) leaves them evicted (misses)."""
         cache, refill = self.cache, self.on_refill
         if cache is None:
             return
         warm = [i for i in dict.fromkeys(ids) if cache.cached(i)][:MAX_REFILL] if refill is not None else []
         for session_id in ids:
             cache.invalidate(session_id)
+        sharded = shard is not None and isinstance(link, NodeLink)
         client = None if link is None else link.commands
-        if not warm or client is None or refill is None:
+        if not warm or (client is None and not sharded) or refill is None:
             return
         tokens = [cache.fill_token(i) for i in warm]  # before the read: a later invalidation voids the fill
         prefix = self.prefix or ""
         try:
-            pipe = client.pipeline(transaction=False)
-            for session_id in warm:
-                pipe.execute_command("EVAL", GET_PTTL.text, 1, prefix + session_id)
-            started = time.monotonic()
-            replies = pipe.execute()
+            if sharded:
+                commands = [("EVAL", GET_PTTL.text, 1, prefix + session_id) for session_id in warm]
+                started = time.monotonic()
+                replies = link.pipeline(shard, commands)  # type: ignore[union-attr,arg-type]
+            else:
+                assert client is not None
+                pipe = client.pipeline(transaction=False)
+                for session_id in warm:
+                    pipe.execute_command("EVAL", GET_PTTL.text, 1, prefix + session_id)
+                started = time.monotonic()
+                replies = pipe.execute()
         except Exception:  # noqa: BLE001 - the ids stay evicted: the next loads read Redis
             log.debug("re-reading %d replayed ids failed", len(warm), exc_info=True)
             return
