@@ -576,8 +576,10 @@ def test_a_failover_keeps_invalidations_flowing_without_stale_reads(replicated: 
 def test_masters_older_than_redis_7_get_classic_publish(cluster: list[RedisServer], stores: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The version comes from INFO server of every master at each subscribe.  No Redis 6
     is installed here, so the listener is made to read an older version: it falls back
-    to the plain channel (writers PUBLISH), and tracking, which needs sharded pub/sub on
-    a cluster, refuses to subscribe (the cache is bypassed, never incoherent)."""
+    to the plain channel (writers PUBLISH, their messages unnumbered: the script cuts the
+    sequence's pairs off again), its listener numbers nothing and flushes at every
+    resubscription, and tracking, which needs sharded pub/sub on a cluster, refuses to
+    subscribe (the cache is bypassed, never incoherent)."""
     from fastsess.cluster import redis_adapter
 
     A, B, raw = stores
@@ -596,6 +598,20 @@ def test_masters_older_than_redis_7_get_classic_publish(cluster: list[RedisServe
             wait_received(B, before)
             sees(B, s.id, s["i"])
         assert bus_publishes(cluster) > before_bus
+        assert not C.coordinator.machine.sequenced and B.coordinator.stats.gaps == 0
+        seen: list[dict[str, Any]] = []
+        B.coordinator.on_message = seen.append
+        s = sessions[0]
+        s["i"] += 1
+        before = received(B)
+        assert C.save(s) is True
+        wait_received(B, before)
+        assert seen and "sq" not in seen[-1] and "ep" not in seen[-1]
+        assert C.load(s.id) is not None and C._cache.get(s.id) is not None
+        flushes, reconnects = C.coordinator.stats.full_flushes, C.coordinator.stats.reconnects
+        assert C.coordinator.drop_connection()
+        wait_until(lambda: C.coordinator.stats.reconnects > reconnects and C.coordinator.subscribed, 5, what="C to resubscribe")
+        assert C._cache.get(s.id) is None and C.coordinator.stats.full_flushes == flushes  # flushed, not replayed
         config = ClusterConfig(node_id=f"D-{uuid.uuid4().hex[:6]}", channel=A.coordinator.channel, track_external_changes=True, **FAST)
         D = ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=cluster[0].port), config=config, prefix=A.prefix)
         try:

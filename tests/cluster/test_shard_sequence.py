@@ -246,7 +246,7 @@ def test_a_stale_slot_map_publishes_unnumbered_on_the_plain_channel(cluster: lis
 def test_a_subscriber_outage_across_processes_is_repaired_by_replay(cluster: list[RedisServer], mode: str) -> None:
     """W and R run in processes of their own (``coherence_node``).  Every pub/sub connection
     on every master is killed (``CLIENT KILL TYPE pubsub``) and W saves six sessions at
-    once, while R waits out its reconnection delay (at least 0.25 s): R replays each
+    once, while R waits out its reconnection delay (at least 0.5 s): R replays each
     shard's log, evicts exactly those six (counted), keeps the rest of its cache (its
     loads of them are hits) and reads no stale value."""
     from .test_coherence import COMMITTED_AGO, CNode
@@ -256,7 +256,7 @@ def test_a_subscriber_outage_across_processes_is_repaired_by_replay(cluster: lis
     nodes: list[CNode] = []
     raw = RedisCluster(host="127.0.0.1", port=cluster[0].port)
     try:
-        for name, backoff in (("W", (0.02, 0.2)), ("R", (0.5, 0.5))):
+        for name, backoff in (("W", (0.02, 0.2)), ("R", (1.0, 1.0))):
             node = CNode(name)
             nodes.append(node)
             assert node.call("init", url=url, node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, prefix=prefix,
