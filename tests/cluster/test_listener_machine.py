@@ -22,6 +22,7 @@ from fastsess._core.listener import (
     WAITING,
     Dispatch,
     Evict,
+    Flush,
     ListenerMachine,
     Ping,
     Reconnect,
@@ -442,13 +443,13 @@ def test_a_gap_on_one_shard_replays_that_shard_only() -> None:
     assert m.full_flushes == 0 and m.replays == 2 and m.sequence_of(SHARDS[2]).seq == 7  # type: ignore[union-attr]
 
 
-def test_a_failed_over_shard_flushes() -> None:
+def test_a_failed_over_shard_flushes_that_shard() -> None:
     m = sharded_in_sync(5)
     m.error(ConnectionError("master down"), 1.0)
     m.retry(2.0)
     assert m.subscribed(2.1) == (Replay(6, SHARDS[0]),)
     assert m.replayed(log_reply(5, []), 2.1, 2.2) == (Replay(7, SHARDS[1]),)
-    assert m.replayed(log_reply(6, [], server="promoted:replica"), 2.2, 2.3) == (FLUSH, Replay(8, SHARDS[2]))
+    assert m.replayed(log_reply(6, [], server="promoted:replica"), 2.2, 2.3) == (Flush(SHARDS[1]), Replay(8, SHARDS[2]))
     assert m.replayed(log_reply(7, []), 2.3, 2.4) == (SERVE,)
     assert m.full_flushes == 1 and m.sequence_of(SHARDS[1]).identity == "promoted:replica"  # type: ignore[union-attr]
 
@@ -503,9 +504,11 @@ def test_a_changed_slot_map_makes_the_next_subscriptions_flush_for_a_while() -> 
     assert not m.sequenced
 
 
-def test_a_higher_configuration_epoch_flushes_even_with_the_same_map() -> None:
-    """Slots that moved and came back while the listener was away: the same map, but the
-    cluster's configuration epoch went up, so unnumbered messages may have been missed."""
+def test_a_master_that_took_slots_over_flushes_even_with_the_same_map() -> None:
+    """Slots that moved and came back while the listener was away: the same map, but a
+    master of the earlier subscription has a higher configuration epoch (it took slots
+    over), so unnumbered messages may have been missed.  A replica promoted meanwhile is
+    another node: not counted (its shard's replay finds another server)."""
     from fastsess._core.listener import CoordinatorBase
     from fastsess._core.slots import ShardMap
 
@@ -514,20 +517,52 @@ def test_a_higher_configuration_epoch_flushes_even_with_the_same_map() -> None:
     m = c.machine
     one = ShardMap("ch", [[(0, 8000)], [(8001, 16383)]])
 
-    def subscribe(now: float, epoch: int | None) -> None:
+    def subscribe(now: float, epochs: dict[str, int] | None) -> None:
         m.error(ConnectionError("reconnect"), now) if m.state != "idle" else m.start(now)
         m.retry(now)
-        c.adopt_shards(one, now, epoch)
+        c.adopt_shards(one, now, epochs)
         actions = m.subscribed(now)
         while actions and isinstance(actions[-1], Replay):
             actions = m.replayed(log_reply(3, []), now, now)
 
-    subscribe(0.0, 6)
-    subscribe(10.0, 6)
+    subscribe(0.0, {"a": 1, "b": 2})
+    subscribe(10.0, {"a": 1, "b": 2})
     subscribe(20.0, None)  # unknown: nothing to compare
+    subscribe(30.0, {"a": 1, "c": 7})  # b failed over to its replica c: another node
     assert m.full_flushes == 0
-    subscribe(30.0, 8)
+    subscribe(40.0, {"a": 8, "c": 7})  # a took slots over (and maybe gave them back)
     assert m.full_flushes == 1
-    subscribe(40.0, 7)  # a node that learned less: never below the highest seen
-    subscribe(50.0, 8)
+    subscribe(50.0, {"a": 8, "c": 7})
+    subscribe(60.0, {"a": 5, "c": 7})  # a node that learned less: never below the highest seen
     assert m.full_flushes == 1
+    assert c.listening_shards is one
+
+
+def test_a_shard_flush_evicts_the_sessions_of_its_slots_only() -> None:
+    """``Flush(shard)``: the cached sessions (and ids remembered as absent) whose key is in
+    a slot of that shard channel go; the others stay; every fill in flight is voided."""
+    from fastsess._core.coherence import CoherentCache
+    from fastsess._core.listener import CoordinatorBase
+    from fastsess._core.slots import ShardMap, key_slot
+
+    cache = CoherentCache(1000, 60.0, absent_ttl=60.0)
+    c = CoordinatorBase(ClusterConfig(channel="ch"), cache, Steps(), prefix="p:", sequenced=True)
+    c.is_cluster = True
+    shards = ShardMap("ch", [[(0, 8000)], [(8001, 16383)]])
+    c.adopt_shards(shards, 0.0, {"a": 1, "b": 1})
+    ids = [f"{i:043d}" for i in range(60)]
+    for sid in ids:
+        assert cache.fill(sid, {"v": 1}, cache.fill_token(sid), 60.0)
+    ghost = "g" * 43
+    assert cache.fill_absent(ghost, cache.fill_token(ghost))
+    in_flight = cache.fill_token("f" * 43)
+    first = shards.channels[0]
+    mine = [sid for sid in ids if shards.by_slot[key_slot(("p:" + sid).encode())] == first]
+    assert 0 < len(mine) < len(ids)
+    c.apply((Flush(first),))
+    assert not any(cache.cached(sid) for sid in mine)
+    assert all(cache.cached(sid) for sid in ids if sid not in mine)
+    assert cache.is_absent(ghost) == (shards.by_slot[key_slot(("p:" + ghost).encode())] != first)
+    assert not cache.fill("f" * 43, {"v": 0}, in_flight, 60.0)  # voided
+    c.apply((Flush("{9}unknown"),))  # not a channel of the map: everything
+    assert len(cache) == 0

@@ -360,3 +360,63 @@ def test_slots_moved_and_back_while_away_flush_at_the_resubscription() -> None:
                 store.close()
                 store.client.close()
             raw.close()
+
+
+def test_a_failover_while_away_evicts_that_shard_only() -> None:
+    """B's listener is stopped; a replica takes over its master's slots (``CLUSTER
+    FAILOVER``) and A saves a session there.  B comes back to the same slot map: the
+    replay of that shard finds another server (its ``master_replid``), so B evicts the
+    sessions of that shard's slots, and only those; the other shards' replays find
+    nothing missed, and their sessions stay cached.  No read is stale."""
+    from ..support import RedisClusterNodes
+
+    with RedisClusterNodes(masters=3, replicas=1) as nodes:
+        servers = nodes.servers
+        channel, prefix = f"fw:{uuid.uuid4().hex[:8]}", f"fw{uuid.uuid4().hex[:6]}:"
+        raw = RedisCluster(host="127.0.0.1", port=servers[0].port)
+        made: list[ClusteredRedisStore] = []
+        try:
+            for name in "AB":
+                config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
+                made.append(ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=servers[0].port), config=config, prefix=prefix))
+            A, B = made
+            for store in made:
+                assert store.coordinator.wait_subscribed(5)
+            sessions = sessions_on_every_master(A, raw, n=12)
+            warm(B, sessions)
+            shard = B.coordinator.channel_for(prefix + sessions[0].id)
+            victim = [s for s in sessions if B.coordinator.channel_for(prefix + s.id) == shard]
+            others = [s for s in sessions if s not in victim]
+            master = raw.get_node_from_key(prefix + sessions[0].id)
+            old = redis.Redis(host=master.host, port=int(master.port))
+            replica_port = int(old.info("replication")["slave0"]["port"])
+            replica = redis.Redis(host="127.0.0.1", port=replica_port)
+            flushes, map_before = B.coordinator.stats.full_flushes, list(B.coordinator.shards.by_slot)
+            B.coordinator.stop()
+            reconnects = A.coordinator.stats.reconnects
+            replica.execute_command("CLUSTER", "FAILOVER")
+            wait_until(lambda: replica.info("replication")["role"] == "master" and old.info("replication")["role"] == "slave",
+                       10, what="the replica to take over")
+            wait_until(lambda: A.coordinator.stats.reconnects > reconnects and A.coordinator.subscribed, 10,
+                       what="A to follow the new master")
+            raw.nodes_manager.initialize()
+            s = sessions[0]
+            s["i"] = 4242
+            assert A.save(s) is True  # numbered on the promoted master
+            assert B.coordinator.start(timeout=5.0)
+            assert list(B.coordinator.shards.by_slot) == map_before
+            assert B.coordinator.stats.full_flushes == flushes + 1
+            assert not any(cached(B, v.id) for v in victim)
+            assert all(cached(B, o.id) for o in others)  # the other shards' sessions stay
+            assert B.load(s.id)["i"] == 4242
+            hits = B.cache_stats().hits
+            for o in others:
+                assert B.load(o.id)["i"] == o["i"]
+            assert B.cache_stats().hits == hits + len(others)
+            old.close()
+            replica.close()
+        finally:
+            for store in made:
+                store.close()
+                store.client.close()
+            raw.close()

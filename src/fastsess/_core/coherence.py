@@ -37,6 +37,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..cache import CacheStats, LocalCache
@@ -340,6 +341,23 @@ class CoherentCache:
             self.cache.clear()
             if self.absent is not None:
                 self.absent.clear()
+
+    def evict_where(self, doomed: Callable[[str], bool]) -> int:
+        """Evict every cached session, and forget every id remembered as absent, for which
+        ``doomed(session_id)`` is true; void every fill in flight (one of those ids may be
+        among them).  Returns how many cached sessions were evicted.  O(entries)."""
+        with self._lock:
+            self._epoch += 1
+            evicted = 0
+            for session_id in list(self.cache.keys()):
+                if doomed(session_id) and self._drop(session_id):
+                    evicted += 1
+            absent = self.absent
+            if absent is not None:
+                for session_id in list(absent.keys()):
+                    if doomed(session_id):
+                        absent.delete(session_id)
+            return evicted
 
     def after_fork(self) -> None:
         """In a child made by ``os.fork()``: a fresh lock (a parent thread may have held

@@ -109,7 +109,11 @@ class Bypass:
 
 @dataclass(frozen=True, slots=True)
 class Flush:
-    """Empty the local cache and void every fill in flight."""
+    """Empty the local cache and void every fill in flight; with ``shard`` (Redis Cluster),
+    only the entries whose key is in a slot that shard channel serves (on the listener's
+    slot map: ``CoordinatorBase.listening_shards``), and void every fill in flight."""
+
+    shard: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,13 +404,13 @@ class ListenerMachine:
         elif found.identity != state.identity or found.epoch != state.epoch or found.seq < state.seq:
             self.full_flushes += 1
             log.warning("%s: the Redis server or its data changed (restart, failover or flush); local cache flushed", where)
-            actions.append(FLUSH)
+            actions.append(FLUSH if shard is None else Flush(shard))
         elif found.seq > state.seq:
             entries = found.entries
             if not entries or entries[0][0] != since or entries[-1][0] < found.seq or len(entries) != found.seq - state.seq:
                 self.full_flushes += 1
                 log.warning("%s: the invalidation log no longer reaches back to %d; local cache flushed", where, since)
-                actions.append(FLUSH)
+                actions.append(FLUSH if shard is None else Flush(shard))
             else:
                 ids = tuple(i for _, logged in entries for i in logged.split(","))  # a batch: ids joined by commas
                 if CLEARED_ID in ids:
@@ -461,7 +465,7 @@ class ListenerMachine:
             self.full_flushes += 1
             log.warning("%s: the data set's epoch changed (flushed); local cache flushed", where)
             state.epoch, state.seq, state.dup_top = msg["ep"], seq, 0
-            return (Dispatch(msg), FLUSH)
+            return (Dispatch(msg), FLUSH if shard is None else Flush(shard))
         expected = state.seq + 1
         if seq == expected:
             # Repeats of what the last replay read all come before the first new message.
@@ -747,8 +751,10 @@ class CoordinatorBase:
         self.is_cluster = False  # set by the driver: shard channels are numbered one by one
         self._mapped = False  # a subscription on a Redis Cluster was made (then _subscribed_map is its map)
         self._subscribed_map: list[str] | None = None  # by_slot of the last subscription's map
-        self._config_epoch: int | None = None  # the highest cluster configuration epoch seen at a subscription
+        self._master_epochs: dict[str, int] = {}  # node id -> the highest config epoch seen for it as a master
+        self.listening_shards: ShardMap | None = None  # the slot map of the listener's last subscription
         self._map_changed_at = -math.inf  # when the listener last saw the slot map change
+        self.key_prefix = prefix  # the store's key prefix (a session's key: prefix + id)
         self.source = 0  # the listener connection the message being applied came from
         self.shard: str | None = None  # the shard channel it came on (None: the plain channel)
         self.node_id = config.node_id
@@ -874,9 +880,10 @@ class CoordinatorBase:
         shards = self.shards
         return () if shards is None else tuple(shards.channels)
 
-    def adopt_shards(self, shards: ShardMap | None, now: float, config_epoch: int | None = None) -> None:
+    def adopt_shards(self, shards: ShardMap | None, now: float, master_epochs: dict[str, int] | None = None) -> None:
         """The listener subscribed with slot map ``shards`` (None: no sharded pub/sub), read
-        when the cluster's configuration epoch was ``config_epoch`` (None: unknown).
+        when the masters' configuration epochs were ``master_epochs`` (node id -> epoch;
+        None: unknown).
 
         The first map, or the same one again, is used at once.  A changed one (slots
         moved between masters) only after ``SHARD_MAP_WAIT * subscribe_timeout`` seconds,
@@ -887,13 +894,14 @@ class CoordinatorBase:
         Sequenced (Redis Cluster with sharded pub/sub): the machine numbers each shard
         channel of ``shards``.  Messages on the plain channel are not numbered (nor logged):
         writers send them while a changed map waits, or when their map is out of date.  So
-        a subscription whose map differs from the previous subscription's, whose
-        configuration epoch is higher than the previous one's (slots moved, or a failover,
-        meanwhile: also when the map changed back), or that comes less than
+        a subscription whose map differs from the previous subscription's, where a master
+        of an earlier subscription has a higher configuration epoch (it took slots over
+        meanwhile: also when the map then changed back; a replica promoted by a failover
+        is another node, and does not count), or that comes less than
         ``(SHARD_MAP_WAIT + 2) * subscribe_timeout`` after the listener saw the map change,
         trusts nothing it knew (``ListenerMachine.forget``: its replays flush).
         """
-        self._number_shards(shards, now, config_epoch)
+        self._number_shards(shards, now, master_epochs)
         if shards is None:
             self.shards = self._pending_shards = None
             return
@@ -907,19 +915,20 @@ class CoordinatorBase:
         self._shards_at = now + wait
         log.info("the cluster's slot map changed: plain PUBLISH for %.1f s", wait)
 
-    def _number_shards(self, shards: ShardMap | None, now: float, config_epoch: int | None) -> None:
+    def _number_shards(self, shards: ShardMap | None, now: float, master_epochs: dict[str, int] | None) -> None:
         """Tell the machine which shard channels the subscription numbers (see ``adopt_shards``)."""
         if not self.is_cluster:
             return
         machine = self.machine
         by_slot = None if shards is None else shards.by_slot
-        last_epoch = self._config_epoch
-        if self._mapped and (by_slot != self._subscribed_map or (
-                config_epoch is not None and last_epoch is not None and config_epoch > last_epoch)):
+        seen = self._master_epochs
+        took_over = master_epochs is not None and any(seen.get(node, epoch) < epoch for node, epoch in master_epochs.items())
+        if self._mapped and (by_slot != self._subscribed_map or took_over):
             self._map_changed_at = now
         self._mapped, self._subscribed_map = True, by_slot
-        if config_epoch is not None:
-            self._config_epoch = config_epoch if last_epoch is None else max(last_epoch, config_epoch)
+        self.listening_shards = shards
+        for node, epoch in (master_epochs or {}).items():
+            seen[node] = max(seen.get(node, epoch), epoch)
         machine.sequenced = self.sequenced and shards is not None
         machine.shard_names = () if shards is None else tuple(shards.channels)
         if now < self._map_changed_at + (SHARD_MAP_WAIT + 2) * self.config.subscribe_timeout:
@@ -1050,12 +1059,26 @@ class CoordinatorBase:
                     for session_id in action.ids:  # type: ignore[union-attr]
                         self.cache.invalidate(session_id)
             elif kind is Flush:
-                if self.cache is not None:
-                    self.cache.flush()
+                self.flush(action.shard)  # type: ignore[union-attr]
             elif kind is Serve:
                 self.subscribed = True
             elif kind is Bypass:
                 self.subscribed = False
+
+    def flush(self, shard: str | None = None) -> None:
+        """Empty the cache (``Flush``); with ``shard``, only the sessions whose key is in a
+        slot that shard channel serves on the listener's slot map, and every fill in flight
+        voided (all of it when the map or the key prefix is unknown)."""
+        cache = self.cache
+        if cache is None:
+            return
+        shards, prefix = self.listening_shards, self.key_prefix
+        if shard is None or shards is None or prefix is None or shard not in shards.channels:
+            cache.flush()
+            return
+        by_slot = shards.by_slot
+        evicted = cache.evict_where(lambda session_id: by_slot[key_slot((prefix + session_id).encode())] == shard)
+        log.info("%s: evicted the %d cached sessions of its slots", shard, evicted)
 
 
 class _Doubling:

@@ -28,11 +28,12 @@ the key's master does not serve the channel's slot (the writer's slot map is out
 date) the script cannot number the message: it publishes it whole, unnumbered, with
 PUBLISH on the plain channel.  A listener replays each shard's log on its master; a
 master that failed over answers with another identity (its ``master_replid`` changes),
-which flushes.  ``clear`` logs its message on every shard; ``delete_all`` logs one entry
+which evicts the sessions of that shard's slots (``listener.Flush(shard)``).  ``clear`` logs its message on every shard; ``delete_all`` logs one entry
 per shard, naming that shard's ids.  Messages on the plain channel (that fallback,
 writers whose changed slot map still waits, nodes with ``sharded_pubsub=False``) are in
-no log: a listener whose slot map changed, or whose cluster configuration epoch went
-up, flushes at its next subscriptions (``CoordinatorBase.adopt_shards``).  Masters older than Redis 7, or
+no log: a listener whose slot map changed, or one of whose masters took slots over
+(its configuration epoch went up), flushes at its next subscriptions
+(``CoordinatorBase.adopt_shards``).  Masters older than Redis 7, or
 ``sharded_pubsub=False``: not numbered, and every resubscription flushes.
 """
 

@@ -447,9 +447,9 @@ class NodeLink:
         self.source = 0
         self.shard: str | None = None  # the shard channel of the last message (None: the plain channel)
         self.shards: Any = None  # a ShardMap when sharded pub/sub is used
-        # The cluster's configuration epoch (CLUSTER INFO cluster_current_epoch) when the
-        # slot map was read: every slot move and failover raises it (None: not a cluster).
-        self.config_epoch: int | None = None
+        # The configuration epoch of every master (CLUSTER NODES) when the slot map was read:
+        # a master that takes slots over raises its own (None: not a cluster).
+        self.master_epochs: dict[str, int] | None = None
         self._replayers: dict[int, Any] = {}  # per master: a second connection, for replays
         self._connect_args: tuple[Any, dict[str, Any]] | None = None
         self.sharded = False
@@ -497,13 +497,13 @@ class NodeLink:
             probe = cls(host=host, port=port, **kwargs)
             try:
                 slots_reply = self._command(probe, "CLUSTER", "SLOTS")
-                info = self._command(probe, "CLUSTER", "INFO")
+                nodes = self._command(probe, "CLUSTER", "NODES")
             except (redis.RedisError, OSError) as exc:
                 last_error = exc
                 probe.disconnect()
                 continue
             self._probe = probe  # kept: it asks again every idle_timeout (_check_topology)
-            self.config_epoch = _current_epoch(info)
+            self.master_epochs = _master_epochs(nodes)
             break
         if not slots_reply:
             raise redis.ConnectionError(f"no cluster node answered CLUSTER SLOTS: {last_error}")
@@ -781,14 +781,16 @@ class NodeLink:
             close_quietly(self._made)
 
 
-def _current_epoch(info: Any) -> int | None:
-    """``cluster_current_epoch`` of a ``CLUSTER INFO`` reply (RESP2 bulk string; None if absent)."""
-    text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
+def _master_epochs(nodes: Any) -> dict[str, int]:
+    """``{node id: config epoch}`` of the masters in a ``CLUSTER NODES`` reply (RESP2 bulk
+    string: one line per node, the epoch is its 7th field)."""
+    text = nodes.decode("ascii", "replace") if isinstance(nodes, bytes) else str(nodes)
+    epochs: dict[str, int] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name == "cluster_current_epoch" and value.strip().isdigit():
-            return int(value)
-    return None
+        fields = line.split()
+        if len(fields) >= 8 and "master" in fields[2].split(",") and fields[6].isdigit():
+            epochs[fields[0]] = int(fields[6])
+    return epochs
 
 
 def _buffered(reader: SocketReader) -> Callable[[float], Any]:

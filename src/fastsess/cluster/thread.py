@@ -390,7 +390,7 @@ class ThreadedCoordinator(CoordinatorBase):
         if kind == "subscribe":
             link.listening()
             if isinstance(link, NodeLink):
-                self.adopt_shards(link.shards, now, link.config_epoch)
+                self.adopt_shards(link.shards, now, link.master_epochs)
             return machine.subscribed(now)
         if kind == "unsubscribe":
             return machine.unsubscribed(now)
