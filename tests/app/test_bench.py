@@ -243,3 +243,20 @@ def test_freethreaded_script_reports_every_candidate_shape_and_thread_count() ->
     for n in (2, 3):
         assert out.count(f"{n} threads / 1, wall: median") == 5  # dict and LocalCache in both shapes, the private copy
         assert out.count(f"{n} threads kept") == 5
+
+
+def test_script_cost_counts_server_time_per_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench/script_cost.py`` runs end to end and every row has a positive server time;
+    the save row's script runs the six commands a numbered compare-and-set save needs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("script_cost", REPO / "bench" / "script_cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["200"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    assert len(rows) == 7
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
+    save = rows[-1]
+    assert all(name in save for name in ("evalsha", "getrange", "hincrby", "hget", "xadd", "set", "publish"))
