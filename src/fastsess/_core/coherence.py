@@ -34,6 +34,7 @@ as a plain invalidation does.  Either way fills in flight are voided.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -56,6 +57,7 @@ EXPIRY_MARGIN = 0.05
 # about 924 s), so a delayed write cannot land unnoticed after the window.
 UNCERTAIN_WINDOW = 1000.0
 MAX_UNCERTAIN = 10_000  # ids watched one by one; beyond that every own message invalidates
+MAX_WRITTEN = 10_000  # ids this node wrote, kept until the listener has heard past the write (see wrote)
 # A generation's high part counts invalidations, its low part creations (see the module doc).
 INVALIDATION = 1 << 32
 
@@ -84,7 +86,7 @@ class CoherentCache:
 
     __slots__ = (
         "_bytes", "_epoch", "_generations", "_lock", "_max_bytes", "_max_item_bytes", "_max_tracked",
-        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "absent", "cache", "flights", "get", "replaced", "warmed",
+        "_sizes", "_ttl", "_uncertain", "_uncertain_all", "_written", "_written_all", "absent", "cache", "flights", "get", "replaced", "warmed",
     )
 
     def __init__(
@@ -115,6 +117,11 @@ class CoherentCache:
         # own messages about them count as invalidations (see mark_uncertain).
         self._uncertain: dict[str, float] = {}
         self._uncertain_all = 0.0  # the same for every id, after the map overflowed
+        # Ids this node wrote -> monotonic time just after the write (see wrote): until the
+        # listener has heard everything published before then, another node's message may
+        # carry a value older than the write, and must not add the id (warm_peers).
+        self._written: dict[str, float] = {}
+        self._written_all: float | None = None  # the same for every id (a clear, or the map overflowed)
 
     @property
     def cached_bytes(self) -> int:
@@ -196,17 +203,19 @@ class CoherentCache:
         absent = self.absent
         return absent is not None and session_id in absent
 
-    def replace(self, session_id: str, value: Any, ttl: float, size: int, add: bool = False) -> bool:
+    def replace(
+        self, session_id: str, value: Any, ttl: float, size: int, add: bool = False, heard: float = -math.inf,
+    ) -> bool:
         """Install ``value`` (a session carried by another node's update) in place of the
         cached copy if that copy's ``version`` is lower (with ``add``, also where nothing
-        is cached: ``warm_peers``), else evict it; void fills in flight either way.  True
-        if installed."""
+        is cached: ``warm_peers``, unless this node wrote the id after ``heard``: see
+        ``wrote``), else evict it; void fills in flight either way.  True if installed."""
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
             self._generations[slot] += INVALIDATION
             current = self.cache.pop(session_id, None)
             if (
-                (add if current is None else current.version < value.version) and ttl > 0
+                (add and self._may_add(session_id, heard) if current is None else current.version < value.version) and ttl > 0
                 and size <= self._max_item_bytes and self._set(session_id, value, ttl, size)
             ):
                 if current is None:
@@ -217,23 +226,54 @@ class CoherentCache:
             self._drop(session_id)
             return False
 
-    def warm(self, session_id: str, value: Any, ttl: float, size: int) -> bool:
+    def warm(self, session_id: str, value: Any, ttl: float, size: int, heard: float = -math.inf) -> bool:
         """Add ``value`` (what another node's load read, ``warm_peers``) if nothing is
         cached for ``session_id``; a cached copy stays (it is as new: every write since it
-        was cached would have evicted it).  Voids fills in flight when it adds, and so
+        was cached would have evicted it).  Not added either if this node wrote the id
+        after ``heard`` (see ``wrote``).  Voids fills in flight when it adds, and so
         does a write of this node in flight (``put_if``): either may be older than the
         value added.  True if added."""
         if ttl <= 0 or size > self._max_item_bytes:
             return False
         slot = hash(session_id) & _SLOT_MASK
         with self._lock:
-            if session_id in self.cache:
+            if session_id in self.cache or not self._may_add(session_id, heard):
                 return False
             self._generations[slot] += INVALIDATION
             if self._set(session_id, value, ttl, size):
                 self.warmed += 1
                 return True
             return False
+
+    def wrote(self, session_id: str | None = None) -> None:
+        """This node's write of ``session_id`` (None: of every id, a ``clear``) returned:
+        call it before updating the cache for it.  Another node's message published before
+        the write (a ``filled`` read, an update) may reach the listener after it, and this
+        node's own echo, which follows it, changes nothing here: until the listener has
+        heard past this moment (``heard`` of ``warm``/``replace``: a PONG to a PING sent
+        later), such a message must not add the id."""
+        now = time.monotonic()
+        with self._lock:
+            written = self._written
+            if session_id is None or (session_id not in written and len(written) >= MAX_WRITTEN):
+                written.clear()
+                self._written_all = now
+            else:
+                written[session_id] = now
+
+    def _may_add(self, session_id: str, heard: float) -> bool:
+        # Caller holds the lock.  False while a write of this node may be newer than what a
+        # message heard now carries (see wrote); forgets the writes heard past.
+        every = self._written_all
+        if every is not None and every >= heard:
+            return False
+        at = self._written.get(session_id)
+        if at is None:
+            return True
+        if at >= heard:
+            return False
+        del self._written[session_id]
+        return True
 
     def cached(self, session_id: str) -> bool:
         """True if a copy of ``session_id`` is cached (no hit or miss is counted)."""

@@ -259,6 +259,12 @@ class ListenerMachine:
         # The lease: proven = when the cache was last known current (a PING's send time,
         # or a replay's); serving = the last of Serve/Bypass handed out was Serve.
         self.proven = float("-inf")
+        # Every message published before this time has been received: the send time of the
+        # last answered PING (its PONG follows them on the subscribed connection; a later
+        # connection hears nothing older than its subscription).  Not moved by a replay,
+        # which reads the log, not the messages still on their way (warm_peers: see
+        # CoherentCache.wrote).
+        self.heard_through = float("-inf")
         self._serving = False
         self._pings: deque[tuple[int, float]] = deque()  # unanswered PINGs: (token, sent at)
         self._ping_token = 0
@@ -531,6 +537,8 @@ class ListenerMachine:
                 break
         if skipped:
             return self.error(ConnectionError(f"the replies to {skipped} PINGs went missing on the invalidation channel"), now)
+        if sent > self.heard_through:
+            self.heard_through = sent
         if self.state != LISTENING:
             return NOTHING
         if sent > self.proven:

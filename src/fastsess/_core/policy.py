@@ -13,6 +13,7 @@ just set.  Entries are charged their serialized size; one larger than the cache'
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +56,9 @@ class Heard(Protocol):
     # when the cache was last proven current: the send time of the last answered PING (or
     # of the replay); on a delayed link earlier than last_heard, the arrival of its PONG
     proven: float
+    # every message published before this time was received (the send time of the last
+    # answered PING: a replay does not count, it reads only the log)
+    heard_through: float
 
 
 class CachePolicy:
@@ -156,7 +160,7 @@ class CachePolicy:
             return False
         session._base = stamp(payload)  # what a save of this copy compares with (compare-and-set)
         ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
-        return cache.replace(session_id, session, ttl, len(payload), add)
+        return cache.replace(session_id, session, ttl, len(payload), add, self._heard())
 
     def warm(self, session_id: str, payload: bytes, expires_in: int) -> bool:
         """Another node's load read ``payload`` for ``session_id`` with ``expires_in`` seconds
@@ -171,30 +175,39 @@ class CachePolicy:
             return False
         session._base = stamp(payload)
         ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
-        return self.cache.warm(session_id, session, ttl, len(payload))
+        return self.cache.warm(session_id, session, ttl, len(payload), self._heard())
+
+    def _heard(self) -> float:
+        """The listener has heard everything published before this time (see ``CoherentCache.wrote``)."""
+        listener = self.listener
+        return -math.inf if listener is None else listener.heard_through
 
     def written(self, session: Session, written: bool, token: Token, started: float, size: int) -> None:
         """After a write of ``session`` (``size`` bytes, sent at ``started``): cache what was
         written, unless another node's invalidation arrived meanwhile (its write may be newer);
         else drop what may be stale."""
         cache = self.cache
+        cache.wrote(session.id)
         if written and size <= cache.max_item_bytes:
             cache.put_if(session.id, cache_snapshot(session), token, self.local_ttl(started, session.ttl), size)
         else:
             cache.invalidate(session.id)
 
     def invalidate(self, session_id: str) -> None:
-        """Drop ``session_id`` and void fills in flight for it."""
+        """After this node's write of ``session_id``: drop it and void fills in flight for it."""
+        self.cache.wrote(session_id)
         self.cache.invalidate(session_id)
 
     def flush(self) -> None:
-        """Drop everything and void every fill in flight."""
+        """After this node's ``clear``: drop everything and void every fill in flight."""
+        self.cache.wrote()
         self.cache.flush()
 
     def uncertain(self, *session_ids: str) -> None:
         """After a write with an unknown outcome: evict these ids now, and let this node's own
         echo of them count as an invalidation should the write land later."""
         for session_id in session_ids:
+            self.cache.wrote(session_id)
             self.cache.mark_uncertain(session_id)
 
     def outage_started(self) -> float | None:

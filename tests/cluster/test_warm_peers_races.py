@@ -1,0 +1,154 @@
+"""warm_peers against this node's own writes: a peer's message published *before* this
+node's write, and delivered to this node's (lagging) listener *after* the write returned,
+must not put back what the write removed or replaced.
+
+The writer's own echo is not applied to its cache (the write already did that), so no
+later message would ever evict such a copy: a deleted (logged-out) session would be
+served again by the very node that deleted it, for as long as its local lifetime.
+The lag is real: the writer's pub/sub connection goes through a TCP proxy that delays
+what the server sends on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from fastsess import ClusteredRedisStore
+
+from ..tcpproxy import TcpProxy
+from .conftest import StoreFactory, wait_until
+
+WARM: dict[str, Any] = {"update_max_bytes": 4096, "warm_peers": True}
+LAG = 0.4  # seconds the writer's listener hears everything late
+
+
+@pytest.fixture
+def proxy(redis_server: Any) -> Iterator[TcpProxy]:
+    p = TcpProxy(redis_server.port)
+    yield p
+    p.close()
+
+
+def lagging(make_store: StoreFactory, proxy: TcpProxy) -> ClusteredRedisStore:
+    """A warm store whose listener hears the channel ``LAG`` seconds late."""
+    store = make_store(proxy.url, name="A", subscribe_timeout=3.0, **WARM)
+    assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    links = proxy.find(b"SUBSCRIBE")
+    assert len(links) == 1
+    links[0].delay_down = LAG
+    return store
+
+
+def fills(store: ClusteredRedisStore) -> int:
+    assert store.coordinator is not None
+    return int(store.coordinator.stats.fills)
+
+
+def settle(store: ClusteredRedisStore, before: int) -> None:
+    """Until the lagging listener applied the peer's filled message, and then its own echo."""
+    wait_until(lambda: fills(store) > before, 5.0, what="the late filled message")
+    time.sleep(LAG)
+
+
+def test_a_peers_fill_delivered_after_this_nodes_delete_does_not_bring_the_session_back(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
+) -> None:
+    A = lagging(make_store, proxy)
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")  # not warm: its creation message carries nothing
+    for store in (B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = W.create({"user": "alice"})
+    assert W.save(s)
+    time.sleep(LAG + 0.1)  # the creation message reached A
+    before = fills(A)
+    assert B.load(s.id)["user"] == "alice"  # a miss on B: its script publishes the value
+    assert A.delete(s.id) is True  # logout on A, before A's listener hears B's fill
+    settle(A, before)
+    assert A.load(s.id) is None, "the deleted session came back on the node that deleted it"
+    assert B.load(s.id) is None
+
+
+def test_a_peers_fill_delivered_after_this_nodes_save_does_not_replace_it(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
+) -> None:
+    A = lagging(make_store, proxy)
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")
+    for store in (B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = W.create({"v": 1})
+    assert W.save(s)
+    time.sleep(LAG + 0.1)
+    before = fills(A)
+    assert B.load(s.id)["v"] == 1  # B's fill carries v=1
+    mine = A.load(s.id)
+    mine["v"] = 2
+    assert A.save(mine) is True  # v=2 in Redis and in A's cache
+    A.evict_from_cache(s.id)  # the LRU dropped it (or any other reason): a later read must not get v=1
+    settle(A, before)
+    got = A.load(s.id)
+    assert got is not None and got["v"] == 2, "a peer's older read replaced this node's newer write"
+
+
+def test_a_peers_update_delivered_after_this_nodes_delete_does_not_bring_the_session_back(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str, redis_client: redis.Redis,
+) -> None:
+    A = lagging(make_store, proxy)
+    B = make_store(redis_url, name="B", **WARM)
+    for store in (B,):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = B.create({"v": 1})
+    assert B.save(s)
+    time.sleep(LAG + 0.1)
+    A.evict_from_cache(s.id)
+    s["v"] = 2
+    assert B.save(s) is True  # an update message carrying v=2 ...
+    assert A.delete(s.id) is True  # ... published before A's delete, heard by A after it
+    time.sleep(2 * LAG + 0.1)
+    assert redis_client.exists(A._keys.key(s.id)) == 0
+    assert A.load(s.id) is None, "the deleted session came back on the node that deleted it"
+
+
+def test_a_peers_fill_delivered_after_this_nodes_clear_does_not_bring_the_session_back(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
+) -> None:
+    A = lagging(make_store, proxy)
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")
+    for store in (B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = W.create({"user": "alice"})
+    assert W.save(s)
+    time.sleep(LAG + 0.1)
+    before = fills(A)
+    assert B.load(s.id)["user"] == "alice"
+    A.clear()  # every session gone, before A's listener hears B's fill
+    settle(A, before)
+    assert A.load(s.id) is None, "a cleared session came back on the node that cleared"
+
+
+def test_a_peers_fill_delivered_after_this_nodes_regenerate_does_not_bring_the_old_id_back(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
+) -> None:
+    A = lagging(make_store, proxy)
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")
+    for store in (B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = W.create({"user": "alice"})
+    assert W.save(s)
+    time.sleep(LAG + 0.1)
+    old = s.id
+    before = fills(A)
+    assert B.load(old)["user"] == "alice"
+    mine = A.load(old)
+    new = A.regenerate(mine)  # the old id is gone (login: session fixation defence)
+    assert new.id != old
+    settle(A, before)
+    assert A.load(old) is None, "the old id of a regenerated session came back on the node that regenerated it"
