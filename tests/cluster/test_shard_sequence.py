@@ -420,3 +420,98 @@ def test_a_failover_while_away_evicts_that_shard_only() -> None:
                 store.close()
                 store.client.close()
             raw.close()
+
+
+# --- one shard's history lost: only that shard's sessions go ---------------------------------
+
+
+@pytest.fixture
+def small_log(cluster: list[RedisServer]) -> Iterator[Stores]:
+    """Like ``stores``, with a replay log of 5 entries per shard channel (``MAXLEN ~``
+    trims whole stream nodes: about every 100 entries)."""
+    channel, prefix = f"tl:{uuid.uuid4().hex[:8]}", f"tl{uuid.uuid4().hex[:6]}:"
+    clients = [RedisCluster(host="127.0.0.1", port=cluster[i].port) for i in (0, 1, 2)]
+    made: list[ClusteredRedisStore] = []
+    try:
+        for name, client in zip("AB", clients):
+            config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, replay_log_size=5, **FAST)
+            made.append(ClusteredRedisStore(client=client, config=config, prefix=prefix))
+        for store in made:
+            assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
+        yield made[0], made[1], clients[2]
+    finally:
+        for store in made:
+            store.close()
+        for client in clients:
+            client.close()
+
+
+def by_shard(store: ClusteredRedisStore, sessions: list[Session]) -> dict[str, list[Session]]:
+    out: dict[str, list[Session]] = {}
+    for s in sessions:
+        out.setdefault(store.coordinator.channel_for(store.prefix + s.id), []).append(s)
+    assert len(out) == 3
+    return out
+
+
+def test_a_trimmed_shard_log_evicts_that_shards_sessions_only(small_log: Stores) -> None:
+    """B misses 250 saves on one shard (its log, capped at 5, no longer reaches back) and
+    one save on another: the first shard's sessions are evicted (a flush of its slots),
+    the second's replay evicts just the saved id, the third shard's sessions stay cached;
+    no read is stale."""
+    A, B, raw = small_log
+    sessions = sessions_on_every_master(A, raw, n=12)
+    warm(B, sessions)
+    groups = list(by_shard(A, sessions).values())
+    trimmed, replayed, untouched = groups
+    busy, once = trimmed[0], replayed[0]
+    stats = B.coordinator.stats
+
+    def write() -> None:
+        for n in range(250):
+            busy["i"] = n
+            assert A.save(busy) is True
+        once["i"] = -1
+        assert A.save(once) is True
+
+    missing(B, write)
+    shard = A.coordinator.channel_for(A.prefix + busy.id)
+    assert len(shard_log(raw, shard)[1]) < 250  # the log was trimmed
+    after = B.coordinator.stats
+    assert after.full_flushes == stats.full_flushes + 1
+    assert not any(cached(B, s.id) for s in trimmed)  # that shard's slots: evicted
+    assert all(cached(B, s.id) for s in untouched)  # the third shard: kept
+    assert all(cached(B, s.id) for s in replayed[1:])  # the replayed shard: only the saved id went
+    assert B.load(busy.id)["i"] == 249 and B.load(once.id)["i"] == -1
+    hits = B.cache_stats().hits
+    for s in untouched + replayed[1:]:
+        assert B.load(s.id)["i"] == s["i"]
+    assert B.cache_stats().hits == hits + len(untouched) + len(replayed) - 1
+
+
+def test_flushdb_on_one_master_evicts_that_shards_sessions_at_its_next_message(stores: Stores) -> None:
+    """FLUSHDB on one master under B's live connection: the next write there starts a new
+    epoch; B evicts the sessions of that shard's slots (all gone from Redis) and keeps the
+    others."""
+    A, B, raw = stores
+    sessions = sessions_on_every_master(A, raw, n=12)
+    warm(B, sessions)
+    groups = by_shard(A, sessions)
+    shard, flushed = next(iter(groups.items()))
+    kept = [s for s in sessions if s not in flushed]
+    stats = B.coordinator.stats
+    master_of(raw, A.prefix + flushed[0].id).flushdb()
+    fresh = A.create({"i": "new"})
+    while A.coordinator.channel_for(A.prefix + fresh.id) != shard:
+        fresh = A.create({"i": "new"})
+    before = B.coordinator.stats.created
+    assert A.save(fresh) is True  # the first message of the new epoch on that shard
+    wait_until(lambda: B.coordinator.stats.created > before, 5, what="B to hear the new epoch")
+    assert B.coordinator.stats.full_flushes == stats.full_flushes + 1
+    assert not any(cached(B, s.id) for s in flushed)
+    assert all(B.load(s.id) is None for s in flushed)  # gone from Redis, and not served
+    hits = B.cache_stats().hits
+    for s in kept:
+        assert B.load(s.id)["i"] == s["i"]
+    assert B.cache_stats().hits == hits + len(kept)
+    assert B.load(fresh.id)["i"] == "new"
