@@ -11,17 +11,20 @@ what the server sends on it.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from fastsess import ClusteredRedisStore
+import fastsess.asyncio
+from fastsess import ClusterConfig, ClusteredRedisStore
 
 from ..tcpproxy import TcpProxy
-from .conftest import StoreFactory, wait_until
+from .conftest import FAST, StoreFactory, wait_until
 
 WARM: dict[str, Any] = {"update_max_bytes": 4096, "warm_peers": True}
 LAG = 0.4  # seconds the writer's listener hears everything late
@@ -152,3 +155,33 @@ def test_a_peers_fill_delivered_after_this_nodes_regenerate_does_not_bring_the_o
     assert new.id != old
     settle(A, before)
     assert A.load(old) is None, "the old id of a regenerated session came back on the node that regenerated it"
+
+
+def test_asyncio_a_peers_fill_delivered_after_this_nodes_delete_does_not_bring_the_session_back(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
+) -> None:
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")
+    for store in (B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+
+    async def run() -> Any:
+        config = ClusterConfig(node_id=f"A-{uuid.uuid4().hex[:8]}", channel=make_store.channel, **{**FAST, **WARM, "subscribe_timeout": 3.0})
+        A = fastsess.asyncio.ClusteredRedisStore(url=proxy.url, config=config, prefix=make_store.prefix)
+        try:
+            assert A.coordinator is not None and await A.coordinator.start(timeout=5.0)
+            links = proxy.find(b"SUBSCRIBE")
+            assert len(links) == 1
+            links[0].delay_down = LAG
+            s = W.create({"user": "alice"})
+            assert W.save(s)
+            await asyncio.sleep(LAG + 0.1)
+            before = fills(A)  # type: ignore[arg-type]
+            assert B.load(s.id)["user"] == "alice"
+            assert await A.delete(s.id) is True
+            await asyncio.to_thread(settle, A, before)
+            return await A.load(s.id)
+        finally:
+            await A.close()
+
+    assert asyncio.run(run()) is None, "the deleted session came back on the node that deleted it"
