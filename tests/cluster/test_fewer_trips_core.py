@@ -268,6 +268,9 @@ def test_the_load_script_publishes_what_complete_fill_builds(redis_client: Any) 
         redis_client.eval(GET_PTTL_FILL.text, 1, key, channel, prefix, 299)  # larger than the limit: not published
         redis_client.persist(key)
         redis_client.eval(GET_PTTL_FILL.text, 1, key, channel, prefix, 4096)  # no expiry: not published
+        redis_client.pexpire(key, 999)
+        got, pttl = redis_client.eval(GET_PTTL_FILL.text, 1, key, channel, prefix, 4096)  # under a second left: not published
+        assert got == value and 0 < pttl < 1000
         assert pubsub.get_message(timeout=0.2) is None
     finally:
         pubsub.close()
