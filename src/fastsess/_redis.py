@@ -887,6 +887,7 @@ class ClusteredStoreBase(RedisStoreBase):
         )
         self._core.principals = self._principals = PrincipalCore(self._keys, self.clock, self.is_cluster, policy, self.coordinator)
         self._hits_unchecked = 0  # cache hits since the last yield_to_listener check
+        self._listener_behind = False  # the last check gave up on the listener: hits read Redis
         if self.coordinator is not None:  # input on the listener's socket: the next hit checks
             self.coordinator.on_input = _check_next_hit(weakref.ref(self))
         # A store dropped without close() still releases its listener and connections
@@ -935,15 +936,16 @@ class ClusteredStoreBase(RedisStoreBase):
         """The rest of ``cached_load`` once the cache was asked for ``session_id``: a hit
         that first lets a GIL-starved listener apply what it has (every
         ``HITS_PER_CHECK`` hits), or the miss (None for a malformed id, else what the
-        flavour's ``_run`` returns for the read from Redis).
+        flavour's ``_run`` returns for the read from Redis).  A hit that the cache may not
+        serve (``_hit_is_current``) is read from Redis like a miss.
 
         Raises:
             SessionCorrupt, StoreUnavailable: as ``cached_load``.
         """
         if cached is not None:
             self._hits_unchecked = 0
-            self.coordinator.yield_to_listener()
-            return cached.copy()
+            if self._hit_is_current():
+                return cached.copy()
         if not is_valid_session_id(session_id):
             return None
         policy = self._policy
@@ -952,6 +954,26 @@ class ClusteredStoreBase(RedisStoreBase):
         if policy.is_absent(session_id):  # Redis did not hold it a moment ago, and nobody created it since
             return None
         return self._shared_load(session_id, policy.token(session_id))
+
+    def _hit_is_current(self) -> bool:
+        """For a checking hit: whether the cache may serve it.  The listener gets the chance
+        to apply what it has (``yield_to_listener``); if it still had input when that wait
+        ran out, the cache may be missing invalidations older than the wait, so this hit
+        and every hit after it (each checks, without waiting) read Redis until the
+        listener has nothing left to apply; the first hit after that reads Redis too (it
+        was looked up while the listener was behind).
+        """
+        coordinator = self.coordinator
+        if self._listener_behind:
+            self._listener_behind = coordinator.listener_has_input()
+            if self._listener_behind:
+                self._hits_unchecked = LAST_UNCHECKED_HIT
+            return False
+        if coordinator.yield_to_listener():
+            return True
+        self._listener_behind = True
+        self._hits_unchecked = LAST_UNCHECKED_HIT
+        return False
 
     def _shared_load(self, session_id: str, token: tuple[int, int]) -> Any:
         """Read ``session_id`` from Redis and fill the cache, sharing the read with the

@@ -71,9 +71,45 @@ def test_hits_wait_for_the_listener_at_most_listener_catch_up(pair: Pair) -> Non
     wait_until(lambda: received(a) > before, 5.0, what="the listener's first invalidation")
     started = time.monotonic()
     for _ in range(HITS_PER_CHECK):
-        assert a.load(sessions[-1].id) is not None  # not invalidated: a hit every time
+        assert a.load(sessions[-1].id) is not None  # not invalidated
     took = time.monotonic() - started
     # The first hit waited for the listener, and gave up after LISTENER_CATCH_UP; the
-    # others did not wait again (the listener, stuck in a message, read nothing new).
+    # others did not wait again (they read Redis while the listener, stuck in a message,
+    # still has input: see the next test).
     assert LISTENER_CATCH_UP * 0.9 <= took < 2 * LISTENER_CATCH_UP, took
     a.coordinator.on_message = None
+
+
+def test_a_hit_that_gave_up_on_the_listener_reads_redis_until_it_caught_up(pair: Pair) -> None:
+    """A listener kept from its input longer than ``LISTENER_CATCH_UP`` (on a free-threaded
+    build with its CPUs overloaded: ``fastsess demo`` read copies 122-647 ms stale) must not
+    leave the cache serving copies whose invalidations wait behind it: the hit that gave up
+    waiting, and every hit while the listener still has input, read Redis."""
+    a, b = pair.A, pair.B
+    assert a.coordinator is not None and a._cache is not None
+    sessions = _cached_sessions(pair)
+    stuck = 5 * LISTENER_CATCH_UP
+    a.coordinator.on_message = lambda msg: time.sleep(stuck)  # stuck after applying the first message
+    before = received(a)
+    first, last = sessions[0], sessions[-1]
+    first["n"] = 1
+    b.save(first)
+    wait_until(lambda: received(a) > before, 5.0, what="the listener's first invalidation")
+    last["n"] = 1
+    b.save(last)  # its invalidation waits behind the stuck listener
+    assert a._cache.cached(last.id)  # the old copy is still cached: the condition under test
+    started = time.monotonic()
+    for _ in range(2 * HITS_PER_CHECK):
+        found = a.load(last.id)
+        assert found is not None and found.version == last.version and found["n"] == 1
+        shared = a.load_shared(last.id)
+        assert shared is not None and shared.version == last.version
+    assert received(a) == before + 1  # the listener is still stuck: every read went to Redis
+    assert time.monotonic() - started < stuck  # waited once (LISTENER_CATCH_UP), not at every hit
+    a.coordinator.on_message = None
+    wait_until(lambda: received(a) == before + 2, 5.0, what="the listener's second invalidation")
+    found = a.load(last.id)  # caught up: read from Redis once more, then cached again
+    assert found is not None and found.version == last.version
+    hits = a.cache_stats().hits
+    again = a.load(last.id)
+    assert again is not None and again.version == last.version and a.cache_stats().hits == hits + 1

@@ -396,10 +396,14 @@ class ThreadedCoordinator(CoordinatorBase):
             return machine.unsubscribed(now)
         return machine.reply(now)
 
-    def yield_to_listener(self) -> None:
+    def yield_to_listener(self) -> bool:
         """Let the listener thread apply the input it has before the next cache hits are
         served; cache hits call this every ``HITS_PER_CHECK`` hits, and at the next hit
-        after input arrived on the listener's socket (``on_input``).
+        after input arrived on the listener's socket (``on_input``).  True if the listener
+        has nothing left to apply (or the lease ran out: the listener is told to bypass
+        the cache); False if it still had input when the wait ran out: then the cache may
+        be behind, so the caller reads Redis instead, and at each hit after that until
+        ``listener_has_input`` is False.
 
         A thread that does nothing but cache hits and short system calls (an event loop
         polling with a zero timeout, a request loop checking a pipe) can keep the listener
@@ -413,26 +417,16 @@ class ThreadedCoordinator(CoordinatorBase):
         to apply (it has left its wait, or input is waiting on its socket), sleep
         ``LISTENER_YIELD`` seconds at a time, until it is back in its wait with nothing
         to read, for at most ``LISTENER_CATCH_UP`` seconds; and sleep once if the lease ran
-        out (the listener must wake up to bypass the cache).  The hit that called this is
-        served as it was looked up; the ones after it see what the listener applied.
+        out (the listener must wake up to bypass the cache).  When it returns True the hit
+        that called this is served as it was looked up; the ones after it see what the
+        listener applied.
         """
         if time.monotonic() >= self.machine.lease_until:
             time.sleep(LISTENER_YIELD)
-            return
+            return True
         deadline = 0.0
         yields = 0
-        while True:
-            if self._waiting:
-                fds = self._fds
-                if not fds:
-                    return
-                try:
-                    if not select.select(fds, [], [], 0)[0]:
-                        return
-                except (OSError, ValueError):  # closed under us: the listener reconnects
-                    return
-            elif self._thread is None:
-                return
+        while self.listener_has_input():
             if yields < LISTENER_YIELDS:
                 # First give the CPU (and the GIL) away without sleeping: a listener that
                 # only has to apply a message or two (this node's own echo, typically) is
@@ -444,8 +438,22 @@ class ThreadedCoordinator(CoordinatorBase):
             if not deadline:
                 deadline = now + LISTENER_CATCH_UP
             elif now >= deadline:
-                return
+                return False
             time.sleep(LISTENER_YIELD)
+        return True
+
+    def listener_has_input(self) -> bool:
+        """Whether the listener thread has input it has not applied yet: it is out of its
+        wait (applying what it read), or input is waiting on its socket.  Never blocks."""
+        if self._waiting:
+            fds = self._fds
+            if not fds:
+                return False
+            try:
+                return bool(select.select(fds, [], [], 0)[0])
+            except (OSError, ValueError):  # closed under us: the listener reconnects
+                return False
+        return self._thread is not None
 
 
 class ClusterCoordinator(ThreadedCoordinator):

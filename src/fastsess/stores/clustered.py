@@ -108,7 +108,8 @@ class ClusteredRedisStore(ClusteredStoreBase, RedisStore):
                     self._hits_unchecked += 1
                 else:  # a hit that first lets a listener with input apply it (as ``after_lookup``)
                     self._hits_unchecked = 0
-                    self.coordinator.yield_to_listener()  # type: ignore[union-attr]
+                    if not self._hit_is_current():  # the listener is behind: read Redis
+                        return self.after_lookup(session_id, None)  # type: ignore[no-any-return]
                 return cached
             return self.after_lookup(session_id, None)  # type: ignore[no-any-return]
         return self.cached_load(session_id)  # type: ignore[no-any-return]  # the cache is bypassed
