@@ -7,7 +7,8 @@ reads).  The same condition is forced here on any build: the listener needs wall
 every message (``on_message`` sleeps), while this thread only does cache hits.  Input on the
 listener's socket makes the next hit check (``on_input``), not one up to ``HITS_PER_CHECK``
 hits later, and the check waits until the listener has applied what it has (at most
-``LISTENER_CATCH_UP`` seconds), instead of sleeping once and serving stale copies.
+``LISTENER_CATCH_UP`` seconds), instead of sleeping once and serving stale copies; if the
+listener still has input then, hits read Redis until it has applied it.
 """
 
 from __future__ import annotations
