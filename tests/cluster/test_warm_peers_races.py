@@ -185,3 +185,34 @@ def test_asyncio_a_peers_fill_delivered_after_this_nodes_delete_does_not_bring_t
             await A.close()
 
     assert asyncio.run(run()) is None, "the deleted session came back on the node that deleted it"
+
+
+# --- stores of another key prefix on the same channel ---------------------------------------
+
+
+def test_a_store_of_another_prefix_on_the_same_channel_adds_nothing(make_store: StoreFactory, redis_url: str) -> None:
+    """Two applications (key prefixes) on one Redis keep the default channel.  A session id
+    valid in one must not become valid in the other: its fill, creation or update must not
+    be added by a store of the other prefix (that store's Redis holds no such key)."""
+    A = make_store(redis_url, name="A", **WARM)  # prefix: the test's
+    other = make_store(redis_url, name="O", store_kwargs={"prefix": make_store.prefix + "other:"}, **WARM)
+    W = make_store(redis_url, name="W")  # not warm: its creation carries nothing
+    for store in (A, other, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    assert other.prefix != A.prefix and other.config.channel == A.config.channel
+    s = W.create({"user_id": 42})
+    assert W.save(s)
+    before = fills(other)
+    assert A.load(s.id)["user_id"] == 42  # A's miss publishes a fill
+    wait_until(lambda: fills(other) > before, 5.0, what="the other store hearing the fill")
+    assert other.load(s.id) is None, "a session of another prefix was served"
+    created_before = other.coordinator.stats.created  # type: ignore[union-attr]
+    t = A.create({"user_id": 7})
+    assert A.save(t)  # a creation carrying the value
+    wait_until(lambda: other.coordinator.stats.created > created_before, 5.0, what="the creation")  # type: ignore[union-attr]
+    assert other.load(t.id) is None, "a session created under another prefix was served"
+    received_before = other.coordinator.stats.received  # type: ignore[union-attr]
+    t["user_id"] = 8
+    assert A.save(t)  # an update carrying the value
+    wait_until(lambda: other.coordinator.stats.received > received_before, 5.0, what="the update")  # type: ignore[union-attr]
+    assert other.load(t.id) is None, "a session updated under another prefix was served"

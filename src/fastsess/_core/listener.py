@@ -71,6 +71,7 @@ from .messages import (
     encode_message,
     fill_prefix,
     new_instance_id,
+    scope_of,
 )
 from .ops import Command, script
 from .sequence import CLEARED_ID, REPLAY_LUA, log_keys, parse_replay
@@ -763,6 +764,9 @@ class CoordinatorBase:
         self.listening_shards: ShardMap | None = None  # the slot map of the listener's last subscription
         self._map_changed_at = -math.inf  # when the listener last saw the slot map change
         self.key_prefix = prefix  # the store's key prefix (a session's key: prefix + id)
+        # What this store's value-carrying messages name as their store (``scope_of``): only
+        # a message naming it adds a session here (stores of other prefixes may share the channel).
+        self.scope = scope_of(prefix or "")
         self.source = 0  # the listener connection the message being applied came from
         self.shard: str | None = None  # the shard channel it came on (None: the plain channel)
         self.node_id = config.node_id
@@ -772,8 +776,9 @@ class CoordinatorBase:
         # Caches a value the listener re-read after a replay evicted it (id, raw bytes,
         # fill token, request start, PTTL ms): set by the store.
         self.on_refill: Callable[[str, bytes, tuple[int, int], float, int], Any] | None = None
-        # Applies an update-mode message (id, value, expiry seconds): set by the store.
-        self.on_update: Callable[[str, bytes, int], Any] | None = None
+        # Applies an update-mode message (id, value, expiry seconds, whether the value may be
+        # added where nothing is cached: it names this store's prefix): set by the store.
+        self.on_update: Callable[[str, bytes, int, bool], Any] | None = None
         # Applies another node's ``filled`` message (warm_peers; same arguments): set by the store.
         self.on_fill: Callable[[str, bytes, int], Any] | None = None
         # warm_peers: a load that misses publishes what it read (``fill_prefix``).
@@ -822,7 +827,10 @@ class CoordinatorBase:
         ``sequenced`` (default: the coordinator's), the bytes a sequenced script completes;
         else a whole message, to PUBLISH as it is."""
         numbered = self.sequenced if sequenced is None else sequenced
-        data = encode_message(kind, session_id, self.instance_id, version, expires_in, ids, payload, created, numbered)
+        data = encode_message(
+            kind, session_id, self.instance_id, version, expires_in, ids, payload, created, numbered,
+            self.scope if payload is not None else None,
+        )
         with self._count_lock:
             self._issued += 1
             if numbered == self.sequenced and kind != DELETED_MANY and len(data) <= MAX_MESSAGE_BYTES:
@@ -836,7 +844,7 @@ class CoordinatorBase:
     def fill_prefix(self, session_id: str) -> bytes:
         """The client's bytes of this node's ``filled`` message for ``session_id`` (warm_peers:
         the load script completes them with the expiry and the value it read)."""
-        return fill_prefix(session_id, self.instance_id)
+        return fill_prefix(session_id, self.instance_id, self.scope)
 
     def own_echo(self, data: Any, now: float) -> tuple[Action, ...] | None:
         """The listener's shortcut for this node's own echo: if ``data`` is, byte for byte,
@@ -999,9 +1007,13 @@ class CoordinatorBase:
             self._malformed += 1
             log.debug("dropped a malformed message (%d so far)", self._malformed)
             return
+        # A value this store may add where it caches nothing: only one read or written under
+        # this store's own key prefix (see scope_of).
+        ours = msg.get("k") == self.scope
         if msg["t"] == FILLED:  # not an invalidation: another node's read, to add if not cached
             if msg["node"] != self.instance_id and self.on_fill is not None:
-                self.on_fill(msg["id"], msg["p"], msg["e"])
+                if ours:
+                    self.on_fill(msg["id"], msg["p"], msg["e"])
                 self._fills += 1
             return
         if msg["node"] == self.instance_id:
@@ -1028,12 +1040,12 @@ class CoordinatorBase:
             elif "c" in msg:
                 self.cache.created(msg["id"])  # forget it as absent; a copy read since stays
                 # warm_peers: the new session, added here (with tracking, as for an update below)
-                if "p" in msg and self.on_fill is not None and self.on_fill(msg["id"], msg["p"], msg["e"]) and self.tracking is not None:
+                if "p" in msg and ours and self.on_fill is not None and self.on_fill(msg["id"], msg["p"], msg["e"]) and self.tracking is not None:
                     self.tracking.echoed(self.source, msg["id"])
-            elif "p" in msg and self.on_update is not None:
+            elif "p" in msg and self.on_update is not None and ("k" not in msg or ours):  # another prefix's: only evicts
                 # update mode: replace a cached copy; with tracking, this write's notification
                 # follows on this connection and must not evict the copy (as for an own echo)
-                if self.on_update(msg["id"], msg["p"], msg["e"]) and self.tracking is not None:
+                if self.on_update(msg["id"], msg["p"], msg["e"], ours) and self.tracking is not None:
                     self.tracking.echoed(self.source, msg["id"])
             else:
                 self.cache.invalidate(msg["id"])

@@ -13,10 +13,13 @@ forget the id as absent and keep any copy they hold (nobody can hold one older t
 creation).  Encoding and decoding only: no I/O.
 
 A ``filled`` message (``warm_peers``) is not an invalidation: a load that missed
-publishes the value it read, ``{t, id, node, e, p}``, from inside its script (the client
-sends the bytes up to the key ``e``; the script appends the expiry and the value:
+publishes the value it read, ``{t, id, node, k, e, p}``, from inside its script (the
+client sends the bytes up to the key ``e``; the script appends the expiry and the value:
 ``complete_fill`` builds the same bytes in Python), and nodes that do not cache the
 session add it.  It is never sequenced: losing one costs a round trip, not coherence.
+``k`` (also on a message carrying ``p``) names the store's key prefix (``scope_of``):
+only a store of that very prefix adds the value (stores of several prefixes may share a
+channel).
 
 A **sequenced** message (a standalone or Sentinel Redis: see ``fastsess._core.sequence``)
 also carries ``ep``, the dataset epoch, and ``sq``, its sequence number, both added by
@@ -28,6 +31,7 @@ builds the same bytes in Python).  ``decode_message`` gives ``sq`` as an int.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 
@@ -62,6 +66,7 @@ def new_instance_id(label: str) -> str:
 def encode_message(
     kind: str, session_id: str | None, node_id: str, version: int = 0, expires_in: int | None = None,
     ids: list[str] | None = None, payload: bytes | None = None, created: bool = False, sequenced: bool = False,
+    scope: bytes | None = None,
 ) -> bytes:
     """The wire form of one invalidation: msgpack ``{t, id, node, v}`` (plus ``x`` for
     ``touched``, ``ids`` for ``deleted_many``; plus ``p`` and ``e`` for an ``invalidated``
@@ -69,7 +74,8 @@ def encode_message(
     ``invalidated`` of a creation).
 
     ``sequenced``: the bytes a sequenced write script completes (see the module doc);
-    not a valid message until ``ep`` and ``sq`` are appended.
+    not a valid message until ``ep`` and ``sq`` are appended.  ``scope``: with a
+    ``payload``, the sender store's ``scope_of(prefix)``, carried as ``k``.
 
     Raises:
         ValueError: unknown ``kind``, ``touched`` without ``expires_in``, ``deleted_many``
@@ -91,6 +97,8 @@ def encode_message(
     if payload is not None:
         if kind != INVALIDATED or expires_in is None or len(payload) > MAX_UPDATE_BYTES:
             raise ValueError("a payload goes only on an invalidated message, with expires_in, within MAX_UPDATE_BYTES")
+        if scope is not None:  # the store the value belongs to (see scope_of)
+            msg["k"] = scope
         msg["p"] = payload
         msg["e"] = expires_in
     if created:
@@ -108,10 +116,23 @@ _E_KEY: bytes = msgpack.packb("e")
 _P_KEY: bytes = msgpack.packb("p")
 
 
-def fill_prefix(session_id: str, node_id: str) -> bytes:
-    """The client's part of a ``filled`` message: a map of five pairs that ends with the
-    key ``e``; the load script appends the expiry and the value (``complete_fill``)."""
-    packed: bytes = msgpack.packb({"t": FILLED, "id": session_id, "node": node_id})
+def scope_of(key_prefix: str) -> bytes:
+    """What a message that carries a value says of the store it came from (its ``k``): 8
+    bytes of a hash of the store's key prefix.  Stores of different prefixes may share a
+    channel (the default one): a value read or written under another prefix is not a
+    session of this store, and must never be added to its cache."""
+    return hashlib.blake2b(key_prefix.encode(), digest_size=8, person=b"fastsess-scope").digest()
+
+
+def fill_prefix(session_id: str, node_id: str, scope: bytes | None = None) -> bytes:
+    """The client's part of a ``filled`` message: a map that ends with the key ``e`` (two
+    pairs short); the load script appends the expiry and the value (``complete_fill``).
+    ``scope``: the store's ``scope_of(prefix)``, carried as ``k`` (a fill without it, or
+    with another, is added by no store)."""
+    fields: dict[str, Any] = {"t": FILLED, "id": session_id, "node": node_id}
+    if scope is not None:
+        fields["k"] = scope
+    packed: bytes = msgpack.packb(fields)
     return bytes((packed[0] + 2,)) + packed[1:] + _E_KEY
 
 
@@ -172,5 +193,7 @@ def decode_message(data: Any) -> dict[str, Any] | None:
     if msg["t"] != CLEARED and not isinstance(session_id, str):
         return None
     if "c" in msg and (msg["c"] is not True or kind != INVALIDATED):
+        return None
+    if "k" in msg and type(msg["k"]) is not bytes:
         return None
     return msg

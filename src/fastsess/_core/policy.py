@@ -142,14 +142,16 @@ class CachePolicy:
         """True if ``session_id`` is remembered as absent: a load answers None without Redis."""
         return self.cache.is_absent(session_id)
 
-    def updated(self, session_id: str, payload: bytes, expires_in: int) -> bool:
+    def updated(self, session_id: str, payload: bytes, expires_in: int, addable: bool = True) -> bool:
         """Another node stored ``payload`` under ``session_id`` for ``expires_in`` seconds
         (an update-mode message): replace the cached copy with it if that copy is older
         (a lower version), else evict it as an invalidation does.  A session not cached
-        here is not added.  True if replaced.  Never raises (a payload that does not
-        decode just evicts)."""
+        here is added only with ``warm_peers`` and ``addable`` (the message names this
+        store's key prefix), and not right after this node wrote it (see
+        ``CoherentCache.wrote``).  True if installed.  Never raises (a payload that does
+        not decode just evicts)."""
         cache = self.cache
-        add = self._warm
+        add = self._warm and addable
         if self.decode is None or not (add or cache.cached(session_id)):
             cache.invalidate(session_id)
             return False
