@@ -515,3 +515,24 @@ def test_flushdb_on_one_master_evicts_that_shards_sessions_at_its_next_message(s
         assert B.load(s.id)["i"] == s["i"]
     assert B.cache_stats().hits == hits + len(kept)
     assert B.load(fresh.id)["i"] == "new"
+
+
+def test_flushdb_on_one_master_while_away_evicts_that_shards_sessions_at_the_replay(stores: Stores) -> None:
+    """B's listener is stopped while one master is flushed (and nothing written there
+    since): its replay of that shard finds another epoch (none), and B evicts that shard's
+    sessions only."""
+    A, B, raw = stores
+    sessions = sessions_on_every_master(A, raw, n=12)
+    warm(B, sessions)
+    groups = by_shard(A, sessions)
+    flushed = next(iter(groups.values()))
+    kept = [s for s in sessions if s not in flushed]
+    stats = B.coordinator.stats
+    missing(B, lambda: master_of(raw, A.prefix + flushed[0].id).flushdb())
+    assert B.coordinator.stats.full_flushes == stats.full_flushes + 1
+    assert not any(cached(B, s.id) for s in flushed)
+    assert all(B.load(s.id) is None for s in flushed)
+    hits = B.cache_stats().hits
+    for s in kept:
+        assert B.load(s.id)["i"] == s["i"]
+    assert B.cache_stats().hits == hits + len(kept)
