@@ -9,10 +9,11 @@ on the master owning the key reaches a subscriber connected to any master.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -26,25 +27,37 @@ from fastsess.errors import ConfigError, StoreUnavailable
 from ..support import RedisClusterNodes, RedisServer, kill
 from .conftest import FAST, received, wait_received, wait_until
 
+Stores = tuple[ClusteredRedisStore, ClusteredRedisStore, RedisCluster]
 
-@pytest.fixture
-def stores(cluster: list[RedisServer]) -> Iterator[tuple[ClusteredRedisStore, ClusteredRedisStore, RedisCluster]]:
-    channel, prefix = f"rc:{uuid.uuid4().hex[:8]}", f"rc{uuid.uuid4().hex[:6]}:"
-    clients = [RedisCluster(host="127.0.0.1", port=cluster[i].port) for i in (0, 2, 1)]
+
+@contextlib.contextmanager
+def two_nodes(ports: Sequence[int], label: str, **config: Any) -> Iterator[Stores]:
+    """Nodes A and B (``ClusteredRedisStore``, each with its own ``RedisCluster`` client
+    entering the cluster at ``ports[0]`` and ``ports[1]``) on a fresh channel and prefix
+    named after ``label``, both subscribed, and a raw client entering at ``ports[2]``;
+    ``config``: more ``ClusterConfig`` fields.  Everything is closed on exit."""
+    channel, prefix = f"{label}:{uuid.uuid4().hex[:8]}", f"{label}{uuid.uuid4().hex[:6]}:"
+    clients = [RedisCluster(host="127.0.0.1", port=port) for port in ports]
     made: list[ClusteredRedisStore] = []
     try:
         for name, client in zip("AB", clients):
-            config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
-            made.append(ClusteredRedisStore(client=client, config=config, prefix=prefix))
+            settings = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **{**FAST, **config})
+            made.append(ClusteredRedisStore(client=client, config=settings, prefix=prefix))
         for store in made:
             assert store.is_cluster
-            assert store.coordinator.wait_subscribed(5), "listener did not subscribe on the cluster"
+            assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
         yield made[0], made[1], clients[2]
     finally:
         for store in made:
             store.close()
         for client in clients:
             client.close()
+
+
+@pytest.fixture
+def stores(cluster: list[RedisServer]) -> Iterator[Stores]:
+    with two_nodes([cluster[i].port for i in (0, 2, 1)], "rc") as nodes:
+        yield nodes
 
 
 def sees(store: ClusteredRedisStore, session_id: str, value: Any) -> None:

@@ -19,34 +19,19 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from fastsess import ClusterConfig, ClusteredRedisStore, Session
+from fastsess import ClusteredRedisStore, Session
 from fastsess._core.sequence import log_keys
 from fastsess._core.slots import ShardMap
 
 from ..support import RedisServer
-from .conftest import FAST, received, wait_received, wait_until
-from .test_redis_cluster import bus_publishes, owner, sessions_on_every_master
-
-Stores = tuple[ClusteredRedisStore, ClusteredRedisStore, RedisCluster]
+from .conftest import received, wait_received, wait_until
+from .test_redis_cluster import Stores, bus_publishes, owner, sessions_on_every_master, two_nodes
 
 
 @pytest.fixture
 def stores(cluster: list[RedisServer]) -> Iterator[Stores]:
-    channel, prefix = f"sq:{uuid.uuid4().hex[:8]}", f"sq{uuid.uuid4().hex[:6]}:"
-    clients = [RedisCluster(host="127.0.0.1", port=cluster[i].port) for i in (0, 1, 2)]
-    made: list[ClusteredRedisStore] = []
-    try:
-        for name, client in zip("AB", clients):
-            config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
-            made.append(ClusteredRedisStore(client=client, config=config, prefix=prefix))
-        for store in made:
-            assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
-        yield made[0], made[1], clients[2]
-    finally:
-        for store in made:
-            store.close()
-        for client in clients:
-            client.close()
+    with two_nodes([cluster[i].port for i in (0, 1, 2)], "sq") as nodes:
+        yield nodes
 
 
 def master_of(raw: RedisCluster, key: str) -> redis.Redis:
@@ -319,16 +304,7 @@ def test_slots_moved_and_back_while_away_flush_at_the_resubscription() -> None:
 
     with RedisClusterNodes(masters=3) as nodes:
         servers = nodes.servers
-        channel, prefix = f"mb:{uuid.uuid4().hex[:8]}", f"mb{uuid.uuid4().hex[:6]}:"
-        raw = RedisCluster(host="127.0.0.1", port=servers[0].port)
-        made: list[ClusteredRedisStore] = []
-        try:
-            for name in "AB":
-                config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
-                made.append(ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=servers[0].port), config=config, prefix=prefix))
-            A, B = made
-            for store in made:
-                assert store.coordinator.wait_subscribed(5)
+        with two_nodes([servers[0].port] * 3, "mb") as (A, B, raw):
             sessions = sessions_on_every_master(A, raw, n=6)
             warm(B, sessions)
             before_map = list(B.coordinator.shards.by_slot)
@@ -355,11 +331,6 @@ def test_slots_moved_and_back_while_away_flush_at_the_resubscription() -> None:
             assert list(B.coordinator.shards.by_slot) == before_map  # the very map B left
             assert B.coordinator.stats.full_flushes == flushes + 1
             assert B.load(s.id)["i"] == 777
-        finally:
-            for store in made:
-                store.close()
-                store.client.close()
-            raw.close()
 
 
 def test_a_failover_while_away_evicts_that_shard_only() -> None:
@@ -372,16 +343,8 @@ def test_a_failover_while_away_evicts_that_shard_only() -> None:
 
     with RedisClusterNodes(masters=3, replicas=1) as nodes:
         servers = nodes.servers
-        channel, prefix = f"fw:{uuid.uuid4().hex[:8]}", f"fw{uuid.uuid4().hex[:6]}:"
-        raw = RedisCluster(host="127.0.0.1", port=servers[0].port)
-        made: list[ClusteredRedisStore] = []
-        try:
-            for name in "AB":
-                config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, **FAST)
-                made.append(ClusteredRedisStore(client=RedisCluster(host="127.0.0.1", port=servers[0].port), config=config, prefix=prefix))
-            A, B = made
-            for store in made:
-                assert store.coordinator.wait_subscribed(5)
+        with two_nodes([servers[0].port] * 3, "fw") as (A, B, raw):
+            prefix = A._keys.prefix
             sessions = sessions_on_every_master(A, raw, n=12)
             warm(B, sessions)
             shard = B.coordinator.channel_for(prefix + sessions[0].id)
@@ -415,11 +378,6 @@ def test_a_failover_while_away_evicts_that_shard_only() -> None:
             assert B.cache_stats().hits == hits + len(others)
             old.close()
             replica.close()
-        finally:
-            for store in made:
-                store.close()
-                store.client.close()
-            raw.close()
 
 
 # --- one shard's history lost: only that shard's sessions go ---------------------------------
@@ -429,21 +387,8 @@ def test_a_failover_while_away_evicts_that_shard_only() -> None:
 def small_log(cluster: list[RedisServer]) -> Iterator[Stores]:
     """Like ``stores``, with a replay log of 5 entries per shard channel (``MAXLEN ~``
     trims whole stream nodes: about every 100 entries)."""
-    channel, prefix = f"tl:{uuid.uuid4().hex[:8]}", f"tl{uuid.uuid4().hex[:6]}:"
-    clients = [RedisCluster(host="127.0.0.1", port=cluster[i].port) for i in (0, 1, 2)]
-    made: list[ClusteredRedisStore] = []
-    try:
-        for name, client in zip("AB", clients):
-            config = ClusterConfig(node_id=f"{name}-{uuid.uuid4().hex[:6]}", channel=channel, replay_log_size=5, **FAST)
-            made.append(ClusteredRedisStore(client=client, config=config, prefix=prefix))
-        for store in made:
-            assert store.coordinator.wait_subscribed(5), store.coordinator.stats.last_error
-        yield made[0], made[1], clients[2]
-    finally:
-        for store in made:
-            store.close()
-        for client in clients:
-            client.close()
+    with two_nodes([cluster[i].port for i in (0, 1, 2)], "tl", replay_log_size=5) as nodes:
+        yield nodes
 
 
 def by_shard(store: ClusteredRedisStore, sessions: list[Session]) -> dict[str, list[Session]]:
