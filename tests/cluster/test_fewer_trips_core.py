@@ -275,3 +275,37 @@ def test_the_load_script_publishes_what_complete_fill_builds(redis_client: Any) 
     finally:
         pubsub.close()
         redis_client.delete(key)
+
+
+# --- this node's own writes hold off adds until the listener heard past them -------------------
+
+
+def test_a_written_id_is_not_added_until_the_listener_heard_past_the_write() -> None:
+    import time
+
+    from fastsess._core.coherence import MAX_WRITTEN
+
+    cache = CoherentCache(100, 30.0)
+    value = Session("a", {"v": 1}, ttl=60, new=False, version=1)
+    before = time.monotonic()
+    cache.wrote("a", before - 1)
+    assert not cache.warm("a", value, 10.0, 10, heard=before)  # a PING sent before the write: not enough
+    assert not cache.replace("a", value, 10.0, 10, add=True, heard=before)
+    assert cache.warm("b", value, 10.0, 10, heard=before)  # another id: added
+    assert cache.warm("a", value, 10.0, 10, heard=time.monotonic())  # heard past the write
+    cache.wrote(None)  # a clear: every id waits
+    assert not cache.warm("c", value, 10.0, 10, heard=before)
+    assert cache.warm("c", value, 10.0, 10, heard=time.monotonic())
+    # Full: the writes already heard past are forgotten first, so nothing else waits ...
+    for n in range(MAX_WRITTEN):
+        cache.wrote(f"w{n}", -1.0)
+    heard = time.monotonic()
+    cache.wrote("new", heard)
+    assert cache.warm("d", value, 10.0, 10, heard=heard)
+    assert not cache.warm("new", value, 10.0, 10, heard=heard)
+    # ... and when none was, every id waits for the next proof.
+    for n in range(MAX_WRITTEN):
+        cache.wrote(f"x{n}", -1.0)
+    cache.wrote("newer", -1.0)
+    assert not cache.warm("e", value, 10.0, 10, heard=heard)
+    assert cache.warm("e", value, 10.0, 10, heard=time.monotonic())

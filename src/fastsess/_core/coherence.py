@@ -245,16 +245,20 @@ class CoherentCache:
                 return True
             return False
 
-    def wrote(self, session_id: str | None = None) -> None:
+    def wrote(self, session_id: str | None = None, heard: float = -math.inf) -> None:
         """This node's write of ``session_id`` (None: of every id, a ``clear``) returned:
         call it before updating the cache for it.  Another node's message published before
         the write (a ``filled`` read, an update) may reach the listener after it, and this
         node's own echo, which follows it, changes nothing here: until the listener has
         heard past this moment (``heard`` of ``warm``/``replace``: a PONG to a PING sent
-        later), such a message must not add the id."""
+        later), such a message must not add the id.  ``heard``: where the listener stands
+        now (the writes before it are forgotten when the map is full)."""
         now = time.monotonic()
         with self._lock:
             written = self._written
+            if session_id is not None and session_id not in written and len(written) >= MAX_WRITTEN:
+                for old in [i for i, at in written.items() if at < heard]:
+                    del written[old]
             if session_id is None or (session_id not in written and len(written) >= MAX_WRITTEN):
                 written.clear()
                 self._written_all = now

@@ -189,7 +189,7 @@ class CachePolicy:
         written, unless another node's invalidation arrived meanwhile (its write may be newer);
         else drop what may be stale."""
         cache = self.cache
-        cache.wrote(session.id)
+        cache.wrote(session.id, self._heard())
         if written and size <= cache.max_item_bytes:
             cache.put_if(session.id, cache_snapshot(session), token, self.local_ttl(started, session.ttl), size)
         else:
@@ -197,7 +197,7 @@ class CachePolicy:
 
     def invalidate(self, session_id: str) -> None:
         """After this node's write of ``session_id``: drop it and void fills in flight for it."""
-        self.cache.wrote(session_id)
+        self.cache.wrote(session_id, self._heard())
         self.cache.invalidate(session_id)
 
     def flush(self) -> None:
@@ -209,7 +209,7 @@ class CachePolicy:
         """After a write with an unknown outcome: evict these ids now, and let this node's own
         echo of them count as an invalidation should the write land later."""
         for session_id in session_ids:
-            self.cache.wrote(session_id)
+            self.cache.wrote(session_id, self._heard())
             self.cache.mark_uncertain(session_id)
 
     def outage_started(self) -> float | None:
