@@ -216,3 +216,35 @@ def test_a_store_of_another_prefix_on_the_same_channel_adds_nothing(make_store: 
     assert A.save(t)  # an update carrying the value
     wait_until(lambda: other.coordinator.stats.received > received_before, 5.0, what="the update")  # type: ignore[union-attr]
     assert other.load(t.id) is None, "a session updated under another prefix was served"
+
+
+# --- stale_if_error: a logout that failed stays effective ------------------------------------
+
+
+def test_with_stale_if_error_a_failed_logout_is_not_undone_by_a_peers_fill(
+    make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
+) -> None:
+    """A's commands cannot reach Redis (its listener still can): its delete of a session
+    fails, which drops A's copy so that the stale path never serves it.  A peer's later fill
+    of that session (Redis still holds it) must not put it back, to be served stale."""
+    from fastsess.errors import FastsessError
+
+    A = make_store(proxy.url, name="A", stale_if_error=30, store_kwargs={"socket_timeout": 0.3, "retries": 0}, **WARM)
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")
+    for store in (A, B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = W.create({"user": "alice"})
+    assert W.save(s)
+    assert A.load(s.id)["user"] == "alice"  # cached on A
+    proxy.blackhole_clients(b"EVALSHA")  # A's commands (every script call) are lost from now on
+    with pytest.raises(FastsessError):
+        A.delete(s.id)  # the logout: its outcome unknown
+    time.sleep(0.6)  # a few heartbeats: A's listener has heard well past the failed delete
+    before = fills(A)
+    B.evict_from_cache(s.id)  # (B holds A's fill of its first read)
+    assert B.load(s.id)["user"] == "alice"  # B reads it (the DEL never landed) and shares it
+    wait_until(lambda: fills(A) > before, 5.0, what="A hearing B's fill")
+    assert not A._cache.cached(s.id)  # type: ignore[union-attr]
+    with pytest.raises(FastsessError):
+        A.load(s.id)  # fails, with no stale copy to answer with

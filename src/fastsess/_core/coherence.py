@@ -267,10 +267,17 @@ class CoherentCache:
 
     def _may_add(self, session_id: str, heard: float) -> bool:
         # Caller holds the lock.  False while a write of this node may be newer than what a
-        # message heard now carries (see wrote); forgets the writes heard past.
+        # message heard now carries (see wrote), or has an unknown outcome (mark_uncertain);
+        # forgets the writes heard past.
         every = self._written_all
         if every is not None and every >= heard:
             return False
+        if self._uncertain or self._uncertain_all:
+            # A write of unknown outcome (a failed logout, say): its copy was dropped so that
+            # nothing, stale_if_error included, serves it; a peer's copy must not come back.
+            now = time.monotonic()
+            if now < self._uncertain_all or now < self._uncertain.get(session_id, 0.0):
+                return False
         at = self._written.get(session_id)
         if at is None:
             return True
