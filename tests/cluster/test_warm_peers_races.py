@@ -248,3 +248,37 @@ def test_with_stale_if_error_a_failed_logout_is_not_undone_by_a_peers_fill(
     assert not A._cache.cached(s.id)  # type: ignore[union-attr]
     with pytest.raises(FastsessError):
         A.load(s.id)  # fails, with no stale copy to answer with
+
+
+# --- a late message: the copy it adds must not outlive the key ---------------------------------
+
+
+def test_a_fill_heard_late_does_not_outlive_the_key(make_store: StoreFactory, proxy: TcpProxy, redis_url: str, redis_client: redis.Redis) -> None:
+    """A's listener hears B's fill 1.5 s late (its lease lapses meanwhile, then is proven
+    again).  The fill said "3 s left" when it left Redis: A's copy must not be served
+    after the key expired (an idle timeout must hold on every node)."""
+    A = make_store(proxy.url, name="A", subscribe_timeout=5.0, **WARM)
+    B = make_store(redis_url, name="B", **WARM)
+    for store in (A, B):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    W = make_store(redis_url, name="W")
+    s = W.create({"user": "alice"})
+    assert W.save(s)
+    time.sleep(0.3)
+    key = A._keys.key(s.id)
+    links = proxy.find(b"SUBSCRIBE")
+    assert len(links) == 1
+    before = fills(A)
+    redis_client.pexpire(key, 3020)  # B's read will see just over 3 s left: "e" = 3
+    links[0].delay_down = 1.5
+    assert B.load(s.id)["user"] == "alice"
+    gone_at = time.monotonic() + 3.02  # the key expires no later than this
+    time.sleep(0.05)
+    links[0].delay_down = 0.0  # only what is on its way now is late
+    wait_until(lambda: fills(A) > before, 5.0, what="A hearing B's fill")
+    assert A._cache.cached(s.id)  # type: ignore[union-attr]
+    while time.monotonic() < gone_at + 0.05:
+        time.sleep(0.01)
+    assert redis_client.exists(key) == 0
+    wait_until(lambda: A.coordinator.subscribed, 2.0, what="A serving again")  # type: ignore[union-attr]
+    assert A.load(s.id) is None, "A served a session whose key had expired"

@@ -260,12 +260,14 @@ class ListenerMachine:
         # The lease: proven = when the cache was last known current (a PING's send time,
         # or a replay's); serving = the last of Serve/Bypass handed out was Serve.
         self.proven = float("-inf")
-        # Every message published before this time has been received: the send time of the
-        # last answered PING (its PONG follows them on the subscribed connection; a later
-        # connection hears nothing older than its subscription).  Not moved by a replay,
-        # which reads the log, not the messages still on their way (warm_peers: see
-        # CoherentCache.wrote).
+        # Every message published before this time has been received (or never will be),
+        # so every message received from now on left Redis after it: the send time of the
+        # last answered PING (its PONG follows them on the subscribed connection), or the
+        # start of the connection that subscribed (it hears nothing older).  Not moved by a
+        # replay, which reads the log, not the messages still on their way (see
+        # CoherentCache.wrote, CachePolicy.sent_after).
         self.heard_through = float("-inf")
+        self._connecting_at = float("-inf")  # when the last connection attempt began
         self._serving = False
         self._pings: deque[tuple[int, float]] = deque()  # unanswered PINGs: (token, sent at)
         self._ping_token = 0
@@ -358,6 +360,8 @@ class ListenerMachine:
         if self.state == STOPPED:
             return NOTHING
         self._last_seen = now
+        # What was published before the connection began never comes on it (see heard_through).
+        self.heard_through = max(self.heard_through, self._connecting_at)
         self.subscribed_at = now
         self._pings.clear()
         if self._ever_subscribed:
@@ -667,6 +671,7 @@ class ListenerMachine:
 
     def _connect(self, now: float) -> tuple[Action, ...]:
         self.state = SUBSCRIBING
+        self._connecting_at = now
         self._deadline = now + self.idle_timeout
         self._pings.clear()
         self._serving = False

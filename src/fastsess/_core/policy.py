@@ -161,7 +161,7 @@ class CachePolicy:
             cache.invalidate(session_id)
             return False
         session._base = stamp(payload)  # what a save of this copy compares with (compare-and-set)
-        ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
+        ttl = self.local_ttl(self.sent_after(), expires_in)
         return cache.replace(session_id, session, ttl, len(payload), add, self._heard())
 
     def warm(self, session_id: str, payload: bytes, expires_in: int) -> bool:
@@ -176,8 +176,18 @@ class CachePolicy:
         except Exception:  # noqa: BLE001 - planted or garbled: not cached
             return False
         session._base = stamp(payload)
-        ttl = self.local_ttl(self.clock() - DELIVERY_ALLOWANCE, expires_in)
+        ttl = self.local_ttl(self.sent_after(), expires_in)
         return self.cache.warm(session_id, session, ttl, len(payload), self._heard())
+
+    def sent_after(self) -> float:
+        """When (on ``clock``) a message applied now left Redis at the earliest: at least
+        ``DELIVERY_ALLOWANCE`` ago, and no later than the listener's ``heard_through`` (a
+        listener hearing everything late must not make a copy outlive its key)."""
+        lag = DELIVERY_ALLOWANCE
+        listener = self.listener
+        if listener is not None:
+            lag = max(lag, time.monotonic() - listener.heard_through)
+        return self.clock() - lag
 
     def _heard(self) -> float:
         """The listener has heard everything published before this time (see ``CoherentCache.wrote``)."""
