@@ -3,6 +3,7 @@ and replacements, and ``Flights`` (single-flight bookkeeping)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -309,3 +310,21 @@ def test_a_written_id_is_not_added_until_the_listener_heard_past_the_write() -> 
     cache.wrote("newer", -1.0)
     assert not cache.warm("e", value, 10.0, 10, heard=heard)
     assert cache.warm("e", value, 10.0, 10, heard=time.monotonic())
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_only_a_warm_peers_policy_records_its_writes(warm: bool) -> None:
+    """The map of this node's writes (``CoherentCache.wrote``) holds messages off adding an
+    id; without warm_peers no message adds anything, so nothing is recorded."""
+    from fastsess import ClusterConfig
+    from fastsess._core.policy import CachePolicy
+
+    cache = CoherentCache(100, 60.0)
+    policy = CachePolicy(ClusterConfig(update_max_bytes=4096, warm_peers=warm), cache)
+    s = session(1, user="x")
+    policy.written(s, True, cache.fill_token(s.id), time.monotonic(), 10)
+    policy.invalidate("other")
+    policy.uncertain("third")
+    assert sorted(cache._written) == (sorted([s.id, "other", "third"]) if warm else [])
+    policy.flush()
+    assert (cache._written_all is not None) is warm

@@ -194,12 +194,21 @@ class CachePolicy:
         listener = self.listener
         return -math.inf if listener is None else listener.heard_through
 
+    def _wrote(self, session_id: str | None = None) -> None:
+        """Record this node's write for ``CoherentCache.wrote``: only with ``warm_peers``,
+        the one setting in which a message may add an id (elsewhere it costs for nothing)."""
+        if self._warm:
+            if session_id is None:
+                self.cache.wrote()
+            else:
+                self.cache.wrote(session_id, self._heard())
+
     def written(self, session: Session, written: bool, token: Token, started: float, size: int) -> None:
         """After a write of ``session`` (``size`` bytes, sent at ``started``): cache what was
         written, unless another node's invalidation arrived meanwhile (its write may be newer);
         else drop what may be stale."""
         cache = self.cache
-        cache.wrote(session.id, self._heard())
+        self._wrote(session.id)
         if written and size <= cache.max_item_bytes:
             cache.put_if(session.id, cache_snapshot(session), token, self.local_ttl(started, session.ttl), size)
         else:
@@ -207,19 +216,19 @@ class CachePolicy:
 
     def invalidate(self, session_id: str) -> None:
         """After this node's write of ``session_id``: drop it and void fills in flight for it."""
-        self.cache.wrote(session_id, self._heard())
+        self._wrote(session_id)
         self.cache.invalidate(session_id)
 
     def flush(self) -> None:
         """After this node's ``clear``: drop everything and void every fill in flight."""
-        self.cache.wrote()
+        self._wrote()
         self.cache.flush()
 
     def uncertain(self, *session_ids: str) -> None:
         """After a write with an unknown outcome: evict these ids now, and let this node's own
         echo of them count as an invalidation should the write land later."""
         for session_id in session_ids:
-            self.cache.wrote(session_id, self._heard())
+            self._wrote(session_id)
             self.cache.mark_uncertain(session_id)
 
     def outage_started(self) -> float | None:
