@@ -155,14 +155,11 @@ class CachePolicy:
         if self.decode is None or not (add or cache.cached(session_id)):
             cache.invalidate(session_id)
             return False
-        try:
-            session = self.decode(session_id, payload)
-        except Exception:  # noqa: BLE001 - a bad payload is only an eviction
+        carried = self._carried(session_id, payload, expires_in)
+        if carried is None:  # a bad payload is only an eviction
             cache.invalidate(session_id)
             return False
-        session._base = stamp(payload)  # what a save of this copy compares with (compare-and-set)
-        ttl = self.local_ttl(self.sent_after(), expires_in)
-        return cache.replace(session_id, session, ttl, len(payload), add, self._heard())
+        return cache.replace(session_id, *carried, len(payload), add, self._heard())
 
     def warm(self, session_id: str, payload: bytes, expires_in: int) -> bool:
         """Another node's load read ``payload`` for ``session_id`` with ``expires_in`` seconds
@@ -171,13 +168,22 @@ class CachePolicy:
         changes nothing in Redis, so nothing cached here needs evicting)."""
         if self.decode is None or not self._warm or self.cache.cached(session_id):
             return False
+        carried = self._carried(session_id, payload, expires_in)  # None: planted or garbled, not cached
+        return carried is not None and self.cache.warm(session_id, *carried, len(payload), self._heard())
+
+    def _carried(self, session_id: str, payload: bytes, expires_in: int) -> tuple[Session, float] | None:
+        """The session another node's message carries (``payload``, stored for ``expires_in``
+        seconds), ready to cache with the compare-and-set token of those bytes, and the
+        seconds it may stay here; None if it does not decode (or there is no ``decode``)."""
+        decode = self.decode
+        if decode is None:
+            return None
         try:
-            session = self.decode(session_id, payload)
-        except Exception:  # noqa: BLE001 - planted or garbled: not cached
-            return False
-        session._base = stamp(payload)
-        ttl = self.local_ttl(self.sent_after(), expires_in)
-        return self.cache.warm(session_id, session, ttl, len(payload), self._heard())
+            session = decode(session_id, payload)
+        except Exception:  # noqa: BLE001 - the callers decide what a bad payload means
+            return None
+        session._base = stamp(payload)  # what a save of this copy compares with (compare-and-set)
+        return session, self.local_ttl(self.sent_after(), expires_in)
 
     def sent_after(self) -> float:
         """When (on ``clock``) a message applied now left Redis at the earliest: at least
