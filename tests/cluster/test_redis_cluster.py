@@ -60,6 +60,14 @@ def stores(cluster: list[RedisServer]) -> Iterator[Stores]:
         yield nodes
 
 
+def misrouted(channel: str, right: ShardMap) -> ShardMap:
+    """A slot map of ``channel`` that sends every slot to the shard channel of another master
+    than ``right`` does (a writer's out-of-date map)."""
+    wrong = ShardMap(channel, [[(0, 16383)]])
+    wrong.by_slot = [right.channels[(right.channels.index(c) + 1) % len(right.channels)] for c in right.by_slot]
+    return wrong
+
+
 def sees(store: ClusteredRedisStore, session_id: str, value: Any) -> None:
     """Wait (2 s at most, far below local_cache_ttl) until ``store`` reads ``value``: after a
     burst of writes the message that moved ``received`` may be another session's."""
@@ -390,9 +398,7 @@ def test_a_writer_with_an_out_of_date_slot_map_falls_back_to_publish(cluster: li
         assert B.load(s.id) is not None
     right = A.coordinator.shards
     assert right is not None
-    # A map that sends every slot to the channel of another master.
-    wrong = ShardMap(A.coordinator.channel, [[(0, 16383)]])
-    wrong.by_slot = [right.channels[(right.channels.index(c) + 1) % 3] for c in right.by_slot]
+    wrong = misrouted(A.coordinator.channel, right)
     assert all(w != r for w, r in zip(wrong.by_slot, right.by_slot))
     A.coordinator.shards = wrong
     try:

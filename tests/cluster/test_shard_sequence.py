@@ -21,11 +21,10 @@ from redis.cluster import RedisCluster
 
 from fastsess import ClusteredRedisStore, Session
 from fastsess._core.sequence import log_keys
-from fastsess._core.slots import ShardMap
 
 from ..support import RedisServer
 from .conftest import received, wait_received, wait_until
-from .test_redis_cluster import Stores, bus_publishes, owner, sessions_on_every_master, two_nodes
+from .test_redis_cluster import Stores, bus_publishes, misrouted, owner, sessions_on_every_master, two_nodes
 
 
 @pytest.fixture
@@ -200,8 +199,7 @@ def test_a_stale_slot_map_publishes_unnumbered_on_the_plain_channel(cluster: lis
     warm(B, sessions)
     right = A.coordinator.shards
     assert right is not None
-    wrong = ShardMap(A.coordinator.channel, [[(0, 16383)]])
-    wrong.by_slot = [right.channels[(right.channels.index(c) + 1) % 3] for c in right.by_slot]
+    wrong = misrouted(A.coordinator.channel, right)
     logs = {shard: shard_log(raw, shard) for shard in right.channels}
     seen: list[dict[str, Any]] = []
     B.coordinator.on_message = seen.append

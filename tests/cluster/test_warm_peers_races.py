@@ -21,7 +21,7 @@ import pytest
 import redis
 
 import fastsess.asyncio
-from fastsess import ClusterConfig, ClusteredRedisStore
+from fastsess import ClusterConfig, ClusteredRedisStore, Session
 
 from ..tcpproxy import TcpProxy
 from .conftest import FAST, StoreFactory, wait_until
@@ -58,17 +58,24 @@ def settle(store: ClusteredRedisStore, before: int) -> None:
     time.sleep(LAG)
 
 
+def raced(make_store: StoreFactory, proxy: TcpProxy, redis_url: str, data: dict[str, Any]) -> tuple[ClusteredRedisStore, ClusteredRedisStore, Session]:
+    """A lagging warm node A, a warm node B, and a session holding ``data`` that a third
+    node, not warm (its creation message carries nothing), created; A has heard the creation."""
+    A = lagging(make_store, proxy)
+    B = make_store(redis_url, name="B", **WARM)
+    W = make_store(redis_url, name="W")
+    for store in (B, W):
+        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
+    s = W.create(data)
+    assert W.save(s)
+    time.sleep(LAG + 0.1)  # the creation message reached A
+    return A, B, s
+
+
 def test_a_peers_fill_delivered_after_this_nodes_delete_does_not_bring_the_session_back(
     make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
 ) -> None:
-    A = lagging(make_store, proxy)
-    B = make_store(redis_url, name="B", **WARM)
-    W = make_store(redis_url, name="W")  # not warm: its creation message carries nothing
-    for store in (B, W):
-        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
-    s = W.create({"user": "alice"})
-    assert W.save(s)
-    time.sleep(LAG + 0.1)  # the creation message reached A
+    A, B, s = raced(make_store, proxy, redis_url, {"user": "alice"})
     before = fills(A)
     assert B.load(s.id)["user"] == "alice"  # a miss on B: its script publishes the value
     assert A.delete(s.id) is True  # logout on A, before A's listener hears B's fill
@@ -80,14 +87,7 @@ def test_a_peers_fill_delivered_after_this_nodes_delete_does_not_bring_the_sessi
 def test_a_peers_fill_delivered_after_this_nodes_save_does_not_replace_it(
     make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
 ) -> None:
-    A = lagging(make_store, proxy)
-    B = make_store(redis_url, name="B", **WARM)
-    W = make_store(redis_url, name="W")
-    for store in (B, W):
-        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
-    s = W.create({"v": 1})
-    assert W.save(s)
-    time.sleep(LAG + 0.1)
+    A, B, s = raced(make_store, proxy, redis_url, {"v": 1})
     before = fills(A)
     assert B.load(s.id)["v"] == 1  # B's fill carries v=1
     mine = A.load(s.id)
@@ -121,14 +121,7 @@ def test_a_peers_update_delivered_after_this_nodes_delete_does_not_bring_the_ses
 def test_a_peers_fill_delivered_after_this_nodes_clear_does_not_bring_the_session_back(
     make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
 ) -> None:
-    A = lagging(make_store, proxy)
-    B = make_store(redis_url, name="B", **WARM)
-    W = make_store(redis_url, name="W")
-    for store in (B, W):
-        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
-    s = W.create({"user": "alice"})
-    assert W.save(s)
-    time.sleep(LAG + 0.1)
+    A, B, s = raced(make_store, proxy, redis_url, {"user": "alice"})
     before = fills(A)
     assert B.load(s.id)["user"] == "alice"
     A.clear()  # every session gone, before A's listener hears B's fill
@@ -139,14 +132,7 @@ def test_a_peers_fill_delivered_after_this_nodes_clear_does_not_bring_the_sessio
 def test_a_peers_fill_delivered_after_this_nodes_regenerate_does_not_bring_the_old_id_back(
     make_store: StoreFactory, proxy: TcpProxy, redis_url: str,
 ) -> None:
-    A = lagging(make_store, proxy)
-    B = make_store(redis_url, name="B", **WARM)
-    W = make_store(redis_url, name="W")
-    for store in (B, W):
-        assert store.coordinator is not None and store.coordinator.wait_subscribed(5.0)
-    s = W.create({"user": "alice"})
-    assert W.save(s)
-    time.sleep(LAG + 0.1)
+    A, B, s = raced(make_store, proxy, redis_url, {"user": "alice"})
     old = s.id
     before = fills(A)
     assert B.load(old)["user"] == "alice"
